@@ -1,0 +1,104 @@
+package agent
+
+import (
+	"encoding/json"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Capability is a part of the API served by its own package (pty sessions,
+// processes, files, tunnels). The agent owns the router; a capability adds
+// its routes with Go's method-and-pattern syntax.
+type Capability interface {
+	Routes(mux *http.ServeMux)
+}
+
+// ProcessCounter is what /api/v1/info needs from the process table.
+type ProcessCounter interface {
+	Counts() (running, total int)
+}
+
+// WriteJSON writes v with status code; the one JSON writer of the agent's
+// own routes.
+func WriteJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// WriteError writes the spec's error body {"error", "code"}.
+func WriteError(w http.ResponseWriter, status int, code, msg string) {
+	WriteJSON(w, status, map[string]string{"error": msg, "code": code})
+}
+
+func (a *Agent) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/health", func(w http.ResponseWriter, r *http.Request) {
+		WriteJSON(w, http.StatusOK, map[string]bool{"healthy": true})
+	})
+	mux.HandleFunc("GET /api/v1/info", a.handleInfo)
+	for _, c := range a.caps {
+		c.Routes(mux)
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusNotFound, "NOT_FOUND", "no route for "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+func (a *Agent) handleInfo(w http.ResponseWriter, r *http.Request) {
+	running, total := 0, 0
+	if a.procs != nil {
+		running, total = a.procs.Counts()
+	}
+	WriteJSON(w, http.StatusOK, map[string]any{
+		"version":           a.version,
+		"uptime_secs":       int64(time.Since(a.started).Seconds()),
+		"running_processes": running,
+		"total_processes":   total,
+	})
+}
+
+// streamListener hands uplink API streams to an http.Server as if they were
+// accepted TCP connections.
+type streamListener struct {
+	conns     chan net.Conn
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func newStreamListener() *streamListener {
+	return &streamListener{conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// push hands c to the server, or closes it if the server has stopped.
+func (l *streamListener) push(c net.Conn) {
+	select {
+	case l.conns <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *streamListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *streamListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *streamListener) Addr() net.Addr { return uplinkAddr{} }
+
+type uplinkAddr struct{}
+
+func (uplinkAddr) Network() string { return "uplink" }
+func (uplinkAddr) String() string  { return "uplink" }

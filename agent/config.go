@@ -1,0 +1,95 @@
+// Package agent wires tl-agent together: configuration, the uplink client,
+// the dispatch of uplink streams to capabilities, the HTTP API router and
+// the operator's control socket. Capabilities (pty, processes, files,
+// forwards, ssh) live in their own packages and never import this one.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Config is everything the agent can be told. cmd/tl-agent binds each field
+// to a flag and an environment variable; Defaults gives the values used when
+// neither is set.
+type Config struct {
+	// Uplink: exactly one of ProxyAddr (dial out) and Listen (accept in).
+	ProxyAddr  string // host:port of the proxy's uplink port
+	Listen     string // unix:/path, tcp:host:port or vsock:port
+	TLS        bool   // dial with TLS
+	CAFile     string // PEM bundle to verify the proxy with (pinned CA)
+	ServerName string // expected name in the proxy's certificate
+	SandboxID  string
+	Token      string // the sandbox's uplink secret
+
+	ControlSocket string // root-only unix socket for operators
+	LogLevel      string
+
+	// Sandbox preparation.
+	User      string // the sandbox user, tl-user
+	UID, GID  int
+	Hostname  string
+	Provision bool // create the user and set the host name at start
+	Mount     bool // mount /proc, /sys, /dev... when missing (PID 1 in a VM)
+
+	ShutdownGrace time.Duration
+
+	// PTY sessions.
+	PTYIdleTimeout time.Duration
+	PTYMaxSessions int
+
+	// Main command run after `--`, and whether its exit ends the sandbox.
+	Main         []string
+	ExitWithMain bool
+}
+
+// Defaults returns the configuration used when nothing is set.
+func Defaults() Config {
+	return Config{
+		ControlSocket:  "/run/tl-agent.sock",
+		LogLevel:       "info",
+		User:           "tl-user",
+		UID:            1000,
+		GID:            1000,
+		Hostname:       "tl-sbx",
+		Provision:      true,
+		Mount:          true,
+		ShutdownGrace:  10 * time.Second,
+		PTYIdleTimeout: 300 * time.Second,
+		PTYMaxSessions: 64,
+	}
+}
+
+// Validate reports the first problem in c.
+func (c *Config) Validate() error {
+	switch {
+	case c.ProxyAddr == "" && c.Listen == "":
+		return errors.New("one of --proxy or --listen is required")
+	case c.ProxyAddr != "" && c.Listen != "":
+		return errors.New("--proxy and --listen are exclusive")
+	case c.SandboxID == "":
+		return errors.New("--sandbox-id is required")
+	case c.Token == "":
+		return errors.New("--token is required")
+	case c.UID < 0 || c.GID < 0:
+		return errors.New("--uid and --gid must be non-negative")
+	case c.ShutdownGrace <= 0:
+		return errors.New("--shutdown-grace must be positive")
+	case c.PTYMaxSessions <= 0:
+		return errors.New("--pty-max-sessions must be positive")
+	case c.PTYIdleTimeout <= 0:
+		return errors.New("--pty-idle-timeout must be positive")
+	}
+	if c.Listen != "" {
+		kind, _, ok := strings.Cut(c.Listen, ":")
+		if !ok || (kind != "unix" && kind != "tcp" && kind != "vsock") {
+			return fmt.Errorf("--listen %q: want unix:/path, tcp:host:port or vsock:port", c.Listen)
+		}
+	}
+	if (c.CAFile != "" || c.ServerName != "") && !c.TLS {
+		return errors.New("--ca-file and --server-name need --tls")
+	}
+	return nil
+}

@@ -1,0 +1,96 @@
+// Command tl-agent is the agent that runs as the first process of every
+// sandbox: init, provisioning, and the server of everything users do with
+// the sandbox over one uplink to the sandbox proxy.
+//
+//	tl-agent [flags] [-- main command...]   run the agent
+//	tl-agent status [--json]                 ask a running agent (control socket)
+//	tl-agent version                         print the version
+//
+// Every flag has an environment variable twin; see `tl-agent --help`.
+//
+// Exit codes: 0 after an orderly shutdown; 1 when the agent could not run;
+// 2 for bad flags; with --exit-with-main, the main command's exit code
+// (128+signal when it was killed by a signal).
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/tensorlake/tl-agent/agent"
+	"github.com/tensorlake/tl-agent/internal/cli"
+	"github.com/tensorlake/tl-agent/internal/logx"
+)
+
+// version is stamped at build time: -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `tl-agent: the sandbox agent (init, provisioning, uplink server).
+
+Usage:
+  tl-agent [flags] [-- command args...]   run as the sandbox's first process
+  tl-agent status [--json] [--socket P]   print a running agent's state
+  tl-agent version                        print the version`
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "status":
+			return statusCmd(args[1:])
+		case "version":
+			fmt.Println(version)
+			return 0
+		}
+	}
+	cfg := agent.Defaults()
+	fs := cli.New("tl-agent", "TL_AGENT")
+	bindFlags(fs, &cfg)
+	fs.FlagSet.Usage = func() { fs.Usage(os.Stderr, usage) }
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "tl-agent:", err)
+		return 2
+	}
+	cfg.Main = fs.Args()
+	log, err := logx.New(os.Stderr, cfg.LogLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tl-agent:", err)
+		return 2
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "tl-agent:", err)
+		return 2
+	}
+	return agent.Main(cfg, log, version)
+}
+
+func bindFlags(fs *cli.FlagSet, c *agent.Config) {
+	d := agent.Defaults()
+	fs.String(&c.ProxyAddr, "proxy", d.ProxyAddr, "dial the proxy's uplink port at `host:port`")
+	fs.String(&c.Listen, "listen", d.Listen, "accept the uplink instead of dialing: `unix:/path`, tcp:host:port or vsock:port")
+	fs.Bool(&c.TLS, "tls", d.TLS, "dial the proxy with TLS")
+	fs.String(&c.CAFile, "ca-file", d.CAFile, "PEM `file` of the CA that signs the proxy's certificate (pins it)")
+	fs.String(&c.ServerName, "server-name", d.ServerName, "`name` expected in the proxy's certificate (default: the proxy host)")
+	fs.String(&c.SandboxID, "sandbox-id", d.SandboxID, "this sandbox's `id`")
+	fs.String(&c.Token, "token", d.Token, "this sandbox's uplink `secret`")
+	fs.String(&c.ControlSocket, "control-socket", d.ControlSocket, "`path` of the operator's root-only control socket (empty: none)")
+	fs.String(&c.LogLevel, "log-level", d.LogLevel, "`level`: debug, info, warn or error")
+	fs.String(&c.User, "user", d.User, "sandbox user `name`")
+	fs.Int(&c.UID, "uid", d.UID, "uid of the sandbox user when it is created")
+	fs.Int(&c.GID, "gid", d.GID, "gid of the sandbox user's group when it is created")
+	fs.String(&c.Hostname, "hostname", d.Hostname, "host `name` of the sandbox")
+	fs.Bool(&c.Provision, "provision", d.Provision, "create the sandbox user and set the host name at start")
+	fs.Bool(&c.Mount, "mount", d.Mount, "as PID 1, mount /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp when missing")
+	fs.Duration(&c.ShutdownGrace, "shutdown-grace", d.ShutdownGrace, "time between SIGTERM and SIGKILL at shutdown")
+	fs.Duration(&c.PTYIdleTimeout, "pty-idle-timeout", d.PTYIdleTimeout, "kill a PTY session after this long with no client attached")
+	fs.Int(&c.PTYMaxSessions, "pty-max-sessions", d.PTYMaxSessions, "maximum live PTY sessions")
+	fs.Bool(&c.ExitWithMain, "exit-with-main", d.ExitWithMain, "end the sandbox when the main command (after --) exits, with its exit code")
+}

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/tensorlake/tl-agent/agent"
+)
+
+// statusCmd asks a running agent over its control socket.
+func statusCmd(args []string) int {
+	fs := flag.NewFlagSet("tl-agent status", flag.ContinueOnError)
+	sock := fs.String("socket", agent.Defaults().ControlSocket, "control socket `path`")
+	asJSON := fs.Bool("json", false, "print the raw JSON")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	client := &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", *sock)
+		}},
+	}
+	resp, err := client.Get("http://agent/status")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tl-agent status: cannot reach the agent at %s: %v\n", *sock, err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if *asJSON {
+		os.Stdout.Write(body)
+		return 0
+	}
+	var st map[string]any
+	if err := json.Unmarshal(body, &st); err != nil {
+		fmt.Fprintf(os.Stderr, "tl-agent status: bad answer: %v\n", err)
+		return 1
+	}
+	printMap("", st)
+	return 0
+}
+
+func printMap(indent string, m map[string]any) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if sub, ok := m[k].(map[string]any); ok {
+			fmt.Printf("%s%s:\n", indent, k)
+			printMap(indent+"  ", sub)
+			continue
+		}
+		fmt.Printf("%s%-18s %v\n", indent, k+":", m[k])
+	}
+}

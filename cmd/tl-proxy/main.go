@@ -1,0 +1,169 @@
+// Command tl-proxy is the reference sandbox proxy: it accepts tl-agent
+// uplinks and serves users an HTTP API front door (and an SSH one) on
+// localhost, routed to sandboxes over those uplinks.
+//
+//	tl-proxy --config proxy.json     run with a config file
+//	tl-proxy --dev                   generate (once) and use a dev config
+//
+// Exit codes: 0 after Ctrl-C or SIGTERM; 1 when it could not run; 2 for bad
+// flags or config.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/tensorlake/tl-agent/internal/cli"
+	"github.com/tensorlake/tl-agent/internal/logx"
+	"github.com/tensorlake/tl-agent/proxy"
+)
+
+var version = "dev"
+
+const usage = `tl-proxy: the reference sandbox proxy.
+
+Usage:
+  tl-proxy --config FILE [flags]
+  tl-proxy --dev [flags]     generate a config with one sandbox and an API key
+                             in --state-dir (kept for next time) and print them`
+
+type flags struct {
+	config, stateDir, devSandbox       string
+	uplinkAddr, httpAddr, sshAddr      string
+	connect, logLevel, domain, sshKeys string
+	dev                                bool
+}
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	var f flags
+	fs := cli.New("tl-proxy", "TL_PROXY")
+	fs.String(&f.config, "config", "", "config `file` (JSON: sandboxes, api_keys, domain, ssh_authorized_keys)")
+	fs.Bool(&f.dev, "dev", false, "dev mode: generate the config in --state-dir if missing and print its secrets")
+	fs.String(&f.devSandbox, "dev-sandbox-id", "dev-sbx", "sandbox `id` of the generated dev config")
+	fs.String(&f.stateDir, "state-dir", defaultStateDir(), "`dir` for the dev config and the SSH host key")
+	fs.String(&f.uplinkAddr, "uplink-addr", "127.0.0.1:7070", "`addr` where agents connect")
+	fs.String(&f.httpAddr, "http-addr", "127.0.0.1:8080", "`addr` of the HTTP API front door")
+	fs.String(&f.sshAddr, "ssh-addr", "127.0.0.1:2222", "`addr` of the SSH front door (empty: none)")
+	fs.String(&f.connect, "connect", "", "also dial an agent in listen mode at `unix:/path or tcp:host:port`")
+	fs.String(&f.domain, "domain", "", "sandbox host-name `suffix` (overrides the config)")
+	fs.String(&f.sshKeys, "ssh-authorized-keys", "", "users' SSH keys `file` (overrides the config)")
+	fs.String(&f.logLevel, "log-level", "info", "`level`: debug, info, warn or error")
+	fs.FlagSet.Usage = func() { fs.Usage(os.Stderr, usage) }
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "tl-proxy:", err)
+		return 2
+	}
+	log, err := logx.New(os.Stderr, f.logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tl-proxy:", err)
+		return 2
+	}
+	cfg, err := loadConfig(f)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tl-proxy:", err)
+		return 2
+	}
+	var ls proxy.Listeners
+	if ls.Uplink, err = net.Listen("tcp", f.uplinkAddr); err != nil {
+		fmt.Fprintln(os.Stderr, "tl-proxy: uplink listener:", err)
+		return 1
+	}
+	if ls.HTTP, err = net.Listen("tcp", f.httpAddr); err != nil {
+		fmt.Fprintln(os.Stderr, "tl-proxy: http listener:", err)
+		return 1
+	}
+	p := proxy.New(cfg, log)
+	if f.sshAddr != "" && cfg.SSHAuthorizedKeys != "" {
+		if ls.SSH, err = net.Listen("tcp", f.sshAddr); err != nil {
+			fmt.Fprintln(os.Stderr, "tl-proxy: ssh listener:", err)
+			return 1
+		}
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	if f.connect != "" {
+		network, addr, _ := strings.Cut(f.connect, ":")
+		go func() {
+			if err := p.ConnectAgent(ctx, network, addr); err != nil {
+				log.Error().Err(err).Msg("connect to agent")
+			}
+		}()
+	}
+	log.Info().Str("version", version).Str("uplink", ls.Uplink.Addr().String()).Str("http", ls.HTTP.Addr().String()).Msg("tl-proxy listening")
+	if f.dev {
+		printDev(cfg, ls)
+	}
+	if err := p.Run(ctx, ls); err != nil {
+		log.Error().Err(err).Msg("tl-proxy stopped")
+		return 1
+	}
+	return 0
+}
+
+func defaultStateDir() string {
+	if d, err := os.UserConfigDir(); err == nil {
+		return filepath.Join(d, "tl-proxy")
+	}
+	return ".tl-proxy"
+}
+
+func loadConfig(f flags) (*proxy.Config, error) {
+	var cfg *proxy.Config
+	var err error
+	switch {
+	case f.config != "":
+		cfg, err = proxy.LoadConfig(f.config)
+	case f.dev:
+		path := filepath.Join(f.stateDir, "proxy.json")
+		cfg, err = proxy.LoadConfig(path)
+		if errors.Is(err, os.ErrNotExist) {
+			cfg = proxy.DevConfig(f.devSandbox)
+			err = cfg.Save(path)
+		}
+	default:
+		return nil, errors.New("--config or --dev is required")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if f.domain != "" {
+		cfg.Domain = f.domain
+	}
+	if f.sshKeys != "" {
+		cfg.SSHAuthorizedKeys = f.sshKeys
+	}
+	if cfg.SSHHostKey == "" {
+		cfg.SSHHostKey = filepath.Join(f.stateDir, "ssh_host_ed25519_key")
+	}
+	return cfg, cfg.Validate()
+}
+
+func printDev(cfg *proxy.Config, ls proxy.Listeners) {
+	var keys, ids []string
+	for k := range cfg.APIKeys {
+		keys = append(keys, k)
+	}
+	for id := range cfg.Sandboxes {
+		ids = append(ids, id)
+	}
+	sort.Strings(keys)
+	sort.Strings(ids)
+	fmt.Printf("tl-proxy dev mode\n  API key:    %s\n  uplink:     %s\n  http:       %s\n", keys[0], ls.Uplink.Addr(), ls.HTTP.Addr())
+	for _, id := range ids {
+		fmt.Printf("  sandbox %s token %s\n", id, cfg.Sandboxes[id].Token)
+	}
+}

@@ -1,0 +1,246 @@
+package proxy
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/uplink"
+)
+
+// Proxy is the reference proxy: registry, uplink acceptor, front doors.
+type Proxy struct {
+	cfg *Config
+	log zerolog.Logger
+	reg *Registry
+
+	transport *http.Transport
+	rp        *httputil.ReverseProxy
+
+	// serveSSH is the SSH front door, set by sshfront.go when configured.
+	serveSSH func(ctx context.Context, ln net.Listener) error
+
+	wg sync.WaitGroup
+}
+
+// New returns a proxy for cfg (already validated).
+func New(cfg *Config, log zerolog.Logger) *Proxy {
+	p := &Proxy{cfg: cfg, log: log, reg: NewRegistry(cfg)}
+	p.transport = &http.Transport{
+		DialContext:         p.dialStream,
+		MaxIdleConnsPerHost: 32,
+		IdleConnTimeout:     60 * time.Second,
+		// Bodies are streamed, never buffered whole; SSE and WebSocket
+		// responses flow as they come.
+		DisableCompression: true,
+		ForceAttemptHTTP2:  false,
+	}
+	// Pooled streams of a link that went away are useless; drop them so
+	// the next request dials the new link.
+	p.reg.onChange = func(string) { p.transport.CloseIdleConnections() }
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:       func(*httputil.ProxyRequest) {},
+		Transport:     p.transport,
+		FlushInterval: -1, // flush every write: SSE and terminal output
+		ErrorHandler:  p.upstreamError,
+		ErrorLog:      nil,
+	}
+	return p
+}
+
+// Registry exposes the registry to the other front doors.
+func (p *Proxy) Registry() *Registry { return p.reg }
+
+// track runs f as a goroutine the proxy waits for in Wait.
+func (p *Proxy) track(f func()) {
+	p.wg.Add(1)
+	go func() { defer p.wg.Done(); f() }()
+}
+
+// Wait returns when every connection goroutine has ended.
+func (p *Proxy) Wait() { p.wg.Wait() }
+
+// route is where one request goes. Its string form is the URL host of the
+// outgoing request, so the transport pools streams per sandbox and target.
+type route struct {
+	sandbox string
+	port    int // 0: the agent's API
+}
+
+func (r route) host() string {
+	if r.port == 0 {
+		return r.sandbox + ".api"
+	}
+	return r.sandbox + ".port-" + strconv.Itoa(r.port)
+}
+
+func parseRouteHost(hostport string) (route, bool) {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	id, target, ok := strings.Cut(host, ".")
+	if !ok {
+		return route{}, false
+	}
+	if target == "api" {
+		return route{sandbox: id}, true
+	}
+	p, err := strconv.Atoi(strings.TrimPrefix(target, "port-"))
+	if err != nil || !strings.HasPrefix(target, "port-") {
+		return route{}, false
+	}
+	return route{sandbox: id, port: p}, true
+}
+
+// dialStream is the transport's dialer: every connection is an uplink
+// stream to the agent's API or to a port inside the sandbox.
+func (p *Proxy) dialStream(ctx context.Context, _, addr string) (net.Conn, error) {
+	r, ok := parseRouteHost(addr)
+	if !ok {
+		return nil, errors.New("bad route " + addr)
+	}
+	h := uplink.Header{Kind: uplink.KindAPI}
+	if r.port != 0 {
+		h = uplink.Header{Kind: uplink.KindTCP, Port: r.port}
+	}
+	if u, ok := ctx.Value(userKey{}).(string); ok {
+		h.User = u
+	}
+	return p.reg.Open(ctx, r.sandbox, h)
+}
+
+type userKey struct{}
+
+// ServeHTTP is the front door: auth, sandbox selection, forwarding.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	user, ok := p.authenticate(req)
+	if !ok {
+		writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "missing or invalid API key: send Authorization: Bearer <api key>")
+		return
+	}
+	r, err := p.selectRoute(req)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "NO_SANDBOX", err.Error())
+		return
+	}
+	if !p.reg.Known(r.sandbox) {
+		writeError(w, http.StatusNotFound, "SANDBOX_NOT_FOUND", "sandbox "+r.sandbox+" not found")
+		return
+	}
+	if p.reg.Link(r.sandbox) == nil {
+		writeError(w, http.StatusServiceUnavailable, "SANDBOX_UNAVAILABLE", "sandbox "+r.sandbox+" is not connected")
+		return
+	}
+	out := req.Clone(context.WithValue(req.Context(), userKey{}, user))
+	out.URL.Scheme = "http"
+	out.URL.Host = r.host()
+	if r.port == 0 {
+		out.Host = r.sandbox + "." + p.cfg.Domain
+	}
+	// The API key is for the proxy; code inside the sandbox never sees it.
+	out.Header.Del("Authorization")
+	out.Header.Del("X-Tensorlake-Sandbox-Id")
+	p.rp.ServeHTTP(w, out)
+}
+
+func (p *Proxy) authenticate(req *http.Request) (string, bool) {
+	auth := req.Header.Get("Authorization")
+	key, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok || key == "" {
+		return "", false
+	}
+	// Constant time per key; the number of keys is not secret.
+	name, found := "", false
+	for k, n := range p.cfg.APIKeys {
+		if subtle.ConstantTimeCompare([]byte(k), []byte(key)) == 1 {
+			name, found = n, true
+		}
+	}
+	return name, found
+}
+
+// selectRoute picks the sandbox (and port) from the header or Host, in the
+// spec's order: X-Tensorlake-Sandbox-Id, <port>-<sandbox>.<domain> or
+// .local, <sandbox>.<domain>, <sandbox>.local.
+func (p *Proxy) selectRoute(req *http.Request) (route, error) {
+	if id := req.Header.Get("X-Tensorlake-Sandbox-Id"); id != "" {
+		return route{sandbox: id}, nil
+	}
+	host, _, err := net.SplitHostPort(req.Host)
+	if err != nil {
+		host = req.Host
+	}
+	host = strings.ToLower(host)
+	var label string
+	for _, suffix := range []string{"." + p.cfg.Domain, ".local"} {
+		if l, ok := strings.CutSuffix(host, suffix); ok && l != "" && !strings.Contains(l, ".") {
+			label = l
+			break
+		}
+	}
+	if label == "" {
+		return route{}, errors.New("no sandbox named: use Host <sandbox>." + p.cfg.Domain + ", <sandbox>.local or X-Tensorlake-Sandbox-Id")
+	}
+	if port, id, ok := splitPortRoute(label); ok {
+		if port < 1 || port > 65535 {
+			return route{}, errors.New("port out of range 1..65535")
+		}
+		return route{sandbox: id, port: port}, nil
+	}
+	return route{sandbox: label}, nil
+}
+
+// splitPortRoute parses "<port>-<sandbox>".
+func splitPortRoute(label string) (int, string, bool) {
+	ps, id, ok := strings.Cut(label, "-")
+	if !ok || ps == "" || id == "" {
+		return 0, "", false
+	}
+	for _, c := range ps {
+		if c < '0' || c > '9' {
+			return 0, "", false
+		}
+	}
+	n, err := strconv.Atoi(ps)
+	if err != nil {
+		return 0, "", false
+	}
+	return n, id, true
+}
+
+// upstreamError maps failures of the uplink leg to the spec's statuses.
+func (p *Proxy) upstreamError(w http.ResponseWriter, req *http.Request, err error) {
+	var re *uplink.ReplyError
+	switch {
+	case errors.Is(err, ErrUnknownSandbox):
+		writeError(w, http.StatusNotFound, "SANDBOX_NOT_FOUND", "sandbox not found")
+	case errors.Is(err, ErrNotConnected):
+		writeError(w, http.StatusServiceUnavailable, "SANDBOX_UNAVAILABLE", "sandbox is not connected")
+	case errors.As(err, &re) && re.Status == uplink.StatusUnreachable:
+		writeError(w, http.StatusBadGateway, "PORT_UNREACHABLE", re.Msg)
+	case errors.Is(err, context.Canceled):
+		// The client went away; nobody reads an answer.
+	default:
+		p.log.Warn().Err(err).Str("path", req.URL.Path).Msg("upstream error")
+		writeError(w, http.StatusBadGateway, "UPSTREAM_ERROR", "the sandbox did not answer: "+err.Error())
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) { _ = json.NewEncoder(w).Encode(v) }
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg, "code": code})
+}

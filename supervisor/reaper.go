@@ -1,0 +1,234 @@
+// Package supervisor owns the agent's duties as the sandbox's first
+// process: reaping, signals and orderly shutdown, the mounts a bare VM
+// lacks, and provisioning of the sandbox user and host name.
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+)
+
+// Reaper is the one owner of waiting in the agent.
+//
+// Go inits classically break exit codes by reaping with wait4(-1) beside
+// exec.Cmd.Wait, which then fails with ECHILD. Here nobody but the Reaper
+// waits: processes are started through Reaper.Start, which registers the
+// pid before the reaper can look it up, and the reaper hands each exit to
+// its Proc (containerd's sys/reaper design). Exits of processes nobody
+// registered (orphans reparented to us) are reaped and counted.
+//
+// Because exec.Cmd.Wait is never called, commands must use *os.File (or
+// nil) for stdio: os/exec's copying goroutines are joined only by Wait.
+type Reaper struct {
+	log     zerolog.Logger
+	reapAll bool
+
+	mu   sync.Mutex
+	subs map[int]*Proc // guarded by mu; pid -> live process we started
+
+	orphans atomic.Int64
+	started atomic.Int64
+}
+
+// Exit is how a process ended.
+type Exit struct {
+	Code   int            // exit status when exited normally
+	Signal syscall.Signal // terminating signal, 0 when exited normally
+	Core   bool
+	At     time.Time
+	MaxRSS int64 // kilobytes, from rusage
+}
+
+// ExitCode follows the shell convention: 128+signal for a signaled process.
+func (e Exit) ExitCode() int {
+	if e.Signal != 0 {
+		return 128 + int(e.Signal)
+	}
+	return e.Code
+}
+
+// String describes the exit for logs and errors.
+func (e Exit) String() string {
+	if e.Signal != 0 {
+		return "signal " + unix.SignalName(e.Signal)
+	}
+	return fmt.Sprintf("exit %d", e.Code)
+}
+
+// Proc is a process started through the Reaper.
+type Proc struct {
+	Cmd  *exec.Cmd
+	Pid  int
+	done chan struct{}
+	exit Exit // written once before done is closed
+}
+
+// Done is closed when the process has been reaped.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+// Wait blocks until the process has been reaped and returns its exit.
+func (p *Proc) Wait() Exit {
+	<-p.done
+	return p.exit
+}
+
+// Exited returns the exit and true once reaped.
+func (p *Proc) Exited() (Exit, bool) {
+	select {
+	case <-p.done:
+		return p.exit, true
+	default:
+		return Exit{}, false
+	}
+}
+
+// Signal sends sig to the process (not its group). Through the pidfd os/exec
+// holds, so a reaped pid that was reused is never hit.
+func (p *Proc) Signal(sig syscall.Signal) error {
+	select {
+	case <-p.done:
+		return os.ErrProcessDone
+	default:
+	}
+	return p.Cmd.Process.Signal(sig)
+}
+
+// SignalGroup sends sig to the process group led by the process, which is
+// how a session's background children are reached.
+func (p *Proc) SignalGroup(sig syscall.Signal) error {
+	return unix.Kill(-p.Pid, sig)
+}
+
+// NewReaper returns a reaper. With reapAll, it reaps every child of the
+// agent (its role as PID 1 or child subreaper); without, only processes
+// started through it, which is what tests running inside `go test` need.
+func NewReaper(log zerolog.Logger, reapAll bool) *Reaper {
+	return &Reaper{log: log.With().Str("component", "reaper").Logger(), reapAll: reapAll, subs: map[int]*Proc{}}
+}
+
+// ErrStdio is returned by Start for stdio that is not an *os.File.
+var ErrStdio = errors.New("reaper: stdio must be *os.File or nil")
+
+// Start starts cmd and registers it. Never call cmd.Wait.
+func (r *Reaper) Start(cmd *exec.Cmd) (*Proc, error) {
+	for _, f := range []any{cmd.Stdin, cmd.Stdout, cmd.Stderr} {
+		switch f.(type) {
+		case nil, *os.File:
+		default:
+			if f != nil {
+				return nil, ErrStdio
+			}
+		}
+	}
+	// Holding mu across fork and registration means the reaper, which
+	// looks pids up under mu, cannot miss a child that exits at once.
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &Proc{Cmd: cmd, Pid: cmd.Process.Pid, done: make(chan struct{})}
+	r.subs[p.Pid] = p
+	r.started.Add(1)
+	return p, nil
+}
+
+// Stats reports counts for the operator's status.
+func (r *Reaper) Stats() (live int, started, orphans int64) {
+	r.mu.Lock()
+	live = len(r.subs)
+	r.mu.Unlock()
+	return live, r.started.Load(), r.orphans.Load()
+}
+
+// Run reaps until stop is closed. It must be running before any Start.
+func (r *Reaper) Run(stop <-chan struct{}) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGCHLD)
+	defer signal.Stop(sigs)
+	// A periodic sweep covers a SIGCHLD coalesced with one that arrived
+	// while we were between wait calls.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		r.reap()
+		select {
+		case <-stop:
+			return
+		case <-sigs:
+		case <-tick.C:
+		}
+	}
+}
+
+func (r *Reaper) reap() {
+	if !r.reapAll {
+		r.reapOwn()
+		return
+	}
+	for {
+		var ws unix.WaitStatus
+		var ru unix.Rusage
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, &ru)
+		if err == unix.EINTR {
+			continue
+		}
+		if pid <= 0 || err != nil {
+			return
+		}
+		r.deliver(pid, ws, &ru)
+	}
+}
+
+// reapOwn waits only for registered pids.
+func (r *Reaper) reapOwn() {
+	r.mu.Lock()
+	pids := make([]int, 0, len(r.subs))
+	for pid := range r.subs {
+		pids = append(pids, pid)
+	}
+	r.mu.Unlock()
+	for _, pid := range pids {
+		var ws unix.WaitStatus
+		var ru unix.Rusage
+		got, err := unix.Wait4(pid, &ws, unix.WNOHANG, &ru)
+		if err == nil && got == pid {
+			r.deliver(pid, ws, &ru)
+		}
+	}
+}
+
+func (r *Reaper) deliver(pid int, ws unix.WaitStatus, ru *unix.Rusage) {
+	if !ws.Exited() && !ws.Signaled() {
+		return // stopped or continued: not an exit
+	}
+	r.mu.Lock()
+	p := r.subs[pid]
+	delete(r.subs, pid)
+	r.mu.Unlock()
+	if p == nil {
+		r.orphans.Add(1)
+		r.log.Debug().Int("pid", pid).Msg("reaped orphan")
+		return
+	}
+	e := Exit{At: time.Now(), MaxRSS: ru.Maxrss}
+	if ws.Exited() {
+		e.Code = ws.ExitStatus()
+	} else {
+		e.Signal = ws.Signal()
+		e.Core = ws.CoreDump()
+	}
+	p.exit = e
+	_ = p.Cmd.Process.Release() // closes the pidfd; the pid is already reaped
+	close(p.done)
+}
