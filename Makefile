@@ -1,0 +1,45 @@
+# tl-agent: make build | run | test | bench | lint | fuzz
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+GO      ?= go
+export CGO_ENABLED ?= 0
+
+.PHONY: all build run test test-unit test-integration bench lint fuzz deps clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+
+## run: tl-proxy on localhost plus tl-agent as PID 1 of a fresh sandbox (root).
+run: build
+	./scripts/run-local.sh
+
+deps:
+	./scripts/deps.sh
+
+## test: everything, as CI runs it: lint, unit tests with -race, end to end.
+test: deps lint
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m ./...
+
+test-unit: lint
+	CGO_ENABLED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
+
+test-integration: deps
+	$(GO) test -count=1 -timeout 30m -v ./integration/
+
+## bench: data-path benchmarks against OpenSSH and local floors.
+bench: deps build
+	$(GO) run ./cmd/tl-bench
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## fuzz: a short run of each fuzz target.
+fuzz:
+	$(GO) test ./uplink/ -run '^$$' -fuzz FuzzReadHeader -fuzztime 20s
+	$(GO) test ./uplink/ -run '^$$' -fuzz FuzzReadHello -fuzztime 20s
+
+clean:
+	rm -rf bin .run

@@ -1,0 +1,260 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+func TestHealthAndInfo(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	var health map[string]any
+	s.JSON("GET", "/api/v1/health", nil, 200, &health)
+	if health["healthy"] != true {
+		t.Fatalf("health = %v", health)
+	}
+	var info map[string]any
+	s.JSON("GET", "/api/v1/info", nil, 200, &info)
+	for _, k := range []string{"version", "uptime_secs", "running_processes", "total_processes"} {
+		if _, ok := info[k]; !ok {
+			t.Errorf("info lacks %q: %v", k, info)
+		}
+	}
+	// The agent is PID 1 of its sandbox.
+	out, err := s.Exec("cat", "/proc/1/cmdline")
+	if err != nil || !strings.Contains(out, "tl-agent") {
+		t.Fatalf("PID 1 in sandbox is %q (%v), want tl-agent", out, err)
+	}
+}
+
+func TestFrontDoorRouting(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	get := func(host, key string, hdr map[string]string) (int, map[string]string) {
+		req, _ := http.NewRequest("GET", s.BaseURL()+"/api/v1/health", nil)
+		req.Host = host
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("GET: %v", err)
+		}
+		defer resp.Body.Close()
+		var body map[string]string
+		data, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			if err := json.Unmarshal(data, &body); err != nil {
+				t.Fatalf("error body %q is not JSON", data)
+			}
+			if body["error"] == "" || body["code"] == "" {
+				t.Fatalf("error body %q lacks error or code", data)
+			}
+		}
+		return resp.StatusCode, body
+	}
+	cases := []struct {
+		name, host, key string
+		hdr             map[string]string
+		want            int
+		code            string
+	}{
+		{"local host", s.SandboxID + ".local", s.APIKey, nil, 200, ""},
+		{"domain host", s.SandboxID + ".sandbox.localhost:80", s.APIKey, nil, 200, ""},
+		{"header", "127.0.0.1", s.APIKey, map[string]string{"X-Tensorlake-Sandbox-Id": s.SandboxID}, 200, ""},
+		{"missing key", s.SandboxID + ".local", "", nil, 401, "UNAUTHORIZED"},
+		{"wrong key", s.SandboxID + ".local", "nope", nil, 401, "UNAUTHORIZED"},
+		{"unknown sandbox", "ghost.local", s.APIKey, nil, 404, "SANDBOX_NOT_FOUND"},
+		{"no sandbox named", "127.0.0.1", s.APIKey, nil, 400, "NO_SANDBOX"},
+		{"closed port", "1-" + s.SandboxID + ".local", s.APIKey, nil, 502, "PORT_UNREACHABLE"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, body := get(c.host, c.key, c.hdr)
+			if got != c.want || body["code"] != c.code {
+				t.Fatalf("status %d code %q, want %d %q", got, body["code"], c.want, c.code)
+			}
+		})
+	}
+}
+
+// TestPortRoute reaches an HTTP server inside the sandbox through
+// <port>-<sandbox>.local. The sandbox shares this machine's network, so a
+// server the test runs on loopback is "inside" for the agent.
+func TestPortRoute(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s auth=%q", r.URL.Path, r.Header.Get("Authorization"))
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	req, _ := http.NewRequest("GET", s.BaseURL()+"/x", nil)
+	req.Host = fmt.Sprintf("%d-%s.local", port, s.SandboxID)
+	req.Header.Set("Authorization", "Bearer "+s.APIKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != `hello /x auth=""` {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+}
+
+func TestWrongAgentTokenIsRefused(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	// A second agent with a wrong token, outside any sandbox: refused,
+	// logged, retried with back-off rather than in a tight loop.
+	bad := exec.Command(filepath.Join(s.bin, "tl-agent"), "--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID,
+		"--token", strings.Repeat("0", 64), "--control-socket", "", "--provision=false", "--mount=false")
+	out := &syncBuffer{}
+	bad.Stdout, bad.Stderr = out, out
+	bad.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := bad.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	_ = bad.Process.Signal(syscall.SIGTERM)
+	_ = bad.Wait()
+	log := out.String()
+	if !strings.Contains(log, "BAD_TOKEN") {
+		t.Fatalf("agent log lacks the refusal:\n%s", log)
+	}
+	if n := strings.Count(log, "proxy refused uplink"); n < 2 || n > 12 {
+		t.Fatalf("%d attempts in 3 s: want back-off (2..12)\n%s", n, log)
+	}
+	// The real agent's link is untouched.
+	if !s.Connected() {
+		t.Fatal("good agent lost its link")
+	}
+}
+
+func TestDuplicateAgentIsRefused(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	dup := exec.Command(filepath.Join(s.bin, "tl-agent"), "--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID,
+		"--token", s.Token, "--control-socket", "", "--provision=false", "--mount=false")
+	out := &syncBuffer{}
+	dup.Stdout, dup.Stderr = out, out
+	dup.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := dup.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "DUPLICATE_SANDBOX") && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = dup.Process.Signal(syscall.SIGTERM)
+	_ = dup.Wait()
+	if !strings.Contains(out.String(), "DUPLICATE_SANDBOX") {
+		t.Fatalf("duplicate not refused:\n%s", out.String())
+	}
+	s.JSON("GET", "/api/v1/health", nil, 200, nil)
+}
+
+func TestProxyRestart(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	s.JSON("GET", "/api/v1/health", nil, 200, nil)
+	s.KillProxy()
+	time.Sleep(500 * time.Millisecond)
+	s.StartProxy()
+	start := time.Now()
+	s.WaitConnected(15 * time.Second)
+	t.Logf("agent reconnected %v after the proxy came back", time.Since(start))
+	s.JSON("GET", "/api/v1/health", nil, 200, nil)
+	out, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "status", "--json", "--socket", s.ControlSocket()).Output()
+	if err != nil {
+		t.Fatalf("tl-agent status: %v", err)
+	}
+	var st struct {
+		Uplink struct {
+			State      string `json:"state"`
+			Reconnects int    `json:"reconnects"`
+		} `json:"uplink"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status %q: %v", out, err)
+	}
+	if st.Uplink.State != "connected" || st.Uplink.Reconnects < 1 {
+		t.Fatalf("status after restart: %+v", st.Uplink)
+	}
+}
+
+// TestUplinkCutMidRequest kills the proxy while a response streams through
+// it: the client sees an error, the agent survives, reconnects, and serves.
+func TestUplinkCutMidRequest(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{}, 1)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		for i := 0; i < 100; i++ {
+			fmt.Fprintf(w, "chunk %d\n", i)
+			w.(http.Flusher).Flush()
+			if i == 1 {
+				select {
+				case started <- struct{}{}:
+				default:
+				}
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	req, _ := http.NewRequest("GET", s.BaseURL()+"/stream", nil)
+	req.Host = fmt.Sprintf("%d-%s.local", port, s.SandboxID)
+	req.Header.Set("Authorization", "Bearer "+s.APIKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	<-started
+	s.KillProxy()
+	if _, err := io.ReadAll(resp.Body); err == nil {
+		t.Fatal("stream completed although the proxy was killed")
+	}
+	s.StartProxy()
+	s.WaitConnected(15 * time.Second)
+	s.JSON("GET", "/api/v1/health", nil, 200, nil)
+}

@@ -1,0 +1,503 @@
+// Package integration drives the real system end to end: it builds
+// tl-agent and tl-proxy, starts the proxy on loopback and the agent as PID 1
+// in fresh namespaces over a throwaway root (scripts/sandbox-init.sh), and
+// talks to the sandbox only through the proxy, with real clients.
+//
+// The harness lives in a non-test file so that benchmarks (cmd/tl-bench)
+// start the system the same way the tests do.
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TB is the subset of testing.TB the harness uses, so benchmarks outside
+// `go test` can drive it too.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+}
+
+var _ TB = (testing.TB)(nil)
+
+// Root is the module's root folder.
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// Binaries builds tl-agent and tl-proxy once per process and returns the
+// folder holding them.
+func Binaries(t TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "tl-bin-")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir+"/", "./cmd/tl-agent", "./cmd/tl-proxy")
+		cmd.Dir = Root()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("%v", buildErr)
+	}
+	return binDir
+}
+
+// Options shape a System.
+type Options struct {
+	// AgentArgs are appended to the agent's flags (e.g. --pty-idle-timeout).
+	AgentArgs []string
+	// AgentEnv is added to the agent's environment.
+	AgentEnv []string
+	// Main is a main command run by the agent after `--`.
+	Main []string
+	// Bare leaves the API filesystems unmounted (TL_SANDBOX_BARE).
+	Bare bool
+	// NoSandbox runs the agent as a plain child process instead of PID 1
+	// in namespaces (for tests that must run without root).
+	NoSandbox bool
+	// SSHKeys is an authorized-keys file for the proxy's SSH front door.
+	SSHKeys string
+}
+
+// System is a running proxy plus a sandbox whose agent is connected to it.
+type System struct {
+	t        TB
+	opts     Options
+	bin      string
+	dir      string
+	cfgPath  string
+	SandboxID string
+	Token     string
+	APIKey    string
+
+	UplinkAddr string
+	HTTPAddr   string
+	SSHAddr    string
+
+	mu        sync.Mutex
+	proxy     *exec.Cmd
+	proxyDone chan struct{}
+	agent     *exec.Cmd
+	agentDone chan struct{}
+	agentErr  error
+	agentLog  *syncBuffer
+	proxyLog  *syncBuffer
+}
+
+// RequireRoot skips a test that needs root (namespaces, mounts), with the
+// reason. CI runs as root, so there these tests always run.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: runs tl-agent as PID 1 in fresh namespaces")
+	}
+}
+
+// Start starts the proxy and the sandbox and waits until the agent's
+// uplink is connected.
+func Start(t TB, opts Options) *System {
+	t.Helper()
+	s := &System{t: t, opts: opts, bin: Binaries(t), dir: t.TempDir(), SandboxID: "sbx-test"}
+	s.Token = randHex(32)
+	s.APIKey = "tl_test_" + randHex(16)
+	s.UplinkAddr, s.HTTPAddr, s.SSHAddr = freeAddr(t), freeAddr(t), freeAddr(t)
+	cfg := map[string]any{
+		"sandboxes": map[string]any{s.SandboxID: map[string]string{"token": s.Token}},
+		"api_keys":  map[string]string{s.APIKey: "tester"},
+		"domain":    "sandbox.localhost",
+	}
+	if opts.SSHKeys != "" {
+		cfg["ssh_authorized_keys"] = opts.SSHKeys
+		cfg["ssh_host_key"] = filepath.Join(s.dir, "ssh_host_key")
+	}
+	data, _ := json.Marshal(cfg)
+	s.cfgPath = filepath.Join(s.dir, "proxy.json")
+	if err := os.WriteFile(s.cfgPath, data, 0o600); err != nil {
+		t.Fatalf("write proxy config: %v", err)
+	}
+	s.agentLog, s.proxyLog = &syncBuffer{}, &syncBuffer{}
+	s.StartProxy()
+	s.StartAgent()
+	t.Cleanup(s.Stop)
+	s.WaitConnected(20 * time.Second)
+	return s
+}
+
+// StartProxy starts (or restarts) tl-proxy on the system's fixed ports.
+func (s *System) StartProxy() {
+	s.t.Helper()
+	cmd := exec.Command(filepath.Join(s.bin, "tl-proxy"), "--config", s.cfgPath,
+		"--uplink-addr", s.UplinkAddr, "--http-addr", s.HTTPAddr, "--ssh-addr", s.SSHAddr,
+		"--state-dir", s.dir, "--log-level", "debug")
+	cmd.Stdout = s.proxyLog
+	cmd.Stderr = s.proxyLog
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("start proxy: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	s.mu.Lock()
+	s.proxy, s.proxyDone = cmd, done
+	s.mu.Unlock()
+	waitTCP(s.t, s.HTTPAddr, 10*time.Second)
+}
+
+// KillProxy kills tl-proxy abruptly (SIGKILL) and waits for it.
+func (s *System) KillProxy() {
+	s.mu.Lock()
+	cmd, done := s.proxy, s.proxyDone
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+}
+
+// AgentArgs are the agent flags the harness always passes.
+func (s *System) agentArgs() []string {
+	args := []string{"--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID, "--token", s.Token, "--log-level", "debug"}
+	args = append(args, s.opts.AgentArgs...)
+	if len(s.opts.Main) > 0 {
+		args = append(append(args, "--"), s.opts.Main...)
+	}
+	return args
+}
+
+// StartAgent starts the sandbox: tl-agent as PID 1 in new namespaces.
+func (s *System) StartAgent() {
+	s.t.Helper()
+	var cmd *exec.Cmd
+	agentBin := filepath.Join(s.bin, "tl-agent")
+	if s.opts.NoSandbox {
+		args := append(s.agentArgs(), "--control-socket", filepath.Join(s.dir, "agent.sock"), "--provision=false", "--mount=false")
+		cmd = exec.Command(agentBin, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	} else {
+		root := filepath.Join(s.dir, "sandbox")
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			s.t.Fatalf("sandbox dir: %v", err)
+		}
+		args := append([]string{filepath.Join(Root(), "scripts", "sandbox-init.sh"), agentBin}, s.agentArgs()...)
+		cmd = exec.Command("/bin/bash", args...)
+		cmd.Env = append(os.Environ(), "TL_SANDBOX_DIR="+root)
+		if s.opts.Bare {
+			cmd.Env = append(cmd.Env, "TL_SANDBOX_BARE=1")
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
+			Pdeathsig:  syscall.SIGKILL,
+		}
+	}
+	cmd.Env = append(cmd.Environ(), s.opts.AgentEnv...)
+	cmd.Stdout = s.agentLog
+	cmd.Stderr = s.agentLog
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("start agent: %v", err)
+	}
+	done := make(chan struct{})
+	s.mu.Lock()
+	s.agent, s.agentDone = cmd, done
+	s.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		s.mu.Lock()
+		s.agentErr = err
+		s.mu.Unlock()
+		close(done)
+	}()
+}
+
+// AgentPid is the agent's pid as this machine sees it.
+func (s *System) AgentPid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.agent.Process.Pid
+}
+
+// SignalAgent sends sig to the agent (PID 1 of the sandbox).
+func (s *System) SignalAgent(sig syscall.Signal) error {
+	return syscall.Kill(s.AgentPid(), sig)
+}
+
+// WaitAgentExit waits for the agent to exit and returns its exit code, or
+// fails the test after d.
+func (s *System) WaitAgentExit(d time.Duration) int {
+	s.t.Helper()
+	s.mu.Lock()
+	done := s.agentDone
+	s.mu.Unlock()
+	select {
+	case <-done:
+	case <-time.After(d):
+		s.t.Fatalf("agent did not exit within %v\nagent log:\n%s", d, s.AgentLog())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ee *exec.ExitError
+	if errors.As(s.agentErr, &ee) {
+		return ee.ExitCode()
+	}
+	if s.agentErr != nil {
+		return -1
+	}
+	return 0
+}
+
+// SandboxPath is path inside the sandbox as seen from this machine.
+func (s *System) SandboxPath(path string) string {
+	if s.opts.NoSandbox {
+		return path
+	}
+	return fmt.Sprintf("/proc/%d/root%s", s.AgentPid(), path)
+}
+
+// ControlSocket is the agent's control socket as seen from this machine.
+func (s *System) ControlSocket() string {
+	if s.opts.NoSandbox {
+		return filepath.Join(s.dir, "agent.sock")
+	}
+	return s.SandboxPath("/run/tl-agent.sock")
+}
+
+// Stop ends the agent (SIGTERM, then SIGKILL) and the proxy.
+func (s *System) Stop() {
+	s.mu.Lock()
+	agent, adone := s.agent, s.agentDone
+	s.mu.Unlock()
+	if agent != nil {
+		_ = agent.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-adone:
+		case <-time.After(15 * time.Second):
+			_ = agent.Process.Kill()
+			<-adone
+		}
+	}
+	s.KillProxy()
+	if tt, ok := s.t.(testing.TB); ok && tt.Failed() {
+		tt.Logf("agent log (tail):\n%s", tail(s.AgentLog(), 60))
+		tt.Logf("proxy log (tail):\n%s", tail(s.ProxyLog(), 30))
+	}
+}
+
+// AgentLog and ProxyLog return what each process has logged so far.
+func (s *System) AgentLog() string { return s.agentLog.String() }
+func (s *System) ProxyLog() string { return s.proxyLog.String() }
+
+// WaitConnected waits until the proxy reports the sandbox connected.
+func (s *System) WaitConnected(d time.Duration) {
+	s.t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if s.Connected() {
+			return
+		}
+		select {
+		case <-s.agentDone:
+			s.t.Fatalf("agent exited before connecting\nagent log:\n%s", s.AgentLog())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	s.t.Fatalf("sandbox not connected within %v\nagent log:\n%s\nproxy log:\n%s", d, tail(s.AgentLog(), 40), tail(s.ProxyLog(), 40))
+}
+
+// Connected asks the proxy whether the sandbox's uplink is up.
+func (s *System) Connected() bool {
+	req, _ := http.NewRequest("GET", s.BaseURL()+"/_proxy/sandboxes", nil)
+	req.Header.Set("Authorization", "Bearer "+s.APIKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Sandboxes []struct {
+			ID        string `json:"id"`
+			Connected bool   `json:"connected"`
+		} `json:"sandboxes"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&out) != nil {
+		return false
+	}
+	for _, sb := range out.Sandboxes {
+		if sb.ID == s.SandboxID {
+			return sb.Connected
+		}
+	}
+	return false
+}
+
+// BaseURL is the proxy's HTTP front door.
+func (s *System) BaseURL() string { return "http://" + s.HTTPAddr }
+
+// WSURL is the proxy's front door with the ws scheme.
+func (s *System) WSURL() string { return "ws://" + s.HTTPAddr }
+
+// Request builds a request to the sandbox's API with auth and the
+// <sandbox>.local Host the SDKs send.
+func (s *System) Request(ctx context.Context, method, path string, body io.Reader) *http.Request {
+	req, err := http.NewRequestWithContext(ctx, method, s.BaseURL()+path, body)
+	if err != nil {
+		s.t.Fatalf("request: %v", err)
+	}
+	req.Host = s.SandboxID + ".local"
+	req.Header.Set("Authorization", "Bearer "+s.APIKey)
+	return req
+}
+
+// Do sends a request to the sandbox's API; body may be nil, a []byte, a
+// string or anything JSON-encodable.
+func (s *System) Do(method, path string, body any) *http.Response {
+	s.t.Helper()
+	var r io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		r = bytes.NewReader(b)
+	case string:
+		r = strings.NewReader(b)
+	case io.Reader:
+		r = b
+	default:
+		data, _ := json.Marshal(b)
+		r = bytes.NewReader(data)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	s.t.Cleanup(cancel)
+	req := s.Request(ctx, method, path, r)
+	if _, ok := body.(map[string]any); ok {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	s.t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+// JSON sends a request and decodes a JSON answer, checking the status.
+func (s *System) JSON(method, path string, body any, wantStatus int, out any) {
+	s.t.Helper()
+	resp := s.Do(method, path, body)
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != wantStatus {
+		s.t.Fatalf("%s %s: status %d, want %d: %s", method, path, resp.StatusCode, wantStatus, data)
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			s.t.Fatalf("%s %s: decode %q: %v", method, path, data, err)
+		}
+	}
+}
+
+// Exec runs a command inside the sandbox's namespaces from this machine
+// (nsenter), for checks that must not go through the agent.
+func (s *System) Exec(args ...string) (string, error) {
+	pid := fmt.Sprint(s.AgentPid())
+	full := append([]string{"-t", pid, "-m", "-u", "-i", "-p", "-r", "-w"}, args...)
+	out, err := exec.Command("nsenter", full...).CombinedOutput()
+	return string(out), err
+}
+
+func freeAddr(t TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitTCP(t TB, addr string, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s not listening within %v", addr, d)
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	f, _ := os.Open("/dev/urandom")
+	defer f.Close()
+	_, _ = io.ReadFull(f, b)
+	return fmt.Sprintf("%x", b)
+}
+
+func tail(s string, lines int) string {
+	sc := bufio.NewScanner(strings.NewReader(s))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var all []string
+	for sc.Scan() {
+		all = append(all, sc.Text())
+	}
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	return strings.Join(all, "\n")
+}
+
+// syncBuffer is a bounded, goroutine-safe log sink: it keeps the last
+// 4 MiB so a chatty agent in a long test cannot grow memory.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+const logKeep = 4 << 20
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf = append(b.buf, p...)
+	if len(b.buf) > logKeep {
+		b.buf = append(b.buf[:0:0], b.buf[len(b.buf)-logKeep:]...)
+	}
+	return len(p), nil
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# deps.sh: install what the tests and benchmarks need, idempotently.
+# Debian packages only; nothing is downloaded from elsewhere.
+set -euo pipefail
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ssh        || need+=(openssh-client)
+have sshd       || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+have rsync      || need+=(rsync)
+have sudo       || need+=(sudo)
+have unshare    || need+=(util-linux)
+have tmux       || need+=(tmux)
+have ip         || need+=(iproute2)
+have ps         || need+=(procps)
+have curl       || need+=(curl)
+if [ "${TL_NEED_PODMAN:-0}" = 1 ]; then
+  have podman      || need+=(podman)
+  have debootstrap || need+=(debootstrap)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps.sh: missing ${need[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  echo "deps.sh: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

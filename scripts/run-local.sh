@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# run-local.sh: the whole system on this machine. tl-proxy on localhost and
+# tl-agent as PID 1 of a fresh sandbox (pid, mount, uts and ipc namespaces
+# over a throwaway overlay root), connected by the uplink. Prints how to
+# connect; Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+  echo "make run needs root: it creates namespaces and mounts for the sandbox (try: sudo make run)" >&2
+  exit 1
+fi
+HTTP_ADDR=${TL_HTTP_ADDR:-127.0.0.1:8080}
+UPLINK_ADDR=${TL_UPLINK_ADDR:-127.0.0.1:7070}
+SSH_ADDR=${TL_SSH_ADDR:-127.0.0.1:2222}
+SANDBOX=${TL_SANDBOX_ID:-dev-sbx}
+state=.run
+mkdir -p "$state"
+chmod 700 "$state"
+rand() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+# Credentials are made once and kept in .run/, so curl lines printed
+# earlier keep working across runs.
+if [ ! -f "$state/proxy.json" ]; then
+  token=$(rand 32)
+  key="tl_dev_$(rand 16)"
+  [ -f "$state/authorized_keys" ] || : > "$state/authorized_keys"
+  cat > "$state/proxy.json" <<JSON
+{
+  "sandboxes": {"$SANDBOX": {"token": "$token"}},
+  "api_keys": {"$key": "dev"},
+  "domain": "sandbox.localhost",
+  "ssh_authorized_keys": "$PWD/$state/authorized_keys",
+  "ssh_host_key": "$PWD/$state/ssh_host_ed25519_key"
+}
+JSON
+  chmod 600 "$state/proxy.json"
+fi
+token=$(sed -n 's/.*"token": "\([0-9a-f]*\)".*/\1/p' "$state/proxy.json" | head -1)
+key=$(sed -n 's/.*"\(tl_dev_[0-9a-f]*\)".*/\1/p' "$state/proxy.json" | head -1)
+# Users' SSH keys: the invoking user's public keys, for all sandboxes.
+for pub in "$HOME"/.ssh/id_*.pub; do
+  [ -f "$pub" ] || continue
+  grep -qF "$(cut -d' ' -f2 "$pub")" "$state/authorized_keys" 2>/dev/null || cat "$pub" >> "$state/authorized_keys"
+done
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping..."
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+./bin/tl-proxy --config "$state/proxy.json" --state-dir "$state" \
+  --http-addr "$HTTP_ADDR" --uplink-addr "$UPLINK_ADDR" --ssh-addr "$SSH_ADDR" \
+  2> "$state/proxy.log" &
+pids+=($!)
+sleep 0.3
+unshare --pid --mount --uts --ipc --fork --kill-child \
+  ./scripts/sandbox-init.sh ./bin/tl-agent \
+  --proxy "$UPLINK_ADDR" --sandbox-id "$SANDBOX" --token "$token" \
+  2> "$state/agent.log" &
+pids+=($!)
+
+for _ in $(seq 1 100); do
+  if curl -fsS -H "Authorization: Bearer $key" "http://$HTTP_ADDR/_proxy/sandboxes" 2>/dev/null | grep -q '"connected":true'; then
+    break
+  fi
+  sleep 0.1
+done
+
+cat <<MSG
+
+tl-agent is PID 1 of sandbox "$SANDBOX", connected to tl-proxy.
+Logs: $state/agent.log, $state/proxy.log
+
+  curl -H 'Authorization: Bearer $key' -H 'Host: $SANDBOX.local' http://$HTTP_ADDR/api/v1/health
+  curl -H 'Authorization: Bearer $key' -H 'Host: $SANDBOX.local' http://$HTTP_ADDR/api/v1/info
+  curl -H 'Authorization: Bearer $key' -H 'Host: $SANDBOX.local' -H 'Content-Type: application/json' \\
+       -d '{"command":"bash","args":["-lc","whoami; hostname"]}' http://$HTTP_ADDR/api/v1/processes/run
+  ssh -p ${SSH_ADDR##*:} -o StrictHostKeyChecking=no $SANDBOX@${SSH_ADDR%:*}    (keys from ~/.ssh/id_*.pub; more in $state/authorized_keys)
+
+SDK (npm tensorlake): new Sandbox({sandboxId: "$SANDBOX", proxyUrl: "http://$HTTP_ADDR", apiKey: "$key"})
+Operator view: nsenter -t \$(pgrep -f -n 'tl-agent --proxy $UPLINK_ADDR') -m -p tl-agent status
+
+Ctrl-C stops both.
+MSG
+wait -n "${pids[@]}" || true

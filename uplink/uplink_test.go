@@ -1,0 +1,177 @@
+package uplink
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/rs/zerolog"
+)
+
+func TestHandshakeRoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	if err := WriteHello(&buf, Hello{SandboxID: "sbx", Token: "secret", AgentVersion: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := ReadHello(&buf)
+	if err != nil || h.SandboxID != "sbx" || h.Token != "secret" || h.Version != Version {
+		t.Fatalf("got %+v, %v", h, err)
+	}
+	buf.Reset()
+	_ = WriteWelcome(&buf, Welcome{Code: CodeBadToken, Error: "wrong token"})
+	var ref *RefusedError
+	if err := ReadWelcome(&buf); !errors.As(err, &ref) || ref.Code != CodeBadToken {
+		t.Fatalf("refusal: %v", err)
+	}
+	buf.Reset()
+	_ = WriteWelcome(&buf, Welcome{OK: true})
+	if err := ReadWelcome(&buf); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestHandshakeRejectsGarbage(t *testing.T) {
+	for _, in := range []string{
+		"GET / HTTP/1.1\r\n\r\n",
+		"TLUP\x01\x00\x00",
+		"TLUP\x01\xff\xff",
+		"TLUP\x01\x00\x02{}",
+		"TLUP\x01\x00\x05{\"sa",
+		"TL",
+	} {
+		if _, err := ReadHello(strings.NewReader(in)); err == nil {
+			t.Errorf("ReadHello(%q) accepted", in)
+		}
+	}
+}
+
+func TestHeaderRoundTrip(t *testing.T) {
+	for _, s := range []string{"api", "ssh", "tcp:8080", "unix:/run/x.sock"} {
+		h, err := ParseTarget(s)
+		if err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+		var buf bytes.Buffer
+		if err := WriteHeader(&buf, h); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ReadHeader(&buf)
+		if err != nil || got != h || got.String() != s {
+			t.Fatalf("%s: got %+v %v", s, got, err)
+		}
+	}
+}
+
+func TestHeaderValidate(t *testing.T) {
+	bad := []Header{{}, {Kind: "x"}, {Kind: KindTCP}, {Kind: KindTCP, Port: 70000}, {Kind: KindUnix, Path: "rel"},
+		{Kind: KindUnix, Path: "/" + strings.Repeat("a", 200)}, {Kind: KindUnix, Path: "/a\x00b"}}
+	for _, h := range bad {
+		if h.Validate() == nil {
+			t.Errorf("%+v validated", h)
+		}
+	}
+}
+
+func TestReply(t *testing.T) {
+	var buf bytes.Buffer
+	_ = WriteReply(&buf, StatusUnreachable, "port 1: refused")
+	var re *ReplyError
+	if err := ReadReply(&buf); !errors.As(err, &re) || re.Status != StatusUnreachable || re.Msg != "port 1: refused" {
+		t.Fatalf("got %v", err)
+	}
+	_ = WriteReply(&buf, StatusOK, "")
+	if err := ReadReply(&buf); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStreamChunksWrites checks that a large write leaves as frames of at
+// most WriteChunk, so a bulk stream cannot hold the sender for long.
+func TestStreamChunksWrites(t *testing.T) {
+	a, b := net.Pipe()
+	rec := &frameRecorder{Conn: a}
+	client, err := yamux.Client(rec, MuxConfig(zerolog.Nop()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, _ := yamux.Server(b, MuxConfig(zerolog.Nop()))
+	defer server.Close()
+	go func() {
+		s, err := server.Accept()
+		if err == nil {
+			io.Copy(io.Discard, s)
+		}
+	}()
+	st, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := Wrap(st)
+	payload := make([]byte, 1<<20)
+	if _, err := w.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if max := rec.maxWrite(); max > WriteChunk+12 {
+		t.Fatalf("largest frame write %d > chunk %d", max, WriteChunk)
+	}
+}
+
+type frameRecorder struct {
+	net.Conn
+	max atomic.Int64
+}
+
+func (f *frameRecorder) Write(p []byte) (int, error) {
+	if int64(len(p)) > f.max.Load() {
+		f.max.Store(int64(len(p)))
+	}
+	return f.Conn.Write(p)
+}
+
+func (f *frameRecorder) maxWrite() int { return int(f.max.Load()) }
+
+func FuzzReadHeader(f *testing.F) {
+	for _, s := range []string{"api", "tcp:22", "unix:/x"} {
+		h, _ := ParseTarget(s)
+		var buf bytes.Buffer
+		_ = WriteHeader(&buf, h)
+		f.Add(buf.Bytes())
+	}
+	f.Add([]byte{0, 0})
+	f.Add([]byte{0xff, 0xff, '{'})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		h, err := ReadHeader(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		if h.Validate() == nil {
+			var buf bytes.Buffer
+			if err := WriteHeader(&buf, h); err != nil {
+				t.Fatalf("valid header %+v does not encode: %v", h, err)
+			}
+		}
+		_ = h.String()
+	})
+}
+
+func FuzzReadHello(f *testing.F) {
+	var buf bytes.Buffer
+	_ = WriteHello(&buf, Hello{SandboxID: "s", Token: "t"})
+	f.Add(buf.Bytes())
+	f.Add([]byte("TLUP\x01\x00\x02{}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		h, err := ReadHello(bytes.NewReader(data))
+		if err == nil && (h.SandboxID == "" || len(h.SandboxID) > 128) {
+			t.Fatalf("accepted bad sandbox id %q", h.SandboxID)
+		}
+		_ = ReadWelcome(bytes.NewReader(data))
+	})
+}
