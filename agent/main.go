@@ -32,13 +32,15 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
 
-	a := New(cfg, log, version, Parts{})
-	if err := a.Run(ctx); err != nil {
+	parts, stopParts := buildParts(cfg, log, reaper)
+	a := New(cfg, log, version, parts)
+	err := a.Run(ctx)
+	stopParts()
+	close(stopReaper)
+	if err != nil {
 		log.Error().Err(err).Msg("agent stopped")
-		close(stopReaper)
 		return 1
 	}
-	close(stopReaper)
 	log.Info().Msg("tl-agent stopped")
 	return 0
 }
