@@ -93,11 +93,11 @@ type Options struct {
 
 // System is a running proxy plus a sandbox whose agent is connected to it.
 type System struct {
-	t        TB
-	opts     Options
-	bin      string
-	dir      string
-	cfgPath  string
+	t         TB
+	opts      Options
+	bin       string
+	dir       string
+	cfgPath   string
 	SandboxID string
 	Token     string
 	APIKey    string
