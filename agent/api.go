@@ -1,11 +1,12 @@
 package agent
 
 import (
-	"encoding/json"
 	"net"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/tensorlake/tl-agent/internal/httpx"
 )
 
 // Capability is a part of the API served by its own package (pty sessions,
@@ -20,30 +21,17 @@ type ProcessCounter interface {
 	Counts() (running, total int)
 }
 
-// WriteJSON writes v with status code; the one JSON writer of the agent's
-// own routes.
-func WriteJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-// WriteError writes the spec's error body {"error", "code"}.
-func WriteError(w http.ResponseWriter, status int, code, msg string) {
-	WriteJSON(w, status, map[string]string{"error": msg, "code": code})
-}
-
 func (a *Agent) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/health", func(w http.ResponseWriter, r *http.Request) {
-		WriteJSON(w, http.StatusOK, map[string]bool{"healthy": true})
+		httpx.WriteJSON(w, http.StatusOK, map[string]bool{"healthy": true})
 	})
 	mux.HandleFunc("GET /api/v1/info", a.handleInfo)
 	for _, c := range a.caps {
 		c.Routes(mux)
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		WriteError(w, http.StatusNotFound, "NOT_FOUND", "no route for "+r.Method+" "+r.URL.Path)
+		httpx.WriteError(w, http.StatusNotFound, "NOT_FOUND", "no route for "+r.Method+" "+r.URL.Path)
 	})
 	return mux
 }
@@ -53,7 +41,7 @@ func (a *Agent) handleInfo(w http.ResponseWriter, r *http.Request) {
 	if a.procs != nil {
 		running, total = a.procs.Counts()
 	}
-	WriteJSON(w, http.StatusOK, map[string]any{
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{
 		"version":           a.version,
 		"uptime_secs":       int64(time.Since(a.started).Seconds()),
 		"running_processes": running,

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tensorlake/tl-agent/internal/httpx"
 )
 
 // serveControl serves the operator's door: a root-only unix socket with
@@ -37,7 +39,7 @@ func (a *Agent) serveControl(ctx context.Context) {
 	_ = os.Chmod(path, 0o600)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		WriteJSON(w, http.StatusOK, a.Status())
+		httpx.WriteJSON(w, http.StatusOK, a.Status())
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
