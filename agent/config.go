@@ -40,6 +40,11 @@ type Config struct {
 	PTYIdleTimeout time.Duration
 	PTYMaxSessions int
 
+	// SSH: the server always serves uplink SSH streams; SSHListen adds a
+	// TCP listener inside the sandbox (e.g. 0.0.0.0:22) that checks the
+	// sandbox user's ~/.ssh/authorized_keys. Empty: none.
+	SSHListen string
+
 	// Main command run after `--`, and whether its exit ends the sandbox.
 	Main         []string
 	ExitWithMain bool

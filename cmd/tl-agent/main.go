@@ -22,6 +22,7 @@ import (
 	"github.com/tensorlake/tl-agent/agent"
 	"github.com/tensorlake/tl-agent/internal/cli"
 	"github.com/tensorlake/tl-agent/internal/logx"
+	"github.com/tensorlake/tl-agent/sftpd"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=...".
@@ -43,6 +44,14 @@ func run(args []string) int {
 		switch args[0] {
 		case "status":
 			return statusCmd(args[1:])
+		case sftpd.Subcommand:
+			// Hidden: the SFTP subsystem, started by the SSH server as the
+			// sandbox user with the folder to start in.
+			dir := ""
+			if len(args) > 1 {
+				dir = args[1]
+			}
+			return sftpd.Serve(dir)
 		case "version":
 			fmt.Println(version)
 			return 0
@@ -92,5 +101,6 @@ func bindFlags(fs *cli.FlagSet, c *agent.Config) {
 	fs.Duration(&c.ShutdownGrace, "shutdown-grace", d.ShutdownGrace, "time between SIGTERM and SIGKILL at shutdown")
 	fs.Duration(&c.PTYIdleTimeout, "pty-idle-timeout", d.PTYIdleTimeout, "kill a PTY session after this long with no client attached")
 	fs.Int(&c.PTYMaxSessions, "pty-max-sessions", d.PTYMaxSessions, "maximum live PTY sessions")
+	fs.String(&c.SSHListen, "ssh-listen", d.SSHListen, "also serve SSH on this TCP `addr` inside the sandbox, for keys in the user's ~/.ssh/authorized_keys")
 	fs.Bool(&c.ExitWithMain, "exit-with-main", d.ExitWithMain, "end the sandbox when the main command (after --) exits, with its exit code")
 }
