@@ -55,6 +55,9 @@ func New(cfg *Config, log zerolog.Logger) *Proxy {
 		ErrorHandler:  p.upstreamError,
 		ErrorLog:      nil,
 	}
+	if cfg.SSHAuthorizedKeys != "" {
+		p.serveSSH = p.serveSSHFront
+	}
 	return p
 }
 
