@@ -17,6 +17,7 @@ type coalesceConn struct {
 	mu   sync.Mutex
 	hdr  [12]byte
 	held bool
+	buf  []byte // joins header and body where writev is not available
 }
 
 // Coalesce wraps the uplink's connection before it is handed to yamux.
@@ -32,13 +33,22 @@ func (c *coalesceConn) Write(p []byte) (int, error) {
 	defer c.mu.Unlock()
 	if c.held {
 		c.held = false
-		bufs := net.Buffers{c.hdr[:], p}
-		n, err := bufs.WriteTo(c.Conn)
-		n -= yamuxHeaderSize
-		if n < 0 {
-			n = 0
+		var n int64
+		var err error
+		switch c.Conn.(type) {
+		case *net.TCPConn, *net.UnixConn: // writev
+			bufs := net.Buffers{c.hdr[:], p}
+			n, err = bufs.WriteTo(c.Conn)
+		default: // TLS and others: one write of a joined copy
+			c.buf = append(append(c.buf[:0], c.hdr[:]...), p...)
+			var m int
+			m, err = c.Conn.Write(c.buf)
+			n = int64(m)
+			if cap(c.buf) > 256<<10 {
+				c.buf = nil // don't keep a huge frame's buffer
+			}
 		}
-		return int(n), err
+		return int(max(n-yamuxHeaderSize, 0)), err
 	}
 	if len(p) == yamuxHeaderSize && p[1] == yamuxTypeData && binary.BigEndian.Uint32(p[8:12]) > 0 {
 		copy(c.hdr[:], p)
