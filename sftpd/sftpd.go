@@ -34,10 +34,15 @@ const maxTxPacket = 256 << 10
 // session. A clean end (EOF) is exit code 0: scp reports failure otherwise
 // (Coder 11786).
 func Serve(dir string) int {
+	// The process's own working directory is the start folder, rather than
+	// WithServerWorkingDirectory: that option also rewrites a relative
+	// symlink target into an absolute path under the start folder.
 	if dir != "" {
-		_ = os.Chdir(dir)
+		if err := os.Chdir(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "sftp-server:", err)
+		}
 	}
-	srv, err := sftp.NewServer(stdio{}, sftp.WithServerWorkingDirectory(dir), sftp.WithMaxTxPacket(maxTxPacket))
+	srv, err := sftp.NewServer(stdio{}, sftp.WithMaxTxPacket(maxTxPacket))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sftp-server:", err)
 		return 1
