@@ -529,14 +529,14 @@ func fdCount(t *testing.T, pid int) int {
 	return len(ents)
 }
 
-// agentPid is the agent as this machine sees it: the harness starts the
-// sandbox script, which execs the agent in place.
+// TestSSHNoLeaks opens many connections, some dropped before the
+// handshake, and checks the agent's fds and goroutines return to baseline.
 func TestSSHNoLeaks(t *testing.T) {
 	s := startSSH(t, Options{})
 	_, _ = s.ssh(t, "", "true") // warm up: first-connection allocations
 	time.Sleep(500 * time.Millisecond)
 	baseFD, baseG := fdCount(t, s.AgentPid()), goroutines(t, s.System)
-	const total, parallel = 400, 40
+	const total, parallel = 1000, 50
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, parallel)
 	var failed sync.Map
@@ -566,6 +566,7 @@ func TestSSHNoLeaks(t *testing.T) {
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		fd, g = fdCount(t, s.AgentPid()), goroutines(t, s.System)
 		if fd <= baseFD+5 && g <= baseG+10 {
+			t.Logf("after %d connections: fds %d (baseline %d), goroutines %d (baseline %d)", total, fd, baseFD, g, baseG)
 			return
 		}
 	}

@@ -157,8 +157,17 @@ func (s *Server) connCallback(ctx ssh.Context, c net.Conn) net.Conn {
 		u = nil
 	}
 	forward.Attach(ctx, s.log, u)
-	return c
+	return ownDeadlines{c}
 }
+
+// ownDeadlines hides the connection's deadlines from gliderlabs, whose
+// serverConn resets them to "none" on every read when no idle timeout is
+// set, which would erase the handshake deadline.
+type ownDeadlines struct{ net.Conn }
+
+func (ownDeadlines) SetDeadline(time.Time) error      { return nil }
+func (ownDeadlines) SetReadDeadline(time.Time) error  { return nil }
+func (ownDeadlines) SetWriteDeadline(time.Time) error { return nil }
 
 // authenticated lifts the handshake deadline once the client is in.
 func authenticated(ctx ssh.Context) {
