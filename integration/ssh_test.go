@@ -581,3 +581,48 @@ func goroutines(t *testing.T, s *System) int {
 	}
 	return int(v)
 }
+
+// TestSSHPortRoute: the agent's in-sandbox listener (--ssh-listen) with
+// tl-user's authorized_keys, reached directly and through the front door
+// as <port>-<sandbox>, where the proxy logs in with its own host key.
+func TestSSHPortRoute(t *testing.T) {
+	RequireRoot(t)
+	port := freePort(t)
+	s := startSSH(t, Options{AgentArgs: []string{"--ssh-listen", fmt.Sprintf("127.0.0.1:%d", port)}})
+	route := fmt.Sprintf("%d-%s@127.0.0.1", port, s.SandboxID)
+
+	// Before the proxy's key is authorized, the user is told what to do.
+	args := append([]string{"-o", "LogLevel=INFO"}, s.SSHArgs(s.key.Private)...)
+	out, err := exec.Command("ssh", append(args, route, "true")...).CombinedOutput()
+	if exitCode(t, err) != 255 || !strings.Contains(string(out), "refused the proxy") {
+		t.Fatalf("unauthorized proxy key: %v %q", err, out)
+	}
+
+	scan, err := exec.Command("ssh-keyscan", "-t", "ed25519", "-p", s.SSHPort(), "127.0.0.1").Output()
+	if err != nil {
+		t.Fatalf("ssh-keyscan: %v", err)
+	}
+	_, proxyKey, _ := strings.Cut(strings.TrimSpace(string(scan)), " ")
+	sshDir := s.SandboxPath("/home/tl-user/.ssh")
+	if err := os.MkdirAll(sshDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	keys := proxyKey + "\n" + s.key.Public + "\n"
+	if err := os.WriteFile(filepath.Join(sshDir, "authorized_keys"), []byte(keys), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	out, err = exec.Command("ssh", append(s.SSHArgs(s.key.Private), route, "whoami; exit 3")...).CombinedOutput()
+	if exitCode(t, err) != 3 || string(out) != "tl-user\n" {
+		t.Fatalf("through the port route: %v %q", err, out)
+	}
+	direct := append(s.SSHOpts(s.key.Private), "-p", strconv.Itoa(port), "tl-user@127.0.0.1", "hostname")
+	out, err = exec.Command("ssh", direct...).CombinedOutput()
+	if err != nil || string(out) != "tl-sbx\n" {
+		t.Fatalf("direct to --ssh-listen: %v %q", err, out)
+	}
+	wrongUser := append(s.SSHOpts(s.key.Private), "-p", strconv.Itoa(port), "root@127.0.0.1", "true")
+	if err := exec.Command("ssh", wrongUser...).Run(); exitCode(t, err) != 255 {
+		t.Fatalf("root login on --ssh-listen: %v, want refused", err)
+	}
+}
