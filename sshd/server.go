@@ -119,7 +119,7 @@ func (s *Server) newGlider(withKeys bool) *ssh.Server {
 		ConnCallback:    s.connCallback,
 	}
 	g.ServerConfigCallback = func(ctx ssh.Context) *gossh.ServerConfig {
-		c := &gossh.ServerConfig{}
+		c := &gossh.ServerConfig{Config: gossh.Config{Ciphers: Ciphers}}
 		if !withKeys {
 			c.NoClientAuth = true
 			c.NoClientAuthCallback = func(gossh.ConnMetadata) (*gossh.Permissions, error) {
@@ -141,7 +141,16 @@ func (s *Server) newGlider(withKeys bool) *ssh.Server {
 	return g
 }
 
-// ctxConn is the context key of the raw connection, so authentication can
+// Ciphers are the server's ciphers: AES-GCM first and no
+// chacha20-poly1305, so OpenSSH clients (which prefer chacha20) settle on
+// aes128-gcm, several times faster in Go on CPUs with AES instructions
+// (docs/benchmarks.md, SSH). AES-CTR stays for old clients.
+var Ciphers = []string{
+	gossh.CipherAES128GCM, gossh.CipherAES256GCM,
+	gossh.CipherAES128CTR, gossh.CipherAES192CTR, gossh.CipherAES256CTR,
+}
+
+// ctxKey is the context key of the raw connection, so authentication can
 // lift the handshake deadline.
 type ctxKey struct{}
 

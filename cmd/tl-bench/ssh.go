@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -56,8 +55,15 @@ func benchSSH(e *Env) []Result {
 	ours := sshTarget{ssh: s.SSHArgs(key.Private), sftp: append([]string{"-P", s.SSHPort()}, s.SSHOpts(key.Private)...), dest: s.SSHDest()}
 	o := e.OpenSSH()
 	oargs := o.ClientArgs()
-	theirs := sshTarget{ssh: oargs, sftp: append([]string{"-P", strconv.Itoa(o.Port)}, oargs[:2]...), dest: o.Dest()}
-	theirs.sftp = append(theirs.sftp, oargs[4:]...) // drop -p PORT, keep -F, -i and -o options
+	theirs := sshTarget{ssh: oargs, dest: o.Dest()}
+	for i := 0; i < len(oargs); i++ { // the same options with -P for -p
+		if oargs[i] == "-p" {
+			theirs.sftp = append(theirs.sftp, "-P", oargs[i+1])
+			i++
+			continue
+		}
+		theirs.sftp = append(theirs.sftp, oargs[i])
+	}
 
 	var rs []Result
 	get := func(t sshTarget) float64 { return sftpRate(e, t, "get "+big+" /dev/null", size) }
