@@ -1,0 +1,108 @@
+package sshd
+
+import (
+	"bytes"
+	"context"
+	"os/user"
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/tensorlake/tl-agent/supervisor"
+	"github.com/tensorlake/tl-agent/uplink"
+)
+
+// dial starts a server running programs as the current user and returns
+// a client connected to it over loopback.
+func dial(t *testing.T) *gossh.Client {
+	t.Helper()
+	me, err := user.Current()
+	if err != nil {
+		t.Skip("no current user")
+	}
+	reaper := supervisor.NewReaper(zerolog.Nop(), false)
+	stop := make(chan struct{})
+	go reaper.Run(stop)
+	t.Cleanup(func() { close(stop) })
+	s, err := New(Config{User: me.Username}, zerolog.Nop(), reaper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	a, b := tcpPair(t)
+	go s.ServeConn(context.Background(), a, uplink.Header{Kind: uplink.KindSSH, User: "test"})
+	conn, chans, reqs, err := gossh.NewClientConn(b, "pipe", &gossh.ClientConfig{User: "x", HostKeyCallback: gossh.InsecureIgnoreHostKey()})
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	c := gossh.NewClient(conn, chans, reqs)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// A window change between pty-req and exec must neither hang the session
+// (gliderlabs' one-slot channel did) nor be lost.
+func TestWindowChangeBeforeExec(t *testing.T) {
+	c := dial(t)
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sess.RequestPty("xterm", 24, 80, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range [][2]int{{30, 100}, {40, 120}, {50, 132}} {
+		if err := sess.WindowChange(size[0], size[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := sess.Output("stty size")
+	if err != nil {
+		t.Fatalf("stty size: %v (%q)", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); got != "50 132" {
+		t.Fatalf("size %q, want the last window change, 50 132", got)
+	}
+}
+
+// A program killed by a signal is reported with exit-signal, its output
+// all delivered first.
+func TestExitSignal(t *testing.T) {
+	c := dial(t)
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	sess.Stdout = &out
+	err = sess.Run("echo before; kill -TERM $$")
+	ee, ok := err.(*gossh.ExitError)
+	if !ok || ee.Signal() != "TERM" {
+		t.Fatalf("err %v, want exit-signal TERM", err)
+	}
+	if out.String() != "before\n" {
+		t.Fatalf("output %q", out.String())
+	}
+}
+
+// Without a PTY, stdin's EOF reaches the program and the exit status is
+// passed back; stdout and stderr stay apart.
+func TestExecPipes(t *testing.T) {
+	c := dial(t)
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	sess.Stdin = strings.NewReader("a\r\nb\n")
+	sess.Stdout, sess.Stderr = &out, &errb
+	err = sess.Run("cat; echo x >&2; exit 5")
+	if ee, ok := err.(*gossh.ExitError); !ok || ee.ExitStatus() != 5 {
+		t.Fatalf("err %v, want exit 5", err)
+	}
+	if out.String() != "a\r\nb\n" || errb.String() != "x\n" {
+		t.Fatalf("stdout %q stderr %q", out.String(), errb.String())
+	}
+}
