@@ -195,6 +195,14 @@ func TestSSHShellAndExec(t *testing.T) {
 			}
 		}
 	})
+	t.Run("keepalives", func(t *testing.T) {
+		// ServerAliveInterval gives up after 1 unanswered keepalive here:
+		// each must be relayed to the agent and answered.
+		out, code := s.sshWith(t, "", []string{"-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=1"}, "sleep 3; echo alive")
+		if code != 0 || out != "alive\n" {
+			t.Fatalf("exit %d, output %q", code, out)
+		}
+	})
 	t.Run("client env", func(t *testing.T) {
 		out, _ := s.sshWith(t, "", []string{"-o", "SetEnv=LANG=fr_FR.UTF-8 LC_TL_TEST=hello"}, "echo $LANG $LC_TL_TEST")
 		if out != "fr_FR.UTF-8 hello\n" {

@@ -44,6 +44,7 @@ type session struct {
 	term *terminal   // open once the program started with a PTY
 
 	proc   *supervisor.Proc
+	failed bool           // the program could not start; the channel is closed
 	output sync.WaitGroup // copies of program output to the channel
 	outs   []*os.File     // our read ends of the program's output
 }
@@ -111,13 +112,25 @@ func (ss *session) handle(req *gossh.Request) {
 	case "window-change":
 		ok = ss.windowChange(req.Payload)
 	case "shell", "exec", "subsystem":
-		if ss.proc == nil {
-			if err := ss.start(req.Type, req.Payload); err != nil {
-				ss.log.Warn().Err(err).Str("request", req.Type).Msg("ssh: cannot start")
-				_, _ = io.WriteString(ss.ch.Stderr(), "tl-agent: "+err.Error()+"\r\n")
-			} else {
-				ok = true
+		if ss.proc != nil || ss.failed {
+			break
+		}
+		// A program that cannot start is reported as sshd reports an
+		// exec that fails in the child: the request succeeds, the reason
+		// goes to stderr, exit status 1. Replying failure instead would
+		// race the message (clients exit at the failure reply).
+		ok = true
+		if err := ss.start(req.Type, req.Payload); err != nil {
+			ss.log.Warn().Err(err).Str("request", req.Type).Msg("ssh: cannot start")
+			ss.failed = true
+			if req.WantReply {
+				_ = req.Reply(true, nil)
 			}
+			_, _ = io.WriteString(ss.ch.Stderr(), "tl-agent: "+err.Error()+"\r\n")
+			ss.sendExit(exitStatus(1))
+			_ = ss.ch.CloseWrite()
+			_ = ss.ch.Close()
+			return
 		}
 	case "signal":
 		ok = ss.signal(req.Payload)
@@ -134,13 +147,6 @@ func (ss *session) handle(req *gossh.Request) {
 	}
 	if req.WantReply {
 		_ = req.Reply(ok, nil)
-	}
-	// A failed start ends the session, as with OpenSSH: the client
-	// would otherwise wait for a program that never runs.
-	if !ok && (req.Type == "shell" || req.Type == "exec" || req.Type == "subsystem") && ss.proc == nil {
-		ss.sendExit(exitStatus(1))
-		_ = ss.ch.CloseWrite()
-		_ = ss.ch.Close()
 	}
 }
 

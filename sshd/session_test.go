@@ -3,6 +3,7 @@ package sshd
 import (
 	"bytes"
 	"context"
+	"io"
 	"os/user"
 	"strings"
 	"testing"
@@ -104,5 +105,58 @@ func TestExecPipes(t *testing.T) {
 	}
 	if out.String() != "a\r\nb\n" || errb.String() != "x\n" {
 		t.Fatalf("stdout %q stderr %q", out.String(), errb.String())
+	}
+}
+
+// A signal request reaches the program (and its group).
+func TestSignalRequest(t *testing.T) {
+	c := dial(t)
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := sess.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sess.Start("trap 'echo got; exit 3' USR1; echo ready; while :; do sleep 0.05; done"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(stdout, buf); err != nil || string(buf) != "ready\n" {
+		t.Fatalf("ready: %q %v", buf, err)
+	}
+	if err := sess.Signal(gossh.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(stdout)
+	err = sess.Wait()
+	if ee, ok := err.(*gossh.ExitError); !ok || ee.ExitStatus() != 3 || string(rest) != "got\n" {
+		t.Fatalf("after USR1: err %v, output %q", err, rest)
+	}
+}
+
+// A program that cannot start is exit status 1 with the reason on stderr,
+// then EOF and close.
+func TestUnknownSubsystem(t *testing.T) {
+	c := dial(t)
+	ch, reqs, err := c.OpenChannel("session", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, err := ch.SendRequest("subsystem", true, gossh.Marshal(&struct{ Name string }{"nope"}))
+	if err != nil || !ok {
+		t.Fatalf("subsystem request: %v %v", ok, err)
+	}
+	stderr, _ := io.ReadAll(ch.Stderr())
+	var status []string
+	for r := range reqs {
+		status = append(status, r.Type)
+		if r.Type == "exit-status" && gossh.Unmarshal(r.Payload, &struct{ Status uint32 }{}) != nil {
+			t.Errorf("bad exit-status payload")
+		}
+	}
+	if !strings.Contains(string(stderr), "unknown subsystem") || len(status) != 1 || status[0] != "exit-status" {
+		t.Fatalf("stderr %q, requests %v", stderr, status)
 	}
 }
