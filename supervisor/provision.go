@@ -23,11 +23,12 @@ type ProvisionOptions struct {
 
 // Provisioned is what Provision found or decided.
 type Provisioned struct {
-	User     string
-	UID, GID int
-	Home     string
-	Shell    string
-	Changed  []string // files and folders written, as paths inside root
+	User    string   `json:"user"`
+	UID     int      `json:"uid"`
+	GID     int      `json:"gid"`
+	Home    string   `json:"home"`
+	Shell   string   `json:"shell"`
+	Changed []string `json:"changed"` // files and folders written, as paths inside root
 }
 
 // SudoGroup is the group whose members the image's sudoers (Debian,
