@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -124,7 +125,8 @@ func TestZombieStorm(t *testing.T) {
 	RequireRoot(t)
 	rep := newReporter(t)
 	const n = 10000
-	script := fmt.Sprintf(`exec 3<>%s; for i in $(seq %d); do ( : & ); done; echo stormed >&3; read -r code <&3; exit "$code"`, rep.tcp(), n)
+	forker := buildForker(t)
+	script := fmt.Sprintf(`exec 3<>%s; %s %d >/dev/null && echo stormed >&3; read -r code <&3; exit "$code"`, rep.tcp(), forker, n)
 	s := Start(t, Options{AgentArgs: []string{"--exit-with-main"}, Main: []string{"bash", "-c", script}})
 	rep.expect(t, "stormed", 120*time.Second)
 	start := time.Now()
@@ -150,6 +152,26 @@ func TestZombieStorm(t *testing.T) {
 	if code := s.WaitAgentExit(30 * time.Second); code != 42 {
 		t.Fatalf("agent exit code %d, want the main command's 42\n%s", code, tail(s.AgentLog(), 20))
 	}
+}
+
+// buildForker builds testdata/forker where the sandbox sees it: /var/tmp
+// is this machine's, through the overlay, and not mounted over.
+func buildForker(t *testing.T) string {
+	dir, err := os.MkdirTemp("/var/tmp", "tl-forker-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil { // the main command runs as tl-user
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "build", "-o", dir+"/forker", "./integration/testdata/forker")
+	cmd.Dir = Root()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build forker: %v\n%s", err, out)
+	}
+	return dir + "/forker"
 }
 
 // TestMainCommandSignaled: the main command killed by a signal ends the
@@ -419,5 +441,45 @@ func TestMountsLeftAlone(t *testing.T) {
 	s := Start(t, Options{})
 	if !strings.Contains(s.AgentLog(), `"file systems already mounted"`) {
 		t.Fatalf("agent log:\n%s", tail(s.AgentLog(), 30))
+	}
+}
+
+// TestSignalsCannotKillPID1: every catchable signal but SIGTERM and SIGINT,
+// sent to PID 1, leaves it serving; the forwardable ones reach the main
+// command.
+func TestSignalsCannotKillPID1(t *testing.T) {
+	RequireRoot(t)
+	rep := newReporter(t)
+	script := fmt.Sprintf(`exec 3<>%s; for s in HUP USR1 USR2 QUIT WINCH; do trap "echo got-$s >&3" $s; done; echo up >&3; while :; do sleep 0.1; done`, rep.tcp())
+	s := Start(t, Options{Main: []string{"bash", "-c", script}})
+	rep.expect(t, "up", 20*time.Second)
+	for sig := syscall.Signal(1); sig <= 64; sig++ {
+		switch sig {
+		case syscall.SIGKILL, syscall.SIGSTOP, syscall.SIGTERM, syscall.SIGINT, 32, 33: // 32, 33: glibc's own
+			continue
+		}
+		if err := s.SignalAgent(sig); err != nil {
+			t.Fatalf("signal %d: %v", sig, err)
+		}
+		time.Sleep(5 * time.Millisecond) // distinct signals are not coalesced, but be gentle
+	}
+	got := map[string]bool{}
+	for len(got) < 5 {
+		select {
+		case l := <-rep.lines:
+			got[l] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("forwarded signals reached the main command: %v, want HUP USR1 USR2 QUIT WINCH", got)
+		}
+	}
+	s.JSON("GET", "/api/v1/health", nil, 200, nil)
+	if !strings.Contains(s.AgentLog(), `"signal ignored"`) {
+		t.Errorf("agent log lacks ignored signals")
+	}
+	if err := s.SignalAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := s.WaitAgentExit(20 * time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM", code)
 	}
 }
