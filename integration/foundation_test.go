@@ -258,3 +258,63 @@ func TestUplinkCutMidRequest(t *testing.T) {
 	s.WaitConnected(15 * time.Second)
 	s.JSON("GET", "/api/v1/health", nil, 200, nil)
 }
+
+// TestListenMode runs the agent in listen mode (a runtime that connects
+// inward) on a unix socket, with the proxy dialing it, then drops the link
+// from the agent's side by restarting the proxy: the proxy redials.
+func TestListenMode(t *testing.T) {
+	bin := Binaries(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "uplink.sock")
+	token := randHex(32)
+	key := "tl_test_" + randHex(8)
+	cfg := fmt.Sprintf(`{"sandboxes":{"lm":{"token":%q}},"api_keys":{%q:"t"}}`, token, key)
+	cfgPath := filepath.Join(dir, "proxy.json")
+	os.WriteFile(cfgPath, []byte(cfg), 0o600)
+	agentLog := &syncBuffer{}
+	agent := exec.Command(filepath.Join(bin, "tl-agent"), "--listen", "unix:"+sock, "--sandbox-id", "lm", "--token", token,
+		"--control-socket", filepath.Join(dir, "ctl.sock"), "--provision=false", "--mount=false")
+	agent.Stdout, agent.Stderr = agentLog, agentLog
+	agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { agent.Process.Signal(syscall.SIGTERM); agent.Wait() }()
+	httpAddr := freeAddr(t)
+	startProxy := func() *exec.Cmd {
+		p := exec.Command(filepath.Join(bin, "tl-proxy"), "--config", cfgPath, "--uplink-addr", "127.0.0.1:0",
+			"--http-addr", httpAddr, "--ssh-addr", "", "--connect", "unix:"+sock, "--state-dir", dir)
+		p.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := p.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	health := func() int {
+		req, _ := http.NewRequest("GET", "http://"+httpAddr+"/api/v1/health", nil)
+		req.Host = "lm.local"
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	waitHealthy := func() {
+		deadline := time.Now().Add(15 * time.Second)
+		for health() != 200 {
+			if time.Now().After(deadline) {
+				t.Fatalf("no healthy answer through a dialed uplink\nagent log:\n%s", agentLog.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	p := startProxy()
+	waitHealthy()
+	p.Process.Kill()
+	p.Wait()
+	p = startProxy()
+	defer func() { p.Process.Kill(); p.Wait() }()
+	waitHealthy()
+}
