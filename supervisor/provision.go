@@ -425,6 +425,7 @@ func (p *provisioner) setHostname() error {
 	name := p.o.Hostname
 	cur, _ := os.Hostname()
 	if cur == name {
+		p.log.Info().Str("hostname", name).Msg("host name already set")
 		return nil
 	}
 	if err := unix.Sethostname([]byte(name)); err != nil {
