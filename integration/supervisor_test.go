@@ -483,3 +483,59 @@ func TestSignalsCannotKillPID1(t *testing.T) {
 		t.Fatalf("exit code %d after SIGTERM", code)
 	}
 }
+
+// TestNotPID1Subreaper: under another init (here: a plain child of the
+// test, as under `docker run --init`), the agent is a child subreaper: an
+// orphan of its main command comes back to it, is swept at shutdown, and a
+// process that is not its descendant is never touched.
+func TestNotPID1Subreaper(t *testing.T) {
+	RequireRoot(t)
+	rep := newReporter(t)
+	outsider := exec.Command("sleep", "1000")
+	if err := outsider.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = outsider.Process.Kill(); _ = outsider.Wait() }()
+	script := fmt.Sprintf(`exec 3<>%s; (sleep 1000 & echo "orphan $!" >&3); while :; do sleep 0.1; done`, rep.tcp())
+	s := Start(t, Options{NoSandbox: true, AgentArgs: []string{"--user", "root"}, Main: []string{"bash", "-c", script}})
+	var orphan int
+	fmt.Sscan(strings.TrimPrefix(rep.expect(t, "orphan ", 20*time.Second), "orphan "), &orphan)
+	deadline := time.Now().Add(10 * time.Second)
+	for parentOf(orphan) != s.AgentPid() {
+		if time.Now().After(deadline) {
+			t.Fatalf("orphan %d has parent %d, want the agent %d", orphan, parentOf(orphan), s.AgentPid())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := s.SignalAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := s.WaitAgentExit(20 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	// Dead at once; gone from /proc once reaped, by us or, for a zombie
+	// left at our exit, by this machine's init.
+	for deadline := time.Now().Add(10 * time.Second); syscall.Kill(orphan, 0) != syscall.ESRCH; {
+		if time.Now().After(deadline) {
+			t.Fatalf("orphan %d survived the shutdown", orphan)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := outsider.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("a process that is not the agent's was touched: %v", err)
+	}
+}
+
+// parentOf reads a process's parent pid from this machine's /proc.
+func parentOf(pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	if len(f) < 2 {
+		return -1
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}

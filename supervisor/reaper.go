@@ -192,6 +192,7 @@ func (r *Reaper) Run(stop <-chan struct{}) {
 		r.reap()
 		select {
 		case <-stop:
+			r.reap() // what exited since the last pass
 			return
 		case <-sigs:
 		case <-r.kick:
