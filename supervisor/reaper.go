@@ -33,8 +33,9 @@ type Reaper struct {
 	log     zerolog.Logger
 	reapAll bool
 
-	mu   sync.Mutex
-	subs map[int]*Proc // guarded by mu; pid -> live process we started
+	mu      sync.Mutex
+	subs    map[int]*Proc // guarded by mu; pid -> live process we started
+	closing bool          // guarded by mu; set by the shutdown: no new starts
 
 	kick chan struct{} // asks Run to reap now
 
@@ -121,6 +122,10 @@ func NewReaper(log zerolog.Logger, reapAll bool) *Reaper {
 // ErrStdio is returned by Start for stdio that is not an *os.File.
 var ErrStdio = errors.New("reaper: stdio must be *os.File or nil")
 
+// ErrShuttingDown is returned by Start once the shutdown sweep has begun:
+// a process started then would miss its SIGTERM.
+var ErrShuttingDown = errors.New("reaper: the sandbox is shutting down")
+
 // Start starts cmd and registers it. Never call cmd.Wait.
 func (r *Reaper) Start(cmd *exec.Cmd) (*Proc, error) {
 	for _, f := range []any{cmd.Stdin, cmd.Stdout, cmd.Stderr} {
@@ -136,6 +141,9 @@ func (r *Reaper) Start(cmd *exec.Cmd) (*Proc, error) {
 	// looks pids up under mu, cannot miss a child that exits at once.
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closing {
+		return nil, ErrShuttingDown
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -151,6 +159,13 @@ func (r *Reaper) Stats() (live int, started, orphans int64) {
 	live = len(r.subs)
 	r.mu.Unlock()
 	return live, r.started.Load(), r.orphans.Load()
+}
+
+// refuseStarts makes every later Start fail with ErrShuttingDown.
+func (r *Reaper) refuseStarts() {
+	r.mu.Lock()
+	r.closing = true
+	r.mu.Unlock()
 }
 
 // Live returns the processes started through the reaper that have not

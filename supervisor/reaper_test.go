@@ -170,6 +170,9 @@ func TestSweepDescendants(t *testing.T) {
 	if _, ok := p.Exited(); !ok {
 		t.Fatal("our child was not reaped")
 	}
+	if _, err := r.Start(exec.Command("/bin/true")); err != ErrShuttingDown {
+		t.Fatalf("start after the sweep: %v, want ErrShuttingDown", err)
+	}
 }
 
 func TestParseMountInfo(t *testing.T) {

@@ -23,8 +23,9 @@ type SweepResult struct {
 // only a process stuck in uninterruptible sleep outlives it.
 const killWait = 3 * time.Second
 
-// Sweep ends every process of the sandbox: SIGTERM to the process group
-// of each process the agent started, then to every other process left (a
+// Sweep ends every process of the sandbox: no new process may start
+// through the reaper; SIGTERM to the process group of each process the
+// agent started, then to every other process left (a
 // process that called setsid has left its group); waits up to grace while
 // the reaper reaps; SIGKILLs what is left.
 //
@@ -35,6 +36,7 @@ func Sweep(r *Reaper, grace time.Duration, pid1 bool, log zerolog.Logger) SweepR
 	log = log.With().Str("component", "shutdown").Logger()
 	start := time.Now()
 	var res SweepResult
+	r.refuseStarts()
 	for _, p := range r.Live() {
 		_ = p.SignalGroup(syscall.SIGTERM)
 		_ = p.Signal(syscall.SIGTERM) // a process that left its group
