@@ -497,7 +497,13 @@ func TestNotPID1Subreaper(t *testing.T) {
 	}
 	defer func() { _ = outsider.Process.Kill(); _ = outsider.Wait() }()
 	script := fmt.Sprintf(`exec 3<>%s; (sleep 1000 & echo "orphan $!" >&3); while :; do sleep 0.1; done`, rep.tcp())
-	s := Start(t, Options{NoSandbox: true, AgentArgs: []string{"--user", "root"}, Main: []string{"bash", "-c", script}})
+	host, _ := os.Hostname()
+	s := Start(t, Options{NoSandbox: true, AgentArgs: []string{"--user", "root", "--provision=false"}, Main: []string{"bash", "-c", script}})
+	defer func() {
+		if now, _ := os.Hostname(); now != host {
+			t.Errorf("this machine's host name changed: %q -> %q", host, now)
+		}
+	}()
 	var orphan int
 	fmt.Sscan(strings.TrimPrefix(rep.expect(t, "orphan ", 20*time.Second), "orphan "), &orphan)
 	deadline := time.Now().Add(10 * time.Second)
