@@ -29,6 +29,7 @@ import (
 type sshSystem struct {
 	*System
 	key SSHKey
+	uid uint32 // tl-user's uid in the sandbox (1000 unless the image has another user there)
 }
 
 func startSSH(t *testing.T, opts Options) *sshSystem {
@@ -38,6 +39,12 @@ func startSSH(t *testing.T, opts Options) *sshSystem {
 	opts.SSHKeys = WriteAuthorizedKeys(t, key.Public)
 	s := &sshSystem{System: Start(t, opts), key: key}
 	sandboxReady(t, s.System)
+	out, err := s.Exec("id", "-u", "tl-user")
+	uid, perr := strconv.ParseUint(strings.TrimSpace(out), 10, 32)
+	if err != nil || perr != nil {
+		t.Fatalf("id -u tl-user: %v %q", err, out)
+	}
+	s.uid = uint32(uid)
 	return s
 }
 
@@ -56,10 +63,10 @@ func (s *sshSystem) sshWith(t *testing.T, stdin string, opts []string, args ...s
 	cmd := exec.CommandContext(ctx, "ssh", full...)
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
-	return string(out), exitCode(t, err)
+	return string(out), sshExitCode(t, err)
 }
 
-func exitCode(t *testing.T, err error) int {
+func sshExitCode(t *testing.T, err error) int {
 	t.Helper()
 	if err == nil {
 		return 0
@@ -111,7 +118,7 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 
 // httpServer serves "hello <name>" on loopback; the sandbox shares the
 // host's network, so it is reachable from inside as 127.0.0.1:port.
-func httpServer(t *testing.T, name string) int {
+func sshHttpServer(t *testing.T, name string) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -127,7 +134,7 @@ func httpServer(t *testing.T, name string) int {
 
 // httpGet fetches url through an optional dialer, retrying while a
 // forward is being set up.
-func httpGet(t *testing.T, c *http.Client, url string) string {
+func sshHttpGet(t *testing.T, c *http.Client, url string) string {
 	t.Helper()
 	var last error
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
@@ -144,13 +151,13 @@ func httpGet(t *testing.T, c *http.Client, url string) string {
 	return ""
 }
 
-func unixClient(path string) *http.Client {
+func sshUnixClient(path string) *http.Client {
 	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", path)
 	}, DisableKeepAlives: true}}
 }
 
-func freePort(t *testing.T) int {
+func sshFreePort(t *testing.T) int {
 	t.Helper()
 	_, p, _ := strings.Cut(freeAddr(t), ":")
 	n, _ := strconv.Atoi(p)
@@ -268,7 +275,7 @@ func TestSSHFiles(t *testing.T) {
 	t.Run("scp sftp mode", func(t *testing.T) {
 		scp(src, s.SSHDest()+":up-sftp.bin")
 		sameAsSrc(s.SandboxPath("/home/tl-user/up-sftp.bin"))
-		owner(t, s.SandboxPath("/home/tl-user/up-sftp.bin"), 1000)
+		sshOwner(t, s.SandboxPath("/home/tl-user/up-sftp.bin"), s.uid)
 		scp(s.SSHDest()+":up-sftp.bin", filepath.Join(dir, "down-sftp.bin"))
 		sameAsSrc(filepath.Join(dir, "down-sftp.bin"))
 	})
@@ -312,7 +319,7 @@ func TestSSHFiles(t *testing.T) {
 		if _, err := os.Stat(s.SandboxPath("/home/tl-user/box/gone.txt")); !os.IsNotExist(err) {
 			t.Errorf("rm: %v", err)
 		}
-		owner(t, s.SandboxPath("/home/tl-user/box"), 1000)
+		sshOwner(t, s.SandboxPath("/home/tl-user/box"), s.uid)
 	})
 	t.Run("rsync", func(t *testing.T) {
 		tree := filepath.Join(dir, "tree")
@@ -333,7 +340,7 @@ func TestSSHFiles(t *testing.T) {
 	})
 }
 
-func owner(t *testing.T, path string, uid uint32) {
+func sshOwner(t *testing.T, path string, uid uint32) {
 	t.Helper()
 	var st syscall.Stat_t
 	if err := syscall.Lstat(path, &st); err != nil {
@@ -346,17 +353,17 @@ func owner(t *testing.T, path string, uid uint32) {
 
 func TestSSHForwards(t *testing.T) {
 	s := startSSH(t, Options{})
-	a, b := httpServer(t, "a"), httpServer(t, "b")
+	a, b := sshHttpServer(t, "a"), sshHttpServer(t, "b")
 
 	t.Run("local -L", func(t *testing.T) {
-		lp := freePort(t)
+		lp := sshFreePort(t)
 		s.background(t, "-N", "-L", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", lp, a), s.SSHDest())
-		if got := httpGet(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", lp)); got != "hello a" {
+		if got := sshHttpGet(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", lp)); got != "hello a" {
 			t.Fatalf("-L: %q", got)
 		}
 	})
 	t.Run("dynamic -D", func(t *testing.T) {
-		lp := freePort(t)
+		lp := sshFreePort(t)
 		s.background(t, "-N", "-D", fmt.Sprintf("127.0.0.1:%d", lp), s.SSHDest())
 		var out []byte
 		var err error
@@ -384,20 +391,20 @@ func TestSSHForwards(t *testing.T) {
 		}
 		for _, m := range ms {
 			want := map[string]string{strconv.Itoa(a): "hello a", strconv.Itoa(b): "hello b"}[m[2]]
-			if got := httpGet(t, http.DefaultClient, "http://127.0.0.1:"+m[1]+"/"); got != want {
+			if got := sshHttpGet(t, http.DefaultClient, "http://127.0.0.1:"+m[1]+"/"); got != want {
 				t.Errorf("-R port %s: %q, want %q", m[1], got, want)
 			}
 		}
 	})
 	t.Run("remote -R fixed port, again after an abrupt drop", func(t *testing.T) {
-		rp := freePort(t)
+		rp := sshFreePort(t)
 		for i := 0; i < 2; i++ {
 			cmd, _ := s.background(t, "-N", "-R", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", rp, a), s.SSHDest())
-			if got := httpGet(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", rp)); got != "hello a" {
+			if got := sshHttpGet(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", rp)); got != "hello a" {
 				t.Fatalf("-R round %d: %q", i, got)
 			}
 			_ = cmd.Process.Kill() // no cancel: the forward must end with the connection
-			waitClosed(t, fmt.Sprintf("127.0.0.1:%d", rp))
+			sshWaitClosed(t, fmt.Sprintf("127.0.0.1:%d", rp))
 		}
 	})
 	t.Run("unix -L", func(t *testing.T) {
@@ -411,7 +418,7 @@ func TestSSHForwards(t *testing.T) {
 		defer srv.Close()
 		local := filepath.Join(t.TempDir(), "l.sock")
 		s.background(t, "-N", "-L", local+":"+srvPath, s.SSHDest())
-		if got := httpGet(t, unixClient(local), "http://x/"); got != "hello unix" {
+		if got := sshHttpGet(t, sshUnixClient(local), "http://x/"); got != "hello unix" {
 			t.Fatalf("unix -L: %q", got)
 		}
 	})
@@ -419,10 +426,10 @@ func TestSSHForwards(t *testing.T) {
 		remote := "/tmp/tl-test-fwd.sock"
 		for i := 0; i < 2; i++ {
 			cmd, _ := s.background(t, "-N", "-R", fmt.Sprintf("%s:127.0.0.1:%d", remote, b), s.SSHDest())
-			if got := httpGet(t, unixClient(s.SandboxPath(remote)), "http://x/"); got != "hello b" {
+			if got := sshHttpGet(t, sshUnixClient(s.SandboxPath(remote)), "http://x/"); got != "hello b" {
 				t.Fatalf("unix -R round %d: %q", i, got)
 			}
-			owner(t, s.SandboxPath(remote), 1000)
+			sshOwner(t, s.SandboxPath(remote), s.uid)
 			_ = cmd.Process.Kill()
 		}
 	})
@@ -456,7 +463,7 @@ func TestSSHForwards(t *testing.T) {
 	})
 }
 
-func waitClosed(t *testing.T, addr string) {
+func sshWaitClosed(t *testing.T, addr string) {
 	t.Helper()
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		c, err := net.Dial("tcp", addr)
@@ -479,7 +486,7 @@ func TestSSHRefusals(t *testing.T) {
 		args := append([]string{"-o", "LogLevel=INFO"}, s.SSHArgs(key.Private)...)
 		cmd := exec.Command("ssh", append(args, user+"@127.0.0.1", "true")...)
 		out, err := cmd.CombinedOutput()
-		return string(out), exitCode(t, err)
+		return string(out), sshExitCode(t, err)
 	}
 	cases := []struct {
 		name string
@@ -513,9 +520,9 @@ func TestSSHRefusals(t *testing.T) {
 }
 
 // agentStatus reads the agent's control socket status.
-func agentStatus(t *testing.T, s *System) map[string]any {
+func sshAgentStatus(t *testing.T, s *System) map[string]any {
 	t.Helper()
-	c := unixClient(s.ControlSocket())
+	c := sshUnixClient(s.ControlSocket())
 	resp, err := c.Get("http://agent/status")
 	if err != nil {
 		t.Fatalf("status: %v", err)
@@ -528,7 +535,7 @@ func agentStatus(t *testing.T, s *System) map[string]any {
 	return st
 }
 
-func fdCount(t *testing.T, pid int) int {
+func sshFdCount(t *testing.T, pid int) int {
 	t.Helper()
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
@@ -543,7 +550,7 @@ func TestSSHNoLeaks(t *testing.T) {
 	s := startSSH(t, Options{})
 	_, _ = s.ssh(t, "", "true") // warm up: first-connection allocations
 	time.Sleep(500 * time.Millisecond)
-	baseFD, baseG := fdCount(t, s.AgentPid()), goroutines(t, s.System)
+	baseFD, baseG := sshFdCount(t, s.AgentPid()), sshGoroutines(t, s.System)
 	const total, parallel = 1000, 50
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, parallel)
@@ -572,7 +579,7 @@ func TestSSHNoLeaks(t *testing.T) {
 	failed.Range(func(k, v any) bool { t.Errorf("connection %v: %v", k, v); return true })
 	var fd, g int
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		fd, g = fdCount(t, s.AgentPid()), goroutines(t, s.System)
+		fd, g = sshFdCount(t, s.AgentPid()), sshGoroutines(t, s.System)
 		if fd <= baseFD+5 && g <= baseG+10 {
 			t.Logf("after %d connections: fds %d (baseline %d), goroutines %d (baseline %d)", total, fd, baseFD, g, baseG)
 			return
@@ -581,9 +588,9 @@ func TestSSHNoLeaks(t *testing.T) {
 	t.Fatalf("after %d connections: fds %d (baseline %d), goroutines %d (baseline %d)", total, fd, baseFD, g, baseG)
 }
 
-func goroutines(t *testing.T, s *System) int {
+func sshGoroutines(t *testing.T, s *System) int {
 	t.Helper()
-	v, ok := agentStatus(t, s)["goroutines"].(float64)
+	v, ok := sshAgentStatus(t, s)["goroutines"].(float64)
 	if !ok {
 		t.Fatalf("status has no goroutines")
 	}
@@ -595,14 +602,14 @@ func goroutines(t *testing.T, s *System) int {
 // as <port>-<sandbox>, where the proxy logs in with its own host key.
 func TestSSHPortRoute(t *testing.T) {
 	RequireRoot(t)
-	port := freePort(t)
+	port := sshFreePort(t)
 	s := startSSH(t, Options{AgentArgs: []string{"--ssh-listen", fmt.Sprintf("127.0.0.1:%d", port)}})
 	route := fmt.Sprintf("%d-%s@127.0.0.1", port, s.SandboxID)
 
 	// Before the proxy's key is authorized, the user is told what to do.
 	args := append([]string{"-o", "LogLevel=INFO"}, s.SSHArgs(s.key.Private)...)
 	out, err := exec.Command("ssh", append(args, route, "true")...).CombinedOutput()
-	if exitCode(t, err) != 255 || !strings.Contains(string(out), "refused the proxy") {
+	if sshExitCode(t, err) != 255 || !strings.Contains(string(out), "refused the proxy") {
 		t.Fatalf("unauthorized proxy key: %v %q", err, out)
 	}
 
@@ -621,7 +628,7 @@ func TestSSHPortRoute(t *testing.T) {
 	}
 
 	out, err = exec.Command("ssh", append(s.SSHArgs(s.key.Private), route, "whoami; exit 3")...).CombinedOutput()
-	if exitCode(t, err) != 3 || string(out) != "tl-user\n" {
+	if sshExitCode(t, err) != 3 || string(out) != "tl-user\n" {
 		t.Fatalf("through the port route: %v %q", err, out)
 	}
 	direct := append(s.SSHOpts(s.key.Private), "-p", strconv.Itoa(port), "tl-user@127.0.0.1", "hostname")
@@ -630,7 +637,7 @@ func TestSSHPortRoute(t *testing.T) {
 		t.Fatalf("direct to --ssh-listen: %v %q", err, out)
 	}
 	wrongUser := append(s.SSHOpts(s.key.Private), "-p", strconv.Itoa(port), "root@127.0.0.1", "true")
-	if err := exec.Command("ssh", wrongUser...).Run(); exitCode(t, err) != 255 {
+	if err := exec.Command("ssh", wrongUser...).Run(); sshExitCode(t, err) != 255 {
 		t.Fatalf("root login on --ssh-listen: %v, want refused", err)
 	}
 }
