@@ -32,6 +32,11 @@ const (
 	drainGrace = 2 * time.Second
 )
 
+// outBuf is the read size of program output: larger than an SSH packet
+// (32 KiB) so a bulk writer (sftp-server, cat) costs fewer reads; the
+// channel splits it into packets.
+const outBuf = 128 << 10
+
 // session is one session channel.
 type session struct {
 	srv *Server
@@ -260,7 +265,7 @@ func (ss *session) copyOut(w io.Writer, r *os.File) {
 	ss.output.Add(1)
 	go func() {
 		defer ss.output.Done()
-		buf := make([]byte, 32<<10)
+		buf := make([]byte, outBuf)
 		for {
 			n, err := r.Read(buf)
 			if n > 0 {

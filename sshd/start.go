@@ -162,6 +162,9 @@ func (ss *session) startPTY(cmd *exec.Cmd) error {
 	return nil
 }
 
+// pipeSize is the program's stdout pipe size (see newPipes).
+const pipeSize = 512 << 10
+
 // pipes are a program's stdio: ours are the far ends.
 type pipes struct {
 	inR, inW, outR, outW, errR, errW *os.File
@@ -177,6 +180,11 @@ func newPipes() (*pipes, error) {
 		p.inR.Close()
 		p.inW.Close()
 		return nil, err
+	}
+	// A bigger stdout pipe than the 64 KiB default lets a bulk writer run
+	// ahead of the channel by a few packets; failure is harmless.
+	if rc, err := p.outW.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
 	}
 	if p.errR, p.errW, err = os.Pipe(); err != nil {
 		for _, f := range []*os.File{p.inR, p.inW, p.outR, p.outW} {
