@@ -89,6 +89,11 @@ func relayChannel(opener gossh.Channel, openerReqs <-chan *gossh.Request, target
 	wg.Wait()
 }
 
+// relayBuf is the data copy buffer of each channel direction: four SSH
+// packets, so a bulk transfer costs fewer reads and wake-ups than one
+// packet at a time would.
+const relayBuf = 128 << 10
+
 // oneWay moves src's data, stderr and requests to dst; at src's EOF it
 // half-closes dst, at src's close it closes dst.
 func oneWay(src, dst gossh.Channel, srcReqs <-chan *gossh.Request, orderExit bool) {
@@ -117,7 +122,7 @@ func oneWay(src, dst gossh.Channel, srcReqs <-chan *gossh.Request, orderExit boo
 	var cw sync.WaitGroup
 	cw.Add(1)
 	go func() { defer cw.Done(); _, _ = io.Copy(dst.Stderr(), src.Stderr()) }()
-	_, _ = io.Copy(dst, src)
+	_, _ = io.CopyBuffer(dst, src, make([]byte, relayBuf))
 	cw.Wait()
 	close(copied)
 	if orderExit {
