@@ -125,8 +125,14 @@ func (c *chanConn) SetDeadline(t time.Time) error      { return nil }
 func (c *chanConn) SetReadDeadline(t time.Time) error  { return nil }
 func (c *chanConn) SetWriteDeadline(t time.Time) error { return nil }
 
-// relayChannel relays ch and conn both ways until both ends are done.
-func relayChannel(ch gossh.Channel, reqs <-chan *gossh.Request, conn net.Conn) {
+// RelayChannel relays an SSH channel (a forward: no requests expected)
+// and conn both ways with half-close until both ends are done, then
+// closes both.
+func RelayChannel(ch gossh.Channel, reqs <-chan *gossh.Request, conn net.Conn) (chToConn, connToCh int64) {
 	go gossh.DiscardRequests(reqs)
-	Relay(&chanConn{Channel: ch, local: conn.RemoteAddr(), remote: conn.LocalAddr()}, conn)
+	return Relay(&chanConn{Channel: ch, local: conn.RemoteAddr(), remote: conn.LocalAddr()}, conn)
+}
+
+func relayChannel(ch gossh.Channel, reqs <-chan *gossh.Request, conn net.Conn) {
+	RelayChannel(ch, reqs, conn)
 }

@@ -362,6 +362,41 @@ func TestSSHForwards(t *testing.T) {
 			t.Fatalf("-L: %q", got)
 		}
 	})
+	t.Run("local -L to another address, through the agent", func(t *testing.T) {
+		// Only 127.0.0.1 and localhost take the proxy's stream shortcut;
+		// 127.0.0.2 (loopback too) goes through the agent's SSH server.
+		ln, err := net.Listen("tcp", "127.0.0.2:0")
+		if err != nil {
+			t.Skip("no 127.0.0.2:", err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "hello two") })}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		lp := sshFreePort(t)
+		s.background(t, "-N", "-L", fmt.Sprintf("127.0.0.1:%d:%s", lp, ln.Addr()), s.SSHDest())
+		if got := sshHttpGet(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", lp)); got != "hello two" {
+			t.Fatalf("-L: %q", got)
+		}
+	})
+	t.Run("local -L to a closed port", func(t *testing.T) {
+		lp, closed := sshFreePort(t), sshFreePort(t)
+		s.background(t, "-N", "-L", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", lp, closed), s.SSHDest())
+		time.Sleep(300 * time.Millisecond)
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", lp))
+			if err != nil {
+				continue // ssh not listening yet
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			n, err := c.Read(make([]byte, 1))
+			c.Close()
+			if n != 0 || err == nil {
+				t.Fatalf("read from a forward to a closed port: %d %v", n, err)
+			}
+			return
+		}
+		t.Fatal("ssh -L never listened")
+	})
 	t.Run("dynamic -D", func(t *testing.T) {
 		lp := sshFreePort(t)
 		s.background(t, "-N", "-D", fmt.Sprintf("127.0.0.1:%d", lp), s.SSHDest())

@@ -11,6 +11,7 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -161,7 +162,11 @@ func (f *sshFront) serveConn(ctx context.Context, c net.Conn) {
 	start := time.Now()
 	log = log.With().Str("user", conn.User()).Str("key", st.key.name).Logger()
 	log.Info().Msg("ssh connected")
-	bridge(sshEnd{conn: conn, chans: chans, reqs: reqs}, st.agent)
+	var shortcut func(gossh.NewChannel) bool
+	if st.route.port == 0 {
+		shortcut = f.directLocal(ctx, st, c.RemoteAddr().String())
+	}
+	bridge(sshEnd{conn: conn, chans: chans, reqs: reqs}, st.agent, shortcut)
 	log.Info().Dur("duration", time.Since(start)).Msg("ssh disconnected")
 }
 
@@ -230,4 +235,69 @@ func (f *sshFront) dialSandbox(ctx context.Context, st *frontConn, remote string
 	}
 	_ = s.SetDeadline(time.Time{})
 	return sshEnd{conn: conn, chans: chans, reqs: reqs}, nil
+}
+
+// directLocal is the shortcut for the most common forwards, `-L` or `-D`
+// to a port on the sandbox's loopback and `-L` to a unix socket: the proxy
+// opens an uplink tcp or unix stream to the target directly instead of
+// relaying the channel through the agent's SSH server, which saves one SSH
+// encryption layer each way (docs/ssh.md). The agent dials the target
+// either way; other targets take the SSH path.
+func (f *sshFront) directLocal(ctx context.Context, st *frontConn, remote string) func(gossh.NewChannel) bool {
+	return func(nc gossh.NewChannel) bool {
+		h, ok := localTarget(nc)
+		if !ok {
+			return false
+		}
+		h.User, h.Remote = st.key.name, remote
+		s, err := f.p.reg.Open(ctx, st.route.sandbox, h)
+		if err != nil {
+			var re *uplink.ReplyError
+			msg := "sandbox not reachable"
+			if errors.As(err, &re) {
+				msg = re.Msg
+			}
+			_ = nc.Reject(gossh.ConnectionFailed, msg)
+			return true
+		}
+		ch, reqs, err := nc.Accept()
+		if err != nil {
+			s.Close()
+			return true
+		}
+		forward.RelayChannel(ch, reqs, s)
+		return true
+	}
+}
+
+// localTarget is the uplink target of a channel the proxy can serve with
+// a plain stream: direct-tcpip to 127.0.0.1 or localhost, or
+// direct-streamlocal to an absolute path.
+func localTarget(nc gossh.NewChannel) (uplink.Header, bool) {
+	switch nc.ChannelType() {
+	case "direct-tcpip":
+		var m struct {
+			Host     string
+			Port     uint32
+			OrigHost string
+			OrigPort uint32
+		}
+		if gossh.Unmarshal(nc.ExtraData(), &m) != nil || (m.Host != "127.0.0.1" && m.Host != "localhost") {
+			return uplink.Header{}, false
+		}
+		h := uplink.Header{Kind: uplink.KindTCP, Port: int(m.Port)}
+		return h, m.Port <= 65535 && h.Validate() == nil
+	case "direct-streamlocal@openssh.com":
+		var m struct {
+			Path      string
+			Reserved0 string
+			Reserved1 uint32
+		}
+		if gossh.Unmarshal(nc.ExtraData(), &m) != nil {
+			return uplink.Header{}, false
+		}
+		h := uplink.Header{Kind: uplink.KindUnix, Path: m.Path}
+		return h, h.Validate() == nil
+	}
+	return uplink.Header{}, false
 }

@@ -25,13 +25,15 @@ type sshEnd struct {
 
 // bridge relays between user and agent until either connection ends, then
 // closes both and returns when every relay goroutine has finished.
-func bridge(user, agent sshEnd) {
+// shortcut, when set, may take a user's channel itself (and return true)
+// instead of relaying it to the agent.
+func bridge(user, agent sshEnd, shortcut func(gossh.NewChannel) bool) {
 	var wg sync.WaitGroup
 	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
 	run(func() { relayGlobal(user.reqs, agent.conn) })
 	run(func() { relayGlobal(agent.reqs, user.conn) })
-	run(func() { relayChannels(user.chans, agent.conn, &wg) })
-	run(func() { relayChannels(agent.chans, user.conn, &wg) })
+	run(func() { relayChannels(user.chans, agent.conn, &wg, shortcut) })
+	run(func() { relayChannels(agent.chans, user.conn, &wg, nil) })
 	run(func() { _ = user.conn.Wait(); agent.conn.Close() })
 	run(func() { _ = agent.conn.Wait(); user.conn.Close() })
 	wg.Wait()
@@ -51,11 +53,14 @@ func relayGlobal(in <-chan *gossh.Request, to gossh.Conn) {
 
 // relayChannels opens each incoming channel on the other side and, once
 // both are open, relays them. A refusal is passed back with its reason.
-func relayChannels(in <-chan gossh.NewChannel, to gossh.Conn, wg *sync.WaitGroup) {
+func relayChannels(in <-chan gossh.NewChannel, to gossh.Conn, wg *sync.WaitGroup, shortcut func(gossh.NewChannel) bool) {
 	for nc := range in {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if shortcut != nil && shortcut(nc) {
+				return
+			}
 			out, outReqs, err := to.OpenChannel(nc.ChannelType(), nc.ExtraData())
 			if err != nil {
 				var oce *gossh.OpenChannelError
