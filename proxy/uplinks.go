@@ -80,7 +80,7 @@ func (p *Proxy) serveUplink(ctx context.Context, c net.Conn) {
 		refuse(uplink.CodeBadToken, "wrong token for this sandbox")
 		return
 	}
-	sess, err := yamux.Client(c, uplink.MuxConfig(p.log))
+	sess, err := yamux.Client(uplink.Coalesce(c), uplink.MuxConfig(p.log))
 	if err != nil {
 		return
 	}
