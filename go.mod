@@ -3,6 +3,7 @@ module github.com/tensorlake/tl-agent
 go 1.26.0
 
 require (
+	github.com/coder/websocket v1.8.14
 	github.com/hashicorp/yamux v0.1.2
 	github.com/mattn/go-isatty v0.0.20
 	github.com/rs/zerolog v1.35.1
