@@ -25,7 +25,9 @@ fi
 [ -n "${GOPROXY:-}" ] && args+=(--build-arg "GOPROXY=$GOPROXY")
 if [ "$TL_ENGINE" = podman ]; then
   # Docker format keeps HEALTHCHECK (OCI image config has no field for it).
-  args+=(--format docker --layers)
+  # Host network for RUN steps: apt and the Go proxy are reached the way
+  # this machine reaches them, and no container network stack is needed.
+  args+=(--format docker --layers --network=host)
 fi
 [ $# -gt 0 ] || set -- sandbox
 for target in "$@"; do
