@@ -13,6 +13,7 @@ have tmux       || need+=(tmux)
 have ip         || need+=(iproute2)
 have ps         || need+=(procps)
 have curl       || need+=(curl)
+have npm        || need+=(npm)
 # The image tests (integration/image_test.go): podman with runc (the
 # runtime image/containers.conf names), catatonit for --init, debootstrap
 # for the base image. TL_NEED_PODMAN=0 skips them.

@@ -60,11 +60,17 @@ done
 
 pids=()
 ctr=tl-dev-$SANDBOX
+sandbox=
 cleanup() {
   trap - INT TERM EXIT
   echo
   echo "stopping..."
   if [ "$mode" = container ]; then $TL_ENGINE stop -t 15 "$ctr" >/dev/null 2>&1 || true; fi
+  # unshare ignores SIGTERM while it waits, so the agent (its child, PID 1
+  # of the sandbox) is told directly; its orderly shutdown ends the sandbox.
+  if [ -n "$sandbox" ]; then
+    for c in $(cat "/proc/$sandbox/task/$sandbox/children" 2>/dev/null); do kill -TERM "$c" 2>/dev/null || true; done
+  fi
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
@@ -90,8 +96,9 @@ else
     ./scripts/sandbox-init.sh ./bin/tl-agent \
     --proxy "$UPLINK_ADDR" --sandbox-id "$SANDBOX" --token "$token" \
     2> "$state/agent.log" &
+  sandbox=$!
   pids+=($!)
-  operator="nsenter -t \$(pgrep -f -n 'tl-agent --proxy $UPLINK_ADDR') -m -p tl-agent status"
+  operator="nsenter -t \$(cat /proc/$sandbox/task/$sandbox/children) -a -r -w tl-agent status"
 fi
 
 for _ in $(seq 1 100); do
