@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # tl-agent images. Targets (docs/image.md has the recipes):
 #   sandbox (default)  Debian userland with tl-agent as the entrypoint (PID 1)
 #   proxy              tl-proxy alone, the reference sandbox proxy

@@ -10,6 +10,8 @@
 #   TL_ENGINE          podman or docker (default: podman when installed)
 #   TL_SANDBOX_IMAGE   tag of the sandbox image (localhost/tl-sandbox:latest)
 #   TL_PROXY_IMAGE     tag of the proxy image (localhost/tl-proxy:latest)
+#   TL_EXISTING_IMAGE  tag of the `existing` target (localhost/tl-existing:latest)
+#   TL_APP_IMAGE       image the `existing` target adds tl-agent to
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . image/engine.sh
@@ -23,6 +25,8 @@ if [ "${TL_USE_REGISTRY:-0}" != 1 ]; then
   args+=(--build-arg "BASE_IMAGE=$TL_BASE_IMAGE" --build-arg "GO_IMAGE=$(image/builder.sh)")
 fi
 [ -n "${GOPROXY:-}" ] && args+=(--build-arg "GOPROXY=$GOPROXY")
+# The image that the `existing` target adds tl-agent to (default: the base).
+[ -n "${TL_APP_IMAGE:-}" ] && args+=(--build-arg "APP_IMAGE=$TL_APP_IMAGE")
 if [ "$TL_ENGINE" = podman ]; then
   # Docker format keeps HEALTHCHECK (OCI image config has no field for it).
   # Host network for RUN steps: apt and the Go proxy are reached the way
@@ -35,7 +39,7 @@ for target in "$@"; do
     sandbox) tag=$TL_SANDBOX_IMAGE ;;
     proxy) tag=$TL_PROXY_IMAGE ;;
     agent-bin) tag=localhost/tl-agent-bin:latest ;;
-    existing) tag=localhost/tl-existing:latest ;;
+    existing) tag=${TL_EXISTING_IMAGE:-localhost/tl-existing:latest} ;;
     *) echo "build.sh: unknown target $target" >&2; exit 2 ;;
   esac
   echo "build.sh: $TL_ENGINE build --target $target -t $tag" >&2

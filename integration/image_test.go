@@ -35,10 +35,8 @@ const (
 )
 
 var (
-	imageOnce  sync.Once
-	imageName  string
-	imageErr   error
-	imageBuilt time.Duration
+	imageMu    sync.Mutex
+	imageBuilt = map[string]error{} // target -> result of its one build
 )
 
 // podman runs podman with the project's containers.conf and a deadline.
@@ -52,30 +50,35 @@ func podman(t testing.TB, args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
-// sandboxImage builds the sandbox image once per test binary.
-func sandboxImage(t *testing.T) string {
+// buildImage builds a Dockerfile target once per test binary with
+// image/build.sh, within imageBuildBudget, and returns its tag.
+func buildImage(t *testing.T, target string) string {
 	t.Helper()
 	if _, err := exec.LookPath("podman"); err != nil {
 		t.Fatalf("podman is not installed (make test runs scripts/deps.sh, which installs it): %v", err)
 	}
-	imageOnce.Do(func() {
-		imageName = "localhost/tl-sandbox:it"
+	tag := "localhost/tl-" + target + ":it"
+	imageMu.Lock()
+	defer imageMu.Unlock()
+	err, done := imageBuilt[target]
+	if !done {
 		ctx, cancel := context.WithTimeout(context.Background(), imageBuildBudget)
 		defer cancel()
 		start := time.Now()
-		cmd := exec.CommandContext(ctx, filepath.Join(Root(), "image", "build.sh"), "sandbox")
-		cmd.Env = append(os.Environ(), "TL_ENGINE=podman", "TL_SANDBOX_IMAGE="+imageName,
+		cmd := exec.CommandContext(ctx, filepath.Join(Root(), "image", "build.sh"), target)
+		cmd.Env = append(os.Environ(), "TL_ENGINE=podman", "TL_SANDBOX_IMAGE="+tag, "TL_EXISTING_IMAGE="+tag,
 			"CONTAINERS_CONF="+filepath.Join(Root(), "image", "containers.conf"))
-		out, err := cmd.CombinedOutput()
-		imageBuilt = time.Since(start)
-		if err != nil {
-			imageErr = fmt.Errorf("image/build.sh: %v\n%s", err, tail(string(out), 40))
+		out, berr := cmd.CombinedOutput()
+		if berr != nil {
+			err = fmt.Errorf("image/build.sh %s: %v\n%s", target, berr, tail(string(out), 40))
 		}
-	})
-	if imageErr != nil {
-		t.Fatalf("%v", imageErr)
+		imageBuilt[target] = err
+		t.Logf("image build (%s): %v", target, time.Since(start))
 	}
-	return imageName
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	return tag
 }
 
 // container is one `podman run` of the sandbox image.
@@ -215,8 +218,7 @@ func routeWired(t *testing.T, s *System, method, path string) bool {
 
 func TestImageSandbox(t *testing.T) {
 	RequireRoot(t)
-	img := sandboxImage(t)
-	t.Logf("image build: %v", imageBuilt)
+	img := buildImage(t, "sandbox")
 	size, _ := podman(t, "image", "inspect", "--format", "{{.Size}}", img)
 	t.Logf("image size: %s bytes", size)
 
@@ -268,7 +270,7 @@ func TestImageSandbox(t *testing.T) {
 
 func TestImageReadOnlyInit(t *testing.T) {
 	RequireRoot(t)
-	img := sandboxImage(t)
+	img := buildImage(t, "sandbox")
 	s := Start(t, Options{NoAgent: true})
 	// --init: podman's catatonit is PID 1 and the agent its child (a child
 	// subreaper). Read-only root with tmpfs where a sandbox writes.
@@ -302,6 +304,25 @@ func TestImageReadOnlyInit(t *testing.T) {
 	s.WaitConnected(30 * time.Second)
 	if out, err := podman(t, "healthcheck", "run", c.name); err != nil {
 		t.Fatalf("podman healthcheck run after reconnect: %v %s", err, out)
+	}
+	c.stop()
+}
+
+// TestImageExisting is the recipe for users' own images: the `existing`
+// target adds the static tl-agent to a bare Debian (no sudo, no userland
+// beyond minbase) and sets the entrypoint; the agent provisions tl-user
+// there natively.
+func TestImageExisting(t *testing.T) {
+	RequireRoot(t)
+	img := buildImage(t, "existing")
+	s := Start(t, Options{NoAgent: true})
+	c := runContainer(t, s, img, nil)
+	t.Logf("podman run to serving (existing image): %v", c.serving(s))
+	if argv0 := c.argv0(1); argv0 != "/usr/local/bin/tl-agent" {
+		t.Fatalf("PID 1 is %q, want tl-agent", argv0)
+	}
+	if out, err := c.exec("id", "-u", "tl-user"); err != nil || out != "1000" {
+		t.Errorf("id -u tl-user = %q (%v), want 1000", out, err)
 	}
 	c.stop()
 }
