@@ -262,7 +262,7 @@ func TestImageSandbox(t *testing.T) {
 		}
 	})
 	t.Run("command", func(t *testing.T) { smokeCommand(t, s, c.name) })
-	t.Run("files", func(t *testing.T) { smokeFiles(t, s, c) })
+	t.Run("files", func(t *testing.T) { smokeFilesAs(t, s, c, "1234") })
 	t.Run("pty", func(t *testing.T) { smokePTY(t, s) })
 	t.Run("ssh", func(t *testing.T) { smokeSSH(t, s, keys) })
 	c.stop()
@@ -305,6 +305,33 @@ func TestImageReadOnlyInit(t *testing.T) {
 	if out, err := podman(t, "healthcheck", "run", c.name); err != nil {
 		t.Fatalf("podman healthcheck run after reconnect: %v %s", err, out)
 	}
+	c.stop()
+}
+
+// TestImageReadOnlyBaked is the recipe for read-only roots: tl-user is
+// provisioned at build time (`tl-agent provision`, with no host name: the
+// build cannot set one), and only /home is writable, a tmpfs.
+func TestImageReadOnlyBaked(t *testing.T) {
+	RequireRoot(t)
+	base := buildImage(t, "sandbox")
+	dir := t.TempDir()
+	recipe := "FROM " + base + "\nRUN [\"/usr/local/bin/tl-agent\", \"provision\", \"--hostname\", \"\"]\n"
+	if err := os.WriteFile(filepath.Join(dir, "Containerfile"), []byte(recipe), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := "localhost/tl-readonly:it"
+	if out, err := podman(t, "build", "--format", "docker", "--network=host", "-t", img, dir); err != nil {
+		t.Fatalf("podman build (tl-agent provision at build time): %v\n%s", err, tail(out, 20))
+	}
+	s := Start(t, Options{NoAgent: true})
+	// A tmpfs on /home, not on the home itself: podman copies the image's
+	// /home into it (tmpcopyup), so the home keeps tl-user as its owner.
+	c := runContainer(t, s, img, []string{"--read-only", "--tmpfs", "/home"})
+	c.serving(s)
+	if out, err := c.exec("id", "-u", "tl-user"); err != nil || out != "1000" {
+		t.Fatalf("id -u tl-user = %q (%v), want 1000 (baked)", out, err)
+	}
+	t.Run("files", func(t *testing.T) { smokeFilesAs(t, s, c, "1000") })
 	c.stop()
 }
 
@@ -367,9 +394,9 @@ func smokeCommand(t *testing.T, s *System, hostname string) {
 	}
 }
 
-// smokeFiles writes a file through the API, reads it back, and checks
-// that it belongs to tl-user inside the container.
-func smokeFiles(t *testing.T, s *System, c *container) {
+// smokeFilesAs writes a file through the API, reads it back, and checks
+// that it belongs to tl-user (uid) inside the container.
+func smokeFilesAs(t *testing.T, s *System, c *container, uid string) {
 	if !routeWired(t, s, "GET", "/api/v1/files/list?path=/") {
 		t.Skip("files capability not wired in this build")
 	}
@@ -386,8 +413,8 @@ func smokeFiles(t *testing.T, s *System, c *container) {
 	if resp.StatusCode != 200 || !bytes.Equal(got.Bytes(), data) {
 		t.Fatalf("GET file: status %d, %d bytes back of %d", resp.StatusCode, got.Len(), len(data))
 	}
-	if out, err := c.exec("stat", "-c", "%u", "/home/tl-user/smoke/round-trip.txt"); err != nil || out != "1234" {
-		t.Fatalf("owner of the written file = %q (%v), want 1234", out, err)
+	if out, err := c.exec("stat", "-c", "%u", "/home/tl-user/smoke/round-trip.txt"); err != nil || out != uid {
+		t.Fatalf("owner of the written file = %q (%v), want %s", out, err, uid)
 	}
 }
 
