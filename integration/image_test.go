@@ -66,7 +66,7 @@ func buildImage(t *testing.T, target string) string {
 		defer cancel()
 		start := time.Now()
 		cmd := exec.CommandContext(ctx, filepath.Join(Root(), "image", "build.sh"), target)
-		cmd.Env = append(os.Environ(), "TL_ENGINE=podman", "TL_SANDBOX_IMAGE="+tag, "TL_EXISTING_IMAGE="+tag,
+		cmd.Env = append(os.Environ(), "TL_ENGINE=podman", "TL_SANDBOX_IMAGE="+tag, "TL_EXISTING_IMAGE="+tag, "TL_PROXY_IMAGE="+tag,
 			"CONTAINERS_CONF="+filepath.Join(Root(), "image", "containers.conf"))
 		out, berr := cmd.CombinedOutput()
 		if berr != nil {
@@ -93,7 +93,7 @@ type container struct {
 func runContainer(t *testing.T, s *System, img string, extra []string, env ...string) *container {
 	t.Helper()
 	c := &container{t: t, name: "tl-it-" + randHex(4)}
-	args := []string{"run", "-d", "--name", c.name, "--network=host", "--hostname", c.name,
+	args := []string{"run", "-d", "--pull=never", "--name", c.name, "--network=host", "--hostname", c.name,
 		"--stop-timeout", strconv.Itoa(stopTimeout)}
 	env = append([]string{
 		"TL_AGENT_PROXY=" + s.UplinkAddr, "TL_AGENT_SANDBOX_ID=" + s.SandboxID,
@@ -510,4 +510,41 @@ func sshKeyPair(t *testing.T) string {
 		t.Fatalf("ssh-keygen: %v %s", err, out)
 	}
 	return key
+}
+
+// TestImageProxy runs the proxy image and the sandbox image as two
+// containers: the agent dials the proxy container's uplink port. Both use
+// the host's network (no container network stack needed on this machine);
+// docs/image.md has the pod and user-network variants.
+func TestImageProxy(t *testing.T) {
+	RequireRoot(t)
+	proxyImg, sandboxImg := buildImage(t, "proxy"), buildImage(t, "sandbox")
+	dir := t.TempDir()
+	token, key := randHex(32), "tl_test_"+randHex(16)
+	cfg := fmt.Sprintf(`{"sandboxes": {"sbx-ctr": {"token": %q}}, "api_keys": {%q: "tester"}, "domain": "sandbox.localhost"}`, token, key)
+	if err := os.WriteFile(filepath.Join(dir, "proxy.json"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	uplinkAddr, httpAddr := freeAddr(t), freeAddr(t)
+	proxy := "tl-it-proxy-" + randHex(4)
+	t.Cleanup(func() { _, _ = podman(t, "rm", "-f", "-t", "0", proxy) })
+	// Flags after the image name come after the entrypoint's, and the last
+	// one given wins: the container listens on this test's free ports.
+	if out, err := podman(t, "run", "-d", "--pull=never", "--name", proxy, "--network=host", "-v", dir+":/etc/tl-proxy:ro",
+		"--tmpfs", "/var/lib/tl-proxy", proxyImg,
+		"--uplink-addr", uplinkAddr, "--http-addr", httpAddr, "--ssh-addr", ""); err != nil {
+		t.Fatalf("podman run proxy: %v\n%s", err, out)
+	}
+	// A System with no processes of its own: the API helpers only.
+	s := &System{t: t, SandboxID: "sbx-ctr", Token: token, APIKey: key, UplinkAddr: uplinkAddr, HTTPAddr: httpAddr}
+	c := runContainer(t, s, sandboxImg, nil)
+	t.Logf("podman run to serving (proxy in a container): %v", c.serving(s))
+	c.stop()
+	if out, err := podman(t, "stop", "-t", strconv.Itoa(stopTimeout), proxy); err != nil {
+		t.Fatalf("podman stop proxy: %v %s", err, out)
+	}
+	if code, err := podman(t, "inspect", "--format", "{{.State.ExitCode}}", proxy); err != nil || code != "0" {
+		logs, _ := podman(t, "logs", proxy)
+		t.Fatalf("proxy exit code %q (%v), want 0\n%s", code, err, tail(logs, 20))
+	}
 }
