@@ -27,7 +27,8 @@ import (
 //
 // Budget: the first build on a fresh machine makes the Debian base with
 // debootstrap (~30 s), the local Go builder (~15 s) and the image (~1 min);
-// later runs reuse the cached base and layers. imageBuildBudget bounds it.
+// later runs reuse the cached base and layers. imageBuildBudget bounds all
+// image builds of one test binary together.
 const (
 	imageBuildBudget = 15 * time.Minute
 	podmanTimeout    = 2 * time.Minute
@@ -35,8 +36,9 @@ const (
 )
 
 var (
-	imageMu    sync.Mutex
-	imageBuilt = map[string]error{} // target -> result of its one build
+	imageMu       sync.Mutex
+	imageBuilt    = map[string]error{} // target -> result of its one build
+	imageDeadline time.Time            // set by the first build
 )
 
 // podman runs podman with the project's containers.conf and a deadline.
@@ -62,7 +64,10 @@ func buildImage(t *testing.T, target string) string {
 	defer imageMu.Unlock()
 	err, done := imageBuilt[target]
 	if !done {
-		ctx, cancel := context.WithTimeout(context.Background(), imageBuildBudget)
+		if imageDeadline.IsZero() {
+			imageDeadline = time.Now().Add(imageBuildBudget)
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), imageDeadline)
 		defer cancel()
 		start := time.Now()
 		cmd := exec.CommandContext(ctx, filepath.Join(Root(), "image", "build.sh"), target)
@@ -70,7 +75,7 @@ func buildImage(t *testing.T, target string) string {
 			"CONTAINERS_CONF="+filepath.Join(Root(), "image", "containers.conf"))
 		out, berr := cmd.CombinedOutput()
 		if berr != nil {
-			err = fmt.Errorf("image/build.sh %s: %v\n%s", target, berr, tail(string(out), 40))
+			err = fmt.Errorf("image/build.sh %s (image build budget %v): %v\n%s", target, imageBuildBudget, berr, tail(string(out), 40))
 		}
 		imageBuilt[target] = err
 		t.Logf("image build (%s): %v", target, time.Since(start))
@@ -85,6 +90,7 @@ func buildImage(t *testing.T, target string) string {
 type container struct {
 	t       *testing.T
 	name    string
+	init    bool // --init: the runtime's init is PID 1, the agent its child
 	started time.Time
 }
 
@@ -103,6 +109,9 @@ func runContainer(t *testing.T, s *System, img string, extra []string, env ...st
 		args = append(args, "-e", e)
 	}
 	args = append(append(args, extra...), img)
+	for _, a := range extra {
+		c.init = c.init || a == "--init"
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			logs, _ := podman(t, "logs", c.name)
@@ -174,11 +183,42 @@ func (c *container) stop() {
 	if took >= stopTimeout*time.Second {
 		c.t.Errorf("podman stop took %v: the agent did not end within the %ds timeout (SIGKILL)", took, stopTimeout)
 	}
-	logs := c.logs()
-	for _, want := range []string{"tl-agent starting", "tl-agent stopped"} {
-		if !strings.Contains(logs, want) {
-			c.t.Errorf("agent log lacks %q", want)
+	// The agent's log: it started, took SIGTERM as a shutdown request, and
+	// its last word is exit 0; as PID 1 it swept the stray process itself
+	// with SIGTERM (with --init the stray belongs to the init).
+	type logLine struct {
+		Message    string `json:"message"`
+		Signal     string `json:"signal"`
+		ExitCode   *int   `json:"exit_code"`
+		Terminated int    `json:"terminated"`
+		Killed     int    `json:"killed"`
+	}
+	var started, requested bool
+	var last logLine
+	for _, line := range strings.Split(c.logs(), "\n") {
+		var ev logLine
+		if json.Unmarshal([]byte(line), &ev) != nil {
+			continue
 		}
+		switch ev.Message {
+		case "tl-agent starting":
+			started = true
+		case "shutdown requested":
+			requested = requested || ev.Signal == "SIGTERM"
+		case "tl-agent stopped":
+			last = ev
+		}
+	}
+	if !started || !requested {
+		c.t.Errorf("agent log: started %v, SIGTERM shutdown requested %v", started, requested)
+	}
+	switch {
+	case last.ExitCode == nil || *last.ExitCode != 0:
+		c.t.Errorf("no \"tl-agent stopped\" line with exit_code 0 in the agent log")
+	case !c.init && last.Terminated < 1:
+		c.t.Errorf("the agent (PID 1) terminated %d processes at shutdown, want the stray one", last.Terminated)
+	case last.Killed != 0:
+		c.t.Errorf("the agent had to SIGKILL %d processes (a sleep dies on SIGTERM)", last.Killed)
 	}
 	if left := hostProcesses(marker); len(left) > 0 {
 		c.t.Errorf("processes of the sandbox left on the host after stop: %v", left)
