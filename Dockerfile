@@ -45,6 +45,7 @@ STOPSIGNAL SIGTERM
 FROM ${APP_IMAGE} AS existing
 COPY --from=build /out/tl-agent /usr/local/bin/tl-agent
 STOPSIGNAL SIGTERM
+ENV TL_AGENT_SHUTDOWN_GRACE=7s
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["/usr/local/bin/tl-agent", "status", "--check"]
 ENTRYPOINT ["/usr/local/bin/tl-agent"]
