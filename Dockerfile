@@ -46,6 +46,10 @@ FROM ${APP_IMAGE} AS existing
 COPY --from=build /out/tl-agent /usr/local/bin/tl-agent
 STOPSIGNAL SIGTERM
 ENV TL_AGENT_SHUTDOWN_GRACE=7s
+# A container runtime mounts /proc, /sys, /dev, /dev/pts and /dev/shm and
+# gives no CAP_SYS_ADMIN to mount more; the agent's mount duty is for
+# microVMs, which boot the root file system without this image config.
+ENV TL_AGENT_MOUNT=false
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["/usr/local/bin/tl-agent", "status", "--check"]
 ENTRYPOINT ["/usr/local/bin/tl-agent"]
@@ -69,6 +73,10 @@ ENV LANG=C.UTF-8
 # shutdown ends within docker's and podman's default 10 s stop timeout).
 STOPSIGNAL SIGTERM
 ENV TL_AGENT_SHUTDOWN_GRACE=7s
+# A container runtime mounts /proc, /sys, /dev, /dev/pts and /dev/shm and
+# gives no CAP_SYS_ADMIN to mount more; the agent's mount duty is for
+# microVMs, which boot the root file system without this image config.
+ENV TL_AGENT_MOUNT=false
 # Healthy only while the uplink to the proxy is up (or, in --listen mode,
 # while the agent is listening for it).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \

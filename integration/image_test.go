@@ -290,6 +290,18 @@ func TestImageSandbox(t *testing.T) {
 			t.Errorf("agent log does not mention the refused sethostname")
 		}
 	})
+	t.Run("mounts", func(t *testing.T) {
+		// The runtime mounted what a sandbox needs; the image tells the
+		// agent so (TL_AGENT_MOUNT=false) and nothing fails to mount.
+		if logs := c.logs(); strings.Contains(logs, "mount failed") {
+			t.Errorf("agent log has mount failures:\n%s", tail(logs, 20))
+		}
+		for _, fs := range []string{"/proc", "/dev/pts", "/dev/shm"} {
+			if _, err := c.exec("mountpoint", "-q", fs); err != nil {
+				t.Errorf("%s is not a mount point in the container", fs)
+			}
+		}
+	})
 	t.Run("healthcheck", func(t *testing.T) {
 		if out, err := podman(t, "healthcheck", "run", c.name); err != nil {
 			t.Fatalf("podman healthcheck run: %v %s", err, out)
