@@ -32,9 +32,9 @@ const (
 	drainGrace = 2 * time.Second
 )
 
-// outBuf is the read size of program output: larger than an SSH packet
-// (32 KiB) so a bulk writer (sftp-server, cat) costs fewer reads; the
-// channel splits it into packets.
+// outBuf is the copy size of program output and input: larger than an SSH
+// packet (32 KiB) so bulk transfers (sftp, cat) cost fewer reads and
+// writes; the channel splits output into packets and joins input.
 const outBuf = 128 << 10
 
 // session is one session channel.
@@ -288,7 +288,7 @@ func (ss *session) copyOut(w io.Writer, r *os.File) {
 // never half-close.
 func copyIn(w io.WriteCloser, r io.Reader, closeAtEOF bool) {
 	go func() {
-		buf := make([]byte, 32<<10)
+		buf := make([]byte, outBuf)
 		_, _ = io.CopyBuffer(writerOnly{w}, r, buf)
 		if closeAtEOF {
 			_ = w.Close()

@@ -181,10 +181,12 @@ func newPipes() (*pipes, error) {
 		p.inW.Close()
 		return nil, err
 	}
-	// A bigger stdout pipe than the 64 KiB default lets a bulk writer run
-	// ahead of the channel by a few packets; failure is harmless.
-	if rc, err := p.outW.SyscallConn(); err == nil {
-		_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
+	// Bigger stdin and stdout pipes than the 64 KiB default let bulk
+	// transfers run a few packets ahead; failure is harmless.
+	for _, f := range []*os.File{p.inW, p.outW} {
+		if rc, err := f.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
+		}
 	}
 	if p.errR, p.errW, err = os.Pipe(); err != nil {
 		for _, f := range []*os.File{p.inR, p.inW, p.outR, p.outW} {
