@@ -44,12 +44,15 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// MaxSessions bounds concurrent session channels over all connections.
 	MaxSessions int
+	// MaxConns bounds concurrent connections (uplink and listener).
+	MaxConns int
 }
 
 // Defaults for the zero fields of Config.
 const (
 	DefaultHandshakeTimeout = 30 * time.Second
 	DefaultMaxSessions      = 512
+	DefaultMaxConns         = 256
 )
 
 // Server is the agent's SSH server. It owns its connections' goroutines:
@@ -63,11 +66,12 @@ type Server struct {
 	direct *ssh.Server // authorized_keys; nil without cfg.Listen
 	slots  chan struct{}
 
-	mu      sync.Mutex
-	closing bool                  // guarded by mu
-	conns   map[net.Conn]struct{} // guarded by mu
-	ln      net.Listener          // guarded by mu
-	wg      sync.WaitGroup
+	mu       sync.Mutex
+	closing  bool                  // guarded by mu
+	conns    map[net.Conn]struct{} // guarded by mu
+	ln       net.Listener          // guarded by mu
+	wg       sync.WaitGroup        // connections and the accept loop
+	sessions sync.WaitGroup        // session handlers; Add only under mu while !closing
 }
 
 // New returns a server with a fresh in-memory ed25519 host key. The proxy
@@ -84,6 +88,9 @@ func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Server, er
 	}
 	if cfg.MaxSessions <= 0 {
 		cfg.MaxSessions = DefaultMaxSessions
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
 	}
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -186,6 +193,7 @@ func authenticated(ctx ssh.Context) {
 // returns when it has ended. h says who the proxy authenticated.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn, h uplink.Header) {
 	if !s.track(c) {
+		s.log.Warn().Str("user", h.User).Msg("ssh connection refused: closing or at the connection limit")
 		c.Close()
 		return
 	}
@@ -201,7 +209,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn, h uplink.Header) {
 func (s *Server) track(c net.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing {
+	if s.closing || len(s.conns) >= s.cfg.MaxConns {
 		return false
 	}
 	s.conns[c] = struct{}{}
@@ -247,7 +255,7 @@ func (s *Server) Listen() error {
 			}
 			if !s.track(c) {
 				c.Close()
-				return
+				continue
 			}
 			go func() {
 				defer s.untrack(c)
@@ -269,7 +277,8 @@ func (s *Server) Addr() net.Addr {
 }
 
 // Close stops the listener, ends every connection and waits for their
-// handlers. Safe to call twice.
+// handlers and sessions (whose programs get SIGHUP, as at a hang-up).
+// Safe to call twice.
 func (s *Server) Close() {
 	s.mu.Lock()
 	s.closing = true
@@ -281,4 +290,16 @@ func (s *Server) Close() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.sessions.Wait()
+}
+
+// startSession registers a session handler; false once closing.
+func (s *Server) startSession() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.sessions.Add(1)
+	return true
 }

@@ -94,3 +94,25 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	t.Cleanup(func() { a.Close(); b.Close() })
 	return a, b
 }
+
+// Past MaxConns a connection is closed at once; Close ends the others.
+func TestMaxConns(t *testing.T) {
+	s := newTestServer(t, Config{MaxConns: 1})
+	a1, _ := tcpPair(t)
+	go s.ServeConn(context.Background(), a1, uplink.Header{Kind: uplink.KindSSH})
+	for {
+		s.mu.Lock()
+		n := len(s.conns)
+		s.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	a2, b2 := tcpPair(t)
+	s.ServeConn(context.Background(), a2, uplink.Header{Kind: uplink.KindSSH}) // returns at once
+	if _, err := b2.Read(make([]byte, 1)); err == nil {
+		t.Fatal("second connection was served")
+	}
+	s.Close()
+}

@@ -55,6 +55,11 @@ type session struct {
 }
 
 func (s *Server) handleSession(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
+	if !s.startSession() {
+		_ = nc.Reject(gossh.ResourceShortage, "server shutting down")
+		return
+	}
+	defer s.sessions.Done()
 	select {
 	case s.slots <- struct{}{}:
 	default:
