@@ -25,6 +25,9 @@ import (
 // including reaching the sandbox.
 const sshHandshakeTimeout = 30 * time.Second
 
+// maxSSHConns bounds the front door's concurrent connections.
+const maxSSHConns = 1024
+
 // sandboxUser is the user the proxy logs in as on an SSH server of a
 // <port>-<sandbox> route.
 const sandboxUser = "tl-user"
@@ -82,6 +85,12 @@ func (p *Proxy) serveSSHFront(ctx context.Context, ln net.Listener) error {
 			f.mu.Unlock()
 			c.Close()
 			return nil
+		}
+		if len(f.conns) >= maxSSHConns {
+			f.mu.Unlock()
+			p.log.Warn().Str("remote", c.RemoteAddr().String()).Msg("ssh connection refused: at the connection limit")
+			c.Close()
+			continue
 		}
 		f.conns[c] = struct{}{}
 		f.mu.Unlock()

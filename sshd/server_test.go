@@ -2,6 +2,8 @@ package sshd
 
 import (
 	"context"
+	"errors"
+	"os"
 	"net"
 	"testing"
 	"time"
@@ -111,7 +113,8 @@ func TestMaxConns(t *testing.T) {
 	}
 	a2, b2 := tcpPair(t)
 	s.ServeConn(context.Background(), a2, uplink.Header{Kind: uplink.KindSSH}) // returns at once
-	if _, err := b2.Read(make([]byte, 1)); err == nil {
+	_ = b2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := b2.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatal("second connection was served")
 	}
 	s.Close()
