@@ -3,8 +3,8 @@ package sshd
 import (
 	"context"
 	"errors"
-	"os"
 	"net"
+	"os"
 	"testing"
 	"time"
 
