@@ -160,3 +160,35 @@ func TestUnknownSubsystem(t *testing.T) {
 		t.Fatalf("stderr %q, requests %v", stderr, status)
 	}
 }
+
+// RFC 4254 §6.10 order, which OpenSSH clients rely on: all output, then
+// exit-status, then EOF, then close; and the client never has to close
+// its stdin for that to happen.
+func TestExitOrderWithoutClientEOF(t *testing.T) {
+	c := dial(t)
+	ch, reqs, err := c.OpenChannel("session", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, err := ch.SendRequest("exec", true, gossh.Marshal(&struct{ Command string }{"head -c 100000 /dev/zero; echo; exit 9"}))
+	if err != nil || !ok {
+		t.Fatalf("exec: %v %v", ok, err)
+	}
+	out, err := io.ReadAll(ch) // returns at the server's EOF
+	if err != nil || len(out) != 100001 {
+		t.Fatalf("output: %d bytes, %v", len(out), err)
+	}
+	// Requests are delivered in order with data: exit-status came first.
+	select {
+	case r := <-reqs:
+		var st struct{ Status uint32 }
+		if r.Type != "exit-status" || gossh.Unmarshal(r.Payload, &st) != nil || st.Status != 9 {
+			t.Fatalf("first request after output: %s %v", r.Type, st)
+		}
+	default:
+		t.Fatal("EOF arrived before exit-status")
+	}
+	if _, ok := <-reqs; ok {
+		t.Fatal("more requests after exit-status")
+	}
+}
