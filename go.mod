@@ -9,4 +9,7 @@ require (
 	golang.org/x/sys v0.50.0
 )
 
-require github.com/mattn/go-colorable v0.1.14 // indirect
+require (
+	github.com/coder/websocket v1.8.15 // indirect
+	github.com/mattn/go-colorable v0.1.14 // indirect
+)
