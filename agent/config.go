@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/tensorlake/tl-agent/process"
 )
 
 // Config is everything the agent can be told. cmd/tl-agent binds each field
@@ -40,6 +42,10 @@ type Config struct {
 	PTYIdleTimeout time.Duration
 	PTYMaxSessions int
 
+	// Processes: output kept per process, exited processes kept
+	// (docs/processes.md).
+	Processes process.Config
+
 	// Main command run after `--`, and whether its exit ends the sandbox.
 	Main         []string
 	ExitWithMain bool
@@ -59,6 +65,7 @@ func Defaults() Config {
 		ShutdownGrace:  10 * time.Second,
 		PTYIdleTimeout: 300 * time.Second,
 		PTYMaxSessions: 64,
+		Processes:      process.DefaultConfig(),
 	}
 }
 
