@@ -17,20 +17,6 @@ import (
 	"github.com/coder/websocket"
 )
 
-// DialTunnel opens a TCP tunnel WebSocket to port inside the sandbox
-// through the proxy. The answer is the HTTP response when refused.
-func (s *System) DialTunnel(ctx context.Context, port string) (*websocket.Conn, *http.Response, error) {
-	hdr := http.Header{}
-	hdr.Set("Authorization", "Bearer "+s.APIKey)
-	c, resp, err := websocket.Dial(ctx, s.WSURL()+"/api/v1/tunnels/tcp?port="+port, &websocket.DialOptions{
-		HTTPHeader: hdr, Host: s.SandboxID + ".local",
-	})
-	if err == nil {
-		c.SetReadLimit(-1)
-	}
-	return c, resp, err
-}
-
 // listenLoopback serves handle on each connection to a fresh loopback
 // port, which the sandbox reaches as 127.0.0.1 (it shares the network).
 func listenLoopback(t *testing.T, handle func(net.Conn)) int {
