@@ -92,6 +92,13 @@ func (l *outputLog) close() {
 	}
 }
 
+// size is the text bytes held.
+func (l *outputLog) size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.bytes
+}
+
 // snapshot returns the kept lines of stream ("" for both) and how many
 // lines were dropped from the ring so far.
 func (l *outputLog) snapshot(stream string) ([]Line, uint64) {

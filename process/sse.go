@@ -122,6 +122,10 @@ func (t *Table) handleFollow(w http.ResponseWriter, r *http.Request) {
 	_ = s.flush()
 }
 
+// maxTimeout bounds run's timeout (one year), keeping the conversion to a
+// Duration far from overflow.
+const maxTimeout = 365 * 24 * 3600
+
 // handleRun starts a command with stdin closed and streams its output and
 // exit as events. The timeout, and a client that goes away before the
 // exit, kill the whole tree.
@@ -130,8 +134,8 @@ func (t *Table) handleRun(w http.ResponseWriter, r *http.Request) {
 	if !httpx.DecodeJSON(w, r, &req) {
 		return
 	}
-	if req.Timeout < 0 {
-		writeErr(w, badRequest(codeInvalid, "timeout must not be negative"))
+	if req.Timeout < 0 || req.Timeout > maxTimeout {
+		writeErr(w, badRequest(codeInvalid, "timeout must be from 0 (none) to %d seconds", maxTimeout))
 		return
 	}
 	req.StdinMode, req.StdoutMode, req.StderrMode = "", "", ""

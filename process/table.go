@@ -33,7 +33,8 @@ type Config struct {
 	MaxLineBytes  int           // longer lines are split at this many bytes
 	KeepExited    time.Duration // how long an exited process stays queryable
 	MaxExited     int           // how many exited processes are kept at most
-	MaxLive       int           // running processes at most (429 past it)
+	ExitedBytes   int           // output bytes kept by exited processes together
+	MaxLive       int           // running API processes at most (429 past it)
 	ExitGrace     time.Duration // output still read after the leader exits (pipes held by children)
 	StdinTimeout  time.Duration // a stdin write blocked this long fails (503)
 	MaxStdinBytes int64         // one stdin request's body at most
@@ -44,10 +45,11 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		MaxLines:      10000,
-		MaxBytes:      8 << 20,
+		MaxBytes:      4 << 20,
 		MaxLineBytes:  64 << 10,
 		KeepExited:    10 * time.Minute,
 		MaxExited:     256,
+		ExitedBytes:   64 << 20,
 		MaxLive:       4096,
 		ExitGrace:     time.Second,
 		StdinTimeout:  30 * time.Second,
@@ -72,6 +74,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxExited <= 0 {
 		c.MaxExited = d.MaxExited
+	}
+	if c.ExitedBytes <= 0 {
+		c.ExitedBytes = d.ExitedBytes
 	}
 	if c.MaxLive <= 0 {
 		c.MaxLive = d.MaxLive
@@ -140,8 +145,9 @@ type Process struct {
 	managed   *managed // nil unless supervised
 	oomBefore int64
 
-	stdinMu sync.Mutex
-	stdin   *os.File // guarded by stdinMu; nil when not a pipe or closed
+	stdinMu   sync.Mutex
+	stdin     *os.File // guarded by stdinMu; nil when not a pipe or closed
+	stdinPipe *os.File // the same pipe, never reset: its deadline unblocks a writer
 
 	mu      sync.Mutex
 	ended   bool // guarded by mu; the fields below are final once set
@@ -274,7 +280,7 @@ func (t *Table) spawn(s *spec, handle int) (*Process, error) {
 	p := &Process{
 		t: t, handle: handle, pid: proc.Pid, spec: s, startedAt: time.Now(), proc: proc,
 		out:       newOutputLog(t.cfg.MaxLines, t.cfg.MaxBytes),
-		oomBefore: oomBefore, stdin: io.stdin, done: make(chan struct{}),
+		oomBefore: oomBefore, stdin: io.stdin, stdinPipe: io.stdin, done: make(chan struct{}),
 	}
 	var capWG sync.WaitGroup
 	for i, r := range io.reads {
@@ -314,6 +320,11 @@ func (t *Table) watch(p *Process, reads []*os.File, capWG *sync.WaitGroup) {
 	for _, r := range reads {
 		r.Close()
 	}
+	if p.stdinPipe != nil {
+		// A writer blocked on a pipe that a surviving child keeps open
+		// must not hold up the exit.
+		_ = p.stdinPipe.SetWriteDeadline(time.Now())
+	}
 	p.closeStdin()
 	p.out.close()
 	p.mu.Lock()
@@ -330,8 +341,7 @@ func (t *Table) watch(p *Process, reads []*os.File, capWG *sync.WaitGroup) {
 	t.prune()
 }
 
-// closeStdin closes the stdin pipe if open; it reports whether it was a
-// pipe at all.
+// closeStdin closes the stdin pipe if open.
 func (p *Process) closeStdin() {
 	p.stdinMu.Lock()
 	defer p.stdinMu.Unlock()
@@ -425,9 +435,13 @@ func (t *Table) prune() {
 		}
 		exited = append(exited, p)
 	}
-	if extra := len(exited) - t.cfg.MaxExited; extra > 0 {
-		sort.Slice(exited, func(i, j int) bool { return exited[i].handle < exited[j].handle })
-		for _, p := range exited[:extra] {
+	// The newest are kept: at most MaxExited of them, holding at most
+	// ExitedBytes of output together.
+	sort.Slice(exited, func(i, j int) bool { return exited[i].handle > exited[j].handle })
+	kept := 0
+	for i, p := range exited {
+		kept += p.out.size()
+		if i >= t.cfg.MaxExited || kept > t.cfg.ExitedBytes {
 			delete(t.byPid, p.pid)
 		}
 	}
