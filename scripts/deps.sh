@@ -13,6 +13,7 @@ have tmux       || need+=(tmux)
 have ip         || need+=(iproute2)
 have ps         || need+=(procps)
 have curl       || need+=(curl)
+have npm        || need+=(npm)
 if [ "${TL_NEED_PODMAN:-0}" = 1 ]; then
   have podman      || need+=(podman)
   have debootstrap || need+=(debootstrap)
