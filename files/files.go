@@ -368,4 +368,3 @@ func entryOf(dir string, de fs.DirEntry) Entry {
 	}
 	return e
 }
-

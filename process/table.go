@@ -173,14 +173,13 @@ func (t *Table) start(s *spec, m *managed) (*Process, error) {
 	t.live++ // reserved; released if the start fails
 	t.mu.Unlock()
 
-	p, err := t.spawn(s, handle)
+	p, err := t.spawn(s, handle, m)
 	if err != nil {
 		t.mu.Lock()
 		t.live--
 		t.mu.Unlock()
 		return nil, err
 	}
-	p.managed = m
 	t.mu.Lock()
 	t.byPid[p.pid] = p // a reused pid replaces the old, exited entry
 	t.mu.Unlock()
@@ -246,7 +245,10 @@ func openStdio(s *spec) (*stdio, error) {
 	return io, nil
 }
 
-func (t *Table) spawn(s *spec, handle int) (*Process, error) {
+// spawn starts the process and its output and exit watchers. m is set on
+// the Process before the watcher runs: a command that exits at once must
+// still reach its supervisor.
+func (t *Table) spawn(s *spec, handle int, m *managed) (*Process, error) {
 	io, err := openStdio(s)
 	if err != nil {
 		return nil, &apiError{500, codeStartFailed, "pipes: " + err.Error()}
@@ -278,7 +280,7 @@ func (t *Table) spawn(s *spec, handle int) (*Process, error) {
 		return nil, &apiError{500, codeStartFailed, "start " + s.command + ": " + err.Error()}
 	}
 	p := &Process{
-		t: t, handle: handle, pid: proc.Pid, spec: s, startedAt: time.Now(), proc: proc,
+		t: t, handle: handle, pid: proc.Pid, spec: s, startedAt: time.Now(), proc: proc, managed: m,
 		out:       newOutputLog(t.cfg.MaxLines, t.cfg.MaxBytes),
 		oomBefore: oomBefore, stdin: io.stdin, stdinPipe: io.stdin, done: make(chan struct{}),
 	}
