@@ -146,7 +146,9 @@ func (s *Server) handleRead(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Last-Modified", fi.ModTime().UTC().Format(http.TimeFormat))
-	if fi.Mode().IsRegular() {
+	if fi.Mode().IsRegular() && fi.Size() > 0 {
+		// Files of /proc and /sys say size 0 and are not empty: those
+		// are sent chunked.
 		h.Set("Content-Length", fmt.Sprint(fi.Size()))
 	}
 	w.WriteHeader(http.StatusOK)

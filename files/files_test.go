@@ -73,6 +73,10 @@ func TestWriteReadListDelete(t *testing.T) {
 			t.Errorf("%q: %d %s", p, code, body)
 		}
 	}
+	// Files that report size 0 but are not empty are sent whole.
+	if code, body := do(t, "GET", f("/proc/self/stat"), ""); code != 200 || len(body) == 0 {
+		t.Fatalf("/proc/self/stat: %d, %d bytes", code, len(body))
+	}
 	ents, _ := os.ReadDir(filepath.Join(dir, "a/b"))
 	if len(ents) != 1 {
 		t.Fatalf("leftovers beside the written file: %v", ents)

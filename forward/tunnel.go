@@ -38,13 +38,6 @@ func (t *Tunnels) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/tunnels/tcp", t.serve)
 }
 
-// pingInterval and pingTimeout drop a client that has silently gone away:
-// with no traffic and no pong the tunnel would otherwise live forever.
-const (
-	pingInterval = 30 * time.Second
-	pingTimeout  = 20 * time.Second
-)
-
 func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) {
 	ps := r.URL.Query().Get("port")
 	port, err := strconv.Atoi(ps)
@@ -68,31 +61,16 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(-1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// The client's pings are answered while the relay reads. A client
+	// that vanishes is noticed by the proxy (TCP keepalive, write errors),
+	// which closes the stream; the agent does not ping, since a tunnel
+	// whose target is slow to read cannot answer pings in time and would
+	// be dropped for it.
 	c := &wsConn{ws: ws, ctx: ctx}
-	go keepAlive(ctx, ws)
 	start := time.Now()
 	in, out := Relay(c, target)
 	t.log.Debug().Int("port", port).Int64("bytes_in", in).Int64("bytes_out", out).
 		Dur("duration", time.Since(start)).Msg("tunnel ended")
-}
-
-func keepAlive(ctx context.Context, ws *websocket.Conn) {
-	tick := time.NewTicker(pingInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		pctx, cancel := context.WithTimeout(ctx, pingTimeout)
-		err := ws.Ping(pctx)
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			_ = ws.CloseNow()
-			return
-		}
-	}
 }
 
 // wsConn presents a WebSocket as a net.Conn for Relay: a Read returns
