@@ -580,3 +580,39 @@ func TestThousandConcurrentRuns(t *testing.T) {
 		t.Fatalf("%d of %d runs wrong; e.g. %v", n, total, firstErr)
 	}
 }
+
+// TestProcessBounds: the output kept per process and the exited processes
+// kept are bounded by the agent's flags; dropped lines are counted.
+func TestProcessBounds(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{AgentArgs: []string{"--proc-max-lines", "5", "--proc-max-exited", "3"}})
+	ensureUser(t, s)
+	var p procInfo
+	s.JSON("POST", "/api/v1/processes", map[string]any{"command": "seq", "args": []string{"1", "20"}}, 201, &p)
+	waitStatus(t, s, fmt.Sprint(p.Pid), "exited")
+	var out struct {
+		Lines   []string `json:"lines"`
+		Dropped int      `json:"dropped_lines"`
+	}
+	s.JSON("GET", fmt.Sprintf("/api/v1/processes/%d/output", p.Pid), nil, 200, &out)
+	if strings.Join(out.Lines, ",") != "16,17,18,19,20" || out.Dropped != 15 {
+		t.Fatalf("kept %v, dropped %d", out.Lines, out.Dropped)
+	}
+	var pids []int
+	for i := 0; i < 4; i++ {
+		s.JSON("POST", "/api/v1/processes", map[string]any{"command": "true"}, 201, &p)
+		waitStatus(t, s, fmt.Sprint(p.Pid), "exited")
+		pids = append(pids, p.Pid)
+	}
+	var list struct {
+		Processes []procInfo `json:"processes"`
+	}
+	s.JSON("GET", "/api/v1/processes", nil, 200, &list)
+	var got []int
+	for _, q := range list.Processes {
+		got = append(got, q.Pid)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(pids[1:]) {
+		t.Fatalf("kept %v, want the newest three %v", got, pids[1:])
+	}
+}
