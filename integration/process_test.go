@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -503,10 +504,24 @@ func TestProcessSupervised(t *testing.T) {
 	}
 	s.JSON("DELETE", "/api/v1/processes/unhealthy", nil, 204, nil)
 
-	// A healthy HTTP check, restart by name, and kill by name.
+	// A healthy HTTP check, restart by name, and kill by name. The checked
+	// server is the test's own (the sandbox shares this machine's network).
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hits := make(chan string, 100)
+	web := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case hits <- r.URL.Path:
+		default:
+		}
+	})}
+	go web.Serve(ln)
+	defer web.Close()
 	s.JSON("POST", "/api/v1/processes", map[string]any{
-		"command": "python3", "args": []string{"-m", "http.server", "--bind", "127.0.0.1", "18931"}, "name": "web",
-		"health_check": map[string]any{"type": "http", "port": 18931, "path": "/", "initial_delay_ms": 100, "interval_ms": 100},
+		"command": "sleep", "args": []string{"300"}, "name": "web",
+		"health_check": map[string]any{"type": "http", "port": ln.Addr().(*net.TCPAddr).Port, "path": "/healthz", "initial_delay_ms": 100, "interval_ms": 100},
 	}, 201, &p)
 	deadline = time.Now().Add(15 * time.Second)
 	for getProc(t, s, "web").Managed.HealthStatus != "healthy" {
@@ -514,6 +529,9 @@ func TestProcessSupervised(t *testing.T) {
 			t.Fatalf("web never healthy: %+v", getProc(t, s, "web").Managed)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	if path := <-hits; path != "/healthz" {
+		t.Fatalf("health check asked for %q", path)
 	}
 	var np procInfo
 	s.JSON("POST", "/api/v1/processes/web/restart", nil, 200, &np)

@@ -56,8 +56,8 @@ func (p *Process) exitInfo() ExitInfo {
 	return e
 }
 
-// info describes p; its managed block is that of its supervisor when p is
-// the supervisor's current instance.
+// info describes p; an instance of a supervised process carries its
+// supervisor's current managed block.
 func (p *Process) info() Info {
 	in := Info{
 		Handle: p.handle, Pid: p.pid, Status: "running", Command: p.spec.command,
