@@ -218,6 +218,8 @@ func TestProcessErrors(t *testing.T) {
 		{"not executable", "POST", "/api/v1/processes", map[string]any{"command": "/tmp/noexec"}, 400, "NOT_EXECUTABLE"},
 		{"folder", "POST", "/api/v1/processes", map[string]any{"command": "/tmp"}, 400, "NOT_EXECUTABLE"},
 		{"bad dir", "POST", "/api/v1/processes", map[string]any{"command": "true", "working_dir": "/nope"}, 400, "INVALID_WORKING_DIR"},
+		{"dir of a file", "POST", "/api/v1/processes", map[string]any{"command": "true", "working_dir": "/etc/passwd"}, 400, "INVALID_WORKING_DIR"},
+		{"dir not for tl-user", "POST", "/api/v1/processes", map[string]any{"command": "true", "working_dir": "/root"}, 400, "INVALID_WORKING_DIR"},
 		{"bad stdin mode", "POST", "/api/v1/processes", map[string]any{"command": "true", "stdin_mode": "tty"}, 400, "INVALID_REQUEST"},
 		{"digit name", "POST", "/api/v1/processes", map[string]any{"command": "true", "name": "123"}, 400, "INVALID_NAME"},
 		{"slash name", "POST", "/api/v1/processes", map[string]any{"command": "true", "name": "a/b"}, 400, "INVALID_NAME"},
