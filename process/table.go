@@ -195,61 +195,61 @@ type stdio struct {
 	stream []string
 }
 
-func (io *stdio) closeChild() {
-	for _, f := range io.child {
+func (sio *stdio) closeChild() {
+	for _, f := range sio.child {
 		if f != nil {
 			f.Close()
 		}
 	}
 }
 
-func (io *stdio) closeAll() {
-	io.closeChild()
-	if io.stdin != nil {
-		io.stdin.Close()
+func (sio *stdio) closeAll() {
+	sio.closeChild()
+	if sio.stdin != nil {
+		sio.stdin.Close()
 	}
-	for _, f := range io.reads {
+	for _, f := range sio.reads {
 		f.Close()
 	}
 }
 
 func openStdio(s *spec) (*stdio, error) {
-	io := &stdio{}
+	sio := &stdio{}
 	null := func() (*os.File, error) { return os.OpenFile(os.DevNull, os.O_RDWR, 0) }
 	var err error
 	if s.stdinPipe {
-		io.child[0], io.stdin, err = os.Pipe()
+		sio.child[0], sio.stdin, err = os.Pipe()
 	} else {
-		io.child[0], err = null()
+		sio.child[0], err = null()
 	}
 	if err != nil {
 		return nil, err
 	}
 	for i, keep := range []bool{s.stdoutKeep, s.stderrKeep} {
 		if !keep {
-			if io.child[i+1], err = null(); err != nil {
-				io.closeAll()
+			if sio.child[i+1], err = null(); err != nil {
+				sio.closeAll()
 				return nil, err
 			}
 			continue
 		}
 		r, w, err := os.Pipe()
 		if err != nil {
-			io.closeAll()
+			sio.closeAll()
 			return nil, err
 		}
-		io.child[i+1] = w
-		io.reads = append(io.reads, r)
-		io.stream = append(io.stream, [2]string{Stdout, Stderr}[i])
+		sio.child[i+1] = w
+		sio.reads = append(sio.reads, r)
+		sio.stream = append(sio.stream, [2]string{Stdout, Stderr}[i])
 	}
-	return io, nil
+	return sio, nil
 }
 
 // spawn starts the process and its output and exit watchers. m is set on
 // the Process before the watcher runs: a command that exits at once must
 // still reach its supervisor.
 func (t *Table) spawn(s *spec, handle int, m *managed) (*Process, error) {
-	io, err := openStdio(s)
+	sio, err := openStdio(s)
 	if err != nil {
 		return nil, &apiError{500, codeStartFailed, "pipes: " + err.Error()}
 	}
@@ -258,9 +258,9 @@ func (t *Table) spawn(s *spec, handle int, m *managed) (*Process, error) {
 		Args:   append([]string{s.command}, s.args...),
 		Env:    append(append([]string{}, s.env...), cookieEnv+"="+itoa(handle)),
 		Dir:    s.dir,
-		Stdin:  io.child[0],
-		Stdout: io.child[1],
-		Stderr: io.child[2],
+		Stdin:  sio.child[0],
+		Stdout: sio.child[1],
+		Stderr: sio.child[2],
 		SysProcAttr: &syscall.SysProcAttr{
 			Setpgid:    true, // its own group, so kills reach the tree
 			Credential: s.user.Credential(),
@@ -268,9 +268,9 @@ func (t *Table) spawn(s *spec, handle int, m *managed) (*Process, error) {
 	}
 	oomBefore := t.oom.count()
 	proc, err := t.reaper.Start(cmd)
-	io.closeChild()
+	sio.closeChild()
 	if err != nil {
-		io.closeAll()
+		sio.closeAll()
 		switch {
 		case errors.Is(err, fs.ErrPermission) && !canEnter(s.dir, s.user):
 			// The child's chdir and exec fail alike (EACCES); tell which.
@@ -285,20 +285,20 @@ func (t *Table) spawn(s *spec, handle int, m *managed) (*Process, error) {
 	p := &Process{
 		t: t, handle: handle, pid: proc.Pid, spec: s, startedAt: time.Now(), proc: proc, managed: m,
 		out:       newOutputLog(t.cfg.MaxLines, t.cfg.MaxBytes),
-		oomBefore: oomBefore, stdin: io.stdin, stdinPipe: io.stdin, done: make(chan struct{}),
+		oomBefore: oomBefore, stdin: sio.stdin, stdinPipe: sio.stdin, done: make(chan struct{}),
 	}
 	var capWG sync.WaitGroup
-	for i, r := range io.reads {
+	for i, r := range sio.reads {
 		capWG.Add(1)
 		go func(r *os.File, stream string) {
 			defer capWG.Done()
 			capture(r, p.out, stream, t.cfg.MaxLineBytes)
-		}(r, io.stream[i])
+		}(r, sio.stream[i])
 	}
 	t.wg.Add(1)
 	go func() {
 		defer t.wg.Done()
-		t.watch(p, io.reads, &capWG)
+		t.watch(p, sio.reads, &capWG)
 	}()
 	return p, nil
 }
