@@ -636,3 +636,37 @@ func TestProcessBounds(t *testing.T) {
 		t.Fatalf("kept %v, want the newest three %v", got, pids[1:])
 	}
 }
+
+// TestSlowFollowerDoesNotStall: a follower that reads nothing does not
+// hold up a chatty process, and a stdin write is bounded per request.
+func TestSlowFollowerDoesNotStall(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	ensureUser(t, s)
+	var p procInfo
+	s.JSON("POST", "/api/v1/processes", map[string]any{
+		"command": "sh", "args": []string{"-c", "read go; seq 1 300000"}, "stdin_mode": "pipe",
+	}, 201, &p)
+	pid := fmt.Sprint(p.Pid)
+	follow := s.Do("GET", "/api/v1/processes/"+pid+"/output/follow", nil) // never read
+	defer follow.Body.Close()
+	big := strings.Repeat("x", 2<<20)
+	resp := s.Do("POST", "/api/v1/processes/"+pid+"/stdin", big)
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 413 || !strings.Contains(string(data), "STDIN_TOO_LARGE") {
+		t.Fatalf("2 MiB stdin: %d %s", resp.StatusCode, data)
+	}
+	s.JSON("POST", "/api/v1/processes/"+pid+"/stdin", "go\n", 204, nil)
+	done := waitStatus(t, s, pid, "exited")
+	if *done.ExitCode != 0 {
+		t.Fatalf("exit %d", *done.ExitCode)
+	}
+	var out struct {
+		Lines   []string `json:"lines"`
+		Dropped int      `json:"dropped_lines"`
+	}
+	s.JSON("GET", "/api/v1/processes/"+pid+"/stdout", nil, 200, &out)
+	if len(out.Lines) != 10000 || out.Lines[9999] != "300000" || out.Dropped != 290000 {
+		t.Fatalf("kept %d lines (last %q), dropped %d", len(out.Lines), out.Lines[len(out.Lines)-1], out.Dropped)
+	}
+}
