@@ -203,7 +203,10 @@ func (s *System) StartAgent() {
 	var cmd *exec.Cmd
 	agentBin := filepath.Join(s.bin, "tl-agent")
 	if s.opts.NoSandbox {
-		args := append(s.agentArgs(), "--control-socket", filepath.Join(s.dir, "agent.sock"), "--provision=false", "--mount=false")
+		// These flags go first: agentArgs ends with `-- main command`, and a
+		// flag after it would be the main command's, leaving provisioning
+		// on, on this machine's own /etc.
+		args := append([]string{"--control-socket", filepath.Join(s.dir, "agent.sock"), "--provision=false", "--mount=false"}, s.agentArgs()...)
 		cmd = exec.Command(agentBin, args...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	} else {

@@ -4,13 +4,15 @@
 //
 //	tl-agent [flags] [-- main command...]   run the agent
 //	tl-agent status [--json]                 ask a running agent (control socket)
+//	tl-agent provision [--root DIR]          create tl-user and host name files, then exit
 //	tl-agent version                         print the version
 //
 // Every flag has an environment variable twin; see `tl-agent --help`.
 //
 // Exit codes: 0 after an orderly shutdown; 1 when the agent could not run;
 // 2 for bad flags; with --exit-with-main, the main command's exit code
-// (128+signal when it was killed by a signal).
+// (128+signal when it was killed by a signal, 127 when it could not start).
+// See docs/supervisor.md.
 package main
 
 import (
@@ -32,6 +34,7 @@ const usage = `tl-agent: the sandbox agent (init, provisioning, uplink server).
 Usage:
   tl-agent [flags] [-- command args...]   run as the sandbox's first process
   tl-agent status [--json] [--socket P]   print a running agent's state
+  tl-agent provision [--root DIR]         provision tl-user and the host name, then exit
   tl-agent version                        print the version`
 
 func main() {
@@ -43,6 +46,8 @@ func run(args []string) int {
 		switch args[0] {
 		case "status":
 			return statusCmd(args[1:])
+		case "provision":
+			return provisionCmd(args[1:])
 		case "version":
 			fmt.Println(version)
 			return 0
