@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -668,5 +669,28 @@ func TestSlowFollowerDoesNotStall(t *testing.T) {
 	s.JSON("GET", "/api/v1/processes/"+pid+"/stdout", nil, 200, &out)
 	if len(out.Lines) != 10000 || out.Lines[9999] != "300000" || out.Dropped != 290000 {
 		t.Fatalf("kept %d lines (last %q), dropped %d", len(out.Lines), out.Lines[len(out.Lines)-1], out.Dropped)
+	}
+}
+
+// TestShutdownWithSupervisedProcess: at SIGTERM the sweep ends a process
+// whose policy is `always`, and the supervisor does not fight it.
+func TestShutdownWithSupervisedProcess(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{AgentArgs: []string{"--shutdown-grace", "3s"}})
+	ensureUser(t, s)
+	s.JSON("POST", "/api/v1/processes", map[string]any{
+		"command": "sleep", "args": []string{"300"}, "name": "forever",
+		"restart": map[string]any{"policy": "always", "initial_backoff_ms": 50},
+	}, 201, nil)
+	start := time.Now()
+	if err := s.SignalAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := s.WaitAgentExit(30 * time.Second); code != 0 {
+		t.Fatalf("agent exit %d\n%s", code, s.AgentLog())
+	}
+	t.Logf("agent stopped in %v", time.Since(start))
+	if strings.Contains(s.AgentLog(), "restart failed") || strings.Count(s.AgentLog(), `"process started"`) != 1 {
+		t.Fatalf("the supervisor restarted during shutdown:\n%s", s.AgentLog())
 	}
 }

@@ -2,6 +2,7 @@ package process
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -241,6 +242,12 @@ func (m *managed) autoRestart() {
 	m.nextRestart = time.Time{}
 	m.restarts++
 	if err := m.launch(); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) && ae.code == codeShuttingDown {
+			// The shutdown sweep has begun: nothing restarts any more.
+			m.status = mStopped
+			return
+		}
 		m.t.log.Warn().Err(err).Str("name", m.id).Msg("restart failed")
 		if m.policy.MaxRestarts == nil || m.restarts < *m.policy.MaxRestarts {
 			m.scheduleLocked()

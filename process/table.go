@@ -272,6 +272,8 @@ func (t *Table) spawn(s *spec, handle int, m *managed) (*Process, error) {
 	if err != nil {
 		sio.closeAll()
 		switch {
+		case errors.Is(err, supervisor.ErrShuttingDown):
+			return nil, &apiError{503, codeShuttingDown, "the sandbox is shutting down"}
 		case errors.Is(err, fs.ErrPermission) && !canEnter(s.dir, s.user):
 			// The child's chdir and exec fail alike (EACCES); tell which.
 			return nil, badRequest(codeBadDir, "working directory %s: permission denied for user %s", s.dir, s.user.Name)
