@@ -50,16 +50,12 @@ func readSSE(t testing.TB, r io.Reader) []sseEvent {
 	return out
 }
 
-// ensureUser makes sure tl-user exists in the sandbox. The agent's
-// provisioning creates it; until that has run (or in images where it
-// cannot), the test creates it inside the throwaway root with useradd.
+// ensureUser checks that the agent's provisioning created tl-user in the
+// sandbox: every process and file test acts as that user.
 func ensureUser(t *testing.T, s *System) {
 	t.Helper()
-	if _, err := s.Exec("id", "tl-user"); err == nil {
-		return
-	}
-	if out, err := s.Exec("useradd", "-m", "-s", "/bin/bash", "tl-user"); err != nil {
-		t.Fatalf("useradd tl-user in the sandbox: %v: %s", err, out)
+	if out, err := s.Exec("id", "tl-user"); err != nil {
+		t.Fatalf("tl-user missing in the sandbox (provisioning): %v: %s", err, out)
 	}
 }
 
