@@ -162,6 +162,24 @@ func (m *managed) current() *Process {
 	return m.cur
 }
 
+// setCurrentLocked makes p the current instance, holding its output for
+// as long as it is; called with m.mu held.
+func (m *managed) setCurrentLocked(p *Process) {
+	if p != nil {
+		p.hold()
+	}
+	if m.cur != nil {
+		m.cur.unhold()
+	}
+	m.cur = p
+}
+
+func (m *managed) setCurrent(p *Process) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.setCurrentLocked(p)
+}
+
 // launch starts a new instance; called with m.mu held.
 func (m *managed) launch() error {
 	p, err := m.t.start(m.spec, m)
@@ -169,7 +187,7 @@ func (m *managed) launch() error {
 		m.lastErr = err.Error()
 		return err
 	}
-	m.cur = p
+	m.setCurrentLocked(p)
 	m.status = mRunning
 	m.healthStatus = hDisabled
 	m.healthFails = 0
@@ -270,8 +288,14 @@ func (m *managed) restart() (*Process, error) {
 		m.cancelHealth()
 		m.cancelHealth = nil
 	}
-	m.cur = nil // its exit no longer drives the policy
+	if old != nil {
+		old.hold() // kept across the swap, given back below
+	}
+	m.setCurrentLocked(nil) // its exit no longer drives the policy
 	m.mu.Unlock()
+	if old != nil {
+		defer old.unhold()
+	}
 	if old != nil {
 		old.kill()
 		select {
@@ -286,7 +310,7 @@ func (m *managed) restart() (*Process, error) {
 	m.restarts++
 	m.quickFails = 0
 	if err := m.launch(); err != nil {
-		m.cur = old
+		m.setCurrentLocked(old)
 		m.status = mStopped
 		return nil, err
 	}

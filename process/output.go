@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,6 +32,7 @@ type Line struct {
 type outputLog struct {
 	maxLines int
 	maxBytes int
+	budget   *budget // shared by every log of the table; nil: none
 
 	mu      sync.Mutex
 	lines   []Line        // ring; guarded by mu
@@ -43,8 +45,30 @@ type outputLog struct {
 	wake    chan struct{} // closed and replaced on every append or close
 }
 
-func newOutputLog(maxLines, maxBytes int) *outputLog {
-	return &outputLog{maxLines: maxLines, maxBytes: maxBytes, wake: make(chan struct{})}
+func newOutputLog(maxLines, maxBytes int, b *budget) *outputLog {
+	return &outputLog{maxLines: maxLines, maxBytes: maxBytes, budget: b, wake: make(chan struct{})}
+}
+
+// budget bounds the output held by all processes together. Over it, a log
+// that appends drops its own oldest lines down to a floor, so the chatty
+// process pays and a quiet one keeps its little: the table holds at most
+// max plus floor per process.
+type budget struct {
+	max   int64
+	floor int
+	held  atomic.Int64
+}
+
+// over reports whether adding n bytes to a log holding own bytes should
+// first drop one of its lines.
+func (b *budget) over(own, n int) bool {
+	return b != nil && own > b.floor && b.held.Load()+int64(n) > b.max
+}
+
+func (b *budget) add(n int) {
+	if b != nil {
+		b.held.Add(int64(n))
+	}
 }
 
 func (l *outputLog) append(stream, text string, at time.Time) {
@@ -53,9 +77,10 @@ func (l *outputLog) append(stream, text string, at time.Time) {
 	if l.closed {
 		return
 	}
-	for l.n > 0 && (l.n >= l.maxLines || l.bytes+len(text) > l.maxBytes) {
+	for l.n > 0 && (l.n >= l.maxLines || l.bytes+len(text) > l.maxBytes || l.budget.over(l.bytes, len(text))) {
 		old := &l.lines[l.start]
 		l.bytes -= len(old.Text)
+		l.budget.add(-len(old.Text))
 		*old = Line{}
 		l.start = (l.start + 1) % len(l.lines)
 		l.n--
@@ -67,6 +92,7 @@ func (l *outputLog) append(stream, text string, at time.Time) {
 	l.lines[(l.start+l.n)%len(l.lines)] = Line{Seq: l.next, Stream: stream, Text: text, At: at}
 	l.n++
 	l.bytes += len(text)
+	l.budget.add(len(text))
 	l.next++
 	close(l.wake)
 	l.wake = make(chan struct{})
@@ -90,6 +116,15 @@ func (l *outputLog) close() {
 		l.closed = true
 		close(l.wake)
 	}
+}
+
+// release gives the log's bytes back to the budget when the table forgets
+// its process; a follower still reading sees what it already had.
+func (l *outputLog) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.budget.add(-l.bytes)
+	l.budget = nil
 }
 
 // size is the text bytes held.

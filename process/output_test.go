@@ -8,7 +8,7 @@ import (
 )
 
 func TestOutputLogBoundsLines(t *testing.T) {
-	l := newOutputLog(3, 1<<20)
+	l := newOutputLog(3, 1<<20, nil)
 	for _, s := range []string{"a", "b", "c", "d", "e"} {
 		l.append(Stdout, s, time.Now())
 	}
@@ -19,7 +19,7 @@ func TestOutputLogBoundsLines(t *testing.T) {
 }
 
 func TestOutputLogBoundsBytes(t *testing.T) {
-	l := newOutputLog(100, 10)
+	l := newOutputLog(100, 10, nil)
 	for _, s := range []string{"1234", "5678", "abcd"} {
 		l.append(Stdout, s, time.Now())
 	}
@@ -35,7 +35,7 @@ func TestOutputLogBoundsBytes(t *testing.T) {
 }
 
 func TestOutputLogFilterAndCursor(t *testing.T) {
-	l := newOutputLog(4, 1<<20)
+	l := newOutputLog(4, 1<<20, nil)
 	l.append(Stdout, "o1", time.Now())
 	l.append(Stderr, "e1", time.Now())
 	l.append(Stdout, "o2", time.Now())
@@ -74,7 +74,7 @@ func TestCaptureSplitsLongLines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := newOutputLog(100, 1<<20)
+	l := newOutputLog(100, 1<<20, nil)
 	done := make(chan struct{})
 	go func() { capture(r, l, Stdout, 16); close(done) }()
 	_, _ = w.WriteString("short\r\n" + strings.Repeat("y", 20) + "\nlast-without-newline")
@@ -114,5 +114,28 @@ func TestStatOf(t *testing.T) {
 	}
 	if ppid, _ := statOf(1 << 30); ppid != -1 {
 		t.Fatal("statOf(absent) found a process")
+	}
+}
+
+func TestOutputBudgetIsShared(t *testing.T) {
+	b := &budget{max: 10, floor: 4}
+	quiet := newOutputLog(100, 100, b)
+	chatty := newOutputLog(100, 100, b)
+	quiet.append(Stdout, "qqqq", time.Now())
+	for i := 0; i < 10; i++ {
+		chatty.append(Stdout, "cc", time.Now())
+	}
+	// The chatty log pays: it keeps what fits beside the quiet one's 4.
+	if quiet.size() != 4 || chatty.size() != 6 || b.held.Load() != 10 {
+		t.Fatalf("quiet %d, chatty %d, held %d", quiet.size(), chatty.size(), b.held.Load())
+	}
+	// A log at its floor still appends (the bound is max + floor each).
+	quiet.append(Stdout, "q", time.Now())
+	if quiet.size() != 5 {
+		t.Fatalf("quiet %d", quiet.size())
+	}
+	chatty.release()
+	if b.held.Load() != 5 {
+		t.Fatalf("held after release %d", b.held.Load())
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,6 +35,7 @@ type Config struct {
 	KeepExited    time.Duration // how long an exited process stays queryable
 	MaxExited     int           // how many exited processes are kept at most
 	ExitedBytes   int           // output bytes kept by exited processes together
+	TotalBytes    int           // output bytes kept by all processes together (see budget)
 	MaxLive       int           // running API processes at most (429 past it)
 	ExitGrace     time.Duration // output still read after the leader exits (pipes held by children)
 	StdinTimeout  time.Duration // a stdin write blocked this long fails (503)
@@ -50,6 +52,7 @@ func DefaultConfig() Config {
 		KeepExited:    10 * time.Minute,
 		MaxExited:     256,
 		ExitedBytes:   64 << 20,
+		TotalBytes:    256 << 20,
 		MaxLive:       4096,
 		ExitGrace:     time.Second,
 		StdinTimeout:  30 * time.Second,
@@ -78,6 +81,9 @@ func (c Config) withDefaults() Config {
 	if c.ExitedBytes <= 0 {
 		c.ExitedBytes = d.ExitedBytes
 	}
+	if c.TotalBytes <= 0 {
+		c.TotalBytes = d.TotalBytes
+	}
 	if c.MaxLive <= 0 {
 		c.MaxLive = d.MaxLive
 	}
@@ -102,6 +108,7 @@ type Table struct {
 	log    zerolog.Logger
 	reaper *supervisor.Reaper
 	oom    oomCounter
+	budget *budget
 
 	mu         sync.Mutex
 	byPid      map[int]*Process    // guarded by mu; live and kept exited processes
@@ -119,6 +126,7 @@ func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) *Table {
 	t := &Table{
 		cfg: cfg.withDefaults(), log: log.With().Str("component", "processes").Logger(), reaper: reaper,
 		oom: newOOMCounter(), byPid: map[int]*Process{}, byName: map[string]*managed{},
+		budget:     &budget{max: int64(cfg.withDefaults().TotalBytes), floor: budgetFloor},
 		nextHandle: 1, stop: make(chan struct{}),
 	}
 	t.wg.Add(1)
@@ -144,6 +152,7 @@ type Process struct {
 	out       *outputLog
 	managed   *managed // nil unless supervised
 	oomBefore int64
+	holds     atomic.Int32 // the table and the supervisor; output is released at 0
 
 	stdinMu   sync.Mutex
 	stdin     *os.File // guarded by stdinMu; nil when not a pipe or closed
@@ -180,8 +189,12 @@ func (t *Table) start(s *spec, m *managed) (*Process, error) {
 		t.mu.Unlock()
 		return nil, err
 	}
+	p.hold()
 	t.mu.Lock()
-	t.byPid[p.pid] = p // a reused pid replaces the old, exited entry
+	if old := t.byPid[p.pid]; old != nil {
+		t.forget(old) // a reused pid: the old entry has exited
+	}
+	t.byPid[p.pid] = p
 	t.mu.Unlock()
 	t.log.Info().Int("pid", p.pid).Int("handle", handle).Str("command", s.command).Str("user", s.user.Name).Msg("process started")
 	return p, nil
@@ -286,7 +299,7 @@ func (t *Table) spawn(s *spec, handle int, m *managed) (*Process, error) {
 	}
 	p := &Process{
 		t: t, handle: handle, pid: proc.Pid, spec: s, startedAt: time.Now(), proc: proc, managed: m,
-		out:       newOutputLog(t.cfg.MaxLines, t.cfg.MaxBytes),
+		out:       newOutputLog(t.cfg.MaxLines, t.cfg.MaxBytes, t.budget),
 		oomBefore: oomBefore, stdin: sio.stdin, stdinPipe: sio.stdin, done: make(chan struct{}),
 	}
 	var capWG sync.WaitGroup
@@ -429,7 +442,7 @@ func (t *Table) prune() {
 	cutoff := time.Now().Add(-t.cfg.KeepExited)
 	t.mu.Lock()
 	var exited []*Process
-	for pid, p := range t.byPid {
+	for _, p := range t.byPid {
 		p.mu.Lock()
 		ended, at := p.ended, p.endedAt
 		p.mu.Unlock()
@@ -437,7 +450,7 @@ func (t *Table) prune() {
 			continue
 		}
 		if at.Before(cutoff) {
-			delete(t.byPid, pid)
+			t.forget(p)
 			continue
 		}
 		exited = append(exited, p)
@@ -449,7 +462,7 @@ func (t *Table) prune() {
 	for i, p := range exited {
 		kept += p.out.size()
 		if i >= t.cfg.MaxExited || kept > t.cfg.ExitedBytes {
-			delete(t.byPid, p.pid)
+			t.forget(p)
 		}
 	}
 	ms := make(map[string]*managed, len(t.byName))
@@ -462,13 +475,39 @@ func (t *Table) prune() {
 	for name, m := range ms {
 		if m.stale(cutoff) {
 			t.mu.Lock()
-			if t.byName[name] == m {
+			gone := t.byName[name] == m
+			if gone {
 				delete(t.byName, name)
 			}
 			t.mu.Unlock()
+			if gone {
+				m.setCurrent(nil)
+			}
 		}
 	}
 }
+
+// forget drops p from the table. Called with t.mu held.
+func (t *Table) forget(p *Process) {
+	if t.byPid[p.pid] == p {
+		delete(t.byPid, p.pid)
+		p.unhold()
+	}
+}
+
+// hold and unhold count who still shows p (the table, its supervisor);
+// when nobody does, its output's bytes go back to the budget.
+func (p *Process) hold() { p.holds.Add(1) }
+
+func (p *Process) unhold() {
+	if p.holds.Add(-1) == 0 {
+		p.out.release()
+	}
+}
+
+// budgetFloor is what each process may keep even when the table's output
+// budget is spent.
+const budgetFloor = 64 << 10
 
 // Close stops supervision and health checks, asks running processes to
 // stop (SIGTERM to each group), and SIGKILLs the trees of those still

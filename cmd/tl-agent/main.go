@@ -99,6 +99,7 @@ func bindFlags(fs *cli.FlagSet, c *agent.Config) {
 	fs.Int(&c.PTYMaxSessions, "pty-max-sessions", d.PTYMaxSessions, "maximum live PTY sessions")
 	fs.Int(&c.Processes.MaxLines, "proc-max-lines", d.Processes.MaxLines, "output lines kept per process (oldest dropped)")
 	fs.Int(&c.Processes.MaxBytes, "proc-max-bytes", d.Processes.MaxBytes, "output bytes kept per process (oldest lines dropped)")
+	fs.Int(&c.Processes.TotalBytes, "proc-total-bytes", d.Processes.TotalBytes, "output bytes kept by all processes together (each keeps at least 64 KiB)")
 	fs.Int(&c.Processes.MaxLineBytes, "proc-max-line-bytes", d.Processes.MaxLineBytes, "longer output lines are split at this many bytes")
 	fs.Duration(&c.Processes.KeepExited, "proc-keep-exited", d.Processes.KeepExited, "how long an exited process stays queryable")
 	fs.Int(&c.Processes.MaxExited, "proc-max-exited", d.Processes.MaxExited, "exited processes kept at most")
