@@ -145,6 +145,7 @@ type managed struct {
 	nextRestart  time.Time
 	timer        *time.Timer
 	stopped      bool               // by the user or shutdown: no more restarts
+	restarting   bool               // an API restart is between kill and launch
 	cancelHealth context.CancelFunc // ends the current instance's health loop
 }
 
@@ -279,6 +280,11 @@ func (m *managed) autoRestart() {
 // tree is killed and waited for, so a port it held is free again.
 func (m *managed) restart() (*Process, error) {
 	m.mu.Lock()
+	if m.restarting {
+		m.mu.Unlock()
+		return nil, &apiError{409, codeRestarting, "a restart of " + m.id + " is in progress"}
+	}
+	m.restarting = true
 	old := m.cur
 	if m.timer != nil {
 		m.timer.Stop()
@@ -295,8 +301,6 @@ func (m *managed) restart() (*Process, error) {
 	m.mu.Unlock()
 	if old != nil {
 		defer old.unhold()
-	}
-	if old != nil {
 		old.kill()
 		select {
 		case <-old.done:
@@ -305,6 +309,7 @@ func (m *managed) restart() (*Process, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.restarting = false
 	m.stopped = false
 	m.nextRestart = time.Time{}
 	m.restarts++

@@ -82,6 +82,7 @@ const (
 	codeShuttingDown   = "SHUTTING_DOWN"
 	codeStdinTooLarge  = "STDIN_TOO_LARGE"
 	codeInvalidRestart = "INVALID_RESTART"
+	codeRestarting     = "RESTART_IN_PROGRESS"
 )
 
 // spec is a validated, resolved start request: everything needed to start
