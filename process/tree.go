@@ -103,11 +103,12 @@ func statOf(pid int) (ppid int, state byte) {
 	return ppid, f[0][0]
 }
 
-// oomCounter reads the oom_kill count of the agent's cgroup (v2). A process
+// oomCounter reads the oom_kill count of the agent's cgroup (v2, or the v1
+// memory controller). A process
 // that died of SIGKILL while that count rose is reported as OOM-killed.
 // Best effort: sandbox processes share the agent's cgroup, so a kill of
 // another process at the same moment could be misattributed, and without
-// cgroup v2 mounted nothing is detected.
+// a cgroup file system mounted nothing is detected.
 type oomCounter struct{ path string }
 
 func newOOMCounter() oomCounter {
@@ -116,11 +117,16 @@ func newOOMCounter() oomCounter {
 		return oomCounter{}
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var p string
 		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			p := filepath.Join("/sys/fs/cgroup", rest, "memory.events")
-			if _, err := os.Stat(p); err == nil {
-				return oomCounter{path: p}
-			}
+			p = filepath.Join("/sys/fs/cgroup", rest, "memory.events")
+		} else if _, rest, ok := strings.Cut(line, ":memory:"); ok {
+			// cgroup v1: memory.oom_control has the same oom_kill line
+			// (Linux 4.13 and later).
+			p = filepath.Join("/sys/fs/cgroup/memory", rest, "memory.oom_control")
+		}
+		if _, err := os.Stat(p); p != "" && err == nil {
+			return oomCounter{path: p}
 		}
 	}
 	if _, err := os.Stat("/sys/fs/cgroup/memory.events"); err == nil {
