@@ -159,6 +159,9 @@ type clientWS struct {
 
 func (c *clientWS) CloseWrite() error { return c.ws.Write(c.ctx, websocket.MessageBinary, nil) }
 
+// PrefersBigWrites: one message per relay read, as the agent does.
+func (c *clientWS) PrefersBigWrites() bool { return true }
+
 // sshForward starts `ssh -N -L` to OpenSSH for target and returns the
 // local port; the ssh client is stopped by pid at cleanup.
 func sshForward(e *Env, o *integration.OpenSSH, target int) int {
