@@ -150,22 +150,15 @@ func (t *Table) Start(req *StartRequest) (*Process, error) {
 	if m.health, err = normalizeHealth(req.HealthCheck); err != nil {
 		return nil, err
 	}
-	t.mu.Lock()
 	if req.Name != nil {
 		if err := validName(*req.Name); err != nil {
-			t.mu.Unlock()
 			return nil, err
 		}
 		m.id, m.named = *req.Name, true
-	} else {
-		m.id = "managed-" + itoa(t.nextHandle)
 	}
-	if old := t.byName[m.id]; old != nil && !old.isStopped() {
-		t.mu.Unlock()
-		return nil, &apiError{409, codeNameInUse, "a supervised process named " + m.id + " is active; kill it first"}
+	if err := t.reserve(m); err != nil {
+		return nil, err
 	}
-	t.byName[m.id] = m // reserve the name before starting
-	t.mu.Unlock()
 	m.mu.Lock()
 	err = m.launch()
 	m.mu.Unlock()
@@ -178,6 +171,36 @@ func (t *Table) Start(req *StartRequest) (*Process, error) {
 		return nil, err
 	}
 	return m.current(), nil
+}
+
+// reserve enters m in byName under its id (a fresh one when unnamed),
+// replacing a stopped supervisor of that name; an active one is a
+// conflict. A supervisor's lock is never taken under t.mu (restarts take
+// them the other way round), hence the check and re-check.
+func (t *Table) reserve(m *managed) error {
+	for {
+		t.mu.Lock()
+		if !m.named {
+			t.nextManaged++
+			m.id = "managed-" + itoa(t.nextManaged)
+		}
+		old := t.byName[m.id]
+		t.mu.Unlock()
+		if old != nil && !old.isStopped() {
+			return &apiError{409, codeNameInUse, "a supervised process named " + m.id + " is active; kill it first"}
+		}
+		t.mu.Lock()
+		if t.byName[m.id] != old {
+			t.mu.Unlock()
+			continue // taken or replaced meanwhile: look again
+		}
+		t.byName[m.id] = m
+		t.mu.Unlock()
+		if old != nil {
+			old.setCurrent(nil) // its last instance stays in the table by pid
+		}
+		return nil
+	}
 }
 
 func (m *managed) isStopped() bool {

@@ -110,12 +110,13 @@ type Table struct {
 	oom    oomCounter
 	budget *budget
 
-	mu         sync.Mutex
-	byPid      map[int]*Process    // guarded by mu; live and kept exited processes
-	byName     map[string]*managed // guarded by mu; supervised processes by id
-	nextHandle int                 // guarded by mu
-	live       int                 // guarded by mu
-	closing    bool                // guarded by mu
+	mu          sync.Mutex
+	byPid       map[int]*Process    // guarded by mu; live and kept exited processes
+	byName      map[string]*managed // guarded by mu; supervised processes by id
+	nextHandle  int                 // guarded by mu
+	nextManaged int                 // guarded by mu; ids of unnamed supervisors
+	live        int                 // guarded by mu
+	closing     bool                // guarded by mu
 
 	wg   sync.WaitGroup // watchers, health loops, janitor
 	stop chan struct{}
