@@ -4,6 +4,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -159,4 +160,48 @@ func TestCloseEndsProcesses(t *testing.T) {
 		t.Fatalf("start after close: %v", err)
 	}
 	tb.Close() // twice is fine
+}
+
+// TestConcurrentSupervisorOps shakes the table's locks: starts, restarts,
+// kills, lookups and listings of a few names at once, with instances that
+// crash and restart under them. It must end (no deadlock) and stay race-free.
+func TestConcurrentSupervisorOps(t *testing.T) {
+	tb := newTestTable(t)
+	names := []string{"a", "b", "c"}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 25; i++ {
+				name := names[(g+i)%len(names)]
+				switch (g + i) % 5 {
+				case 0:
+					_, _ = tb.Start(&StartRequest{Command: "sh", Args: []string{"-c", "exit 1"}, User: self(), WorkingDir: "/", Name: &name,
+						Restart: &RestartPolicy{InitialBackoffMs: 1, MaxBackoffMs: 2}})
+				case 1:
+					if _, m, err := tb.lookup(name); err == nil && m != nil {
+						_, _ = m.restart()
+					}
+				case 2:
+					if p, m, err := tb.lookup(name); err == nil && m != nil && m.current() == p {
+						m.stopAndKill()
+					}
+				case 3:
+					for _, p := range tb.list() {
+						_ = p.info()
+					}
+				case 4:
+					tb.prune()
+				}
+			}
+		}(g)
+	}
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("concurrent operations did not finish: deadlock?")
+	}
 }
