@@ -142,6 +142,11 @@ func TestProcessRun(t *testing.T) {
 			t.Fatalf("user %v: %v %v", u, r.stdout, r.end)
 		}
 	}
+	// A uid without a passwd entry runs as that uid, from /.
+	r = run(t, s, map[string]any{"command": "sh", "args": []string{"-c", "id -u; id -g; pwd"}, "user": "4242:4343"})
+	if strings.Join(r.stdout, " ") != "4242 4343 /" {
+		t.Fatalf("bare uid:gid: %v %v", r.stdout, r.end)
+	}
 	r = run(t, s, map[string]any{"command": "/bin/pwd", "working_dir": "/tmp"})
 	if r.stdout[0] != "/tmp" {
 		t.Fatalf("pwd in /tmp: %v", r.stdout)
@@ -688,5 +693,22 @@ func TestShutdownWithSupervisedProcess(t *testing.T) {
 	t.Logf("agent stopped in %v", time.Since(start))
 	if strings.Contains(s.AgentLog(), "restart failed") || strings.Count(s.AgentLog(), `"process started"`) != 1 {
 		t.Fatalf("the supervisor restarted during shutdown:\n%s", s.AgentLog())
+	}
+}
+
+// TestRunBackToBack: many quick runs on the proxy's pooled streams. The
+// agent answers before the proxy's transport has finished with the
+// request body; the front door must not close that body under it (it did,
+// and the agent saw its client go away and killed the run).
+func TestRunBackToBack(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	for i := 0; i < 300; i++ {
+		resp := s.Do("POST", "/api/v1/processes/run", map[string]any{"command": "true", "user": "root"})
+		data, err := io.ReadAll(resp.Body)
+		if err != nil || !strings.Contains(string(data), `"exit_code":0`) {
+			t.Fatalf("run %d: %v %q", i, err, data)
+		}
+		resp.Body.Close()
 	}
 }
