@@ -3,7 +3,7 @@
 // the sandbox over one uplink to the sandbox proxy.
 //
 //	tl-agent [flags] [-- main command...]   run the agent
-//	tl-agent status [--json]                 ask a running agent (control socket)
+//	tl-agent status [--json|--check]         ask a running agent (control socket)
 //	tl-agent provision [--root DIR]          create tl-user and host name files, then exit
 //	tl-agent version                         print the version
 //
@@ -34,6 +34,7 @@ const usage = `tl-agent: the sandbox agent (init, provisioning, uplink server).
 Usage:
   tl-agent [flags] [-- command args...]   run as the sandbox's first process
   tl-agent status [--json] [--socket P]   print a running agent's state
+  tl-agent status --check                 exit 0 only while the uplink is up
   tl-agent provision [--root DIR]         provision tl-user and the host name, then exit
   tl-agent version                        print the version`
 
