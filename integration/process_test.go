@@ -199,7 +199,7 @@ func TestProcessErrors(t *testing.T) {
 	RequireRoot(t)
 	s := Start(t, Options{})
 	ensureUser(t, s)
-	if _, err := s.Exec("sh", "-c", "printf '#!/bin/sh\\n' > /tmp/noexec && chmod 644 /tmp/noexec"); err != nil {
+	if _, err := s.Exec("sh", "-c", "printf '#!/bin/sh\\n' > /tmp/noexec && chmod 644 /tmp/noexec && printf 'echo hi\\n' > /tmp/noshebang && chmod 755 /tmp/noshebang"); err != nil {
 		t.Fatal(err)
 	}
 	var p struct {
@@ -219,6 +219,7 @@ func TestProcessErrors(t *testing.T) {
 		{"not found", "POST", "/api/v1/processes", map[string]any{"command": "no-such-cmd"}, 400, "COMMAND_NOT_FOUND"},
 		{"not executable", "POST", "/api/v1/processes", map[string]any{"command": "/tmp/noexec"}, 400, "NOT_EXECUTABLE"},
 		{"folder", "POST", "/api/v1/processes", map[string]any{"command": "/tmp"}, 400, "NOT_EXECUTABLE"},
+		{"no shebang", "POST", "/api/v1/processes", map[string]any{"command": "/tmp/noshebang"}, 400, "NOT_EXECUTABLE"},
 		{"bad dir", "POST", "/api/v1/processes", map[string]any{"command": "true", "working_dir": "/nope"}, 400, "INVALID_WORKING_DIR"},
 		{"dir of a file", "POST", "/api/v1/processes", map[string]any{"command": "true", "working_dir": "/etc/passwd"}, 400, "INVALID_WORKING_DIR"},
 		{"dir not for tl-user", "POST", "/api/v1/processes", map[string]any{"command": "true", "working_dir": "/root"}, 400, "INVALID_WORKING_DIR"},

@@ -291,6 +291,8 @@ func (t *Table) spawn(s *spec, handle int, m *managed) (*Process, error) {
 		case errors.Is(err, fs.ErrPermission) && !canEnter(s.dir, s.user):
 			// The child's chdir and exec fail alike (EACCES); tell which.
 			return nil, badRequest(codeBadDir, "working directory %s: permission denied for user %s", s.dir, s.user.Name)
+		case errors.Is(err, syscall.ENOEXEC):
+			return nil, badRequest(codeNotExecutable, "command %q: not a program the kernel can run (no #! line?)", s.command)
 		case errors.Is(err, fs.ErrPermission):
 			return nil, badRequest(codeNotExecutable, "command %q: permission denied for user %s", s.command, s.user.Name)
 		case errors.Is(err, fs.ErrNotExist):
