@@ -205,3 +205,24 @@ func TestConcurrentSupervisorOps(t *testing.T) {
 		t.Fatal("concurrent operations did not finish: deadlock?")
 	}
 }
+
+func TestHealthFailureWithNeverOnlyMarks(t *testing.T) {
+	tb := newTestTable(t)
+	name := "sick"
+	p, err := tb.Start(&StartRequest{Command: "sleep", Args: []string{"300"}, User: self(), WorkingDir: "/", Name: &name,
+		Restart:     &RestartPolicy{Policy: PolicyNever},
+		HealthCheck: &HealthCheck{Type: "tcp", Port: 1, InitialDelayMs: 1, IntervalMs: 1, TimeoutMs: 100, FailureThreshold: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); p.managed.info().HealthStatus != hUnhealthy; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never unhealthy: %+v", p.managed.info())
+		}
+	}
+	if !p.running() || p.managed.info().Status == mStopped {
+		t.Fatalf("policy never: an unhealthy process was killed: %+v", p.managed.info())
+	}
+	p.kill()
+	waitDone(t, p)
+}
