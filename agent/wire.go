@@ -19,7 +19,9 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	// Capabilities are added here, one block each.
 
 	// Processes: the table also answers /api/v1/info's counts.
-	procs := process.New(cfg.Processes, log, reaper)
+	pcfg := cfg.Processes
+	pcfg.User = cfg.User
+	procs := process.New(pcfg, log, reaper)
 	p.Caps = append(p.Caps, procs)
 	p.Procs = procs
 	stops = append(stops, procs.Close)

@@ -136,7 +136,7 @@ func writeErr(w http.ResponseWriter, err error) {
 // Start validates req and starts it, supervised when it has a name, a
 // restart policy or a health check (as the SDKs document).
 func (t *Table) Start(req *StartRequest) (*Process, error) {
-	s, err := prepare(req)
+	s, err := prepare(req, t.cfg.User)
 	if err != nil {
 		return nil, err
 	}

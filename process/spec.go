@@ -99,8 +99,9 @@ type spec struct {
 	stderrKeep bool
 }
 
-// prepare validates req and resolves its user, directory and executable.
-func prepare(req *StartRequest) (*spec, error) {
+// prepare validates req and resolves its user (defaultUser when absent),
+// directory and executable.
+func prepare(req *StartRequest, defaultUser string) (*spec, error) {
 	if req.Command == "" {
 		return nil, badRequest(codeInvalid, "command is required")
 	}
@@ -131,8 +132,8 @@ func prepare(req *StartRequest) (*spec, error) {
 		return nil, err
 	}
 	s.stderrKeep = !discard
-	var us identity.Spec
-	if req.User != nil {
+	us := identity.Spec{Name: defaultUser}
+	if req.User != nil && !req.User.IsZero() {
 		us = req.User.Spec
 	}
 	if s.user, err = identity.Resolve(us); err != nil {

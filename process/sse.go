@@ -139,7 +139,7 @@ func (t *Table) handleRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req.StdinMode, req.StdoutMode, req.StderrMode = "", "", ""
-	s, err := prepare(&req)
+	s, err := prepare(&req, t.cfg.User)
 	if err != nil {
 		writeErr(w, err)
 		return

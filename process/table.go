@@ -24,11 +24,13 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
 // Config bounds the table. Zero fields take the defaults of DefaultConfig.
 type Config struct {
+	User          string        // who runs a process whose request names no user (tl-user)
 	MaxLines      int           // output lines kept per process, stdout and stderr together
 	MaxBytes      int           // output bytes kept per process
 	MaxLineBytes  int           // longer lines are split at this many bytes
@@ -46,6 +48,7 @@ type Config struct {
 // DefaultConfig returns the documented defaults (docs/processes.md).
 func DefaultConfig() Config {
 	return Config{
+		User:          identity.DefaultUser,
 		MaxLines:      10000,
 		MaxBytes:      4 << 20,
 		MaxLineBytes:  64 << 10,
@@ -63,6 +66,9 @@ func DefaultConfig() Config {
 
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
+	if c.User == "" {
+		c.User = d.User
+	}
 	if c.MaxLines <= 0 {
 		c.MaxLines = d.MaxLines
 	}
