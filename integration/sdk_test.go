@@ -14,7 +14,7 @@ import (
 )
 
 // sdkSteps are the steps of testdata/sdk_smoke.mjs this build must pass.
-var sdkSteps = []string{"health", "info"}
+var sdkSteps = []string{"health", "info", "run", "run_timeout", "files", "processes", "process_io", "supervised", "tunnel"}
 
 // TestOfficialSDK drives the sandbox with the official TypeScript SDK (npm
 // tensorlake on Node 22), pointed at tl-proxy with proxyUrl, exactly as a
@@ -27,6 +27,7 @@ func TestOfficialSDK(t *testing.T) {
 	}
 	sdkDir := strings.TrimSpace(string(out))
 	s := Start(t, Options{})
+	ensureUser(t, s)
 
 	// A line echo server "inside" the sandbox for the tunnel step.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

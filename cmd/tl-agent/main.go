@@ -108,5 +108,12 @@ func bindFlags(fs *cli.FlagSet, c *agent.Config) {
 	fs.Duration(&c.PTYIdleTimeout, "pty-idle-timeout", d.PTYIdleTimeout, "kill a PTY session after this long with no client attached")
 	fs.Int(&c.PTYMaxSessions, "pty-max-sessions", d.PTYMaxSessions, "maximum live PTY sessions")
 	fs.String(&c.SSHListen, "ssh-listen", d.SSHListen, "also serve SSH on this TCP `addr` inside the sandbox, for keys in the user's ~/.ssh/authorized_keys")
+	fs.Int(&c.Processes.MaxLines, "proc-max-lines", d.Processes.MaxLines, "output lines kept per process (oldest dropped)")
+	fs.Int(&c.Processes.MaxBytes, "proc-max-bytes", d.Processes.MaxBytes, "output bytes kept per process (oldest lines dropped)")
+	fs.Int(&c.Processes.TotalBytes, "proc-total-bytes", d.Processes.TotalBytes, "output bytes kept by all processes together (each keeps at least 64 KiB)")
+	fs.Int(&c.Processes.MaxLineBytes, "proc-max-line-bytes", d.Processes.MaxLineBytes, "longer output lines are split at this many bytes")
+	fs.Duration(&c.Processes.KeepExited, "proc-keep-exited", d.Processes.KeepExited, "how long an exited process stays queryable")
+	fs.Int(&c.Processes.MaxExited, "proc-max-exited", d.Processes.MaxExited, "exited processes kept at most")
+	fs.Int(&c.Processes.MaxLive, "proc-max-live", d.Processes.MaxLive, "running API processes at most")
 	fs.Bool(&c.ExitWithMain, "exit-with-main", d.ExitWithMain, "end the sandbox when the main command (after --) exits, with its exit code")
 }

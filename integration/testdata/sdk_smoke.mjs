@@ -43,6 +43,47 @@ const steps = {
     const list = await sb.listProcesses();
     assert.ok(list.some((x) => x.pid === p.pid));
   },
+  async run_timeout() {
+    const r = await sb.run("sleep", { args: ["30"], timeout: 1 });
+    assert.equal(r.exitCode, -9); // {"signal": 9}, as the SDK maps it
+  },
+  async process_io() {
+    const p = await sb.startProcess("sh", { args: ["-c", "read l; echo got:$l; echo e >&2"], stdinMode: "pipe" });
+    assert.equal(p.stdinWritable, true);
+    await sb.writeStdin(p.pid, new TextEncoder().encode("x\n"));
+    await sb.closeStdin(p.pid);
+    const lines = [];
+    for await (const ev of sb.followOutput(p.pid)) lines.push(ev.stream + ":" + ev.line);
+    assert.deepEqual(lines.sort(), ["stderr:e", "stdout:got:x"]);
+    const info = await sb.getProcess(p.pid);
+    assert.equal(info.status, "exited");
+    assert.equal(info.exitCode, 0);
+    assert.ok(info.endedAt instanceof Date);
+    const out = await sb.getStdout(p.pid);
+    assert.deepEqual(out.lines, ["got:x"]);
+    assert.equal(out.lineCount, 1);
+    const followed = [];
+    for await (const ev of sb.followStderr(p.pid)) followed.push(ev.line);
+    assert.deepEqual(followed, ["e"]);
+  },
+  async supervised() {
+    const svc = await sb.startProcess("sleep", { args: ["60"], name: "sdk-svc", restart: { policy: "always", initialBackoffMs: 100 } });
+    assert.equal(svc.managed.name, "sdk-svc");
+    assert.equal(svc.managed.restart.policy, "always");
+    const sig = await sb.sendSignal("sdk-svc", 15);
+    assert.equal(sig.success, true);
+    let again;
+    for (let i = 0; i < 50; i++) {
+      again = await sb.getProcess("sdk-svc");
+      if (again.pid !== svc.pid && again.status === "running") break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.notEqual(again.pid, svc.pid);
+    assert.ok(again.managed.restartCount >= 1);
+    const re = await sb.restartProcess("sdk-svc");
+    assert.notEqual(re.pid, again.pid);
+    await sb.killProcess("sdk-svc");
+  },
   async pty() {
     let out = "";
     const pty = await sb.createPty({ command: "bash", args: ["--norc", "-i"], rows: 24, cols: 80, onData: (d) => { out += Buffer.from(d).toString(); } });
@@ -54,7 +95,9 @@ const steps = {
   },
   async tunnel() {
     const port = Number(process.env.TUNNEL_PORT);
-    const tunnel = await sb.createTunnel(port);
+    // The local port defaults to the remote one, taken here: the sandbox
+    // shares this machine's network.
+    const tunnel = await sb.createTunnel(port, { localPort: 0 });
     const addr = tunnel.address ? tunnel.address() : { host: "127.0.0.1", port: tunnel.localPort };
     const reply = await new Promise((resolve, reject) => {
       const c = net.connect(addr.port, addr.host || "127.0.0.1", () => c.write("ping\n"));
