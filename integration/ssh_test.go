@@ -217,9 +217,13 @@ func TestSSHShellAndExec(t *testing.T) {
 		}
 	})
 	t.Run("stdin eof and stderr", func(t *testing.T) {
-		out, code := s.ssh(t, "line1\nline2\n", "cat; echo done; echo oops >&2")
-		if code != 0 || out != "line1\nline2\ndone\noops\n" {
-			t.Fatalf("exit %d, output %q", code, out)
+		cmd := exec.Command("ssh", append(s.SSHArgs(s.key.Private), s.SSHDest(), "cat; echo done; echo oops >&2")...)
+		cmd.Stdin = strings.NewReader("line1\nline2\n")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		if err != nil || stdout.String() != "line1\nline2\ndone\n" || stderr.String() != "oops\n" {
+			t.Fatalf("%v: stdout %q, stderr %q", err, stdout.String(), stderr.String())
 		}
 	})
 	t.Run("byte clean", func(t *testing.T) {
