@@ -282,6 +282,11 @@ func TestSSHFiles(t *testing.T) {
 		sshOwner(t, s.SandboxPath("/home/tl-user/up-sftp.bin"), s.uid)
 		scp(s.SSHDest()+":up-sftp.bin", filepath.Join(dir, "down-sftp.bin"))
 		sameAsSrc(filepath.Join(dir, "down-sftp.bin"))
+		// ~user paths need the expand-path@openssh.com extension.
+		scp(src, s.SSHDest()+":~tl-user/tilde.bin")
+		sameAsSrc(s.SandboxPath("/home/tl-user/tilde.bin"))
+		scp(s.SSHDest()+":~/tilde.bin", filepath.Join(dir, "down-tilde.bin"))
+		sameAsSrc(filepath.Join(dir, "down-tilde.bin"))
 	})
 	t.Run("scp legacy mode", func(t *testing.T) {
 		scp("-O", src, s.SSHDest()+":up-legacy.bin")

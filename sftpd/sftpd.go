@@ -28,8 +28,9 @@ import (
 const Subcommand = "sftp-server"
 
 // maxTxPacket lets clients that ask for larger reads get them (pkg/sftp
-// caps replies at 32 KiB otherwise); OpenSSH's own server allows 256 KiB.
-const maxTxPacket = 256 << 10
+// caps replies at 32 KiB otherwise); ext.go reports the same limit to
+// OpenSSH's client through limits@openssh.com.
+const maxTxPacket = maxData
 
 // gcPercent is the sftp-server's GOGC (see Serve).
 const gcPercent = 400
@@ -54,7 +55,7 @@ func Serve(dir string) int {
 	// a bulk transfer; this process does nothing else, so trade a few MB
 	// for CPU.
 	debug.SetGCPercent(gcPercent)
-	srv, err := sftp.NewServer(stdio{}, sftp.WithMaxTxPacket(maxTxPacket), sftp.WithAllocator())
+	srv, err := sftp.NewServer(newExtLayer(os.Stdin, os.Stdout), sftp.WithMaxTxPacket(maxTxPacket), sftp.WithAllocator())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sftp-server:", err)
 		return 1
@@ -65,12 +66,6 @@ func Serve(dir string) int {
 	}
 	return 0
 }
-
-type stdio struct{}
-
-func (stdio) Read(b []byte) (int, error)  { return os.Stdin.Read(b) }
-func (stdio) Write(b []byte) (int, error) { return os.Stdout.Write(b) }
-func (stdio) Close() error                { return os.Stdout.Close() }
 
 // Start starts an sftp-server child as u in its home, with the given stdio
 // pipes (the caller keeps the other ends). exe is the agent's own binary.
