@@ -329,6 +329,10 @@ func TestSSHFiles(t *testing.T) {
 			t.Errorf("rm: %v", err)
 		}
 		sshOwner(t, s.SandboxPath("/home/tl-user/box"), s.uid)
+		// The proxy served it as a bare SFTP stream (its shortcut).
+		if !strings.Contains(s.AgentLog(), "sftp session over the uplink") {
+			t.Errorf("sftp did not take the proxy's SFTP stream")
+		}
 	})
 	t.Run("rsync", func(t *testing.T) {
 		tree := filepath.Join(dir, "tree")

@@ -173,7 +173,7 @@ func (f *sshFront) serveConn(ctx context.Context, c net.Conn) {
 	log.Info().Msg("ssh connected")
 	var shortcut func(gossh.NewChannel) bool
 	if st.route.port == 0 {
-		shortcut = f.directLocal(ctx, st, c.RemoteAddr().String())
+		shortcut = f.takeChannel(ctx, st, c.RemoteAddr().String())
 	}
 	bridge(sshEnd{conn: conn, chans: chans, reqs: reqs}, st.agent, shortcut)
 	log.Info().Dur("duration", time.Since(start)).Msg("ssh disconnected")
@@ -246,14 +246,19 @@ func (f *sshFront) dialSandbox(ctx context.Context, st *frontConn, remote string
 	return sshEnd{conn: conn, chans: chans, reqs: reqs}, nil
 }
 
-// directLocal is the shortcut for the most common forwards, `-L` or `-D`
+// takeChannel takes session channels (sshsession.go) and is the shortcut
+// for the most common forwards, `-L` or `-D`
 // to a port on the sandbox's loopback and `-L` to a unix socket: the proxy
 // opens an uplink tcp or unix stream to the target directly instead of
 // relaying the channel through the agent's SSH server, which saves one SSH
 // encryption layer each way (docs/ssh.md). The agent dials the target
 // either way; other targets take the SSH path.
-func (f *sshFront) directLocal(ctx context.Context, st *frontConn, remote string) func(gossh.NewChannel) bool {
+func (f *sshFront) takeChannel(ctx context.Context, st *frontConn, remote string) func(gossh.NewChannel) bool {
 	return func(nc gossh.NewChannel) bool {
+		if nc.ChannelType() == "session" {
+			f.session(ctx, st, remote, nc)
+			return true
+		}
 		h, ok := localTarget(nc)
 		if !ok {
 			return false

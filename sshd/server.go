@@ -201,6 +201,10 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn, h uplink.Header) {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	log := s.log.With().Str("user", h.User).Str("remote", h.Remote).Logger()
+	if h.Path == SFTPPath {
+		s.serveSFTPStream(c, log)
+		return
+	}
 	start := time.Now()
 	s.uplink.HandleConn(c)
 	log.Info().Dur("duration", time.Since(start)).Msg("ssh connection ended")
