@@ -592,8 +592,8 @@ func sshFdCount(t *testing.T, pid int) int {
 	return len(ents)
 }
 
-// TestSSHNoLeaks opens many connections, some dropped before the
-// handshake, and checks the agent's fds and goroutines return to baseline.
+// TestSSHNoLeaks opens many connections (sessions, sftp sessions, some
+// dropped before the handshake) and checks the agent's fds and goroutines return to baseline.
 func TestSSHNoLeaks(t *testing.T) {
 	s := startSSH(t, Options{})
 	_, _ = s.ssh(t, "", "true") // warm up: first-connection allocations
@@ -614,6 +614,16 @@ func TestSSHNoLeaks(t *testing.T) {
 				if c, err := net.Dial("tcp", s.SSHAddr); err == nil {
 					_, _ = bufio.NewReader(c).ReadString('\n')
 					c.Close()
+				}
+				return
+			}
+			// Every tenth is an sftp session (the proxy's SFTP stream).
+			if i%10 == 1 {
+				full := append(append([]string{"-P", s.SSHPort()}, s.SSHOpts(s.key.Private)...), "-b", "-", s.SSHDest())
+				cmd := exec.Command("sftp", full...)
+				cmd.Stdin = strings.NewReader("pwd\n")
+				if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "/home/tl-user") {
+					failed.Store(i, fmt.Sprintf("sftp: %v %q", err, out))
 				}
 				return
 			}
