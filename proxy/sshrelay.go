@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	gossh "golang.org/x/crypto/ssh"
 )
@@ -54,10 +55,17 @@ func relayGlobal(in <-chan *gossh.Request, to gossh.Conn) {
 // relayChannels opens each incoming channel on the other side and, once
 // both are open, relays them. A refusal is passed back with its reason.
 func relayChannels(in <-chan gossh.NewChannel, to gossh.Conn, wg *sync.WaitGroup, shortcut func(gossh.NewChannel) bool) {
+	var open atomic.Int64
 	for nc := range in {
+		if open.Load() >= maxChannels {
+			_ = nc.Reject(gossh.ResourceShortage, "too many channels on this connection")
+			continue
+		}
+		open.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer open.Add(-1)
 			if shortcut != nil && shortcut(nc) {
 				return
 			}
@@ -93,6 +101,10 @@ func relayChannel(opener gossh.Channel, openerReqs <-chan *gossh.Request, target
 	go func() { defer wg.Done(); oneWay(target, opener, targetReqs, session) }()
 	wg.Wait()
 }
+
+// maxChannels bounds the channels open at once in each direction of one
+// connection (each holds buffers and goroutines here and in the agent).
+const maxChannels = 1024
 
 // relayBuf is the data copy buffer of each channel direction: four SSH
 // packets, so a bulk transfer costs fewer reads and wake-ups than one
