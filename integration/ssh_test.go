@@ -79,19 +79,19 @@ func sshExitCode(t *testing.T, err error) int {
 }
 
 // background starts a long-lived ssh (forwards) and stops it at cleanup.
-func (s *sshSystem) background(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer) {
+func (s *sshSystem) background(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer) {
 	t.Helper()
 	return s.backgroundWith(t, nil, args...)
 }
 
 // backgroundWith puts opts first: ssh keeps the first value of an option.
-func (s *sshSystem) backgroundWith(t *testing.T, opts []string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+func (s *sshSystem) backgroundWith(t *testing.T, opts []string, args ...string) (*exec.Cmd, *syncBuffer) {
 	t.Helper()
 	full := append(append(opts, s.SSHArgs(s.key.Private)...), "-o", "ExitOnForwardFailure=yes")
 	full = append(full, args...)
 	cmd := exec.Command("ssh", full...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &lockedWriter{w: &out}, &lockedWriter{w: &out}
+	out := &syncBuffer{} // one lock for both streams and the reader
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("ssh: %v", err)
@@ -102,18 +102,7 @@ func (s *sshSystem) backgroundWith(t *testing.T, opts []string, args ...string) 
 		_ = cmd.Process.Kill()
 		<-done
 	})
-	return cmd, &out
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
+	return cmd, out
 }
 
 // httpServer serves "hello <name>" on loopback; the sandbox shares the
