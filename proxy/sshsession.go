@@ -12,13 +12,10 @@ import (
 // Session channels on the default route are accepted by the proxy, which
 // waits for the request that says what the session is. An `sftp`
 // subsystem (what sftp, scp, sshfs and IDEs' file transfers open) goes to
-// the agent as a bare SFTP stream (sshd.SFTPPath): one SSH layer fewer
+// the agent as a bare SFTP stream (uplink kind sftp): one SSH layer fewer
 // each way. Anything else (shell, exec, pty-req, agent forwarding, other
 // subsystems) opens a session on the agent's SSH server, replays the env
 // requests held so far, passes the request on and relays as usual.
-
-// sftpStreamPath is sshd.SFTPPath (the proxy does not import the agent).
-const sftpStreamPath = "sftp"
 
 // maxHeldEnv bounds the env requests held before a session starts.
 const maxHeldEnv = 256
@@ -75,7 +72,7 @@ func (f *sshFront) sessionViaAgent(st *frontConn, ch gossh.Channel, reqs <-chan 
 
 // sftpStream serves an sftp subsystem over a bare SFTP uplink stream.
 func (f *sshFront) sftpStream(ctx context.Context, st *frontConn, remote string, ch gossh.Channel, reqs <-chan *gossh.Request, req *gossh.Request) {
-	s, err := f.p.reg.Open(ctx, st.route.sandbox, uplink.Header{Kind: uplink.KindSSH, Path: sftpStreamPath, User: st.key.name, Remote: remote})
+	s, err := f.p.reg.Open(ctx, st.route.sandbox, uplink.Header{Kind: uplink.KindSFTP, User: st.key.name, Remote: remote})
 	if err != nil {
 		if req.WantReply {
 			_ = req.Reply(false, nil)

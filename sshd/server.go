@@ -201,7 +201,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn, h uplink.Header) {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	log := s.log.With().Str("user", h.User).Str("remote", h.Remote).Logger()
-	if h.Path == SFTPPath {
+	if h.Kind == uplink.KindSFTP {
 		s.serveSFTPStream(c, log)
 		return
 	}

@@ -10,15 +10,11 @@ import (
 	"github.com/tensorlake/tl-agent/sftpd"
 )
 
-// SFTPPath, as the Path of an uplink ssh stream, asks for a bare SFTP
-// session on the stream instead of an SSH connection: the proxy's front
-// door sends `sftp` subsystem sessions this way (it has authenticated the
-// user and speaks SSH to them itself), which saves a layer of SSH
-// encryption each way. The stream carries the SFTP protocol both ways and
-// ends when the sftp-server exits.
-const SFTPPath = "sftp"
-
-// serveSFTPStream runs an sftp-server as the sandbox user on c.
+// serveSFTPStream runs an sftp-server as the sandbox user on c: an uplink
+// stream of kind sftp. The proxy's front door sends `sftp` subsystem
+// sessions this way (it has authenticated the user and speaks SSH to them
+// itself), which saves a layer of SSH encryption each way. The stream
+// carries the SFTP protocol both ways and ends when the sftp-server exits.
 func (s *Server) serveSFTPStream(c net.Conn, log zerolog.Logger) {
 	defer c.Close()
 	u, err := identity.Lookup(s.cfg.User)
