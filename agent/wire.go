@@ -3,6 +3,7 @@ package agent
 import (
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/pty"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -14,6 +15,14 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	var p Parts
 	var stops []func()
 	// Capabilities are added here, one block each.
+
+	// PTY sessions.
+	ptyCfg := pty.Defaults()
+	ptyCfg.IdleTimeout = cfg.PTYIdleTimeout
+	ptyCfg.MaxSessions = cfg.PTYMaxSessions
+	ptys := pty.NewManager(ptyCfg, log, reaper)
+	p.Caps = append(p.Caps, ptys)
+	stops = append(stops, ptys.Close)
 	return p, func() {
 		for i := len(stops) - 1; i >= 0; i-- {
 			stops[i]()
