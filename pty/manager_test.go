@@ -1,0 +1,156 @@
+package pty
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/supervisor"
+)
+
+// These tests run real commands on real PTYs in process (under -race), as
+// the user running the test. integration/pty_test.go covers the same
+// through tl-proxy with the agent as PID 1.
+
+type rig struct {
+	t   *testing.T
+	m   *Manager
+	srv *httptest.Server
+}
+
+func newRig(t *testing.T, cfg Config) *rig {
+	t.Helper()
+	log := zerolog.Nop()
+	reaper := supervisor.NewReaper(log, false)
+	stop := make(chan struct{})
+	go reaper.Run(stop)
+	m := NewManager(cfg, log, reaper)
+	mux := http.NewServeMux()
+	m.Routes(mux)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		srv.Close()
+		m.Close()
+		close(stop)
+	})
+	return &rig{t: t, m: m, srv: srv}
+}
+
+func (r *rig) create(body map[string]any) (id, token string) {
+	r.t.Helper()
+	if _, ok := body["user"]; !ok {
+		body["user"] = strconv.Itoa(os.Getuid())
+	}
+	data, _ := json.Marshal(body)
+	resp, err := http.Post(r.srv.URL+"/api/v1/pty", "application/json", bytes.NewReader(data))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]string
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	if resp.StatusCode != http.StatusCreated {
+		r.t.Fatalf("create: %d %v", resp.StatusCode, out)
+	}
+	return out["session_id"], out["token"]
+}
+
+func (r *rig) dial(id, token string) *websocket.Conn {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	url := strings.Replace(r.srv.URL, "http", "ws", 1) + "/api/v1/pty/" + id + "/ws?token=" + token
+	c, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		r.t.Fatalf("dial: %v", err)
+	}
+	c.SetReadLimit(1 << 20)
+	r.t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+// readUntilClose collects output until the close and returns it, the exit
+// code of the 03 frame (-1 without one) and the close error.
+func readUntilClose(t *testing.T, c *websocket.Conn) (string, int, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out strings.Builder
+	code := -1
+	for {
+		_, msg, err := c.Read(ctx)
+		if err != nil {
+			return out.String(), code, err
+		}
+		switch msg[0] {
+		case opData:
+			if code != -1 {
+				t.Fatalf("output after the exit frame")
+			}
+			out.Write(msg[1:])
+		case opExit:
+			code = int(int32(uint32(msg[1])<<24 | uint32(msg[2])<<16 | uint32(msg[3])<<8 | uint32(msg[4])))
+		}
+	}
+}
+
+func TestEchoExitInProcess(t *testing.T) {
+	r := newRig(t, Config{})
+	id, tok := r.create(map[string]any{"command": "sh", "args": []string{"-c", "echo hi; exit 3"}})
+	c := r.dial(id, tok)
+	_ = c.Write(context.Background(), websocket.MessageBinary, []byte{opReady})
+	out, code, err := readUntilClose(t, c)
+	if !strings.Contains(out, "hi") || code != 3 {
+		t.Fatalf("output %q exit %d", out, code)
+	}
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.StatusNormalClosure || ce.Reason != "exit:3" {
+		t.Fatalf("close %v", err)
+	}
+}
+
+func TestReattachReplayAndKillInProcess(t *testing.T) {
+	r := newRig(t, Config{KillGrace: time.Second})
+	id, tok := r.create(map[string]any{"command": "sh", "args": []string{"-c", "echo before; read x; echo got-$x; sleep 100"}})
+	c1 := r.dial(id, tok)
+	_ = c1.Write(context.Background(), websocket.MessageBinary, []byte{opReady})
+	_ = c1.Write(context.Background(), websocket.MessageBinary, []byte("\x00one\n"))
+	c1.Close(websocket.StatusNormalClosure, "bye")
+	// Output produced while detached is replayed to the next client.
+	c2 := r.dial(id, tok)
+	_ = c2.Write(context.Background(), websocket.MessageBinary, []byte{opReady})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var seen string
+	for !strings.Contains(seen, "got-one") {
+		_, msg, err := c2.Read(ctx)
+		if err != nil {
+			t.Fatalf("read: %v (seen %q)", err, seen)
+		}
+		seen += string(msg[1:])
+	}
+	if !strings.Contains(seen, "before") {
+		t.Fatalf("replay lacks output from before: %q", seen)
+	}
+	req, _ := http.NewRequest("DELETE", r.srv.URL+"/api/v1/pty/"+id, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("delete: %v %v", resp, err)
+	}
+	_, code, err := readUntilClose(t, c2)
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.StatusGoingAway || ce.Reason != "session terminated" || code != -1 {
+		t.Fatalf("close %v exit %d", err, code)
+	}
+}
