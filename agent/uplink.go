@@ -179,7 +179,7 @@ func (a *Agent) runUplink(ctx context.Context, conn net.Conn) (up bool, err erro
 	}
 	_ = conn.SetDeadline(time.Time{})
 	// The proxy opens streams; to yamux the agent is the server side.
-	sess, err := yamux.Server(conn, uplink.MuxConfig(a.log))
+	sess, err := yamux.Server(uplink.Coalesce(conn), uplink.MuxConfig(a.log))
 	if err != nil {
 		return false, err
 	}

@@ -258,3 +258,145 @@ func TestUplinkCutMidRequest(t *testing.T) {
 	s.WaitConnected(15 * time.Second)
 	s.JSON("GET", "/api/v1/health", nil, 200, nil)
 }
+
+// TestListenMode runs the agent in listen mode (a runtime that connects
+// inward) on a unix socket, with the proxy dialing it, then drops the link
+// from the agent's side by restarting the proxy: the proxy redials.
+func TestListenMode(t *testing.T) {
+	bin := Binaries(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "uplink.sock")
+	token := randHex(32)
+	key := "tl_test_" + randHex(8)
+	cfg := fmt.Sprintf(`{"sandboxes":{"lm":{"token":%q}},"api_keys":{%q:"t"}}`, token, key)
+	cfgPath := filepath.Join(dir, "proxy.json")
+	os.WriteFile(cfgPath, []byte(cfg), 0o600)
+	agentLog := &syncBuffer{}
+	agent := exec.Command(filepath.Join(bin, "tl-agent"), "--listen", "unix:"+sock, "--sandbox-id", "lm", "--token", token,
+		"--control-socket", filepath.Join(dir, "ctl.sock"), "--provision=false", "--mount=false")
+	agent.Stdout, agent.Stderr = agentLog, agentLog
+	agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { agent.Process.Signal(syscall.SIGTERM); agent.Wait() }()
+	httpAddr := freeAddr(t)
+	startProxy := func() *exec.Cmd {
+		p := exec.Command(filepath.Join(bin, "tl-proxy"), "--config", cfgPath, "--uplink-addr", "127.0.0.1:0",
+			"--http-addr", httpAddr, "--ssh-addr", "", "--connect", "unix:"+sock, "--state-dir", dir)
+		p.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := p.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	health := func() int {
+		req, _ := http.NewRequest("GET", "http://"+httpAddr+"/api/v1/health", nil)
+		req.Host = "lm.local"
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	waitHealthy := func() {
+		deadline := time.Now().Add(15 * time.Second)
+		for health() != 200 {
+			if time.Now().After(deadline) {
+				t.Fatalf("no healthy answer through a dialed uplink\nagent log:\n%s", agentLog.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	p := startProxy()
+	waitHealthy()
+	p.Process.Kill()
+	p.Wait()
+	p = startProxy()
+	defer func() { p.Process.Kill(); p.Wait() }()
+	waitHealthy()
+}
+
+// TestDeadLinkDetected freezes the proxy (SIGSTOP: its TCP connection stays
+// open but nothing answers) and waits for the agent to declare the link
+// dead. The design bound is 15 s (ping every 5 s, 10 s to answer); the
+// test allows slack for a loaded machine and logs the figure.
+func TestDeadLinkDetected(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	before := strings.Count(s.AgentLog(), `"uplink down"`)
+	s.mu.Lock()
+	proxyPid := s.proxy.Process.Pid
+	s.mu.Unlock()
+	start := time.Now()
+	if err := syscall.Kill(proxyPid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(proxyPid, syscall.SIGCONT)
+	for strings.Count(s.AgentLog(), `"uplink down"`) == before {
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("agent did not notice a frozen proxy in 30 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("dead link detected after %v", time.Since(start).Round(100*time.Millisecond))
+	syscall.Kill(proxyPid, syscall.SIGCONT)
+	s.WaitConnected(20 * time.Second)
+	s.JSON("GET", "/api/v1/health", nil, 200, nil)
+}
+
+// TestBulkTransferKeepsLink moves 512 MiB through one uplink stream while
+// API requests go beside it: the link must not be declared dead, and the
+// requests must be answered.
+func TestBulkTransferKeepsLink(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 512 << 20
+	chunk := make([]byte, 64<<10)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for left := size; left > 0; left -= len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", s.BaseURL()+"/", nil)
+	req.Host = fmt.Sprintf("%d-%s.local", ln.Addr().(*net.TCPAddr).Port, s.SandboxID)
+	req.Header.Set("Authorization", "Bearer "+s.APIKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	done := make(chan error, 1)
+	go func() {
+		n, err := io.Copy(io.Discard, resp.Body)
+		if err == nil && n != size {
+			err = fmt.Errorf("got %d of %d bytes", n, size)
+		}
+		done <- err
+	}()
+	for i := 0; ; i++ {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(s.AgentLog(), `"uplink down"`) {
+				t.Fatal("link declared dead during a bulk transfer")
+			}
+			t.Logf("%d health requests answered beside the transfer", i)
+			return
+		default:
+		}
+		s.JSON("GET", "/api/v1/health", nil, 200, nil)
+	}
+}

@@ -36,16 +36,31 @@ func (p *Proxy) ServeUplinks(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// ConnectAgent dials an agent in listen mode and serves the uplink; the
-// handshake is the same as for an agent that dials in.
-func (p *Proxy) ConnectAgent(ctx context.Context, network, addr string) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, network, addr)
-	if err != nil {
-		return err
+// ConnectAgent keeps an uplink to an agent in listen mode until ctx ends,
+// redialing with capped back-off when it drops; the handshake is the same
+// as for an agent that dials in.
+func (p *Proxy) ConnectAgent(ctx context.Context, network, addr string) {
+	wait := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		var d net.Dialer
+		dctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+		c, err := d.DialContext(dctx, network, addr)
+		cancel()
+		if err == nil {
+			start := time.Now()
+			p.serveUplink(ctx, c)
+			if time.Since(start) > 10*time.Second {
+				wait = 100 * time.Millisecond // it was up: retry quickly
+			}
+		} else {
+			p.log.Warn().Err(err).Str("addr", addr).Msg("dial agent")
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 5*time.Second)
 	}
-	p.serveUplink(ctx, c)
-	return nil
 }
 
 func (p *Proxy) serveUplink(ctx context.Context, c net.Conn) {
@@ -80,7 +95,7 @@ func (p *Proxy) serveUplink(ctx context.Context, c net.Conn) {
 		refuse(uplink.CodeBadToken, "wrong token for this sandbox")
 		return
 	}
-	sess, err := yamux.Client(c, uplink.MuxConfig(p.log))
+	sess, err := yamux.Client(uplink.Coalesce(c), uplink.MuxConfig(p.log))
 	if err != nil {
 		return
 	}

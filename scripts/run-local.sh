@@ -44,10 +44,16 @@ for pub in "$HOME"/.ssh/id_*.pub; do
 done
 
 pids=()
+sandbox=
 cleanup() {
   trap - INT TERM EXIT
   echo
   echo "stopping..."
+  # unshare ignores SIGTERM while it waits, so the agent (its child, PID 1
+  # of the sandbox) is told directly; its orderly shutdown ends the sandbox.
+  if [ -n "$sandbox" ]; then
+    for c in $(cat "/proc/$sandbox/task/$sandbox/children" 2>/dev/null); do kill -TERM "$c" 2>/dev/null || true; done
+  fi
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
@@ -62,6 +68,7 @@ unshare --pid --mount --uts --ipc --fork --kill-child \
   ./scripts/sandbox-init.sh ./bin/tl-agent \
   --proxy "$UPLINK_ADDR" --sandbox-id "$SANDBOX" --token "$token" \
   2> "$state/agent.log" &
+sandbox=$!
 pids+=($!)
 
 for _ in $(seq 1 100); do
@@ -83,7 +90,7 @@ Logs: $state/agent.log, $state/proxy.log
   ssh -p ${SSH_ADDR##*:} -o StrictHostKeyChecking=no $SANDBOX@${SSH_ADDR%:*}    (keys from ~/.ssh/id_*.pub; more in $state/authorized_keys)
 
 SDK (npm tensorlake): new Sandbox({sandboxId: "$SANDBOX", proxyUrl: "http://$HTTP_ADDR", apiKey: "$key"})
-Operator view: nsenter -t \$(pgrep -f -n 'tl-agent --proxy $UPLINK_ADDR') -m -p tl-agent status
+Operator view: nsenter -t \$(cat /proc/$sandbox/task/$sandbox/children) -a -r -w tl-agent status
 
 Ctrl-C stops both.
 MSG

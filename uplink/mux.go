@@ -23,10 +23,10 @@ const (
 	// keystroke on another stream; 32 KiB frames keep that wait short.
 	WriteChunk = 32 << 10
 	// KeepAliveInterval and WriteTimeout together bound how long a dead
-	// link goes unnoticed: a ping every 5 s that must be answered within
-	// 10 s means detection within 15 s. The write timeout is not a
+	// link goes unnoticed: a ping every 4 s that must be answered within
+	// 10 s means detection within 14 s, under the 15 s promised. The write timeout is not a
 	// throughput floor: a saturated link still moves frames every few ms.
-	KeepAliveInterval = 5 * time.Second
+	KeepAliveInterval = 4 * time.Second
 	WriteTimeout      = 10 * time.Second
 	// OpenTimeout bounds a stream open that the peer never acknowledges.
 	OpenTimeout = 30 * time.Second

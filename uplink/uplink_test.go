@@ -175,3 +175,38 @@ func FuzzReadHello(f *testing.F) {
 		_ = ReadWelcome(bytes.NewReader(data))
 	})
 }
+
+// TestCoalesceJoinsHeaderAndBody checks that a data frame's header leaves in
+// the same write as its body, and that other frames pass straight through.
+func TestCoalesceJoinsHeaderAndBody(t *testing.T) {
+	rec := &writeLog{}
+	c := Coalesce(rec)
+	data := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3}
+	if n, err := c.Write(data); n != 12 || err != nil {
+		t.Fatalf("header write = %d, %v", n, err)
+	}
+	if len(rec.writes) != 0 {
+		t.Fatal("data header was not held")
+	}
+	if n, err := c.Write([]byte("abc")); n != 3 || err != nil {
+		t.Fatalf("body write = %d, %v", n, err)
+	}
+	if len(rec.writes) != 1 || !bytes.Equal(rec.writes[0], append(append([]byte{}, data...), "abc"...)) {
+		t.Fatalf("writes = %q", rec.writes)
+	}
+	window := []byte{0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0} // window update: no body
+	c.Write(window)
+	if len(rec.writes) != 2 || !bytes.Equal(rec.writes[1], window) {
+		t.Fatalf("window update held or changed: %q", rec.writes)
+	}
+}
+
+type writeLog struct {
+	net.Conn
+	writes [][]byte
+}
+
+func (w *writeLog) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, append([]byte(nil), p...))
+	return len(p), nil
+}

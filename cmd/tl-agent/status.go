@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -42,7 +43,9 @@ func statusCmd(args []string) int {
 		return 0
 	}
 	var st map[string]any
-	if err := json.Unmarshal(body, &st); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber() // print byte counts as integers, not 1.2e+07
+	if err := dec.Decode(&st); err != nil {
 		fmt.Fprintf(os.Stderr, "tl-agent status: bad answer: %v\n", err)
 		return 1
 	}

@@ -55,7 +55,7 @@ func run(args []string) int {
 	fs.String(&f.uplinkAddr, "uplink-addr", "127.0.0.1:7070", "`addr` where agents connect")
 	fs.String(&f.httpAddr, "http-addr", "127.0.0.1:8080", "`addr` of the HTTP API front door")
 	fs.String(&f.sshAddr, "ssh-addr", "127.0.0.1:2222", "`addr` of the SSH front door (empty: none)")
-	fs.String(&f.connect, "connect", "", "also dial an agent in listen mode at `unix:/path or tcp:host:port`")
+	fs.String(&f.connect, "connect", "", "also keep an uplink to an agent in listen mode at `unix:/path` or tcp:host:port")
 	fs.String(&f.domain, "domain", "", "sandbox host-name `suffix` (overrides the config)")
 	fs.String(&f.sshKeys, "ssh-authorized-keys", "", "users' SSH keys `file` (overrides the config)")
 	fs.String(&f.logLevel, "log-level", "info", "`level`: debug, info, warn or error")
@@ -97,11 +97,7 @@ func run(args []string) int {
 	defer cancel()
 	if f.connect != "" {
 		network, addr, _ := strings.Cut(f.connect, ":")
-		go func() {
-			if err := p.ConnectAgent(ctx, network, addr); err != nil {
-				log.Error().Err(err).Msg("connect to agent")
-			}
-		}()
+		go p.ConnectAgent(ctx, network, addr)
 	}
 	log.Info().Str("version", version).Str("uplink", ls.Uplink.Addr().String()).Str("http", ls.HTTP.Addr().String()).Msg("tl-proxy listening")
 	if f.dev {
