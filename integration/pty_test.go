@@ -298,3 +298,198 @@ func TestPTYBackgroundGrandchild(t *testing.T) {
 		t.Fatalf("session alive after its leader exited: %+v", in)
 	}
 }
+
+func TestPTYKill(t *testing.T) {
+	s := ptySystem(t, Options{})
+	// A shell that ignores SIGHUP, with a background child that does too:
+	// both die by SIGKILL after the grace period.
+	p := ptyCreate(t, s, map[string]any{"command": "sh", "args": []string{"-c", "trap '' HUP; sleep 1000 & echo up; wait"}})
+	c := ptyDial(t, s, p)
+	c.ready()
+	c.waitFor("up", 10*time.Second)
+	start := time.Now()
+	resp := s.Do("DELETE", "/api/v1/pty/"+p.SessionID, nil)
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("delete: %d", resp.StatusCode)
+	}
+	ce := c.waitClose(20 * time.Second)
+	if ce.Code != websocket.StatusGoingAway || ce.Reason != "session terminated" || c.exit != -1 {
+		t.Fatalf("close %v exit frame %d", ce, c.exit)
+	}
+	in := waitEnded(t, s, p.SessionID, 10*time.Second)
+	if took := time.Since(start); took < 4*time.Second || in.ExitCode == nil || *in.ExitCode != 137 {
+		t.Fatalf("ended after %v with %+v: want SIGKILL after the 5 s grace", took, in)
+	}
+	// The background child is gone too.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := s.Exec("sh", "-c", "ps -eo args | grep -c '^sleep 1000' || true")
+		if strings.TrimSpace(out) == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("background child survived the kill: %s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// A plain shell dies of the hang-up at once; DELETE of an ended session is fine.
+	p2 := ptyCreate(t, s, map[string]any{"command": "sh"})
+	s.JSON("DELETE", "/api/v1/pty/"+p2.SessionID, nil, http.StatusNoContent, nil)
+	if in := waitEnded(t, s, p2.SessionID, 3*time.Second); *in.ExitCode != 129 {
+		t.Fatalf("hung-up shell: %+v", in)
+	}
+	s.JSON("DELETE", "/api/v1/pty/"+p2.SessionID, nil, http.StatusNoContent, nil)
+}
+
+func TestPTYReattachReplay(t *testing.T) {
+	s := ptySystem(t, Options{})
+	p := ptyCreate(t, s, map[string]any{"command": "sh", "args": []string{"-c",
+		"echo first; read x; i=0; while [ $i -lt 2000 ]; do echo detached-line-$i; i=$((i+1)); done; echo detached-done; read y; echo second-$y"}})
+	c1 := ptyDial(t, s, p)
+	c1.ready()
+	c1.waitFor("first", 10*time.Second)
+	c1.c.Close(websocket.StatusNormalClosure, "going")
+	// Input from a new client; output produced while nobody is attached.
+	c2 := ptyDial(t, s, p)
+	c2.input("go\n")
+	c2.c.Close(websocket.StatusNormalClosure, "going")
+	time.Sleep(300 * time.Millisecond)
+	// Token in the query this time.
+	conn, _, err := ptyDialRaw(s, p.SessionID, nil, "?token="+p.Token)
+	if err != nil {
+		t.Fatalf("dial with query token: %v", err)
+	}
+	conn.CloseNow()
+	c3 := ptyDial(t, s, p)
+	c3.ready()
+	c3.waitFor("detached-done", 10*time.Second)
+	for _, want := range []string{"first", "detached-line-0\r\n", "detached-line-1999\r\n"} {
+		if !strings.Contains(c3.out.String(), want) {
+			t.Fatalf("replay lacks %q", want)
+		}
+	}
+	c3.input("again\n")
+	c3.waitFor("second-again", 10*time.Second)
+	c3.waitClose(10 * time.Second)
+	if c3.exit != 0 {
+		t.Fatalf("exit %d", c3.exit)
+	}
+}
+
+func TestPTYTwoClients(t *testing.T) {
+	s := ptySystem(t, Options{})
+	p := ptyCreate(t, s, map[string]any{"command": "cat"})
+	a, b := ptyDial(t, s, p), ptyDial(t, s, p)
+	a.ready()
+	b.ready()
+	a.input("from-a\n")
+	b.input("from-b\n")
+	for _, c := range []*ptyConn{a, b} {
+		c.waitFor("from-a", 10*time.Second)
+		c.waitFor("from-b", 10*time.Second)
+	}
+	// One client leaving does not disturb the other.
+	a.c.Close(websocket.StatusNormalClosure, "")
+	b.input("still-here\n")
+	b.waitFor("still-here\r\nstill-here", 10*time.Second)
+	b.input("\x04") // EOF to cat
+	b.waitClose(10 * time.Second)
+	if b.exit != 0 {
+		t.Fatalf("exit %d", b.exit)
+	}
+}
+
+func TestPTYIdleKill(t *testing.T) {
+	s := ptySystem(t, Options{AgentArgs: []string{"--pty-idle-timeout", "2s"}})
+	never := ptyCreate(t, s, map[string]any{"command": "sleep", "args": []string{"1000"}})
+	watched := ptyCreate(t, s, map[string]any{"command": "sleep", "args": []string{"1000"}})
+	c := ptyDial(t, s, watched)
+	c.ready()
+	in := waitEnded(t, s, never.SessionID, 15*time.Second)
+	if *in.ExitCode != 129 {
+		t.Fatalf("idle session: %+v", in)
+	}
+	if !ptyGet(t, s, watched.SessionID).IsAlive {
+		t.Fatalf("a session with a client attached was killed as idle")
+	}
+	c.c.Close(websocket.StatusNormalClosure, "")
+	waitEnded(t, s, watched.SessionID, 15*time.Second)
+}
+
+func TestPTYSessionLimit(t *testing.T) {
+	s := ptySystem(t, Options{AgentArgs: []string{"--pty-max-sessions", "3"}})
+	var ids []string
+	for i := 0; i < 3; i++ {
+		ids = append(ids, ptyCreate(t, s, map[string]any{"command": "sleep", "args": []string{"1000"}}).SessionID)
+	}
+	var e map[string]string
+	s.JSON("POST", "/api/v1/pty", map[string]any{"command": "sleep", "args": []string{"1000"}}, http.StatusTooManyRequests, &e)
+	if e["code"] != "TOO_MANY_SESSIONS" {
+		t.Fatalf("over the limit: %v", e)
+	}
+	s.JSON("DELETE", "/api/v1/pty/"+ids[0], nil, http.StatusNoContent, nil)
+	waitEnded(t, s, ids[0], 10*time.Second)
+	// An ended session no longer counts, but stays queryable.
+	ptyCreate(t, s, map[string]any{"command": "sleep", "args": []string{"1000"}})
+	ptyGet(t, s, ids[0])
+}
+
+func TestPTYConcurrent(t *testing.T) {
+	const n = 200
+	s := ptySystem(t, Options{AgentArgs: []string{"--pty-max-sessions", "256"}})
+	sessions := make([]ptyCreated, n)
+	for i := range sessions {
+		sessions[i] = ptyCreate(t, s, map[string]any{"command": "sh", "args": []string{"-c", "read x; echo got-$x; exit 3"}})
+	}
+	var list struct {
+		Sessions []ptyInfo `json:"sessions"`
+	}
+	s.JSON("GET", "/api/v1/pty", nil, http.StatusOK, &list)
+	alive := 0
+	for _, in := range list.Sessions {
+		if in.IsAlive {
+			alive++
+		}
+	}
+	if alive != n {
+		t.Fatalf("%d sessions alive, want %d", alive, n)
+	}
+	errs := make(chan error, n)
+	for i, p := range sessions {
+		go func() {
+			errs <- func() error {
+				c, _, err := ptyDialRaw(s, p.SessionID, http.Header{"X-PTY-Token": {p.Token}}, "")
+				if err != nil {
+					return err
+				}
+				defer c.CloseNow()
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				defer cancel()
+				if err := c.Write(ctx, websocket.MessageBinary, []byte{0x02}); err != nil {
+					return err
+				}
+				if err := c.Write(ctx, websocket.MessageBinary, []byte(fmt.Sprintf("\x00n%d\n", i))); err != nil {
+					return err
+				}
+				var out []byte
+				for {
+					_, msg, err := c.Read(ctx)
+					if err != nil {
+						if websocket.CloseStatus(err) == websocket.StatusNormalClosure && bytes.Contains(out, []byte(fmt.Sprintf("got-n%d", i))) {
+							return nil
+						}
+						return fmt.Errorf("session %d: %v after %q", i, err, out)
+					}
+					if msg[0] == 0x00 {
+						out = append(out, msg[1:]...)
+					}
+				}
+			}()
+		}()
+	}
+	for range sessions {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
