@@ -493,3 +493,79 @@ func TestPTYConcurrent(t *testing.T) {
 		}
 	}
 }
+
+func TestPTYErrors(t *testing.T) {
+	s := ptySystem(t, Options{})
+	p := ptyCreate(t, s, map[string]any{"command": "cat"})
+	ghost := "AAAAAAAAAAAAAAAAAAAAA"
+	cases := []struct {
+		name, method, path string
+		body               any
+		status             int
+		code               string
+	}{
+		{"no command", "POST", "/api/v1/pty", map[string]any{"args": []string{"x"}}, 400, "INVALID_REQUEST"},
+		{"bad json", "POST", "/api/v1/pty", "{", 400, "INVALID_REQUEST"},
+		{"command not found", "POST", "/api/v1/pty", map[string]any{"command": "no-such-command-xyz"}, 400, "COMMAND_NOT_FOUND"},
+		{"missing path", "POST", "/api/v1/pty", map[string]any{"command": "/nope/bin/x"}, 400, "COMMAND_NOT_FOUND"},
+		{"not executable", "POST", "/api/v1/pty", map[string]any{"command": "/etc/passwd"}, 400, "COMMAND_NOT_EXECUTABLE"},
+		{"directory", "POST", "/api/v1/pty", map[string]any{"command": "/usr"}, 400, "COMMAND_NOT_EXECUTABLE"},
+		{"bad working dir", "POST", "/api/v1/pty", map[string]any{"command": "sh", "working_dir": "/nope"}, 400, "INVALID_WORKING_DIR"},
+		{"working dir is a file", "POST", "/api/v1/pty", map[string]any{"command": "sh", "working_dir": "/etc/passwd"}, 400, "INVALID_WORKING_DIR"},
+		{"bad env", "POST", "/api/v1/pty", map[string]any{"command": "sh", "env": map[string]string{"A=B": "x"}}, 400, "INVALID_REQUEST"},
+		{"unknown user", "POST", "/api/v1/pty", map[string]any{"command": "sh", "user": "nobody-here"}, 400, "INVALID_USER"},
+		{"get unknown", "GET", "/api/v1/pty/" + ghost, nil, 404, "SESSION_NOT_FOUND"},
+		{"resize unknown", "POST", "/api/v1/pty/" + ghost + "/resize", map[string]any{"rows": 1, "cols": 1}, 404, "SESSION_NOT_FOUND"},
+		{"resize without cols", "POST", "/api/v1/pty/" + p.SessionID + "/resize", map[string]any{"rows": 10}, 400, "INVALID_REQUEST"},
+		{"resize without body", "POST", "/api/v1/pty/" + p.SessionID + "/resize", nil, 400, "INVALID_REQUEST"},
+		{"delete unknown", "DELETE", "/api/v1/pty/" + ghost, nil, 404, "SESSION_NOT_FOUND"},
+		{"ws unknown", "GET", "/api/v1/pty/" + ghost + "/ws?token=" + p.Token, nil, 404, "SESSION_NOT_FOUND"},
+		{"ws no token", "GET", "/api/v1/pty/" + p.SessionID + "/ws", nil, 403, "INVALID_TOKEN"},
+		{"ws wrong token", "GET", "/api/v1/pty/" + p.SessionID + "/ws?token=" + strings.Repeat("0", 64), nil, 403, "INVALID_TOKEN"},
+		{"ws not an upgrade", "GET", "/api/v1/pty/" + p.SessionID + "/ws?token=" + p.Token, nil, 426, "UPGRADE_REQUIRED"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var e map[string]string
+			s.JSON(c.method, c.path, c.body, c.status, &e)
+			if e["code"] != c.code || e["error"] == "" {
+				t.Fatalf("body %v, want code %s", e, c.code)
+			}
+		})
+	}
+	// The WebSocket handshake itself refuses a wrong token with 403.
+	_, resp, err := ptyDialRaw(s, p.SessionID, http.Header{"X-PTY-Token": {"wrong"}}, "")
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("dial with wrong token: %v %v", resp, err)
+	}
+	// Bad frames close the connection cleanly; the session lives on.
+	frames := []struct {
+		name string
+		send func(c *websocket.Conn) error
+		code websocket.StatusCode
+	}{
+		{"text message", func(c *websocket.Conn) error { return c.Write(context.Background(), websocket.MessageText, []byte("hello")) }, websocket.StatusUnsupportedData},
+		{"unknown opcode", func(c *websocket.Conn) error { return c.Write(context.Background(), websocket.MessageBinary, []byte{0x09, 1}) }, websocket.StatusProtocolError},
+		{"truncated resize", func(c *websocket.Conn) error { return c.Write(context.Background(), websocket.MessageBinary, []byte{0x01, 0, 80}) }, websocket.StatusProtocolError},
+		{"oversized", func(c *websocket.Conn) error {
+			return c.Write(context.Background(), websocket.MessageBinary, append([]byte{0}, make([]byte, 70<<10)...))
+		}, websocket.StatusMessageTooBig},
+	}
+	for _, f := range frames {
+		t.Run(f.name, func(t *testing.T) {
+			c := ptyDial(t, s, p)
+			c.ready()
+			_ = f.send(c.c)
+			if ce := c.waitClose(10 * time.Second); ce.Code != f.code {
+				t.Fatalf("close %v, want %d", ce, f.code)
+			}
+		})
+	}
+	c := ptyDial(t, s, p)
+	c.ready()
+	c.input("alive\n")
+	c.waitFor("alive\r\nalive", 10*time.Second)
+	if !ptyGet(t, s, p.SessionID).IsAlive {
+		t.Fatalf("session died of bad frames")
+	}
+}
