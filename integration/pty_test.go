@@ -1,11 +1,13 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -568,4 +570,49 @@ func TestPTYErrors(t *testing.T) {
 	if !ptyGet(t, s, p.SessionID).IsAlive {
 		t.Fatalf("session died of bad frames")
 	}
+}
+
+// TestPTYStalledClient: a client that stops reading is dropped; the
+// program and the other client carry on.
+func TestPTYStalledClient(t *testing.T) {
+	s := ptySystem(t, Options{})
+	const n = 16 << 20
+	p := ptyCreate(t, s, map[string]any{"command": "sh", "args": []string{"-c",
+		fmt.Sprintf("read x; head -c %d /dev/zero | tr '\\0' y; echo; echo END", n)}})
+	stalled := dialNoRead(t, s, p)
+	defer stalled.Close()
+	c := ptyDial(t, s, p)
+	c.ready()
+	c.input("go\n")
+	c.waitFor("END", 90*time.Second)
+	c.waitClose(10 * time.Second)
+	if got := strings.Count(c.out.String(), "y"); got != n {
+		t.Fatalf("reading client got %d bytes of %d", got, n)
+	}
+	if !strings.Contains(s.AgentLog(), "dropping pty client") {
+		t.Fatalf("the stalled client was not dropped")
+	}
+}
+
+// dialNoRead opens a WebSocket by hand, sends READY and never reads.
+func dialNoRead(t *testing.T, s *System, p ptyCreated) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", s.HTTPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.(*net.TCPConn).SetReadBuffer(4096)
+	fmt.Fprintf(conn, "GET /api/v1/pty/%s/ws HTTP/1.1\r\nHost: %s.local\r\nAuthorization: Bearer %s\r\nX-PTY-Token: %s\r\n"+
+		"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+		p.SessionID, s.SandboxID, s.APIKey, p.Token)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	// A masked binary frame holding READY (mask 0: payload unchanged).
+	if _, err := conn.Write([]byte{0x82, 0x81, 0, 0, 0, 0, 0x02}); err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }
