@@ -128,10 +128,12 @@ func (c *client) writeLoop() {
 	}
 }
 
+// write sends one message. It takes no per-write timeout (a timer per
+// frame is measurable on the hot path): a write stuck on a stalled client
+// ends when the reader drops it (StallTimeout) or a ping fails, both of
+// which cancel c.ctx.
 func (c *client) write(p []byte) bool {
-	ctx, cancel := context.WithTimeout(c.ctx, c.s.m.cfg.WriteTimeout)
-	defer cancel()
-	if err := c.conn.Write(ctx, websocket.MessageBinary, p); err != nil {
+	if err := c.conn.Write(c.ctx, websocket.MessageBinary, p); err != nil {
 		c.s.log.Debug().Err(err).Str("client", c.remote).Msg("pty client write failed")
 		c.cancel()
 		return false

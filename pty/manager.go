@@ -35,7 +35,6 @@ type Config struct {
 	MaxClients   int           // WebSocket clients per session
 	PingInterval time.Duration // server pings each client this often
 	PongTimeout  time.Duration // and drops it when the pong is this late
-	WriteTimeout time.Duration // one output message to a client
 	StallTimeout time.Duration // a client holding back output this long is dropped
 }
 
@@ -51,7 +50,6 @@ func Defaults() Config {
 		MaxClients:   16,
 		PingInterval: 15 * time.Second,
 		PongTimeout:  10 * time.Second,
-		WriteTimeout: 10 * time.Second,
 		StallTimeout: 5 * time.Second,
 	}
 }
@@ -77,7 +75,6 @@ func (c Config) withDefaults() Config {
 	setD(&c.KillGrace, d.KillGrace)
 	setD(&c.PingInterval, d.PingInterval)
 	setD(&c.PongTimeout, d.PongTimeout)
-	setD(&c.WriteTimeout, d.WriteTimeout)
 	setD(&c.StallTimeout, d.StallTimeout)
 	return c
 }
