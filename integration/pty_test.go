@@ -140,9 +140,11 @@ func (p *ptyConn) send(b []byte) {
 	}
 }
 
-func (p *ptyConn) ready()          { p.send([]byte{0x02}) }
-func (p *ptyConn) input(s string)  { p.send(append([]byte{0x00}, s...)) }
-func (p *ptyConn) resize(c, r int) { p.send(binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16([]byte{0x01}, uint16(c)), uint16(r))) }
+func (p *ptyConn) ready()         { p.send([]byte{0x02}) }
+func (p *ptyConn) input(s string) { p.send(append([]byte{0x00}, s...)) }
+func (p *ptyConn) resize(c, r int) {
+	p.send(binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16([]byte{0x01}, uint16(c)), uint16(r)))
+}
 
 // take handles one message; false when the connection has ended.
 func (p *ptyConn) take(d time.Duration) (bool, bool) {
@@ -546,9 +548,15 @@ func TestPTYErrors(t *testing.T) {
 		send func(c *websocket.Conn) error
 		code websocket.StatusCode
 	}{
-		{"text message", func(c *websocket.Conn) error { return c.Write(context.Background(), websocket.MessageText, []byte("hello")) }, websocket.StatusUnsupportedData},
-		{"unknown opcode", func(c *websocket.Conn) error { return c.Write(context.Background(), websocket.MessageBinary, []byte{0x09, 1}) }, websocket.StatusProtocolError},
-		{"truncated resize", func(c *websocket.Conn) error { return c.Write(context.Background(), websocket.MessageBinary, []byte{0x01, 0, 80}) }, websocket.StatusProtocolError},
+		{"text message", func(c *websocket.Conn) error {
+			return c.Write(context.Background(), websocket.MessageText, []byte("hello"))
+		}, websocket.StatusUnsupportedData},
+		{"unknown opcode", func(c *websocket.Conn) error {
+			return c.Write(context.Background(), websocket.MessageBinary, []byte{0x09, 1})
+		}, websocket.StatusProtocolError},
+		{"truncated resize", func(c *websocket.Conn) error {
+			return c.Write(context.Background(), websocket.MessageBinary, []byte{0x01, 0, 80})
+		}, websocket.StatusProtocolError},
 		{"oversized", func(c *websocket.Conn) error {
 			return c.Write(context.Background(), websocket.MessageBinary, append([]byte{0}, make([]byte, 70<<10)...))
 		}, websocket.StatusMessageTooBig},
