@@ -217,7 +217,7 @@ func (m *Manager) sessionEnded(s *Session) {
 		m.forgetLocked(m.ended[0])
 	}
 	if !m.closing {
-		time.AfterFunc(m.cfg.KeepEnded, func() {
+		s.forget = time.AfterFunc(m.cfg.KeepEnded, func() {
 			m.mu.Lock()
 			defer m.mu.Unlock()
 			m.forgetLocked(s)
@@ -286,6 +286,13 @@ func (m *Manager) Close() {
 		m.signalSessions(sids, syscall.SIGKILL)
 		waitAll(sessions, m.cfg.KillGrace)
 	}
+	m.mu.Lock()
+	for _, s := range m.sessions {
+		if s.forget != nil {
+			s.forget.Stop()
+		}
+	}
+	m.mu.Unlock()
 	for _, s := range sessions {
 		s.dropAll("agent shutting down")
 		s.mu.Lock()

@@ -50,6 +50,7 @@ type Session struct {
 	oomKilled bool
 	idle      *time.Timer // runs while no client is attached
 	killTimer *time.Timer // SIGKILL after the grace period
+	forget    *time.Timer // forgets the ended session (guarded by m.mu)
 }
 
 // Tuning of the exit drain: after the leader exits, read what is queued.
