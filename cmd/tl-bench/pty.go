@@ -2,10 +2,12 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,8 +17,11 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/creack/pty"
+	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/integration"
+	ptypkg "github.com/tensorlake/tl-agent/pty"
+	"github.com/tensorlake/tl-agent/supervisor"
 )
 
 func init() { register("pty", benchPTY) }
@@ -43,15 +48,21 @@ func benchPTY(e *Env) []Result {
 
 	var res []Result
 	e.Logf("throughput: tl-agent")
-	ours := oursThroughput(e, s, catCmd(sbxFile))
+	ours := oursThroughput(e, proxyTarget(s), catCmd(sbxFile))
+	e.Logf("throughput: tl-agent's pty.Manager in process, no proxy or uplink")
+	direct := directTarget(e)
+	oursDirect := oursThroughput(e, direct, catCmd(hostFile))
 	e.Logf("throughput: OpenSSH")
 	sshT := sshRun(e, ssh, catCmd(hostFile), func(w io.Writer, r *bufio.Reader) float64 { return throughputOver(e, w, r) })
 	e.Logf("throughput: bare PTY")
 	bare := bareRun(e, catCmd(hostFile), func(w io.Writer, r *bufio.Reader) float64 { return throughputOver(e, w, r) })
-	res = append(res, Result{Name: fmt.Sprintf("cat %d MiB text file", size>>20), Unit: "MB/s", Ours: ours, OpenSSH: sshT, Floor: bare})
+	res = append(res,
+		Result{Name: fmt.Sprintf("cat %d MiB text file", size>>20), Unit: "MB/s", Ours: ours, OpenSSH: sshT, Floor: bare},
+		Result{Name: "  the same, pty.Manager without proxy+uplink", Unit: "MB/s", Ours: oursDirect, OpenSSH: sshT, Floor: bare})
 
 	e.Logf("keystrokes")
-	oursRTT := oursKeystrokes(e, s, echoCmd, keys)
+	oursRTT := oursKeystrokes(e, proxyTarget(s), echoCmd, keys)
+	directRTT := oursKeystrokes(e, direct, echoCmd, keys)
 	var sshRTT, bareRTT []time.Duration
 	e.Logf("keystrokes: OpenSSH")
 	sshRun(e, ssh, echoCmd, func(w io.Writer, r *bufio.Reader) float64 { sshRTT = keystrokes(e, w, r, keys); return 0 })
@@ -60,6 +71,8 @@ func benchPTY(e *Env) []Result {
 	res = append(res,
 		Result{Name: "keystroke round trip p50", Unit: "ms", Ours: Percentile(oursRTT, 50), OpenSSH: Percentile(sshRTT, 50), Floor: Percentile(bareRTT, 50), Lower: true},
 		Result{Name: "keystroke round trip p99", Unit: "ms", Ours: Percentile(oursRTT, 99), OpenSSH: Percentile(sshRTT, 99), Floor: Percentile(bareRTT, 99), Lower: true},
+		Result{Name: "  p50 without proxy+uplink", Unit: "ms", Ours: Percentile(directRTT, 50), OpenSSH: Percentile(sshRTT, 50), Floor: Percentile(bareRTT, 50), Lower: true},
+		Result{Name: "  p99 without proxy+uplink", Unit: "ms", Ours: Percentile(directRTT, 99), OpenSSH: Percentile(sshRTT, 99), Floor: Percentile(bareRTT, 99), Lower: true},
 	)
 	e.Logf("idle memory")
 	return append(res, idleMemory(e, s)...)
@@ -93,29 +106,65 @@ func textFile(e *Env, size int64) string {
 	return p
 }
 
-// benchConn attaches a WebSocket client to a new session running command
-// and waits for the command's READY line.
-func benchConn(e *Env, s *integration.System, command string) *websocket.Conn {
-	body, _ := json.Marshal(map[string]any{"command": "sh", "args": []string{"-c", command}})
-	req := s.Request(context.Background(), "POST", "/api/v1/pty", strings.NewReader(string(body)))
+// ptyTarget is where sessions are made: the agent through tl-proxy, or
+// the same pty.Manager in this process without proxy and uplink.
+type ptyTarget struct {
+	base   string // http://host:port
+	host   string // Host header ("" for the URL's)
+	header http.Header
+	user   string // "" for the default (tl-user)
+}
+
+func proxyTarget(s *integration.System) ptyTarget {
+	return ptyTarget{base: s.BaseURL(), host: s.SandboxID + ".local", header: http.Header{"Authorization": {"Bearer " + s.APIKey}}}
+}
+
+// directTarget serves a pty.Manager on loopback in this process: the
+// agent's own cost, without tl-proxy and the uplink.
+func directTarget(e *Env) ptyTarget {
+	reaper := supervisor.NewReaper(zerolog.Nop(), false)
+	stop := make(chan struct{})
+	go reaper.Run(stop)
+	m := ptypkg.NewManager(ptypkg.Config{}, zerolog.Nop(), reaper)
+	mux := http.NewServeMux()
+	m.Routes(mux)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.Fatalf("listen: %v", err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	e.Cleanup(func() { srv.Close(); m.Close(); close(stop) })
+	return ptyTarget{base: "http://" + ln.Addr().String(), header: http.Header{}, user: "root"}
+}
+
+// conn attaches a WebSocket client to a new session running command and
+// waits for the command's READY line.
+func (pt ptyTarget) conn(e *Env, command string) *websocket.Conn {
+	body := map[string]any{"command": "sh", "args": []string{"-c", command}}
+	if pt.user != "" {
+		body["user"] = pt.user
+	}
+	data, _ := json.Marshal(body)
+	req, _ := http.NewRequest("POST", pt.base+"/api/v1/pty", bytes.NewReader(data))
+	req.Host = pt.host
+	req.Header = pt.header.Clone()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		e.Fatalf("create: %v", err)
 	}
-	var created struct{ SessionID, Token string }
-	var raw map[string]string
-	_ = json.NewDecoder(resp.Body).Decode(&raw)
+	var created map[string]string
+	_ = json.NewDecoder(resp.Body).Decode(&created)
 	resp.Body.Close()
-	created.SessionID, created.Token = raw["session_id"], raw["token"]
 	if resp.StatusCode != http.StatusCreated {
-		e.Fatalf("create: %d %v", resp.StatusCode, raw)
+		e.Fatalf("create: %d %v", resp.StatusCode, created)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, _, err := websocket.Dial(ctx, s.WSURL()+"/api/v1/pty/"+created.SessionID+"/ws", &websocket.DialOptions{
-		Host:       s.SandboxID + ".local",
-		HTTPHeader: http.Header{"Authorization": {"Bearer " + s.APIKey}, "X-PTY-Token": {created.Token}},
-	})
+	h := pt.header.Clone()
+	h.Set("X-PTY-Token", created["token"])
+	ws := "ws" + strings.TrimPrefix(pt.base, "http")
+	c, _, err := websocket.Dial(ctx, ws+"/api/v1/pty/"+created["session_id"]+"/ws", &websocket.DialOptions{Host: pt.host, HTTPHeader: h})
 	if err != nil {
 		e.Fatalf("dial: %v", err)
 	}
@@ -137,8 +186,8 @@ func benchConn(e *Env, s *integration.System, command string) *websocket.Conn {
 
 // oursThroughput times the output of the cat through proxy and uplink
 // until the exit frame.
-func oursThroughput(e *Env, s *integration.System, command string) float64 {
-	c := benchConn(e, s, command)
+func oursThroughput(e *Env, pt ptyTarget, command string) float64 {
+	c := pt.conn(e, command)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	buf := make([]byte, 64<<10)
@@ -146,7 +195,7 @@ func oursThroughput(e *Env, s *integration.System, command string) float64 {
 	if err := c.Write(ctx, websocket.MessageBinary, []byte("\x00\n")); err != nil {
 		e.Fatalf("input: %v", err)
 	}
-	var total int64
+	var total, msgs int64
 	var end time.Time
 	for {
 		_, r, err := c.Reader(ctx)
@@ -160,8 +209,12 @@ func oursThroughput(e *Env, s *integration.System, command string) float64 {
 		m, _ := io.CopyBuffer(io.Discard, r, buf)
 		if m > 0 {
 			total += m
+			msgs++
 			end = time.Now()
 		}
+	}
+	if msgs > 0 {
+		e.Logf("%d messages, %d bytes each on average", msgs, total/msgs)
 	}
 	return MBps(total, end.Sub(start))
 }
@@ -214,8 +267,8 @@ func keystrokes(e *Env, w io.Writer, r *bufio.Reader, n int) []time.Duration {
 	return ds
 }
 
-func oursKeystrokes(e *Env, s *integration.System, command string, n int) []time.Duration {
-	c := benchConn(e, s, command)
+func oursKeystrokes(e *Env, pt ptyTarget, command string, n int) []time.Duration {
+	c := pt.conn(e, command)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	ds := make([]time.Duration, 0, n)
