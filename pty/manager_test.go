@@ -1,10 +1,14 @@
 package pty
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -152,5 +156,46 @@ func TestReattachReplayAndKillInProcess(t *testing.T) {
 	var ce websocket.CloseError
 	if !errors.As(err, &ce) || ce.Code != websocket.StatusGoingAway || ce.Reason != "session terminated" || code != -1 {
 		t.Fatalf("close %v exit %d", err, code)
+	}
+}
+
+// TestUnansweredPingDropsClient: a client that never answers pings is
+// dropped; the session lives on.
+func TestUnansweredPingDropsClient(t *testing.T) {
+	r := newRig(t, Config{PingInterval: 100 * time.Millisecond, PongTimeout: 100 * time.Millisecond})
+	id, tok := r.create(map[string]any{"command": "cat"})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(r.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /api/v1/pty/%s/ws HTTP/1.1\r\nHost: x\r\nX-PTY-Token: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", id, tok)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	// Read (and ignore) whatever comes, answering nothing, until the
+	// server closes the connection.
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		t.Fatalf("connection not closed by the server: %v", err)
+	}
+	s, err := r.m.get(id)
+	if err != nil || !s.info().IsAlive {
+		t.Fatalf("session gone with its client: %v", err)
+	}
+	// Detaching follows the close of the connection.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		s.mu.Lock()
+		n := len(s.clients)
+		s.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d clients still attached", n)
+		}
 	}
 }
