@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -196,6 +197,67 @@ func TestUnansweredPingDropsClient(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d clients still attached", n)
+		}
+	}
+}
+
+// TestCloseLeaksNothing: after Close, the file descriptors and goroutines
+// of sessions and clients are gone.
+func TestCloseLeaksNothing(t *testing.T) {
+	fds := func() int {
+		ents, _ := os.ReadDir("/proc/self/fd")
+		return len(ents)
+	}
+	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		ln.Close() // the runtime's poller fds exist from here on
+	}
+	http.DefaultClient.CloseIdleConnections()
+	baseFDs, baseG := fds(), runtime.NumGoroutine()
+	func() {
+		log := zerolog.Nop()
+		reaper := supervisor.NewReaper(log, false)
+		stop := make(chan struct{})
+		defer close(stop)
+		go reaper.Run(stop)
+		m := NewManager(Config{KillGrace: time.Second}, log, reaper)
+		mux := http.NewServeMux()
+		m.Routes(mux)
+		srv := httptest.NewServer(mux)
+		r := &rig{t: t, m: m, srv: srv}
+		var conns []*websocket.Conn
+		for i := 0; i < 3; i++ {
+			id, tok := r.create(map[string]any{"command": "sh", "args": []string{"-c", "sleep 100 & cat"}})
+			c := r.dial(id, tok)
+			conns = append(conns, c)
+			_ = c.Write(context.Background(), websocket.MessageBinary, []byte{opReady})
+		}
+		id, tok := r.create(map[string]any{"command": "echo", "args": []string{"done"}})
+		c := r.dial(id, tok)
+		_ = c.Write(context.Background(), websocket.MessageBinary, []byte{opReady})
+		readUntilClose(t, c)
+		m.Close()
+		srv.Close()
+		for _, c := range conns {
+			c.CloseNow() // the test's own ends
+		}
+		c.CloseNow()
+		http.DefaultClient.CloseIdleConnections()
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		f, g := fds(), runtime.NumGoroutine()
+		if f <= baseFDs && g <= baseG+1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			n := runtime.Stack(buf, true)
+			ents, _ := os.ReadDir("/proc/self/fd")
+			var links []string
+			for _, e := range ents {
+				l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+				links = append(links, e.Name()+"->"+l)
+			}
+			t.Fatalf("fds %d (was %d): %v, goroutines %d (was %d)\n%s", f, baseFDs, links, g, baseG, buf[:n])
 		}
 	}
 }
