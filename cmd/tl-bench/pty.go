@@ -31,9 +31,9 @@ func init() { register("pty", benchPTY) }
 // (the floor): output throughput of `cat` of a large text file, keystroke
 // round trips through a raw-mode `cat`, and agent memory per idle session.
 func benchPTY(e *Env) []Result {
-	size, keys := int64(64<<20), 1000
+	size, keys, rounds := int64(64<<20), 1000, 3
 	if e.Quick {
-		size, keys = 16<<20, 300
+		size, keys, rounds = 16<<20, 300, 2
 	}
 	s := e.System(integration.Options{AgentArgs: []string{"--pty-max-sessions", "1100"}})
 	ensureUser(e, s)
@@ -48,14 +48,17 @@ func benchPTY(e *Env) []Result {
 
 	var res []Result
 	e.Logf("throughput: tl-agent")
-	ours := oursThroughput(e, proxyTarget(s), catCmd(sbxFile))
-	e.Logf("throughput: tl-agent's pty.Manager in process, no proxy or uplink")
 	direct := directTarget(e)
-	oursDirect := oursThroughput(e, direct, catCmd(hostFile))
-	e.Logf("throughput: OpenSSH")
-	sshT := sshRun(e, ssh, catCmd(hostFile), func(w io.Writer, r *bufio.Reader) float64 { return throughputOver(e, w, r) })
-	e.Logf("throughput: bare PTY")
-	bare := bareRun(e, catCmd(hostFile), func(w io.Writer, r *bufio.Reader) float64 { return throughputOver(e, w, r) })
+	// The machine is shared: each figure is the best of rounds taken in
+	// turns, so a burst of someone else's load does not decide a ratio.
+	var ours, oursDirect, sshT, bare float64
+	for round := 0; round < rounds; round++ {
+		e.Logf("throughput round %d: tl-agent via proxy, pty.Manager in process, OpenSSH, bare PTY", round+1)
+		ours = max(ours, oursThroughput(e, proxyTarget(s), catCmd(sbxFile)))
+		oursDirect = max(oursDirect, oursThroughput(e, direct, catCmd(hostFile)))
+		sshT = max(sshT, sshRun(e, ssh, catCmd(hostFile), func(w io.Writer, r *bufio.Reader) float64 { return throughputOver(e, w, r) }))
+		bare = max(bare, bareRun(e, catCmd(hostFile), func(w io.Writer, r *bufio.Reader) float64 { return throughputOver(e, w, r) }))
+	}
 	res = append(res,
 		Result{Name: fmt.Sprintf("cat %d MiB text file", size>>20), Unit: "MB/s", Ours: ours, OpenSSH: sshT, Floor: bare},
 		Result{Name: "  the same, pty.Manager without proxy+uplink", Unit: "MB/s", Ours: oursDirect, OpenSSH: sshT, Floor: bare})
@@ -195,7 +198,7 @@ func oursThroughput(e *Env, pt ptyTarget, command string) float64 {
 	if err := c.Write(ctx, websocket.MessageBinary, []byte("\x00\n")); err != nil {
 		e.Fatalf("input: %v", err)
 	}
-	var total, msgs int64
+	var total int64
 	var end time.Time
 	for {
 		_, r, err := c.Reader(ctx)
@@ -209,12 +212,8 @@ func oursThroughput(e *Env, pt ptyTarget, command string) float64 {
 		m, _ := io.CopyBuffer(io.Discard, r, buf)
 		if m > 0 {
 			total += m
-			msgs++
 			end = time.Now()
 		}
-	}
-	if msgs > 0 {
-		e.Logf("%d messages, %d bytes each on average", msgs, total/msgs)
 	}
 	return MBps(total, end.Sub(start))
 }
