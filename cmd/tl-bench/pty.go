@@ -47,7 +47,6 @@ func benchPTY(e *Env) []Result {
 	echoCmd := "stty raw -echo; echo READY; exec cat"
 
 	var res []Result
-	e.Logf("throughput: tl-agent")
 	direct := directTarget(e)
 	// The machine is shared: each figure is the best of rounds taken in
 	// turns, so a burst of someone else's load does not decide a ratio.
