@@ -94,6 +94,10 @@ func (s *Session) readLoop() {
 				empty = false
 				return false
 			}
+			// Always read before waiting: RawConn.Read resets the
+			// poller's readiness before calling us, so an edge that came
+			// after an earlier EAGAIN is forgotten and waiting first
+			// could sleep on queued output (measured: a hang).
 			b := readBufs.Get().(*[]byte)
 			n, rerr = readMore(int(fd), *b)
 			if n == 0 && rerr == unix.EAGAIN {
