@@ -81,19 +81,11 @@ var readBufs = sync.Pool{New: func() any { b := make([]byte, readChunk); return 
 func (s *Session) readLoop() {
 	defer close(s.readerDone)
 	var drained int64
-	empty := false // the last read hit EAGAIN: wait before reading again
 	for {
 		var buf *[]byte
 		var n int
 		var rerr error
 		err := s.raw.Read(func(fd uintptr) bool {
-			if empty {
-				// Skips a read that would only say EAGAIN again: one
-				// syscall less per burst. Safe with the edge-triggered
-				// poller, which reports any data that came after it.
-				empty = false
-				return false
-			}
 			// Always read before waiting: RawConn.Read resets the
 			// poller's readiness before calling us, so an edge that came
 			// after an earlier EAGAIN is forgotten and waiting first
@@ -105,7 +97,6 @@ func (s *Session) readLoop() {
 				return false // wait in the poller, holding no buffer
 			}
 			if n > 0 {
-				empty = rerr == unix.EAGAIN
 				rerr = nil // an error after data shows again on the next read
 			}
 			buf = b
