@@ -4,7 +4,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 GO      ?= go
 export CGO_ENABLED ?= 0
 
-.PHONY: all build run test test-unit test-integration bench lint fuzz deps clean
+.PHONY: all build run run-container image test test-unit test-integration bench lint fuzz deps clean
 
 all: build
 
@@ -14,6 +14,16 @@ build:
 ## run: tl-proxy on localhost plus tl-agent as PID 1 of a fresh sandbox (root).
 run: build
 	./scripts/run-local.sh
+
+## run-container: the same, with the agent in the sandbox image under podman
+## (or docker); falls back to namespaces when no engine is installed.
+run-container: build
+	TL_RUN=container ./scripts/run-local.sh
+
+## image: the sandbox and proxy images, built with podman or docker
+## (docs/image.md). Without a registry the bases are made locally.
+image:
+	./image/build.sh sandbox proxy
 
 deps:
 	./scripts/deps.sh

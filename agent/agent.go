@@ -147,7 +147,7 @@ func (a *Agent) serveStream(ctx context.Context, c net.Conn) {
 			return
 		}
 		a.apiLn.push(c)
-	case uplink.KindSSH:
+	case uplink.KindSSH, uplink.KindSFTP:
 		if a.ssh == nil {
 			_ = uplink.WriteReply(c, uplink.StatusUnavailable, "ssh server not enabled")
 			c.Close()

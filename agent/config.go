@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/tensorlake/tl-agent/process"
 )
 
 // Config is everything the agent can be told. cmd/tl-agent binds each field
@@ -40,6 +42,14 @@ type Config struct {
 	PTYIdleTimeout time.Duration
 	PTYMaxSessions int
 
+	// SSH: the server always serves uplink SSH streams; SSHListen adds a
+	// TCP listener inside the sandbox (e.g. 0.0.0.0:22) that checks the
+	// sandbox user's ~/.ssh/authorized_keys. Empty: none.
+	SSHListen string
+	// Processes: output kept per process, exited processes kept
+	// (docs/processes.md).
+	Processes process.Config
+
 	// Main command run after `--`, and whether its exit ends the sandbox.
 	Main         []string
 	ExitWithMain bool
@@ -59,6 +69,7 @@ func Defaults() Config {
 		ShutdownGrace:  10 * time.Second,
 		PTYIdleTimeout: 300 * time.Second,
 		PTYMaxSessions: 64,
+		Processes:      process.DefaultConfig(),
 	}
 }
 

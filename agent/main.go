@@ -2,19 +2,34 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"os"
-	"os/signal"
 	"syscall"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
 // Main runs the agent until it is told to stop and returns the process
-// exit code. It is the whole of tl-agent's life after flag parsing.
+// exit code. It is the whole of tl-agent's life after flag parsing:
+//
+//  1. catch every signal (nothing may kill PID 1 while it starts);
+//  2. as PID 1, mount the API file systems the runtime did not;
+//  3. start the reaper, the one owner of waiting;
+//  4. provision tl-user and the host name, before any capability serves;
+//  5. serve, and start the main command if one was given;
+//  6. on SIGTERM/SIGINT, or the main command's exit with --exit-with-main,
+//     stop taking work, sweep every process (TERM, grace, KILL), exit.
+//
+// Exit codes: 0 after a shutdown by signal; the main command's code (128+
+// signal when killed) when its exit ended the sandbox; 127 when that main
+// command could not start; 1 when the uplink could not run.
 func Main(cfg Config, log zerolog.Logger, version string) int {
+	sigs := supervisor.HandleSignals(log)
+	defer sigs.Stop()
 	pid1 := os.Getpid() == 1
 	if !pid1 {
 		// Orphans of our sessions reparent to us instead of escaping to
@@ -24,23 +39,119 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 		}
 	}
 	log.Info().Str("version", version).Int("pid", os.Getpid()).Str("sandbox_id", cfg.SandboxID).Msg("tl-agent starting")
+	if pid1 && cfg.Mount {
+		_, _ = supervisor.Mount(log) // failures are logged; serve what we can
+	}
 
 	reaper := supervisor.NewReaper(log, true)
 	stopReaper := make(chan struct{})
 	go reaper.Run(stopReaper)
+	if cfg.Provision {
+		provision(cfg, log)
+	}
 
-	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer cancel()
-
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
 	parts, stopParts := buildParts(cfg, log, reaper)
+	parts.Status = withReaperStatus(parts.Status, reaper)
 	a := New(cfg, log, version, parts)
-	err := a.Run(ctx)
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+
+	mainExit := startMain(cfg, log, reaper, sigs)
+	var err error
+	code := 0
+	select {
+	case sig := <-sigs.Shutdown():
+		cancel(errors.New("signal " + unix.SignalName(sig.(syscall.Signal))))
+	case code = <-mainExit:
+		cancel(errors.New("main command exited"))
+	case err = <-runErr:
+		runErr <- err
+		cancel(errors.New("agent stopped"))
+		if err != nil {
+			code = 1
+		}
+	}
+	log.Info().Str("reason", context.Cause(ctx).Error()).Msg("shutting down")
+	// Processes first: they get SIGTERM while the API winds down, and the
+	// grace runs once for both.
+	res := supervisor.Sweep(reaper, cfg.ShutdownGrace, pid1, log)
+	err = <-runErr
 	stopParts()
 	close(stopReaper)
 	if err != nil {
 		log.Error().Err(err).Msg("agent stopped")
-		return 1
 	}
-	log.Info().Msg("tl-agent stopped")
-	return 0
+	log.Info().Int("exit_code", code).Int("terminated", res.Termed).Int("killed", res.Killed).
+		Dur("took", res.Took).Msg("tl-agent stopped")
+	if pid1 {
+		// The init of a VM must not exit: the kernel panics. Power off.
+		supervisor.PowerOffIfVM(log)
+	}
+	return code
+}
+
+// provision prepares the sandbox user and host name. A failure (read-only
+// root, no /etc) is logged and the agent serves what it can.
+func provision(cfg Config, log zerolog.Logger) {
+	res, err := supervisor.Provision("/", supervisor.ProvisionOptions{
+		User: cfg.User, UID: cfg.UID, GID: cfg.GID, Hostname: cfg.Hostname,
+	}, log)
+	ev := log.Info()
+	if err != nil {
+		ev = log.Error().Err(err)
+	}
+	ev.Str("user", res.User).Int("uid", res.UID).Int("gid", res.GID).Strs("changed", res.Changed).Msg("provisioned")
+}
+
+// startMain starts the main command, if any. The returned channel gets
+// its exit code when that exit should end the sandbox (--exit-with-main);
+// without a main command nothing is ever sent.
+func startMain(cfg Config, log zerolog.Logger, r *supervisor.Reaper, sigs *supervisor.Signals) <-chan int {
+	end := make(chan int, 1)
+	if len(cfg.Main) == 0 {
+		return end
+	}
+	log = log.With().Strs("main", cfg.Main).Logger()
+	fail := func(err error) <-chan int {
+		log.Error().Err(err).Bool("exit_with_main", cfg.ExitWithMain).Msg("main command not started")
+		if cfg.ExitWithMain {
+			end <- supervisor.ExitNotRunnable
+		}
+		return end
+	}
+	u, err := identity.Lookup(cfg.User)
+	if err != nil {
+		return fail(err)
+	}
+	p, err := supervisor.StartMain(r, cfg.Main, u)
+	if err != nil {
+		return fail(err)
+	}
+	sigs.ForwardTo(p)
+	log.Info().Int("pid", p.Pid).Str("user", u.Name).Msg("main command started")
+	go func() {
+		e := p.Wait()
+		sigs.ForwardTo(nil)
+		log.Info().Str("exit", e.String()).Int("exit_code", e.ExitCode()).Bool("exit_with_main", cfg.ExitWithMain).
+			Msg("main command exited")
+		if cfg.ExitWithMain {
+			end <- e.ExitCode()
+		}
+	}()
+	return end
+}
+
+// withReaperStatus adds the reaper's counts to the operator's status.
+func withReaperStatus(next func() map[string]any, r *supervisor.Reaper) func() map[string]any {
+	return func() map[string]any {
+		st := map[string]any{}
+		if next != nil {
+			st = next()
+		}
+		live, started, orphans := r.Stats()
+		st["reaper"] = map[string]int64{"live": int64(live), "started": started, "orphans_reaped": orphans}
+		return st
+	}
 }

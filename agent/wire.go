@@ -3,7 +3,11 @@ package agent
 import (
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/files"
+	"github.com/tensorlake/tl-agent/forward"
+	"github.com/tensorlake/tl-agent/process"
 	"github.com/tensorlake/tl-agent/pty"
+	"github.com/tensorlake/tl-agent/sshd"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -20,9 +24,35 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	ptyCfg := pty.Defaults()
 	ptyCfg.IdleTimeout = cfg.PTYIdleTimeout
 	ptyCfg.MaxSessions = cfg.PTYMaxSessions
+	ptyCfg.User = cfg.User
 	ptys := pty.NewManager(ptyCfg, log, reaper)
 	p.Caps = append(p.Caps, ptys)
 	stops = append(stops, ptys.Close)
+
+	// SSH: uplink SSH streams, plus the optional in-sandbox listener.
+	if srv, err := sshd.New(sshd.Config{User: cfg.User, Listen: cfg.SSHListen}, log, reaper); err != nil {
+		log.Error().Err(err).Msg("ssh server disabled")
+	} else {
+		if err := srv.Listen(); err != nil {
+			log.Error().Err(err).Msg("ssh listener")
+		}
+		p.SSH = srv
+		stops = append(stops, srv.Close)
+	}
+
+	// Processes: the table also answers /api/v1/info's counts.
+	pcfg := cfg.Processes
+	pcfg.User = cfg.User
+	procs := process.New(pcfg, log, reaper)
+	p.Caps = append(p.Caps, procs)
+	p.Procs = procs
+	stops = append(stops, procs.Close)
+
+	// Files, owned by the sandbox user.
+	p.Caps = append(p.Caps, files.New(files.Config{User: cfg.User}, log))
+
+	// TCP tunnels over WebSocket.
+	p.Caps = append(p.Caps, forward.NewTunnels(log))
 	return p, func() {
 		for i := len(stops) - 1; i >= 0; i-- {
 			stops[i]()

@@ -19,6 +19,16 @@ const BufSize = 32 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, BufSize); return &b }}
 
+// BigBufSize is the copy buffer toward a destination that prefers bigger
+// writes (see bigWriter).
+const BigBufSize = 256 << 10
+
+var bigPool = sync.Pool{New: func() any { b := make([]byte, BigBufSize); return &b }}
+
+// bigWriter is a destination whose every Write has a fixed cost worth
+// spreading, such as a WebSocket (one message per Write).
+type bigWriter interface{ PrefersBigWrites() bool }
+
 type closeWriter interface{ CloseWrite() error }
 
 // Relay copies both ways between a and b until both directions end, then
@@ -41,8 +51,12 @@ func Relay(a, b net.Conn) (aToB, bToA int64) {
 // is closed too, so the other direction does not wait forever on a peer
 // that is gone.
 func pipe(dst, src net.Conn) int64 {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+	pool := &bufPool
+	if bw, ok := dst.(bigWriter); ok && bw.PrefersBigWrites() {
+		pool = &bigPool
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
 	n, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
 	if cw, ok := dst.(closeWriter); ok && err == nil {
 		_ = cw.CloseWrite()

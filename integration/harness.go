@@ -89,6 +89,9 @@ type Options struct {
 	NoSandbox bool
 	// SSHKeys is an authorized-keys file for the proxy's SSH front door.
 	SSHKeys string
+	// NoAgent starts only the proxy: the test runs its own agent (in a
+	// container, say) with AgentFlags and waits with WaitConnected.
+	NoAgent bool
 }
 
 // System is a running proxy plus a sandbox whose agent is connected to it.
@@ -149,8 +152,11 @@ func Start(t TB, opts Options) *System {
 	}
 	s.agentLog, s.proxyLog = &syncBuffer{}, &syncBuffer{}
 	s.StartProxy()
-	s.StartAgent()
 	t.Cleanup(s.Stop)
+	if opts.NoAgent {
+		return s
+	}
+	s.StartAgent()
 	s.WaitConnected(20 * time.Second)
 	return s
 }
@@ -187,10 +193,14 @@ func (s *System) KillProxy() {
 	<-done
 }
 
-// AgentArgs are the agent flags the harness always passes.
+// AgentFlags are the flags that connect an agent to this system's proxy.
+func (s *System) AgentFlags() []string {
+	return []string{"--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID, "--token", s.Token, "--log-level", "debug"}
+}
+
+// agentArgs are the agent flags the harness passes to its own agent.
 func (s *System) agentArgs() []string {
-	args := []string{"--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID, "--token", s.Token, "--log-level", "debug"}
-	args = append(args, s.opts.AgentArgs...)
+	args := append(s.AgentFlags(), s.opts.AgentArgs...)
 	if len(s.opts.Main) > 0 {
 		args = append(append(args, "--"), s.opts.Main...)
 	}
@@ -203,7 +213,10 @@ func (s *System) StartAgent() {
 	var cmd *exec.Cmd
 	agentBin := filepath.Join(s.bin, "tl-agent")
 	if s.opts.NoSandbox {
-		args := append(s.agentArgs(), "--control-socket", filepath.Join(s.dir, "agent.sock"), "--provision=false", "--mount=false")
+		// These flags go first: agentArgs ends with `-- main command`, and a
+		// flag after it would be the main command's, leaving provisioning
+		// on, on this machine's own /etc.
+		args := append([]string{"--control-socket", filepath.Join(s.dir, "agent.sock"), "--provision=false", "--mount=false"}, s.agentArgs()...)
 		cmd = exec.Command(agentBin, args...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	} else {

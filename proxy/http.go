@@ -55,6 +55,9 @@ func New(cfg *Config, log zerolog.Logger) *Proxy {
 		ErrorHandler:  p.upstreamError,
 		ErrorLog:      nil,
 	}
+	if cfg.SSHAuthorizedKeys != "" {
+		p.serveSSH = p.serveSSHFront
+	}
 	return p
 }
 
@@ -124,6 +127,13 @@ type userKey struct{}
 
 // ServeHTTP is the front door: auth, sandbox selection, forwarding.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	// By default an HTTP/1 server drains and closes the request body when
+	// the handler starts its response. The agent may answer (run's SSE
+	// headers) before the transport has finished with the body (it reads
+	// once more to see EOF); that read then fails, the transport drops the
+	// stream mid-response, and the agent sees its client gone. Full duplex
+	// leaves the body to the transport.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	user, ok := p.authenticate(req)
 	if !ok {
 		writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "missing or invalid API key: send Authorization: Bearer <api key>")

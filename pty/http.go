@@ -50,6 +50,9 @@ func (m *Manager) handleCreate(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusBadRequest, "INVALID_REQUEST", "command is required")
 		return
 	}
+	if req.User.IsZero() && m.cfg.User != "" {
+		req.User = identity.Spec{Name: m.cfg.User}
+	}
 	u, err := identity.Resolve(req.User)
 	if err != nil {
 		httpx.WriteError(w, http.StatusBadRequest, "INVALID_USER", err.Error())

@@ -26,6 +26,7 @@ import (
 
 // Config tunes the manager. Zero fields take the defaults of Defaults.
 type Config struct {
+	User         string        // who sessions run as when a request names nobody (tl-user)
 	MaxSessions  int           // live sessions; more get 429 (spec: 64)
 	IdleTimeout  time.Duration // kill a session with no client for this long (spec: 300 s)
 	KeepEnded    time.Duration // an ended session stays queryable this long (spec: ≥ 60 s)

@@ -13,9 +13,16 @@ have tmux       || need+=(tmux)
 have ip         || need+=(iproute2)
 have ps         || need+=(procps)
 have curl       || need+=(curl)
-if [ "${TL_NEED_PODMAN:-0}" = 1 ]; then
+have npm        || need+=(npm)
+# The image tests (integration/image_test.go): podman with runc (the
+# runtime image/containers.conf names), catatonit for --init, debootstrap
+# for the base image. TL_NEED_PODMAN=0 skips them.
+if [ "${TL_NEED_PODMAN:-1}" = 1 ]; then
   have podman      || need+=(podman)
-  have debootstrap || need+=(debootstrap)
+  have runc        || [ -x /usr/sbin/runc ] || need+=(runc)
+  have catatonit   || [ -x /usr/libexec/podman/catatonit ] || need+=(catatonit)
+  have debootstrap || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+  have ssh-keygen  || need+=(openssh-client)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -3,8 +3,23 @@
 # tl-agent as PID 1 of a fresh sandbox (pid, mount, uts and ipc namespaces
 # over a throwaway overlay root), connected by the uplink. Prints how to
 # connect; Ctrl-C stops both.
+#
+# TL_RUN=container (make run-container) runs the agent in the sandbox image
+# instead, under podman or docker (--network=host, so the uplink reaches the
+# proxy on loopback), building the image first when it is missing. Without
+# an engine it says so and falls back to namespaces. Namespaces stay the
+# default: no image to rebuild after each code change, and it starts in
+# milliseconds; the container path is what users run in production.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=${TL_RUN:-ns}
+if [ "$mode" = container ]; then
+  . image/engine.sh
+  if [ -z "${TL_ENGINE:-}" ]; then
+    echo "run-local.sh: no container engine (podman or docker); using namespaces" >&2
+    mode=ns
+  fi
+fi
 if [ "$(id -u)" != 0 ]; then
   echo "make run needs root: it creates namespaces and mounts for the sandbox (try: sudo make run)" >&2
   exit 1
@@ -44,11 +59,13 @@ for pub in "$HOME"/.ssh/id_*.pub; do
 done
 
 pids=()
+ctr=tl-dev-$SANDBOX
 sandbox=
 cleanup() {
   trap - INT TERM EXIT
   echo
   echo "stopping..."
+  if [ "$mode" = container ]; then $TL_ENGINE stop -t 15 "$ctr" >/dev/null 2>&1 || true; fi
   # unshare ignores SIGTERM while it waits, so the agent (its child, PID 1
   # of the sandbox) is told directly; its orderly shutdown ends the sandbox.
   if [ -n "$sandbox" ]; then
@@ -64,12 +81,25 @@ trap cleanup INT TERM EXIT
   2> "$state/proxy.log" &
 pids+=($!)
 sleep 0.3
-unshare --pid --mount --uts --ipc --fork --kill-child \
-  ./scripts/sandbox-init.sh ./bin/tl-agent \
-  --proxy "$UPLINK_ADDR" --sandbox-id "$SANDBOX" --token "$token" \
-  2> "$state/agent.log" &
-sandbox=$!
-pids+=($!)
+if [ "$mode" = container ]; then
+  ./image/build.sh sandbox >&2 # cached layers: quick when nothing changed
+  # The token goes in an env file, not on a command line others can read.
+  umask 077
+  printf 'TL_AGENT_PROXY=%s\nTL_AGENT_SANDBOX_ID=%s\nTL_AGENT_TOKEN=%s\n' "$UPLINK_ADDR" "$SANDBOX" "$token" > "$state/agent.env"
+  $TL_ENGINE rm -f "$ctr" >/dev/null 2>&1 || true
+  $TL_ENGINE run --rm --name "$ctr" --network=host --hostname tl-sbx \
+    --env-file "$state/agent.env" "$TL_SANDBOX_IMAGE" 2> "$state/agent.log" &
+  pids+=($!)
+  operator="$TL_ENGINE exec $ctr tl-agent status"
+else
+  unshare --pid --mount --uts --ipc --fork --kill-child \
+    ./scripts/sandbox-init.sh ./bin/tl-agent \
+    --proxy "$UPLINK_ADDR" --sandbox-id "$SANDBOX" --token "$token" \
+    2> "$state/agent.log" &
+  sandbox=$!
+  pids+=($!)
+  operator="nsenter -t \$(cat /proc/$sandbox/task/$sandbox/children) -a -r -w tl-agent status"
+fi
 
 for _ in $(seq 1 100); do
   if curl -fsS -H "Authorization: Bearer $key" "http://$HTTP_ADDR/_proxy/sandboxes" 2>/dev/null | grep -q '"connected":true'; then
@@ -80,7 +110,7 @@ done
 
 cat <<MSG
 
-tl-agent is PID 1 of sandbox "$SANDBOX", connected to tl-proxy.
+tl-agent is PID 1 of sandbox "$SANDBOX" ($mode), connected to tl-proxy.
 Logs: $state/agent.log, $state/proxy.log
 
   curl -H 'Authorization: Bearer $key' -H 'Host: $SANDBOX.local' http://$HTTP_ADDR/api/v1/health
@@ -90,7 +120,7 @@ Logs: $state/agent.log, $state/proxy.log
   ssh -p ${SSH_ADDR##*:} -o StrictHostKeyChecking=no $SANDBOX@${SSH_ADDR%:*}    (keys from ~/.ssh/id_*.pub; more in $state/authorized_keys)
 
 SDK (npm tensorlake): new Sandbox({sandboxId: "$SANDBOX", proxyUrl: "http://$HTTP_ADDR", apiKey: "$key"})
-Operator view: nsenter -t \$(cat /proc/$sandbox/task/$sandbox/children) -a -r -w tl-agent status
+Operator view: $operator
 
 Ctrl-C stops both.
 MSG

@@ -34,7 +34,10 @@ if [ "${TL_SANDBOX_BARE:-0}" != 1 ]; then
   mount -t tmpfs -o mode=0755,nosuid,nodev run "$r/run"
   mount -t tmpfs -o mode=1777,nosuid,nodev tmp "$r/tmp"
 else
-  umount -l "$r/dev/pts" "$r/dev/shm" 2>/dev/null || true
+  # The host may have mounts stacked on these: take them all off.
+  for m in "$r/dev/pts" "$r/dev/shm"; do
+    while mountpoint -q "$m"; do umount -l "$m"; done
+  done
 fi
 
 # The agent binary appears where an image would have it.

@@ -33,8 +33,11 @@ type Reaper struct {
 	log     zerolog.Logger
 	reapAll bool
 
-	mu   sync.Mutex
-	subs map[int]*Proc // guarded by mu; pid -> live process we started
+	mu      sync.Mutex
+	subs    map[int]*Proc // guarded by mu; pid -> live process we started
+	closing bool          // guarded by mu; set by the shutdown: no new starts
+
+	kick chan struct{} // asks Run to reap now
 
 	orphans atomic.Int64
 	started atomic.Int64
@@ -113,11 +116,15 @@ func (p *Proc) SignalGroup(sig syscall.Signal) error {
 // agent (its role as PID 1 or child subreaper); without, only processes
 // started through it, which is what tests running inside `go test` need.
 func NewReaper(log zerolog.Logger, reapAll bool) *Reaper {
-	return &Reaper{log: log.With().Str("component", "reaper").Logger(), reapAll: reapAll, subs: map[int]*Proc{}}
+	return &Reaper{log: log.With().Str("component", "reaper").Logger(), reapAll: reapAll, subs: map[int]*Proc{}, kick: make(chan struct{}, 1)}
 }
 
 // ErrStdio is returned by Start for stdio that is not an *os.File.
 var ErrStdio = errors.New("reaper: stdio must be *os.File or nil")
+
+// ErrShuttingDown is returned by Start once the shutdown sweep has begun:
+// a process started then would miss its SIGTERM.
+var ErrShuttingDown = errors.New("reaper: the sandbox is shutting down")
 
 // Start starts cmd and registers it. Never call cmd.Wait.
 func (r *Reaper) Start(cmd *exec.Cmd) (*Proc, error) {
@@ -134,6 +141,9 @@ func (r *Reaper) Start(cmd *exec.Cmd) (*Proc, error) {
 	// looks pids up under mu, cannot miss a child that exits at once.
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closing {
+		return nil, ErrShuttingDown
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -151,6 +161,39 @@ func (r *Reaper) Stats() (live int, started, orphans int64) {
 	return live, r.started.Load(), r.orphans.Load()
 }
 
+// refuseStarts makes every later Start fail with ErrShuttingDown.
+func (r *Reaper) refuseStarts() {
+	r.mu.Lock()
+	r.closing = true
+	r.mu.Unlock()
+}
+
+// Live returns the processes started through the reaper that have not
+// been reaped yet.
+func (r *Reaper) Live() []*Proc {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*Proc, 0, len(r.subs))
+	for _, p := range r.subs {
+		out = append(out, p)
+	}
+	return out
+}
+
+func (r *Reaper) liveCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.subs)
+}
+
+// Kick makes Run reap at once, as if SIGCHLD had arrived.
+func (r *Reaper) Kick() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
 // Run reaps until stop is closed. It must be running before any Start.
 func (r *Reaper) Run(stop <-chan struct{}) {
 	sigs := make(chan os.Signal, 1)
@@ -164,8 +207,10 @@ func (r *Reaper) Run(stop <-chan struct{}) {
 		r.reap()
 		select {
 		case <-stop:
+			r.reap() // what exited since the last pass
 			return
 		case <-sigs:
+		case <-r.kick:
 		case <-tick.C:
 		}
 	}
@@ -176,6 +221,7 @@ func (r *Reaper) reap() {
 		r.reapOwn()
 		return
 	}
+	orphans := 0
 	for {
 		var ws unix.WaitStatus
 		var ru unix.Rusage
@@ -184,9 +230,16 @@ func (r *Reaper) reap() {
 			continue
 		}
 		if pid <= 0 || err != nil {
-			return
+			break
 		}
-		r.deliver(pid, ws, &ru)
+		if !r.deliver(pid, ws, &ru) {
+			orphans++
+		}
+	}
+	if orphans > 0 {
+		// One line per sweep, not per orphan: a fork storm must not
+		// become a log storm.
+		r.log.Debug().Int("count", orphans).Msg("reaped orphans")
 	}
 }
 
@@ -208,9 +261,11 @@ func (r *Reaper) reapOwn() {
 	}
 }
 
-func (r *Reaper) deliver(pid int, ws unix.WaitStatus, ru *unix.Rusage) {
+// deliver hands an exit to the process's Proc and reports whether it was
+// one of ours.
+func (r *Reaper) deliver(pid int, ws unix.WaitStatus, ru *unix.Rusage) bool {
 	if !ws.Exited() && !ws.Signaled() {
-		return // stopped or continued: not an exit
+		return true // stopped or continued: not an exit
 	}
 	r.mu.Lock()
 	p := r.subs[pid]
@@ -218,8 +273,7 @@ func (r *Reaper) deliver(pid int, ws unix.WaitStatus, ru *unix.Rusage) {
 	r.mu.Unlock()
 	if p == nil {
 		r.orphans.Add(1)
-		r.log.Debug().Int("pid", pid).Msg("reaped orphan")
-		return
+		return false
 	}
 	e := Exit{At: time.Now(), MaxRSS: ru.Maxrss}
 	if ws.Exited() {
@@ -231,4 +285,5 @@ func (r *Reaper) deliver(pid int, ws unix.WaitStatus, ru *unix.Rusage) {
 	p.exit = e
 	_ = p.Cmd.Process.Release() // closes the pidfd; the pid is already reaped
 	close(p.done)
+	return true
 }

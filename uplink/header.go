@@ -13,6 +13,7 @@ import (
 const (
 	KindAPI  = "api"  // the agent's HTTP API (one HTTP/1.1 connection)
 	KindSSH  = "ssh"  // the agent's SSH server (one SSH connection)
+	KindSFTP = "sftp" // a bare SFTP session as the sandbox user (the SSH front door's sftp subsystem)
 	KindTCP  = "tcp"  // a TCP port on 127.0.0.1 inside the sandbox
 	KindUnix = "unix" // a unix socket inside the sandbox
 )
@@ -64,7 +65,7 @@ func ParseTarget(s string) (Header, error) {
 // Validate checks a header as received; the agent calls it before acting.
 func (h Header) Validate() error {
 	switch h.Kind {
-	case KindAPI, KindSSH:
+	case KindAPI, KindSSH, KindSFTP:
 		return nil
 	case KindTCP:
 		if h.Port < 1 || h.Port > 65535 {

@@ -3,14 +3,16 @@
 // the sandbox over one uplink to the sandbox proxy.
 //
 //	tl-agent [flags] [-- main command...]   run the agent
-//	tl-agent status [--json]                 ask a running agent (control socket)
+//	tl-agent status [--json|--check]         ask a running agent (control socket)
+//	tl-agent provision [--root DIR]          create tl-user and host name files, then exit
 //	tl-agent version                         print the version
 //
 // Every flag has an environment variable twin; see `tl-agent --help`.
 //
 // Exit codes: 0 after an orderly shutdown; 1 when the agent could not run;
 // 2 for bad flags; with --exit-with-main, the main command's exit code
-// (128+signal when it was killed by a signal).
+// (128+signal when it was killed by a signal, 127 when it could not start).
+// See docs/supervisor.md.
 package main
 
 import (
@@ -22,6 +24,7 @@ import (
 	"github.com/tensorlake/tl-agent/agent"
 	"github.com/tensorlake/tl-agent/internal/cli"
 	"github.com/tensorlake/tl-agent/internal/logx"
+	"github.com/tensorlake/tl-agent/sftpd"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=...".
@@ -32,6 +35,8 @@ const usage = `tl-agent: the sandbox agent (init, provisioning, uplink server).
 Usage:
   tl-agent [flags] [-- command args...]   run as the sandbox's first process
   tl-agent status [--json] [--socket P]   print a running agent's state
+  tl-agent status --check                 exit 0 only while the uplink is up
+  tl-agent provision [--root DIR]         provision tl-user and the host name, then exit
   tl-agent version                        print the version`
 
 func main() {
@@ -43,6 +48,16 @@ func run(args []string) int {
 		switch args[0] {
 		case "status":
 			return statusCmd(args[1:])
+		case "provision":
+			return provisionCmd(args[1:])
+		case sftpd.Subcommand:
+			// Hidden: the SFTP subsystem, started by the SSH server as the
+			// sandbox user with the folder to start in.
+			dir := ""
+			if len(args) > 1 {
+				dir = args[1]
+			}
+			return sftpd.Serve(dir)
 		case "version":
 			fmt.Println(version)
 			return 0
@@ -92,5 +107,13 @@ func bindFlags(fs *cli.FlagSet, c *agent.Config) {
 	fs.Duration(&c.ShutdownGrace, "shutdown-grace", d.ShutdownGrace, "time between SIGTERM and SIGKILL at shutdown")
 	fs.Duration(&c.PTYIdleTimeout, "pty-idle-timeout", d.PTYIdleTimeout, "kill a PTY session after this long with no client attached")
 	fs.Int(&c.PTYMaxSessions, "pty-max-sessions", d.PTYMaxSessions, "maximum live PTY sessions")
+	fs.String(&c.SSHListen, "ssh-listen", d.SSHListen, "also serve SSH on this TCP `addr` inside the sandbox, for keys in the user's ~/.ssh/authorized_keys")
+	fs.Int(&c.Processes.MaxLines, "proc-max-lines", d.Processes.MaxLines, "output lines kept per process (oldest dropped)")
+	fs.Int(&c.Processes.MaxBytes, "proc-max-bytes", d.Processes.MaxBytes, "output bytes kept per process (oldest lines dropped)")
+	fs.Int(&c.Processes.TotalBytes, "proc-total-bytes", d.Processes.TotalBytes, "output bytes kept by all processes together (each keeps at least 64 KiB)")
+	fs.Int(&c.Processes.MaxLineBytes, "proc-max-line-bytes", d.Processes.MaxLineBytes, "longer output lines are split at this many bytes")
+	fs.Duration(&c.Processes.KeepExited, "proc-keep-exited", d.Processes.KeepExited, "how long an exited process stays queryable")
+	fs.Int(&c.Processes.MaxExited, "proc-max-exited", d.Processes.MaxExited, "exited processes kept at most")
+	fs.Int(&c.Processes.MaxLive, "proc-max-live", d.Processes.MaxLive, "running API processes at most")
 	fs.Bool(&c.ExitWithMain, "exit-with-main", d.ExitWithMain, "end the sandbox when the main command (after --) exits, with its exit code")
 }

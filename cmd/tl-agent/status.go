@@ -21,6 +21,7 @@ func statusCmd(args []string) int {
 	fs := flag.NewFlagSet("tl-agent status", flag.ContinueOnError)
 	sock := fs.String("socket", agent.Defaults().ControlSocket, "control socket `path`")
 	asJSON := fs.Bool("json", false, "print the raw JSON")
+	check := fs.Bool("check", false, "health check: exit 0 only while the uplink is up (connected, or listening in --listen mode)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -38,6 +39,9 @@ func statusCmd(args []string) int {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if *check {
+		return healthCheck(body)
+	}
 	if *asJSON {
 		os.Stdout.Write(body)
 		return 0
@@ -67,4 +71,27 @@ func printMap(indent string, m map[string]any) {
 		}
 		fmt.Printf("%s%-18s %v\n", indent, k+":", m[k])
 	}
+}
+
+// healthCheck is `tl-agent status --check`, the container HEALTHCHECK: one
+// line, exit 0 when the uplink is usable, 1 otherwise (container engines
+// read any non-zero code as unhealthy).
+func healthCheck(body []byte) int {
+	var st struct {
+		Uplink struct {
+			State     string `json:"state"`
+			LastError string `json:"last_error"`
+		} `json:"uplink"`
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		fmt.Fprintf(os.Stderr, "tl-agent status: bad answer: %v\n", err)
+		return 1
+	}
+	switch st.Uplink.State {
+	case "connected", "listening":
+		fmt.Println("healthy: uplink", st.Uplink.State)
+		return 0
+	}
+	fmt.Printf("unhealthy: uplink %s %s\n", st.Uplink.State, st.Uplink.LastError)
+	return 1
 }

@@ -1,0 +1,186 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/internal/httpx"
+)
+
+// Tunnels serves GET /api/v1/tunnels/tcp?port=N: a WebSocket whose binary
+// messages are relayed byte for byte to 127.0.0.1:N inside the sandbox,
+// through Relay like every other forward.
+//
+// Half-close: the target's EOF is passed to the client as a normal close
+// (1000, "eof") after all its bytes; the client's EOF is a normal close
+// or, to keep receiving after it, a zero-length binary message. Text
+// messages are refused with close code 1003.
+type Tunnels struct {
+	log zerolog.Logger
+}
+
+// NewTunnels returns the tunnel capability.
+func NewTunnels(log zerolog.Logger) *Tunnels {
+	return &Tunnels{log: log.With().Str("component", "tunnels").Logger()}
+}
+
+// Routes adds the TCP tunnel route.
+func (t *Tunnels) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /api/v1/tunnels/tcp", t.serve)
+}
+
+func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) {
+	ps := r.URL.Query().Get("port")
+	port, err := strconv.Atoi(ps)
+	if ps == "" || err != nil || port < 1 || port > 65535 {
+		httpx.WriteError(w, http.StatusBadRequest, "INVALID_PORT", "query parameter port must be a number from 1 to 65535")
+		return
+	}
+	// Dial before accepting the upgrade, so that an unreachable port can
+	// still be answered with a status.
+	target, err := DialTCP(r.Context(), port)
+	if err != nil {
+		httpx.WriteError(w, http.StatusBadGateway, "PORT_UNREACHABLE", err.Error())
+		return
+	}
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		target.Close() // Accept has answered the client
+		return
+	}
+	// Messages are streamed through Reader, never held whole.
+	ws.SetReadLimit(-1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The client's pings are answered while the relay reads. A client
+	// that vanishes is noticed by the proxy (TCP keepalive, write errors),
+	// which closes the stream; the agent does not ping, since a tunnel
+	// whose target is slow to read cannot answer pings in time and would
+	// be dropped for it.
+	c := &wsConn{ws: ws, ctx: ctx}
+	start := time.Now()
+	in, out := Relay(c, target)
+	t.log.Debug().Int("port", port).Int64("bytes_in", in).Int64("bytes_out", out).
+		Dur("duration", time.Since(start)).Msg("tunnel ended")
+}
+
+// wsConn presents a WebSocket as a net.Conn for Relay: a Read returns
+// bytes of binary messages in turn; a Write sends one binary message;
+// CloseWrite sends a normal close. Deadlines are not supported.
+type wsConn struct {
+	ws  *websocket.Conn
+	ctx context.Context
+
+	r   io.Reader // current message; only the reading goroutine touches it
+	eof bool
+
+	mu        sync.Mutex
+	closeCode websocket.StatusCode // guarded by mu; set by a refusal
+	closeMsg  string
+}
+
+var errText = errors.New("text message refused: the tunnel carries binary messages only")
+
+func (c *wsConn) Read(p []byte) (int, error) {
+	for {
+		if c.eof {
+			return 0, io.EOF
+		}
+		if c.r == nil {
+			typ, r, err := c.ws.Reader(c.ctx)
+			if err != nil {
+				switch websocket.CloseStatus(err) {
+				case websocket.StatusNormalClosure, websocket.StatusGoingAway, websocket.StatusNoStatusRcvd:
+					c.eof = true
+					return 0, io.EOF
+				}
+				return 0, err
+			}
+			if typ != websocket.MessageBinary {
+				c.refuse(websocket.StatusUnsupportedData, "text messages are refused; send binary")
+				return 0, errText
+			}
+			c.r = r
+			n, err := c.r.Read(p)
+			if errors.Is(err, io.EOF) {
+				c.r = nil
+				if n == 0 {
+					// A zero-length message is the client's half-close. Keep
+					// answering pings and the close handshake from here on.
+					c.eof = true
+					c.ws.CloseRead(c.ctx)
+					return 0, io.EOF
+				}
+				return n, nil
+			}
+			return n, err
+		}
+		n, err := c.r.Read(p)
+		if errors.Is(err, io.EOF) {
+			c.r = nil
+			if n == 0 {
+				continue
+			}
+			return n, nil
+		}
+		return n, err
+	}
+}
+
+func (c *wsConn) refuse(code websocket.StatusCode, msg string) {
+	c.mu.Lock()
+	c.closeCode, c.closeMsg = code, msg
+	c.mu.Unlock()
+}
+
+func (c *wsConn) Write(p []byte) (int, error) {
+	if err := c.ws.Write(c.ctx, websocket.MessageBinary, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// PrefersBigWrites asks Relay for its big buffer: each Write is a message
+// whose header and first bytes go out as a separate small frame (the HTTP
+// server's 4 KiB write buffer), so fewer, bigger messages save frames and
+// system calls. Memory per tunnel stays fixed (one 256 KiB buffer).
+func (c *wsConn) PrefersBigWrites() bool { return true }
+
+// CloseWrite tells the client the target has finished sending.
+func (c *wsConn) CloseWrite() error {
+	return c.ws.Close(websocket.StatusNormalClosure, "eof")
+}
+
+func (c *wsConn) Close() error {
+	c.mu.Lock()
+	code, msg := c.closeCode, c.closeMsg
+	c.mu.Unlock()
+	if code == 0 {
+		code, msg = websocket.StatusNormalClosure, ""
+	}
+	err := c.ws.Close(code, msg)
+	if err != nil {
+		_ = c.ws.CloseNow()
+	}
+	return nil
+}
+
+func (c *wsConn) LocalAddr() net.Addr              { return wsAddr{} }
+func (c *wsConn) RemoteAddr() net.Addr             { return wsAddr{} }
+func (c *wsConn) SetDeadline(time.Time) error      { return nil }
+func (c *wsConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *wsConn) SetWriteDeadline(time.Time) error { return nil }
+
+type wsAddr struct{}
+
+func (wsAddr) Network() string { return "websocket" }
+func (wsAddr) String() string  { return "websocket" }

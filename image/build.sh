@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# build.sh [target...]: build the images with the local engine (make image).
+# Targets: sandbox (default), proxy, agent-bin, existing.
+#
+# With podman and no registry (this project's CI), the base and Go builder
+# images are made locally first (base.sh, builder.sh) and passed to the
+# Dockerfile as BASE_IMAGE and GO_IMAGE. Set TL_USE_REGISTRY=1 to use the
+# Dockerfile's defaults (golang:1.26-bookworm, debian:bookworm-slim).
+#
+#   TL_ENGINE          podman or docker (default: podman when installed)
+#   TL_SANDBOX_IMAGE   tag of the sandbox image (localhost/tl-sandbox:latest)
+#   TL_PROXY_IMAGE     tag of the proxy image (localhost/tl-proxy:latest)
+#   TL_EXISTING_IMAGE  tag of the `existing` target (localhost/tl-existing:latest)
+#   TL_APP_IMAGE       image the `existing` target adds tl-agent to
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. image/engine.sh
+if [ -z "${TL_ENGINE:-}" ]; then
+  echo "build.sh: no container engine: install podman (scripts/deps.sh does with TL_NEED_PODMAN=1)" >&2
+  exit 1
+fi
+args=(--build-arg "VERSION=$(git describe --tags --always --dirty 2>/dev/null || echo dev)")
+if [ "${TL_USE_REGISTRY:-0}" != 1 ]; then
+  image/base.sh
+  args+=(--build-arg "BASE_IMAGE=$TL_BASE_IMAGE" --build-arg "GO_IMAGE=$(image/builder.sh)")
+fi
+[ -n "${GOPROXY:-}" ] && args+=(--build-arg "GOPROXY=$GOPROXY")
+# The image that the `existing` target adds tl-agent to (default: the base).
+[ -n "${TL_APP_IMAGE:-}" ] && args+=(--build-arg "APP_IMAGE=$TL_APP_IMAGE")
+if [ "$TL_ENGINE" = podman ]; then
+  # Docker format keeps HEALTHCHECK (OCI image config has no field for it).
+  # Host network for RUN steps: apt and the Go proxy are reached the way
+  # this machine reaches them, and no container network stack is needed.
+  args+=(--format docker --layers --network=host)
+fi
+[ $# -gt 0 ] || set -- sandbox
+for target in "$@"; do
+  case $target in
+    sandbox) tag=$TL_SANDBOX_IMAGE ;;
+    proxy) tag=$TL_PROXY_IMAGE ;;
+    agent-bin) tag=localhost/tl-agent-bin:latest ;;
+    existing) tag=${TL_EXISTING_IMAGE:-localhost/tl-existing:latest} ;;
+    *) echo "build.sh: unknown target $target" >&2; exit 2 ;;
+  esac
+  echo "build.sh: $TL_ENGINE build --target $target -t $tag" >&2
+  $TL_ENGINE build "${args[@]}" --target "$target" -t "$tag" -f Dockerfile .
+done

@@ -1,0 +1,117 @@
+// Drives a sandbox through the official TypeScript SDK (npm `tensorlake`),
+// pointed at tl-proxy. Each step prints "ok <name>" or throws; the Go test
+// (sdk_test.go) checks the list. STEPS selects steps (comma-separated).
+import { Sandbox } from "tensorlake";
+import net from "node:net";
+import assert from "node:assert/strict";
+
+const sb = new Sandbox({ sandboxId: process.env.SBX, proxyUrl: process.env.PROXY, apiKey: process.env.KEY });
+const want = new Set((process.env.STEPS || "").split(",").filter(Boolean));
+const steps = {
+  async health() {
+    const h = await sb.health();
+    assert.equal(h.healthy, true);
+  },
+  async info() {
+    const i = await sb.daemonInfo();
+    assert.ok(i.version);
+  },
+  async run() {
+    const r = await sb.run("bash", { args: ["-c", "echo out; echo err >&2; whoami; exit 3"] });
+    assert.equal(r.exitCode, 3);
+    assert.match(r.stdout, /out/);
+    assert.match(r.stdout, /tl-user/);
+    assert.match(r.stderr, /err/);
+  },
+  async files() {
+    const data = new TextEncoder().encode("hello from the sdk\n");
+    await sb.writeFile("sdk-dir/hello.txt", data);
+    const back = await sb.readFile("sdk-dir/hello.txt");
+    assert.equal(Buffer.from(back).toString(), "hello from the sdk\n");
+    const list = await sb.listDirectory("sdk-dir");
+    assert.equal(list.entries.length, 1);
+    assert.equal(list.entries[0].name, "hello.txt");
+    await sb.deleteFile("sdk-dir/hello.txt");
+    await assert.rejects(sb.readFile("sdk-dir/hello.txt"));
+  },
+  async processes() {
+    const p = await sb.startProcess("sh", { args: ["-c", "echo started; sleep 30"] });
+    assert.ok(p.pid > 0);
+    const got = await sb.getProcess(p.pid);
+    assert.equal(got.status, "running");
+    await sb.killProcess(p.pid);
+    const list = await sb.listProcesses();
+    assert.ok(list.some((x) => x.pid === p.pid));
+  },
+  async run_timeout() {
+    const r = await sb.run("sleep", { args: ["30"], timeout: 1 });
+    assert.equal(r.exitCode, -9); // {"signal": 9}, as the SDK maps it
+  },
+  async process_io() {
+    const p = await sb.startProcess("sh", { args: ["-c", "read l; echo got:$l; echo e >&2"], stdinMode: "pipe" });
+    assert.equal(p.stdinWritable, true);
+    await sb.writeStdin(p.pid, new TextEncoder().encode("x\n"));
+    await sb.closeStdin(p.pid);
+    const lines = [];
+    for await (const ev of sb.followOutput(p.pid)) lines.push(ev.stream + ":" + ev.line);
+    assert.deepEqual(lines.sort(), ["stderr:e", "stdout:got:x"]);
+    const info = await sb.getProcess(p.pid);
+    assert.equal(info.status, "exited");
+    assert.equal(info.exitCode, 0);
+    assert.ok(info.endedAt instanceof Date);
+    const out = await sb.getStdout(p.pid);
+    assert.deepEqual(out.lines, ["got:x"]);
+    assert.equal(out.lineCount, 1);
+    const followed = [];
+    for await (const ev of sb.followStderr(p.pid)) followed.push(ev.line);
+    assert.deepEqual(followed, ["e"]);
+  },
+  async supervised() {
+    const svc = await sb.startProcess("sleep", { args: ["60"], name: "sdk-svc", restart: { policy: "always", initialBackoffMs: 100 } });
+    assert.equal(svc.managed.name, "sdk-svc");
+    assert.equal(svc.managed.restart.policy, "always");
+    const sig = await sb.sendSignal("sdk-svc", 15);
+    assert.equal(sig.success, true);
+    let again;
+    for (let i = 0; i < 50; i++) {
+      again = await sb.getProcess("sdk-svc");
+      if (again.pid !== svc.pid && again.status === "running") break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.notEqual(again.pid, svc.pid);
+    assert.ok(again.managed.restartCount >= 1);
+    const re = await sb.restartProcess("sdk-svc");
+    assert.notEqual(re.pid, again.pid);
+    await sb.killProcess("sdk-svc");
+  },
+  async pty() {
+    let out = "";
+    const pty = await sb.createPty({ command: "bash", args: ["--norc", "-i"], rows: 24, cols: 80, onData: (d) => { out += Buffer.from(d).toString(); } });
+    await pty.sendInput("echo pty-$((6*7))\n");
+    await pty.sendInput("exit 5\n");
+    const code = await pty.wait();
+    assert.equal(code, 5);
+    assert.match(out, /pty-42/);
+  },
+  async tunnel() {
+    const port = Number(process.env.TUNNEL_PORT);
+    // The local port defaults to the remote one, taken here: the sandbox
+    // shares this machine's network.
+    const tunnel = await sb.createTunnel(port, { localPort: 0 });
+    const addr = tunnel.address ? tunnel.address() : { host: "127.0.0.1", port: tunnel.localPort };
+    const reply = await new Promise((resolve, reject) => {
+      const c = net.connect(addr.port, addr.host || "127.0.0.1", () => c.write("ping\n"));
+      let buf = "";
+      c.on("data", (d) => { buf += d; if (buf.includes("\n")) { c.end(); resolve(buf); } });
+      c.on("error", reject);
+    });
+    assert.equal(reply, "pong:ping\n");
+    await tunnel.close();
+  },
+};
+for (const [name, fn] of Object.entries(steps)) {
+  if (want.size && !want.has(name)) continue;
+  await fn();
+  console.log("ok " + name);
+}
+process.exit(0);

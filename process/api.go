@@ -1,0 +1,402 @@
+package process
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/tensorlake/tl-agent/internal/httpx"
+)
+
+// Info is the API's P object.
+type Info struct {
+	Handle        int          `json:"handle"`
+	Pid           int          `json:"pid"`
+	Status        string       `json:"status"`
+	ExitCode      *int         `json:"exit_code"`
+	Signal        *int         `json:"signal"`
+	OOMKilled     bool         `json:"oom_killed"`
+	StdinWritable bool         `json:"stdin_writable"`
+	Command       string       `json:"command"`
+	Args          []string     `json:"args"`
+	StartedAt     int64        `json:"started_at"`
+	EndedAt       *int64       `json:"ended_at"`
+	Managed       *ManagedInfo `json:"managed,omitempty"`
+}
+
+// ManagedInfo is P's `managed` block.
+type ManagedInfo struct {
+	ID                        string        `json:"id"`
+	Name                      *string       `json:"name"`
+	Status                    string        `json:"status"`
+	RestartCount              int           `json:"restart_count"`
+	Restart                   RestartPolicy `json:"restart"`
+	HealthCheck               *HealthCheck  `json:"health_check"`
+	HealthStatus              string        `json:"health_status"`
+	ConsecutiveHealthFailures int           `json:"consecutive_health_failures"`
+	LastExit                  *ExitInfo     `json:"last_exit"`
+	LastError                 *string       `json:"last_error"`
+	NextRestartAt             *int64        `json:"next_restart_at"`
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+func (p *Process) exitInfo() ExitInfo {
+	e := ExitInfo{OOMKilled: p.oom, EndedAt: ms(p.endedAt)}
+	if p.exit.Signal != 0 {
+		sig := int(p.exit.Signal)
+		e.Signal = &sig
+	} else {
+		code := p.exit.Code
+		e.ExitCode = &code
+	}
+	return e
+}
+
+// info describes p; an instance of a supervised process carries its
+// supervisor's current managed block.
+func (p *Process) info() Info {
+	in := Info{
+		Handle: p.handle, Pid: p.pid, Status: "running", Command: p.spec.command,
+		Args: p.spec.args, StartedAt: ms(p.startedAt),
+	}
+	p.stdinMu.Lock()
+	in.StdinWritable = p.stdin != nil
+	p.stdinMu.Unlock()
+	p.mu.Lock()
+	if p.ended {
+		e := p.exitInfo()
+		in.ExitCode, in.Signal, in.OOMKilled, in.EndedAt = e.ExitCode, e.Signal, e.OOMKilled, &e.EndedAt
+		switch {
+		case p.oom:
+			in.Status = "oom_killed"
+		case p.exit.Signal != 0:
+			in.Status = "signaled"
+		default:
+			in.Status = "exited"
+		}
+	}
+	p.mu.Unlock()
+	if p.managed != nil {
+		mi := p.managed.info()
+		in.Managed = &mi
+	}
+	return in
+}
+
+func (m *managed) info() ManagedInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mi := ManagedInfo{
+		ID: m.id, Status: m.status, RestartCount: m.restarts, Restart: m.policy,
+		HealthCheck: m.health, HealthStatus: m.healthStatus,
+		ConsecutiveHealthFailures: m.healthFails, LastExit: m.lastExit,
+	}
+	if m.named {
+		mi.Name = &m.id
+	}
+	if m.lastErr != "" {
+		e := m.lastErr
+		mi.LastError = &e
+	}
+	if !m.nextRestart.IsZero() {
+		n := ms(m.nextRestart)
+		mi.NextRestartAt = &n
+	}
+	return mi
+}
+
+// Routes adds the Processes section of the API.
+func (t *Table) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /api/v1/processes", t.handleStart)
+	mux.HandleFunc("POST /api/v1/processes/run", t.handleRun)
+	mux.HandleFunc("GET /api/v1/processes", t.handleList)
+	mux.HandleFunc("GET /api/v1/processes/{id}", t.handleGet)
+	mux.HandleFunc("DELETE /api/v1/processes/{id}", t.handleKill)
+	mux.HandleFunc("POST /api/v1/processes/{id}/signal", t.handleSignal)
+	mux.HandleFunc("POST /api/v1/processes/{id}/stdin", t.handleStdin)
+	mux.HandleFunc("POST /api/v1/processes/{id}/stdin/close", t.handleStdinClose)
+	mux.HandleFunc("GET /api/v1/processes/{id}/{stream}", t.handleOutput)
+	mux.HandleFunc("GET /api/v1/processes/{id}/{stream}/follow", t.handleFollow)
+	mux.HandleFunc("POST /api/v1/processes/{id}/restart", t.handleRestart)
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		httpx.WriteError(w, ae.status, ae.code, ae.msg)
+		return
+	}
+	httpx.WriteError(w, http.StatusInternalServerError, "INTERNAL", err.Error())
+}
+
+// Start validates req and starts it, supervised when it has a name, a
+// restart policy or a health check (as the SDKs document).
+func (t *Table) Start(req *StartRequest) (*Process, error) {
+	s, err := prepare(req, t.cfg.User)
+	if err != nil {
+		return nil, err
+	}
+	if req.Name == nil && req.Restart == nil && req.HealthCheck == nil {
+		return t.start(s, nil)
+	}
+	m := &managed{t: t, spec: s}
+	if m.policy, err = normalizeRestart(req.Restart); err != nil {
+		return nil, err
+	}
+	if m.health, err = normalizeHealth(req.HealthCheck); err != nil {
+		return nil, err
+	}
+	if req.Name != nil {
+		if err := validName(*req.Name); err != nil {
+			return nil, err
+		}
+		m.id, m.named = *req.Name, true
+	}
+	if err := t.reserve(m); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	err = m.launch()
+	m.mu.Unlock()
+	if err != nil {
+		t.mu.Lock()
+		if t.byName[m.id] == m {
+			delete(t.byName, m.id)
+		}
+		t.mu.Unlock()
+		return nil, err
+	}
+	return m.current(), nil
+}
+
+// reserve enters m in byName under its id (a fresh one when unnamed),
+// replacing a stopped supervisor of that name; an active one is a
+// conflict. A supervisor's lock is never taken under t.mu (restarts take
+// them the other way round), hence the check and re-check.
+func (t *Table) reserve(m *managed) error {
+	for {
+		t.mu.Lock()
+		if !m.named {
+			t.nextManaged++
+			m.id = "managed-" + itoa(t.nextManaged)
+		}
+		old := t.byName[m.id]
+		t.mu.Unlock()
+		if old != nil && !old.isStopped() {
+			return &apiError{409, codeNameInUse, "a supervised process named " + m.id + " is active; kill it first"}
+		}
+		t.mu.Lock()
+		if t.byName[m.id] != old {
+			t.mu.Unlock()
+			continue // taken or replaced meanwhile: look again
+		}
+		t.byName[m.id] = m
+		t.mu.Unlock()
+		if old != nil {
+			old.setCurrent(nil) // its last instance stays in the table by pid
+		}
+		return nil
+	}
+}
+
+func (m *managed) isStopped() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.status == mStopped
+}
+
+func (t *Table) handleStart(w http.ResponseWriter, r *http.Request) {
+	var req StartRequest
+	if !httpx.DecodeJSON(w, r, &req) {
+		return
+	}
+	p, err := t.Start(&req)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusCreated, p.info())
+}
+
+func (t *Table) handleList(w http.ResponseWriter, r *http.Request) {
+	procs := t.list()
+	out := make([]Info, 0, len(procs))
+	for _, p := range procs {
+		out = append(out, p.info())
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"processes": out})
+}
+
+func (t *Table) handleGet(w http.ResponseWriter, r *http.Request) {
+	p, _, err := t.lookup(r.PathValue("id"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, p.info())
+}
+
+// handleKill SIGKILLs the process tree; a supervised process is stopped
+// for good (no restart).
+func (t *Table) handleKill(w http.ResponseWriter, r *http.Request) {
+	p, m, err := t.lookup(r.PathValue("id"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if m != nil && m.current() == p {
+		m.stopAndKill()
+	} else {
+		p.kill()
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (t *Table) handleSignal(w http.ResponseWriter, r *http.Request) {
+	p, _, err := t.lookup(r.PathValue("id"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	var req struct {
+		Signal *int `json:"signal"`
+	}
+	if !httpx.DecodeJSON(w, r, &req) {
+		return
+	}
+	if req.Signal == nil || *req.Signal < 1 || *req.Signal > 64 {
+		writeErr(w, badRequest(codeBadSignal, "signal must be a number from 1 to 64"))
+		return
+	}
+	if !p.running() {
+		writeErr(w, badRequest(codeNotRunning, "process %d is not running", p.pid))
+		return
+	}
+	// The group, as a terminal's ^C would: a `sh -c` wrapper's children
+	// get it too.
+	if err := p.proc.SignalGroup(syscall.Signal(*req.Signal)); err != nil {
+		if err := p.proc.Signal(syscall.Signal(*req.Signal)); err != nil {
+			writeErr(w, badRequest(codeNotRunning, "signal process %d: %v", p.pid, err))
+			return
+		}
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]bool{"success": true})
+}
+
+func (t *Table) handleStdin(w http.ResponseWriter, r *http.Request) {
+	p, _, err := t.lookup(r.PathValue("id"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if !p.spec.stdinPipe {
+		writeErr(w, badRequest(codeStdin, "process %d was not started with stdin_mode pipe", p.pid))
+		return
+	}
+	body := http.MaxBytesReader(w, r.Body, t.cfg.MaxStdinBytes)
+	p.stdinMu.Lock()
+	defer p.stdinMu.Unlock()
+	if p.stdin == nil {
+		writeErr(w, badRequest(codeStdin, "stdin of process %d is closed", p.pid))
+		return
+	}
+	_ = p.stdin.SetWriteDeadline(time.Now().Add(t.cfg.StdinTimeout))
+	buf := make([]byte, 32<<10)
+	_, err = io.CopyBuffer(writerOnly{p.stdin}, body, buf)
+	var mbe *http.MaxBytesError
+	switch {
+	case err == nil:
+		w.WriteHeader(http.StatusNoContent)
+	case errors.As(err, &mbe):
+		httpx.WriteError(w, http.StatusRequestEntityTooLarge, codeStdinTooLarge, "stdin request over "+itoa(int(t.cfg.MaxStdinBytes))+" bytes; split it")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		httpx.WriteError(w, http.StatusServiceUnavailable, codeStdinBlocked, "the process is not reading its stdin")
+	case errors.Is(err, syscall.EPIPE), errors.Is(err, os.ErrClosed):
+		writeErr(w, badRequest(codeStdin, "stdin of process %d is closed", p.pid))
+	default:
+		writeErr(w, badRequest(codeInvalid, "stdin: %v", err))
+	}
+}
+
+type writerOnly struct{ io.Writer }
+
+func (t *Table) handleStdinClose(w http.ResponseWriter, r *http.Request) {
+	p, _, err := t.lookup(r.PathValue("id"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if !p.spec.stdinPipe {
+		writeErr(w, badRequest(codeStdin, "process %d was not started with stdin_mode pipe", p.pid))
+		return
+	}
+	p.closeStdin()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// streamFilter maps the path's stream to a log filter ("" for both).
+func streamFilter(s string) (string, bool) {
+	switch s {
+	case "stdout":
+		return Stdout, true
+	case "stderr":
+		return Stderr, true
+	case "output":
+		return "", true
+	}
+	return "", false
+}
+
+func (t *Table) handleOutput(w http.ResponseWriter, r *http.Request) {
+	filter, ok := streamFilter(r.PathValue("stream"))
+	if !ok {
+		httpx.WriteError(w, http.StatusNotFound, codeNotFound, "no route for "+r.URL.Path)
+		return
+	}
+	p, _, err := t.lookup(r.PathValue("id"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	lines, dropped := p.out.snapshot(filter)
+	texts := make([]string, len(lines))
+	for i, l := range lines {
+		texts[i] = l.Text
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{
+		"pid": p.pid, "lines": texts, "line_count": len(texts), "dropped_lines": dropped,
+	})
+}
+
+func (t *Table) handleRestart(w http.ResponseWriter, r *http.Request) {
+	p, m, err := t.lookup(r.PathValue("id"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if m != nil {
+		np, err := m.restart()
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		httpx.WriteJSON(w, http.StatusOK, np.info())
+		return
+	}
+	// A plain process: kill it and start the same command again.
+	p.kill()
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+	}
+	np, err := t.start(p.spec, nil)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, np.info())
+}

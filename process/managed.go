@@ -1,0 +1,455 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// RestartPolicy is the `restart` field of a supervised process.
+type RestartPolicy struct {
+	Policy           string `json:"policy"`
+	MaxRestarts      *int   `json:"max_restarts"`
+	InitialBackoffMs int64  `json:"initial_backoff_ms"`
+	MaxBackoffMs     int64  `json:"max_backoff_ms"`
+}
+
+// HealthCheck is the `health_check` field of a supervised process.
+type HealthCheck struct {
+	Type             string `json:"type"`
+	Port             int    `json:"port"`
+	Path             string `json:"path,omitempty"`
+	InitialDelayMs   int64  `json:"initial_delay_ms"`
+	IntervalMs       int64  `json:"interval_ms"`
+	TimeoutMs        int64  `json:"timeout_ms"`
+	FailureThreshold int    `json:"failure_threshold"`
+}
+
+// Restart policies.
+const (
+	PolicyNever     = "never"
+	PolicyOnFailure = "on_failure"
+	PolicyAlways    = "always"
+)
+
+// stableRun is how long an instance must run for its exit not to count
+// toward the back-off: a service that crashes once a day restarts at once.
+const stableRun = 10 * time.Second
+
+func normalizeRestart(r *RestartPolicy) (RestartPolicy, error) {
+	out := RestartPolicy{Policy: PolicyOnFailure, InitialBackoffMs: 500, MaxBackoffMs: 30000}
+	if r == nil {
+		return out, nil
+	}
+	switch r.Policy {
+	case "":
+	case PolicyNever, PolicyOnFailure, PolicyAlways:
+		out.Policy = r.Policy
+	default:
+		return out, badRequest(codeInvalidRestart, "restart.policy must be never, on_failure or always, not %q", r.Policy)
+	}
+	if r.MaxRestarts != nil {
+		if *r.MaxRestarts < 0 {
+			return out, badRequest(codeInvalidRestart, "restart.max_restarts must not be negative")
+		}
+		n := *r.MaxRestarts
+		out.MaxRestarts = &n
+	}
+	if r.InitialBackoffMs < 0 || r.MaxBackoffMs < 0 {
+		return out, badRequest(codeInvalidRestart, "restart back-off must not be negative")
+	}
+	if r.InitialBackoffMs > 0 {
+		out.InitialBackoffMs = r.InitialBackoffMs
+	}
+	if r.MaxBackoffMs > 0 {
+		out.MaxBackoffMs = r.MaxBackoffMs
+	}
+	if out.MaxBackoffMs < out.InitialBackoffMs {
+		out.MaxBackoffMs = out.InitialBackoffMs
+	}
+	return out, nil
+}
+
+func normalizeHealth(h *HealthCheck) (*HealthCheck, error) {
+	if h == nil {
+		return nil, nil
+	}
+	out := *h
+	switch out.Type {
+	case "http":
+		if out.Path == "" {
+			out.Path = "/"
+		}
+	case "tcp":
+	default:
+		return nil, badRequest(codeInvalid, "health_check.type must be http or tcp, not %q", h.Type)
+	}
+	if out.Port < 1 || out.Port > 65535 {
+		return nil, badRequest(codeInvalid, "health_check.port must be 1..65535")
+	}
+	def := func(v *int64, d int64) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	if out.InitialDelayMs < 0 || out.IntervalMs < 0 || out.TimeoutMs < 0 || out.FailureThreshold < 0 {
+		return nil, badRequest(codeInvalid, "health_check values must not be negative")
+	}
+	def(&out.InitialDelayMs, 5000)
+	def(&out.IntervalMs, 1000)
+	def(&out.TimeoutMs, 500)
+	if out.FailureThreshold == 0 {
+		out.FailureThreshold = 3
+	}
+	return &out, nil
+}
+
+// Managed statuses and health statuses, as the API spells them.
+const (
+	mStarting   = "starting"
+	mRunning    = "running"
+	mBackingOff = "backing_off"
+	mStopped    = "stopped"
+
+	hDisabled  = "disabled"
+	hStarting  = "starting"
+	hHealthy   = "healthy"
+	hUnhealthy = "unhealthy"
+)
+
+// managed supervises a named (or restart/health-configured) process:
+// it restarts instances per its policy with exponential back-off and
+// runs the health check against the current instance.
+type managed struct {
+	t      *Table
+	id     string
+	named  bool
+	spec   *spec
+	policy RestartPolicy
+	health *HealthCheck
+
+	mu           sync.Mutex
+	cur          *Process // guarded by mu; the latest instance
+	status       string
+	restarts     int
+	quickFails   int // consecutive short-lived exits, for the back-off
+	healthStatus string
+	healthFails  int
+	lastExit     *ExitInfo
+	lastErr      string
+	nextRestart  time.Time
+	timer        *time.Timer
+	stopped      bool               // by the user or shutdown: no more restarts
+	restarting   bool               // an API restart is between kill and launch
+	cancelHealth context.CancelFunc // ends the current instance's health loop
+}
+
+// ExitInfo is `managed.last_exit`.
+type ExitInfo struct {
+	ExitCode  *int  `json:"exit_code"`
+	Signal    *int  `json:"signal"`
+	OOMKilled bool  `json:"oom_killed"`
+	EndedAt   int64 `json:"ended_at"`
+}
+
+func (m *managed) current() *Process {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cur
+}
+
+// setCurrentLocked makes p the current instance, holding its output for
+// as long as it is; called with m.mu held.
+func (m *managed) setCurrentLocked(p *Process) {
+	if p != nil {
+		p.hold()
+	}
+	if m.cur != nil {
+		m.cur.unhold()
+	}
+	m.cur = p
+}
+
+func (m *managed) setCurrent(p *Process) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.setCurrentLocked(p)
+}
+
+// launch starts a new instance; called with m.mu held.
+func (m *managed) launch() error {
+	p, err := m.t.start(m.spec, m)
+	if err != nil {
+		m.lastErr = err.Error()
+		return err
+	}
+	m.setCurrentLocked(p)
+	m.status = mRunning
+	m.healthStatus = hDisabled
+	m.healthFails = 0
+	if m.health != nil {
+		m.status, m.healthStatus = mStarting, hStarting
+		ctx, cancel := context.WithCancel(context.Background())
+		m.cancelHealth = cancel
+		m.t.wg.Add(1)
+		go func() {
+			defer m.t.wg.Done()
+			m.healthLoop(ctx, p)
+		}()
+	}
+	return nil
+}
+
+// exited is called by the watcher when instance p has ended.
+func (m *managed) exited(p *Process) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p != m.cur {
+		return // replaced by a manual restart
+	}
+	if m.cancelHealth != nil {
+		m.cancelHealth()
+		m.cancelHealth = nil
+	}
+	info := p.exitInfo()
+	m.lastExit = &info
+	failed := p.exit.Code != 0 || p.exit.Signal != 0
+	switch {
+	case m.stopped:
+		m.status = mStopped
+		return
+	case m.policy.Policy == PolicyNever, m.policy.Policy == PolicyOnFailure && !failed:
+		m.status = mStopped
+		return
+	case m.policy.MaxRestarts != nil && m.restarts >= *m.policy.MaxRestarts:
+		m.status = mStopped
+		m.lastErr = fmt.Sprintf("not restarted: max_restarts (%d) reached", *m.policy.MaxRestarts)
+		return
+	}
+	if p.exit.At.Sub(p.startedAt) >= stableRun {
+		m.quickFails = 0
+	}
+	m.scheduleLocked()
+}
+
+// scheduleLocked arms the restart timer with the next back-off.
+func (m *managed) scheduleLocked() {
+	d := time.Duration(m.policy.InitialBackoffMs) * time.Millisecond
+	for i := 0; i < m.quickFails && d < time.Duration(m.policy.MaxBackoffMs)*time.Millisecond; i++ {
+		d *= 2
+	}
+	d = min(d, time.Duration(m.policy.MaxBackoffMs)*time.Millisecond)
+	m.quickFails++
+	m.status = mBackingOff
+	m.nextRestart = time.Now().Add(d)
+	m.timer = time.AfterFunc(d, m.autoRestart)
+	m.t.log.Info().Str("name", m.id).Dur("backoff", d).Int("restarts", m.restarts).Msg("supervised process will restart")
+}
+
+func (m *managed) autoRestart() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopped || m.status != mBackingOff {
+		return
+	}
+	m.timer = nil
+	m.nextRestart = time.Time{}
+	m.restarts++
+	if err := m.launch(); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) && ae.code == codeShuttingDown {
+			// The shutdown sweep has begun: nothing restarts any more.
+			m.status = mStopped
+			return
+		}
+		m.t.log.Warn().Err(err).Str("name", m.id).Msg("restart failed")
+		if m.policy.MaxRestarts == nil || m.restarts < *m.policy.MaxRestarts {
+			m.scheduleLocked()
+		} else {
+			m.status = mStopped
+		}
+	}
+}
+
+// restart replaces the current instance now (the API's restart): the old
+// tree is killed and waited for, so a port it held is free again.
+func (m *managed) restart() (*Process, error) {
+	m.mu.Lock()
+	if m.restarting {
+		m.mu.Unlock()
+		return nil, &apiError{409, codeRestarting, "a restart of " + m.id + " is in progress"}
+	}
+	m.restarting = true
+	old := m.cur
+	if m.timer != nil {
+		m.timer.Stop()
+		m.timer = nil
+	}
+	if m.cancelHealth != nil {
+		m.cancelHealth()
+		m.cancelHealth = nil
+	}
+	if old != nil {
+		old.hold() // kept across the swap, given back below
+	}
+	m.setCurrentLocked(nil) // its exit no longer drives the policy
+	m.mu.Unlock()
+	if old != nil {
+		defer old.unhold()
+		old.kill()
+		select {
+		case <-old.done:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.restarting = false
+	m.stopped = false
+	m.nextRestart = time.Time{}
+	m.restarts++
+	m.quickFails = 0
+	if err := m.launch(); err != nil {
+		m.setCurrentLocked(old)
+		m.status = mStopped
+		return nil, err
+	}
+	return m.cur, nil
+}
+
+// stopAndKill ends supervision and kills the current instance (DELETE).
+func (m *managed) stopAndKill() {
+	m.mu.Lock()
+	m.stopped = true
+	if m.timer != nil {
+		m.timer.Stop()
+		m.timer = nil
+	}
+	m.nextRestart = time.Time{}
+	cur := m.cur
+	if cur == nil || !cur.running() {
+		m.status = mStopped
+	}
+	m.mu.Unlock()
+	if cur != nil {
+		cur.kill()
+	}
+}
+
+// shutdown stops restarts and health checks; the table ends the processes.
+func (m *managed) shutdown() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stopped = true
+	if m.timer != nil {
+		m.timer.Stop()
+		m.timer = nil
+	}
+	if m.cancelHealth != nil {
+		m.cancelHealth()
+		m.cancelHealth = nil
+	}
+}
+
+// stale reports a stopped supervisor whose last instance ended before
+// cutoff; the table forgets it.
+func (m *managed) stale(cutoff time.Time) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.status != mStopped || m.cur == nil {
+		return false
+	}
+	m.cur.mu.Lock()
+	defer m.cur.mu.Unlock()
+	return m.cur.ended && m.cur.endedAt.Before(cutoff)
+}
+
+// healthLoop checks instance p until ctx ends. After FailureThreshold
+// consecutive failures the instance is killed, and its exit goes through
+// the restart policy, unless the policy is never: then it is only marked
+// unhealthy.
+func (m *managed) healthLoop(ctx context.Context, p *Process) {
+	h := m.health
+	wait := time.Duration(h.InitialDelayMs) * time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.done:
+			return
+		case <-time.After(wait):
+		}
+		wait = time.Duration(h.IntervalMs) * time.Millisecond
+		err := probe(ctx, h)
+		if ctx.Err() != nil {
+			return
+		}
+		m.mu.Lock()
+		if m.cur != p {
+			m.mu.Unlock()
+			return
+		}
+		if err == nil {
+			m.healthFails = 0
+			m.healthStatus = hHealthy
+			m.status = mRunning
+			m.mu.Unlock()
+			continue
+		}
+		m.healthFails++
+		kill := false
+		if m.healthFails >= h.FailureThreshold {
+			if m.healthStatus != hUnhealthy {
+				m.t.log.Warn().Str("name", m.id).Err(err).Int("failures", m.healthFails).Msg("health check failing")
+			}
+			m.healthStatus = hUnhealthy
+			m.lastErr = "health check failed: " + err.Error()
+			kill = m.policy.Policy != PolicyNever
+		}
+		m.mu.Unlock()
+		if kill {
+			p.kill()
+			return
+		}
+	}
+}
+
+// probe runs one health check.
+func probe(ctx context.Context, h *HealthCheck) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(h.TimeoutMs)*time.Millisecond)
+	defer cancel()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(h.Port))
+	if h.Type == "tcp" {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+addr+h.Path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := healthClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode >= 400 {
+		return fmt.Errorf("http status %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// healthClient never follows redirects (a 3xx is healthy) and keeps no
+// idle connections, so probes do not hold sockets of the service.
+var healthClient = &http.Client{
+	Transport:     &http.Transport{DisableKeepAlives: true, Proxy: nil},
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}

@@ -1,0 +1,98 @@
+package process
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestValidName(t *testing.T) {
+	for _, n := range []string{"web", "my app", "a-1", "1a", "ünïcode"} {
+		if err := validName(n); err != nil {
+			t.Errorf("%q refused: %v", n, err)
+		}
+	}
+	for _, n := range []string{"", "123", "0", "a/b", "/"} {
+		if validName(n) == nil {
+			t.Errorf("%q accepted", n)
+		}
+	}
+}
+
+func codeOf(err error) string {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae.code
+	}
+	return ""
+}
+
+func TestLookPath(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "tool")
+	plain := filepath.Join(dir, "data")
+	_ = os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755)
+	_ = os.WriteFile(plain, []byte("x"), 0o644)
+	cases := []struct{ cmd, want, code string }{
+		{"tool", exe, ""},
+		{"./tool", exe, ""},
+		{exe, exe, ""},
+		{"data", "", codeNotFoundCmd}, // not executable: not a PATH match
+		{"./data", "", codeNotExecutable},
+		{dir, "", codeNotExecutable},
+		{"nope", "", codeNotFoundCmd},
+		{"./nope", "", codeNotFoundCmd},
+	}
+	for _, c := range cases {
+		got, err := lookPath(c.cmd, dir, "/nonexistent:"+dir)
+		if codeOf(err) != c.code || (c.code == "" && got != c.want) {
+			t.Errorf("lookPath(%q) = %q, %v; want %q %s", c.cmd, got, err, c.want, c.code)
+		}
+	}
+}
+
+func TestNormalizeRestartAndHealth(t *testing.T) {
+	r, err := normalizeRestart(nil)
+	if err != nil || r.Policy != PolicyOnFailure || r.InitialBackoffMs != 500 || r.MaxBackoffMs != 30000 || r.MaxRestarts != nil {
+		t.Fatalf("defaults: %+v %v", r, err)
+	}
+	if _, err := normalizeRestart(&RestartPolicy{Policy: "sometimes"}); codeOf(err) != codeInvalidRestart {
+		t.Fatalf("bad policy: %v", err)
+	}
+	neg := -1
+	if _, err := normalizeRestart(&RestartPolicy{MaxRestarts: &neg}); err == nil {
+		t.Fatal("negative max_restarts accepted")
+	}
+	h, err := normalizeHealth(&HealthCheck{Type: "http", Port: 80})
+	if err != nil || h.Path != "/" || h.InitialDelayMs != 5000 || h.IntervalMs != 1000 || h.TimeoutMs != 500 || h.FailureThreshold != 3 {
+		t.Fatalf("health defaults: %+v %v", h, err)
+	}
+	for _, bad := range []HealthCheck{{Type: "udp", Port: 1}, {Type: "tcp"}, {Type: "tcp", Port: 70000}, {Type: "tcp", Port: 1, IntervalMs: -1}} {
+		if _, err := normalizeHealth(&bad); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
+
+func TestUserSpecForms(t *testing.T) {
+	for body, want := range map[string]string{
+		`"tl-user"`:          "tl-user",
+		`"1000"`:             "1000",
+		`"1000:1000"`:        "1000:1000",
+		`{"name":"tl-user"}`: "tl-user",
+	} {
+		var u UserSpec
+		if err := json.Unmarshal([]byte(body), &u); err != nil || u.Name != want {
+			t.Errorf("%s: %+v %v", body, u, err)
+		}
+	}
+	var u UserSpec
+	if err := json.Unmarshal([]byte(`{"uid":5,"gid":6}`), &u); err != nil || *u.UID != 5 || *u.GID != 6 {
+		t.Fatalf("object form: %+v %v", u, err)
+	}
+	if json.Unmarshal([]byte(`[1]`), &u) == nil {
+		t.Fatal("array accepted")
+	}
+}

@@ -1,0 +1,567 @@
+// Package process owns the sandbox's process table: processes started
+// through the API (background, run-to-completion, and supervised named
+// ones), their stdin pipes, their captured output and its follow streams,
+// restarts with back-off and health checks, and the HTTP routes of the
+// Processes section of the sandbox API.
+//
+// Every process is started through supervisor.Reaper (never cmd.Wait), in
+// its own process group, as the requested user; kills reach its whole
+// tree (see killTree).
+package process
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/supervisor"
+)
+
+// Config bounds the table. Zero fields take the defaults of DefaultConfig.
+type Config struct {
+	User          string        // who runs a process whose request names no user (tl-user)
+	MaxLines      int           // output lines kept per process, stdout and stderr together
+	MaxBytes      int           // output bytes kept per process
+	MaxLineBytes  int           // longer lines are split at this many bytes
+	KeepExited    time.Duration // how long an exited process stays queryable
+	MaxExited     int           // how many exited processes are kept at most
+	ExitedBytes   int           // output bytes kept by exited processes together
+	TotalBytes    int           // output bytes kept by all processes together (see budget)
+	MaxLive       int           // running API processes at most (429 past it)
+	ExitGrace     time.Duration // output still read after the leader exits (pipes held by children)
+	StdinTimeout  time.Duration // a stdin write blocked this long fails (503)
+	MaxStdinBytes int64         // one stdin request's body at most
+	StopGrace     time.Duration // SIGTERM to SIGKILL at Close
+}
+
+// DefaultConfig returns the documented defaults (docs/processes.md).
+func DefaultConfig() Config {
+	return Config{
+		User:          identity.DefaultUser,
+		MaxLines:      10000,
+		MaxBytes:      4 << 20,
+		MaxLineBytes:  64 << 10,
+		KeepExited:    10 * time.Minute,
+		MaxExited:     256,
+		ExitedBytes:   64 << 20,
+		TotalBytes:    256 << 20,
+		MaxLive:       4096,
+		ExitGrace:     time.Second,
+		StdinTimeout:  30 * time.Second,
+		MaxStdinBytes: 1 << 20,
+		StopGrace:     5 * time.Second,
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.User == "" {
+		c.User = d.User
+	}
+	if c.MaxLines <= 0 {
+		c.MaxLines = d.MaxLines
+	}
+	if c.MaxBytes <= 0 {
+		c.MaxBytes = d.MaxBytes
+	}
+	if c.MaxLineBytes <= 0 {
+		c.MaxLineBytes = d.MaxLineBytes
+	}
+	if c.KeepExited <= 0 {
+		c.KeepExited = d.KeepExited
+	}
+	if c.MaxExited <= 0 {
+		c.MaxExited = d.MaxExited
+	}
+	if c.ExitedBytes <= 0 {
+		c.ExitedBytes = d.ExitedBytes
+	}
+	if c.TotalBytes <= 0 {
+		c.TotalBytes = d.TotalBytes
+	}
+	if c.MaxLive <= 0 {
+		c.MaxLive = d.MaxLive
+	}
+	if c.ExitGrace <= 0 {
+		c.ExitGrace = d.ExitGrace
+	}
+	if c.StdinTimeout <= 0 {
+		c.StdinTimeout = d.StdinTimeout
+	}
+	if c.MaxStdinBytes <= 0 {
+		c.MaxStdinBytes = d.MaxStdinBytes
+	}
+	if c.StopGrace <= 0 {
+		c.StopGrace = d.StopGrace
+	}
+	return c
+}
+
+// Table is the process table.
+type Table struct {
+	cfg    Config
+	log    zerolog.Logger
+	reaper *supervisor.Reaper
+	oom    oomCounter
+	budget *budget
+
+	mu          sync.Mutex
+	byPid       map[int]*Process    // guarded by mu; live and kept exited processes
+	byName      map[string]*managed // guarded by mu; supervised processes by id
+	nextHandle  int                 // guarded by mu
+	nextManaged int                 // guarded by mu; ids of unnamed supervisors
+	live        int                 // guarded by mu
+	closing     bool                // guarded by mu
+
+	wg   sync.WaitGroup // watchers, health loops, janitor
+	stop chan struct{}
+}
+
+// New returns an empty table; call Close at shutdown.
+func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) *Table {
+	t := &Table{
+		cfg: cfg.withDefaults(), log: log.With().Str("component", "processes").Logger(), reaper: reaper,
+		oom: newOOMCounter(), byPid: map[int]*Process{}, byName: map[string]*managed{},
+		budget:     &budget{max: int64(cfg.withDefaults().TotalBytes), floor: budgetFloor},
+		nextHandle: 1, stop: make(chan struct{}),
+	}
+	t.wg.Add(1)
+	go t.janitor()
+	return t
+}
+
+// Counts reports running and tracked processes for /api/v1/info.
+func (t *Table) Counts() (running, total int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.live, len(t.byPid)
+}
+
+// Process is one started instance of a command.
+type Process struct {
+	t         *Table
+	handle    int
+	pid       int
+	spec      *spec
+	startedAt time.Time
+	proc      *supervisor.Proc
+	out       *outputLog
+	managed   *managed // nil unless supervised
+	oomBefore int64
+	holds     atomic.Int32 // the table and the supervisor; output is released at 0
+
+	stdinMu   sync.Mutex
+	stdin     *os.File // guarded by stdinMu; nil when not a pipe or closed
+	stdinPipe *os.File // the same pipe, never reset: its deadline unblocks a writer
+
+	mu      sync.Mutex
+	ended   bool // guarded by mu; the fields below are final once set
+	exit    supervisor.Exit
+	oom     bool
+	endedAt time.Time
+	done    chan struct{} // closed after output is drained and the exit recorded
+}
+
+// start starts one instance of s. m is the supervisor it belongs to, if any.
+func (t *Table) start(s *spec, m *managed) (*Process, error) {
+	t.mu.Lock()
+	if t.closing {
+		t.mu.Unlock()
+		return nil, &apiError{503, codeShuttingDown, "the agent is shutting down"}
+	}
+	if t.live >= t.cfg.MaxLive {
+		t.mu.Unlock()
+		return nil, &apiError{429, codeTooMany, fmt.Sprintf("%d processes are running, the limit", t.cfg.MaxLive)}
+	}
+	handle := t.nextHandle
+	t.nextHandle++
+	t.live++ // reserved; released if the start fails
+	t.mu.Unlock()
+
+	p, err := t.spawn(s, handle, m)
+	if err != nil {
+		t.mu.Lock()
+		t.live--
+		t.mu.Unlock()
+		return nil, err
+	}
+	p.hold()
+	t.mu.Lock()
+	if old := t.byPid[p.pid]; old != nil {
+		t.forget(old) // a reused pid: the old entry has exited
+	}
+	t.byPid[p.pid] = p
+	t.mu.Unlock()
+	t.log.Info().Int("pid", p.pid).Int("handle", handle).Str("command", s.command).Str("user", s.user.Name).Msg("process started")
+	return p, nil
+}
+
+// stdio is the parent's and child's ends of a process's standard streams.
+type stdio struct {
+	child  [3]*os.File
+	stdin  *os.File // parent's write end, when piped
+	reads  []*os.File
+	stream []string
+}
+
+func (sio *stdio) closeChild() {
+	for _, f := range sio.child {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+func (sio *stdio) closeAll() {
+	sio.closeChild()
+	if sio.stdin != nil {
+		sio.stdin.Close()
+	}
+	for _, f := range sio.reads {
+		f.Close()
+	}
+}
+
+func openStdio(s *spec) (*stdio, error) {
+	sio := &stdio{}
+	null := func() (*os.File, error) { return os.OpenFile(os.DevNull, os.O_RDWR, 0) }
+	var err error
+	if s.stdinPipe {
+		sio.child[0], sio.stdin, err = os.Pipe()
+	} else {
+		sio.child[0], err = null()
+	}
+	if err != nil {
+		return nil, err
+	}
+	for i, keep := range []bool{s.stdoutKeep, s.stderrKeep} {
+		if !keep {
+			if sio.child[i+1], err = null(); err != nil {
+				sio.closeAll()
+				return nil, err
+			}
+			continue
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			sio.closeAll()
+			return nil, err
+		}
+		sio.child[i+1] = w
+		sio.reads = append(sio.reads, r)
+		sio.stream = append(sio.stream, [2]string{Stdout, Stderr}[i])
+	}
+	return sio, nil
+}
+
+// spawn starts the process and its output and exit watchers. m is set on
+// the Process before the watcher runs: a command that exits at once must
+// still reach its supervisor.
+func (t *Table) spawn(s *spec, handle int, m *managed) (*Process, error) {
+	sio, err := openStdio(s)
+	if err != nil {
+		return nil, &apiError{500, codeStartFailed, "pipes: " + err.Error()}
+	}
+	cmd := &exec.Cmd{
+		Path:   s.path,
+		Args:   append([]string{s.command}, s.args...),
+		Env:    append(append([]string{}, s.env...), cookieEnv+"="+itoa(handle)),
+		Dir:    s.dir,
+		Stdin:  sio.child[0],
+		Stdout: sio.child[1],
+		Stderr: sio.child[2],
+		SysProcAttr: &syscall.SysProcAttr{
+			Setpgid:    true, // its own group, so kills reach the tree
+			Credential: s.user.Credential(),
+		},
+	}
+	oomBefore := t.oom.count()
+	proc, err := t.reaper.Start(cmd)
+	sio.closeChild()
+	if err != nil {
+		sio.closeAll()
+		switch {
+		case errors.Is(err, supervisor.ErrShuttingDown):
+			return nil, &apiError{503, codeShuttingDown, "the sandbox is shutting down"}
+		case errors.Is(err, fs.ErrPermission) && !canEnter(s.dir, s.user):
+			// The child's chdir and exec fail alike (EACCES); tell which.
+			return nil, badRequest(codeBadDir, "working directory %s: permission denied for user %s", s.dir, s.user.Name)
+		case errors.Is(err, syscall.ENOEXEC):
+			return nil, badRequest(codeNotExecutable, "command %q: not a program the kernel can run (no #! line?)", s.command)
+		case errors.Is(err, fs.ErrPermission):
+			return nil, badRequest(codeNotExecutable, "command %q: permission denied for user %s", s.command, s.user.Name)
+		case errors.Is(err, fs.ErrNotExist):
+			return nil, badRequest(codeNotFoundCmd, "command %q: %v", s.command, err)
+		}
+		return nil, &apiError{500, codeStartFailed, "start " + s.command + ": " + err.Error()}
+	}
+	p := &Process{
+		t: t, handle: handle, pid: proc.Pid, spec: s, startedAt: time.Now(), proc: proc, managed: m,
+		out:       newOutputLog(t.cfg.MaxLines, t.cfg.MaxBytes, t.budget),
+		oomBefore: oomBefore, stdin: sio.stdin, stdinPipe: sio.stdin, done: make(chan struct{}),
+	}
+	var capWG sync.WaitGroup
+	for i, r := range sio.reads {
+		capWG.Add(1)
+		go func(r *os.File, stream string) {
+			defer capWG.Done()
+			capture(r, p.out, stream, t.cfg.MaxLineBytes)
+		}(r, sio.stream[i])
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		t.watch(p, sio.reads, &capWG)
+	}()
+	return p, nil
+}
+
+// watch waits for the leader's exit, drains output (for at most ExitGrace
+// when descendants still hold the pipes), records the exit and tells the
+// supervisor, if any.
+func (t *Table) watch(p *Process, reads []*os.File, capWG *sync.WaitGroup) {
+	e := p.proc.Wait()
+	oom := false
+	if e.Signal == syscall.SIGKILL && p.oomBefore >= 0 {
+		oom = t.oom.count() > p.oomBefore
+	}
+	drained := make(chan struct{})
+	go func() { capWG.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(t.cfg.ExitGrace):
+		for _, r := range reads {
+			_ = r.SetReadDeadline(time.Now())
+		}
+		<-drained
+	}
+	for _, r := range reads {
+		r.Close()
+	}
+	if p.stdinPipe != nil {
+		// A writer blocked on a pipe that a surviving child keeps open
+		// must not hold up the exit.
+		_ = p.stdinPipe.SetWriteDeadline(time.Now())
+	}
+	p.closeStdin()
+	p.out.close()
+	p.mu.Lock()
+	p.ended, p.exit, p.oom, p.endedAt = true, e, oom, e.At
+	p.mu.Unlock()
+	t.mu.Lock()
+	t.live--
+	t.mu.Unlock()
+	close(p.done)
+	t.log.Info().Int("pid", p.pid).Int("handle", p.handle).Str("exit", e.String()).Bool("oom_killed", oom).Msg("process ended")
+	if p.managed != nil {
+		p.managed.exited(p)
+	}
+	t.prune()
+}
+
+// closeStdin closes the stdin pipe if open.
+func (p *Process) closeStdin() {
+	p.stdinMu.Lock()
+	defer p.stdinMu.Unlock()
+	if p.stdin != nil {
+		p.stdin.Close()
+		p.stdin = nil
+	}
+}
+
+// running reports whether the leader has not been reaped yet.
+func (p *Process) running() bool {
+	_, exited := p.proc.Exited()
+	return !exited
+}
+
+// kill ends the process's whole tree with SIGKILL.
+func (p *Process) kill() {
+	if p.running() {
+		killTree(p.pid, p.handle)
+	}
+}
+
+// lookup finds a process by pid (all digits) or supervised name.
+func (t *Table) lookup(key string) (*Process, *managed, error) {
+	if isDigits(key) {
+		pid, err := strconv.Atoi(key)
+		t.mu.Lock()
+		p := t.byPid[pid]
+		t.mu.Unlock()
+		if err != nil || p == nil {
+			return nil, nil, &apiError{404, codeNotFound, "no process with pid " + key}
+		}
+		return p, p.managed, nil
+	}
+	t.mu.Lock()
+	m := t.byName[key]
+	t.mu.Unlock()
+	if m == nil {
+		return nil, nil, &apiError{404, codeNotFound, "no process named " + key}
+	}
+	p := m.current()
+	if p == nil {
+		return nil, nil, &apiError{404, codeNotFound, "process " + key + " is being restarted"}
+	}
+	return p, m, nil
+}
+
+// list returns the tracked processes in start order.
+func (t *Table) list() []*Process {
+	t.mu.Lock()
+	out := make([]*Process, 0, len(t.byPid))
+	for _, p := range t.byPid {
+		out = append(out, p)
+	}
+	t.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].handle < out[j].handle })
+	return out
+}
+
+// janitor prunes exited processes past their keep time.
+func (t *Table) janitor() {
+	defer t.wg.Done()
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+			t.prune()
+		}
+	}
+}
+
+// prune drops exited processes older than KeepExited and the oldest beyond
+// MaxExited, and stopped supervisors whose last instance went with them.
+func (t *Table) prune() {
+	cutoff := time.Now().Add(-t.cfg.KeepExited)
+	t.mu.Lock()
+	var exited []*Process
+	for _, p := range t.byPid {
+		p.mu.Lock()
+		ended, at := p.ended, p.endedAt
+		p.mu.Unlock()
+		if !ended {
+			continue
+		}
+		if at.Before(cutoff) {
+			t.forget(p)
+			continue
+		}
+		exited = append(exited, p)
+	}
+	// The newest are kept: at most MaxExited of them, holding at most
+	// ExitedBytes of output together.
+	sort.Slice(exited, func(i, j int) bool { return exited[i].handle > exited[j].handle })
+	kept := 0
+	for i, p := range exited {
+		kept += p.out.size()
+		if i >= t.cfg.MaxExited || kept > t.cfg.ExitedBytes {
+			t.forget(p)
+		}
+	}
+	ms := make(map[string]*managed, len(t.byName))
+	for name, m := range t.byName {
+		ms[name] = m
+	}
+	t.mu.Unlock()
+	// A supervisor locks its own mutex before the table's (a restart
+	// starts a process), so supervisors are checked with t.mu released.
+	for name, m := range ms {
+		if m.stale(cutoff) {
+			t.mu.Lock()
+			gone := t.byName[name] == m
+			if gone {
+				delete(t.byName, name)
+			}
+			t.mu.Unlock()
+			if gone {
+				m.setCurrent(nil)
+			}
+		}
+	}
+}
+
+// forget drops p from the table. Called with t.mu held.
+func (t *Table) forget(p *Process) {
+	if t.byPid[p.pid] == p {
+		delete(t.byPid, p.pid)
+		p.unhold()
+	}
+}
+
+// hold and unhold count who still shows p (the table, its supervisor);
+// when nobody does, its output's bytes go back to the budget.
+func (p *Process) hold() { p.holds.Add(1) }
+
+func (p *Process) unhold() {
+	if p.holds.Add(-1) == 0 {
+		p.out.release()
+	}
+}
+
+// budgetFloor is what each process may keep even when the table's output
+// budget is spent.
+const budgetFloor = 64 << 10
+
+// Close stops supervision and health checks, asks running processes to
+// stop (SIGTERM to each group), and SIGKILLs the trees of those still
+// running after StopGrace. Safe to call twice.
+func (t *Table) Close() {
+	t.mu.Lock()
+	if t.closing {
+		t.mu.Unlock()
+		return
+	}
+	t.closing = true
+	ms := make([]*managed, 0, len(t.byName))
+	for _, m := range t.byName {
+		ms = append(ms, m)
+	}
+	t.mu.Unlock()
+	close(t.stop)
+	for _, m := range ms {
+		m.shutdown()
+	}
+	procs := t.list()
+	for _, p := range procs {
+		if p.running() {
+			_ = p.proc.SignalGroup(syscall.SIGTERM)
+		}
+	}
+	timer := time.NewTimer(t.cfg.StopGrace)
+	defer timer.Stop()
+	expired := false
+	for _, p := range procs {
+		if !expired {
+			select {
+			case <-p.done:
+				continue
+			case <-timer.C:
+				expired = true
+			}
+		}
+		p.kill()
+	}
+	waited := make(chan struct{})
+	go func() { t.wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(t.cfg.StopGrace):
+		t.log.Warn().Msg("process watchers still running at close")
+	}
+}

@@ -1,0 +1,228 @@
+package process
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/supervisor"
+)
+
+// newTestTable runs processes as the test's own user, reaped by a reaper
+// that waits only for its own children (we are not PID 1 here).
+func newTestTable(t *testing.T) *Table {
+	t.Helper()
+	r := supervisor.NewReaper(zerolog.Nop(), false)
+	stop := make(chan struct{})
+	go r.Run(stop)
+	tb := New(Config{ExitGrace: 200 * time.Millisecond, StopGrace: time.Second}, zerolog.Nop(), r)
+	t.Cleanup(func() { tb.Close(); close(stop) })
+	return tb
+}
+
+func self() *UserSpec {
+	var u UserSpec
+	u.Name = strconv.Itoa(os.Getuid())
+	return &u
+}
+
+func waitDone(t *testing.T, p *Process) {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("process %d did not end", p.pid)
+	}
+}
+
+func TestStartCapturesAndExits(t *testing.T) {
+	tb := newTestTable(t)
+	p, err := tb.Start(&StartRequest{Command: "sh", Args: []string{"-c", "echo out; echo err >&2; exit 3"}, User: self(), WorkingDir: "/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, p)
+	in := p.info()
+	if in.Status != "exited" || *in.ExitCode != 3 || in.Signal != nil || in.EndedAt == nil || in.Managed != nil {
+		t.Fatalf("info %+v", in)
+	}
+	if got := texts(first(p.out.snapshot(Stdout))); got != "out" {
+		t.Fatalf("stdout %q", got)
+	}
+	if running, total := tb.Counts(); running != 0 || total != 1 {
+		t.Fatalf("counts %d %d", running, total)
+	}
+}
+
+func TestKillTreeReachesSetsid(t *testing.T) {
+	tb := newTestTable(t)
+	// The child leaves the group with setsid and prints its pid.
+	p, err := tb.Start(&StartRequest{Command: "sh", Args: []string{"-c", "setsid sh -c 'echo $$; exec sleep 300' & wait"}, User: self(), WorkingDir: "/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var child int
+	for deadline := time.Now().Add(10 * time.Second); child == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if lines, _ := p.out.snapshot(Stdout); len(lines) > 0 {
+			child, _ = strconv.Atoi(strings.TrimSpace(lines[0].Text))
+		}
+	}
+	if child == 0 {
+		t.Fatal("no child pid printed")
+	}
+	p.kill()
+	waitDone(t, p)
+	// The orphan is not ours to reap (the reaper only waits for its own):
+	// it is gone or a zombie of init.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		_, state := statOf(child)
+		if state == 0 || state == 'Z' {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(child, syscall.SIGKILL)
+			t.Fatalf("setsid child %d survived the kill (state %c)", child, state)
+		}
+	}
+}
+
+func TestSupervisedGivesUpAfterMaxRestarts(t *testing.T) {
+	tb := newTestTable(t)
+	name, max := "flaky", 2
+	p, err := tb.Start(&StartRequest{Command: "false", User: self(), WorkingDir: "/", Name: &name,
+		Restart: &RestartPolicy{MaxRestarts: &max, InitialBackoffMs: 1, MaxBackoffMs: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.managed == nil {
+		t.Fatal("named process is not supervised")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mi := p.managed.info()
+		if mi.Status == mStopped {
+			if mi.RestartCount != 2 || mi.LastExit == nil || *mi.LastExit.ExitCode != 1 || mi.LastError == nil {
+				t.Fatalf("stopped: %+v", mi)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never stopped: %+v", mi)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, _, err := tb.lookup("flaky"); err != nil {
+		t.Fatalf("lookup by name: %v", err)
+	}
+	if _, err := tb.Start(&StartRequest{Command: "true", User: self(), WorkingDir: "/", Name: &name}); err != nil {
+		t.Fatalf("a stopped name is not reusable: %v", err)
+	}
+}
+
+func TestNeverPolicyAndNameInUse(t *testing.T) {
+	tb := newTestTable(t)
+	name := "svc"
+	p, err := tb.Start(&StartRequest{Command: "sleep", Args: []string{"300"}, User: self(), WorkingDir: "/", Name: &name,
+		Restart: &RestartPolicy{Policy: PolicyNever}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tb.Start(&StartRequest{Command: "true", User: self(), WorkingDir: "/", Name: &name}); codeOf(err) != codeNameInUse {
+		t.Fatalf("duplicate name: %v", err)
+	}
+	p.kill()
+	waitDone(t, p)
+	for deadline := time.Now().Add(5 * time.Second); p.managed.info().Status != mStopped; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never policy: %+v", p.managed.info())
+		}
+	}
+	if mi := p.managed.info(); mi.RestartCount != 0 || *mi.LastExit.Signal != int(syscall.SIGKILL) {
+		t.Fatalf("never policy restarted: %+v", mi)
+	}
+}
+
+func TestCloseEndsProcesses(t *testing.T) {
+	tb := newTestTable(t)
+	p, err := tb.Start(&StartRequest{Command: "sleep", Args: []string{"300"}, User: self(), WorkingDir: "/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.Close()
+	waitDone(t, p)
+	if _, err := tb.Start(&StartRequest{Command: "true", User: self(), WorkingDir: "/"}); codeOf(err) != codeShuttingDown {
+		t.Fatalf("start after close: %v", err)
+	}
+	tb.Close() // twice is fine
+}
+
+// TestConcurrentSupervisorOps shakes the table's locks: starts, restarts,
+// kills, lookups and listings of a few names at once, with instances that
+// crash and restart under them. It must end (no deadlock) and stay race-free.
+func TestConcurrentSupervisorOps(t *testing.T) {
+	tb := newTestTable(t)
+	names := []string{"a", "b", "c"}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 25; i++ {
+				name := names[(g+i)%len(names)]
+				switch (g + i) % 5 {
+				case 0:
+					_, _ = tb.Start(&StartRequest{Command: "sh", Args: []string{"-c", "exit 1"}, User: self(), WorkingDir: "/", Name: &name,
+						Restart: &RestartPolicy{InitialBackoffMs: 1, MaxBackoffMs: 2}})
+				case 1:
+					if _, m, err := tb.lookup(name); err == nil && m != nil {
+						_, _ = m.restart()
+					}
+				case 2:
+					if p, m, err := tb.lookup(name); err == nil && m != nil && m.current() == p {
+						m.stopAndKill()
+					}
+				case 3:
+					for _, p := range tb.list() {
+						_ = p.info()
+					}
+				case 4:
+					tb.prune()
+				}
+			}
+		}(g)
+	}
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("concurrent operations did not finish: deadlock?")
+	}
+}
+
+func TestHealthFailureWithNeverOnlyMarks(t *testing.T) {
+	tb := newTestTable(t)
+	name := "sick"
+	p, err := tb.Start(&StartRequest{Command: "sleep", Args: []string{"300"}, User: self(), WorkingDir: "/", Name: &name,
+		Restart:     &RestartPolicy{Policy: PolicyNever},
+		HealthCheck: &HealthCheck{Type: "tcp", Port: 1, InitialDelayMs: 1, IntervalMs: 1, TimeoutMs: 100, FailureThreshold: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); p.managed.info().HealthStatus != hUnhealthy; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never unhealthy: %+v", p.managed.info())
+		}
+	}
+	if !p.running() || p.managed.info().Status == mStopped {
+		t.Fatalf("policy never: an unhealthy process was killed: %+v", p.managed.info())
+	}
+	p.kill()
+	waitDone(t, p)
+}

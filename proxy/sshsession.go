@@ -1,0 +1,117 @@
+package proxy
+
+import (
+	"context"
+	"io"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/tensorlake/tl-agent/uplink"
+)
+
+// Session channels on the default route are accepted by the proxy, which
+// waits for the request that says what the session is. An `sftp`
+// subsystem (what sftp, scp, sshfs and IDEs' file transfers open) goes to
+// the agent as a bare SFTP stream (uplink kind sftp): one SSH layer fewer
+// each way. Anything else (shell, exec, pty-req, agent forwarding, other
+// subsystems) opens a session on the agent's SSH server, replays the env
+// requests held so far, passes the request on and relays as usual.
+
+// maxHeldEnv bounds the env requests held before a session starts.
+const maxHeldEnv = 256
+
+func (f *sshFront) session(ctx context.Context, st *frontConn, remote string, nc gossh.NewChannel) {
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	var held []*gossh.Request
+	for req := range reqs {
+		if req.Type == "env" && len(held) < maxHeldEnv {
+			held = append(held, req)
+			if req.WantReply {
+				_ = req.Reply(true, nil)
+			}
+			continue
+		}
+		var sub struct{ Name string }
+		if req.Type == "subsystem" && gossh.Unmarshal(req.Payload, &sub) == nil && sub.Name == "sftp" {
+			f.sftpStream(ctx, st, remote, ch, reqs, req)
+			return
+		}
+		f.sessionViaAgent(st, ch, reqs, held, req)
+		return
+	}
+	ch.Close() // the client closed the channel before starting anything
+}
+
+// sessionViaAgent opens the session on the agent and relays it, starting
+// with the requests already received.
+func (f *sshFront) sessionViaAgent(st *frontConn, ch gossh.Channel, reqs <-chan *gossh.Request, held []*gossh.Request, req *gossh.Request) {
+	out, outReqs, err := st.agent.conn.OpenChannel("session", nil)
+	if err != nil {
+		if req.WantReply {
+			_ = req.Reply(false, nil)
+		}
+		msg := "sandbox connection lost"
+		if oce, ok := err.(*gossh.OpenChannelError); ok {
+			msg = oce.Message
+		}
+		failSession(ch, reqs, "tl-proxy: "+msg)
+		return
+	}
+	for _, e := range held {
+		_, _ = out.SendRequest(e.Type, false, e.Payload)
+	}
+	ok, err := out.SendRequest(req.Type, req.WantReply, req.Payload)
+	if req.WantReply {
+		_ = req.Reply(ok && err == nil, nil)
+	}
+	relayChannel(ch, reqs, out, outReqs, true)
+}
+
+// sftpStream serves an sftp subsystem over a bare SFTP uplink stream.
+func (f *sshFront) sftpStream(ctx context.Context, st *frontConn, remote string, ch gossh.Channel, reqs <-chan *gossh.Request, req *gossh.Request) {
+	s, err := f.p.reg.Open(ctx, st.route.sandbox, uplink.Header{Kind: uplink.KindSFTP, User: st.key.name, Remote: remote})
+	if err != nil {
+		if req.WantReply {
+			_ = req.Reply(false, nil)
+		}
+		failSession(ch, reqs, "tl-proxy: sandbox "+st.route.sandbox+": "+err.Error())
+		return
+	}
+	if req.WantReply {
+		_ = req.Reply(true, nil)
+	}
+	go gossh.DiscardRequests(reqs)
+	in := make(chan struct{})
+	go func() {
+		defer close(in)
+		_, _ = io.CopyBuffer(s, ch, make([]byte, relayBuf))
+		if cw, ok := s.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+	}()
+	_, err = io.CopyBuffer(ch, s, make([]byte, relayBuf))
+	// The agent's end of the stream is the server's exit, 0 at the
+	// client's EOF (the clean end; scp reports failure without a status).
+	status := uint32(0)
+	if err != nil {
+		status = 1
+	}
+	_, _ = ch.SendRequest("exit-status", false, gossh.Marshal(&struct{ Status uint32 }{status}))
+	_ = ch.CloseWrite()
+	_ = ch.Close()
+	s.Close()
+	<-in
+}
+
+// failSession ends a session that cannot start: the reason on stderr,
+// exit status 1, EOF, close.
+func failSession(ch gossh.Channel, reqs <-chan *gossh.Request, msg string) {
+	go gossh.DiscardRequests(reqs)
+	_, _ = io.WriteString(ch.Stderr(), msg+"\r\n")
+	_, _ = ch.SendRequest("exit-status", false, gossh.Marshal(&struct{ Status uint32 }{1}))
+	_ = ch.CloseWrite()
+	_ = ch.Close()
+}

@@ -1,0 +1,309 @@
+// Package sshd is the agent's SSH server, built on gliderlabs/ssh: login
+// shells and exec through the user's shell, PTYs, SFTP (through sftpd),
+// and every forward (through package forward). It serves connections that
+// arrive over the uplink, where the proxy has already authenticated the
+// user, and optionally a TCP port inside the sandbox that checks the
+// sandbox user's ~/.ssh/authorized_keys.
+//
+// gliderlabs/ssh gives the connection plumbing; sessions are handled here
+// directly on x/crypto channels, because its own session type gets several
+// things wrong that OpenSSH clients depend on (see session.go).
+package sshd
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/gliderlabs/ssh"
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/tensorlake/tl-agent/forward"
+	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/supervisor"
+	"github.com/tensorlake/tl-agent/uplink"
+)
+
+// Config is what the SSH server needs.
+type Config struct {
+	// User is the sandbox user everything runs as (tl-user).
+	User string
+	// Listen is an optional TCP address inside the sandbox (e.g.
+	// 0.0.0.0:22) that serves clients with keys from the user's
+	// ~/.ssh/authorized_keys. Empty: uplink only.
+	Listen string
+	// Exe is the agent's own binary, re-executed as the sftp-server.
+	Exe string
+	// HandshakeTimeout bounds the key exchange plus authentication.
+	HandshakeTimeout time.Duration
+	// MaxSessions bounds concurrent session channels over all connections.
+	MaxSessions int
+	// MaxConns bounds concurrent connections (uplink and listener).
+	MaxConns int
+}
+
+// Defaults for the zero fields of Config.
+const (
+	DefaultHandshakeTimeout = 30 * time.Second
+	DefaultMaxSessions      = 512
+	DefaultMaxConns         = 256
+)
+
+// Server is the agent's SSH server. It owns its connections' goroutines:
+// Close ends every connection and waits for their handlers.
+type Server struct {
+	cfg    Config
+	log    zerolog.Logger
+	reaper *supervisor.Reaper
+	signer gossh.Signer
+	uplink *ssh.Server // NoClientAuth: the proxy authenticated the user
+	direct *ssh.Server // authorized_keys; nil without cfg.Listen
+	slots  chan struct{}
+
+	mu       sync.Mutex
+	closing  bool                  // guarded by mu
+	conns    map[net.Conn]struct{} // guarded by mu
+	ln       net.Listener          // guarded by mu
+	wg       sync.WaitGroup        // connections and the accept loop
+	sessions sync.WaitGroup        // session handlers; Add only under mu while !closing
+}
+
+// New returns a server with a fresh in-memory ed25519 host key. The proxy
+// does not pin the agent's key: the uplink is already trusted.
+func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Server, error) {
+	if cfg.User == "" {
+		cfg.User = identity.DefaultUser
+	}
+	if cfg.Exe == "" {
+		cfg.Exe = "/proc/self/exe"
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = DefaultMaxSessions
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("ssh host key: %w", err)
+	}
+	signer, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		return nil, fmt.Errorf("ssh host key: %w", err)
+	}
+	s := &Server{
+		cfg: cfg, log: log.With().Str("component", "sshd").Logger(), reaper: reaper, signer: signer,
+		slots: make(chan struct{}, cfg.MaxSessions), conns: map[net.Conn]struct{}{},
+	}
+	s.uplink = s.newGlider(false)
+	if cfg.Listen != "" {
+		s.direct = s.newGlider(true)
+	}
+	return s, nil
+}
+
+// newGlider builds one gliderlabs server; withKeys selects authorized_keys
+// authentication (the in-sandbox TCP listener) over none (uplink streams).
+func (s *Server) newGlider(withKeys bool) *ssh.Server {
+	g := &ssh.Server{
+		HostSigners: []ssh.Signer{s.signer},
+		Version:     "tl-agent",
+		ChannelHandlers: map[string]ssh.ChannelHandler{
+			"session":                        s.handleSession,
+			"direct-tcpip":                   forward.DirectTCPIP,
+			"direct-streamlocal@openssh.com": forward.DirectStreamLocal,
+		},
+		RequestHandlers: forward.RequestHandlers(),
+		ConnCallback:    s.connCallback,
+	}
+	g.ServerConfigCallback = func(ctx ssh.Context) *gossh.ServerConfig {
+		c := &gossh.ServerConfig{Config: gossh.Config{Ciphers: Ciphers}}
+		if !withKeys {
+			c.NoClientAuth = true
+			c.NoClientAuthCallback = func(gossh.ConnMetadata) (*gossh.Permissions, error) {
+				authenticated(ctx)
+				return nil, nil
+			}
+		}
+		return c
+	}
+	if withKeys {
+		g.PublicKeyHandler = func(ctx ssh.Context, key ssh.PublicKey) bool {
+			if ctx.User() != s.cfg.User || !s.keyAuthorized(key) {
+				return false
+			}
+			authenticated(ctx)
+			return true
+		}
+	}
+	return g
+}
+
+// Ciphers are the server's ciphers: AES-GCM only, so OpenSSH clients
+// (which prefer chacha20-poly1305, then AES-CTR with an HMAC) settle on the
+// cipher Go runs fastest with AES instructions (proxy/sshfront.go has the
+// figures).
+var Ciphers = []string{gossh.CipherAES128GCM, gossh.CipherAES256GCM}
+
+// ctxKey is the context key of the raw connection, so authentication can
+// lift the handshake deadline.
+type ctxKey struct{}
+
+// connCallback runs before the handshake: it arms the handshake deadline
+// (gliderlabs v0.3.8 has none) and attaches the per-connection state that
+// forwards and agent sockets hang off.
+func (s *Server) connCallback(ctx ssh.Context, c net.Conn) net.Conn {
+	_ = c.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	ctx.SetValue(ctxKey{}, c)
+	u, err := identity.Lookup(s.cfg.User)
+	if err != nil {
+		s.log.Warn().Err(err).Msg("ssh: sandbox user unknown")
+		u = nil
+	}
+	forward.Attach(ctx, s.log, u)
+	return ownDeadlines{c}
+}
+
+// ownDeadlines hides the connection's deadlines from gliderlabs, whose
+// serverConn resets them to "none" on every read when no idle timeout is
+// set, which would erase the handshake deadline.
+type ownDeadlines struct{ net.Conn }
+
+func (ownDeadlines) SetDeadline(time.Time) error      { return nil }
+func (ownDeadlines) SetReadDeadline(time.Time) error  { return nil }
+func (ownDeadlines) SetWriteDeadline(time.Time) error { return nil }
+
+// authenticated lifts the handshake deadline once the client is in.
+func authenticated(ctx ssh.Context) {
+	if c, ok := ctx.Value(ctxKey{}).(net.Conn); ok {
+		_ = c.SetDeadline(time.Time{})
+	}
+}
+
+// ServeConn serves one SSH connection that arrived over the uplink and
+// returns when it has ended. h says who the proxy authenticated.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn, h uplink.Header) {
+	if !s.track(c) {
+		s.log.Warn().Str("user", h.User).Msg("ssh connection refused: closing or at the connection limit")
+		c.Close()
+		return
+	}
+	defer s.untrack(c)
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	log := s.log.With().Str("user", h.User).Str("remote", h.Remote).Logger()
+	if h.Kind == uplink.KindSFTP {
+		s.serveSFTPStream(c, log)
+		return
+	}
+	start := time.Now()
+	s.uplink.HandleConn(c)
+	log.Info().Dur("duration", time.Since(start)).Msg("ssh connection ended")
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing || len(s.conns) >= s.cfg.MaxConns {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Listen starts the in-sandbox TCP listener when configured.
+func (s *Server) Listen() error {
+	if s.direct == nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("ssh listen %s: %w", s.cfg.Listen, err)
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return errors.New("ssh server closed")
+	}
+	s.ln = ln
+	s.wg.Add(1)
+	s.mu.Unlock()
+	s.log.Info().Str("addr", ln.Addr().String()).Msg("ssh listening inside the sandbox")
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if !errors.Is(err, net.ErrClosed) {
+					s.log.Warn().Err(err).Msg("ssh accept")
+				}
+				return
+			}
+			if !s.track(c) {
+				c.Close()
+				continue
+			}
+			go func() {
+				defer s.untrack(c)
+				s.direct.HandleConn(c)
+			}()
+		}
+	}()
+	return nil
+}
+
+// Addr is the in-sandbox listener's address, or nil.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Close stops the listener, ends every connection and waits for their
+// handlers and sessions (whose programs get SIGHUP, as at a hang-up).
+// Safe to call twice.
+func (s *Server) Close() {
+	s.mu.Lock()
+	s.closing = true
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	s.sessions.Wait()
+}
+
+// startSession registers a session handler; false once closing.
+func (s *Server) startSession() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.sessions.Add(1)
+	return true
+}

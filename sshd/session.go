@@ -1,0 +1,304 @@
+package sshd
+
+import (
+	"errors"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gliderlabs/ssh"
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+
+	"github.com/tensorlake/tl-agent/forward"
+	"github.com/tensorlake/tl-agent/supervisor"
+)
+
+// Session channels are served here rather than by gliderlabs' Session,
+// which (v0.3.8) can hang on a window-change before exec, rewrites \n in
+// PTY output, sends no exit-signal, and closes in an order some clients
+// mishandle. Requests are taken one at a time in the channel's own loop;
+// none of them blocks on the process.
+
+// Bounds on what a client may pile up before starting a program.
+const (
+	maxEnv = 256
+	// drainGrace is how long output is still read after the program
+	// exited, for a background child that inherited the pipes or tty:
+	// OpenSSH waits for it forever, we give it this long.
+	drainGrace = 2 * time.Second
+)
+
+// outBuf is the copy size of program output and input: larger than an SSH
+// packet (32 KiB) so bulk transfers (sftp, cat) cost fewer reads and
+// writes; the channel splits output into packets and joins input.
+const outBuf = 128 << 10
+
+// session is one session channel.
+type session struct {
+	srv *Server
+	ch  gossh.Channel
+	ctx ssh.Context
+	log zerolog.Logger
+
+	env  map[string]string
+	pty  *ptyRequest // requested terminal, nil for none
+	term *terminal   // open once the program started with a PTY
+
+	proc   *supervisor.Proc
+	failed bool           // the program could not start; the channel is closed
+	output sync.WaitGroup // copies of program output to the channel
+	outs   []*os.File     // our read ends of the program's output
+}
+
+func (s *Server) handleSession(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
+	if !s.startSession() {
+		_ = nc.Reject(gossh.ResourceShortage, "server shutting down")
+		return
+	}
+	defer s.sessions.Done()
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		_ = nc.Reject(gossh.ResourceShortage, "too many sessions")
+		return
+	}
+	defer func() { <-s.slots }()
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	ss := &session{
+		srv: s, ch: ch, ctx: ctx, env: map[string]string{},
+		log: s.log.With().Str("session", shortID(ctx.SessionID())).Logger(),
+	}
+	ss.serve(reqs)
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// serve handles requests until the program exits (then reports its exit)
+// or the client closes the channel (then hangs the program up).
+func (ss *session) serve(reqs <-chan *gossh.Request) {
+	var done <-chan struct{}
+	for {
+		select {
+		case req, ok := <-reqs:
+			if !ok {
+				ss.hangup()
+				return
+			}
+			ss.handle(req)
+			if ss.proc != nil {
+				done = ss.proc.Done()
+			}
+		case <-done:
+			// Requests that arrive while we report the exit (a late
+			// window-change) must not block the connection's mux.
+			go gossh.DiscardRequests(reqs)
+			ss.finish()
+			return
+		}
+	}
+}
+
+func (ss *session) handle(req *gossh.Request) {
+	ok := false
+	switch req.Type {
+	case "env":
+		ok = ss.setEnv(req.Payload)
+	case "pty-req":
+		if ss.proc == nil && ss.pty == nil {
+			ss.pty, ok = parsePtyRequest(req.Payload)
+		}
+	case "window-change":
+		ok = ss.windowChange(req.Payload)
+	case "shell", "exec", "subsystem":
+		if ss.proc != nil || ss.failed {
+			break
+		}
+		// A program that cannot start is reported as sshd reports an
+		// exec that fails in the child: the request succeeds, the reason
+		// goes to stderr, exit status 1. Replying failure instead would
+		// race the message (clients exit at the failure reply).
+		ok = true
+		if err := ss.start(req.Type, req.Payload); err != nil {
+			ss.log.Warn().Err(err).Str("request", req.Type).Msg("ssh: cannot start")
+			ss.failed = true
+			if req.WantReply {
+				_ = req.Reply(true, nil)
+			}
+			_, _ = io.WriteString(ss.ch.Stderr(), "tl-agent: "+err.Error()+"\r\n")
+			ss.sendExit(exitStatus(1))
+			_ = ss.ch.CloseWrite()
+			_ = ss.ch.Close()
+			return
+		}
+	case "signal":
+		ok = ss.signal(req.Payload)
+	case "auth-agent-req@openssh.com":
+		if ss.proc == nil {
+			path, err := forward.AgentSocket(ss.ctx)
+			if err != nil {
+				ss.log.Warn().Err(err).Msg("ssh: agent forwarding")
+			} else {
+				ss.env["SSH_AUTH_SOCK"] = path
+				ok = true
+			}
+		}
+	}
+	if req.WantReply {
+		_ = req.Reply(ok, nil)
+	}
+}
+
+// envDenied are variables a client may not set: they decide who the
+// program runs as or what it loads.
+func envDenied(k string) bool {
+	switch k {
+	case "HOME", "USER", "LOGNAME", "SHELL", "PATH", "MAIL", "SSH_AUTH_SOCK", "IFS", "BASH_ENV", "ENV":
+		return true
+	}
+	return strings.HasPrefix(k, "LD_") || k == "" || strings.ContainsAny(k, "=\x00")
+}
+
+func (ss *session) setEnv(payload []byte) bool {
+	var kv struct{ Name, Value string }
+	if gossh.Unmarshal(payload, &kv) != nil || envDenied(kv.Name) || strings.IndexByte(kv.Value, 0) >= 0 {
+		return false
+	}
+	if _, ok := ss.env[kv.Name]; !ok && len(ss.env) >= maxEnv {
+		return false
+	}
+	ss.env[kv.Name] = kv.Value
+	return true
+}
+
+func (ss *session) signal(payload []byte) bool {
+	var msg struct{ Name string }
+	if gossh.Unmarshal(payload, &msg) != nil || ss.proc == nil {
+		return false
+	}
+	sig := unix.SignalNum("SIG" + msg.Name)
+	if sig == 0 {
+		return false
+	}
+	// The whole group: a shell's children get it too.
+	return ss.proc.SignalGroup(sig) == nil
+}
+
+// hangup is the client going away before the program ended: as a closed
+// terminal does, SIGHUP reaches the program's group; its exit is still
+// reaped by the reaper, and our pipes are closed so nothing blocks.
+func (ss *session) hangup() {
+	_ = ss.ch.Close()
+	if ss.proc == nil {
+		return
+	}
+	if _, exited := ss.proc.Exited(); !exited {
+		_ = ss.proc.SignalGroup(unix.SIGHUP)
+		_ = ss.proc.SignalGroup(unix.SIGCONT)
+	}
+	ss.stopOutput(time.Now())
+	ss.output.Wait()
+	ss.closeFiles()
+}
+
+// finish reports the program's exit in the order OpenSSH clients rely on
+// (RFC 4254 §6.10): remaining output, exit-status or exit-signal, EOF,
+// close.
+func (ss *session) finish() {
+	exit := ss.proc.Wait()
+	ss.stopOutput(time.Now().Add(drainGrace))
+	ss.output.Wait()
+	ss.sendExit(exit)
+	_ = ss.ch.CloseWrite()
+	_ = ss.ch.Close()
+	ss.closeFiles()
+	ss.log.Debug().Str("exit", exit.String()).Msg("ssh: program ended")
+}
+
+// stopOutput makes the output copies end by the deadline even if a
+// background child keeps the pipes or the terminal open.
+func (ss *session) stopOutput(deadline time.Time) {
+	for _, f := range ss.outs {
+		_ = f.SetReadDeadline(deadline)
+	}
+}
+
+func (ss *session) closeFiles() {
+	for _, f := range ss.outs {
+		_ = f.Close()
+	}
+	if ss.term != nil {
+		ss.term.close()
+	}
+}
+
+func exitStatus(code int) supervisor.Exit { return supervisor.Exit{Code: code} }
+
+// sendExit sends exit-status, or exit-signal for a killed program
+// (gliderlabs sends none), whose fields are: signal name without "SIG",
+// core dumped, message, language tag.
+func (ss *session) sendExit(e supervisor.Exit) {
+	if e.Signal != 0 {
+		name := strings.TrimPrefix(unix.SignalName(e.Signal), "SIG")
+		msg := struct {
+			Name    string
+			Core    bool
+			Message string
+			Lang    string
+		}{name, e.Core, "", ""}
+		_, _ = ss.ch.SendRequest("exit-signal", false, gossh.Marshal(&msg))
+		return
+	}
+	_, _ = ss.ch.SendRequest("exit-status", false, gossh.Marshal(&struct{ Status uint32 }{uint32(e.Code)}))
+}
+
+// copyOut copies program output to w until EOF, EIO (PTY closed) or the
+// deadline set by stopOutput.
+func (ss *session) copyOut(w io.Writer, r *os.File) {
+	ss.outs = append(ss.outs, r)
+	ss.output.Add(1)
+	go func() {
+		defer ss.output.Done()
+		buf := make([]byte, outBuf)
+		for {
+			n, err := r.Read(buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				if !errors.Is(err, io.EOF) && !errors.Is(err, unix.EIO) && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, os.ErrClosed) {
+					ss.log.Debug().Err(err).Msg("ssh: output read")
+				}
+				return
+			}
+		}
+	}()
+}
+
+// copyIn copies the client's input to the program; at the client's EOF it
+// closes w so the program sees EOF too. Nothing waits for it: many clients
+// never half-close.
+func copyIn(w io.WriteCloser, r io.Reader, closeAtEOF bool) {
+	go func() {
+		buf := make([]byte, outBuf)
+		_, _ = io.CopyBuffer(writerOnly{w}, r, buf)
+		if closeAtEOF {
+			_ = w.Close()
+		}
+	}()
+}
+
+type writerOnly struct{ io.Writer }

@@ -1,0 +1,195 @@
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+)
+
+// TestReaperOwnsAllWaiting runs the reaper as the agent does (reaping every
+// child, as a child subreaper so orphans come to it too) while many
+// commands with known exit codes run beside double-forking orphans: every
+// command must get its own status, none stolen, none lost.
+func TestReaperOwnsAllWaiting(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Skipf("cannot become a child subreaper: %v", err)
+	}
+	r := NewReaper(zerolog.Nop(), true)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { r.Run(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+
+	const n, workers = 300, 6
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < n; i += workers {
+				// Every third command leaves an orphan behind; every
+				// fifth is killed by a signal.
+				script := fmt.Sprintf("exit %d", i%256)
+				if i%3 == 0 {
+					script = "(sleep 0.01 &); " + script
+				}
+				if i%5 == 0 {
+					script = "kill -KILL $$"
+				}
+				p, err := r.Start(exec.Command("/bin/sh", "-c", script))
+				if err != nil {
+					errs <- err
+					continue
+				}
+				select {
+				case <-p.Done():
+				case <-time.After(60 * time.Second):
+					errs <- fmt.Errorf("command %d never reported its exit", i)
+					continue
+				}
+				e := p.Wait()
+				want := i % 256
+				if i%5 == 0 {
+					want = 128 + 9
+				}
+				if e.ExitCode() != want {
+					errs <- fmt.Errorf("command %d: %v (code %d), want %d", i, e, e.ExitCode(), want)
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// The orphans come back to us and are reaped.
+	wantOrphans := int64(0)
+	for i := 0; i < n; i++ {
+		if i%3 == 0 && i%5 != 0 {
+			wantOrphans++
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, started, orphans := r.Stats()
+		if started != n {
+			t.Fatalf("started %d, want %d", started, n)
+		}
+		if orphans >= wantOrphans {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reaped %d orphans, want >= %d", orphans, wantOrphans)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestReaperStdio refuses stdio os/exec would need Wait to copy.
+func TestReaperStdio(t *testing.T) {
+	r := NewReaper(zerolog.Nop(), false)
+	cmd := exec.Command("/bin/true")
+	cmd.Stdout = &strings.Builder{}
+	if _, err := r.Start(cmd); err != ErrStdio {
+		t.Fatalf("err %v, want ErrStdio", err)
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	cases := []struct {
+		in   string
+		want procInfo
+		ok   bool
+	}{
+		{"42 (sh) S 1 42 42 0 -1 4194560 0 0", procInfo{pid: 42, ppid: 1, state: 'S'}, true},
+		{"7 (a) b) (c) Z 3 7 7 0 -1 4194560 1", procInfo{pid: 7, ppid: 3, state: 'Z'}, true},
+		{"2 (kthreadd) S 0 0 0 0 -1 2129984 0", procInfo{pid: 2, ppid: 0, state: 'S', kthread: true}, true},
+		{"garbage", procInfo{}, false},
+		{"1 (x) S", procInfo{}, false},
+	}
+	for _, c := range cases {
+		got, ok := parseStat([]byte(c.in))
+		if ok != c.ok || got != c.want {
+			t.Errorf("parseStat(%q) = %+v %v, want %+v %v", c.in, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+func TestDescendants(t *testing.T) {
+	procs := []procInfo{{pid: 1}, {pid: 10, ppid: 1}, {pid: 11, ppid: 10}, {pid: 12, ppid: 11}, {pid: 20, ppid: 1}, {pid: 30, ppid: 10}}
+	var got []int
+	for _, p := range descendants(procs, 10) {
+		got = append(got, p.pid)
+	}
+	if fmt.Sprint(got) != "[11 30 12]" {
+		t.Fatalf("descendants of 10: %v", got)
+	}
+}
+
+// TestSweepDescendants sweeps as a non-PID-1 agent does: our descendants
+// (one ignoring SIGTERM, one that left its group with setsid) end, and
+// processes above us are never listed.
+func TestSweepDescendants(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Skipf("cannot become a child subreaper: %v", err)
+	}
+	r := NewReaper(zerolog.Nop(), true)
+	stop := make(chan struct{})
+	go r.Run(stop)
+	defer close(stop)
+	stubborn := exec.Command("/bin/sh", "-c", `trap "" TERM; setsid sh -c 'trap "" TERM; sleep 100' & sleep 100`)
+	stubborn.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p, err := r.Start(stubborn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	listed := sandboxPids(false)
+	if len(listed) < 3 {
+		t.Fatalf("descendants %v, want the shell and its two children", listed)
+	}
+	for _, pid := range listed {
+		if pid == os.Getpid() || pid == os.Getppid() || pid == 1 {
+			t.Fatalf("sweep lists %d, which is not our descendant", pid)
+		}
+	}
+	res := Sweep(r, 300*time.Millisecond, false, zerolog.Nop())
+	if res.Left != 0 || res.Killed < 2 {
+		t.Fatalf("sweep %+v: want the 2+ stubborn processes killed, none left", res)
+	}
+	if _, ok := p.Exited(); !ok {
+		t.Fatal("our child was not reaped")
+	}
+	if _, err := r.Start(exec.Command("/bin/true")); err != ErrShuttingDown {
+		t.Fatalf("start after the sweep: %v, want ErrShuttingDown", err)
+	}
+}
+
+func TestParseMountInfo(t *testing.T) {
+	in := `22 1 0:21 / /proc rw,nosuid - proc proc rw
+23 1 0:5 / /dev rw - devtmpfs devtmpfs rw
+30 23 0:27 / /dev/my\040pts rw - devpts devpts rw
+`
+	got, err := parseMountInfo(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/proc", "/dev", "/dev/my pts"} {
+		if !got[p] {
+			t.Errorf("%s not found in %v", p, got)
+		}
+	}
+	if got["/sys"] {
+		t.Error("/sys found")
+	}
+}
