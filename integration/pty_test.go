@@ -327,7 +327,7 @@ func TestPTYKill(t *testing.T) {
 	// The background child is gone too.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		out, _ := s.Exec("sh", "-c", "ps -eo args | grep -c '^sleep 1000' || true")
+		out, _ := s.Exec("sh", "-c", `for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^sleep 1000' || true`)
 		if strings.TrimSpace(out) == "0" {
 			break
 		}
