@@ -6,6 +6,7 @@ import (
 	"github.com/tensorlake/tl-agent/files"
 	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/process"
+	"github.com/tensorlake/tl-agent/pty"
 	"github.com/tensorlake/tl-agent/sshd"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
@@ -18,6 +19,15 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	var p Parts
 	var stops []func()
 	// Capabilities are added here, one block each.
+
+	// PTY sessions.
+	ptyCfg := pty.Defaults()
+	ptyCfg.IdleTimeout = cfg.PTYIdleTimeout
+	ptyCfg.MaxSessions = cfg.PTYMaxSessions
+	ptyCfg.User = cfg.User
+	ptys := pty.NewManager(ptyCfg, log, reaper)
+	p.Caps = append(p.Caps, ptys)
+	stops = append(stops, ptys.Close)
 
 	// SSH: uplink SSH streams, plus the optional in-sandbox listener.
 	if srv, err := sshd.New(sshd.Config{User: cfg.User, Listen: cfg.SSHListen}, log, reaper); err != nil {

@@ -1,0 +1,418 @@
+// Package pty serves PTY sessions: a command started on a new terminal
+// over HTTP, attached to over WebSocket by any number of clients, kept
+// alive across disconnects, as the PTY section of the sandbox API
+// specifies. Manager is the capability the agent wires in; it owns every
+// session, client and timer it starts, and Close ends them all.
+//
+// The design and its measurements are in docs/pty.md.
+package pty
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/supervisor"
+)
+
+// Config tunes the manager. Zero fields take the defaults of Defaults.
+type Config struct {
+	User         string        // who sessions run as when a request names nobody (tl-user)
+	MaxSessions  int           // live sessions; more get 429 (spec: 64)
+	IdleTimeout  time.Duration // kill a session with no client for this long (spec: 300 s)
+	KeepEnded    time.Duration // an ended session stays queryable this long (spec: ≥ 60 s)
+	MaxEnded     int           // ended sessions kept at once; the oldest go first beyond
+	KeepOutput   int           // bytes of output kept per session (spec: ≥ 1 MiB)
+	KillGrace    time.Duration // SIGHUP, then SIGKILL after this (spec: 5 s)
+	MaxClients   int           // WebSocket clients per session
+	PingInterval time.Duration // server pings each client this often
+	PongTimeout  time.Duration // and drops it when the pong is this late
+	StallTimeout time.Duration // a client holding back output this long is dropped
+}
+
+// Defaults returns the spec's values and ours.
+func Defaults() Config {
+	return Config{
+		MaxSessions:  64,
+		IdleTimeout:  300 * time.Second,
+		KeepEnded:    60 * time.Second,
+		MaxEnded:     1024,
+		KeepOutput:   1<<20 + 64<<10, // a read may evict before it lands: keep ≥ 1 MiB
+		KillGrace:    5 * time.Second,
+		MaxClients:   16,
+		PingInterval: 15 * time.Second,
+		PongTimeout:  10 * time.Second,
+		StallTimeout: 5 * time.Second,
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := Defaults()
+	set := func(v *int, dv int) {
+		if *v <= 0 {
+			*v = dv
+		}
+	}
+	setD := func(v *time.Duration, dv time.Duration) {
+		if *v <= 0 {
+			*v = dv
+		}
+	}
+	set(&c.MaxSessions, d.MaxSessions)
+	set(&c.MaxEnded, d.MaxEnded)
+	set(&c.KeepOutput, d.KeepOutput)
+	set(&c.MaxClients, d.MaxClients)
+	setD(&c.IdleTimeout, d.IdleTimeout)
+	setD(&c.KeepEnded, d.KeepEnded)
+	setD(&c.KillGrace, d.KillGrace)
+	setD(&c.PingInterval, d.PingInterval)
+	setD(&c.PongTimeout, d.PongTimeout)
+	setD(&c.StallTimeout, d.StallTimeout)
+	return c
+}
+
+// keptOutputEnded is how many of the most recently ended sessions keep
+// their output for a late client; older ended sessions keep only their
+// S object, which bounds memory when sessions churn.
+const keptOutputEnded = 16
+
+// Manager owns the PTY sessions.
+type Manager struct {
+	cfg    Config
+	log    zerolog.Logger
+	reaper *supervisor.Reaper
+
+	mu       sync.Mutex
+	sessions map[string]*Session // guarded by mu; live and ended
+	ended    []*Session          // guarded by mu; oldest first
+	live     int                 // guarded by mu; includes starts in progress
+	closing  bool                // guarded by mu
+	wg       sync.WaitGroup      // session and client goroutines
+}
+
+// NewManager returns a manager that starts children through reaper.
+func NewManager(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) *Manager {
+	return &Manager{
+		cfg:      cfg.withDefaults(),
+		log:      log.With().Str("component", "pty").Logger(),
+		reaper:   reaper,
+		sessions: map[string]*Session{},
+	}
+}
+
+// Errors of create.
+var (
+	ErrTooManySessions = errors.New("too many live pty sessions")
+	ErrClosing         = errors.New("pty sessions are shutting down")
+	ErrNotFound        = errors.New("pty session not found")
+	errTooManyClients  = errors.New("too many clients on this session")
+)
+
+// create starts sp on a new PTY and registers the session.
+func (m *Manager) create(sp startSpec) (*Session, error) {
+	m.mu.Lock()
+	switch {
+	case m.closing:
+		m.mu.Unlock()
+		return nil, ErrClosing
+	case m.live >= m.cfg.MaxSessions:
+		m.mu.Unlock()
+		return nil, fmt.Errorf("%w: limit %d", ErrTooManySessions, m.cfg.MaxSessions)
+	}
+	m.live++ // reserved: concurrent creates cannot overshoot
+	m.mu.Unlock()
+	s, err := m.start(sp)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		m.live--
+		return nil, err
+	}
+	m.sessions[s.id] = s
+	return s, nil
+}
+
+func (m *Manager) start(sp startSpec) (*Session, error) {
+	cmd, err := prepare(sp)
+	if err != nil {
+		return nil, err
+	}
+	master, slave, err := openPTY(sp.rows, sp.cols)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = sysProcAttr(sp.user)
+	oomAt := oomKillCount()
+	proc, err := m.reaper.Start(cmd)
+	// The child has its copies; ours would keep the terminal open after
+	// every process of the session has exited.
+	slave.Close()
+	if err != nil {
+		master.Close()
+		return nil, fmt.Errorf("%w: %v", errStart, err)
+	}
+	raw, err := master.SyscallConn()
+	if err != nil { // not reachable for an *os.File
+		master.Close()
+		_ = proc.SignalGroup(syscall.SIGKILL)
+		return nil, err
+	}
+	s := &Session{
+		id: newID(), token: newToken(), command: sp.command, args: sp.args,
+		created: time.Now(), pid: proc.Pid, m: m, proc: proc, master: master, raw: raw,
+		oomAt: oomAt, readerDone: make(chan struct{}), done: make(chan struct{}),
+		progress: make(chan struct{}, 1), rows: sp.rows, cols: sp.cols,
+		out: newRing(m.cfg.KeepOutput), clients: map[*client]struct{}{},
+	}
+	s.log = m.log.With().Str("session", s.id).Int("pid", s.pid).Logger()
+	s.idle = time.AfterFunc(m.cfg.IdleTimeout, s.idleExpired)
+	m.wg.Add(2)
+	go func() { defer m.wg.Done(); s.readLoop() }()
+	go func() { defer m.wg.Done(); s.waitLoop() }()
+	s.log.Info().Str("command", sp.command).Str("user", sp.user.Name).Int("rows", int(sp.rows)).Int("cols", int(sp.cols)).Msg("pty session started")
+	return s, nil
+}
+
+var errStart = errors.New("cannot start command")
+
+// get returns a live or recently ended session.
+func (m *Manager) get(id string) (*Session, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s, ok := m.sessions[id]; ok {
+		return s, nil
+	}
+	return nil, ErrNotFound
+}
+
+func (m *Manager) list() []*Session {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*Session, 0, len(m.sessions))
+	for _, s := range m.sessions {
+		out = append(out, s)
+	}
+	return out
+}
+
+// sessionEnded frees the live slot and schedules forgetting.
+func (m *Manager) sessionEnded(s *Session) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.live--
+	m.ended = append(m.ended, s)
+	if n := len(m.ended); n > keptOutputEnded {
+		m.ended[n-1-keptOutputEnded].releaseOutput()
+	}
+	for len(m.ended) > m.cfg.MaxEnded {
+		m.forgetLocked(m.ended[0])
+	}
+	if !m.closing {
+		s.forget = time.AfterFunc(m.cfg.KeepEnded, func() {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			m.forgetLocked(s)
+		})
+	}
+}
+
+func (m *Manager) forgetLocked(s *Session) {
+	if m.sessions[s.id] != s {
+		return
+	}
+	delete(m.sessions, s.id)
+	for i, e := range m.ended {
+		if e == s {
+			m.ended = append(m.ended[:i], m.ended[i+1:]...)
+			break
+		}
+	}
+	s.dropAll("session forgotten")
+}
+
+// releaseOutput frees the kept output of an ended session nobody watches.
+func (s *Session) releaseOutput() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.clients) == 0 {
+		end := s.out.end
+		s.out = newRing(s.out.max)
+		s.out.start, s.out.end = end, end
+	}
+}
+
+func (s *Session) dropAll(why string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.clients {
+		s.dropLocked(c, why)
+	}
+}
+
+// Close kills every session (SIGHUP, SIGKILL after the grace period),
+// disconnects every client and returns when all the manager's goroutines
+// have ended. It is safe to call twice.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	m.closing = true
+	var sessions []*Session
+	sids := map[int]bool{}
+	for _, s := range m.sessions {
+		sessions = append(sessions, s)
+		sids[s.pid] = true
+	}
+	m.mu.Unlock()
+	for _, s := range sessions {
+		s.mu.Lock()
+		if !s.ended {
+			s.killed = true
+		}
+		if s.idle != nil {
+			s.idle.Stop()
+		}
+		s.mu.Unlock()
+	}
+	m.signalSessions(sids, syscall.SIGHUP)
+	if !waitAll(sessions, m.cfg.KillGrace) {
+		m.signalSessions(sids, syscall.SIGKILL)
+		waitAll(sessions, m.cfg.KillGrace)
+	}
+	m.mu.Lock()
+	for _, s := range m.sessions {
+		if s.forget != nil {
+			s.forget.Stop()
+		}
+	}
+	m.mu.Unlock()
+	for _, s := range sessions {
+		s.dropAll("agent shutting down")
+		s.mu.Lock()
+		if s.killTimer != nil {
+			s.killTimer.Stop()
+		}
+		s.mu.Unlock()
+	}
+	m.wg.Wait()
+}
+
+func waitAll(sessions []*Session, d time.Duration) bool {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for _, s := range sessions {
+		select {
+		case <-s.done:
+		case <-deadline.C:
+			return false
+		}
+	}
+	return true
+}
+
+// signalSessions sends sig to every process whose session id is in sids:
+// the leaders, their process groups and the groups job control made
+// (process-group kill alone misses an interactive shell's background jobs).
+// One pass over /proc serves any number of sessions. Processes that called
+// setsid themselves have left the session, as with a hang-up.
+func (m *Manager) signalSessions(sids map[int]bool, sig syscall.Signal) {
+	for pid := range sids {
+		_ = syscall.Kill(-pid, sig) // the leader's group, even if /proc is odd
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if sids[procSession(pid)] {
+			_ = syscall.Kill(pid, sig)
+		}
+	}
+}
+
+// procSession reads the session id (field 6) of /proc/<pid>/stat; 0 when
+// unknown. The command name (field 2) may hold spaces and parentheses, so
+// fields are counted after its last ')'.
+func procSession(pid int) int {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(data[i+1:])) // state ppid pgrp session ...
+	if len(f) < 4 {
+		return 0
+	}
+	sid, _ := strconv.Atoi(f[3])
+	return sid
+}
+
+// idAlphabet is the URL-safe alphabet of session ids (nanoid's).
+const idAlphabet = "useandom-26T198340PX75pxJACKVERYMINDBUSHWOLF_GQZbfghjklqvwyzrict"
+
+// newID returns 21 characters of the URL-safe alphabet: 126 random bits.
+func newID() string {
+	var b [21]byte
+	_, _ = rand.Read(b[:])
+	for i := range b {
+		b[i] = idAlphabet[b[i]&63]
+	}
+	return string(b[:])
+}
+
+// newToken returns 64 hex characters (32 random bytes).
+func newToken() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// oomKillCount reads the oom_kill counter of the agent's cgroup (v2); -1
+// when there is none to read.
+func oomKillCount() int64 {
+	path := "/sys/fs/cgroup/memory.events"
+	if data, err := os.ReadFile("/proc/self/cgroup"); err == nil {
+		if rel, ok := strings.CutPrefix(strings.TrimSpace(string(data)), "0::"); ok && !strings.Contains(rel, "\n") {
+			path = "/sys/fs/cgroup" + strings.TrimSuffix(rel, "/") + "/memory.events"
+		}
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err == nil {
+				return n
+			}
+		}
+	}
+	return -1
+}
+
+// oomKilledSince reports whether the cgroup's OOM killer struck since the
+// count before. The counter is per cgroup, so a SIGKILL of the session
+// that coincides with another OOM kill in the sandbox is reported as OOM
+// too; that is the best a process outside the kernel can tell.
+func oomKilledSince(before int64) bool {
+	if before < 0 {
+		return false
+	}
+	return oomKillCount() > before
+}
