@@ -1,0 +1,212 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/tensorlake/tl-agent/forward"
+	"github.com/tensorlake/tl-agent/integration"
+)
+
+func init() {
+	// Re-executed as a relay hop: serve and never return to main.
+	if target := os.Getenv(relayEnv); target != "" {
+		serveRelay(target)
+		os.Exit(0)
+	}
+	register("hops", benchHops)
+}
+
+// relayEnv makes the bench binary a trivial TCP relay process to the
+// address it names (see startRelay).
+const relayEnv = "TL_BENCH_RELAY_TO"
+
+// benchHops measures a keystroke-sized (1-byte) echo round trip to a
+// loopback echo server through our path (client -> tl-proxy -> uplink ->
+// agent -> target) beside the architectural floor: the same number of
+// process hops, each a plain Go TCP relay (client -> relay A -> relay B ->
+// target). Every hop wakes a sleeping thread in another process, which is
+// most of the cost on an idle machine; the floor shows how much of our
+// figure is that and how much is ours.
+func benchHops(e *Env) []Result {
+	n := 2000
+	if e.Quick {
+		n = 1000
+	}
+	echo := serveLoopback(e, echoConn)
+	upgradeEcho := serveLoopback(e, upgradeEchoConn)
+	direct := tcpRTT(e, echo, n)
+	one := tcpRTT(e, startRelay(e, echo), n)
+	floor := tcpRTT(e, startRelay(e, startRelay(e, echo)), n)
+
+	s := e.System(integration.Options{})
+	port := portRouteRTT(e, s, upgradeEcho, n)
+	ws := wsTunnelRTT(e, s, echo, n)
+	return []Result{
+		{Name: "1-byte RTT, direct TCP, p50", Unit: "ms", Ours: direct[0], Lower: true, Note: "(no hop)"},
+		{Name: "1-byte RTT, one relay process, p50", Unit: "ms", Ours: one[0], Floor: direct[0], Lower: true},
+		{Name: "1-byte RTT, two relay processes, p50", Unit: "ms", Ours: floor[0], Floor: direct[0], Lower: true, Note: "(floor: same number of process hops with plain relays)"},
+		{Name: "1-byte RTT, two relay processes, p99", Unit: "ms", Ours: floor[1], Floor: direct[1], Lower: true},
+		{Name: "1-byte RTT, port route (HTTP Upgrade), p50", Unit: "ms", Ours: port[0], Floor: floor[0], Lower: true, Note: "(floor: two relay processes)"},
+		{Name: "1-byte RTT, port route (HTTP Upgrade), p99", Unit: "ms", Ours: port[1], Floor: floor[1], Lower: true},
+		{Name: "1-byte RTT, WebSocket tunnel, p50", Unit: "ms", Ours: ws[0], Floor: floor[0], Lower: true, Note: "(floor: two relay processes)"},
+		{Name: "1-byte RTT, WebSocket tunnel, p99", Unit: "ms", Ours: ws[1], Floor: floor[1], Lower: true},
+	}
+}
+
+func echoConn(c net.Conn) {
+	defer c.Close()
+	c.(*net.TCPConn).SetNoDelay(true)
+	_, _ = io.Copy(c, c)
+}
+
+// upgradeEchoConn answers one HTTP Upgrade request with 101, then echoes.
+func upgradeEchoConn(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return
+	}
+	req.Body.Close()
+	if _, err := io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"); err != nil {
+		return
+	}
+	buf := make([]byte, 4096)
+	for {
+		n, err := br.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// serveRelay is the relay process: listen on loopback, print the port,
+// relay every connection to target with the agent's own relay.
+func serveRelay(target string) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			os.Exit(1)
+		}
+		go func() {
+			t, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				return
+			}
+			forward.Relay(c, t)
+		}()
+	}
+}
+
+// startRelay starts a relay process to 127.0.0.1:target and returns its
+// port; the process is killed by pid at cleanup.
+func startRelay(e *Env, target int) int {
+	self, err := os.Executable()
+	if err != nil {
+		e.Fatalf("executable: %v", err)
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), relayEnv+"=127.0.0.1:"+strconv.Itoa(target))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		e.Fatalf("pipe: %v", err)
+	}
+	if err := cmd.Start(); err != nil {
+		e.Fatalf("relay: %v", err)
+	}
+	e.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		e.Fatalf("relay port: %v", err)
+	}
+	port, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		e.Fatalf("relay port %q: %v", line, err)
+	}
+	return port
+}
+
+// pingPong times n 1-byte round trips over rw and returns p50 and p99 (ms).
+func pingPong(e *Env, rw io.ReadWriter, n int) [2]float64 {
+	b := []byte{'x'}
+	for i := 0; i < 50; i++ { // warm up
+		rw.Write(b)
+		io.ReadFull(rw, b)
+	}
+	ds := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		start := time.Now()
+		if _, err := rw.Write(b); err != nil {
+			e.Fatalf("ping: %v", err)
+		}
+		if _, err := io.ReadFull(rw, b); err != nil {
+			e.Fatalf("pong: %v", err)
+		}
+		ds = append(ds, time.Since(start))
+	}
+	return [2]float64{Percentile(ds, 50), Percentile(ds, 99)}
+}
+
+func tcpRTT(e *Env, port, n int) [2]float64 {
+	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		e.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	return pingPong(e, c, n)
+}
+
+// portRouteRTT goes through the proxy's port route: an HTTP Upgrade to
+// <port>-<sandbox>.local, then raw bytes both ways.
+func portRouteRTT(e *Env, s *integration.System, port, n int) [2]float64 {
+	c, err := net.Dial("tcp", s.HTTPAddr)
+	if err != nil {
+		e.Fatalf("dial proxy: %v", err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %d-%s.local\r\nAuthorization: Bearer %s\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n", port, s.SandboxID, s.APIKey)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		e.Fatalf("upgrade through proxy: %v %v", resp, err)
+	}
+	return pingPong(e, struct {
+		io.Reader
+		io.Writer
+	}{br, c}, n)
+}
+
+func wsTunnelRTT(e *Env, s *integration.System, port, n int) [2]float64 {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ws, _, err := s.DialTunnel(ctx, strconv.Itoa(port))
+	if err != nil {
+		e.Fatalf("tunnel: %v", err)
+	}
+	defer ws.CloseNow()
+	return pingPong(e, websocket.NetConn(ctx, ws, websocket.MessageBinary), n)
+}
