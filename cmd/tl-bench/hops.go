@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -44,12 +45,16 @@ func benchHops(e *Env) []Result {
 	if e.Quick {
 		n = 1000
 	}
-	if v, _ := strconv.Atoi(os.Getenv("TL_HOPS_N")); v > 0 {
-		n = v
-	}
 	echo := serveLoopback(e, echoConn)
 	upgradeEcho := serveLoopback(e, upgradeEchoConn)
+	// TL_BENCH_GOMAXPROCS sets GOMAXPROCS for tl-proxy and the agent only
+	// (not the relays or this client): the experiment behind the notes in
+	// docs/benchmarks.md on Go's scheduler waking idle threads.
+	if v := os.Getenv("TL_BENCH_GOMAXPROCS"); v != "" {
+		os.Setenv("GOMAXPROCS", v)
+	}
 	s := e.System(integration.Options{})
+	os.Unsetenv("GOMAXPROCS")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	paths := []io.ReadWriter{
@@ -141,6 +146,7 @@ func startRelay(e *Env, target int) int {
 	}
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), relayEnv+"=127.0.0.1:"+strconv.Itoa(target))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		e.Fatalf("pipe: %v", err)
