@@ -47,14 +47,7 @@ func benchHops(e *Env) []Result {
 	}
 	echo := serveLoopback(e, echoConn)
 	upgradeEcho := serveLoopback(e, upgradeEchoConn)
-	// TL_BENCH_GOMAXPROCS sets GOMAXPROCS for tl-proxy and the agent only
-	// (not the relays or this client): the experiment behind the notes in
-	// docs/benchmarks.md on Go's scheduler waking idle threads.
-	if v := os.Getenv("TL_BENCH_GOMAXPROCS"); v != "" {
-		os.Setenv("GOMAXPROCS", v)
-	}
 	s := e.System(integration.Options{})
-	os.Unsetenv("GOMAXPROCS")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	paths := []io.ReadWriter{

@@ -174,6 +174,13 @@ func (e *Env) System(opts integration.Options) *integration.System {
 	if os.Geteuid() != 0 {
 		e.Fatalf("benchmarks need root (the sandbox is made of namespaces)")
 	}
+	// TL_BENCH_GOMAXPROCS sets GOMAXPROCS for tl-proxy and the agent only
+	// (not this client or the relays of the hops area): the experiment
+	// behind docs/benchmarks.md's notes on Go waking idle threads.
+	if v := os.Getenv("TL_BENCH_GOMAXPROCS"); v != "" {
+		os.Setenv("GOMAXPROCS", v)
+		defer os.Unsetenv("GOMAXPROCS")
+	}
 	return integration.Start(e, opts)
 }
 
