@@ -50,10 +50,11 @@ func benchHops(e *Env) []Result {
 	s := e.System(integration.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	chain := startRelay(e, startRelay(e, echo))
 	paths := []io.ReadWriter{
 		dialTCP(e, echo),
 		dialTCP(e, startRelay(e, echo)),
-		dialTCP(e, startRelay(e, startRelay(e, echo))),
+		dialTCP(e, chain),
 		portRoute(e, s, upgradeEcho),
 		wsTunnel(ctx, e, s, echo),
 	}
@@ -61,6 +62,10 @@ func benchHops(e *Env) []Result {
 	// of every path makes the ratios fair even when the absolutes move.
 	got := pingRounds(e, paths, n)
 	direct, one, floor, port, ws := got[0], got[1], got[2], got[3], got[4]
+	// Under load: the same round trips while another connection through
+	// the same processes moves bulk data both ways.
+	busyFloor := besideBulk(e, paths[2], func() io.ReadWriteCloser { return dialTCP(e, chain) }, n/2)
+	busyPort := besideBulk(e, paths[3], func() io.ReadWriteCloser { return portRoute(e, s, upgradeEcho) }, n/2)
 	return []Result{
 		{Name: "1-byte RTT, direct TCP, p50", Unit: "ms", Ours: direct[0], Lower: true, Note: "(no hop)"},
 		{Name: "1-byte RTT, one relay process, p50", Unit: "ms", Ours: one[0], Floor: direct[0], Lower: true},
@@ -70,6 +75,10 @@ func benchHops(e *Env) []Result {
 		{Name: "1-byte RTT, port route (HTTP Upgrade), p99", Unit: "ms", Ours: port[1], Floor: floor[1], Lower: true},
 		{Name: "1-byte RTT, WebSocket tunnel, p50", Unit: "ms", Ours: ws[0], Floor: floor[0], Lower: true, Note: "(floor: two relay processes)"},
 		{Name: "1-byte RTT, WebSocket tunnel, p99", Unit: "ms", Ours: ws[1], Floor: floor[1], Lower: true},
+		{Name: "beside bulk: two relay processes, p50", Unit: "ms", Ours: busyFloor[0], Floor: floor[0], Lower: true, Note: "(floor: idle)"},
+		{Name: "beside bulk: two relay processes, p99", Unit: "ms", Ours: busyFloor[1], Floor: floor[1], Lower: true},
+		{Name: "beside bulk: port route, p50", Unit: "ms", Ours: busyPort[0], Floor: busyFloor[0], Lower: true, Note: "(floor: relays beside bulk)"},
+		{Name: "beside bulk: port route, p99", Unit: "ms", Ours: busyPort[1], Floor: busyFloor[1], Lower: true},
 	}
 }
 
@@ -188,6 +197,30 @@ func pingRounds(e *Env, paths []io.ReadWriter, n int) [][2]float64 {
 	return out
 }
 
+// besideBulk times n round trips on rw while a connection from open
+// pumps bulk data through the echo target both ways.
+func besideBulk(e *Env, rw io.ReadWriter, open func() io.ReadWriteCloser, n int) [2]float64 {
+	bulk := open()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = io.CopyBuffer(io.Discard, bulk, make([]byte, 64<<10))
+	}()
+	go func() {
+		buf := make([]byte, 32<<10)
+		for {
+			if _, err := bulk.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond) // let the bulk flow fill the path
+	got := pingRounds(e, []io.ReadWriter{rw}, n)
+	bulk.Close()
+	<-done
+	return got[0]
+}
+
 func dialTCP(e *Env, port int) net.Conn {
 	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
 	if err != nil {
@@ -199,7 +232,7 @@ func dialTCP(e *Env, port int) net.Conn {
 
 // portRoute goes through the proxy's port route: an HTTP Upgrade to
 // <port>-<sandbox>.local, then raw bytes both ways.
-func portRoute(e *Env, s *integration.System, port int) io.ReadWriter {
+func portRoute(e *Env, s *integration.System, port int) io.ReadWriteCloser {
 	c, err := net.Dial("tcp", s.HTTPAddr)
 	if err != nil {
 		e.Fatalf("dial proxy: %v", err)
@@ -213,7 +246,7 @@ func portRoute(e *Env, s *integration.System, port int) io.ReadWriter {
 	}
 	return struct {
 		io.Reader
-		io.Writer
+		io.WriteCloser
 	}{br, c}
 }
 
