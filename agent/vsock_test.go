@@ -2,7 +2,7 @@ package agent
 
 import (
 	"errors"
-	"os"
+	"net"
 	"testing"
 	"time"
 
@@ -31,7 +31,7 @@ func TestVsockListener(t *testing.T) {
 	ln.Close()
 	select {
 	case err := <-errc:
-		if !errors.Is(err, os.ErrClosed) {
+		if !errors.Is(err, net.ErrClosed) {
 			t.Fatalf("Accept after Close: %v", err)
 		}
 	case <-time.After(5 * time.Second):
