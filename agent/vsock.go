@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,8 +34,9 @@ func listenVsock(port string) (net.Listener, error) {
 }
 
 type vsockListener struct {
-	f    *os.File
-	port uint32
+	f      *os.File
+	port   uint32
+	closed atomic.Bool
 }
 
 func (l *vsockListener) Accept() (net.Conn, error) {
@@ -48,6 +50,9 @@ func (l *vsockListener) Accept() (net.Conn, error) {
 		nfd, _, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		return aerr != unix.EAGAIN
 	})
+	if l.closed.Load() {
+		return nil, net.ErrClosed // as any net.Listener says after Close
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +62,10 @@ func (l *vsockListener) Accept() (net.Conn, error) {
 	return &vsockConn{File: os.NewFile(uintptr(nfd), "vsock-conn")}, nil
 }
 
-func (l *vsockListener) Close() error   { return l.f.Close() }
+func (l *vsockListener) Close() error {
+	l.closed.Store(true)
+	return l.f.Close()
+}
 func (l *vsockListener) Addr() net.Addr { return vsockAddr(l.port) }
 
 type vsockAddr uint32

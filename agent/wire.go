@@ -53,6 +53,15 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 
 	// TCP tunnels over WebSocket.
 	p.Caps = append(p.Caps, forward.NewTunnels(log))
+
+	// What the operator's `tl-agent status` shows beside the uplink.
+	p.Status = func() map[string]any {
+		st := map[string]any{"pty_sessions": ptys.Stats()}
+		if srv, ok := p.SSH.(*sshd.Server); ok {
+			st["ssh"] = srv.Stats()
+		}
+		return st
+	}
 	return p, func() {
 		for i := len(stops) - 1; i >= 0; i-- {
 			stops[i]()

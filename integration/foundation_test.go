@@ -185,6 +185,16 @@ func TestProxyRestart(t *testing.T) {
 	RequireRoot(t)
 	s := Start(t, Options{})
 	s.JSON("GET", "/api/v1/health", nil, 200, nil)
+	// What lives in the agent must outlive the link: a process and a PTY
+	// session started before the proxy dies are still there after.
+	var proc struct {
+		PID int `json:"pid"`
+	}
+	s.JSON("POST", "/api/v1/processes", map[string]any{"command": "sleep", "args": []string{"600"}}, 201, &proc)
+	var sess struct {
+		SessionID string `json:"session_id"`
+	}
+	s.JSON("POST", "/api/v1/pty", map[string]any{"command": "bash"}, 201, &sess)
 	s.KillProxy()
 	time.Sleep(500 * time.Millisecond)
 	s.StartProxy()
@@ -192,6 +202,20 @@ func TestProxyRestart(t *testing.T) {
 	s.WaitConnected(15 * time.Second)
 	t.Logf("agent reconnected %v after the proxy came back", time.Since(start))
 	s.JSON("GET", "/api/v1/health", nil, 200, nil)
+	var p struct {
+		Status string `json:"status"`
+	}
+	s.JSON("GET", fmt.Sprintf("/api/v1/processes/%d", proc.PID), nil, 200, &p)
+	if p.Status != "running" {
+		t.Fatalf("process after proxy restart: %q", p.Status)
+	}
+	var ps struct {
+		IsAlive bool `json:"is_alive"`
+	}
+	s.JSON("GET", "/api/v1/pty/"+sess.SessionID, nil, 200, &ps)
+	if !ps.IsAlive {
+		t.Fatal("PTY session died with the proxy")
+	}
 	out, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "status", "--json", "--socket", s.ControlSocket()).Output()
 	if err != nil {
 		t.Fatalf("tl-agent status: %v", err)
@@ -201,12 +225,15 @@ func TestProxyRestart(t *testing.T) {
 			State      string `json:"state"`
 			Reconnects int    `json:"reconnects"`
 		} `json:"uplink"`
+		PTY struct {
+			Live int `json:"live"`
+		} `json:"pty_sessions"`
 	}
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("status %q: %v", out, err)
 	}
-	if st.Uplink.State != "connected" || st.Uplink.Reconnects < 1 {
-		t.Fatalf("status after restart: %+v", st.Uplink)
+	if st.Uplink.State != "connected" || st.Uplink.Reconnects < 1 || st.PTY.Live != 1 {
+		t.Fatalf("status after restart: %+v", st)
 	}
 }
 

@@ -89,6 +89,8 @@ type Options struct {
 	NoSandbox bool
 	// SSHKeys is an authorized-keys file for the proxy's SSH front door.
 	SSHKeys string
+	// ProxyArgs are appended to tl-proxy's flags (e.g. uplink TLS).
+	ProxyArgs []string
 	// NoAgent starts only the proxy: the test runs its own agent (in a
 	// container, say) with AgentFlags and waits with WaitConnected.
 	NoAgent bool
@@ -167,6 +169,7 @@ func (s *System) StartProxy() {
 	cmd := exec.Command(filepath.Join(s.bin, "tl-proxy"), "--config", s.cfgPath,
 		"--uplink-addr", s.UplinkAddr, "--http-addr", s.HTTPAddr, "--ssh-addr", s.SSHAddr,
 		"--state-dir", s.dir, "--log-level", "debug")
+	cmd.Args = append(cmd.Args, s.opts.ProxyArgs...)
 	cmd.Stdout = s.proxyLog
 	cmd.Stderr = s.proxyLog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -513,4 +516,33 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return string(b.buf)
+}
+
+// StartExtraAgent starts another agent for this system's sandbox id and
+// token as a plain process, with extra flags, and returns its log. It is
+// stopped at the end of t. Tests use it for refused or misconfigured
+// agents beside the real one.
+func (s *System) StartExtraAgent(t TB, extra []string) *syncBuffer {
+	t.Helper()
+	args := append([]string{"--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID, "--token", s.Token,
+		"--control-socket", "", "--provision=false", "--mount=false"}, extra...)
+	cmd := exec.Command(filepath.Join(s.bin, "tl-agent"), args...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start extra agent: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	return out
 }

@@ -37,17 +37,15 @@ type ptyInfo struct {
 	IsAlive   bool     `json:"is_alive"`
 }
 
-// ptySystem starts a sandbox with tl-user present. Until the agent
-// provisions the user itself, the test adds it inside the sandbox's
-// throwaway overlay (never this machine's /etc).
+// ptySystem starts a sandbox and checks that tl-user is there.
 func ptySystem(t *testing.T, opts Options) *System {
 	t.Helper()
 	RequireRoot(t)
 	s := Start(t, opts)
-	if _, err := s.Exec("id", "-u", "tl-user"); err != nil {
-		if out, err := s.Exec("useradd", "-m", "-s", "/bin/bash", "tl-user"); err != nil {
-			t.Fatalf("useradd in sandbox: %v: %s", err, out)
-		}
+	// tl-user comes from the agent's own provisioning; nothing here
+	// creates it, so a provisioning failure fails these tests.
+	if out, err := s.Exec("id", "-u", "tl-user"); err != nil {
+		t.Fatalf("tl-user missing in the sandbox: %v: %s", err, out)
 	}
 	return s
 }

@@ -416,3 +416,22 @@ func oomKilledSince(before int64) bool {
 	}
 	return oomKillCount() > before
 }
+
+// Stats reports counts for the operator's status: live sessions, ended
+// sessions still kept for queries, and attached clients.
+func (m *Manager) Stats() map[string]int {
+	m.mu.Lock()
+	sessions := make([]*Session, 0, len(m.sessions))
+	for _, s := range m.sessions {
+		sessions = append(sessions, s)
+	}
+	live := m.live
+	m.mu.Unlock()
+	clients := 0
+	for _, s := range sessions {
+		s.mu.Lock()
+		clients += len(s.clients)
+		s.mu.Unlock()
+	}
+	return map[string]int{"live": live, "kept": len(sessions) - live, "clients": clients}
+}

@@ -307,3 +307,10 @@ func (s *Server) startSession() bool {
 	s.sessions.Add(1)
 	return true
 }
+
+// Stats reports open SSH connections for the operator's status.
+func (s *Server) Stats() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return map[string]int{"connections": len(s.conns)}
+}

@@ -36,7 +36,6 @@ func benchPTY(e *Env) []Result {
 		size, keys, rounds = 16<<20, 300, 2
 	}
 	s := e.System(integration.Options{AgentArgs: []string{"--pty-max-sessions", "1100"}})
-	ensureUser(e, s)
 	hostFile := textFile(e, size)
 	sbxFile := "/tmp/pty-bench.txt"
 	if out, err := exec.Command("cp", hostFile, s.SandboxPath(sbxFile)).CombinedOutput(); err != nil {
@@ -78,15 +77,6 @@ func benchPTY(e *Env) []Result {
 	)
 	e.Logf("idle memory")
 	return append(res, idleMemory(e, s)...)
-}
-
-// ensureUser adds tl-user inside the sandbox when the agent has not.
-func ensureUser(e *Env, s *integration.System) {
-	if _, err := s.Exec("id", "-u", "tl-user"); err != nil {
-		if out, err := s.Exec("useradd", "-m", "-s", "/bin/bash", "tl-user"); err != nil {
-			e.Fatalf("useradd: %v %s", err, out)
-		}
-	}
 }
 
 // textFile writes size bytes of printable lines.

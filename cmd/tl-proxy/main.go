@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -40,6 +41,7 @@ type flags struct {
 	config, stateDir, devSandbox       string
 	uplinkAddr, httpAddr, sshAddr      string
 	connect, logLevel, domain, sshKeys string
+	tlsCert, tlsKey                    string
 	dev                                bool
 }
 
@@ -58,6 +60,8 @@ func run(args []string) int {
 	fs.String(&f.connect, "connect", "", "also keep an uplink to an agent in listen mode at `unix:/path` or tcp:host:port")
 	fs.String(&f.domain, "domain", "", "sandbox host-name `suffix` (overrides the config)")
 	fs.String(&f.sshKeys, "ssh-authorized-keys", "", "users' SSH keys `file` (overrides the config)")
+	fs.String(&f.tlsCert, "uplink-tls-cert", "", "serve uplinks over TLS with this certificate `file` (PEM)")
+	fs.String(&f.tlsKey, "uplink-tls-key", "", "private key `file` (PEM) of --uplink-tls-cert")
 	fs.String(&f.logLevel, "log-level", "info", "`level`: debug, info, warn or error")
 	fs.FlagSet.Usage = func() { fs.Usage(os.Stderr, usage) }
 	if err := fs.Parse(args); err != nil {
@@ -81,6 +85,18 @@ func run(args []string) int {
 	if ls.Uplink, err = net.Listen("tcp", f.uplinkAddr); err != nil {
 		fmt.Fprintln(os.Stderr, "tl-proxy: uplink listener:", err)
 		return 1
+	}
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		fmt.Fprintln(os.Stderr, "tl-proxy: --uplink-tls-cert and --uplink-tls-key go together")
+		return 2
+	}
+	if f.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tl-proxy: uplink TLS:", err)
+			return 2
+		}
+		ls.Uplink = tls.NewListener(ls.Uplink, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
 	if ls.HTTP, err = net.Listen("tcp", f.httpAddr); err != nil {
 		fmt.Fprintln(os.Stderr, "tl-proxy: http listener:", err)
