@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -115,10 +116,7 @@ func TestPortRoute(t *testing.T) {
 	go srv.Serve(ln)
 	defer srv.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
-	req, _ := http.NewRequest("GET", s.BaseURL()+"/x", nil)
-	req.Host = fmt.Sprintf("%d-%s.local", port, s.SandboxID)
-	req.Header.Set("Authorization", "Bearer "+s.APIKey)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := http.DefaultClient.Do(s.PortRequest(context.Background(), "GET", port, "/x", nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,17 +132,8 @@ func TestWrongAgentTokenIsRefused(t *testing.T) {
 	s := Start(t, Options{})
 	// A second agent with a wrong token, outside any sandbox: refused,
 	// logged, retried with back-off rather than in a tight loop.
-	bad := exec.Command(filepath.Join(s.bin, "tl-agent"), "--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID,
-		"--token", strings.Repeat("0", 64), "--control-socket", "", "--provision=false", "--mount=false")
-	out := &syncBuffer{}
-	bad.Stdout, bad.Stderr = out, out
-	bad.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := bad.Start(); err != nil {
-		t.Fatal(err)
-	}
+	out := s.StartExtraAgent(t, []string{"--token", strings.Repeat("0", 64)})
 	time.Sleep(3 * time.Second)
-	_ = bad.Process.Signal(syscall.SIGTERM)
-	_ = bad.Wait()
 	log := out.String()
 	if !strings.Contains(log, "BAD_TOKEN") {
 		t.Fatalf("agent log lacks the refusal:\n%s", log)
@@ -161,20 +150,11 @@ func TestWrongAgentTokenIsRefused(t *testing.T) {
 func TestDuplicateAgentIsRefused(t *testing.T) {
 	RequireRoot(t)
 	s := Start(t, Options{})
-	dup := exec.Command(filepath.Join(s.bin, "tl-agent"), "--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID,
-		"--token", s.Token, "--control-socket", "", "--provision=false", "--mount=false")
-	out := &syncBuffer{}
-	dup.Stdout, dup.Stderr = out, out
-	dup.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := dup.Start(); err != nil {
-		t.Fatal(err)
-	}
+	out := s.StartExtraAgent(t, nil)
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(out.String(), "DUPLICATE_SANDBOX") && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	_ = dup.Process.Signal(syscall.SIGTERM)
-	_ = dup.Wait()
 	if !strings.Contains(out.String(), "DUPLICATE_SANDBOX") {
 		t.Fatalf("duplicate not refused:\n%s", out.String())
 	}
@@ -268,10 +248,7 @@ func TestUplinkCutMidRequest(t *testing.T) {
 	go srv.Serve(ln)
 	defer srv.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
-	req, _ := http.NewRequest("GET", s.BaseURL()+"/stream", nil)
-	req.Host = fmt.Sprintf("%d-%s.local", port, s.SandboxID)
-	req.Header.Set("Authorization", "Bearer "+s.APIKey)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := http.DefaultClient.Do(s.PortRequest(context.Background(), "GET", port, "/stream", nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,10 +384,7 @@ func TestBulkTransferKeepsLink(t *testing.T) {
 	})}
 	go srv.Serve(ln)
 	defer srv.Close()
-	req, _ := http.NewRequest("GET", s.BaseURL()+"/", nil)
-	req.Host = fmt.Sprintf("%d-%s.local", ln.Addr().(*net.TCPAddr).Port, s.SandboxID)
-	req.Header.Set("Authorization", "Bearer "+s.APIKey)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := http.DefaultClient.Do(s.PortRequest(context.Background(), "GET", ln.Addr().(*net.TCPAddr).Port, "/", nil))
 	if err != nil {
 		t.Fatal(err)
 	}

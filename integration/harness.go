@@ -546,3 +546,11 @@ func (s *System) StartExtraAgent(t TB, extra []string) *syncBuffer {
 	})
 	return out
 }
+
+// PortRequest builds a request to a TCP port inside the sandbox through
+// the proxy's <port>-<sandbox>.local route, with auth.
+func (s *System) PortRequest(ctx context.Context, method string, port int, path string, body io.Reader) *http.Request {
+	req := s.Request(ctx, method, path, body)
+	req.Host = fmt.Sprintf("%d-%s.local", port, s.SandboxID)
+	return req
+}

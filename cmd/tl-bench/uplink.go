@@ -282,9 +282,7 @@ func fullPath(e *Env, size int64) []Result {
 		url := fmt.Sprintf("http://%s/?n=%d", ln.Addr(), n)
 		req, _ := http.NewRequest("GET", url, nil)
 		if viaProxy {
-			req, _ = http.NewRequest("GET", fmt.Sprintf("%s/?n=%d", s.BaseURL(), n), nil)
-			req.Host = fmt.Sprintf("%d-%s.local", port, s.SandboxID)
-			req.Header.Set("Authorization", "Bearer "+s.APIKey)
+			req = s.PortRequest(context.Background(), "GET", port, fmt.Sprintf("/?n=%d", n), nil)
 		}
 		start := time.Now()
 		resp, err := http.DefaultClient.Do(req)
