@@ -50,6 +50,7 @@ lint:
 fuzz:
 	$(GO) test ./uplink/ -run '^$$' -fuzz FuzzReadHeader -fuzztime 20s
 	$(GO) test ./uplink/ -run '^$$' -fuzz FuzzReadHello -fuzztime 20s
+	$(GO) test ./uplink/ -run '^$$' -fuzz FuzzReadReply -fuzztime 20s
 	$(GO) test ./pty/ -run '^$$' -fuzz FuzzParseClientFrame -fuzztime 20s
 
 clean:

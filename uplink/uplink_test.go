@@ -210,3 +210,18 @@ func (w *writeLog) Write(p []byte) (int, error) {
 	w.writes = append(w.writes, append([]byte(nil), p...))
 	return len(p), nil
 }
+
+func FuzzReadReply(f *testing.F) {
+	var buf bytes.Buffer
+	_ = WriteReply(&buf, StatusUnreachable, "port 1: refused")
+	f.Add(buf.Bytes())
+	f.Add([]byte{0, 0, 0})
+	f.Add([]byte{2, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		err := ReadReply(bytes.NewReader(data))
+		var re *ReplyError
+		if errors.As(err, &re) && re.Status == StatusOK {
+			t.Fatal("OK status reported as an error")
+		}
+	})
+}
