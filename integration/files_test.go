@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -127,12 +126,7 @@ func TestFiles(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			resp := s.Do(c.method, c.path, c.body)
-			data, _ := io.ReadAll(resp.Body)
-			var e map[string]string
-			if err := json.Unmarshal(data, &e); err != nil || resp.StatusCode != c.status || e["code"] != c.code || e["error"] == "" {
-				t.Fatalf("got %d %s, want %d %s", resp.StatusCode, data, c.status, c.code)
-			}
+			s.WantError(t, c.method, c.path, c.body, c.status, c.code)
 		})
 	}
 	// A name with dots that is not ".." is fine.

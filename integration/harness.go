@@ -554,3 +554,31 @@ func (s *System) PortRequest(ctx context.Context, method string, port int, path 
 	req.Host = fmt.Sprintf("%d-%s.local", port, s.SandboxID)
 	return req
 }
+
+// WantError sends a request and checks the spec's error answer: status,
+// and a JSON body {"error": non-empty, "code": code}. It reports to t, so
+// table tests can call it from subtests.
+func (s *System) WantError(t TB, method, path string, body any, status int, code string) {
+	t.Helper()
+	var r io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		r = strings.NewReader(b)
+	default:
+		data, _ := json.Marshal(b)
+		r = bytes.NewReader(data)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	resp, err := http.DefaultClient.Do(s.Request(ctx, method, path, r))
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var e map[string]string
+	if err := json.Unmarshal(data, &e); err != nil || resp.StatusCode != status || e["code"] != code || e["error"] == "" {
+		t.Fatalf("%s %s: got %d %s, want %d %s", method, path, resp.StatusCode, data, status, code)
+	}
+}

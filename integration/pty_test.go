@@ -528,11 +528,7 @@ func TestPTYErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			var e map[string]string
-			s.JSON(c.method, c.path, c.body, c.status, &e)
-			if e["code"] != c.code || e["error"] == "" {
-				t.Fatalf("body %v, want code %s", e, c.code)
-			}
+			s.WantError(t, c.method, c.path, c.body, c.status, c.code)
 		})
 	}
 	// The WebSocket handshake itself refuses a wrong token with 403.
