@@ -81,6 +81,7 @@ const (
 	codeTooMany        = "TOO_MANY_PROCESSES"
 	codeShuttingDown   = "SHUTTING_DOWN"
 	codeStdinTooLarge  = "STDIN_TOO_LARGE"
+	codeStdinSlow      = "STDIN_TIMEOUT"
 	codeInvalidRestart = "INVALID_RESTART"
 	codeRestarting     = "RESTART_IN_PROGRESS"
 )

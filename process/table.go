@@ -161,9 +161,13 @@ type Process struct {
 	oomBefore int64
 	holds     atomic.Int32 // the table and the supervisor; output is released at 0
 
-	stdinMu   sync.Mutex
-	stdin     *os.File // guarded by stdinMu; nil when not a pipe or closed
-	stdinPipe *os.File // the same pipe, never reset: its deadline unblocks a writer
+	// stdinMu is held only to read or reset stdin, never across I/O;
+	// stdinWrite serializes the writes of stdin requests.
+	stdinMu    sync.Mutex
+	stdin      *os.File // guarded by stdinMu; nil when not a pipe or closed
+	stdinOpen  atomic.Bool
+	stdinWrite sync.Mutex
+	stdinPipe  *os.File // the same pipe, never reset: its deadline unblocks a writer
 
 	mu      sync.Mutex
 	ended   bool // guarded by mu; the fields below are final once set
@@ -311,6 +315,7 @@ func (t *Table) spawn(s *spec, handle int, m *managed) (*Process, error) {
 		out:       newOutputLog(t.cfg.MaxLines, t.cfg.MaxBytes, t.budget),
 		oomBefore: oomBefore, stdin: sio.stdin, stdinPipe: sio.stdin, done: make(chan struct{}),
 	}
+	p.stdinOpen.Store(sio.stdin != nil)
 	var capWG sync.WaitGroup
 	for i, r := range sio.reads {
 		capWG.Add(1)
@@ -370,14 +375,23 @@ func (t *Table) watch(p *Process, reads []*os.File, capWG *sync.WaitGroup) {
 	t.prune()
 }
 
-// closeStdin closes the stdin pipe if open.
+// closeStdin closes the stdin pipe if open. A write under way fails with
+// os.ErrClosed (the file's poller wakes it).
 func (p *Process) closeStdin() {
 	p.stdinMu.Lock()
 	defer p.stdinMu.Unlock()
 	if p.stdin != nil {
 		p.stdin.Close()
 		p.stdin = nil
+		p.stdinOpen.Store(false)
 	}
+}
+
+// stdinFile is the open stdin pipe, or nil.
+func (p *Process) stdinFile() *os.File {
+	p.stdinMu.Lock()
+	defer p.stdinMu.Unlock()
+	return p.stdin
 }
 
 // running reports whether the leader has not been reaped yet.
