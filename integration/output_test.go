@@ -64,3 +64,23 @@ func TestStalledStdinUploadBlocksNobody(t *testing.T) {
 	resp.Body.Close()
 	waitStatus(t, s, pid, "signaled")
 }
+
+// TestHealthCheckPathRefused: a health_check.path that does not start with
+// '/' is refused (with "@example.com/" the probe's URL named another host).
+func TestHealthCheckPathRefused(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	for _, path := range []string{"@example.com/", "healthz", "/a b"} {
+		s.WantError(t, "POST", "/api/v1/processes", map[string]any{
+			"command": "sleep", "args": []string{"30"}, "name": "svc",
+			"health_check": map[string]any{"type": "http", "port": 8080, "path": path},
+		}, 400, "INVALID_HEALTH_CHECK")
+	}
+	var list struct {
+		Processes []procInfo `json:"processes"`
+	}
+	s.JSON("GET", "/api/v1/processes", nil, 200, &list)
+	if len(list.Processes) != 0 {
+		t.Fatalf("refused requests started %v", list.Processes)
+	}
+}
