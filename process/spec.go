@@ -83,6 +83,8 @@ const (
 	codeStdinTooLarge  = "STDIN_TOO_LARGE"
 	codeStdinSlow      = "STDIN_TIMEOUT"
 	codeBadHealthPath  = "INVALID_HEALTH_CHECK"
+	codeClientTooSlow  = "CLIENT_TOO_SLOW"
+	codeTooManyFollow  = "TOO_MANY_FOLLOWERS"
 	codeInvalidRestart = "INVALID_RESTART"
 	codeRestarting     = "RESTART_IN_PROGRESS"
 )
