@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +17,10 @@ import (
 // sseFinalGrace is how long, after a run client was found stalled, the
 // events already queued and the final event may still wait for it.
 const sseFinalGrace = 5 * time.Second
+
+// sseStallConfirm is how long a run client's writes must still be blocked
+// after the stall timeout fired before it counts as stalled.
+const sseStallConfirm = time.Second
 
 // One wake-up sends at most this many lines, about this many bytes,
 // before flushing.
@@ -91,7 +96,8 @@ func (s *sse) flushNow() error {
 
 // send runs queue (which queues events; the buffer may write some) and
 // flushes, all under the stall guard. With onStall it returns errStalled
-// once the watchdog fired, whether or not the writes went through later.
+// once the watchdog found the client stalled, whether or not the writes
+// went through later.
 func (s *sse) send(queue func() error) error {
 	if s.onStall == nil {
 		_ = s.rc.SetWriteDeadline(time.Now().Add(s.stall))
@@ -100,9 +106,22 @@ func (s *sse) send(queue func() error) error {
 		}
 		return s.flushNow()
 	}
+	var mu sync.Mutex
+	finished, stalled := false, false
 	fired := make(chan struct{})
 	timer := time.AfterFunc(s.stall, func() {
 		defer close(fired)
+		// A frozen sandbox (cgroup freeze, VM pause) runs overdue timers at
+		// thaw, though the client was reading: the writes still blocked a
+		// moment later say the client really stalled.
+		time.Sleep(sseStallConfirm)
+		mu.Lock()
+		if finished {
+			mu.Unlock()
+			return
+		}
+		stalled = true
+		mu.Unlock()
 		s.onStall()
 		_ = s.rc.SetWriteDeadline(time.Now().Add(sseFinalGrace))
 	})
@@ -110,7 +129,12 @@ func (s *sse) send(queue func() error) error {
 	if err == nil {
 		err = s.flushNow()
 	}
-	if !timer.Stop() {
+	mu.Lock()
+	finished = true
+	st := stalled
+	mu.Unlock()
+	timer.Stop()
+	if st {
 		<-fired
 		return errStalled
 	}
