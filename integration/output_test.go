@@ -470,3 +470,37 @@ func TestFollowerCaps(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestFollowerDefaultCapAndMemory: with the defaults, 32 follow streams
+// may be open on one process and the 33rd is refused; the agent's memory
+// per open follower is measured (logged).
+func TestFollowerDefaultCapAndMemory(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	ensureUser(t, s)
+	var p procInfo
+	s.JSON("POST", "/api/v1/processes", map[string]any{"command": "sh", "args": []string{"-c", "echo ready; sleep 60"}}, 201, &p)
+	pid := fmt.Sprint(p.Pid)
+	agent := s.AgentPid()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	before := vmKB(t, agent, "VmRSS")
+	for i := 0; i < 32; i++ {
+		resp := follow(t, s, ctx, pid, "output")
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("follower %d: status %d", i+1, resp.StatusCode)
+		}
+		got := false
+		_ = eachEvent(resp.Body, func(name, data string) bool {
+			got = strings.Contains(data, "ready")
+			return !got
+		})
+		if !got {
+			t.Fatalf("follower %d: no replay", i+1)
+		}
+	}
+	after := vmKB(t, agent, "VmRSS")
+	s.WantError(t, "GET", "/api/v1/processes/"+pid+"/output/follow", nil, 429, "TOO_MANY_FOLLOWERS")
+	t.Logf("32 open followers: agent RSS %d KiB before, %d KiB after (%d KiB each)", before, after, (after-before)/32)
+}
