@@ -3,6 +3,7 @@ package process
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -88,4 +89,78 @@ func TestExitNotHeldByChattyChild(t *testing.T) {
 		waitDone(t, p)
 		killTree(p.pid, p.handle)
 	}
+}
+
+// TestFollowerSkipCounts: a follower is told how many of its own lines it
+// missed: on /stdout only stdout's, on /output both, including lines
+// dropped after the last one it got.
+func TestFollowerSkipCounts(t *testing.T) {
+	p := &Process{out: newOutputLog(4, 1<<20, nil)}
+	for i := 0; i < 6; i++ {
+		p.out.append(Stdout, "o"+strconv.Itoa(i), time.Now())
+		p.out.append(Stderr, "e"+strconv.Itoa(i), time.Now())
+	}
+	p.out.append(Stderr, "e6", time.Now())
+	p.out.append(Stderr, "e7", time.Now())
+	p.out.close()
+	// The ring holds the last 4 lines: o5 e5 e6 e7.
+	for _, tc := range []struct{ filter, want string }{
+		{Stdout, "skip5 o5"},
+		{Stderr, "skip5 e5 e6 e7"},
+		{"", "skip10 o5 e5 e6 e7"},
+	} {
+		rec := httptest.NewRecorder()
+		s := newSSE(rec, time.Second)
+		if err := p.stream(context.Background(), s, &follower{filter: tc.filter, name: "output"}); err != nil {
+			t.Fatal(err)
+		}
+		if got := eventsOf(rec.Body.String()); got != tc.want {
+			t.Errorf("filter %q: %q, want %q", tc.filter, got, tc.want)
+		}
+	}
+	// Lines dropped after the last one a stdout follower saw: told at eof.
+	q := &Process{out: newOutputLog(2, 1<<20, nil)}
+	q.out.append(Stdout, "o0", time.Now())
+	q.out.append(Stderr, "e0", time.Now())
+	rec := httptest.NewRecorder()
+	s := newSSE(rec, time.Second)
+	f := &follower{filter: Stdout, name: "output"}
+	b := q.out.read(0, 10, 1<<20, false)
+	if err := f.queue(s, b); err != nil {
+		t.Fatal(err)
+	}
+	q.out.append(Stdout, "o1", time.Now())
+	q.out.append(Stderr, "e1", time.Now())
+	q.out.append(Stderr, "e2", time.Now())
+	q.out.close()
+	if err := f.queue(s, q.out.read(b.next, 10, 1<<20, false)); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.flushNow()
+	if got := eventsOf(rec.Body.String()); got != "o0 skip1" {
+		t.Errorf("dropped after the last line: %q", got)
+	}
+}
+
+// eventsOf renders an SSE body as "line" and "skipN" words.
+func eventsOf(body string) string {
+	var out []string
+	for _, line := range strings.Split(body, "\n") {
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			continue
+		}
+		var ev struct {
+			Line    *string `json:"line"`
+			Skipped uint64  `json:"skipped_lines"`
+		}
+		_ = json.Unmarshal([]byte(data), &ev)
+		switch {
+		case ev.Line != nil:
+			out = append(out, *ev.Line)
+		case ev.Skipped > 0:
+			out = append(out, "skip"+strconv.FormatUint(ev.Skipped, 10))
+		}
+	}
+	return strings.Join(out, " ")
 }
