@@ -411,7 +411,10 @@ func TestRunStalledClientDropped(t *testing.T) {
 		Pid int `json:"pid"`
 	}
 	_ = json.Unmarshal([]byte(strings.TrimPrefix(first, "data: ")), &started)
-	time.Sleep(4 * time.Second) // stall (2 s), then well within the 5 s final grace
+	// The writes block once the transport is full (well under a second),
+	// the stall is found 2 s + 1 s later; reading again at 6 s is within
+	// the 5 s final grace after that.
+	time.Sleep(6 * time.Second)
 	c := &lineChecker{t: t, want: func(i int) string { return strconv.Itoa(i + 1) }, allowCut: true}
 	var last map[string]any
 	err = eachEvent(br, func(name, data string) bool {
