@@ -14,7 +14,7 @@ import (
 )
 
 // sdkSteps are the steps of testdata/sdk_smoke.mjs this build must pass.
-var sdkSteps = []string{"health", "info", "run", "run_timeout", "files", "processes", "process_io", "supervised", "tunnel", "pty"}
+var sdkSteps = []string{"health", "info", "run", "run_many", "follow_skipped", "run_timeout", "files", "processes", "process_io", "supervised", "tunnel", "pty"}
 
 // TestOfficialSDK drives the sandbox with the official TypeScript SDK (npm
 // tensorlake on Node 22), pointed at tl-proxy with proxyUrl, exactly as a

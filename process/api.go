@@ -63,9 +63,7 @@ func (p *Process) info() Info {
 		Handle: p.handle, Pid: p.pid, Status: "running", Command: p.spec.command,
 		Args: p.spec.args, StartedAt: ms(p.startedAt),
 	}
-	p.stdinMu.Lock()
-	in.StdinWritable = p.stdin != nil
-	p.stdinMu.Unlock()
+	in.StdinWritable = p.stdinOpen.Load()
 	p.mu.Lock()
 	if p.ended {
 		e := p.exitInfo()
@@ -287,6 +285,10 @@ func (t *Table) handleSignal(w http.ResponseWriter, r *http.Request) {
 	httpx.WriteJSON(w, http.StatusOK, map[string]bool{"success": true})
 }
 
+// handleStdin reads the whole (bounded) body before touching the process,
+// so a client that sends slowly holds nothing but its own request: the
+// listing, the exit path and other clients never wait for its bytes. Only
+// the write itself is serialized per process, bounded by StdinTimeout.
 func (t *Table) handleStdin(w http.ResponseWriter, r *http.Request) {
 	p, _, err := t.lookup(r.PathValue("id"))
 	if err != nil {
@@ -297,22 +299,23 @@ func (t *Table) handleStdin(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, badRequest(codeStdin, "process %d was not started with stdin_mode pipe", p.pid))
 		return
 	}
-	body := http.MaxBytesReader(w, r.Body, t.cfg.MaxStdinBytes)
-	p.stdinMu.Lock()
-	defer p.stdinMu.Unlock()
-	if p.stdin == nil {
+	data, err := t.readStdinBody(w, r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	p.stdinWrite.Lock()
+	defer p.stdinWrite.Unlock()
+	f := p.stdinFile()
+	if f == nil {
 		writeErr(w, badRequest(codeStdin, "stdin of process %d is closed", p.pid))
 		return
 	}
-	_ = p.stdin.SetWriteDeadline(time.Now().Add(t.cfg.StdinTimeout))
-	buf := make([]byte, 32<<10)
-	_, err = io.CopyBuffer(writerOnly{p.stdin}, body, buf)
-	var mbe *http.MaxBytesError
+	_ = f.SetWriteDeadline(time.Now().Add(t.cfg.StdinTimeout))
+	_, err = writerOnly{f}.Write(data)
 	switch {
 	case err == nil:
 		w.WriteHeader(http.StatusNoContent)
-	case errors.As(err, &mbe):
-		httpx.WriteError(w, http.StatusRequestEntityTooLarge, codeStdinTooLarge, "stdin request over "+itoa(int(t.cfg.MaxStdinBytes))+" bytes; split it")
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		httpx.WriteError(w, http.StatusServiceUnavailable, codeStdinBlocked, "the process is not reading its stdin")
 	case errors.Is(err, syscall.EPIPE), errors.Is(err, os.ErrClosed):
@@ -320,6 +323,27 @@ func (t *Table) handleStdin(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeErr(w, badRequest(codeInvalid, "stdin: %v", err))
 	}
+}
+
+// readStdinBody reads a stdin request's body: at most MaxStdinBytes, all
+// of it within StdinTimeout (a client that stalls mid-body is answered 408
+// and holds only its own bytes read so far). On failure the deadline
+// stays: the server's discard of the unread rest must not wait forever.
+func (t *Table) readStdinBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(t.cfg.StdinTimeout))
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, t.cfg.MaxStdinBytes))
+	var mbe *http.MaxBytesError
+	switch {
+	case err == nil:
+		_ = rc.SetReadDeadline(time.Time{})
+		return data, nil
+	case errors.As(err, &mbe):
+		return nil, &apiError{http.StatusRequestEntityTooLarge, codeStdinTooLarge, "stdin request over " + itoa(int(t.cfg.MaxStdinBytes)) + " bytes; split it"}
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return nil, &apiError{http.StatusRequestTimeout, codeStdinSlow, "the stdin body did not arrive within " + t.cfg.StdinTimeout.String()}
+	}
+	return nil, badRequest(codeInvalid, "stdin body: %v", err)
 }
 
 type writerOnly struct{ io.Writer }

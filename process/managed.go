@@ -85,6 +85,9 @@ func normalizeHealth(h *HealthCheck) (*HealthCheck, error) {
 		if out.Path == "" {
 			out.Path = "/"
 		}
+		if err := validHealthPath(out.Path); err != nil {
+			return nil, err
+		}
 	case "tcp":
 	default:
 		return nil, badRequest(codeInvalid, "health_check.type must be http or tcp, not %q", h.Type)

@@ -3,6 +3,7 @@ package process
 import (
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -42,30 +43,75 @@ func TestOutputLogFilterAndCursor(t *testing.T) {
 	if got := texts(first(l.snapshot(Stderr))); got != "e1" {
 		t.Fatalf("stderr %q", got)
 	}
-	lines, next, wake, eof := l.since(0, 2)
-	if texts(lines) != "o1 e1" || next != 2 || eof {
-		t.Fatalf("since(0,2) = %q %d %v", texts(lines), next, eof)
+	b := l.read(0, 2, 1<<20, false)
+	if texts(b.lines) != "o1 e1" || b.next != 2 || b.eof || !b.full {
+		t.Fatalf("read(0,2) = %q %d %v", texts(b.lines), b.next, b.eof)
 	}
-	// A follower that fell behind the ring skips what was dropped.
+	// A follower that fell behind the ring gets the oldest kept line; the
+	// numbers show the gap (Seq for both streams, N within stdout).
 	for i := 0; i < 5; i++ {
 		l.append(Stdout, "x", time.Now())
 	}
 	select {
-	case <-wake:
+	case <-b.wake:
 	default:
 		t.Fatal("append did not wake the follower")
 	}
-	lines, next, _, _ = l.since(next, 100)
-	if len(lines) != 4 || lines[0].Seq != 4 || next != 8 {
-		t.Fatalf("after falling behind: %d lines from seq %d, next %d", len(lines), lines[0].Seq, next)
+	b = l.read(b.next, 100, 1<<20, false)
+	if len(b.lines) != 4 || b.lines[0].Seq != 4 || b.lines[0].N != 3 || b.next != 8 {
+		t.Fatalf("after falling behind: %d lines from seq %d (n %d), next %d", len(b.lines), b.lines[0].Seq, b.lines[0].N, b.next)
 	}
 	l.close()
-	if _, _, _, eof := l.since(next, 100); !eof {
-		t.Fatal("closed and read: want eof")
+	if b := l.read(b.next, 100, 1<<20, false); !b.eof || b.ends != [2]uint64{7, 1} {
+		t.Fatalf("closed and read: %+v", b)
 	}
 	l.append(Stdout, "late", time.Now())
-	if _, n, _, _ := l.since(0, 100); n != 8 {
+	if b := l.read(0, 100, 1<<20, false); b.next != 8 {
 		t.Fatal("append after close was kept")
+	}
+	// The byte bound cuts a batch, but never below one line.
+	if b := l.read(0, 100, 1, false); len(b.lines) != 1 || !b.full {
+		t.Fatalf("byte-bound read: %d lines", len(b.lines))
+	}
+}
+
+// TestOutputLogPinned: while pinned, a line the owner has not read is
+// never dropped: the append waits until the owner reads (or unpins).
+func TestOutputLogPinned(t *testing.T) {
+	l := newOutputLog(2, 1<<20, nil)
+	l.pin()
+	l.append(Stdout, "1", time.Now())
+	l.append(Stdout, "2", time.Now())
+	appended := make(chan struct{})
+	go func() { l.append(Stdout, "3", time.Now()); close(appended) }()
+	select {
+	case <-appended:
+		t.Fatal("append dropped a line the owner had not read")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if b := l.read(0, 1, 1<<20, false); len(b.lines) != 1 {
+		t.Fatal("a follower's read")
+	}
+	select {
+	case <-appended:
+		t.Fatal("a follower's read released the owner's hold")
+	case <-time.After(50 * time.Millisecond):
+	}
+	b := l.read(0, 1, 1<<20, true)
+	<-appended
+	b = l.read(b.next, 10, 1<<20, true)
+	if texts(b.lines) != "2 3" {
+		t.Fatalf("owner read %q", texts(b.lines))
+	}
+	for i := 0; i < 2; i++ {
+		l.append(Stdout, "more", time.Now())
+	}
+	done := make(chan struct{})
+	go func() { l.append(Stdout, "last", time.Now()); close(done) }()
+	l.unpin()
+	<-done
+	if _, dropped := l.snapshot(""); dropped != 4 {
+		t.Fatalf("dropped %d", dropped)
 	}
 }
 
@@ -76,13 +122,14 @@ func TestCaptureSplitsLongLines(t *testing.T) {
 	}
 	l := newOutputLog(100, 1<<20, nil)
 	done := make(chan struct{})
-	go func() { capture(r, l, Stdout, 16); close(done) }()
+	var got atomic.Int64
+	go func() { capture(r, l, Stdout, 16, &got); close(done) }()
 	_, _ = w.WriteString("short\r\n" + strings.Repeat("y", 20) + "\nlast-without-newline")
 	w.Close()
 	<-done
 	lines, _ := l.snapshot("")
-	if got := texts(lines); got != "short yyyyyyyyyyyyyyyy yyyy last-without-new line" {
-		t.Fatalf("captured %q", got)
+	if text := texts(lines); text != "short yyyyyyyyyyyyyyyy yyyy last-without-new line" || got.Load() != 48 {
+		t.Fatalf("captured %q, %d bytes", text, got.Load())
 	}
 }
 

@@ -81,6 +81,10 @@ const (
 	codeTooMany        = "TOO_MANY_PROCESSES"
 	codeShuttingDown   = "SHUTTING_DOWN"
 	codeStdinTooLarge  = "STDIN_TOO_LARGE"
+	codeStdinSlow      = "STDIN_TIMEOUT"
+	codeBadHealthPath  = "INVALID_HEALTH_CHECK"
+	codeClientTooSlow  = "CLIENT_TOO_SLOW"
+	codeTooManyFollow  = "TOO_MANY_FOLLOWERS"
 	codeInvalidRestart = "INVALID_RESTART"
 	codeRestarting     = "RESTART_IN_PROGRESS"
 )
@@ -261,4 +265,23 @@ func canEnter(dir string, u *identity.User) bool {
 			return true
 		}
 	}
+}
+
+// maxHealthPath bounds health_check.path.
+const maxHealthPath = 2048
+
+// validHealthPath accepts an origin-form request target: it starts with
+// '/', so the probe's URL "http://127.0.0.1:<port>" + path always names
+// that host ("@example.com/" would make 127.0.0.1:<port> the user info
+// and send the probe elsewhere), and holds no spaces or control bytes.
+func validHealthPath(path string) error {
+	if !strings.HasPrefix(path, "/") || len(path) > maxHealthPath {
+		return badRequest(codeBadHealthPath, "health_check.path must start with / and be at most %d bytes, not %q", maxHealthPath, path)
+	}
+	for i := 0; i < len(path); i++ {
+		if path[i] <= ' ' || path[i] == 0x7f {
+			return badRequest(codeBadHealthPath, "health_check.path must not hold spaces or control characters: %q", path)
+		}
+	}
+	return nil
 }

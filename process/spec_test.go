@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -94,5 +95,20 @@ func TestUserSpecForms(t *testing.T) {
 	}
 	if json.Unmarshal([]byte(`[1]`), &u) == nil {
 		t.Fatal("array accepted")
+	}
+}
+
+// TestHealthPath: a path that would change the probe's host (user info,
+// another authority) or break its request line is refused.
+func TestHealthPath(t *testing.T) {
+	for _, bad := range []string{"@example.com/", "example.com/", "healthz", "/a b", "/a\r\nHost: x", "/\x7f", "/" + strings.Repeat("a", 2048)} {
+		if _, err := normalizeHealth(&HealthCheck{Type: "http", Port: 80, Path: bad}); codeOf(err) != codeBadHealthPath {
+			t.Errorf("path %q: %v", bad, err)
+		}
+	}
+	for _, good := range []string{"/", "/healthz", "/a?b=c&d=%20", "//double"} {
+		if _, err := normalizeHealth(&HealthCheck{Type: "http", Port: 80, Path: good}); err != nil {
+			t.Errorf("path %q: %v", good, err)
+		}
 	}
 }

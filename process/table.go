@@ -30,37 +30,43 @@ import (
 
 // Config bounds the table. Zero fields take the defaults of DefaultConfig.
 type Config struct {
-	User          string        // who runs a process whose request names no user (tl-user)
-	MaxLines      int           // output lines kept per process, stdout and stderr together
-	MaxBytes      int           // output bytes kept per process
-	MaxLineBytes  int           // longer lines are split at this many bytes
-	KeepExited    time.Duration // how long an exited process stays queryable
-	MaxExited     int           // how many exited processes are kept at most
-	ExitedBytes   int           // output bytes kept by exited processes together
-	TotalBytes    int           // output bytes kept by all processes together (see budget)
-	MaxLive       int           // running API processes at most (429 past it)
-	ExitGrace     time.Duration // output still read after the leader exits (pipes held by children)
-	StdinTimeout  time.Duration // a stdin write blocked this long fails (503)
-	MaxStdinBytes int64         // one stdin request's body at most
-	StopGrace     time.Duration // SIGTERM to SIGKILL at Close
+	User                   string        // who runs a process whose request names no user (tl-user)
+	MaxLines               int           // output lines kept per process, stdout and stderr together
+	MaxBytes               int           // output bytes kept per process
+	MaxLineBytes           int           // longer lines are split at this many bytes
+	KeepExited             time.Duration // how long an exited process stays queryable
+	MaxExited              int           // how many exited processes are kept at most
+	ExitedBytes            int           // output bytes kept by exited processes together
+	TotalBytes             int           // output bytes kept by all processes together (see budget)
+	MaxLive                int           // running API processes at most (429 past it)
+	ExitGrace              time.Duration // output still read after the leader exits (pipes held by children)
+	StdinTimeout           time.Duration // a stdin write blocked this long fails (503)
+	MaxStdinBytes          int64         // one stdin request's body at most
+	StopGrace              time.Duration // SIGTERM to SIGKILL at Close
+	StallTimeout           time.Duration // a follow or run client that takes no events this long is dropped
+	MaxFollowers           int           // follow streams open at once, all processes together (429 past it)
+	MaxFollowersPerProcess int           // follow streams open at once on one process (429 past it)
 }
 
 // DefaultConfig returns the documented defaults (docs/processes.md).
 func DefaultConfig() Config {
 	return Config{
-		User:          identity.DefaultUser,
-		MaxLines:      10000,
-		MaxBytes:      4 << 20,
-		MaxLineBytes:  64 << 10,
-		KeepExited:    10 * time.Minute,
-		MaxExited:     256,
-		ExitedBytes:   64 << 20,
-		TotalBytes:    256 << 20,
-		MaxLive:       4096,
-		ExitGrace:     time.Second,
-		StdinTimeout:  30 * time.Second,
-		MaxStdinBytes: 1 << 20,
-		StopGrace:     5 * time.Second,
+		User:                   identity.DefaultUser,
+		MaxLines:               10000,
+		MaxBytes:               4 << 20,
+		MaxLineBytes:           64 << 10,
+		KeepExited:             10 * time.Minute,
+		MaxExited:              256,
+		ExitedBytes:            64 << 20,
+		TotalBytes:             256 << 20,
+		MaxLive:                4096,
+		ExitGrace:              time.Second,
+		StdinTimeout:           30 * time.Second,
+		MaxStdinBytes:          1 << 20,
+		StopGrace:              5 * time.Second,
+		StallTimeout:           30 * time.Second,
+		MaxFollowers:           256,
+		MaxFollowersPerProcess: 32,
 	}
 }
 
@@ -105,6 +111,15 @@ func (c Config) withDefaults() Config {
 	if c.StopGrace <= 0 {
 		c.StopGrace = d.StopGrace
 	}
+	if c.StallTimeout <= 0 {
+		c.StallTimeout = d.StallTimeout
+	}
+	if c.MaxFollowers <= 0 {
+		c.MaxFollowers = d.MaxFollowers
+	}
+	if c.MaxFollowersPerProcess <= 0 {
+		c.MaxFollowersPerProcess = d.MaxFollowersPerProcess
+	}
 	return c
 }
 
@@ -122,6 +137,7 @@ type Table struct {
 	nextHandle  int                 // guarded by mu
 	nextManaged int                 // guarded by mu; ids of unnamed supervisors
 	live        int                 // guarded by mu
+	followers   int                 // guarded by mu; open follow streams
 	closing     bool                // guarded by mu
 
 	wg   sync.WaitGroup // watchers, health loops, janitor
@@ -160,10 +176,15 @@ type Process struct {
 	managed   *managed // nil unless supervised
 	oomBefore int64
 	holds     atomic.Int32 // the table and the supervisor; output is released at 0
+	followers int          // guarded by t.mu; open follow streams
 
-	stdinMu   sync.Mutex
-	stdin     *os.File // guarded by stdinMu; nil when not a pipe or closed
-	stdinPipe *os.File // the same pipe, never reset: its deadline unblocks a writer
+	// stdinMu is held only to read or reset stdin, never across I/O;
+	// stdinWrite serializes the writes of stdin requests.
+	stdinMu    sync.Mutex
+	stdin      *os.File // guarded by stdinMu; nil when not a pipe or closed
+	stdinOpen  atomic.Bool
+	stdinWrite sync.Mutex
+	stdinPipe  *os.File // the same pipe, never reset: its deadline unblocks a writer
 
 	mu      sync.Mutex
 	ended   bool // guarded by mu; the fields below are final once set
@@ -174,7 +195,13 @@ type Process struct {
 }
 
 // start starts one instance of s. m is the supervisor it belongs to, if any.
-func (t *Table) start(s *spec, m *managed) (*Process, error) {
+func (t *Table) start(s *spec, m *managed) (*Process, error) { return t.startWith(s, m, false) }
+
+// startOwned starts s for a run client, which owns its output: the log is
+// pinned before the first line (see outputLog).
+func (t *Table) startOwned(s *spec) (*Process, error) { return t.startWith(s, nil, true) }
+
+func (t *Table) startWith(s *spec, m *managed, owned bool) (*Process, error) {
 	t.mu.Lock()
 	if t.closing {
 		t.mu.Unlock()
@@ -189,7 +216,7 @@ func (t *Table) start(s *spec, m *managed) (*Process, error) {
 	t.live++ // reserved; released if the start fails
 	t.mu.Unlock()
 
-	p, err := t.spawn(s, handle, m)
+	p, err := t.spawn(s, handle, m, owned)
 	if err != nil {
 		t.mu.Lock()
 		t.live--
@@ -268,7 +295,7 @@ func openStdio(s *spec) (*stdio, error) {
 // spawn starts the process and its output and exit watchers. m is set on
 // the Process before the watcher runs: a command that exits at once must
 // still reach its supervisor.
-func (t *Table) spawn(s *spec, handle int, m *managed) (*Process, error) {
+func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, error) {
 	sio, err := openStdio(s)
 	if err != nil {
 		return nil, &apiError{500, codeStartFailed, "pipes: " + err.Error()}
@@ -311,26 +338,32 @@ func (t *Table) spawn(s *spec, handle int, m *managed) (*Process, error) {
 		out:       newOutputLog(t.cfg.MaxLines, t.cfg.MaxBytes, t.budget),
 		oomBefore: oomBefore, stdin: sio.stdin, stdinPipe: sio.stdin, done: make(chan struct{}),
 	}
+	p.stdinOpen.Store(sio.stdin != nil)
+	if owned {
+		p.out.pin()
+	}
 	var capWG sync.WaitGroup
+	got := make([]*atomic.Int64, len(sio.reads))
 	for i, r := range sio.reads {
+		got[i] = new(atomic.Int64)
 		capWG.Add(1)
-		go func(r *os.File, stream string) {
+		go func(r *os.File, stream string, got *atomic.Int64) {
 			defer capWG.Done()
-			capture(r, p.out, stream, t.cfg.MaxLineBytes)
-		}(r, sio.stream[i])
+			capture(r, p.out, stream, t.cfg.MaxLineBytes, got)
+		}(r, sio.stream[i], got[i])
 	}
 	t.wg.Add(1)
 	go func() {
 		defer t.wg.Done()
-		t.watch(p, sio.reads, &capWG)
+		t.watch(p, sio.reads, got, &capWG)
 	}()
 	return p, nil
 }
 
-// watch waits for the leader's exit, drains output (for at most ExitGrace
-// when descendants still hold the pipes), records the exit and tells the
-// supervisor, if any.
-func (t *Table) watch(p *Process, reads []*os.File, capWG *sync.WaitGroup) {
+// watch waits for the leader's exit, drains output (see drainAfterExit:
+// descendants holding the pipes get ExitGrace), records the exit and tells
+// the supervisor, if any.
+func (t *Table) watch(p *Process, reads []*os.File, got []*atomic.Int64, capWG *sync.WaitGroup) {
 	e := p.proc.Wait()
 	oom := false
 	if e.Signal == syscall.SIGKILL && p.oomBefore >= 0 {
@@ -338,14 +371,7 @@ func (t *Table) watch(p *Process, reads []*os.File, capWG *sync.WaitGroup) {
 	}
 	drained := make(chan struct{})
 	go func() { capWG.Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-time.After(t.cfg.ExitGrace):
-		for _, r := range reads {
-			_ = r.SetReadDeadline(time.Now())
-		}
-		<-drained
-	}
+	drainAfterExit(reads, got, drained, t.cfg.ExitGrace)
 	for _, r := range reads {
 		r.Close()
 	}
@@ -370,14 +396,23 @@ func (t *Table) watch(p *Process, reads []*os.File, capWG *sync.WaitGroup) {
 	t.prune()
 }
 
-// closeStdin closes the stdin pipe if open.
+// closeStdin closes the stdin pipe if open. A write under way fails with
+// os.ErrClosed (the file's poller wakes it).
 func (p *Process) closeStdin() {
 	p.stdinMu.Lock()
 	defer p.stdinMu.Unlock()
 	if p.stdin != nil {
 		p.stdin.Close()
 		p.stdin = nil
+		p.stdinOpen.Store(false)
 	}
+}
+
+// stdinFile is the open stdin pipe, or nil.
+func (p *Process) stdinFile() *os.File {
+	p.stdinMu.Lock()
+	defer p.stdinMu.Unlock()
+	return p.stdin
 }
 
 // running reports whether the leader has not been reaped yet.
@@ -564,4 +599,27 @@ func (t *Table) Close() {
 	case <-time.After(t.cfg.StopGrace):
 		t.log.Warn().Msg("process watchers still running at close")
 	}
+}
+
+// addFollower counts a follow stream of p against the caps (429
+// TOO_MANY_FOLLOWERS past either); removeFollower gives it back.
+func (t *Table) addFollower(p *Process) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.followers >= t.cfg.MaxFollowers:
+		return &apiError{429, codeTooManyFollow, fmt.Sprintf("%d follow streams are open, the limit", t.cfg.MaxFollowers)}
+	case p.followers >= t.cfg.MaxFollowersPerProcess:
+		return &apiError{429, codeTooManyFollow, fmt.Sprintf("%d follow streams are open on process %d, the limit per process", t.cfg.MaxFollowersPerProcess, p.pid)}
+	}
+	t.followers++
+	p.followers++
+	return nil
+}
+
+func (t *Table) removeFollower(p *Process) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.followers--
+	p.followers--
 }

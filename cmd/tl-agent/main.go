@@ -115,5 +115,8 @@ func bindFlags(fs *cli.FlagSet, c *agent.Config) {
 	fs.Duration(&c.Processes.KeepExited, "proc-keep-exited", d.Processes.KeepExited, "how long an exited process stays queryable")
 	fs.Int(&c.Processes.MaxExited, "proc-max-exited", d.Processes.MaxExited, "exited processes kept at most")
 	fs.Int(&c.Processes.MaxLive, "proc-max-live", d.Processes.MaxLive, "running API processes at most")
+	fs.Duration(&c.Processes.StallTimeout, "proc-stall-timeout", d.Processes.StallTimeout, "drop a run or follow client that takes no output events for this long (a run's tree is killed)")
+	fs.Int(&c.Processes.MaxFollowers, "proc-max-followers", d.Processes.MaxFollowers, "output follow streams open at once, all processes together")
+	fs.Int(&c.Processes.MaxFollowersPerProcess, "proc-max-followers-per-process", d.Processes.MaxFollowersPerProcess, "output follow streams open at once on one process")
 	fs.Bool(&c.ExitWithMain, "exit-with-main", d.ExitWithMain, "end the sandbox when the main command (after --) exits, with its exit code")
 }

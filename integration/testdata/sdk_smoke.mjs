@@ -43,6 +43,29 @@ const steps = {
     const list = await sb.listProcesses();
     assert.ok(list.some((x) => x.pid === p.pid));
   },
+  async run_many() {
+    // Every line of a fast writer arrives: the agent reads the pipe at
+    // the client's pace (the SDK's run() once returned about half).
+    const r = await sb.run("seq", { args: ["1", "100000"] });
+    assert.equal(r.exitCode, 0);
+    const lines = r.stdout.split("\n");
+    assert.equal(lines.length, 100000);
+    assert.equal(lines[99999], "100000");
+  },
+  async follow_skipped() {
+    // 100 lines of 65,535 bytes: the kept 4 MiB hold the last 64, so a
+    // follower that joins later gets `event: skipped` (36) first; the SDK
+    // passes over it. (Kept small: the SDK's follow itself delivers only
+    // about 2,000 events of a fast replay, with this agent or before.)
+    const p = await sb.startProcess("sh", { args: ["-c", "for i in $(seq 100); do head -c 65535 /dev/zero | tr '\\0' a; echo; done"] });
+    for (let i = 0; i < 200 && (await sb.getProcess(p.pid)).status === "running"; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const lines = [];
+    for await (const ev of sb.followOutput(p.pid)) lines.push(ev.line);
+    assert.equal(lines.length, 64);
+    assert.ok(lines.every((l) => l.length === 65535));
+  },
   async run_timeout() {
     const r = await sb.run("sleep", { args: ["30"], timeout: 1 });
     assert.equal(r.exitCode, -9); // {"signal": 9}, as the SDK maps it
