@@ -9,9 +9,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/forward"
+	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -38,6 +40,14 @@ type Agent struct {
 	link   linkState
 	wg     sync.WaitGroup // stream handlers and long-lived loops
 	closed chan struct{}
+
+	// pause is the agent's one pause detector, started by Run; every part
+	// that counts time shares it (Parts.Pause). The uplink redials when it
+	// reports a gap.
+	pause   *pause.Detector
+	secrets linkSecrets // link secrets to resume with, newest first
+	liveMu  sync.Mutex
+	live    *yamux.Session // the live uplink session (listen mode keeps one)
 }
 
 // Parts are the capabilities the agent serves, built by Main (or a test).
@@ -46,6 +56,9 @@ type Parts struct {
 	Procs  ProcessCounter
 	SSH    StreamServer
 	Status func() map[string]any
+	// Pause is the detector the parts count time with; nil: New makes one.
+	// Agent.Run runs it.
+	Pause *pause.Detector
 }
 
 // New returns an agent; call Run.
@@ -53,7 +66,10 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 	a := &Agent{
 		cfg: cfg, log: log, version: version, started: time.Now(),
 		caps: p.Caps, procs: p.Procs, ssh: p.SSH, extra: p.Status,
-		apiLn: newStreamListener(), closed: make(chan struct{}),
+		apiLn: newStreamListener(), closed: make(chan struct{}), pause: p.Pause,
+	}
+	if a.pause == nil {
+		a.pause = pause.New(0, 0)
 	}
 	a.api = &http.Server{
 		Handler:           a.routes(),
@@ -68,6 +84,11 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 // once the API server and uplink loops have ended. Processes and sessions
 // are not the agent's to end here: the supervisor's shutdown does that.
 func (a *Agent) Run(ctx context.Context) error {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.pause.Run(ctx)
+	}()
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()

@@ -7,7 +7,10 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tensorlake/tl-agent/process"
@@ -25,6 +28,7 @@ type Config struct {
 	ServerName string // expected name in the proxy's certificate
 	SandboxID  string
 	Token      string // the sandbox's uplink secret
+	TokenFile  string // file holding Token (keeps it off command lines); read by ResolveToken
 
 	ControlSocket string // root-only unix socket for operators
 	LogLevel      string
@@ -73,6 +77,42 @@ func Defaults() Config {
 	}
 }
 
+// ResolveToken reads TokenFile into Token: the first line, surrounding
+// white space removed. Giving both is an error (which one would win is a
+// surprise either way).
+func (c *Config) ResolveToken() error {
+	if c.TokenFile == "" {
+		return nil
+	}
+	if c.Token != "" {
+		return errors.New("--token and --token-file are exclusive")
+	}
+	data, err := os.ReadFile(c.TokenFile)
+	if err != nil {
+		return fmt.Errorf("--token-file: %w", err)
+	}
+	closeInheritedFD(c.TokenFile)
+	line, _, _ := strings.Cut(string(data), "\n")
+	c.Token = strings.TrimSpace(line)
+	if c.Token == "" {
+		return fmt.Errorf("--token-file %s: empty", c.TokenFile)
+	}
+	return nil
+}
+
+// closeInheritedFD closes fd N after the token was read from /dev/fd/N (a
+// launcher that hands the token over an inherited descriptor, as the tests
+// and make run do), so no child the agent starts inherits it.
+func closeInheritedFD(path string) {
+	for _, prefix := range []string{"/dev/fd/", "/proc/self/fd/"} {
+		if n, ok := strings.CutPrefix(path, prefix); ok {
+			if fd, err := strconv.Atoi(n); err == nil && fd > 2 {
+				_ = syscall.Close(fd)
+			}
+		}
+	}
+}
+
 // Validate reports the first problem in c.
 func (c *Config) Validate() error {
 	switch {
@@ -83,7 +123,7 @@ func (c *Config) Validate() error {
 	case c.SandboxID == "":
 		return errors.New("--sandbox-id is required")
 	case c.Token == "":
-		return errors.New("--token is required")
+		return errors.New("--token-file (or --token) is required")
 	case c.UID < 0 || c.GID < 0:
 		return errors.New("--uid and --gid must be non-negative")
 	case c.ShutdownGrace <= 0:
