@@ -34,7 +34,7 @@ func listenVsock(port string) (net.Listener, error) {
 }
 
 type vsockListener struct {
-	f      *os.File
+	f       *os.File
 	port    uint32
 	closed  atomic.Bool
 	refused atomic.Int64 // connections from other CIDs, closed

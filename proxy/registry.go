@@ -23,8 +23,8 @@ var (
 // Registry is the set of known sandboxes and their live uplinks.
 type Registry struct {
 	mu    sync.Mutex
-	known map[string]string  // id -> token; guarded by mu
-	links map[string]*Link   // id -> live uplink; guarded by mu
+	known map[string]string   // id -> token; guarded by mu
+	links map[string]*Link    // id -> live uplink; guarded by mu
 	state map[string]*linkMem // id -> what the proxy remembers of its links; guarded by mu
 	// changed is closed (and replaced) whenever a link registers, waking
 	// WaitLink callers; guarded by mu.
