@@ -30,6 +30,12 @@ type Config struct {
 	Token      string // the sandbox's uplink secret
 	TokenFile  string // file holding Token (keeps it off command lines); read by ResolveToken
 
+	// Streams the agent serves at once per uplink, in all and of kind api
+	// (each API stream is an HTTP connection with its buffers); above them
+	// a stream is answered "unavailable" with the reason.
+	MaxStreams    int
+	MaxAPIStreams int
+
 	ControlSocket string // root-only unix socket for operators
 	LogLevel      string
 
@@ -62,6 +68,8 @@ type Config struct {
 // Defaults returns the configuration used when nothing is set.
 func Defaults() Config {
 	return Config{
+		MaxStreams:     1024,
+		MaxAPIStreams:  256,
 		ControlSocket:  "/run/tl-agent.sock",
 		LogLevel:       "info",
 		User:           "tl-user",
@@ -130,6 +138,8 @@ func (c *Config) Validate() error {
 		return errors.New("--shutdown-grace must be positive")
 	case c.PTYMaxSessions <= 0:
 		return errors.New("--pty-max-sessions must be positive")
+	case c.MaxStreams <= 0 || c.MaxAPIStreams <= 0:
+		return errors.New("--uplink-max-streams and --uplink-max-api-streams must be positive")
 	case c.PTYIdleTimeout <= 0:
 		return errors.New("--pty-idle-timeout must be positive")
 	}

@@ -118,12 +118,27 @@ func (a *Agent) dialLoop(ctx context.Context) {
 		}
 		d := bo.wait()
 		a.log.Debug().Dur("retry_in", d).Msg("uplink retry")
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(d):
+		if !a.sleepUnlessPaused(ctx, d) {
+			bo.reset() // a pause ended the wait: the network may be back
 		}
 	}
+}
+
+// sleepUnlessPaused waits d, or less when a pause is detected meanwhile (a
+// back-off counted across a freeze is stale). It reports whether it slept
+// the whole d.
+func (a *Agent) sleepUnlessPaused(ctx context.Context, d time.Duration) bool {
+	gaps, unsub := a.pause.Subscribe()
+	defer unsub()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+		return true
+	case <-gaps:
+	}
+	return false
 }
 
 func (a *Agent) dial(ctx context.Context, tlsConf *tls.Config) (net.Conn, error) {

@@ -66,7 +66,8 @@ type Link struct {
 	Remote       string
 	AgentVersion string
 	Since        time.Time
-	Protocol     int
+	Protocol     int  // uplink protocol version
+	Resumed      bool // v2: proved a link secret, not the base token
 	sess         *yamux.Session
 }
 

@@ -121,7 +121,7 @@ func (p *Proxy) serveUplink(ctx context.Context, c net.Conn) {
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
-	log.Info().Str("agent_version", l.AgentVersion).Msg("uplink connected")
+	log.Info().Str("agent_version", l.AgentVersion).Bool("resumed", l.Resumed).Msg("uplink connected")
 	go refuseAgentStreams(sess, log)
 	select {
 	case <-sess.CloseChan():
@@ -160,6 +160,7 @@ func (p *Proxy) authV2(c net.Conn, hello uplink.Hello, l *Link, log zerolog.Logg
 	}
 	l.AgentVersion = agentVersion
 	resumed := hello.Key == uplink.KeyLink
+	l.Resumed = resumed
 	return func(l *Link) error { return p.reg.registerV2(l, resumed, key, next) }
 }
 
