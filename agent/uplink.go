@@ -357,9 +357,12 @@ func (a *Agent) listenLoop(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			_, err := a.runUplinkSlot(ctx, c, slots)
-			if ctx.Err() == nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("uplink down")
+			if !a.linkLive() { // a failed stranger or a replaced link leaves the live one's state
 				a.link.set("listening", "", err)
-				a.log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("uplink down")
 			}
 		}()
 	}
@@ -372,6 +375,13 @@ func (a *Agent) runUplinkSlot(ctx context.Context, c net.Conn, slots chan struct
 	free := func() { once.Do(func() { <-slots }) }
 	defer free()
 	return a.runUplinkHook(ctx, c, free)
+}
+
+// linkLive reports whether the agent has a live uplink session.
+func (a *Agent) linkLive() bool {
+	a.liveMu.Lock()
+	defer a.liveMu.Unlock()
+	return a.live != nil && !a.live.IsClosed()
 }
 
 // takeLink makes sess the agent's one live link, closing the previous one.

@@ -194,8 +194,9 @@ func (r *Registry) registerV1(l *Link) error {
 // registerV2 makes l, a version 2 link that proved key (the base token, or
 // the link secret when resumed), the link of its sandbox, and adopts next
 // as its link secret. Checks and swap happen under one lock hold, so of
-// two racing hellos at most one passes.
-func (r *Registry) registerV2(l *Link, resumed bool, key, next []byte) error {
+// two racing hellos at most one passes. dialed (the proxy dialed the
+// agent) skips the base token's quiet window.
+func (r *Registry) registerV2(l *Link, resumed, dialed bool, key, next []byte) error {
 	r.mu.Lock()
 	m := r.state[l.ID]
 	if m == nil {
@@ -210,11 +211,11 @@ func (r *Registry) registerV2(l *Link, resumed bool, key, next []byte) error {
 	case !resumed && old != nil:
 		r.mu.Unlock()
 		return fmt.Errorf("sandbox %s has a live uplink from %s: a registration with the base token is refused (resume with the link secret)", l.ID, old.Remote)
-	case !resumed && r.links[l.ID] != nil:
+	case !resumed && !dialed && r.links[l.ID] != nil:
 		// Its session has closed but unregister has not run yet: just seen.
 		r.mu.Unlock()
 		return fmt.Errorf("sandbox %s was connected a moment ago: the base token is accepted again %v after its last link ended", l.ID, r.quiet)
-	case !resumed && !m.lastSeen.IsZero() && time.Since(m.lastSeen) < r.quiet:
+	case !resumed && !dialed && !m.lastSeen.IsZero() && time.Since(m.lastSeen) < r.quiet:
 		ago := time.Since(m.lastSeen).Round(time.Second)
 		r.mu.Unlock()
 		return fmt.Errorf("sandbox %s was connected %v ago: the base token is accepted again %v after its last link ended", l.ID, ago, r.quiet)

@@ -51,7 +51,7 @@ func (p *Proxy) ConnectAgent(ctx context.Context, network, addr string) {
 		cancel()
 		if err == nil {
 			start := time.Now()
-			p.serveUplink(ctx, c)
+			p.serveLink(ctx, c, true)
 			if time.Since(start) > 10*time.Second {
 				wait = 100 * time.Millisecond // it was up: retry quickly
 			}
@@ -66,7 +66,15 @@ func (p *Proxy) ConnectAgent(ctx context.Context, network, addr string) {
 	}
 }
 
-func (p *Proxy) serveUplink(ctx context.Context, c net.Conn) {
+// serveUplink serves an agent that dialed the uplink port.
+func (p *Proxy) serveUplink(ctx context.Context, c net.Conn) { p.serveLink(ctx, c, false) }
+
+// serveLink runs the handshake and the link on c. dialed says the proxy
+// dialed the agent itself (--connect): whoever answers at that address is
+// the agent it meant, so the base token's quiet window does not apply (a
+// stranger who connects to a listen-mode agent can make it forget its link
+// secret; that must not lock the real proxy out).
+func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 	defer c.Close()
 	log := p.log.With().Str("remote", c.RemoteAddr().String()).Logger()
 	if tcp, ok := c.(*net.TCPConn); ok {
@@ -89,7 +97,7 @@ func (p *Proxy) serveUplink(ctx context.Context, c net.Conn) {
 	l := &Link{ID: hello.SandboxID, Remote: c.RemoteAddr().String(), Since: time.Now(), Protocol: hello.Version}
 	switch hello.Version {
 	case uplink.Version:
-		register = p.authV2(c, hello, l, log)
+		register = p.authV2(c, hello, l, log, dialed)
 	case uplink.VersionLegacy:
 		register = p.authV1(hello, l, log, refuse)
 	default:
@@ -146,7 +154,7 @@ func (p *Proxy) authV1(hello uplink.Hello, l *Link, log zerolog.Logger, refuse f
 // authV2 runs the v2 challenge-response (the proxy proves first). It
 // returns the registration to run, or nil when the handshake failed (the
 // peer has been answered).
-func (p *Proxy) authV2(c net.Conn, hello uplink.Hello, l *Link, log zerolog.Logger) func(*Link) error {
+func (p *Proxy) authV2(c net.Conn, hello uplink.Hello, l *Link, log zerolog.Logger, dialed bool) func(*Link) error {
 	key, ok := p.reg.v2Key(hello)
 	if !ok {
 		log.Info().Msg("uplink resume refused: unknown link secret")
@@ -161,7 +169,7 @@ func (p *Proxy) authV2(c net.Conn, hello uplink.Hello, l *Link, log zerolog.Logg
 	l.AgentVersion = agentVersion
 	resumed := hello.Key == uplink.KeyLink
 	l.Resumed = resumed
-	return func(l *Link) error { return p.reg.registerV2(l, resumed, key, next) }
+	return func(l *Link) error { return p.reg.registerV2(l, resumed, dialed, key, next) }
 }
 
 // agentStreamsMax bounds the streams an agent has opened and the proxy is
