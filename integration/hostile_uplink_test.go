@@ -638,3 +638,37 @@ func TestAPIStreamCap(t *testing.T) {
 // proxyQuiet is proxy.BaseTokenQuiet (the integration package drives the
 // binaries and does not import the proxy).
 const proxyQuiet = 20 * time.Second
+
+// TestV2UnknownIDLooksLikeWrongToken: without the secret, a v2 peer cannot
+// tell an unknown id from a known one: the challenge has the same shape
+// and the refusal of a false proof is byte for byte the same.
+func TestV2UnknownIDLooksLikeWrongToken(t *testing.T) {
+	s := Start(t, Options{NoAgent: true})
+	probe := func(id string) (challengeLen int, refusal []byte) {
+		c, err := net.DialTimeout("tcp", s.UplinkAddr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		writeRaw(c, 2, fmt.Sprintf(`{"version":2,"sandbox_id":%q,"nonce":%q,"key":"token"}`, id, hex.EncodeToString(uplink.NewNonce())))
+		ch, err := readRaw(c)
+		if err != nil {
+			t.Fatalf("%s: challenge: %v", id, err)
+		}
+		writeRaw(c, 2, fmt.Sprintf(`{"proof":%q}`, hex.EncodeToString(uplink.NewNonce())))
+		ref, err := readRaw(c)
+		if err != nil {
+			t.Fatalf("%s: refusal: %v", id, err)
+		}
+		return len(ch), ref
+	}
+	n1, r1 := probe(s.SandboxID)
+	n2, r2 := probe("no-such-sandbox")
+	if n1 != n2 {
+		t.Fatalf("challenge sizes differ: %d, %d", n1, n2)
+	}
+	if !bytes.Equal(r1, r2) || !bytes.Contains(r1, []byte(uplink.CodeBadToken)) {
+		t.Fatalf("refusals differ:\n%s\n%s", r1, r2)
+	}
+}
