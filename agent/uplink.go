@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -217,7 +218,7 @@ func (a *Agent) runUplinkHook(ctx context.Context, conn net.Conn, authed func())
 	remote := conn.RemoteAddr().String()
 	a.link.set("connected", remote, nil)
 	a.log.Info().Str("remote", remote).Msg("uplink connected")
-	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	stop := context.AfterFunc(ctx, func() { sayBye(sess); sess.Close() })
 	defer stop()
 	// After a pause (a frozen cgroup, a stopped VM) the link is most likely
 	// dead on the proxy's side: redial now rather than wait out keepalives.
@@ -243,6 +244,24 @@ func (a *Agent) runUplinkHook(ctx context.Context, conn net.Conn, authed func())
 	default:
 	}
 	return true, errors.New("uplink session closed")
+}
+
+// byeTimeout bounds the goodbye at shutdown.
+const byeTimeout = time.Second
+
+// sayBye tells the proxy the agent is shutting down in order, and waits
+// (at most byeTimeout) for it to close the stream, which it does once it
+// has noted the goodbye.
+func sayBye(sess *yamux.Session) {
+	st, err := sess.OpenStream()
+	if err != nil {
+		return
+	}
+	defer st.Close()
+	_ = st.SetDeadline(time.Now().Add(byeTimeout))
+	if uplink.WriteHeader(st, uplink.Header{Kind: uplink.KindBye}) == nil {
+		_, _ = io.Copy(io.Discard, st)
+	}
 }
 
 // handshake proves the agent to its peer with protocol v2, resuming with

@@ -672,3 +672,21 @@ func TestV2UnknownIDLooksLikeWrongToken(t *testing.T) {
 		t.Fatalf("refusals differ:\n%s\n%s", r1, r2)
 	}
 }
+
+// TestRebootAfterOrderlyShutdown: an agent that shuts down in order says
+// goodbye, so its next boot (base token) connects at once instead of
+// waiting out the base token's quiet window.
+func TestRebootAfterOrderlyShutdown(t *testing.T) {
+	s := Start(t, Options{NoSandbox: true})
+	if err := s.SignalAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	s.WaitAgentExit(20 * time.Second)
+	start := time.Now()
+	s.StartAgent()
+	s.WaitConnected(proxyQuiet / 2)
+	t.Logf("rebooted agent connected after %v", time.Since(start))
+	if !strings.Contains(s.ProxyLog(), "the agent said goodbye") {
+		t.Fatalf("no goodbye logged:\n%s", tail(s.ProxyLog(), 20))
+	}
+}

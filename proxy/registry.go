@@ -68,6 +68,7 @@ type Link struct {
 	Since        time.Time
 	Protocol     int  // uplink protocol version
 	Resumed      bool // v2: proved a link secret, not the base token
+	bye          bool // said goodbye (orderly shutdown); guarded by Registry.mu
 	sess         *yamux.Session
 }
 
@@ -211,7 +212,7 @@ func (r *Registry) registerV2(l *Link, resumed, dialed bool, key, next []byte) e
 	case !resumed && old != nil:
 		r.mu.Unlock()
 		return fmt.Errorf("sandbox %s has a live uplink from %s: a registration with the base token is refused (resume with the link secret)", l.ID, old.Remote)
-	case !resumed && !dialed && r.links[l.ID] != nil:
+	case !resumed && !dialed && r.links[l.ID] != nil && !r.links[l.ID].bye:
 		// Its session has closed but unregister has not run yet: just seen.
 		r.mu.Unlock()
 		return fmt.Errorf("sandbox %s was connected a moment ago: the base token is accepted again %v after its last link ended", l.ID, r.quiet)
@@ -241,14 +242,25 @@ func (r *Registry) setLocked(l, old *Link) {
 	}
 }
 
+// departed notes that l's agent said goodbye: when l ends, the sandbox
+// counts as not recently seen (its reboot may use the base token).
+func (r *Registry) departed(l *Link) {
+	r.mu.Lock()
+	l.bye = true
+	r.mu.Unlock()
+}
+
 // unregister removes l if it is still the sandbox's link, and notes when
-// the sandbox was last seen.
+// the sandbox was last seen (never, after a goodbye).
 func (r *Registry) unregister(l *Link) {
 	r.mu.Lock()
 	if r.links[l.ID] == l {
 		delete(r.links, l.ID)
 		if m := r.state[l.ID]; m != nil {
 			m.lastSeen = time.Now()
+			if l.bye {
+				m.lastSeen = time.Time{}
+			}
 		}
 	}
 	r.mu.Unlock()

@@ -130,7 +130,12 @@ func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 	}
 	_ = c.SetDeadline(time.Time{})
 	log.Info().Str("agent_version", l.AgentVersion).Bool("resumed", l.Resumed).Msg("uplink connected")
-	go refuseAgentStreams(sess, log)
+	go refuseAgentStreams(sess, log, func() {
+		if l.Protocol == uplink.Version {
+			p.reg.departed(l)
+			log.Info().Msg("the agent said goodbye: a reboot may use the base token at once")
+		}
+	})
 	select {
 	case <-sess.CloseChan():
 		log.Warn().Msg("uplink lost")
@@ -181,27 +186,32 @@ const agentStreamsMax = 16
 // refuseAgentStreams accepts every stream the agent opens and closes it at
 // once, reading and discarding what the agent sends until its FIN, so
 // nothing is buffered. An agent with more than agentStreamsMax of them
-// open loses its link.
-func refuseAgentStreams(sess *yamux.Session, log zerolog.Logger) {
+// open loses its link. The one stream an agent may open, a goodbye at its
+// orderly shutdown (uplink.KindBye), calls bye.
+func refuseAgentStreams(sess *yamux.Session, log zerolog.Logger, bye func()) {
 	var open atomic.Int32
-	warned := false
+	var warned atomic.Bool // once per link: an agent must not flood the log either
 	for {
 		s, err := sess.AcceptStream()
 		if err != nil {
 			return
-		}
-		if !warned {
-			log.Warn().Msg("the agent opened a stream: refused (only the proxy opens streams)")
-			warned = true
 		}
 		if open.Add(1) > agentStreamsMax {
 			log.Warn().Int("max", agentStreamsMax).Msg("the agent holds too many streams it opened: closing its uplink")
 			sess.Close()
 			return
 		}
-		_ = s.Close()
 		go func() {
 			defer open.Add(-1)
+			_ = s.SetReadDeadline(time.Now().Add(2 * time.Second))
+			h, err := uplink.ReadHeader(s)
+			_ = s.SetReadDeadline(time.Time{})
+			if err == nil && h.Kind == uplink.KindBye {
+				bye()
+			} else if !warned.Swap(true) {
+				log.Warn().Msg("the agent opened a stream: refused (only the proxy opens streams)")
+			}
+			_ = s.Close()
 			_, _ = io.Copy(io.Discard, s)
 		}()
 	}
