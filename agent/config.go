@@ -69,7 +69,7 @@ type Config struct {
 func Defaults() Config {
 	return Config{
 		MaxStreams:     1024,
-		MaxAPIStreams:  256,
+		MaxAPIStreams:  512,
 		ControlSocket:  "/run/tl-agent.sock",
 		LogLevel:       "info",
 		User:           "tl-user",
