@@ -3,15 +3,19 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/forward"
+	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -38,6 +42,14 @@ type Agent struct {
 	link   linkState
 	wg     sync.WaitGroup // stream handlers and long-lived loops
 	closed chan struct{}
+
+	// pause is the agent's one pause detector, started by Run; every part
+	// that counts time shares it (Parts.Pause). The uplink redials when it
+	// reports a gap.
+	pause   *pause.Detector
+	secrets linkSecrets // link secrets to resume with, newest first
+	liveMu  sync.Mutex
+	live    *yamux.Session // the live uplink session (listen mode keeps one)
 }
 
 // Parts are the capabilities the agent serves, built by Main (or a test).
@@ -46,6 +58,9 @@ type Parts struct {
 	Procs  ProcessCounter
 	SSH    StreamServer
 	Status func() map[string]any
+	// Pause is the detector the parts count time with; nil: New makes one.
+	// Agent.Run runs it.
+	Pause *pause.Detector
 }
 
 // New returns an agent; call Run.
@@ -53,7 +68,10 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 	a := &Agent{
 		cfg: cfg, log: log, version: version, started: time.Now(),
 		caps: p.Caps, procs: p.Procs, ssh: p.SSH, extra: p.Status,
-		apiLn: newStreamListener(), closed: make(chan struct{}),
+		apiLn: newStreamListener(), closed: make(chan struct{}), pause: p.Pause,
+	}
+	if a.pause == nil {
+		a.pause = pause.New(0, 0)
 	}
 	a.api = &http.Server{
 		Handler:           a.routes(),
@@ -68,6 +86,11 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 // once the API server and uplink loops have ended. Processes and sessions
 // are not the agent's to end here: the supervisor's shutdown does that.
 func (a *Agent) Run(ctx context.Context) error {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.pause.Run(ctx)
+	}()
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -96,8 +119,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	return err
 }
 
-// serveSession accepts streams on one uplink session until it ends.
+// serveSession accepts streams on one uplink session until it ends. Streams
+// beyond the caps (Config.MaxStreams in all, MaxAPIStreams of kind api)
+// are answered StatusUnavailable with the reason and closed.
 func (a *Agent) serveSession(ctx context.Context, sess streamAccepter) {
+	var lim streamLimits
+	lim.max, lim.maxAPI = int64(a.cfg.MaxStreams), int64(a.cfg.MaxAPIStreams)
 	for {
 		c, err := sess.Accept()
 		if err != nil {
@@ -106,9 +133,65 @@ func (a *Agent) serveSession(ctx context.Context, sess streamAccepter) {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			a.serveStream(ctx, uplink.Wrap(c))
+			if lim.all.Add(1) > lim.max && lim.max > 0 {
+				lim.all.Add(-1)
+				a.refuseStream(c, fmt.Sprintf("too many concurrent streams on this uplink (max %d)", lim.max))
+				return
+			}
+			cc := &countedConn{Conn: uplink.Wrap(c)}
+			cc.release = append(cc.release, func() { lim.all.Add(-1) })
+			defer cc.done()
+			a.serveStream(ctx, cc, &lim)
 		}()
 	}
+}
+
+// streamLimits counts one session's live streams.
+type streamLimits struct {
+	all, api    atomic.Int64
+	max, maxAPI int64
+}
+
+// refuseStream answers a stream over a cap without reading its header (the
+// reply is all the proxy waits for).
+func (a *Agent) refuseStream(c net.Conn, why string) {
+	a.log.Warn().Msg("refused stream: " + why)
+	_ = c.SetWriteDeadline(time.Now().Add(headerTimeout))
+	_ = uplink.WriteReply(c, uplink.StatusUnavailable, why)
+	c.Close()
+}
+
+// countedConn runs its release functions once, at Close or when its
+// handler is done with it without handing it on (done).
+type countedConn struct {
+	net.Conn
+	once    sync.Once
+	release []func()
+	handed  atomic.Bool // the API server owns it now: only Close releases
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		for _, f := range c.release {
+			f()
+		}
+	})
+	return err
+}
+
+func (c *countedConn) done() {
+	if !c.handed.Load() {
+		_ = c.Close()
+	}
+}
+
+// CloseWrite passes the half-close relays use through to the stream.
+func (c *countedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }
 
 type streamAccepter interface {
@@ -121,7 +204,7 @@ const headerTimeout = 10 * time.Second
 // serveStream reads a stream's header and hands the stream to its target.
 // Every failure is answered with a reply carrying the reason, then the
 // stream is closed; nothing here may panic the agent.
-func (a *Agent) serveStream(ctx context.Context, c net.Conn) {
+func (a *Agent) serveStream(ctx context.Context, c *countedConn, lim *streamLimits) {
 	_ = c.SetReadDeadline(time.Now().Add(headerTimeout))
 	h, err := uplink.ReadHeader(c)
 	_ = c.SetReadDeadline(time.Time{})
@@ -142,10 +225,20 @@ func (a *Agent) serveStream(ctx context.Context, c net.Conn) {
 	}
 	switch h.Kind {
 	case uplink.KindAPI:
+		if lim.api.Add(1) > lim.maxAPI && lim.maxAPI > 0 {
+			lim.api.Add(-1)
+			why := fmt.Sprintf("too many concurrent API streams on this uplink (max %d)", lim.maxAPI)
+			log.Warn().Msg("refused stream: " + why)
+			_ = uplink.WriteReply(c, uplink.StatusUnavailable, why)
+			c.Close()
+			return
+		}
+		c.release = append(c.release, func() { lim.api.Add(-1) })
 		if uplink.WriteReply(c, uplink.StatusOK, "") != nil {
 			c.Close()
 			return
 		}
+		c.handed.Store(true)
 		a.apiLn.push(c)
 	case uplink.KindSSH, uplink.KindSFTP:
 		if a.ssh == nil {

@@ -7,7 +7,10 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tensorlake/tl-agent/process"
@@ -25,6 +28,13 @@ type Config struct {
 	ServerName string // expected name in the proxy's certificate
 	SandboxID  string
 	Token      string // the sandbox's uplink secret
+	TokenFile  string // file holding Token (keeps it off command lines); read by ResolveToken
+
+	// Streams the agent serves at once per uplink, in all and of kind api
+	// (each API stream is an HTTP connection with its buffers); above them
+	// a stream is answered "unavailable" with the reason.
+	MaxStreams    int
+	MaxAPIStreams int
 
 	ControlSocket string // root-only unix socket for operators
 	LogLevel      string
@@ -58,6 +68,8 @@ type Config struct {
 // Defaults returns the configuration used when nothing is set.
 func Defaults() Config {
 	return Config{
+		MaxStreams:     1024,
+		MaxAPIStreams:  512,
 		ControlSocket:  "/run/tl-agent.sock",
 		LogLevel:       "info",
 		User:           "tl-user",
@@ -73,6 +85,42 @@ func Defaults() Config {
 	}
 }
 
+// ResolveToken reads TokenFile into Token: the first line, surrounding
+// white space removed. Giving both is an error (which one would win is a
+// surprise either way).
+func (c *Config) ResolveToken() error {
+	if c.TokenFile == "" {
+		return nil
+	}
+	if c.Token != "" {
+		return errors.New("--token and --token-file are exclusive")
+	}
+	data, err := os.ReadFile(c.TokenFile)
+	if err != nil {
+		return fmt.Errorf("--token-file: %w", err)
+	}
+	closeInheritedFD(c.TokenFile)
+	line, _, _ := strings.Cut(string(data), "\n")
+	c.Token = strings.TrimSpace(line)
+	if c.Token == "" {
+		return fmt.Errorf("--token-file %s: empty", c.TokenFile)
+	}
+	return nil
+}
+
+// closeInheritedFD closes fd N after the token was read from /dev/fd/N (a
+// launcher that hands the token over an inherited descriptor, as the tests
+// and make run do), so no child the agent starts inherits it.
+func closeInheritedFD(path string) {
+	for _, prefix := range []string{"/dev/fd/", "/proc/self/fd/"} {
+		if n, ok := strings.CutPrefix(path, prefix); ok {
+			if fd, err := strconv.Atoi(n); err == nil && fd > 2 {
+				_ = syscall.Close(fd)
+			}
+		}
+	}
+}
+
 // Validate reports the first problem in c.
 func (c *Config) Validate() error {
 	switch {
@@ -83,13 +131,15 @@ func (c *Config) Validate() error {
 	case c.SandboxID == "":
 		return errors.New("--sandbox-id is required")
 	case c.Token == "":
-		return errors.New("--token is required")
+		return errors.New("--token-file (or --token) is required")
 	case c.UID < 0 || c.GID < 0:
 		return errors.New("--uid and --gid must be non-negative")
 	case c.ShutdownGrace <= 0:
 		return errors.New("--shutdown-grace must be positive")
 	case c.PTYMaxSessions <= 0:
 		return errors.New("--pty-max-sessions must be positive")
+	case c.MaxStreams <= 0 || c.MaxAPIStreams <= 0:
+		return errors.New("--uplink-max-streams and --uplink-max-api-streams must be positive")
 	case c.PTYIdleTimeout <= 0:
 		return errors.New("--pty-idle-timeout must be positive")
 	}

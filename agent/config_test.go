@@ -1,9 +1,61 @@
 package agent
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
+
+func TestResolveToken(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "tok")
+	os.WriteFile(f, []byte("  s3cret-token \nsecond line\n"), 0o600)
+	c := Defaults()
+	c.TokenFile = f
+	if err := c.ResolveToken(); err != nil || c.Token != "s3cret-token" {
+		t.Fatalf("token %q, %v", c.Token, err)
+	}
+	c.TokenFile = f // now both set
+	if c.ResolveToken() == nil {
+		t.Fatal("--token and --token-file together accepted")
+	}
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, []byte("\n"), 0o600)
+	for _, p := range []string{empty, filepath.Join(dir, "missing")} {
+		c := Defaults()
+		c.TokenFile = p
+		if c.ResolveToken() == nil {
+			t.Errorf("%s accepted", p)
+		}
+	}
+}
+
+// TestLinkSecrets: newest first, at most two, a dropped one is gone, and
+// without any the token is used.
+func TestLinkSecrets(t *testing.T) {
+	var l linkSecrets
+	tok := []byte("token")
+	if k, link := l.pick(tok); link || !bytes.Equal(k, tok) {
+		t.Fatal("no secrets: want the token")
+	}
+	a, b, c := []byte("a"), []byte("b"), []byte("c")
+	l.set(a)
+	l.push(b)
+	l.push(c)
+	if k, link := l.pick(tok); !link || !bytes.Equal(k, c) || len(l.keys) != 2 {
+		t.Fatalf("pick %q, keys %q", k, l.keys)
+	}
+	l.drop(c)
+	if k, _ := l.pick(tok); !bytes.Equal(k, b) {
+		t.Fatalf("after drop: %q", k)
+	}
+	l.drop(b)
+	if _, link := l.pick(tok); link {
+		t.Fatal("secrets left after dropping all")
+	}
+}
 
 func TestConfigValidate(t *testing.T) {
 	ok := Defaults()
@@ -20,6 +72,7 @@ func TestConfigValidate(t *testing.T) {
 		"ca without tls": func(c *Config) { c.CAFile = "/ca.pem" },
 		"zero grace":     func(c *Config) { c.ShutdownGrace = 0 },
 		"zero sessions":  func(c *Config) { c.PTYMaxSessions = 0 },
+		"zero streams":   func(c *Config) { c.MaxAPIStreams = 0 },
 	} {
 		c := ok
 		mut(&c)

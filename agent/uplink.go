@@ -6,15 +6,18 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/tensorlake/tl-agent/internal/netx"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -103,6 +106,9 @@ func (a *Agent) dialLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errRetryNow) {
+			continue // a stale link secret was dropped, or a pause ended the link
+		}
 		var ref *uplink.RefusedError
 		if errors.As(err, &ref) {
 			a.link.set("refused", "", err)
@@ -113,12 +119,27 @@ func (a *Agent) dialLoop(ctx context.Context) {
 		}
 		d := bo.wait()
 		a.log.Debug().Dur("retry_in", d).Msg("uplink retry")
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(d):
+		if !a.sleepUnlessPaused(ctx, d) {
+			bo.reset() // a pause ended the wait: the network may be back
 		}
 	}
+}
+
+// sleepUnlessPaused waits d, or less when a pause is detected meanwhile (a
+// back-off counted across a freeze is stale). It reports whether it slept
+// the whole d.
+func (a *Agent) sleepUnlessPaused(ctx context.Context, d time.Duration) bool {
+	gaps, unsub := a.pause.Subscribe()
+	defer unsub()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+		return true
+	case <-gaps:
+	}
+	return false
 }
 
 func (a *Agent) dial(ctx context.Context, tlsConf *tls.Config) (net.Conn, error) {
@@ -166,15 +187,24 @@ func (a *Agent) tlsConfig() (*tls.Config, error) {
 	return conf, nil
 }
 
+// errRetryNow ends a link whose successor should be dialed without a
+// back-off: a link secret the proxy no longer holds (the next attempt uses
+// the next secret or the token), or a detected pause.
+var errRetryNow = errors.New("retry at once")
+
 // runUplink does the handshake on conn and serves its streams until the
 // link dies. up reports whether the handshake succeeded.
 func (a *Agent) runUplink(ctx context.Context, conn net.Conn) (up bool, err error) {
+	return a.runUplinkHook(ctx, conn, func() {})
+}
+
+// runUplinkHook is runUplink calling authed once the handshake is over.
+func (a *Agent) runUplinkHook(ctx context.Context, conn net.Conn, authed func()) (up bool, err error) {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(handshakeTimeout))
-	if err := uplink.WriteHello(conn, uplink.Hello{SandboxID: a.cfg.SandboxID, Token: a.cfg.Token, AgentVersion: a.version}); err != nil {
-		return false, fmt.Errorf("send hello: %w", err)
-	}
-	if err := uplink.ReadWelcome(conn); err != nil {
+	err = a.handshake(conn)
+	authed()
+	if err != nil {
 		return false, err
 	}
 	_ = conn.SetDeadline(time.Time{})
@@ -184,20 +214,137 @@ func (a *Agent) runUplink(ctx context.Context, conn net.Conn) (up bool, err erro
 		return false, err
 	}
 	defer sess.Close()
+	a.takeLink(sess)
 	remote := conn.RemoteAddr().String()
 	a.link.set("connected", remote, nil)
 	a.log.Info().Str("remote", remote).Msg("uplink connected")
-	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	stop := context.AfterFunc(ctx, func() { sayBye(sess); sess.Close() })
 	defer stop()
+	// After a pause (a frozen cgroup, a stopped VM) the link is most likely
+	// dead on the proxy's side: redial now rather than wait out keepalives.
+	gaps, unsub := a.pause.Subscribe()
+	defer unsub()
+	paused := make(chan struct{})
+	go func() {
+		select {
+		case g := <-gaps:
+			a.log.Warn().Dur("paused", g.Length).Msg("sandbox was paused: redialing the uplink")
+			close(paused)
+			sess.Close()
+		case <-sess.CloseChan():
+		}
+	}()
 	a.serveSession(ctx, sess)
 	if ctx.Err() != nil {
 		return true, ctx.Err()
 	}
+	select {
+	case <-paused:
+		return true, errRetryNow
+	default:
+	}
 	return true, errors.New("uplink session closed")
 }
 
+// byeTimeout bounds the goodbye at shutdown.
+const byeTimeout = time.Second
+
+// sayBye tells the proxy the agent is shutting down in order, and waits
+// (at most byeTimeout) for it to close the stream, which it does once it
+// has noted the goodbye.
+func sayBye(sess *yamux.Session) {
+	st, err := sess.OpenStream()
+	if err != nil {
+		return
+	}
+	defer st.Close()
+	_ = st.SetDeadline(time.Now().Add(byeTimeout))
+	if uplink.WriteHeader(st, uplink.Header{Kind: uplink.KindBye}) == nil {
+		_, _ = io.Copy(io.Discard, st)
+	}
+}
+
+// handshake proves the agent to its peer with protocol v2, resuming with
+// the newest link secret it holds, else the token; the token itself never
+// crosses the wire.
+func (a *Agent) handshake(conn net.Conn) error {
+	key, link := a.secrets.pick([]byte(a.cfg.Token))
+	next, err := uplink.AgentHandshake(conn, uplink.AgentAuth{
+		SandboxID: a.cfg.SandboxID, Key: key, Link: link, AgentVersion: a.version,
+	})
+	if err == nil {
+		a.secrets.set(next)
+		return nil
+	}
+	var ref *uplink.RefusedError
+	if link && errors.As(err, &ref) && (ref.Code == uplink.CodeResumeRefused || errors.Is(err, uplink.ErrPeerProof)) {
+		a.secrets.drop(key)
+		a.log.Info().Str("code", ref.Code).Msg("link secret not accepted: retrying with the next secret or the token")
+		return errRetryNow
+	}
+	if next != nil && !errors.As(err, &ref) {
+		// Lost after the agent proved itself: the proxy may have adopted
+		// next. Try it first, then what was used.
+		a.secrets.push(next)
+	}
+	return err
+}
+
+// linkSecrets are the secrets the agent can resume with, newest first: the
+// one derived at a welcome that may have been lost, and the last one
+// confirmed. They live in memory only: a rebooted agent uses its token.
+type linkSecrets struct {
+	mu   sync.Mutex
+	keys [][]byte
+}
+
+func (l *linkSecrets) pick(token []byte) ([]byte, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.keys) == 0 {
+		return token, false
+	}
+	return l.keys[0], true
+}
+
+func (l *linkSecrets) set(k []byte) {
+	l.mu.Lock()
+	l.keys = [][]byte{k}
+	l.mu.Unlock()
+}
+
+func (l *linkSecrets) push(k []byte) {
+	l.mu.Lock()
+	l.keys = append([][]byte{k}, l.keys...)
+	if len(l.keys) > 2 {
+		l.keys = l.keys[:2]
+	}
+	l.mu.Unlock()
+}
+
+func (l *linkSecrets) drop(k []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, x := range l.keys {
+		if uplink.MACEqual(x, k) {
+			l.keys = append(l.keys[:i:i], l.keys[i+1:]...)
+			return
+		}
+	}
+}
+
+// listenHandshakes bounds listen-mode connections still in their
+// handshake: a stranger may connect (anyone who can reach the socket), so
+// unauthenticated peers must not take unbounded goroutines. Each holds a
+// slot for at most handshakeTimeout.
+const listenHandshakes = 8
+
 // listenLoop accepts uplinks from a runtime that dials in (listen mode).
-// Each accepted connection runs the same handshake as a dialed one.
+// Each accepted connection runs the same handshake as a dialed one, so the
+// connector must prove it knows the secret before the agent proves or
+// serves anything. One link is live at a time: a newer authenticated
+// connector replaces the older one (a restarted proxy must not wait for
+// its dead predecessor's keepalive to expire).
 func (a *Agent) listenLoop(ctx context.Context) error {
 	ln, err := listen(a.cfg.Listen)
 	if err != nil {
@@ -209,25 +356,62 @@ func (a *Agent) listenLoop(ctx context.Context) error {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	slots := make(chan struct{}, listenHandshakes)
 	for {
-		c, err := ln.Accept()
+		c, err := netx.Accept(ctx, ln, a.log)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			a.log.Warn().Err(err).Msg("uplink accept")
-			time.Sleep(100 * time.Millisecond)
+			return fmt.Errorf("uplink accept: %w", err)
+		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			a.log.Warn().Str("remote", c.RemoteAddr().String()).Msg("uplink connection refused: too many handshakes in progress")
+			c.Close()
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := a.runUplink(ctx, c)
-			if ctx.Err() == nil {
+			_, err := a.runUplinkSlot(ctx, c, slots)
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Warn().Err(err).Str("remote", c.RemoteAddr().String()).Msg("uplink down")
+			if !a.linkLive() { // a failed stranger or a replaced link leaves the live one's state
 				a.link.set("listening", "", err)
-				a.log.Warn().Err(err).Msg("uplink down")
 			}
 		}()
+	}
+}
+
+// runUplinkSlot is runUplink that frees its handshake slot once the
+// handshake is over.
+func (a *Agent) runUplinkSlot(ctx context.Context, c net.Conn, slots chan struct{}) (bool, error) {
+	var once sync.Once
+	free := func() { once.Do(func() { <-slots }) }
+	defer free()
+	return a.runUplinkHook(ctx, c, free)
+}
+
+// linkLive reports whether the agent has a live uplink session.
+func (a *Agent) linkLive() bool {
+	a.liveMu.Lock()
+	defer a.liveMu.Unlock()
+	return a.live != nil && !a.live.IsClosed()
+}
+
+// takeLink makes sess the agent's one live link, closing the previous one.
+func (a *Agent) takeLink(sess *yamux.Session) {
+	a.liveMu.Lock()
+	old := a.live
+	a.live = sess
+	a.liveMu.Unlock()
+	if old != nil && old != sess {
+		a.log.Warn().Msg("a newer authenticated uplink replaces the live one")
+		old.Close()
 	}
 }
 
@@ -235,17 +419,54 @@ func listen(spec string) (net.Listener, error) {
 	kind, addr, _ := strings.Cut(spec, ":")
 	switch kind {
 	case "unix":
-		_ = os.Remove(addr) // a stale socket from a previous run
-		ln, err := net.Listen("unix", addr)
-		if err != nil {
-			return nil, err
-		}
-		_ = os.Chmod(addr, 0o600)
-		return ln, nil
+		return listenUnixPrivate(addr)
 	case "tcp":
 		return net.Listen("tcp", addr)
 	case "vsock":
 		return listenVsock(addr)
 	}
 	return nil, fmt.Errorf("unknown listen kind %q", kind)
+}
+
+// listenUnixPrivate binds a unix socket at path that nobody but root can
+// ever connect to: it is bound inside a fresh 0700 folder beside path,
+// made 0600 there, and only then renamed into place, so there is no moment
+// at which it exists with the umask's mode at a reachable path. The
+// process umask is never changed (other goroutines start processes).
+func listenUnixPrivate(path string) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".tl-uplink-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	ln, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, err
+	}
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	_ = os.Remove(path) // a stale socket from a previous run
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return &unlinkListener{Listener: ln, path: path}, nil
+}
+
+// unlinkListener removes its socket at Close, at the path it was renamed to.
+type unlinkListener struct {
+	net.Listener
+	path string
+	once sync.Once
+}
+
+func (l *unlinkListener) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(func() { _ = os.Remove(l.path) })
+	return err
 }

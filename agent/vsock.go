@@ -34,32 +34,54 @@ func listenVsock(port string) (net.Listener, error) {
 }
 
 type vsockListener struct {
-	f      *os.File
-	port   uint32
-	closed atomic.Bool
+	f       *os.File
+	port    uint32
+	closed  atomic.Bool
+	refused atomic.Int64 // connections from other CIDs, closed
 }
 
+// Accept returns the next connection from the host. Connections from any
+// other CID (another guest, this guest's own loopback) are closed at once:
+// the uplink's peer is the VMM on the host, CID 2.
 func (l *vsockListener) Accept() (net.Conn, error) {
 	rc, err := l.f.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	var nfd int
-	var aerr error
-	err = rc.Read(func(fd uintptr) bool {
-		nfd, _, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-		return aerr != unix.EAGAIN
-	})
-	if l.closed.Load() {
-		return nil, net.ErrClosed // as any net.Listener says after Close
+	for {
+		var nfd int
+		var sa unix.Sockaddr
+		var aerr error
+		err = rc.Read(func(fd uintptr) bool {
+			nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			return aerr != unix.EAGAIN
+		})
+		if l.closed.Load() {
+			if aerr == nil && err == nil {
+				unix.Close(nfd)
+			}
+			return nil, net.ErrClosed // as any net.Listener says after Close
+		}
+		if err != nil {
+			return nil, err
+		}
+		if aerr != nil {
+			return nil, aerr
+		}
+		if !fromHost(sa) {
+			l.refused.Add(1)
+			unix.Close(nfd)
+			continue
+		}
+		vm := sa.(*unix.SockaddrVM)
+		return &vsockConn{File: os.NewFile(uintptr(nfd), "vsock-conn"), remote: vsockPeer{vm.CID, vm.Port}}, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	if aerr != nil {
-		return nil, aerr
-	}
-	return &vsockConn{File: os.NewFile(uintptr(nfd), "vsock-conn")}, nil
+}
+
+// fromHost reports whether a vsock peer is the host (VMADDR_CID_HOST).
+func fromHost(sa unix.Sockaddr) bool {
+	vm, ok := sa.(*unix.SockaddrVM)
+	return ok && vm.CID == unix.VMADDR_CID_HOST
 }
 
 func (l *vsockListener) Close() error {
@@ -75,7 +97,18 @@ func (a vsockAddr) String() string { return "vsock:" + strconv.Itoa(int(a)) }
 
 // vsockConn is an accepted vsock connection; os.File gives it Read, Write,
 // Close and deadlines.
-type vsockConn struct{ *os.File }
+type vsockConn struct {
+	*os.File
+	remote vsockPeer
+}
 
 func (c *vsockConn) LocalAddr() net.Addr  { return vsockAddr(0) }
-func (c *vsockConn) RemoteAddr() net.Addr { return vsockAddr(0) }
+func (c *vsockConn) RemoteAddr() net.Addr { return c.remote }
+
+// vsockPeer is a connected peer's CID and port.
+type vsockPeer struct{ cid, port uint32 }
+
+func (vsockPeer) Network() string { return "vsock" }
+func (p vsockPeer) String() string {
+	return "vsock:" + strconv.Itoa(int(p.cid)) + ":" + strconv.Itoa(int(p.port))
+}

@@ -41,3 +41,24 @@ func TestVsockListener(t *testing.T) {
 		t.Fatal("bad port accepted")
 	}
 }
+
+// TestVsockFromHost: only the host's CID may be the uplink's peer (this
+// kernel has no vsock loopback to connect through, so the filter itself
+// is checked).
+func TestVsockFromHost(t *testing.T) {
+	for _, c := range []struct {
+		sa   unix.Sockaddr
+		want bool
+	}{
+		{&unix.SockaddrVM{CID: unix.VMADDR_CID_HOST, Port: 1}, true},
+		{&unix.SockaddrVM{CID: 1, Port: 1}, false}, // this guest's loopback
+		{&unix.SockaddrVM{CID: 3, Port: 1}, false}, // another guest
+		{&unix.SockaddrVM{CID: unix.VMADDR_CID_ANY}, false},
+		{&unix.SockaddrInet4{Port: 1}, false},
+		{nil, false},
+	} {
+		if got := fromHost(c.sa); got != c.want {
+			t.Errorf("fromHost(%+v) = %v", c.sa, got)
+		}
+	}
+}

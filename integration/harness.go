@@ -105,6 +105,9 @@ type System struct {
 	cfgPath   string
 	SandboxID string
 	Token     string
+	// TokenFile holds Token (0600): agents get --token-file, never the
+	// token on a command line others can read in ps.
+	TokenFile string
 	APIKey    string
 
 	UplinkAddr string
@@ -152,6 +155,10 @@ func Start(t TB, opts Options) *System {
 	if err := os.WriteFile(s.cfgPath, data, 0o600); err != nil {
 		t.Fatalf("write proxy config: %v", err)
 	}
+	s.TokenFile = filepath.Join(s.dir, "agent.token")
+	if err := os.WriteFile(s.TokenFile, []byte(s.Token+"\n"), 0o600); err != nil {
+		t.Fatalf("write token file: %v", err)
+	}
 	s.agentLog, s.proxyLog = &syncBuffer{}, &syncBuffer{}
 	s.StartProxy()
 	t.Cleanup(s.Stop)
@@ -198,7 +205,7 @@ func (s *System) KillProxy() {
 
 // AgentFlags are the flags that connect an agent to this system's proxy.
 func (s *System) AgentFlags() []string {
-	return []string{"--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID, "--token", s.Token, "--log-level", "debug"}
+	return []string{"--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID, "--token-file", s.TokenFile, "--log-level", "debug"}
 }
 
 // agentArgs are the agent flags the harness passes to its own agent.
@@ -239,6 +246,21 @@ func (s *System) StartAgent() {
 		}
 	}
 	cmd.Env = append(cmd.Environ(), s.opts.AgentEnv...)
+	if !s.opts.NoSandbox {
+		// The sandbox's /tmp is its own: the token file is handed over as
+		// fd 3 (the agent reads /dev/fd/3 and closes it).
+		f, err := os.Open(s.TokenFile)
+		if err != nil {
+			s.t.Fatalf("token file: %v", err)
+		}
+		defer f.Close()
+		cmd.ExtraFiles = []*os.File{f}
+		for i, a := range cmd.Args {
+			if a == s.TokenFile {
+				cmd.Args[i] = "/dev/fd/3"
+			}
+		}
+	}
 	cmd.Stdout = s.agentLog
 	cmd.Stderr = s.agentLog
 	if err := cmd.Start(); err != nil {
@@ -521,11 +543,17 @@ func (b *syncBuffer) String() string {
 // StartExtraAgent starts another agent for this system's sandbox id and
 // token as a plain process, with extra flags, and returns its log. It is
 // stopped at the end of t. Tests use it for refused or misconfigured
-// agents beside the real one.
+// agents beside the real one. A "--token" in extra replaces the token file.
 func (s *System) StartExtraAgent(t TB, extra []string) *syncBuffer {
 	t.Helper()
-	args := append([]string{"--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID, "--token", s.Token,
-		"--control-socket", "", "--provision=false", "--mount=false"}, extra...)
+	cred := []string{"--token-file", s.TokenFile}
+	for _, a := range extra {
+		if a == "--token" {
+			cred = nil
+		}
+	}
+	args := append(append([]string{"--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID}, cred...),
+		append([]string{"--control-socket", "", "--provision=false", "--mount=false"}, extra...)...)
 	cmd := exec.Command(filepath.Join(s.bin, "tl-agent"), args...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out

@@ -148,7 +148,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusNotFound, "SANDBOX_NOT_FOUND", "sandbox "+r.sandbox+" not found")
 		return
 	}
-	if p.reg.Link(r.sandbox) == nil {
+	if p.reg.WaitLink(req.Context(), r.sandbox, LinkWait) == nil {
 		writeError(w, http.StatusServiceUnavailable, "SANDBOX_UNAVAILABLE", "sandbox "+r.sandbox+" is not connected")
 		return
 	}

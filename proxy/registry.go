@@ -23,13 +23,42 @@ var (
 // Registry is the set of known sandboxes and their live uplinks.
 type Registry struct {
 	mu    sync.Mutex
-	known map[string]string // id -> token; guarded by mu
-	links map[string]*Link  // id -> live uplink; guarded by mu
+	known map[string]string   // id -> token; guarded by mu
+	links map[string]*Link    // id -> live uplink; guarded by mu
+	state map[string]*linkMem // id -> what the proxy remembers of its links; guarded by mu
+	// changed is closed (and replaced) whenever a link registers, waking
+	// WaitLink callers; guarded by mu.
+	changed chan struct{}
+	// fake keys the v2 proof for unknown ids, so that their answers look
+	// like a known id's (the uplink port does not tell which ids exist).
+	fake []byte
+	// quiet is BaseTokenQuiet; a field so unit tests can shorten it.
+	quiet time.Duration
 
 	// onChange is called (outside mu) when a sandbox's link comes or goes,
 	// so HTTP transports can drop pooled streams of a dead link.
 	onChange func(id string)
 }
+
+// linkMem is the proxy's memory of one sandbox's links (lost when the
+// proxy restarts, which then accepts the base token again).
+type linkMem struct {
+	secret   []byte    // the current link secret, derived at the last v2 welcome
+	lastSeen time.Time // when its last link ended
+	v2       bool      // it has spoken version 2: a v1 hello for it is a downgrade
+}
+
+// BaseTokenQuiet is how long after a sandbox's last link ended a v2
+// registration that proves only the base token is refused. A live agent
+// resumes with its link secret; only a rebooted one (which lost it) needs
+// the token, and it gets in once this long has passed. Code inside the
+// sandbox can read the token, so this is what keeps it from posing as the
+// sandbox while the real agent is briefly away.
+const BaseTokenQuiet = 20 * time.Second
+
+// LinkWait is how long a request for a sandbox whose agent is reconnecting
+// waits for the link before it is answered 503.
+const LinkWait = 5 * time.Second
 
 // Link is one connected agent.
 type Link struct {
@@ -37,14 +66,19 @@ type Link struct {
 	Remote       string
 	AgentVersion string
 	Since        time.Time
+	Protocol     int  // uplink protocol version
+	Resumed      bool // v2: proved a link secret, not the base token
+	bye          bool // said goodbye (orderly shutdown); guarded by Registry.mu
 	sess         *yamux.Session
 }
 
 // NewRegistry returns a registry of the sandboxes in cfg.
 func NewRegistry(cfg *Config) *Registry {
-	r := &Registry{known: map[string]string{}, links: map[string]*Link{}}
+	r := &Registry{known: map[string]string{}, links: map[string]*Link{}, state: map[string]*linkMem{},
+		changed: make(chan struct{}), fake: uplink.NewNonce(), quiet: BaseTokenQuiet}
 	for id, s := range cfg.Sandboxes {
 		r.known[id] = s.Token
+		r.state[id] = &linkMem{}
 	}
 	return r
 }
@@ -57,23 +91,68 @@ func (r *Registry) Known(id string) bool {
 	return ok
 }
 
-// token returns the uplink token of id.
-func (r *Registry) token(id string) (string, bool) {
+// tokenOrFake returns the uplink token of id, or for an unknown id a
+// random one, so that checking it costs the same.
+func (r *Registry) tokenOrFake(id string) []byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	t, ok := r.known[id]
-	return t, ok
+	if t, ok := r.known[id]; ok {
+		return []byte(t)
+	}
+	return r.fake
+}
+
+// v2Key returns the key a v2 hello asks the proxy to prove: the token (or,
+// for an unknown id, the fake key), or the current link secret when its key
+// id matches. ok is false for a link key the proxy does not hold.
+func (r *Registry) v2Key(h uplink.Hello) (key []byte, ok bool) {
+	if h.Key == uplink.KeyToken {
+		return r.tokenOrFake(h.SandboxID), true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.state[h.SandboxID]
+	if m == nil || m.secret == nil || !uplink.TokenEqual(uplink.KeyID(m.secret), h.KeyID) {
+		return nil, false
+	}
+	return m.secret, true
 }
 
 // Link returns the live link of id, or nil.
 func (r *Registry) Link(id string) *Link {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.liveLocked(id)
+}
+
+func (r *Registry) liveLocked(id string) *Link {
 	l := r.links[id]
 	if l != nil && l.sess.IsClosed() {
 		return nil
 	}
 	return l
+}
+
+// WaitLink returns the live link of id, waiting up to d (or until ctx
+// ends) for an agent that is reconnecting; nil when none came.
+func (r *Registry) WaitLink(ctx context.Context, id string, d time.Duration) *Link {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		r.mu.Lock()
+		l, ch := r.liveLocked(id), r.changed
+		r.mu.Unlock()
+		if l != nil {
+			return l
+		}
+		select {
+		case <-ch:
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+	}
 }
 
 // Links lists live links, for the proxy's status page.
@@ -88,31 +167,101 @@ func (r *Registry) Links() []*Link {
 	return out
 }
 
-// register makes l the link of its sandbox. If a live link exists, it is
-// pinged: an answer means a real duplicate (refused); silence means the old
-// link is dead and not yet noticed (the agent reconnected first), so the
-// new one replaces it.
-func (r *Registry) register(l *Link) error {
-	if old := r.Link(l.ID); old != nil {
-		if pingWithin(old.sess, 2*time.Second) {
-			return fmt.Errorf("sandbox %s already has a live uplink from %s", l.ID, old.Remote)
-		}
-		old.sess.Close()
+// registerV1 makes l, a version 1 link, the link of its sandbox. If a live
+// link exists it is pinged: an answer means a real duplicate (refused);
+// silence means the old link is dead and not yet noticed, so the new one
+// replaces it. The swap is a compare-and-swap: two hellos racing for one
+// id cannot both pass. A sandbox that has spoken v2 is refused v1.
+func (r *Registry) registerV1(l *Link) error {
+	r.mu.Lock()
+	if m := r.state[l.ID]; m != nil && m.v2 {
+		r.mu.Unlock()
+		return fmt.Errorf("sandbox %s has spoken protocol v2 since the proxy started: v1 refused", l.ID)
+	}
+	old := r.liveLocked(l.ID)
+	r.mu.Unlock()
+	if old != nil && pingWithin(old.sess, 2*time.Second) {
+		return fmt.Errorf("sandbox %s already has a live uplink from %s", l.ID, old.Remote)
 	}
 	r.mu.Lock()
-	r.links[l.ID] = l
-	r.mu.Unlock()
-	if r.onChange != nil {
-		r.onChange(l.ID)
+	if cur := r.liveLocked(l.ID); cur != old {
+		r.mu.Unlock()
+		return fmt.Errorf("sandbox %s registered concurrently from another connection", l.ID)
 	}
+	r.setLocked(l, old)
 	return nil
 }
 
-// unregister removes l if it is still the sandbox's link.
+// registerV2 makes l, a version 2 link that proved key (the base token, or
+// the link secret when resumed), the link of its sandbox, and adopts next
+// as its link secret. Checks and swap happen under one lock hold, so of
+// two racing hellos at most one passes. dialed (the proxy dialed the
+// agent) skips the base token's quiet window.
+func (r *Registry) registerV2(l *Link, resumed, dialed bool, key, next []byte) error {
+	r.mu.Lock()
+	m := r.state[l.ID]
+	if m == nil {
+		r.mu.Unlock()
+		return errors.New(uplink.BadCredentials)
+	}
+	old := r.liveLocked(l.ID)
+	switch {
+	case resumed && !uplink.MACEqual(m.secret, key):
+		r.mu.Unlock()
+		return errResume
+	case !resumed && old != nil:
+		r.mu.Unlock()
+		return fmt.Errorf("sandbox %s has a live uplink from %s: a registration with the base token is refused (resume with the link secret)", l.ID, old.Remote)
+	case !resumed && !dialed && r.links[l.ID] != nil && !r.links[l.ID].bye:
+		// Its session has closed but unregister has not run yet: just seen.
+		r.mu.Unlock()
+		return fmt.Errorf("sandbox %s was connected a moment ago: the base token is accepted again %v after its last link ended", l.ID, r.quiet)
+	case !resumed && !dialed && !m.lastSeen.IsZero() && time.Since(m.lastSeen) < r.quiet:
+		ago := time.Since(m.lastSeen).Round(time.Second)
+		r.mu.Unlock()
+		return fmt.Errorf("sandbox %s was connected %v ago: the base token is accepted again %v after its last link ended", l.ID, ago, r.quiet)
+	}
+	m.secret, m.v2 = next, true
+	r.setLocked(l, old)
+	return nil
+}
+
+var errResume = errors.New("link secret no longer current")
+
+// setLocked installs l (closing old), wakes waiters and unlocks r.mu.
+func (r *Registry) setLocked(l, old *Link) {
+	r.links[l.ID] = l
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.mu.Unlock()
+	if old != nil {
+		old.sess.Close()
+	}
+	if r.onChange != nil {
+		r.onChange(l.ID)
+	}
+}
+
+// departed notes that l's agent said goodbye: when l ends, the sandbox
+// counts as not recently seen (its reboot may use the base token).
+func (r *Registry) departed(l *Link) {
+	r.mu.Lock()
+	l.bye = true
+	r.mu.Unlock()
+}
+
+// unregister removes l if it is still the sandbox's link, and notes when
+// the sandbox was last seen (never, after a goodbye).
 func (r *Registry) unregister(l *Link) {
 	r.mu.Lock()
 	if r.links[l.ID] == l {
 		delete(r.links, l.ID)
+		if m := r.state[l.ID]; m != nil {
+			m.lastSeen = time.Now()
+			if l.bye {
+				m.lastSeen = time.Time{}
+			}
+		}
 	}
 	r.mu.Unlock()
 	if r.onChange != nil {

@@ -3,11 +3,14 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
+	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/uplink"
 )
@@ -48,7 +51,7 @@ func (p *Proxy) ConnectAgent(ctx context.Context, network, addr string) {
 		cancel()
 		if err == nil {
 			start := time.Now()
-			p.serveUplink(ctx, c)
+			p.serveLink(ctx, c, true)
 			if time.Since(start) > 10*time.Second {
 				wait = 100 * time.Millisecond // it was up: retry quickly
 			}
@@ -63,7 +66,15 @@ func (p *Proxy) ConnectAgent(ctx context.Context, network, addr string) {
 	}
 }
 
-func (p *Proxy) serveUplink(ctx context.Context, c net.Conn) {
+// serveUplink serves an agent that dialed the uplink port.
+func (p *Proxy) serveUplink(ctx context.Context, c net.Conn) { p.serveLink(ctx, c, false) }
+
+// serveLink runs the handshake and the link on c. dialed says the proxy
+// dialed the agent itself (--connect): whoever answers at that address is
+// the agent it meant, so the base token's quiet window does not apply (a
+// stranger who connects to a listen-mode agent can make it forget its link
+// secret; that must not lock the real proxy out).
+func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 	defer c.Close()
 	log := p.log.With().Str("remote", c.RemoteAddr().String()).Logger()
 	if tcp, ok := c.(*net.TCPConn); ok {
@@ -77,46 +88,131 @@ func (p *Proxy) serveUplink(ctx context.Context, c net.Conn) {
 		_ = uplink.WriteWelcome(c, uplink.Welcome{Code: uplink.CodeBadHandshake, Error: "malformed hello"})
 		return
 	}
-	log = log.With().Str("sandbox", hello.SandboxID).Logger()
+	log = log.With().Str("sandbox", hello.SandboxID).Int("protocol", hello.Version).Logger()
 	refuse := func(code, msg string) {
 		log.Warn().Str("code", code).Msg("uplink refused: " + msg)
-		_ = uplink.WriteWelcome(c, uplink.Welcome{Code: code, Error: msg})
+		_ = uplink.WriteWelcomeV(c, hello.Version, uplink.Welcome{Code: code, Error: msg})
 	}
-	if hello.Version != uplink.Version {
-		refuse(uplink.CodeBadVersion, "protocol version mismatch: proxy speaks "+strconv.Itoa(uplink.Version)+", agent "+strconv.Itoa(hello.Version))
+	var register func(*Link) error
+	l := &Link{ID: hello.SandboxID, Remote: c.RemoteAddr().String(), Since: time.Now(), Protocol: hello.Version}
+	switch hello.Version {
+	case uplink.Version:
+		register = p.authV2(c, hello, l, log, dialed)
+	case uplink.VersionLegacy:
+		register = p.authV1(hello, l, log, refuse)
+	default:
+		refuse(uplink.CodeBadVersion, "protocol version mismatch: proxy speaks "+strconv.Itoa(uplink.VersionLegacy)+" and "+strconv.Itoa(uplink.Version)+", agent "+strconv.Itoa(hello.Version))
 		return
 	}
-	want, ok := p.reg.token(hello.SandboxID)
-	if !ok {
-		refuse(uplink.CodeUnknown, "unknown sandbox id")
-		return
-	}
-	if !uplink.TokenEqual(hello.Token, want) {
-		refuse(uplink.CodeBadToken, "wrong token for this sandbox")
-		return
+	if register == nil {
+		return // refused, and answered
 	}
 	sess, err := yamux.Client(uplink.Coalesce(c), uplink.MuxConfig(p.log))
 	if err != nil {
 		return
 	}
 	defer sess.Close()
-	l := &Link{ID: hello.SandboxID, Remote: c.RemoteAddr().String(), AgentVersion: hello.AgentVersion, Since: time.Now(), sess: sess}
-	if err := p.reg.register(l); err != nil {
-		refuse(uplink.CodeDuplicate, err.Error())
+	l.sess = sess
+	if err := register(l); err != nil {
+		code := uplink.CodeDuplicate
+		if errors.Is(err, errResume) {
+			code = uplink.CodeResumeRefused
+		}
+		refuse(code, err.Error())
 		return
 	}
 	defer p.reg.unregister(l)
 	// The welcome goes out after registration so that a request sent as
 	// soon as the agent sees it connected finds the link. yamux has not
 	// written anything yet: its first frames follow the welcome.
-	if err := uplink.WriteWelcome(c, uplink.Welcome{OK: true}); err != nil {
+	if err := uplink.WriteWelcomeV(c, hello.Version, uplink.Welcome{OK: true}); err != nil {
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
-	log.Info().Str("agent_version", hello.AgentVersion).Msg("uplink connected")
+	log.Info().Str("agent_version", l.AgentVersion).Bool("resumed", l.Resumed).Msg("uplink connected")
+	go refuseAgentStreams(sess, log, func() {
+		if l.Protocol == uplink.Version {
+			p.reg.departed(l)
+			log.Info().Msg("the agent said goodbye: a reboot may use the base token at once")
+		}
+	})
 	select {
 	case <-sess.CloseChan():
 		log.Warn().Msg("uplink lost")
 	case <-ctx.Done():
+	}
+}
+
+// authV1 checks a version 1 hello (the token in clear). It returns the
+// registration to run, or nil after answering a refusal. An unknown id and
+// a wrong token get the same answer.
+func (p *Proxy) authV1(hello uplink.Hello, l *Link, log zerolog.Logger, refuse func(code, msg string)) func(*Link) error {
+	if !uplink.TokenEqual(hello.Token, string(p.reg.tokenOrFake(hello.SandboxID))) || !p.reg.Known(hello.SandboxID) {
+		refuse(uplink.CodeBadToken, uplink.BadCredentials)
+		return nil
+	}
+	log.Warn().Str("agent_version", hello.AgentVersion).Msg("protocol v1 uplink: the agent sent its token in clear; upgrade it (v1 is accepted for this release only)")
+	l.AgentVersion = hello.AgentVersion
+	return p.reg.registerV1
+}
+
+// authV2 runs the v2 challenge-response (the proxy proves first). It
+// returns the registration to run, or nil when the handshake failed (the
+// peer has been answered).
+func (p *Proxy) authV2(c net.Conn, hello uplink.Hello, l *Link, log zerolog.Logger, dialed bool) func(*Link) error {
+	key, ok := p.reg.v2Key(hello)
+	if !ok {
+		log.Info().Msg("uplink resume refused: unknown link secret")
+		_ = uplink.RefuseChallenge(c, uplink.CodeResumeRefused, "unknown link secret: use the next secret or the token")
+		return nil
+	}
+	agentVersion, next, err := uplink.ProxyChallenge(c, hello, key)
+	if err != nil {
+		log.Warn().Err(err).Str("key", hello.Key).Msg("uplink authentication failed")
+		return nil
+	}
+	l.AgentVersion = agentVersion
+	resumed := hello.Key == uplink.KeyLink
+	l.Resumed = resumed
+	return func(l *Link) error { return p.reg.registerV2(l, resumed, dialed, key, next) }
+}
+
+// agentStreamsMax bounds the streams an agent has opened and the proxy is
+// still draining. The proxy opens every stream; a legitimate agent opens
+// none. Unaccepted, each would sit in yamux's backlog with up to 256 KiB
+// buffered (256 of them took the proxy from 7 to 161 MB).
+const agentStreamsMax = 16
+
+// refuseAgentStreams accepts every stream the agent opens and closes it at
+// once, reading and discarding what the agent sends until its FIN, so
+// nothing is buffered. An agent with more than agentStreamsMax of them
+// open loses its link. The one stream an agent may open, a goodbye at its
+// orderly shutdown (uplink.KindBye), calls bye.
+func refuseAgentStreams(sess *yamux.Session, log zerolog.Logger, bye func()) {
+	var open atomic.Int32
+	var warned atomic.Bool // once per link: an agent must not flood the log either
+	for {
+		s, err := sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		if open.Add(1) > agentStreamsMax {
+			log.Warn().Int("max", agentStreamsMax).Msg("the agent holds too many streams it opened: closing its uplink")
+			sess.Close()
+			return
+		}
+		go func() {
+			defer open.Add(-1)
+			_ = s.SetReadDeadline(time.Now().Add(2 * time.Second))
+			h, err := uplink.ReadHeader(s)
+			_ = s.SetReadDeadline(time.Time{})
+			if err == nil && h.Kind == uplink.KindBye {
+				bye()
+			} else if !warned.Swap(true) {
+				log.Warn().Msg("the agent opened a stream: refused (only the proxy opens streams)")
+			}
+			_ = s.Close()
+			_, _ = io.Copy(io.Discard, s)
+		}()
 	}
 }

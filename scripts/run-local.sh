@@ -92,10 +92,14 @@ if [ "$mode" = container ]; then
   pids+=($!)
   operator="$TL_ENGINE exec $ctr tl-agent status"
 else
+  # The token reaches the agent as an open file (fd 3), never on a command
+  # line (ps shows those to every user): the sandbox's own /tmp and /run
+  # hide host paths, an inherited descriptor crosses the chroot.
+  (umask 077; printf '%s\n' "$token" > "$state/agent.token")
   unshare --pid --mount --uts --ipc --fork --kill-child \
     ./scripts/sandbox-init.sh ./bin/tl-agent \
-    --proxy "$UPLINK_ADDR" --sandbox-id "$SANDBOX" --token "$token" \
-    2> "$state/agent.log" &
+    --proxy "$UPLINK_ADDR" --sandbox-id "$SANDBOX" --token-file /dev/fd/3 \
+    3< "$state/agent.token" 2> "$state/agent.log" &
   sandbox=$!
   pids+=($!)
   operator="nsenter -t \$(cat /proc/$sandbox/task/$sandbox/children) -a -r -w tl-agent status"

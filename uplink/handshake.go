@@ -18,9 +18,14 @@ import (
 	"io"
 )
 
-// Version is the protocol version this build speaks. A peer with another
-// version is refused during the handshake with CodeBadVersion.
-const Version = 1
+// Version is the protocol version this build speaks: 2, mutual
+// challenge-response (auth.go). The proxy still accepts VersionLegacy (the
+// token in clear in the hello) from agents of the previous release, and
+// logs each such link; the agent speaks only Version.
+const (
+	Version       = 2
+	VersionLegacy = 1
+)
 
 // magic opens every handshake frame so that a stray client (an HTTP probe, a
 // port scanner) is told apart from an agent at the first bytes.
@@ -30,12 +35,19 @@ var magic = [4]byte{'T', 'L', 'U', 'P'}
 // never payload, so anything larger is a protocol error.
 const maxFrame = 4096
 
-// Hello is the agent's first frame.
+// Hello is the agent's first frame. In version 2 it carries no secret:
+// Nonce is the agent's challenge, Key says which secret the peer must prove
+// (KeyToken, or KeyLink with KeyID naming the link secret). Token and
+// AgentVersion are version 1 only (v2 sends the agent's version in Proof,
+// after the proxy has proved itself).
 type Hello struct {
 	Version      int    `json:"version"`
 	SandboxID    string `json:"sandbox_id"`
-	Token        string `json:"token"`
+	Token        string `json:"token,omitempty"`
 	AgentVersion string `json:"agent_version,omitempty"`
+	Nonce        string `json:"nonce,omitempty"`
+	Key          string `json:"key,omitempty"`
+	KeyID        string `json:"key_id,omitempty"`
 }
 
 // Welcome is the proxy's answer to Hello. OK false carries a refusal that
@@ -47,27 +59,42 @@ type Welcome struct {
 	Version int    `json:"version"`
 }
 
-// Refusal codes sent in Welcome.Code.
+// Refusal codes sent in Welcome.Code. An unknown sandbox id is answered
+// exactly as a wrong token (CodeBadToken), so the uplink port does not tell
+// which ids exist; CodeUnknown is kept for old agents' logs only.
 const (
 	CodeBadVersion   = "BAD_VERSION"
 	CodeBadToken     = "BAD_TOKEN"
 	CodeUnknown      = "UNKNOWN_SANDBOX"
 	CodeDuplicate    = "DUPLICATE_SANDBOX"
 	CodeBadHandshake = "BAD_HANDSHAKE"
+	// CodeResumeRefused: the link secret named by Hello.KeyID is not one
+	// the proxy holds (it restarted, or the secret was rotated). The agent
+	// drops that secret and retries at once with the next one or the token.
+	CodeResumeRefused = "RESUME_REFUSED"
+	// CodeBadProof is sent by the agent when the proxy's proof is wrong.
+	CodeBadProof = "BAD_PROOF"
 )
 
 // ErrFrame reports a malformed frame: wrong magic, bad length or bad JSON.
 var ErrFrame = errors.New("uplink: malformed frame")
 
 // RefusedError is returned by the agent side when the proxy refuses it.
-type RefusedError struct{ Code, Msg string }
+type RefusedError struct {
+	Code, Msg string
+	Err       error // ErrPeerProof when the agent refused its peer
+}
 
 func (e *RefusedError) Error() string {
 	return fmt.Sprintf("uplink refused: %s: %s", e.Code, e.Msg)
 }
 
+func (e *RefusedError) Unwrap() error { return e.Err }
+
 // writeFrame writes magic, version byte, u16 length and the JSON body.
-func writeFrame(w io.Writer, v any) error {
+func writeFrame(w io.Writer, v any) error { return writeFrameV(w, Version, v) }
+
+func writeFrameV(w io.Writer, version byte, v any) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -77,7 +104,7 @@ func writeFrame(w io.Writer, v any) error {
 	}
 	buf := make([]byte, 0, 7+len(body))
 	buf = append(buf, magic[:]...)
-	buf = append(buf, Version)
+	buf = append(buf, version)
 	buf = binary.BigEndian.AppendUint16(buf, uint16(len(body)))
 	buf = append(buf, body...)
 	_, err = w.Write(buf)
@@ -109,10 +136,12 @@ func readFrame(r io.Reader, v any) (byte, error) {
 	return head[4], nil
 }
 
-// WriteHello sends the agent's hello.
-func WriteHello(w io.Writer, h Hello) error {
-	h.Version = Version
-	return writeFrame(w, h)
+// WriteHelloV1 sends a version 1 hello (the token in clear), as agents of
+// the previous release do. This build's agent never calls it: it is for
+// tests and tools that check the proxy still serves such agents.
+func WriteHelloV1(w io.Writer, h Hello) error {
+	h.Version = VersionLegacy
+	return writeFrameV(w, VersionLegacy, h)
 }
 
 // ReadHello reads an agent's hello. The caller must bound the time it waits.
@@ -125,13 +154,25 @@ func ReadHello(r io.Reader) (Hello, error) {
 	if h.SandboxID == "" || len(h.SandboxID) > 128 {
 		return Hello{}, fmt.Errorf("%w: sandbox id missing or too long", ErrFrame)
 	}
+	if h.Version == Version {
+		if err := h.validateV2(); err != nil {
+			return Hello{}, err
+		}
+	}
 	return h, nil
 }
 
-// WriteWelcome sends the proxy's answer.
-func WriteWelcome(w io.Writer, m Welcome) error {
-	m.Version = Version
-	return writeFrame(w, m)
+// WriteWelcome sends the proxy's answer in this build's version.
+func WriteWelcome(w io.Writer, m Welcome) error { return WriteWelcomeV(w, Version, m) }
+
+// WriteWelcomeV sends the proxy's answer in the given protocol version: a
+// version 1 agent is answered in version 1.
+func WriteWelcomeV(w io.Writer, version int, m Welcome) error {
+	if version != VersionLegacy {
+		version = Version
+	}
+	m.Version = version
+	return writeFrameV(w, byte(version), m)
 }
 
 // ReadWelcome reads the proxy's answer; a refusal comes back as *RefusedError.

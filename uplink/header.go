@@ -16,6 +16,10 @@ const (
 	KindSFTP = "sftp" // a bare SFTP session as the sandbox user (the SSH front door's sftp subsystem)
 	KindTCP  = "tcp"  // a TCP port on 127.0.0.1 inside the sandbox
 	KindUnix = "unix" // a unix socket inside the sandbox
+	// KindBye is the one stream the agent opens: at an orderly shutdown it
+	// says goodbye, so the proxy knows the sandbox left (a reboot may then
+	// use the base token at once). The agent never accepts it.
+	KindBye = "bye"
 )
 
 // Header is the first thing the proxy writes on every stream it opens.

@@ -16,11 +16,11 @@ import (
 
 func TestHandshakeRoundTrip(t *testing.T) {
 	var buf bytes.Buffer
-	if err := WriteHello(&buf, Hello{SandboxID: "sbx", Token: "secret", AgentVersion: "v1"}); err != nil {
+	if err := WriteHelloV1(&buf, Hello{SandboxID: "sbx", Token: "secret", AgentVersion: "v1"}); err != nil {
 		t.Fatal(err)
 	}
 	h, err := ReadHello(&buf)
-	if err != nil || h.SandboxID != "sbx" || h.Token != "secret" || h.Version != Version {
+	if err != nil || h.SandboxID != "sbx" || h.Token != "secret" || h.Version != VersionLegacy {
 		t.Fatalf("got %+v, %v", h, err)
 	}
 	buf.Reset()
@@ -164,7 +164,10 @@ func FuzzReadHeader(f *testing.F) {
 
 func FuzzReadHello(f *testing.F) {
 	var buf bytes.Buffer
-	_ = WriteHello(&buf, Hello{SandboxID: "s", Token: "t"})
+	_ = WriteHelloV1(&buf, Hello{SandboxID: "s", Token: "t"})
+	f.Add(buf.Bytes())
+	buf.Reset()
+	_ = writeFrame(&buf, Hello{Version: Version, SandboxID: "s", Nonce: strings.Repeat("ab", NonceSize), Key: KeyLink, KeyID: "0011223344556677"})
 	f.Add(buf.Bytes())
 	f.Add([]byte("TLUP\x01\x00\x02{}"))
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -80,6 +80,10 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "tl-agent:", err)
 		return 2
 	}
+	if err := cfg.ResolveToken(); err != nil {
+		fmt.Fprintln(os.Stderr, "tl-agent:", err)
+		return 2
+	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "tl-agent:", err)
 		return 2
@@ -95,7 +99,10 @@ func bindFlags(fs *cli.FlagSet, c *agent.Config) {
 	fs.String(&c.CAFile, "ca-file", d.CAFile, "PEM `file` of the CA that signs the proxy's certificate (pins it)")
 	fs.String(&c.ServerName, "server-name", d.ServerName, "`name` expected in the proxy's certificate (default: the proxy host)")
 	fs.String(&c.SandboxID, "sandbox-id", d.SandboxID, "this sandbox's `id`")
-	fs.String(&c.Token, "token", d.Token, "this sandbox's uplink `secret`")
+	fs.String(&c.Token, "token", d.Token, "this sandbox's uplink `secret` (visible in ps: prefer --token-file or the env twin)")
+	fs.String(&c.TokenFile, "token-file", d.TokenFile, "read the uplink secret from this `file` (first line)")
+	fs.Int(&c.MaxStreams, "uplink-max-streams", d.MaxStreams, "streams served at once per uplink; more are refused with a reason")
+	fs.Int(&c.MaxAPIStreams, "uplink-max-api-streams", d.MaxAPIStreams, "API (HTTP) streams served at once per uplink; more are refused with a reason")
 	fs.String(&c.ControlSocket, "control-socket", d.ControlSocket, "`path` of the operator's root-only control socket (empty: none)")
 	fs.String(&c.LogLevel, "log-level", d.LogLevel, "`level`: debug, info, warn or error")
 	fs.String(&c.User, "user", d.User, "sandbox user `name`")
