@@ -56,13 +56,14 @@ func openTerminal(p *ptyRequest) (*terminal, *os.File, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("open pty: %w", err)
 	}
-	fd, err := unix.Dup(int(m.Fd()))
+	// One step: a Dup then CloseOnExec leaves a window in which another
+	// session's fork inherits this master (and can read and type into it).
+	fd, err := unix.FcntlInt(m.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	m.Close()
 	if err != nil {
 		tty.Close()
 		return nil, nil, fmt.Errorf("open pty: %w", err)
 	}
-	unix.CloseOnExec(fd)
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
 		tty.Close()
