@@ -2,10 +2,13 @@ package sshd
 
 import (
 	"os/exec"
+	"os/user"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/tensorlake/tl-agent/identity"
 )
 
 // TestTerminalFdsNotInherited opens PTYs while other goroutines fork
@@ -14,6 +17,14 @@ import (
 // concurrent forks (issue 10 item 5); openTerminal must never leave that
 // window.
 func TestTerminalFdsNotInherited(t *testing.T) {
+	me, err := user.Current()
+	if err != nil {
+		t.Skip("no current user")
+	}
+	u, err := identity.Lookup(me.Username)
+	if err != nil {
+		t.Skip(err)
+	}
 	const forks, forkers, openers = 400, 2, 2
 	var stop atomic.Bool
 	var wg sync.WaitGroup
@@ -22,7 +33,7 @@ func TestTerminalFdsNotInherited(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for n := 0; !stop.Load() && n < 1_000_000; n++ {
-				term, tty, err := openTerminal(&ptyRequest{Rows: 24, Cols: 80})
+				term, tty, err := openTerminal(&ptyRequest{Rows: 24, Cols: 80}, u)
 				if err != nil {
 					t.Errorf("open terminal: %v", err)
 					return
