@@ -453,6 +453,10 @@ func TestSSHForwards(t *testing.T) {
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "hello unix") })}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
+		// Forwards connect as tl-user, who needs write permission on it.
+		if err := os.Chown(s.SandboxPath(srvPath), int(s.uid), -1); err != nil {
+			t.Fatal(err)
+		}
 		local := filepath.Join(t.TempDir(), "l.sock")
 		s.background(t, "-N", "-L", local+":"+srvPath, s.SSHDest())
 		if got := sshHttpGet(t, sshUnixClient(local), "http://x/"); got != "hello unix" {
