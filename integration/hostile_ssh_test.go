@@ -2,6 +2,9 @@ package integration
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	gossh "golang.org/x/crypto/ssh"
 )
 
 // Attacks on the agent's SSH server and its forwards (issue 10), each
@@ -213,4 +218,195 @@ func TestHostileSSHForwardsAsUser(t *testing.T) {
 	waitFile(s.SandboxPath(mine))
 	sshOwner(t, s.SandboxPath(mine), s.uid)
 	_ = cmd.Process.Kill()
+}
+
+// listenSSH is a sandbox whose agent also serves --ssh-listen, with
+// tl-user's ~/.ssh/authorized_keys holding lines (written as tl-user's
+// own file: the agent reads it as tl-user).
+func listenSSH(t *testing.T, lines ...string) (*sshSystem, string) {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", sshFreePort(t))
+	s := startSSH(t, Options{AgentArgs: []string{"--ssh-listen", addr}})
+	s.writeUserKeys(t, lines...)
+	return s, addr
+}
+
+func (s *sshSystem) writeUserKeys(t *testing.T, lines ...string) {
+	t.Helper()
+	dir := s.SandboxPath("/home/tl-user/.ssh")
+	p := filepath.Join(dir, "authorized_keys")
+	_ = os.Remove(p)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{dir, p} {
+		if err := os.Chown(f, int(s.uid), int(s.uid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// goKey is an in-memory key for Go SSH clients, with its authorized_keys
+// line.
+func goKey(t *testing.T) (gossh.Signer, string) {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sig, strings.TrimSpace(string(gossh.MarshalAuthorizedKey(sig.PublicKey())))
+}
+
+// TestHostileSSHListenKeyOptions: on --ssh-listen, a key whose line
+// carries an option the agent does not implement (command=, from=,
+// restrict) is refused; before, each gave a full shell. A FIFO in place of
+// authorized_keys is refused without blocking (issue 10 item 7, issue 11
+// item 2).
+func TestHostileSSHListenKeyOptions(t *testing.T) {
+	s, addr := listenSSH(t)
+	_, port, _ := strings.Cut(addr, ":")
+	direct := func() (string, int) {
+		args := append(s.SSHOpts(s.key.Private), "-p", port, "tl-user@127.0.0.1", "echo shell-ok")
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, "ssh", args...).CombinedOutput()
+		return string(out), sshExitCode(t, err)
+	}
+	for _, opt := range []string{`command="echo forced"`, `from="10.9.9.9"`, `restrict`, `no-pty`} {
+		s.writeUserKeys(t, opt+" "+s.key.Public)
+		if out, code := direct(); code != 255 {
+			t.Errorf("key with %s: exit %d %q, want refused", opt, code, out)
+		}
+	}
+	s.writeUserKeys(t, s.key.Public)
+	if out, code := direct(); code != 0 || out != "shell-ok\n" {
+		t.Fatalf("plain key: exit %d %q", code, out)
+	}
+	p := s.SandboxPath("/home/tl-user/.ssh/authorized_keys")
+	_ = os.Remove(p)
+	if err := syscall.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chown(p, int(s.uid), int(s.uid))
+	if out, code := direct(); code != 255 {
+		t.Errorf("authorized_keys a FIFO: exit %d %q, want refused", code, out)
+	}
+	if !strings.Contains(s.AgentLog(), "is not a regular file") {
+		t.Errorf("no log line for the FIFO")
+	}
+	s.writeUserKeys(t, s.key.Public)
+	if out, code := direct(); code != 0 {
+		t.Fatalf("after the FIFO: exit %d %q", code, out)
+	}
+}
+
+// stallSigner answers the server's public-key query but never signs: a
+// stranger who knows a listed public key (they are public) can hold a
+// connection at the query stage.
+type stallSigner struct {
+	gossh.Signer
+	queried chan<- struct{}
+	release <-chan struct{}
+}
+
+func (s stallSigner) Sign(r io.Reader, data []byte) (*gossh.Signature, error) {
+	s.queried <- struct{}{}
+	<-s.release
+	return nil, errors.New("released")
+}
+
+// closeSignal tells when the server closed the connection.
+type closeSignal struct {
+	net.Conn
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (c *closeSignal) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err != nil {
+		c.once.Do(func() { close(c.closed) })
+	}
+	return n, err
+}
+
+// TestHostileSSHListenQueryFlood: 300 connections to --ssh-listen that
+// stop after a public-key query (no signature). Before, a query lifted
+// the handshake deadline and the listener shared the uplink's 256
+// connections: every real login through the proxy was refused while they
+// were held. Now the proxy's users still get in, and each query-only
+// connection ends at the handshake deadline (30 s) (issue 10 item 11).
+func TestHostileSSHListenQueryFlood(t *testing.T) {
+	signer, line := goKey(t)
+	s, addr := listenSSH(t, line)
+	const n = 300
+	queried := make(chan struct{}, n)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	var served []*closeSignal
+	for i := 0; i < n; i++ {
+		raw, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		c := &closeSignal{Conn: raw, closed: make(chan struct{})}
+		t.Cleanup(func() { raw.Close() })
+		go func() {
+			cfg := &gossh.ClientConfig{User: "tl-user", HostKeyCallback: gossh.InsecureIgnoreHostKey(),
+				Auth: []gossh.AuthMethod{gossh.PublicKeys(stallSigner{signer, queried, release})}}
+			_, _, _, _ = gossh.NewClientConn(c, addr, cfg)
+		}()
+		served = append(served, c)
+	}
+	// Wait for the listener to have taken as many as it will.
+	got := 0
+	for quiet := time.After(5 * time.Second); ; {
+		select {
+		case <-queried:
+			got++
+			quiet = time.After(2 * time.Second)
+			continue
+		case <-quiet:
+		}
+		break
+	}
+	t.Logf("%d of %d connections reached the key query", got, n)
+	if got == 0 {
+		t.Fatal("no connection reached the key query: the flood tested nothing")
+	}
+	// A real login through the proxy is not refused.
+	if out, code := s.ssh(t, "", "echo in"); code != 0 || out != "in\n" {
+		t.Fatalf("login through the proxy during the flood: exit %d %q", code, out)
+	}
+	// Every held connection ends at the handshake deadline.
+	start := time.Now()
+	deadline := time.NewTimer(60 * time.Second)
+	defer deadline.Stop()
+	open := 0
+	for _, c := range served {
+		if open > 0 {
+			select {
+			case <-c.closed:
+			default:
+				open++
+			}
+			continue
+		}
+		select {
+		case <-c.closed:
+		case <-deadline.C:
+			open++
+		}
+	}
+	if open > 0 {
+		t.Fatalf("%d query-only connections still open %v after the flood", open, time.Since(start))
+	}
+	t.Logf("all query-only connections closed %v after the login", time.Since(start))
 }

@@ -669,14 +669,7 @@ func TestSSHPortRoute(t *testing.T) {
 		t.Fatalf("ssh-keyscan: %v", err)
 	}
 	_, proxyKey, _ := strings.Cut(strings.TrimSpace(string(scan)), " ")
-	sshDir := s.SandboxPath("/home/tl-user/.ssh")
-	if err := os.MkdirAll(sshDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	keys := proxyKey + "\n" + s.key.Public + "\n"
-	if err := os.WriteFile(filepath.Join(sshDir, "authorized_keys"), []byte(keys), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	s.writeUserKeys(t, proxyKey, s.key.Public) // tl-user's own file: the agent reads it as tl-user
 
 	out, err = exec.Command("ssh", append(s.SSHArgs(s.key.Private), route, "whoami; exit 3")...).CombinedOutput()
 	if sshExitCode(t, err) != 3 || string(out) != "tl-user\n" {
