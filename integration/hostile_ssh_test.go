@@ -410,3 +410,79 @@ func TestHostileSSHListenQueryFlood(t *testing.T) {
 	}
 	t.Logf("all query-only connections closed %v after the login", time.Since(start))
 }
+
+// TestHostileSSHChannelFlood: one authenticated client on --ssh-listen
+// opens 100 session channels and sends 2 MiB on each without any request
+// (x/crypto buffers up to a channel's 2 MiB window unread). Before, PID 1
+// grew by about that much per channel (14 to 153 MB with 60). Now at most
+// 16 unstarted sessions per connection are accepted, so the growth stays
+// under 64 MiB (16 x 2 MiB of data plus overhead), and they are closed
+// after 10 s (issue 10 item 8).
+func TestHostileSSHChannelFlood(t *testing.T) {
+	signer, line := goKey(t)
+	s, addr := listenSSH(t, line)
+	c, err := gossh.Dial("tcp", addr, &gossh.ClientConfig{User: "tl-user", HostKeyCallback: gossh.InsecureIgnoreHostKey(),
+		Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)}})
+	if err != nil {
+		t.Fatalf("login on --ssh-listen: %v", err)
+	}
+	defer c.Close()
+	pid := s.AgentPid()
+	before := vmKB(t, pid, "VmRSS")
+	const channels, each = 100, 2 << 20
+	chunk := make([]byte, 32<<10)
+	var wg sync.WaitGroup
+	accepted := 0
+	for i := 0; i < channels; i++ {
+		ch, reqs, err := c.OpenChannel("session", nil)
+		if err != nil {
+			continue
+		}
+		accepted++
+		go gossh.DiscardRequests(reqs)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for sent := 0; sent < each; sent += len(chunk) {
+				if _, err := ch.Write(chunk); err != nil {
+					return // closed by the agent
+				}
+			}
+		}()
+	}
+	sent := make(chan struct{})
+	go func() { wg.Wait(); close(sent) }()
+	// Sample while the data goes in (the last writes of each channel may
+	// wait for a window that never reopens: stop after a few seconds).
+	peak := before
+	for end := time.After(4 * time.Second); ; {
+		select {
+		case <-sent:
+		case <-end:
+		case <-time.After(100 * time.Millisecond):
+			peak = max(peak, vmKB(t, pid, "VmRSS"))
+			continue
+		}
+		break
+	}
+	peak = max(peak, vmKB(t, pid, "VmRSS"))
+	growth := peak - before
+	t.Logf("%d of %d channels accepted; agent RSS %d KiB before, peak %d KiB (+%d KiB)", accepted, channels, before, peak, growth)
+	if growth > 64<<10 {
+		t.Fatalf("agent RSS grew by %d KiB under a channel flood, want < 64 MiB", growth)
+	}
+	// The agent still serves others.
+	c2, err := gossh.Dial("tcp", addr, &gossh.ClientConfig{User: "tl-user", HostKeyCallback: gossh.InsecureIgnoreHostKey(),
+		Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)}})
+	if err != nil {
+		t.Fatalf("second login: %v", err)
+	}
+	defer c2.Close()
+	sess, err := c2.NewSession()
+	if err != nil {
+		t.Fatalf("session after the flood: %v", err)
+	}
+	if out, err := sess.Output("echo alive"); err != nil || string(out) != "alive\n" {
+		t.Fatalf("session after the flood: %v %q", err, out)
+	}
+}
