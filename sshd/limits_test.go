@@ -1,10 +1,15 @@
 package sshd
 
 import (
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
+	"io"
+	"net"
 	"testing"
 	"time"
 
+	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
 )
 
@@ -66,4 +71,88 @@ func TestChannelLimits(t *testing.T) {
 		_ = sess.Signal(gossh.SIGKILL)
 		sess.Close()
 	}
+}
+
+// Authentication lifts the handshake deadline: an uplink connection
+// outlives it.
+func TestDeadlineLiftedAfterAuth(t *testing.T) {
+	c := dialWith(t, Config{HandshakeTimeout: 200 * time.Millisecond})
+	time.Sleep(600 * time.Millisecond)
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatalf("session after the handshake deadline: %v", err)
+	}
+	if out, err := sess.Output("echo ok"); err != nil || string(out) != "ok\n" {
+		t.Fatalf("exec: %v %q", err, out)
+	}
+}
+
+// On the listener, a signed public-key login lifts the deadline; a
+// connection that stops after the key query (no signature) keeps it.
+func TestListenerDeadlineNeedsSignature(t *testing.T) {
+	s := newTestServer(t, Config{Listen: "127.0.0.1:0", HandshakeTimeout: 300 * time.Millisecond})
+	s.direct.PublicKeyHandler = func(ssh.Context, ssh.PublicKey) bool { return true }
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := gossh.NewSignerFromKey(priv)
+	serve := func() net.Conn {
+		a, b := tcpPair(t)
+		go s.direct.HandleConn(a)
+		return b
+	}
+	cfg := func(sig gossh.Signer) *gossh.ClientConfig {
+		return &gossh.ClientConfig{User: "u", HostKeyCallback: gossh.InsecureIgnoreHostKey(), Auth: []gossh.AuthMethod{gossh.PublicKeys(sig)}}
+	}
+	conn, chans, reqs, err := gossh.NewClientConn(serve(), "x", cfg(signer))
+	if err != nil {
+		t.Fatalf("login: %v", err)
+	}
+	c := gossh.NewClient(conn, chans, reqs)
+	defer c.Close()
+	time.Sleep(time.Second)
+	if _, _, err := c.SendRequest("keepalive@openssh.com", true, nil); err != nil {
+		t.Fatalf("authenticated connection cut at the handshake deadline: %v", err)
+	}
+
+	queried, release := make(chan struct{}, 1), make(chan struct{})
+	defer close(release)
+	b := serve()
+	closed := make(chan struct{})
+	go func() {
+		_, _, _, _ = gossh.NewClientConn(readCloseSignal{b, closed}, "x", cfg(stall{signer, queried, release}))
+	}()
+	<-queried
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("query-only connection outlived the handshake deadline")
+	}
+}
+
+type stall struct {
+	gossh.Signer
+	queried chan<- struct{}
+	release <-chan struct{}
+}
+
+func (s stall) Sign(io.Reader, []byte) (*gossh.Signature, error) {
+	s.queried <- struct{}{}
+	<-s.release
+	return nil, errors.New("released")
+}
+
+type readCloseSignal struct {
+	net.Conn
+	closed chan struct{}
+}
+
+func (c readCloseSignal) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		select {
+		case <-c.closed:
+		default:
+			close(c.closed)
+		}
+	}
+	return n, err
 }
