@@ -51,7 +51,7 @@ func TestHostileSSHTerminalOwner(t *testing.T) {
 // could then read and type into them (issue 10 item 5). The sessions ride
 // on OpenSSH connection multiplexing (20 master connections, ten sessions
 // each per wave) so the agent's PTY and fork paths, not key exchanges,
-// take the time.
+// take the time; API processes that list their fds run meanwhile.
 func TestHostileSSHNoForeignTerminal(t *testing.T) {
 	s := startSSH(t, Options{})
 	const masters, perMaster, waves = 20, 10, 10
@@ -78,6 +78,33 @@ func TestHostileSSHNoForeignTerminal(t *testing.T) {
 	start := time.Now()
 	var mu sync.Mutex
 	var bad []string
+	// API processes forked meanwhile list their fds too: more forks in
+	// the agent while PTYs open, and more children that would see a leak.
+	stop := make(chan struct{})
+	var apiRuns sync.WaitGroup
+	var apiForks int
+	for i := 0; i < 4; i++ {
+		apiRuns.Add(1)
+		go func() {
+			defer apiRuns.Done()
+			for n := 0; n < 100_000; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp := s.Do("POST", "/api/v1/processes/run", map[string]any{"command": "ls", "args": []string{"-l", "/proc/self/fd/"}})
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				mu.Lock()
+				apiForks++
+				if strings.Contains(string(body), "ptmx") {
+					bad = append(bad, fmt.Sprintf("API process: %q", body))
+				}
+				mu.Unlock()
+			}
+		}()
+	}
 	for w := 0; w < waves; w++ {
 		var wg sync.WaitGroup
 		for i := 0; i < masters*perMaster; i++ {
@@ -99,8 +126,10 @@ func TestHostileSSHNoForeignTerminal(t *testing.T) {
 		}
 		wg.Wait()
 	}
+	close(stop)
+	apiRuns.Wait()
 	n := waves * masters * perMaster
-	t.Logf("%d ssh -tt sessions in waves of %d: %v", n, masters*perMaster, time.Since(start))
+	t.Logf("%d ssh -tt sessions in waves of %d, %d API processes meanwhile: %v", n, masters*perMaster, apiForks, time.Since(start))
 	for i, b := range bad {
 		if i == 10 {
 			t.Errorf("... %d more", len(bad)-10)
