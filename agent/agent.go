@@ -257,7 +257,7 @@ func (a *Agent) serveStream(ctx context.Context, c *countedConn, lim *streamLimi
 		if h.Kind == uplink.KindTCP {
 			t, err = forward.DialTCP(ctx, h.Port)
 		} else {
-			t, err = forward.DialUnix(ctx, h.Path)
+			t, err = forward.DialUnixAs(ctx, a.cfg.User, h.Path) // as the sandbox user, never root
 		}
 		if err != nil {
 			log.Debug().Err(err).Msg("target unreachable")

@@ -88,13 +88,3 @@ func DialTCP(ctx context.Context, port int) (net.Conn, error) {
 	}
 	return c, nil
 }
-
-// DialUnix connects to a unix socket inside the sandbox.
-func DialUnix(ctx context.Context, path string) (net.Conn, error) {
-	d := net.Dialer{Timeout: DialTimeout}
-	c, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, path, err)
-	}
-	return c, nil
-}

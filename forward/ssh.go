@@ -3,7 +3,6 @@ package forward
 import (
 	"fmt"
 	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -30,7 +29,7 @@ type ctxKey struct{}
 // sshConn is one SSH connection's forwarding state.
 type sshConn struct {
 	log  zerolog.Logger
-	user *identity.User // owner of sockets made for the user; nil: leave to root
+	user *identity.User // whom forwards act as; nil refuses unix forwards
 
 	mu        sync.Mutex
 	closed    bool                    // guarded by mu
@@ -56,6 +55,14 @@ func stateOf(ctx ssh.Context) *sshConn {
 	return c
 }
 
+// userOrNil is the sandbox user forwards act as; nil refuses them.
+func (c *sshConn) userOrNil() *identity.User {
+	if c == nil {
+		return nil
+	}
+	return c.user
+}
+
 func (c *sshConn) close() {
 	c.mu.Lock()
 	c.closed = true
@@ -67,7 +74,7 @@ func (c *sshConn) close() {
 		ln.Close()
 	}
 	if dir != "" {
-		_ = os.RemoveAll(dir)
+		c.removeAgentDir(dir)
 	}
 }
 

@@ -3,10 +3,13 @@ package forward
 import (
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"testing"
 
 	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/identity"
 )
 
 func TestBindHost(t *testing.T) {
@@ -20,7 +23,7 @@ func TestBindHost(t *testing.T) {
 // A stale socket left by a dropped connection is replaced; a live socket
 // or a file of another kind is not touched.
 func TestListenUnixReplacesOnlyStaleSockets(t *testing.T) {
-	c := &sshConn{log: zerolog.Nop(), listeners: map[string]net.Listener{}}
+	u := currentUser(t)
 	dir := t.TempDir()
 
 	stale := filepath.Join(dir, "stale.sock")
@@ -30,11 +33,11 @@ func TestListenUnixReplacesOnlyStaleSockets(t *testing.T) {
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	ln.Close() // the file stays, nobody listens: stale
-	ln, err = c.listenUnix(stale)
+	ln, err = listenUnixAs(u, stale)
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
-	if _, err := c.listenUnix(stale); err == nil {
+	if _, err := listenUnixAs(u, stale); err == nil {
 		t.Errorf("a live socket was replaced")
 	}
 	ln.Close()
@@ -43,7 +46,7 @@ func TestListenUnixReplacesOnlyStaleSockets(t *testing.T) {
 	if err := os.WriteFile(regular, []byte("keep"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.listenUnix(regular); err == nil {
+	if _, err := listenUnixAs(u, regular); err == nil {
 		t.Errorf("a regular file was replaced")
 	}
 	if data, _ := os.ReadFile(regular); string(data) != "keep" {
@@ -77,4 +80,17 @@ func TestConnRegistry(t *testing.T) {
 	if c.remove("tcp:a") {
 		t.Errorf("remove found a listener after close")
 	}
+}
+
+func currentUser(t *testing.T) *identity.User {
+	t.Helper()
+	me, err := user.Current()
+	if err != nil {
+		t.Skip("no current user")
+	}
+	u, err := identity.Lookup(me.Username)
+	if err != nil {
+		t.Skip(err)
+	}
+	return u
 }

@@ -29,17 +29,21 @@ func AgentSocket(ctx ssh.Context) (string, error) {
 	}
 	c.mu.Unlock()
 
-	dir, err := os.MkdirTemp("", "ssh-")
+	// The folder and socket are made by the user, in a folder the user
+	// may write (/tmp), so they are the user's from the start.
+	if c.user == nil {
+		return "", errNoUser
+	}
+	var dir string
+	err := c.user.AsUser(func() (err error) {
+		dir, err = os.MkdirTemp("", "ssh-")
+		return err
+	})
 	if err != nil {
 		return "", fmt.Errorf("agent socket dir: %w", err)
 	}
 	path := filepath.Join(dir, "agent")
-	ln, err := net.Listen("unix", path)
-	if err == nil && c.user != nil && os.Geteuid() == 0 {
-		if err = os.Chown(dir, int(c.user.UID), int(c.user.GID)); err == nil {
-			err = os.Lchown(path, int(c.user.UID), int(c.user.GID))
-		}
-	}
+	ln, err := listenUnixAs(c.user, path)
 	if err == nil {
 		err = c.add("agent:"+path, ln)
 	}
@@ -47,7 +51,7 @@ func AgentSocket(ctx ssh.Context) (string, error) {
 		if ln != nil {
 			ln.Close()
 		}
-		_ = os.RemoveAll(dir)
+		c.removeAgentDir(dir)
 		return "", fmt.Errorf("agent socket: %w", err)
 	}
 	c.mu.Lock()
@@ -55,4 +59,11 @@ func AgentSocket(ctx ssh.Context) (string, error) {
 	c.mu.Unlock()
 	go c.serveForward(ln, conn, func(net.Addr) (string, []byte) { return "auth-agent@openssh.com", nil })
 	return path, nil
+}
+
+// removeAgentDir removes the agent socket's folder as the user: only the
+// folder itself (the socket went with its listener), so a folder the user
+// filled is left alone rather than walked.
+func (c *sshConn) removeAgentDir(dir string) {
+	_ = c.user.AsUser(func() error { return os.Remove(dir) })
 }

@@ -28,7 +28,7 @@ func DirectTCPIP(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx ss
 }
 
 // DirectStreamLocal serves `ssh -L local:/remote.sock`: a connection to a
-// unix socket inside the sandbox.
+// unix socket inside the sandbox, made as the sandbox user.
 func DirectStreamLocal(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
 	var m struct {
 		Path      string
@@ -39,9 +39,16 @@ func DirectStreamLocal(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, 
 		_ = nc.Reject(gossh.ConnectionFailed, "bad direct-streamlocal request")
 		return
 	}
-	dialAndRelay(ctx, nc, "unix", m.Path)
+	conn, err := dialUnixAs(stateOf(ctx).userOrNil(), m.Path)
+	if err != nil {
+		_ = nc.Reject(gossh.ConnectionFailed, fmt.Sprintf("connect %s: %v", m.Path, err))
+		return
+	}
+	acceptAndRelay(nc, conn)
 }
 
+// dialAndRelay connects over TCP, which needs no credentials: a user may
+// connect anywhere root may.
 func dialAndRelay(ctx context.Context, nc gossh.NewChannel, network, addr string) {
 	d := net.Dialer{Timeout: DialTimeout}
 	conn, err := d.DialContext(ctx, network, addr)
@@ -49,6 +56,10 @@ func dialAndRelay(ctx context.Context, nc gossh.NewChannel, network, addr string
 		_ = nc.Reject(gossh.ConnectionFailed, fmt.Sprintf("connect %s: %v", addr, err))
 		return
 	}
+	acceptAndRelay(nc, conn)
+}
+
+func acceptAndRelay(nc gossh.NewChannel, conn net.Conn) {
 	ch, reqs, err := nc.Accept()
 	if err != nil {
 		conn.Close()

@@ -2,9 +2,7 @@ package forward
 
 import (
 	"errors"
-	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 
@@ -13,7 +11,8 @@ import (
 )
 
 // tcpipForward serves `ssh -R [addr:]port:...` (RFC 4254 §7.1). Port 0
-// asks for any free port, which the reply carries.
+// asks for any free port, which the reply carries; a privileged port is
+// refused, as the sandbox user could not bind it.
 func tcpipForward(ctx ssh.Context, _ *ssh.Server, req *gossh.Request) (bool, []byte) {
 	c := stateOf(ctx)
 	conn, _ := ctx.Value(ssh.ContextKeyConn).(*gossh.ServerConn)
@@ -22,6 +21,10 @@ func tcpipForward(ctx ssh.Context, _ *ssh.Server, req *gossh.Request) (bool, []b
 		Port uint32
 	}
 	if c == nil || conn == nil || gossh.Unmarshal(req.Payload, &m) != nil || m.Port > 65535 {
+		return false, nil
+	}
+	if err := checkBindPort(m.Port); err != nil {
+		c.log.Info().Err(err).Str("addr", m.Addr).Msg("ssh -R refused")
 		return false, nil
 	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(bindHost(m.Addr), strconv.Itoa(int(m.Port))))
@@ -88,7 +91,8 @@ func splitAddr(a net.Addr) (string, uint32) {
 }
 
 // streamLocalForward serves `ssh -R /path.sock:...`: a unix socket inside
-// the sandbox, owned by the sandbox user, replacing a stale socket file.
+// the sandbox, made by the sandbox user where that user may make it,
+// replacing a stale socket file (sshunix.go).
 func streamLocalForward(ctx ssh.Context, _ *ssh.Server, req *gossh.Request) (bool, []byte) {
 	c := stateOf(ctx)
 	conn, _ := ctx.Value(ssh.ContextKeyConn).(*gossh.ServerConn)
@@ -97,7 +101,7 @@ func streamLocalForward(ctx ssh.Context, _ *ssh.Server, req *gossh.Request) (boo
 		return false, nil
 	}
 	path := c.socketPath(m.Path)
-	ln, err := c.listenUnix(path)
+	ln, err := listenUnixAs(c.user, path)
 	if err != nil {
 		c.log.Info().Err(err).Str("path", path).Msg("ssh -R socket refused")
 		return false, nil
@@ -132,33 +136,6 @@ func (c *sshConn) socketPath(p string) string {
 		return filepath.Clean(p)
 	}
 	return filepath.Join(c.user.Home, p)
-}
-
-// listenUnix listens on path, first removing a stale socket left by a
-// connection that dropped (never a file of another kind), and gives the
-// socket to the sandbox user: the agent runs as root.
-func (c *sshConn) listenUnix(path string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("%s exists and is not a socket", path)
-		}
-		if conn, err := net.Dial("unix", path); err == nil {
-			conn.Close()
-			return nil, fmt.Errorf("%s: a live socket", path)
-		}
-		_ = os.Remove(path)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	if c.user != nil && os.Geteuid() == 0 {
-		if err := os.Lchown(path, int(c.user.UID), int(c.user.GID)); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("chown %s: %w", path, err)
-		}
-	}
-	return ln, nil
 }
 
 // serveForward accepts on ln and opens a channel back to the client for

@@ -453,6 +453,10 @@ func TestSSHForwards(t *testing.T) {
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "hello unix") })}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
+		// Forwards connect as tl-user, who needs write permission on it.
+		if err := os.Chown(s.SandboxPath(srvPath), int(s.uid), -1); err != nil {
+			t.Fatal(err)
+		}
 		local := filepath.Join(t.TempDir(), "l.sock")
 		s.background(t, "-N", "-L", local+":"+srvPath, s.SSHDest())
 		if got := sshHttpGet(t, sshUnixClient(local), "http://x/"); got != "hello unix" {
@@ -665,14 +669,7 @@ func TestSSHPortRoute(t *testing.T) {
 		t.Fatalf("ssh-keyscan: %v", err)
 	}
 	_, proxyKey, _ := strings.Cut(strings.TrimSpace(string(scan)), " ")
-	sshDir := s.SandboxPath("/home/tl-user/.ssh")
-	if err := os.MkdirAll(sshDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	keys := proxyKey + "\n" + s.key.Public + "\n"
-	if err := os.WriteFile(filepath.Join(sshDir, "authorized_keys"), []byte(keys), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	s.writeUserKeys(t, proxyKey, s.key.Public) // tl-user's own file: the agent reads it as tl-user
 
 	out, err = exec.Command("ssh", append(s.SSHArgs(s.key.Private), route, "whoami; exit 3")...).CombinedOutput()
 	if sshExitCode(t, err) != 3 || string(out) != "tl-user\n" {

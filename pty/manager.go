@@ -146,7 +146,7 @@ func (m *Manager) start(sp startSpec) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	master, slave, err := openPTY(sp.rows, sp.cols)
+	master, slave, err := openPTY(sp.rows, sp.cols, sp.user)
 	if err != nil {
 		return nil, err
 	}

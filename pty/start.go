@@ -132,10 +132,17 @@ func envValue(env []string, key string) string {
 // blocking Read then pins a thread, ignores deadlines and is not woken by
 // Close. With the poller, the reader needs no buffer while idle, the exit
 // drain can use a deadline, and Close unblocks it.
-func openPTY(rows, cols uint16) (master, slave *os.File, err error) {
+// The slave is given to u, as OpenSSH does, so u can open its own
+// terminal again (`echo hi > $(tty)`).
+func openPTY(rows, cols uint16, u *identity.User) (master, slave *os.File, err error) {
 	m, s, err := pty.Open()
 	if err != nil {
 		return nil, nil, fmt.Errorf("open pty: %w", err)
+	}
+	if err := u.OwnTerminal(s); err != nil {
+		m.Close()
+		s.Close()
+		return nil, nil, err
 	}
 	if err := pty.Setsize(m, &pty.Winsize{Rows: rows, Cols: cols}); err != nil {
 		m.Close()

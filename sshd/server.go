@@ -44,8 +44,18 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// MaxSessions bounds concurrent session channels over all connections.
 	MaxSessions int
-	// MaxConns bounds concurrent connections (uplink and listener).
+	// MaxConns bounds concurrent connections over the uplink.
 	MaxConns int
+	// MaxListenConns bounds concurrent connections on the in-sandbox
+	// listener, apart from MaxConns: code inside the sandbox can open
+	// these freely, and must not take the slots of users coming through
+	// the proxy.
+	MaxListenConns int
+	// MaxChannelsPerConn, MaxUnstartedPerConn and UnstartedTimeout bound
+	// the channels of each connection (limits.go).
+	MaxChannelsPerConn  int
+	MaxUnstartedPerConn int
+	UnstartedTimeout    time.Duration
 }
 
 // Defaults for the zero fields of Config.
@@ -53,6 +63,7 @@ const (
 	DefaultHandshakeTimeout = 30 * time.Second
 	DefaultMaxSessions      = 512
 	DefaultMaxConns         = 256
+	DefaultMaxListenConns   = 64
 )
 
 // Server is the agent's SSH server. It owns its connections' goroutines:
@@ -67,11 +78,12 @@ type Server struct {
 	slots  chan struct{}
 
 	mu       sync.Mutex
-	closing  bool                  // guarded by mu
-	conns    map[net.Conn]struct{} // guarded by mu
-	ln       net.Listener          // guarded by mu
-	wg       sync.WaitGroup        // connections and the accept loop
-	sessions sync.WaitGroup        // session handlers; Add only under mu while !closing
+	closing  bool              // guarded by mu
+	conns    map[net.Conn]bool // guarded by mu; true: from the listener
+	nListen  int               // guarded by mu; listener connections in conns
+	ln       net.Listener      // guarded by mu
+	wg       sync.WaitGroup    // connections and the accept loop
+	sessions sync.WaitGroup    // session handlers; Add only under mu while !closing
 }
 
 // New returns a server with a fresh in-memory ed25519 host key. The proxy
@@ -92,6 +104,18 @@ func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Server, er
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = DefaultMaxConns
 	}
+	if cfg.MaxListenConns <= 0 {
+		cfg.MaxListenConns = DefaultMaxListenConns
+	}
+	if cfg.MaxChannelsPerConn <= 0 {
+		cfg.MaxChannelsPerConn = DefaultMaxChannelsPerConn
+	}
+	if cfg.MaxUnstartedPerConn <= 0 {
+		cfg.MaxUnstartedPerConn = DefaultMaxUnstartedPerConn
+	}
+	if cfg.UnstartedTimeout <= 0 {
+		cfg.UnstartedTimeout = DefaultUnstartedTimeout
+	}
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("ssh host key: %w", err)
@@ -102,7 +126,7 @@ func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Server, er
 	}
 	s := &Server{
 		cfg: cfg, log: log.With().Str("component", "sshd").Logger(), reaper: reaper, signer: signer,
-		slots: make(chan struct{}, cfg.MaxSessions), conns: map[net.Conn]struct{}{},
+		slots: make(chan struct{}, cfg.MaxSessions), conns: map[net.Conn]bool{},
 	}
 	s.uplink = s.newGlider(false)
 	if cfg.Listen != "" {
@@ -119,8 +143,8 @@ func (s *Server) newGlider(withKeys bool) *ssh.Server {
 		Version:     "tl-agent",
 		ChannelHandlers: map[string]ssh.ChannelHandler{
 			"session":                        s.handleSession,
-			"direct-tcpip":                   forward.DirectTCPIP,
-			"direct-streamlocal@openssh.com": forward.DirectStreamLocal,
+			"direct-tcpip":                   s.limited(forward.DirectTCPIP),
+			"direct-streamlocal@openssh.com": s.limited(forward.DirectStreamLocal),
 		},
 		RequestHandlers: forward.RequestHandlers(),
 		ConnCallback:    s.connCallback,
@@ -129,20 +153,22 @@ func (s *Server) newGlider(withKeys bool) *ssh.Server {
 		c := &gossh.ServerConfig{Config: gossh.Config{Ciphers: Ciphers}}
 		if !withKeys {
 			c.NoClientAuth = true
-			c.NoClientAuthCallback = func(gossh.ConnMetadata) (*gossh.Permissions, error) {
+			c.NoClientAuthCallback = func(gossh.ConnMetadata) (*gossh.Permissions, error) { return nil, nil }
+		}
+		// x/crypto calls this once an attempt is decided, and not for a
+		// public-key query (a client asking whether a key would do,
+		// without a signature): only success lifts the deadline, so a
+		// stranger who merely names a listed key is still dropped.
+		c.AuthLogCallback = func(_ gossh.ConnMetadata, _ string, err error) {
+			if err == nil {
 				authenticated(ctx)
-				return nil, nil
 			}
 		}
 		return c
 	}
 	if withKeys {
 		g.PublicKeyHandler = func(ctx ssh.Context, key ssh.PublicKey) bool {
-			if ctx.User() != s.cfg.User || !s.keyAuthorized(key) {
-				return false
-			}
-			authenticated(ctx)
-			return true
+			return ctx.User() == s.cfg.User && s.keyAuthorized(key)
 		}
 	}
 	return g
@@ -164,6 +190,7 @@ type ctxKey struct{}
 func (s *Server) connCallback(ctx ssh.Context, c net.Conn) net.Conn {
 	_ = c.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	ctx.SetValue(ctxKey{}, c)
+	ctx.SetValue(limitsKey{}, &connLimits{maxOpen: s.cfg.MaxChannelsPerConn, maxUnstarted: s.cfg.MaxUnstartedPerConn})
 	u, err := identity.Lookup(s.cfg.User)
 	if err != nil {
 		s.log.Warn().Err(err).Msg("ssh: sandbox user unknown")
@@ -182,7 +209,8 @@ func (ownDeadlines) SetDeadline(time.Time) error      { return nil }
 func (ownDeadlines) SetReadDeadline(time.Time) error  { return nil }
 func (ownDeadlines) SetWriteDeadline(time.Time) error { return nil }
 
-// authenticated lifts the handshake deadline once the client is in.
+// authenticated lifts the handshake deadline once the client is in
+// (authentication succeeded, signature checked).
 func authenticated(ctx ssh.Context) {
 	if c, ok := ctx.Value(ctxKey{}).(net.Conn); ok {
 		_ = c.SetDeadline(time.Time{})
@@ -192,7 +220,7 @@ func authenticated(ctx ssh.Context) {
 // ServeConn serves one SSH connection that arrived over the uplink and
 // returns when it has ended. h says who the proxy authenticated.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn, h uplink.Header) {
-	if !s.track(c) {
+	if !s.track(c, false) {
 		s.log.Warn().Str("user", h.User).Msg("ssh connection refused: closing or at the connection limit")
 		c.Close()
 		return
@@ -210,19 +238,30 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn, h uplink.Header) {
 	log.Info().Dur("duration", time.Since(start)).Msg("ssh connection ended")
 }
 
-func (s *Server) track(c net.Conn) bool {
+// track registers a connection within its own limit: listener and
+// uplink connections are counted apart.
+func (s *Server) track(c net.Conn, listener bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing || len(s.conns) >= s.cfg.MaxConns {
+	if s.closing {
 		return false
 	}
-	s.conns[c] = struct{}{}
+	if listener && s.nListen >= s.cfg.MaxListenConns || !listener && len(s.conns)-s.nListen >= s.cfg.MaxConns {
+		return false
+	}
+	s.conns[c] = listener
+	if listener {
+		s.nListen++
+	}
 	s.wg.Add(1)
 	return true
 }
 
 func (s *Server) untrack(c net.Conn) {
 	s.mu.Lock()
+	if s.conns[c] {
+		s.nListen--
+	}
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.wg.Done()
@@ -249,25 +288,43 @@ func (s *Server) Listen() error {
 	s.log.Info().Str("addr", ln.Addr().String()).Msg("ssh listening inside the sandbox")
 	go func() {
 		defer s.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				if !errors.Is(err, net.ErrClosed) {
-					s.log.Warn().Err(err).Msg("ssh accept")
-				}
-				return
-			}
-			if !s.track(c) {
-				c.Close()
-				continue
-			}
-			go func() {
-				defer s.untrack(c)
-				s.direct.HandleConn(c)
-			}()
-		}
+		s.acceptLoop(ln)
 	}()
 	return nil
+}
+
+// acceptLoop serves the listener until it is closed. Other accept errors
+// (EMFILE, ENFILE, ECONNABORTED) are retried after a pause that grows to
+// a second, so running out of fds once does not end the listener.
+func (s *Server) acceptLoop(ln net.Listener) {
+	var pause time.Duration
+	var lastRefusal time.Time
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			s.log.Warn().Err(err).Dur("retry_in", pause).Msg("ssh accept")
+			time.Sleep(pause)
+			continue
+		}
+		pause = 0
+		if !s.track(c, true) {
+			// At most one line a second: a flood must not flood the log.
+			if time.Since(lastRefusal) > time.Second {
+				lastRefusal = time.Now()
+				s.log.Warn().Str("remote", c.RemoteAddr().String()).Int("limit", s.cfg.MaxListenConns).Msg("ssh connection refused: at the listener's connection limit")
+			}
+			c.Close()
+			continue
+		}
+		go func() {
+			defer s.untrack(c)
+			s.direct.HandleConn(c)
+		}()
+	}
 }
 
 // Addr is the in-sandbox listener's address, or nil.
@@ -312,5 +369,5 @@ func (s *Server) startSession() bool {
 func (s *Server) Stats() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return map[string]int{"connections": len(s.conns)}
+	return map[string]int{"connections": len(s.conns), "listener_connections": s.nListen}
 }

@@ -48,6 +48,8 @@ type session struct {
 	pty  *ptyRequest // requested terminal, nil for none
 	term *terminal   // open once the program started with a PTY
 
+	limits *connLimits
+	begun  bool // a start request came: the unstarted slot is given back
 	proc   *supervisor.Proc
 	failed bool           // the program could not start; the channel is closed
 	output sync.WaitGroup // copies of program output to the channel
@@ -60,22 +62,38 @@ func (s *Server) handleSession(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewC
 		return
 	}
 	defer s.sessions.Done()
+	l := limitsOf(ctx)
+	if l == nil || !l.openChannel(true) {
+		s.refuseChannel(nc, "too many channels, or sessions not started, on this connection")
+		return
+	}
+	defer l.closeChannel()
 	select {
 	case s.slots <- struct{}{}:
 	default:
+		l.started()
 		_ = nc.Reject(gossh.ResourceShortage, "too many sessions")
 		return
 	}
 	defer func() { <-s.slots }()
 	ch, reqs, err := nc.Accept()
 	if err != nil {
+		l.started()
 		return
 	}
 	ss := &session{
-		srv: s, ch: ch, ctx: ctx, env: map[string]string{},
+		srv: s, ch: ch, ctx: ctx, env: map[string]string{}, limits: l,
 		log: s.log.With().Str("session", shortID(ctx.SessionID())).Logger(),
 	}
 	ss.serve(reqs)
+}
+
+// begin gives back the session's unstarted slot, once.
+func (ss *session) begin() {
+	if !ss.begun {
+		ss.begun = true
+		ss.limits.started()
+	}
 }
 
 func shortID(id string) string {
@@ -88,6 +106,11 @@ func shortID(id string) string {
 // serve handles requests until the program exits (then reports its exit)
 // or the client closes the channel (then hangs the program up).
 func (ss *session) serve(reqs <-chan *gossh.Request) {
+	// Until a start request, the client's data piles up unread (up to the
+	// channel's 2 MiB window): such a channel gets a deadline.
+	unstarted := time.NewTimer(ss.srv.cfg.UnstartedTimeout)
+	defer unstarted.Stop()
+	defer ss.begin()
 	var done <-chan struct{}
 	for {
 		select {
@@ -100,6 +123,15 @@ func (ss *session) serve(reqs <-chan *gossh.Request) {
 			if ss.proc != nil {
 				done = ss.proc.Done()
 			}
+			if ss.proc != nil || ss.failed {
+				ss.begin()
+				unstarted.Stop()
+			}
+		case <-unstarted.C:
+			ss.log.Info().Dur("after", ss.srv.cfg.UnstartedTimeout).Msg("ssh: session closed: no shell, exec or subsystem request")
+			go gossh.DiscardRequests(reqs)
+			_ = ss.ch.Close()
+			return
 		case <-done:
 			// Requests that arrive while we report the exit (a late
 			// window-change) must not block the connection's mux.

@@ -19,6 +19,12 @@ import (
 // a client connected to it over loopback.
 func dial(t *testing.T) *gossh.Client {
 	t.Helper()
+	return dialWith(t, Config{})
+}
+
+// dialWith is dial with cfg (whose User is set here).
+func dialWith(t *testing.T, cfg Config) *gossh.Client {
+	t.Helper()
 	me, err := user.Current()
 	if err != nil {
 		t.Skip("no current user")
@@ -27,7 +33,8 @@ func dial(t *testing.T) *gossh.Client {
 	stop := make(chan struct{})
 	go reaper.Run(stop)
 	t.Cleanup(func() { close(stop) })
-	s, err := New(Config{User: me.Username}, zerolog.Nop(), reaper)
+	cfg.User = me.Username
+	s, err := New(cfg, zerolog.Nop(), reaper)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,18 +51,25 @@ type terminal struct {
 	master *os.File
 }
 
-func openTerminal(p *ptyRequest) (*terminal, *os.File, error) {
+// openTerminal opens a PTY whose slave belongs to u.
+func openTerminal(p *ptyRequest, u *identity.User) (*terminal, *os.File, error) {
 	m, tty, err := pty.Open()
 	if err != nil {
 		return nil, nil, fmt.Errorf("open pty: %w", err)
 	}
-	fd, err := unix.Dup(int(m.Fd()))
+	if err := u.OwnTerminal(tty); err != nil {
+		m.Close()
+		tty.Close()
+		return nil, nil, err
+	}
+	// One step: a Dup then CloseOnExec leaves a window in which another
+	// session's fork inherits this master (and can read and type into it).
+	fd, err := unix.FcntlInt(m.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	m.Close()
 	if err != nil {
 		tty.Close()
 		return nil, nil, fmt.Errorf("open pty: %w", err)
 	}
-	unix.CloseOnExec(fd)
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
 		tty.Close()
@@ -133,14 +140,14 @@ func (ss *session) start(kind string, payload []byte) error {
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: u.Credential()}
 	if ss.pty != nil {
-		return ss.startPTY(cmd)
+		return ss.startPTY(cmd, u)
 	}
 	cmd.SysProcAttr.Setpgid = true
 	return ss.startPipes(cmd)
 }
 
-func (ss *session) startPTY(cmd *exec.Cmd) error {
-	t, tty, err := openTerminal(ss.pty)
+func (ss *session) startPTY(cmd *exec.Cmd, u *identity.User) error {
+	t, tty, err := openTerminal(ss.pty, u)
 	if err != nil {
 		return err
 	}
