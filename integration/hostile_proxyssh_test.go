@@ -67,6 +67,29 @@ func TestHostileProxySSH(t *testing.T) {
 		psshChannelCaps(t, s, signer)
 	})
 
+	t.Run("env requests held before a session starts are bounded", func(t *testing.T) {
+		c := psshDial(t, s, psshSigner(t, victim), "127.0.0.1")
+		ch, reqs, err := c.OpenChannel("session", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go gossh.DiscardRequests(reqs)
+		accepted := 0
+		for i := 0; i < 100; i++ {
+			ok, err := ch.SendRequest("env", true, gossh.Marshal(&struct{ Name, Value string }{fmt.Sprintf("V%d", i), "x"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok {
+				accepted++
+			}
+		}
+		if accepted != 64 {
+			t.Errorf("%d of 100 env requests held, want the cap of 64", accepted)
+		}
+		ch.Close()
+	})
+
 	t.Run("query-only connections cannot hold a source's slots past the handshake deadline", func(t *testing.T) {
 		psshQueryOnly(t, s, attacker, victim, 8, 4*time.Second)
 	})

@@ -227,7 +227,7 @@ func (f *sshFront) serveConn(ctx context.Context, c net.Conn) {
 	userAdmit := func() (func(), string) {
 		rel, full := takeBoth(st.chans, f.keyChans, st.fp)
 		if full != "" {
-			log.Warn().Str("cap", full).Msg("ssh channel refused: at the channel limit")
+			log.Debug().Str("cap", full).Msg("ssh channel refused: at the channel limit")
 			return nil, fmt.Sprintf("tl-proxy: too many channels open on this %s (limit %d)", full, f.lim.channelCap(full))
 		}
 		return rel, ""

@@ -38,7 +38,7 @@ func (f *sshFront) session(ctx context.Context, st *frontConn, remote string, nc
 		if full == "key" {
 			limit = f.lim.UnstartedPerKey
 		}
-		st.log.Warn().Str("cap", full).Msg("ssh session refused: too many unstarted sessions")
+		st.log.Debug().Str("cap", full).Msg("ssh session refused: too many unstarted sessions")
 		_ = nc.Reject(gossh.ResourceShortage, fmt.Sprintf("tl-proxy: too many sessions not yet started on this %s (limit %d)", full, limit))
 		return
 	}
