@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,6 +66,10 @@ func TestHostileProxySSH(t *testing.T) {
 
 	t.Run("channels are capped per connection and per key with a resource shortage", func(t *testing.T) {
 		psshChannelCaps(t, s, signer)
+	})
+
+	t.Run("forwards the sandbox opens back are capped per connection", func(t *testing.T) {
+		psshRemoteForwardCap(t, s, psshSigner(t, victim), 6)
 	})
 
 	t.Run("env requests held before a session starts are bounded", func(t *testing.T) {
@@ -207,6 +212,66 @@ func psshChannelCaps(t *testing.T, s *System, signer gossh.Signer) {
 	}
 	for _, ch := range append(append(onA[1:], onB...), got) {
 		ch.Close()
+	}
+}
+
+// psshRemoteForwardCap: code in the sandbox connects to a -R port again
+// and again; each connection is a channel the agent opens to the proxy.
+// Past channels_per_conn (max) the proxy refuses them, and the agent
+// hangs up on the extra connections.
+func psshRemoteForwardCap(t *testing.T, s *System, signer gossh.Signer, max int) {
+	c := psshDial(t, s, signer, "127.0.0.1")
+	ln, err := c.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("-R forward: %v", err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 4*max)
+	go func() {
+		for {
+			fc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- fc
+		}
+	}()
+	addr := ln.Addr().String() // the sandbox shares this machine's network
+	var dialed []net.Conn
+	for i := 0; i < max+4; i++ {
+		dc, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			t.Fatalf("connect to the forwarded port: %v", err)
+		}
+		defer dc.Close()
+		dialed = append(dialed, dc)
+	}
+	// Every dialed connection ends up either delivered or hung up on.
+	var hungUp atomic.Int32
+	var reads sync.WaitGroup
+	for _, dc := range dialed {
+		reads.Add(1)
+		go func() {
+			defer reads.Done()
+			_ = dc.SetReadDeadline(time.Now().Add(3 * time.Second))
+			if _, err := dc.Read(make([]byte, 1)); errors.Is(err, io.EOF) {
+				hungUp.Add(1)
+			}
+		}()
+	}
+	reads.Wait()
+	got := 0
+	for done := false; !done; {
+		select {
+		case fc := <-accepted:
+			defer fc.Close()
+			got++
+		case <-time.After(time.Second):
+			done = true
+		}
+	}
+	if got > max || int(hungUp.Load()) < len(dialed)-max {
+		t.Fatalf("%d forwarded connections delivered, %d hung up, of %d (cap %d per connection)", got, hungUp.Load(), len(dialed), max)
 	}
 }
 
