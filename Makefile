@@ -2,6 +2,7 @@
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 GO      ?= go
+FUZZTIME ?= 5s
 export CGO_ENABLED ?= 0
 
 .PHONY: all build run run-container image test test-unit test-integration bench lint fuzz deps clean
@@ -28,9 +29,11 @@ image:
 deps:
 	./scripts/deps.sh
 
-## test: everything, as CI runs it: lint, unit tests with -race, end to end.
+## test: everything, as CI runs it: lint, unit tests with -race, end to
+## end, then every fuzz target for FUZZTIME.
 test: deps lint
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m ./...
+	GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME)
 
 test-unit: lint
 	CGO_ENABLED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
@@ -46,12 +49,10 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-## fuzz: a short run of each fuzz target.
+## fuzz: every fuzz target (found with go test -list), FUZZTIME each;
+## `make fuzz FUZZTIME=5m` for a longer hunt.
 fuzz:
-	$(GO) test ./uplink/ -run '^$$' -fuzz FuzzReadHeader -fuzztime 20s
-	$(GO) test ./uplink/ -run '^$$' -fuzz FuzzReadHello -fuzztime 20s
-	$(GO) test ./uplink/ -run '^$$' -fuzz FuzzReadReply -fuzztime 20s
-	$(GO) test ./pty/ -run '^$$' -fuzz FuzzParseClientFrame -fuzztime 20s
+	GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME)
 
 clean:
 	rm -rf bin .run

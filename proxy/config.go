@@ -30,6 +30,8 @@ type Config struct {
 	SSHAuthorizedKeys string `json:"ssh_authorized_keys,omitempty"`
 	// SSHHostKey is where the proxy's persistent SSH host key lives.
 	SSHHostKey string `json:"ssh_host_key,omitempty"`
+	// SSHLimits bound each SSH front door user (sshlimits.go).
+	SSHLimits SSHLimits `json:"ssh_limits,omitempty"`
 }
 
 // SandboxConfig is one known sandbox.
@@ -59,6 +61,9 @@ func (c *Config) Validate() error {
 		c.Domain = DefaultDomain
 	}
 	c.Domain = strings.Trim(strings.ToLower(c.Domain), ".")
+	if err := c.SSHLimits.validate(); err != nil {
+		return err
+	}
 	if len(c.APIKeys) == 0 {
 		return errors.New("config: no api_keys: nobody could use the proxy")
 	}

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/tensorlake/tl-agent/forward"
+	"github.com/tensorlake/tl-agent/internal/netx"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -20,10 +23,6 @@ import (
 // the proxy then opens an uplink stream to the sandbox, speaks SSH to the
 // agent's server over it, and relays the two connections (sshrelay.go).
 // docs/ssh.md describes the key file, the user names and the refusals.
-
-// sshHandshakeTimeout bounds a user's key exchange and authentication,
-// including reaching the sandbox.
-const sshHandshakeTimeout = 30 * time.Second
 
 // maxSSHConns bounds the front door's concurrent connections.
 const maxSSHConns = 1024
@@ -44,6 +43,11 @@ type sshFront struct {
 	p      *Proxy
 	keys   *keyRing
 	signer gossh.Signer
+	lim    SSHLimits
+
+	sources      *netx.Limiter // connections per source address
+	keyChans     *quota        // channels per key fingerprint
+	keyUnstarted *quota        // unstarted sessions per key fingerprint
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{} // guarded by mu
@@ -57,7 +61,11 @@ func (p *Proxy) serveSSHFront(ctx context.Context, ln net.Listener) error {
 		ln.Close()
 		return err
 	}
-	f := &sshFront{p: p, keys: &keyRing{path: p.cfg.SSHAuthorizedKeys}, signer: signer, conns: map[net.Conn]struct{}{}}
+	f, err := newSSHFront(p, signer)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	p.log.Info().Str("addr", ln.Addr().String()).Str("host_key", gossh.FingerprintSHA256(signer.PublicKey())).Msg("ssh front door listening")
 	stop := context.AfterFunc(ctx, func() {
 		ln.Close()
@@ -106,21 +114,42 @@ func (p *Proxy) serveSSHFront(ctx context.Context, ln net.Listener) error {
 	}
 }
 
+func newSSHFront(p *Proxy, signer gossh.Signer) (*sshFront, error) {
+	lim := p.cfg.SSHLimits
+	if err := lim.validate(); err != nil {
+		return nil, err
+	}
+	return &sshFront{p: p, keys: &keyRing{path: p.cfg.SSHAuthorizedKeys, log: p.log}, signer: signer, lim: lim,
+		sources:      &netx.Limiter{PerSource: lim.ConnsPerSource},
+		keyChans:     newQuota(lim.ChannelsPerKey),
+		keyUnstarted: newQuota(lim.UnstartedPerKey),
+		conns:        map[net.Conn]struct{}{}}, nil
+}
+
 // sshRoute is what a user name asks for.
 type sshRoute struct {
 	sandbox string
 	port    int // 0: the agent's own SSH server
 }
 
+// parseSSHUser reads a user name: `<sandbox>`, or `<port>-<sandbox>` when
+// it starts with digits and a dash (sandbox ids never do).
 func parseSSHUser(name string) (sshRoute, error) {
-	if port, id, ok := splitPortRoute(name); ok {
-		if port < 1 || port > 65535 {
-			return sshRoute{}, fmt.Errorf("port %d out of range 1..65535", port)
+	if name == "" {
+		return sshRoute{}, errors.New("empty user name")
+	}
+	if digits, id, ok := strings.Cut(name, "-"); ok && digits != "" && strings.Trim(digits, "0123456789") == "" {
+		port, err := strconv.Atoi(digits)
+		if err != nil || port < 1 || port > 65535 {
+			return sshRoute{}, fmt.Errorf("port %s out of range 1..65535", digits)
+		}
+		if !ValidSandboxID(id) {
+			return sshRoute{}, fmt.Errorf("%q is not a sandbox id", id)
 		}
 		return sshRoute{sandbox: id, port: port}, nil
 	}
-	if name == "" {
-		return sshRoute{}, errors.New("empty user name")
+	if !ValidSandboxID(name) {
+		return sshRoute{}, fmt.Errorf("%q is not a sandbox id", name)
 	}
 	return sshRoute{sandbox: name}, nil
 }
@@ -131,22 +160,41 @@ func refuse(format string, args ...any) error {
 	return &gossh.BannerError{Err: errors.New(msg), Message: "tl-proxy: " + msg + "\n"}
 }
 
-// frontConn is what authentication learns about one user connection.
+// frontConn is what authentication learns about one user connection,
+// and what it holds.
 type frontConn struct {
 	key   *sshKey
+	fp    string // the signing key's SHA256 fingerprint: per-key quotas
 	route sshRoute
 	agent sshEnd // the connection to the sandbox, once made
+	log   zerolog.Logger
+
+	chans     *quota // channels the user has open
+	unstarted *quota // of which sessions not yet started
 }
 
 func (f *sshFront) serveConn(ctx context.Context, c net.Conn) {
 	log := f.p.log.With().Str("component", "sshfront").Str("remote", c.RemoteAddr().String()).Logger()
-	_ = c.SetDeadline(time.Now().Add(sshHandshakeTimeout))
-	st := &frontConn{}
+	release, ok := f.sources.Acquire(c.RemoteAddr())
+	if !ok {
+		log.Warn().Int("limit", f.lim.ConnsPerSource).Msg("ssh connection refused: too many connections from this address")
+		return
+	}
+	defer release()
+	// The deadline covers everything before a key has signed: a client
+	// that only queries keys (or never finishes) is dropped at it.
+	_ = c.SetDeadline(time.Now().Add(f.lim.handshakeTimeout()))
+	st := &frontConn{chans: newQuota(f.lim.ChannelsPerConn), unstarted: newQuota(f.lim.UnstartedPerConn)}
 	cfg := &gossh.ServerConfig{
 		PublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
 			return nil, f.authorize(st, meta.User(), key)
 		},
-		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, _ gossh.PublicKey, perms *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey, perms *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+			// Authorize again with the key that signed, so st describes
+			// it whatever other keys the client queried before.
+			if err := f.authorize(st, meta.User(), key); err != nil {
+				return nil, err
+			}
 			end, err := f.dialSandbox(ctx, st, c.RemoteAddr().String())
 			if err != nil {
 				log.Info().Err(err).Str("user", meta.User()).Str("key", st.key.name).Msg("ssh refused")
@@ -170,12 +218,21 @@ func (f *sshFront) serveConn(ctx context.Context, c net.Conn) {
 	_ = c.SetDeadline(time.Time{})
 	start := time.Now()
 	log = log.With().Str("user", conn.User()).Str("key", st.key.name).Logger()
+	st.log = log
 	log.Info().Msg("ssh connected")
 	var shortcut func(gossh.NewChannel) bool
 	if st.route.port == 0 {
 		shortcut = f.takeChannel(ctx, st, c.RemoteAddr().String())
 	}
-	bridge(sshEnd{conn: conn, chans: chans, reqs: reqs}, st.agent, shortcut)
+	userAdmit := func() (func(), string) {
+		rel, full := takeBoth(st.chans, f.keyChans, st.fp)
+		if full != "" {
+			log.Debug().Str("cap", full).Msg("ssh channel refused: at the channel limit")
+			return nil, fmt.Sprintf("tl-proxy: too many channels open on this %s (limit %d)", full, f.lim.channelCap(full))
+		}
+		return rel, ""
+	}
+	bridge(sshEnd{conn: conn, chans: chans, reqs: reqs}, st.agent, shortcut, userAdmit, connAdmit(f.lim.ChannelsPerConn))
 	log.Info().Dur("duration", time.Since(start)).Msg("ssh disconnected")
 }
 
@@ -200,7 +257,7 @@ func (f *sshFront) authorize(st *frontConn, user string, key gossh.PublicKey) er
 	if !f.p.reg.Known(rt.sandbox) {
 		return refuse("sandbox %s does not exist", rt.sandbox)
 	}
-	st.key, st.route = k, rt
+	st.key, st.fp, st.route = k, gossh.FingerprintSHA256(key), rt
 	return nil
 }
 
@@ -211,13 +268,13 @@ func (f *sshFront) authorize(st *frontConn, user string, key gossh.PublicKey) er
 func (f *sshFront) dialSandbox(ctx context.Context, st *frontConn, remote string) (sshEnd, error) {
 	rt := st.route
 	h := uplink.Header{Kind: uplink.KindSSH, User: st.key.name, Remote: remote}
-	cc := &gossh.ClientConfig{User: sandboxUser, HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: sshHandshakeTimeout,
+	cc := &gossh.ClientConfig{User: sandboxUser, HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: f.lim.handshakeTimeout(),
 		Config: gossh.Config{Ciphers: sshCiphers}}
 	if rt.port != 0 {
 		h = uplink.Header{Kind: uplink.KindTCP, Port: rt.port, User: st.key.name, Remote: remote}
 		cc.Auth = []gossh.AuthMethod{gossh.PublicKeys(f.signer)}
 	}
-	octx, cancel := context.WithTimeout(ctx, sshHandshakeTimeout)
+	octx, cancel := context.WithTimeout(ctx, f.lim.handshakeTimeout())
 	defer cancel()
 	s, err := f.p.reg.Open(octx, rt.sandbox, h)
 	if err != nil {
@@ -232,7 +289,7 @@ func (f *sshFront) dialSandbox(ctx context.Context, st *frontConn, remote string
 		}
 		return sshEnd{}, refuse("sandbox %s: %v", rt.sandbox, err)
 	}
-	_ = s.SetDeadline(time.Now().Add(sshHandshakeTimeout))
+	_ = s.SetDeadline(time.Now().Add(f.lim.handshakeTimeout()))
 	conn, chans, reqs, err := gossh.NewClientConn(s, "sandbox:"+strconv.Itoa(rt.port), cc)
 	if err != nil {
 		s.Close()

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 )
 
@@ -32,6 +33,7 @@ const maxKeysFile = 4 << 20
 // added without restarting the proxy.
 type keyRing struct {
 	path string
+	log  zerolog.Logger // refused lines are logged at each (re)load
 
 	mu    sync.Mutex
 	mtime time.Time          // guarded by mu
@@ -48,9 +50,12 @@ func (r *keyRing) lookup(key gossh.PublicKey) (*sshKey, error) {
 		return nil, fmt.Errorf("ssh keys: %w", err)
 	}
 	if r.keys == nil || !fi.ModTime().Equal(r.mtime) || fi.Size() != r.size {
-		keys, err := loadKeys(r.path)
+		keys, refused, err := loadKeys(r.path)
 		if err != nil {
 			return nil, err
+		}
+		for _, e := range refused {
+			r.log.Warn().Err(e).Msg("ssh key refused")
 		}
 		r.keys, r.mtime, r.size = keys, fi.ModTime(), fi.Size()
 	}
@@ -59,18 +64,23 @@ func (r *keyRing) lookup(key gossh.PublicKey) (*sshKey, error) {
 
 // loadKeys parses an authorized_keys style file. Each line may carry the
 // option sandboxes="id1,id2" (or "*"); a key without it reaches every
-// sandbox. Other options are ignored. See docs/ssh.md.
-func loadKeys(path string) (map[string]*sshKey, error) {
+// sandbox. A line with any other option is refused, not loaded, and
+// returned in refused: an option the proxy does not implement (a typo
+// such as sandbox=, or OpenSSH's restrictions like command= or no-pty)
+// must never leave the key with more access than it says. A line that
+// does not parse fails the whole file. See docs/ssh.md.
+func loadKeys(path string) (keys map[string]*sshKey, refused []error, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("ssh keys: %w", err)
+		return nil, nil, fmt.Errorf("ssh keys: %w", err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxKeysFile))
 	if err != nil {
-		return nil, fmt.Errorf("ssh keys: %w", err)
+		return nil, nil, fmt.Errorf("ssh keys: %w", err)
 	}
-	keys := map[string]*sshKey{}
+	keys = map[string]*sshKey{}
+	bad := map[string]bool{} // keys refused on some line
 	for line, rest := 1, data; len(rest) > 0; line++ {
 		var l []byte
 		if i := strings.IndexByte(string(rest), '\n'); i >= 0 {
@@ -84,31 +94,52 @@ func loadKeys(path string) (map[string]*sshKey, error) {
 		}
 		pk, comment, opts, _, err := gossh.ParseAuthorizedKey([]byte(s))
 		if err != nil {
-			return nil, fmt.Errorf("ssh keys %s:%d: %v", path, line, err)
+			return nil, nil, fmt.Errorf("ssh keys %s:%d: %v", path, line, err)
 		}
-		k := &sshKey{name: comment, all: true}
-		if k.name == "" {
-			k.name = gossh.FingerprintSHA256(pk)
+		id := string(pk.Marshal())
+		k, err := keyEntry(pk, comment, opts)
+		if err != nil {
+			refused = append(refused, fmt.Errorf("%s:%d (%s): %w", path, line, gossh.FingerprintSHA256(pk), err))
+			bad[id] = true
+			delete(keys, id) // refused on one line: refused on all
+			continue
 		}
-		for _, o := range opts {
-			name, val, ok := strings.Cut(o, "=")
-			if !ok || !strings.EqualFold(name, "sandboxes") {
-				continue
-			}
-			val = strings.Trim(val, `"`)
-			if val == "*" {
-				continue
-			}
-			k.all, k.sandboxes = false, map[string]bool{}
-			for _, id := range strings.Split(val, ",") {
-				if id = strings.TrimSpace(id); id != "" {
-					k.sandboxes[id] = true
-				}
-			}
+		if _, dup := keys[id]; dup || bad[id] {
+			continue // the first line of a key decides
 		}
-		keys[string(pk.Marshal())] = k
+		keys[id] = k
 	}
-	return keys, nil
+	return keys, refused, nil
+}
+
+// keyEntry is one line's key with its options applied.
+func keyEntry(pk gossh.PublicKey, comment string, opts []string) (*sshKey, error) {
+	k := &sshKey{name: comment, all: true}
+	if k.name == "" {
+		k.name = gossh.FingerprintSHA256(pk)
+	}
+	for _, o := range opts {
+		name, val, ok := strings.Cut(o, "=")
+		if !strings.EqualFold(name, "sandboxes") {
+			return nil, fmt.Errorf("option %q is not supported by tl-proxy (only sandboxes=\"id,...\"); key refused", name)
+		}
+		if !ok {
+			return nil, errors.New(`option sandboxes needs a value: sandboxes="id,..." or "*"; key refused`)
+		}
+		val = strings.Trim(val, `"`)
+		if val == "*" {
+			continue
+		}
+		if k.all {
+			k.all, k.sandboxes = false, map[string]bool{}
+		}
+		for _, id := range strings.Split(val, ",") {
+			if id = strings.TrimSpace(id); id != "" {
+				k.sandboxes[id] = true
+			}
+		}
+	}
+	return k, nil
 }
 
 // loadHostKey reads the proxy's host key, generating an ed25519 one (0600)

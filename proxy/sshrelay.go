@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"sync"
-	"sync/atomic"
 
 	gossh "golang.org/x/crypto/ssh"
 )
@@ -27,14 +26,15 @@ type sshEnd struct {
 // bridge relays between user and agent until either connection ends, then
 // closes both and returns when every relay goroutine has finished.
 // shortcut, when set, may take a user's channel itself (and return true)
-// instead of relaying it to the agent.
-func bridge(user, agent sshEnd, shortcut func(gossh.NewChannel) bool) {
+// instead of relaying it to the agent. userAdmit and agentAdmit count the
+// channels each side opens.
+func bridge(user, agent sshEnd, shortcut func(gossh.NewChannel) bool, userAdmit, agentAdmit admitFunc) {
 	var wg sync.WaitGroup
 	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
 	run(func() { relayGlobal(user.reqs, agent.conn) })
 	run(func() { relayGlobal(agent.reqs, user.conn) })
-	run(func() { relayChannels(user.chans, agent.conn, &wg, shortcut) })
-	run(func() { relayChannels(agent.chans, user.conn, &wg, nil) })
+	run(func() { relayChannels(user.chans, agent.conn, &wg, shortcut, userAdmit) })
+	run(func() { relayChannels(agent.chans, user.conn, &wg, nil, agentAdmit) })
 	run(func() { _ = user.conn.Wait(); agent.conn.Close() })
 	run(func() { _ = agent.conn.Wait(); user.conn.Close() })
 	wg.Wait()
@@ -53,19 +53,19 @@ func relayGlobal(in <-chan *gossh.Request, to gossh.Conn) {
 }
 
 // relayChannels opens each incoming channel on the other side and, once
-// both are open, relays them. A refusal is passed back with its reason.
-func relayChannels(in <-chan gossh.NewChannel, to gossh.Conn, wg *sync.WaitGroup, shortcut func(gossh.NewChannel) bool) {
-	var open atomic.Int64
+// both are open, relays them. A refusal is passed back with its reason;
+// a channel over admit's cap is refused as a resource shortage.
+func relayChannels(in <-chan gossh.NewChannel, to gossh.Conn, wg *sync.WaitGroup, shortcut func(gossh.NewChannel) bool, admit admitFunc) {
 	for nc := range in {
-		if open.Load() >= maxChannels {
-			_ = nc.Reject(gossh.ResourceShortage, "too many channels on this connection")
+		release, refusal := admit()
+		if refusal != "" {
+			_ = nc.Reject(gossh.ResourceShortage, refusal)
 			continue
 		}
-		open.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer open.Add(-1)
+			defer release()
 			if shortcut != nil && shortcut(nc) {
 				return
 			}
@@ -101,10 +101,6 @@ func relayChannel(opener gossh.Channel, openerReqs <-chan *gossh.Request, target
 	go func() { defer wg.Done(); oneWay(target, opener, targetReqs, session) }()
 	wg.Wait()
 }
-
-// maxChannels bounds the channels open at once in each direction of one
-// connection (each holds buffers and goroutines here and in the agent).
-const maxChannels = 1024
 
 // relayBuf is the data copy buffer of each channel direction: four SSH
 // packets, so a bulk transfer costs fewer reads and wake-ups than one

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 
@@ -16,33 +18,83 @@ import (
 // each way. Anything else (shell, exec, pty-req, agent forwarding, other
 // subsystems) opens a session on the agent's SSH server, replays the env
 // requests held so far, passes the request on and relays as usual.
+//
+// Until that request, whatever the client sends waits in the proxy (up to
+// the channel's 2 MiB window), so unstarted sessions are capped per
+// connection and per key, and closed after SSHLimits.UnstartedSeconds.
 
-// maxHeldEnv bounds the env requests held before a session starts.
-const maxHeldEnv = 256
+// maxHeldEnv and maxHeldEnvBytes bound the env requests held before a
+// session starts; more are refused, as sshd refuses names outside
+// AcceptEnv.
+const (
+	maxHeldEnv      = 64
+	maxHeldEnvBytes = 64 << 10
+)
 
 func (f *sshFront) session(ctx context.Context, st *frontConn, remote string, nc gossh.NewChannel) {
+	release, full := takeBoth(st.unstarted, f.keyUnstarted, st.fp)
+	if full != "" {
+		limit := f.lim.UnstartedPerConn
+		if full == "key" {
+			limit = f.lim.UnstartedPerKey
+		}
+		st.log.Debug().Str("cap", full).Msg("ssh session refused: too many unstarted sessions")
+		_ = nc.Reject(gossh.ResourceShortage, fmt.Sprintf("tl-proxy: too many sessions not yet started on this %s (limit %d)", full, limit))
+		return
+	}
+	defer release()
 	ch, reqs, err := nc.Accept()
 	if err != nil {
 		return
 	}
-	var held []*gossh.Request
-	for req := range reqs {
-		if req.Type == "env" && len(held) < maxHeldEnv {
-			held = append(held, req)
-			if req.WantReply {
-				_ = req.Reply(true, nil)
-			}
-			continue
-		}
-		var sub struct{ Name string }
-		if req.Type == "subsystem" && gossh.Unmarshal(req.Payload, &sub) == nil && sub.Name == "sftp" {
-			f.sftpStream(ctx, st, remote, ch, reqs, req)
-			return
-		}
-		f.sessionViaAgent(st, ch, reqs, held, req)
+	req, held := f.awaitStart(ctx, st, ch, reqs)
+	if req == nil {
 		return
 	}
-	ch.Close() // the client closed the channel before starting anything
+	release()
+	var sub struct{ Name string }
+	if req.Type == "subsystem" && gossh.Unmarshal(req.Payload, &sub) == nil && sub.Name == "sftp" {
+		f.sftpStream(ctx, st, remote, ch, reqs, req)
+		return
+	}
+	f.sessionViaAgent(st, ch, reqs, held, req)
+}
+
+// awaitStart holds env requests until the request that starts the
+// session, and returns them. It returns nil when the session ended
+// instead: the client closed it, or did not start it in time.
+func (f *sshFront) awaitStart(ctx context.Context, st *frontConn, ch gossh.Channel, reqs <-chan *gossh.Request) (*gossh.Request, []*gossh.Request) {
+	timer := time.NewTimer(f.lim.unstartedTimeout())
+	defer timer.Stop()
+	var held []*gossh.Request
+	size := 0
+	for {
+		select {
+		case req, ok := <-reqs:
+			if !ok {
+				ch.Close() // the client closed the channel before starting anything
+				return nil, nil
+			}
+			if req.Type != "env" {
+				return req, held
+			}
+			accept := len(held) < maxHeldEnv && size+len(req.Payload) <= maxHeldEnvBytes
+			if accept {
+				held = append(held, req)
+				size += len(req.Payload)
+			}
+			if req.WantReply {
+				_ = req.Reply(accept, nil)
+			}
+		case <-timer.C:
+			st.log.Info().Dur("timeout", f.lim.unstartedTimeout()).Msg("ssh session closed: not started in time")
+			failSession(ch, reqs, fmt.Sprintf("tl-proxy: session not started within %v; closed", f.lim.unstartedTimeout()))
+			return nil, nil
+		case <-ctx.Done():
+			failSession(ch, reqs, "tl-proxy: shutting down")
+			return nil, nil
+		}
+	}
 }
 
 // sessionViaAgent opens the session on the agent and relays it, starting
