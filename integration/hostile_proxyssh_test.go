@@ -111,26 +111,35 @@ func psshChannelFlood(t *testing.T, s *System, signer gossh.Signer, victim SSHKe
 	refused := 0
 	var writes sync.WaitGroup
 	payload := make([]byte, window)
+	// Every open at once: opens over the cap wait (unstarted_wait_seconds,
+	// 2 s) for a slot that never frees, then are refused.
+	var opens sync.WaitGroup
 	for i := 0; i < conns; i++ {
 		c := psshDial(t, s, signer, "127.0.0.1")
 		for j := 0; j < perConn; j++ {
-			ch, reqs, err := c.OpenChannel("session", nil)
-			var oce *gossh.OpenChannelError
-			if errors.As(err, &oce) && oce.Reason == gossh.ResourceShortage && strings.Contains(oce.Message, "not yet started") {
-				refused++
-				continue
-			}
-			if err != nil {
-				t.Fatalf("open channel: %v", err)
-			}
-			go gossh.DiscardRequests(reqs)
-			mu.Lock()
-			open = append(open, ch)
-			mu.Unlock()
-			writes.Add(1)
-			go func() { defer writes.Done(); _, _ = ch.Write(payload) }()
+			opens.Add(1)
+			go func() {
+				defer opens.Done()
+				ch, reqs, err := c.OpenChannel("session", nil)
+				var oce *gossh.OpenChannelError
+				mu.Lock()
+				defer mu.Unlock()
+				if errors.As(err, &oce) && oce.Reason == gossh.ResourceShortage && strings.Contains(oce.Message, "not yet started") {
+					refused++
+					return
+				}
+				if err != nil {
+					t.Errorf("open channel: %v", err)
+					return
+				}
+				go gossh.DiscardRequests(reqs)
+				open = append(open, ch)
+				writes.Add(1)
+				go func() { defer writes.Done(); _, _ = ch.Write(payload) }()
+			}()
 		}
 	}
+	psshWait(t, &opens, 60*time.Second, "the flood's channel opens")
 	psshWait(t, &writes, 60*time.Second, "the flood's writes")
 	grown := psshProxyRSS(t, s) - before
 	t.Logf("flood: %d channels held, %d refused; proxy RSS grew %d MiB (bound %d MiB)", len(open), refused, grown>>20, psshFloodBound>>20)

@@ -45,16 +45,16 @@ func TestHostileSSHTerminalOwner(t *testing.T) {
 }
 
 // TestHostileSSHNoForeignTerminal: thousands of `ssh -tt` sessions, up to
-// 200 at once, each listing the fds its shell holds: none may hold another
+// 100 at once (the proxy caps one key at 128 channels), each listing the fds its shell holds: none may hold another
 // session's PTY master (/dev/ptmx). A master dup'ed and marked
 // close-on-exec in two steps leaked into concurrent sessions' shells, which
 // could then read and type into them (issue 10 item 5). The sessions ride
-// on OpenSSH connection multiplexing (20 master connections, ten sessions
+// on OpenSSH connection multiplexing (20 master connections, five sessions
 // each per wave) so the agent's PTY and fork paths, not key exchanges,
 // take the time; API processes that list their fds run meanwhile.
 func TestHostileSSHNoForeignTerminal(t *testing.T) {
 	s := startSSH(t, Options{})
-	const masters, perMaster, waves = 20, 10, 10
+	const masters, perMaster, waves = 20, 5, 20
 	dir, err := os.MkdirTemp("/tmp", "tlmux-") // short: unix socket paths are bounded
 	if err != nil {
 		t.Fatal(err)

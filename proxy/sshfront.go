@@ -225,7 +225,7 @@ func (f *sshFront) serveConn(ctx context.Context, c net.Conn) {
 		shortcut = f.takeChannel(ctx, st, c.RemoteAddr().String())
 	}
 	userAdmit := func() (func(), string) {
-		rel, full := takeBoth(st.chans, f.keyChans, st.fp)
+		rel, full := takeBothWait(ctx, st.chans, f.keyChans, st.fp, f.lim.slotWait())
 		if full != "" {
 			log.Debug().Str("cap", full).Msg("ssh channel refused: at the channel limit")
 			return nil, fmt.Sprintf("tl-proxy: too many channels open on this %s (limit %d)", full, f.lim.channelCap(full))

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"time"
@@ -33,6 +34,10 @@ type SSHLimits struct {
 	// UnstartedSeconds is how long a session channel may stay unstarted
 	// before the proxy closes it.
 	UnstartedSeconds float64 `json:"unstarted_timeout_seconds,omitempty"`
+	// SlotWaitSeconds is how long a channel over a cap (channels or
+	// unstarted sessions) waits, not yet accepted, for a slot before it is
+	// refused.
+	SlotWaitSeconds float64 `json:"slot_wait_seconds,omitempty"`
 }
 
 // DefaultSSHLimits: OpenSSH's sshd allows 10 sessions per connection
@@ -48,6 +53,9 @@ var DefaultSSHLimits = SSHLimits{
 	UnstartedPerConn: 4,
 	UnstartedPerKey:  16,
 	UnstartedSeconds: 10,
+	// A burst of short sessions (parallel `ssh host cmd`) frees slots
+	// within milliseconds; 2 s covers a loaded machine.
+	SlotWaitSeconds: 2,
 }
 
 // validate checks l and fills its zero fields with the defaults.
@@ -60,6 +68,7 @@ func (l *SSHLimits) validate() error {
 	}{
 		{"handshake_timeout_seconds", &l.HandshakeSeconds, d.HandshakeSeconds},
 		{"unstarted_timeout_seconds", &l.UnstartedSeconds, d.UnstartedSeconds},
+		{"slot_wait_seconds", &l.SlotWaitSeconds, d.SlotWaitSeconds},
 	} {
 		if *f.v < 0 {
 			return fmt.Errorf("config: ssh_limits.%s: %v is negative", f.name, *f.v)
@@ -93,6 +102,10 @@ func (l *SSHLimits) handshakeTimeout() time.Duration {
 	return time.Duration(l.HandshakeSeconds * float64(time.Second))
 }
 
+func (l *SSHLimits) slotWait() time.Duration {
+	return time.Duration(l.SlotWaitSeconds * float64(time.Second))
+}
+
 func (l *SSHLimits) unstartedTimeout() time.Duration {
 	return time.Duration(l.UnstartedSeconds * float64(time.Second))
 }
@@ -102,11 +115,21 @@ func (l *SSHLimits) unstartedTimeout() time.Duration {
 type quota struct {
 	max int
 
-	mu sync.Mutex
-	n  map[string]int // guarded by mu
+	mu      sync.Mutex
+	n       map[string]int // guarded by mu
+	changed chan struct{}  // closed and replaced at each give; guarded by mu
 }
 
-func newQuota(max int) *quota { return &quota{max: max, n: map[string]int{}} }
+func newQuota(max int) *quota {
+	return &quota{max: max, n: map[string]int{}, changed: make(chan struct{})}
+}
+
+// wake returns a channel closed at the next give.
+func (q *quota) wake() <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.changed
+}
 
 // take counts one use of name, or reports false at the cap.
 func (q *quota) take(name string) bool {
@@ -126,6 +149,8 @@ func (q *quota) give(name string) {
 	if q.n[name]--; q.n[name] <= 0 {
 		delete(q.n, name)
 	}
+	close(q.changed)
+	q.changed = make(chan struct{})
 }
 
 // takeBoth takes one use of a connection's quota and of its key's, or
@@ -140,6 +165,31 @@ func takeBoth(conn, key *quota, keyName string) (release func(), full string) {
 	}
 	var once sync.Once
 	return func() { once.Do(func() { key.give(keyName); conn.give("") }) }, ""
+}
+
+// takeBothWait is takeBoth that waits up to wait (or until ctx ends) for
+// a use to be given back. Waiting costs the proxy only a goroutine: the
+// channel is not accepted yet, so the client has no window to send into,
+// and the waiters are already bounded by the channel caps. A burst of
+// sessions (200 parallel `ssh host cmd`, a ControlMaster fan-out) is then
+// served in turn instead of refused.
+func takeBothWait(ctx context.Context, conn, key *quota, keyName string, wait time.Duration) (release func(), full string) {
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		connWake, keyWake := conn.wake(), key.wake()
+		if release, full = takeBoth(conn, key, keyName); full == "" {
+			return release, ""
+		}
+		select {
+		case <-connWake:
+		case <-keyWake:
+		case <-deadline.C:
+			return nil, full
+		case <-ctx.Done():
+			return nil, full
+		}
+	}
 }
 
 // channelCap is the channel cap named by takeBoth's answer.

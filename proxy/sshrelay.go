@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 
@@ -52,19 +53,35 @@ func relayGlobal(in <-chan *gossh.Request, to gossh.Conn) {
 	}
 }
 
+// maxAdmitting bounds the channels of one connection and direction that
+// wait for admission at once (admit may wait for a slot); more are
+// refused at once, so a flood of opens costs no more than that many
+// goroutines.
+const maxAdmitting = 64
+
 // relayChannels opens each incoming channel on the other side and, once
 // both are open, relays them. A refusal is passed back with its reason;
-// a channel over admit's cap is refused as a resource shortage.
+// a channel over admit's cap is refused as a resource shortage. Admission
+// runs off the loop: x/crypto's connection reader blocks when the loop
+// does not take new channels, which would stall every other channel.
 func relayChannels(in <-chan gossh.NewChannel, to gossh.Conn, wg *sync.WaitGroup, shortcut func(gossh.NewChannel) bool, admit admitFunc) {
+	admitting := make(chan struct{}, maxAdmitting)
 	for nc := range in {
-		release, refusal := admit()
-		if refusal != "" {
-			_ = nc.Reject(gossh.ResourceShortage, refusal)
+		select {
+		case admitting <- struct{}{}:
+		default:
+			_ = nc.Reject(gossh.ResourceShortage, fmt.Sprintf("tl-proxy: too many channels waiting to open on this connection (limit %d)", maxAdmitting))
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			release, refusal := admit()
+			<-admitting
+			if refusal != "" {
+				_ = nc.Reject(gossh.ResourceShortage, refusal)
+				return
+			}
 			defer release()
 			if shortcut != nil && shortcut(nc) {
 				return

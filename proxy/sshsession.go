@@ -21,7 +21,9 @@ import (
 //
 // Until that request, whatever the client sends waits in the proxy (up to
 // the channel's 2 MiB window), so unstarted sessions are capped per
-// connection and per key, and closed after SSHLimits.UnstartedSeconds.
+// connection and per key, and closed after SSHLimits.UnstartedSeconds. A
+// session over the cap waits, not yet accepted, up to
+// SSHLimits.SlotWaitSeconds for a slot before it is refused.
 
 // maxHeldEnv and maxHeldEnvBytes bound the env requests held before a
 // session starts; more are refused, as sshd refuses names outside
@@ -32,7 +34,7 @@ const (
 )
 
 func (f *sshFront) session(ctx context.Context, st *frontConn, remote string, nc gossh.NewChannel) {
-	release, full := takeBoth(st.unstarted, f.keyUnstarted, st.fp)
+	release, full := takeBothWait(ctx, st.unstarted, f.keyUnstarted, st.fp, f.lim.slotWait())
 	if full != "" {
 		limit := f.lim.UnstartedPerConn
 		if full == "key" {
