@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/httpx"
 )
 
 // StartRequest is the body of POST /api/v1/processes and /run.
@@ -83,7 +84,19 @@ const (
 	codeStdinTooLarge  = "STDIN_TOO_LARGE"
 	codeInvalidRestart = "INVALID_RESTART"
 	codeRestarting     = "RESTART_IN_PROGRESS"
+	codeExhausted      = httpx.CodeResourcesExhausted
 )
+
+// startRefused maps a failed fork (or pipe) to the one retryable answer
+// when the kernel is out of pids, memory or fds for now (503, Retry-After);
+// nil for any other failure.
+func startRefused(what string, err error) *apiError {
+	if !httpx.IsExhausted(err) {
+		return nil
+	}
+	return &apiError{http.StatusServiceUnavailable, codeExhausted,
+		what + ": the sandbox is out of resources for now (" + err.Error() + "); retry later"}
+}
 
 // spec is a validated, resolved start request: everything needed to start
 // the process again (restarts reuse it).
