@@ -34,9 +34,9 @@ import (
 )
 
 // Defaults, chosen from measurements under a fork bomb with 16 concurrent
-// API clients (docs/supervisor.md has the figures): the agent needed at
-// most 14 threads with the gate, so a reserve of 32 leaves ample margin
-// while costing the sandbox only 32 of its pids.
+// API clients (docs/supervisor.md has the figures): without a reserve the
+// agent aborted wanting its 9th thread; with 16 (22 threads in all) it
+// never needed another. 32 is twice that, and costs the sandbox 32 pids.
 const (
 	DefaultReserve  = 32
 	DefaultBlocking = 8
