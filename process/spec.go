@@ -15,6 +15,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/threads"
 )
 
 // StartRequest is the body of POST /api/v1/processes and /run.
@@ -115,6 +116,10 @@ type spec struct {
 // prepare validates req and resolves its user (defaultUser when absent),
 // directory and executable.
 func prepare(req *StartRequest, defaultUser string) (*spec, error) {
+	// User lookups and stats block: bounded like every request's file
+	// syscalls (internal/threads).
+	threads.Blocking.Enter()
+	defer threads.Blocking.Leave()
 	if req.Command == "" {
 		return nil, badRequest(codeInvalid, "command is required")
 	}
