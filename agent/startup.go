@@ -24,9 +24,16 @@ func startupHygiene(log zerolog.Logger) {
 	if err := cloexecInherited(); err != nil {
 		log.Warn().Err(err).Msg("cannot mark inherited fds close-on-exec; children may inherit them")
 	}
-	before := threads.Count()
-	after := threads.Reserve(threads.DefaultReserve)
-	log.Info().Int("threads_before", before).Int("threads", after).Int("reserve", threads.DefaultReserve).
+	before, n := threads.Count(), threads.DefaultReserve
+	// Leave the kernel some pids of its own: the reserve must not itself
+	// hit the limit (an abort at start). Inside a cgroup whose limit is
+	// already nearly full the reserve is smaller, and says so.
+	if room := threads.Headroom(); room >= 0 && room-8 < n {
+		n = max(room-8, 0)
+		log.Warn().Int("headroom", room).Int("reserve", n).Msg("pids limit nearly full at start: smaller thread reserve")
+	}
+	after := threads.Reserve(n)
+	log.Info().Int("threads_before", before).Int("threads", after).Int("reserve", n).
 		Int("blocking_gate", threads.Blocking.Size()).Msg("thread reserve made")
 }
 

@@ -73,6 +73,28 @@ func Reserve(n int) int {
 	return Count()
 }
 
+// Headroom is how many more tasks (processes and threads) the pids
+// cgroup this process is in allows now, or -1 when there is no limit or
+// it cannot be read (cgroup v2, then v1 layout). Reserve takes no more
+// than that: a thread the kernel refuses during the reserve would abort
+// the agent at start, the very thing the reserve is for.
+func Headroom() int {
+	for _, dir := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/pids"} {
+		max, err1 := os.ReadFile(dir + "/pids.max")
+		cur, err2 := os.ReadFile(dir + "/pids.current")
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		m, err := strconv.Atoi(strings.TrimSpace(string(max)))
+		if err != nil { // "max": no limit
+			return -1
+		}
+		c, _ := strconv.Atoi(strings.TrimSpace(string(cur)))
+		return m - c
+	}
+	return -1
+}
+
 // Count is the number of threads of this process (/proc/self/status), or
 // 0 when it cannot be read.
 func Count() int {
