@@ -25,18 +25,11 @@ func (a *Agent) serveControl(ctx context.Context) {
 	if path == "" {
 		return
 	}
-	_ = os.MkdirAll(filepath.Dir(path), 0o755)
-	_ = os.Remove(path) // stale from a previous run
-	// Create the socket with no access for group and other from the start,
-	// so there is no window where it is world-connectable.
-	old := umask(0o177)
-	ln, err := net.Listen("unix", path)
-	umask(old)
+	ln, err := listenPrivateUnix(path)
 	if err != nil {
 		a.log.Error().Err(err).Str("path", path).Msg("control socket")
 		return
 	}
-	_ = os.Chmod(path, 0o600)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteJSON(w, http.StatusOK, a.Status())
@@ -86,4 +79,41 @@ func (a *Agent) Status() map[string]any {
 	return st
 }
 
-func umask(m int) int { return unix.Umask(m) }
+// listenPrivateUnix listens on a unix socket at path that only root can
+// connect to, with no window where anyone else could, and without
+// touching the umask: the umask is process-wide, and changing it while
+// another goroutine forks gives that child the wrong one (a main command
+// once started with 0177). fchmod on the socket's fd does not reach the
+// file bind creates, so the socket is bound inside a fresh 0700 folder
+// beside path (unreachable to others whatever its own mode), made 0600
+// there, and renamed onto path: rename is atomic and keeps the socket
+// bound.
+func listenPrivateUnix(path string) (*net.UnixListener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	private, err := os.MkdirTemp(dir, ".s") // mode 0700
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(private)
+	tmp := filepath.Join(private, "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	// The name moves: the listener must not unlink tmp (gone) at close,
+	// and the caller removes path itself.
+	ln.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	// A stale socket from a previous run is replaced by the rename.
+	if err := unix.Rename(tmp, path); err != nil {
+		ln.Close()
+		return nil, &os.LinkError{Op: "rename", Old: tmp, New: path, Err: err}
+	}
+	return ln, nil
+}

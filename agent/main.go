@@ -16,7 +16,8 @@ import (
 // Main runs the agent until it is told to stop and returns the process
 // exit code. It is the whole of tl-agent's life after flag parsing:
 //
-//  1. catch every signal (nothing may kill PID 1 while it starts);
+//  1. catch every signal (nothing may kill PID 1 while it starts), mark
+//     inherited fds close-on-exec and reserve OS threads;
 //  2. as PID 1, mount the API file systems the runtime did not;
 //  3. start the reaper, the one owner of waiting;
 //  4. provision tl-user and the host name, before any capability serves;
@@ -30,6 +31,7 @@ import (
 func Main(cfg Config, log zerolog.Logger, version string) int {
 	sigs := supervisor.HandleSignals(log)
 	defer sigs.Stop()
+	startupHygiene(log)
 	pid1 := os.Getpid() == 1
 	if !pid1 {
 		// Orphans of our sessions reparent to us instead of escaping to

@@ -8,6 +8,14 @@
 // are renamed over the target, so a reader sees the old file or the new
 // one, never half of one. Bodies are copied through one fixed buffer, so
 // memory does not grow with file size.
+//
+// Only regular files are read: a FIFO's open waits for a writer forever
+// and a device may stream without end, each holding an OS thread of PID 1
+// for as long (internal/threads). Reads open with O_NONBLOCK and check
+// the open file's type before reading; listings open with O_DIRECTORY.
+// Every blocking file syscall goes through the process-wide gate of
+// internal/threads, so the agent's thread count stays bounded whatever
+// the number of requests.
 package files
 
 import (
@@ -24,20 +32,26 @@ import (
 	"syscall"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/threads"
 )
 
 // Config names the user files belong to.
 type Config struct {
 	User string // the sandbox user, owner of written files (tl-user)
+	// Gate bounds the blocking file syscalls in flight (default: the
+	// process-wide threads.Blocking).
+	Gate *threads.Gate
 }
 
 // Server is the files capability.
 type Server struct {
-	cfg Config
-	log zerolog.Logger
+	cfg  Config
+	gate *threads.Gate
+	log  zerolog.Logger
 }
 
 // New returns the files capability.
@@ -45,7 +59,10 @@ func New(cfg Config, log zerolog.Logger) *Server {
 	if cfg.User == "" {
 		cfg.User = identity.DefaultUser
 	}
-	return &Server{cfg: cfg, log: log.With().Str("component", "files").Logger()}
+	if cfg.Gate == nil {
+		cfg.Gate = threads.Blocking
+	}
+	return &Server{cfg: cfg, gate: cfg.Gate, log: log.With().Str("component", "files").Logger()}
 }
 
 // Routes adds the Files section of the API.
@@ -64,13 +81,16 @@ const (
 	codeNotDir    = "NOT_A_DIRECTORY"
 	codeNotFound  = "NOT_FOUND"
 	codeNotEmpty  = "DIRECTORY_NOT_EMPTY"
+	codeNotFile   = "NOT_A_REGULAR_FILE"
+	codeNoSpace   = "NO_SPACE"
 	codeIO        = "IO_ERROR"
 )
 
 // owner is who written files belong to: the sandbox user, resolved per
 // request because provisioning may create it after the agent starts.
 func (s *Server) owner() *identity.User {
-	u, err := identity.Lookup(s.cfg.User)
+	var u *identity.User
+	err := s.gate.Do(func() (err error) { u, err = identity.Lookup(s.cfg.User); return err })
 	if err != nil {
 		return &identity.User{Name: s.cfg.User, UID: 1000, GID: 1000, Home: "/home/" + s.cfg.User}
 	}
@@ -82,29 +102,54 @@ func (s *Server) owner() *identity.User {
 // spec asks; names merely containing dots ("a..b") are fine.
 func (s *Server) resolve(w http.ResponseWriter, r *http.Request) (string, *identity.User, bool) {
 	p := r.URL.Query().Get("path")
-	if p == "" {
-		httpx.WriteError(w, http.StatusBadRequest, codeInvalid, "query parameter path is required")
+	if err := checkPath(p); err != nil {
+		status := http.StatusBadRequest
+		if err.code == codeTraversal {
+			status = http.StatusForbidden
+		}
+		httpx.WriteError(w, status, err.code, err.msg)
 		return "", nil, false
 	}
-	if strings.ContainsRune(p, 0) {
-		httpx.WriteError(w, http.StatusBadRequest, codeInvalid, "path contains a NUL byte")
-		return "", nil, false
+	u := s.owner()
+	return joinPath(u.Home, p), u, true
+}
+
+// pathError is a refused path= value.
+type pathError struct{ code, msg string }
+
+// checkPath applies the API's rules to a path= value: present, no NUL, and
+// no ".." element anywhere.
+func checkPath(p string) *pathError {
+	switch {
+	case p == "":
+		return &pathError{codeInvalid, "query parameter path is required"}
+	case strings.ContainsRune(p, 0):
+		return &pathError{codeInvalid, "path contains a NUL byte"}
 	}
 	for _, el := range strings.Split(p, "/") {
 		if el == ".." {
-			httpx.WriteError(w, http.StatusForbidden, codeTraversal, "path must not contain '..'")
-			return "", nil, false
+			return &pathError{codeTraversal, "path must not contain '..'"}
 		}
 	}
-	u := s.owner()
-	if !filepath.IsAbs(p) {
-		p = filepath.Join(u.Home, p)
-	}
-	return filepath.Clean(p), u, true
+	return nil
 }
 
+// joinPath makes a checked path absolute (relative to home) and clean.
+func joinPath(home, p string) string {
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(home, p)
+	}
+	return filepath.Clean(p)
+}
+
+// fsError answers a file system failure on path. The message names path
+// (the user's target), never a temporary file beside it, and the cause.
 func fsError(w http.ResponseWriter, path string, err error) {
 	switch {
+	case errors.Is(err, errNotRegular):
+		httpx.WriteError(w, http.StatusBadRequest, codeNotFile, path+" is not a regular file (a FIFO, socket or device is never read)")
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		httpx.WriteError(w, http.StatusInsufficientStorage, codeNoSpace, "no space left on the device of "+path)
 	case errors.Is(err, fs.ErrNotExist):
 		httpx.WriteError(w, http.StatusNotFound, codeNotFound, "no such file or folder: "+path)
 	case errors.Is(err, syscall.ENOTDIR):
@@ -114,8 +159,75 @@ func fsError(w http.ResponseWriter, path string, err error) {
 	case errors.Is(err, fs.ErrPermission):
 		httpx.WriteError(w, http.StatusForbidden, "PERMISSION_DENIED", "permission denied: "+path)
 	default:
-		httpx.WriteError(w, http.StatusInternalServerError, codeIO, err.Error())
+		httpx.WriteError(w, http.StatusInternalServerError, codeIO, path+": "+cause(err).Error())
 	}
+}
+
+// cause strips the operation and file name from err: those may name a
+// temporary file the user never asked about.
+func cause(err error) error {
+	var pe *fs.PathError
+	var le *os.LinkError
+	var se *os.SyscallError
+	switch {
+	case errors.As(err, &pe):
+		return pe.Err
+	case errors.As(err, &le):
+		return le.Err
+	case errors.As(err, &se):
+		return se.Err
+	}
+	return err
+}
+
+// errNotRegular marks a path that is neither a regular file nor a folder;
+// errNotFolder a listing of something else than a folder.
+var (
+	errNotRegular = errors.New("not a regular file")
+	errNotFolder  = errors.New("not a folder")
+)
+
+// openRegular opens path for reading without ever blocking: O_NONBLOCK
+// makes the open of a FIFO return at once instead of waiting for a
+// writer, and the open file's own type (fstat, so a swap after the first
+// stat changes nothing) decides. Folders give EISDIR, anything else but a
+// regular file errNotRegular. O_NONBLOCK is then cleared: reads of a
+// regular file behave as after a plain open.
+func openRegular(path string) (*os.File, fs.FileInfo, error) {
+	// Refuse by stat first, so a device is not even opened (some act on
+	// open: a tape rewinds, a tty becomes ours without O_NOCTTY).
+	if fi, err := os.Stat(path); err != nil {
+		return nil, nil, err
+	} else if err := regular(fi); err != nil {
+		return nil, nil, err
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	fi, err := f.Stat()
+	if err == nil {
+		err = regular(fi)
+	}
+	if err == nil {
+		err = unix.SetNonblock(fd, false)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, fi, nil
+}
+
+func regular(fi fs.FileInfo) error {
+	switch {
+	case fi.IsDir():
+		return syscall.EISDIR
+	case !fi.Mode().IsRegular():
+		return errNotRegular
+	}
+	return nil
 }
 
 // bufSize is the copy buffer of uploads and downloads.
@@ -128,21 +240,18 @@ func (s *Server) handleRead(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	f, err := os.Open(path)
+	var f *os.File
+	var fi fs.FileInfo
+	err := s.gate.Do(func() (err error) { f, fi, err = openRegular(path); return err })
+	if errors.Is(err, syscall.EISDIR) {
+		httpx.WriteError(w, http.StatusBadRequest, codeIsDir, path+" is a folder; use /api/v1/files/list")
+		return
+	}
 	if err != nil {
 		fsError(w, path, err)
 		return
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		fsError(w, path, err)
-		return
-	}
-	if fi.IsDir() {
-		httpx.WriteError(w, http.StatusBadRequest, codeIsDir, path+" is a folder; use /api/v1/files/list")
-		return
-	}
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Last-Modified", fi.ModTime().UTC().Format(http.TimeFormat))
@@ -157,7 +266,8 @@ func (s *Server) handleRead(w http.ResponseWriter, r *http.Request) {
 	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	if _, err := io.CopyBuffer(writerOnly{w}, readerOnly{f}, *bp); err != nil {
+	// Each read holds a slot of the gate; the network write does not.
+	if _, err := io.CopyBuffer(writerOnly{w}, readerOnly{s.gate.Reader(f)}, *bp); err != nil {
 		s.log.Debug().Err(err).Str("path", path).Msg("download ended early")
 	}
 }
@@ -171,16 +281,22 @@ func (s *Server) handleWrite(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+	var isDir bool
+	_ = s.gate.Do(func() error {
+		fi, err := os.Stat(path)
+		isDir = err == nil && fi.IsDir()
+		return nil
+	})
+	if isDir {
 		httpx.WriteError(w, http.StatusBadRequest, codeIsDir, path+" is a folder")
 		return
 	}
 	dir := filepath.Dir(path)
-	if err := mkdirAllOwned(dir, u); err != nil {
+	if err := s.gate.Do(func() error { return mkdirAllOwned(dir, u) }); err != nil {
 		fsError(w, dir, err)
 		return
 	}
-	n, err := writeAtomic(path, r.Body, u)
+	n, err := s.writeAtomic(path, r.Body, u)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) || errors.Is(err, errBody) {
@@ -198,49 +314,61 @@ func (s *Server) handleWrite(w http.ResponseWriter, r *http.Request) {
 var errBody = errors.New("reading the request body")
 
 // writeAtomic streams body into a temporary file beside path, gives it to
-// u, and renames it over path. An existing file's mode is kept.
-func writeAtomic(path string, body io.Reader, u *identity.User) (int64, error) {
+// u, and renames it over path. An existing file's mode is kept. File
+// syscalls hold a slot of the gate; reading the body (the network) does
+// not.
+func (s *Server) writeAtomic(path string, body io.Reader, u *identity.User) (int64, error) {
+	var f *os.File
+	err := s.gate.Do(func() (err error) { f, err = createTemp(path, u); return err })
+	if err != nil {
+		return 0, err
+	}
+	tmp := f.Name()
+	bp := bufPool.Get().(*[]byte)
+	n, err := copyBody(s.gate.Writer(f), body, *bp)
+	bufPool.Put(bp)
+	if err == nil {
+		err = s.gate.Do(func() error {
+			if err := f.Close(); err != nil {
+				return err
+			}
+			return os.Rename(tmp, path)
+		})
+	}
+	if err != nil {
+		_ = s.gate.Do(func() error { f.Close(); return os.Remove(tmp) })
+		return 0, err
+	}
+	return n, nil
+}
+
+// createTemp makes the temporary file beside path, owned by u, with the
+// mode of the file it replaces (0644 for a new one).
+func createTemp(path string, u *identity.User) (*os.File, error) {
 	mode := fs.FileMode(0o644)
 	if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() {
 		mode = fi.Mode().Perm()
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tl-upload-*")
 	if err != nil {
-		return 0, err
-	}
-	tmp := f.Name()
-	fail := func(err error) (int64, error) {
-		f.Close()
-		os.Remove(tmp)
-		return 0, err
+		return nil, err
 	}
 	// fchown on the descriptor: nothing can be swapped in under us.
-	if err := f.Chown(int(u.UID), int(u.GID)); err != nil {
-		return fail(err)
+	err = f.Chown(int(u.UID), int(u.GID))
+	if err == nil {
+		err = f.Chmod(mode)
 	}
-	if err := f.Chmod(mode); err != nil {
-		return fail(err)
-	}
-	bp := bufPool.Get().(*[]byte)
-	n, err := copyBody(f, body, *bp)
-	bufPool.Put(bp)
 	if err != nil {
-		return fail(err)
+		f.Close()
+		os.Remove(f.Name())
+		return nil, err
 	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return 0, err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return 0, err
-	}
-	return n, nil
+	return f, nil
 }
 
 // copyBody copies body to f, telling body errors (the client) from file
 // errors (the disk).
-func copyBody(f *os.File, body io.Reader, buf []byte) (int64, error) {
+func copyBody(f io.Writer, body io.Reader, buf []byte) (int64, error) {
 	var total int64
 	for {
 		n, rerr := body.Read(buf)
@@ -288,11 +416,13 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if _, err := os.Lstat(path); err != nil {
-		fsError(w, path, err)
-		return
-	}
-	if err := os.Remove(path); err != nil {
+	err := s.gate.Do(func() error {
+		if _, err := os.Lstat(path); err != nil {
+			return err
+		}
+		return os.Remove(path)
+	})
+	if err != nil {
 		if errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
 			httpx.WriteError(w, http.StatusBadRequest, codeNotEmpty, path+" is a folder that is not empty")
 			return
@@ -319,29 +449,15 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		fsError(w, path, err)
-		return
-	}
-	if !fi.IsDir() {
+	var entries []Entry
+	err := s.gate.Do(func() (err error) { entries, err = readFolder(path); return err })
+	if errors.Is(err, errNotFolder) {
 		httpx.WriteError(w, http.StatusBadRequest, codeNotDir, path+" is not a folder")
 		return
 	}
-	d, err := os.Open(path)
 	if err != nil {
 		fsError(w, path, err)
 		return
-	}
-	defer d.Close()
-	des, err := d.ReadDir(maxEntries)
-	if err != nil && !errors.Is(err, io.EOF) {
-		fsError(w, path, err)
-		return
-	}
-	entries := make([]Entry, 0, len(des))
-	for _, de := range des {
-		entries = append(entries, entryOf(path, de))
 	}
 	sort.Slice(entries, func(i, j int) bool {
 		if entries[i].IsDir != entries[j].IsDir {
@@ -350,6 +466,37 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 		return entries[i].Name < entries[j].Name
 	})
 	httpx.WriteJSON(w, http.StatusOK, map[string]any{"path": path, "entries": entries})
+}
+
+// readFolder lists path. O_DIRECTORY makes the open itself refuse
+// anything but a folder (ENOTDIR), so a FIFO swapped in after the stat
+// cannot make it wait.
+func readFolder(path string) ([]Entry, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.IsDir() {
+		return nil, errNotFolder
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOTDIR) {
+		return nil, errNotFolder
+	}
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	d := os.NewFile(uintptr(fd), path)
+	defer d.Close()
+	des, err := d.ReadDir(maxEntries)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	entries := make([]Entry, 0, len(des))
+	for _, de := range des {
+		entries = append(entries, entryOf(path, de))
+	}
+	return entries, nil
 }
 
 // entryOf describes de; a symlink is described by its target (a link to

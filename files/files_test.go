@@ -10,7 +10,9 @@ import (
 	"os/user"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -80,5 +82,40 @@ func TestWriteReadListDelete(t *testing.T) {
 	ents, _ := os.ReadDir(filepath.Join(dir, "a/b"))
 	if len(ents) != 1 {
 		t.Fatalf("leftovers beside the written file: %v", ents)
+	}
+}
+
+// Only regular files are read and only folders listed: a FIFO would hold
+// the request (and an OS thread of PID 1) until a writer came.
+func TestSpecialFilesRefused(t *testing.T) {
+	srv := filesServer(t)
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	q := url.QueryEscape
+	cases := []struct{ name, url, code string }{
+		{"read a FIFO", srv.URL + "/api/v1/files?path=" + q(fifo), "NOT_A_REGULAR_FILE"},
+		{"read a device", srv.URL + "/api/v1/files?path=/dev/zero", "NOT_A_REGULAR_FILE"},
+		{"list a FIFO", srv.URL + "/api/v1/files/list?path=" + q(fifo), "NOT_A_DIRECTORY"},
+		{"read a folder", srv.URL + "/api/v1/files?path=" + q(dir), "IS_DIRECTORY"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			// Bounded: before the fix /dev/zero streamed without end and the
+			// FIFO never answered.
+			client := &http.Client{Timeout: 20 * time.Second}
+			resp, err := client.Get(c.url)
+			if err != nil {
+				t.Fatalf("no answer (the open of a FIFO waits for a writer): %v", err)
+			}
+			defer resp.Body.Close()
+			data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+			code, body := resp.StatusCode, string(data)
+			if code != 400 || !strings.Contains(body, c.code) {
+				t.Fatalf("got %d %s, want 400 %s", code, body, c.code)
+			}
+		})
 	}
 }

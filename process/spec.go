@@ -14,6 +14,8 @@ import (
 	"syscall"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/threads"
 )
 
 // StartRequest is the body of POST /api/v1/processes and /run.
@@ -87,7 +89,19 @@ const (
 	codeTooManyFollow  = "TOO_MANY_FOLLOWERS"
 	codeInvalidRestart = "INVALID_RESTART"
 	codeRestarting     = "RESTART_IN_PROGRESS"
+	codeExhausted      = httpx.CodeResourcesExhausted
 )
+
+// startRefused maps a failed fork (or pipe) to the one retryable answer
+// when the kernel is out of pids, memory or fds for now (503, Retry-After);
+// nil for any other failure.
+func startRefused(what string, err error) *apiError {
+	if !httpx.IsExhausted(err) {
+		return nil
+	}
+	return &apiError{http.StatusServiceUnavailable, codeExhausted,
+		what + ": the sandbox is out of resources for now (" + err.Error() + "); retry later"}
+}
 
 // spec is a validated, resolved start request: everything needed to start
 // the process again (restarts reuse it).
@@ -106,6 +120,10 @@ type spec struct {
 // prepare validates req and resolves its user (defaultUser when absent),
 // directory and executable.
 func prepare(req *StartRequest, defaultUser string) (*spec, error) {
+	// User lookups and stats block: bounded like every request's file
+	// syscalls (internal/threads).
+	threads.Blocking.Enter()
+	defer threads.Blocking.Leave()
 	if req.Command == "" {
 		return nil, badRequest(codeInvalid, "command is required")
 	}

@@ -297,6 +297,9 @@ func openStdio(s *spec) (*stdio, error) {
 // still reach its supervisor.
 func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, error) {
 	sio, err := openStdio(s)
+	if ae := startRefused("pipes", err); ae != nil {
+		return nil, ae
+	}
 	if err != nil {
 		return nil, &apiError{500, codeStartFailed, "pipes: " + err.Error()}
 	}
@@ -321,6 +324,8 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 		switch {
 		case errors.Is(err, supervisor.ErrShuttingDown):
 			return nil, &apiError{503, codeShuttingDown, "the sandbox is shutting down"}
+		case startRefused("", err) != nil:
+			return nil, startRefused("start "+s.command, err)
 		case errors.Is(err, fs.ErrPermission) && !canEnter(s.dir, s.user):
 			// The child's chdir and exec fail alike (EACCES); tell which.
 			return nil, badRequest(codeBadDir, "working directory %s: permission denied for user %s", s.dir, s.user.Name)

@@ -94,6 +94,8 @@ func createError(err error) (int, string) {
 		return http.StatusBadRequest, "INVALID_WORKING_DIR"
 	case errors.Is(err, ErrBadEnv):
 		return http.StatusBadRequest, "INVALID_REQUEST"
+	case httpx.IsExhausted(err): // fork's EAGAIN, no PTY or fd left
+		return http.StatusServiceUnavailable, httpx.CodeResourcesExhausted
 	case errors.Is(err, errStart):
 		return http.StatusBadRequest, "START_FAILED"
 	}

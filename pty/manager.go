@@ -159,7 +159,7 @@ func (m *Manager) start(sp startSpec) (*Session, error) {
 	slave.Close()
 	if err != nil {
 		master.Close()
-		return nil, fmt.Errorf("%w: %v", errStart, err)
+		return nil, fmt.Errorf("%w: %w", errStart, err)
 	}
 	raw, err := master.SyscallConn()
 	if err != nil { // not reachable for an *os.File

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/threads"
 )
 
 // Why a command could not start; the API maps each to a 400 with its code.
@@ -46,6 +47,10 @@ const defaultTerm = "xterm-256color"
 // prepare resolves the environment, directory and executable of sp, so that
 // a command that cannot start is refused before a session exists.
 func prepare(sp startSpec) (*exec.Cmd, error) {
+	// Stats block: bounded like every request's file syscalls
+	// (internal/threads).
+	threads.Blocking.Enter()
+	defer threads.Blocking.Leave()
 	for k, v := range sp.env {
 		if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
 			return nil, fmt.Errorf("%w: variable %q", ErrBadEnv, k)

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"syscall"
 )
 
 // MaxJSONBody bounds JSON request bodies; file uploads are streamed and not
@@ -23,8 +25,34 @@ func WriteJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // WriteError writes the spec's error body: {"error": msg, "code": code}.
+// A CodeResourcesExhausted answer always carries Retry-After.
 func WriteError(w http.ResponseWriter, status int, code, msg string) {
+	if code == CodeResourcesExhausted {
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfterSecs))
+	}
 	WriteJSON(w, status, map[string]string{"error": msg, "code": code})
+}
+
+// CodeResourcesExhausted is the one retryable answer, 503 with
+// Retry-After, of every API that starts processes (run, start, PTY
+// create): the kernel refused for now (fork's EAGAIN when the sandbox's
+// pids limit is full, ENOMEM, no fds left) and the same request may
+// succeed once the workload frees some.
+const CodeResourcesExhausted = "RESOURCES_EXHAUSTED"
+
+// RetryAfterSecs is the Retry-After of a CodeResourcesExhausted answer.
+const RetryAfterSecs = 1
+
+// IsExhausted reports whether err is the kernel running out of something
+// for now: EAGAIN (fork past the pids limit or RLIMIT_NPROC), ENOMEM
+// (clone), EMFILE or ENFILE (pipes and PTYs).
+func IsExhausted(err error) bool {
+	for _, e := range []error{syscall.EAGAIN, syscall.ENOMEM, syscall.EMFILE, syscall.ENFILE} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // DecodeJSON decodes a bounded JSON body into v. Unknown fields are

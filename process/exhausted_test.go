@@ -1,0 +1,21 @@
+package process
+
+import (
+	"io/fs"
+	"syscall"
+	"testing"
+)
+
+// Fork's EAGAIN and ENOMEM are the one retryable answer; other failures
+// are not.
+func TestStartRefused(t *testing.T) {
+	for _, errno := range []syscall.Errno{syscall.EAGAIN, syscall.ENOMEM, syscall.EMFILE} {
+		ae := startRefused("start x", &fs.PathError{Op: "fork/exec", Path: "/bin/x", Err: errno})
+		if ae == nil || ae.status != 503 || ae.code != "RESOURCES_EXHAUSTED" {
+			t.Errorf("%v: %+v, want 503 RESOURCES_EXHAUSTED", errno, ae)
+		}
+	}
+	if ae := startRefused("start x", &fs.PathError{Op: "fork/exec", Err: syscall.ENOENT}); ae != nil {
+		t.Errorf("ENOENT mapped to %+v: not a resource shortage", ae)
+	}
+}
