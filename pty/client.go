@@ -23,10 +23,11 @@ type client struct {
 	buf    []byte        // writer-owned frame buffer, allocated at READY
 
 	// Guarded by s.mu.
-	ready        bool      // READY received: output flows
-	pos          int64     // next output offset to send
-	lastProgress time.Time // last completed write (or READY)
-	drop         string    // why the session dropped it, "" while wanted
+	ready        bool                 // READY received: output flows
+	pos          int64                // next output offset to send
+	lastProgress time.Duration        // running clock (Config.Pause) at the last completed write (or READY)
+	drop         string               // why the session dropped it, "" while wanted
+	dropCode     websocket.StatusCode // the close code sent with drop
 }
 
 // Limits of the WebSocket side.
@@ -102,7 +103,7 @@ func (c *client) writeLoop() {
 		case <-c.wake:
 		}
 		for {
-			st, n, code := c.s.next(c)
+			st, n, code, reason := c.s.next(c)
 			switch st {
 			case stepWait:
 			case stepSend:
@@ -112,15 +113,17 @@ func (c *client) writeLoop() {
 				c.s.advance(c, n)
 				continue
 			case stepExit:
-				if c.write(exitFrame(code)) {
-					_ = c.conn.Close(websocket.StatusNormalClosure, "exit:"+strconv.Itoa(code))
+				if c.write(exitFrame(int(code))) {
+					_ = c.conn.Close(websocket.StatusNormalClosure, "exit:"+strconv.Itoa(int(code)))
 				}
 				return
 			case stepTerminated:
 				_ = c.conn.Close(websocket.StatusGoingAway, "session terminated")
 				return
 			case stepDrop:
-				_ = c.conn.CloseNow()
+				// The deadline is dropLocked's timer: it cancels c.ctx,
+				// which cuts the connection under a close still queued.
+				_ = c.conn.Close(code, reason)
 				return
 			}
 			break
@@ -141,9 +144,12 @@ func (c *client) write(p []byte) bool {
 	return true
 }
 
-// pingLoop drops a client that does not answer pings.
+// pingLoop drops a client that does not answer pings. The pong timeout
+// counts running time: a pong that arrived while the sandbox was frozen
+// is still unread at thaw, and must not count as missing.
 func (c *client) pingLoop() {
-	t := time.NewTicker(c.s.m.cfg.PingInterval)
+	cfg := c.s.m.cfg
+	t := time.NewTicker(cfg.PingInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -151,13 +157,15 @@ func (c *client) pingLoop() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(c.ctx, c.s.m.cfg.PongTimeout)
+		ctx, cancel := context.WithCancel(c.ctx)
+		late := cfg.Pause.AfterFunc(cfg.PongTimeout, cancel)
 		err := c.conn.Ping(ctx)
+		late.Stop()
 		cancel()
 		if err != nil {
 			if c.ctx.Err() == nil {
 				c.s.log.Info().Str("client", c.remote).Err(err).Msg("pty client did not answer ping")
-				c.cancel()
+				c.s.drop(c, websocket.StatusPolicyViolation, "no pong within "+cfg.PongTimeout.String())
 			}
 			return
 		}
@@ -173,20 +181,21 @@ func (s *Session) setReady(c *client) {
 	}
 	c.ready = true
 	c.pos = s.out.replayStart()
-	c.lastProgress = time.Now()
+	c.lastProgress = s.m.cfg.Pause.Now()
 	c.wakeUp()
 }
 
 // next decides c's next step and, for stepSend, copies up to frameData
-// bytes of output into c.buf after the opcode.
-func (s *Session) next(c *client) (step, int, int) {
+// bytes of output into c.buf after the opcode. code is the exit code for
+// stepExit, the close code (with reason) for stepDrop.
+func (s *Session) next(c *client) (st step, n int, code websocket.StatusCode, reason string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case c.drop != "":
-		return stepDrop, 0, 0
+		return stepDrop, 0, c.dropCode, c.drop
 	case !c.ready:
-		return stepWait, 0, 0
+		return stepWait, 0, 0, ""
 	}
 	if c.pos < s.out.start {
 		// Only reachable if output was released after the end.
@@ -197,22 +206,22 @@ func (s *Session) next(c *client) (step, int, int) {
 			c.buf = make([]byte, 1+frameData)
 			c.buf[0] = opData
 		}
-		return stepSend, s.out.read(c.pos, c.buf[1:]), 0
+		return stepSend, s.out.read(c.pos, c.buf[1:]), 0, ""
 	}
 	switch {
 	case !s.ended:
-		return stepWait, 0, 0
+		return stepWait, 0, 0, ""
 	case s.killed:
-		return stepTerminated, 0, 0
+		return stepTerminated, 0, 0, ""
 	default:
-		return stepExit, 0, s.exit.ExitCode()
+		return stepExit, 0, websocket.StatusCode(s.exit.ExitCode()), ""
 	}
 }
 
 func (s *Session) advance(c *client, n int) {
 	s.mu.Lock()
 	c.pos += int64(n)
-	c.lastProgress = time.Now()
+	c.lastProgress = s.m.cfg.Pause.Now()
 	s.mu.Unlock()
 	s.signalProgress()
 }
