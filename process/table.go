@@ -25,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -43,6 +44,10 @@ type Config struct {
 	StdinTimeout  time.Duration // a stdin write blocked this long fails (503)
 	MaxStdinBytes int64         // one stdin request's body at most
 	StopGrace     time.Duration // SIGTERM to SIGKILL at Close
+
+	// Pause is the running clock of back-offs and health checks (nil:
+	// elapsed time, no pause detected).
+	Pause *pause.Detector
 }
 
 // DefaultConfig returns the documented defaults (docs/processes.md).

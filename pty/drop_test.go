@@ -17,12 +17,13 @@ import (
 // frame queues behind the output it had not read). Before, the connection
 // was cut with no close frame.
 func TestSlowClientGetsCloseFrame(t *testing.T) {
-	r := newRig(t, Config{StallTimeout: 300 * time.Millisecond, KeepOutput: 64 << 10})
+	// No pings: under load they could drop the client first, for another reason.
+	r := newRig(t, Config{StallTimeout: 300 * time.Millisecond, KeepOutput: 64 << 10, PingInterval: time.Hour})
 	// More than the socket buffers (4 MiB of send buffer at most here)
 	// and the kept output together, so the writer blocks and the PTY waits.
 	id, tok := r.create(map[string]any{"command": "sh", "args": []string{"-c", "head -c 8000000 /dev/zero; sleep 100"}})
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer

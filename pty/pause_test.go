@@ -2,32 +2,12 @@ package pty
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tensorlake/tl-agent/internal/pause"
+	"github.com/tensorlake/tl-agent/internal/pause/pausetest"
 )
-
-// stopSelf stops this test process with SIGSTOP (a real pause, as a
-// debugger or `kill -STOP` of the agent gives) and returns once a helper
-// has continued it after d.
-func stopSelf(t *testing.T, d time.Duration) {
-	t.Helper()
-	cont := exec.Command("sh", "-c", "sleep "+strconv.FormatFloat(d.Seconds(), 'f', 3, 64)+"; kill -CONT "+strconv.Itoa(os.Getpid()))
-	// Its own session: a Ctrl-C of the test must not leave us stopped.
-	cont.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cont.Start(); err != nil {
-		t.Fatalf("helper: %v", err)
-	}
-	if err := syscall.Kill(os.Getpid(), syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP: %v", err)
-	}
-	_ = cont.Wait()
-}
 
 // TestPauseIsNotIdle: a session whose idle timeout passes while the agent
 // is stopped survives the thaw, and is killed once the timeout has passed
@@ -44,7 +24,7 @@ func TestPauseIsNotIdle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stopSelf(t, 2*idle)
+	pausetest.StopSelf(t, 2*idle)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if _, n := det.Paused(); n > 0 {
 			break
@@ -54,9 +34,6 @@ func TestPauseIsNotIdle(t *testing.T) {
 		}
 	}
 	thawed := det.Now()
-	if p, _ := det.Paused(); true {
-		t.Logf("paused %v", p)
-	}
 	time.Sleep(300 * time.Millisecond) // the old timer fired within milliseconds of thaw
 	killed := func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.killed }
 	if killed() {
