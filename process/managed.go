@@ -321,10 +321,7 @@ func (m *managed) restart() (*Process, error) {
 	if old != nil {
 		defer old.unhold()
 		old.kill()
-		select {
-		case <-old.done:
-		case <-time.After(5 * time.Second):
-		}
+		sleepRunning(context.Background(), m.clock(), 5*time.Second, old.done)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
