@@ -103,7 +103,7 @@ func (c *client) writeLoop() {
 		case <-c.wake:
 		}
 		for {
-			st, n, code, reason := c.s.next(c)
+			st, n, code := c.s.next(c)
 			switch st {
 			case stepWait:
 			case stepSend:
@@ -113,8 +113,8 @@ func (c *client) writeLoop() {
 				c.s.advance(c, n)
 				continue
 			case stepExit:
-				if c.write(exitFrame(int(code))) {
-					_ = c.conn.Close(websocket.StatusNormalClosure, "exit:"+strconv.Itoa(int(code)))
+				if c.write(exitFrame(code)) {
+					_ = c.conn.Close(websocket.StatusNormalClosure, "exit:"+strconv.Itoa(code))
 				}
 				return
 			case stepTerminated:
@@ -123,7 +123,7 @@ func (c *client) writeLoop() {
 			case stepDrop:
 				// The deadline is dropLocked's timer: it cancels c.ctx,
 				// which cuts the connection under a close still queued.
-				_ = c.conn.Close(code, reason)
+				_ = c.conn.Close(c.s.dropReason(c))
 				return
 			}
 			break
@@ -186,16 +186,15 @@ func (s *Session) setReady(c *client) {
 }
 
 // next decides c's next step and, for stepSend, copies up to frameData
-// bytes of output into c.buf after the opcode. code is the exit code for
-// stepExit, the close code (with reason) for stepDrop.
-func (s *Session) next(c *client) (st step, n int, code websocket.StatusCode, reason string) {
+// bytes of output into c.buf after the opcode.
+func (s *Session) next(c *client) (step, int, int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case c.drop != "":
-		return stepDrop, 0, c.dropCode, c.drop
+		return stepDrop, 0, 0
 	case !c.ready:
-		return stepWait, 0, 0, ""
+		return stepWait, 0, 0
 	}
 	if c.pos < s.out.start {
 		// Only reachable if output was released after the end.
@@ -206,16 +205,23 @@ func (s *Session) next(c *client) (st step, n int, code websocket.StatusCode, re
 			c.buf = make([]byte, 1+frameData)
 			c.buf[0] = opData
 		}
-		return stepSend, s.out.read(c.pos, c.buf[1:]), 0, ""
+		return stepSend, s.out.read(c.pos, c.buf[1:]), 0
 	}
 	switch {
 	case !s.ended:
-		return stepWait, 0, 0, ""
+		return stepWait, 0, 0
 	case s.killed:
-		return stepTerminated, 0, 0, ""
+		return stepTerminated, 0, 0
 	default:
-		return stepExit, 0, websocket.StatusCode(s.exit.ExitCode()), ""
+		return stepExit, 0, s.exit.ExitCode()
 	}
+}
+
+// dropReason is the close code and reason of a dropped client.
+func (s *Session) dropReason(c *client) (websocket.StatusCode, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return c.dropCode, c.drop
 }
 
 func (s *Session) advance(c *client, n int) {
