@@ -194,8 +194,9 @@ func liveWithArg(pids []int, arg string) int {
 
 // TestFreezeIsNotIdle freezes the whole sandbox for 10 s, twice its PTY
 // idle timeout. Detached sessions survive the thaw and are killed only
-// after the idle timeout of running time. It measures when the uplink
-// answers again after the thaw.
+// after the idle timeout of running time; a supervised service's health
+// check does not fail at thaw, and a restart back-off does not count the
+// frozen time. It measures when the uplink answers again after the thaw.
 func TestFreezeIsNotIdle(t *testing.T) {
 	RequireRoot(t)
 	f := newFreezer(t)
@@ -208,6 +209,7 @@ func TestFreezeIsNotIdle(t *testing.T) {
 	a := ptyCreate(t, s, map[string]any{"command": "sleep", "args": []string{"1001"}})
 	b := ptyCreate(t, s, map[string]any{"command": "sleep", "args": []string{"1002"}})
 	created := time.Now()
+	svc := startFreezeServices(t, s)
 	if n := liveWithArg(f.pids(), "sleep\x001001") + liveWithArg(f.pids(), "sleep\x001002"); n != 2 {
 		t.Fatalf("%d of 2 session processes in the freezer cgroup %v", n, f.pids())
 	}
@@ -249,6 +251,7 @@ func TestFreezeIsNotIdle(t *testing.T) {
 			}
 		}
 	}
+	svc.check(t, s, thawed, frozen)
 
 	// And the idle timeout still holds, in running time.
 	for _, p := range []ptyCreated{a, b} {
@@ -259,9 +262,98 @@ func TestFreezeIsNotIdle(t *testing.T) {
 	}
 	t.Logf("sessions killed as idle %v after thaw (idle timeout %v of running time, %v of it before the freeze)",
 		time.Since(thawed).Round(100*time.Millisecond), idle, frozeAt.Sub(created).Round(time.Millisecond))
+	svc.waitRestart(t, s)
 	if !strings.Contains(s.AgentLog(), "sandbox was paused") {
 		t.Errorf("the agent did not log the pause it must have detected")
 	}
+}
+
+// freezeServices are the supervised processes frozen with the sandbox.
+type freezeServices struct {
+	backoffFrom time.Time // the crasher's back-off started about here
+}
+
+// freezeBackoff is the crasher's restart back-off: longer than what is
+// left of the test between the thaw and the check.
+const freezeBackoff = 8 * time.Second
+
+// startFreezeServices starts "slowweb", an HTTP service that needs 8 x 50
+// ms of sleep per answer, health-checked back to back with failure
+// threshold 1 (so a probe is in flight when the freeze comes, and one
+// failure kills it), and "crasher", which fails at once and restarts
+// after freezeBackoff. It returns once the first is healthy and the second
+// backing off.
+func startFreezeServices(t *testing.T, s *System) *freezeServices {
+	t.Helper()
+	addr := freeAddr(t)
+	port := addr[strings.LastIndexByte(addr, ':')+1:]
+	web := "import http.server,sys,time\n" +
+		"class H(http.server.BaseHTTPRequestHandler):\n" +
+		"  def do_GET(self):\n" +
+		"    for _ in range(8): time.sleep(0.05)\n" +
+		"    self.send_response(200); self.end_headers()\n" +
+		"  def log_message(self, *a): pass\n" +
+		"http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+	n, _ := strconv.Atoi(port)
+	s.JSON("POST", "/api/v1/processes", map[string]any{
+		"command": "/usr/bin/python3", "args": []string{"-c", web, port}, "name": "slowweb",
+		"health_check": map[string]any{"type": "http", "port": n, "initial_delay_ms": 300,
+			"interval_ms": 1, "timeout_ms": 1500, "failure_threshold": 1},
+	}, 201, nil)
+	s.JSON("POST", "/api/v1/processes", map[string]any{
+		"command": "sh", "args": []string{"-c", "exit 3"}, "name": "crasher",
+		"restart": map[string]any{"policy": "always", "initial_backoff_ms": freezeBackoff.Milliseconds(),
+			"max_backoff_ms": freezeBackoff.Milliseconds()},
+	}, 201, nil)
+	svc := &freezeServices{}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		w, c := getProc(t, s, "slowweb").Managed, getProc(t, s, "crasher").Managed
+		if svc.backoffFrom.IsZero() && c.Status == "backing_off" {
+			svc.backoffFrom = time.Now()
+		}
+		if w.HealthStatus == "healthy" && !svc.backoffFrom.IsZero() {
+			return svc
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("services not ready: slowweb %+v, crasher %+v", w, c)
+		}
+	}
+}
+
+// check runs 2 s after thaw: the probe in flight at the freeze and those
+// after it succeeded, and the back-off still runs (it began less than
+// freezeBackoff of running time ago).
+func (f *freezeServices) check(t *testing.T, s *System, thawed time.Time, frozen time.Duration) {
+	t.Helper()
+	time.Sleep(time.Until(thawed.Add(2 * time.Second)))
+	w := getProc(t, s, "slowweb").Managed
+	if w.RestartCount != 0 || w.HealthStatus != "healthy" || w.ConsecutiveHealthFailures != 0 || w.LastError != nil {
+		t.Fatalf("the freeze failed slowweb's health check: %+v (last error %q)", w, deref(w.LastError))
+	}
+	// Less than freezeBackoff of running time has passed since it began
+	// (the check comes before it could): no restart yet.
+	if ran := thawed.Sub(f.backoffFrom) - frozen + time.Since(thawed); ran < freezeBackoff-time.Second {
+		if c := getProc(t, s, "crasher").Managed; c.RestartCount != 0 {
+			t.Fatalf("crasher restarted %v after thaw: its back-off counted frozen time: %+v", time.Since(thawed), c)
+		}
+	}
+}
+
+// waitRestart waits for the crasher's back-off to end after all.
+func (f *freezeServices) waitRestart(t *testing.T, s *System) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); getProc(t, s, "crasher").Managed.RestartCount == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("crasher's back-off never ended")
+		}
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // waitHealthy polls GET /api/v1/health through the proxy until it answers
