@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"context"
+
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/files"
 	"github.com/tensorlake/tl-agent/forward"
+	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/process"
 	"github.com/tensorlake/tl-agent/pty"
 	"github.com/tensorlake/tl-agent/sshd"
@@ -18,6 +21,27 @@ import (
 func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Parts, func()) {
 	var p Parts
 	var stops []func()
+	// The running clock shared by everything that counts time (docs/pty.md
+	// "Pauses"): one Detector per agent, run by Agent.Run, which also
+	// redials the uplink on a pause.
+	pauses := pause.New(0, 0)
+	p.Pause = pauses
+	pctx, stopPauses := context.WithCancel(context.Background())
+	gaps, unsubscribe := pauses.Subscribe()
+	go func() {
+		defer unsubscribe()
+		for {
+			select {
+			case <-pctx.Done():
+				return
+			case g := <-gaps:
+				total, n := pauses.Paused()
+				log.Warn().Dur("length", g.Length).Dur("paused_total", total).Int("pauses", n).
+					Msg("sandbox was paused: timers count running time only")
+			}
+		}
+	}()
+	stops = append(stops, stopPauses)
 	// Capabilities are added here, one block each.
 
 	// PTY sessions.
@@ -25,6 +49,7 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	ptyCfg.IdleTimeout = cfg.PTYIdleTimeout
 	ptyCfg.MaxSessions = cfg.PTYMaxSessions
 	ptyCfg.User = cfg.User
+	ptyCfg.Pause = pauses
 	ptys := pty.NewManager(ptyCfg, log, reaper)
 	p.Caps = append(p.Caps, ptys)
 	stops = append(stops, ptys.Close)
@@ -43,6 +68,7 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	// Processes: the table also answers /api/v1/info's counts.
 	pcfg := cfg.Processes
 	pcfg.User = cfg.User
+	pcfg.Pause = pauses
 	procs := process.New(pcfg, log, reaper)
 	p.Caps = append(p.Caps, procs)
 	p.Procs = procs

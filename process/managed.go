@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/tensorlake/tl-agent/internal/pause"
 )
 
 // RestartPolicy is the `restart` field of a supervised process.
@@ -145,8 +147,9 @@ type managed struct {
 	healthFails  int
 	lastExit     *ExitInfo
 	lastErr      string
-	nextRestart  time.Time
-	timer        *time.Timer
+	nextRestart  time.Time          // when the back-off ends, as of its start (a pause moves it later)
+	timer        *pause.Timer       // the back-off, in running time
+	pausedAt     time.Duration      // paused time detected when the current instance started
 	stopped      bool               // by the user or shutdown: no more restarts
 	restarting   bool               // an API restart is between kill and launch
 	cancelHealth context.CancelFunc // ends the current instance's health loop
@@ -184,8 +187,21 @@ func (m *managed) setCurrent(p *Process) {
 	m.setCurrentLocked(p)
 }
 
+// wallClock is the clock of a table built without Config.Pause: a
+// detector that never ticks detects nothing, so it reads elapsed time.
+var wallClock = pause.New(0, 0)
+
+// clock is the running clock the back-offs and health checks count in.
+func (m *managed) clock() *pause.Detector {
+	if c := m.t.cfg.Pause; c != nil {
+		return c
+	}
+	return wallClock
+}
+
 // launch starts a new instance; called with m.mu held.
 func (m *managed) launch() error {
+	m.pausedAt, _ = m.clock().Paused()
 	p, err := m.t.start(m.spec, m)
 	if err != nil {
 		m.lastErr = err.Error()
@@ -234,7 +250,10 @@ func (m *managed) exited(p *Process) {
 		m.lastErr = fmt.Sprintf("not restarted: max_restarts (%d) reached", *m.policy.MaxRestarts)
 		return
 	}
-	if p.exit.At.Sub(p.startedAt) >= stableRun {
+	// Running time: an instance that crashes at once after a long freeze
+	// did not run stably for the frozen time.
+	paused, _ := m.clock().Paused()
+	if p.exit.At.Sub(p.startedAt)-(paused-m.pausedAt) >= stableRun {
 		m.quickFails = 0
 	}
 	m.scheduleLocked()
@@ -250,7 +269,7 @@ func (m *managed) scheduleLocked() {
 	m.quickFails++
 	m.status = mBackingOff
 	m.nextRestart = time.Now().Add(d)
-	m.timer = time.AfterFunc(d, m.autoRestart)
+	m.timer = m.clock().AfterFunc(d, m.autoRestart)
 	m.t.log.Info().Str("name", m.id).Dur("backoff", d).Int("restarts", m.restarts).Msg("supervised process will restart")
 }
 
@@ -305,10 +324,7 @@ func (m *managed) restart() (*Process, error) {
 	if old != nil {
 		defer old.unhold()
 		old.kill()
-		select {
-		case <-old.done:
-		case <-time.After(5 * time.Second):
-		}
+		sleepRunning(context.Background(), m.clock(), 5*time.Second, old.done)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -375,57 +391,95 @@ func (m *managed) stale(cutoff time.Time) bool {
 // healthLoop checks instance p until ctx ends. After FailureThreshold
 // consecutive failures the instance is killed, and its exit goes through
 // the restart policy, unless the policy is never: then it is only marked
-// unhealthy.
+// unhealthy. Delays, intervals and timeouts are running time, and a failed
+// probe during which the sandbox was paused does not count: at thaw the
+// service (frozen too) has had no time to answer.
 func (m *managed) healthLoop(ctx context.Context, p *Process) {
 	h := m.health
+	clock := m.clock()
 	wait := time.Duration(h.InitialDelayMs) * time.Millisecond
 	for {
-		select {
-		case <-ctx.Done():
+		if !sleepRunning(ctx, clock, wait, p.done) {
 			return
-		case <-p.done:
-			return
-		case <-time.After(wait):
 		}
 		wait = time.Duration(h.IntervalMs) * time.Millisecond
-		err := probe(ctx, h)
+		_, pausesBefore := clock.Paused()
+		err := probe(ctx, clock, h)
 		if ctx.Err() != nil {
 			return
 		}
-		m.mu.Lock()
-		if m.cur != p {
-			m.mu.Unlock()
-			return
-		}
-		if err == nil {
-			m.healthFails = 0
-			m.healthStatus = hHealthy
-			m.status = mRunning
-			m.mu.Unlock()
+		if _, pauses := clock.Paused(); err != nil && pauses != pausesBefore {
+			m.t.log.Debug().Str("name", m.id).Err(err).Msg("health check failed across a pause: not counted")
 			continue
 		}
-		m.healthFails++
-		kill := false
-		if m.healthFails >= h.FailureThreshold {
-			if m.healthStatus != hUnhealthy {
-				m.t.log.Warn().Str("name", m.id).Err(err).Int("failures", m.healthFails).Msg("health check failing")
-			}
-			m.healthStatus = hUnhealthy
-			m.lastErr = "health check failed: " + err.Error()
-			kill = m.policy.Policy != PolicyNever
-		}
-		m.mu.Unlock()
-		if kill {
+		if m.recordHealth(p, err) {
 			p.kill()
 			return
 		}
 	}
 }
 
-// probe runs one health check.
-func probe(ctx context.Context, h *HealthCheck) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(h.TimeoutMs)*time.Millisecond)
-	defer cancel()
+// recordHealth notes one probe's result for instance p and reports whether
+// p must be killed; false as well when p is no longer current.
+func (m *managed) recordHealth(p *Process, err error) (kill bool) {
+	h := m.health
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cur != p {
+		return false
+	}
+	if err == nil {
+		m.healthFails = 0
+		m.healthStatus = hHealthy
+		m.status = mRunning
+		return false
+	}
+	m.healthFails++
+	if m.healthFails >= h.FailureThreshold {
+		if m.healthStatus != hUnhealthy {
+			m.t.log.Warn().Str("name", m.id).Err(err).Int("failures", m.healthFails).Msg("health check failing")
+		}
+		m.healthStatus = hUnhealthy
+		m.lastErr = "health check failed: " + err.Error()
+		kill = m.policy.Policy != PolicyNever
+	}
+	return kill
+}
+
+// sleepRunning waits d of running time; false when ctx ends or done is
+// closed first.
+func sleepRunning(ctx context.Context, clock *pause.Detector, d time.Duration, done <-chan struct{}) bool {
+	fired := make(chan struct{})
+	t := clock.AfterFunc(d, func() { close(fired) })
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-done:
+		return false
+	case <-fired:
+		return true
+	}
+}
+
+// errProbeTimeout ends a probe that had no answer within its timeout.
+var errProbeTimeout = errors.New("no answer within timeout_ms")
+
+// probe runs one health check, timed out in running time.
+func probe(ctx context.Context, clock *pause.Detector, h *HealthCheck) error {
+	timeout := time.Duration(h.TimeoutMs) * time.Millisecond
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	t := clock.AfterFunc(timeout, func() { cancel(errProbeTimeout) })
+	defer t.Stop()
+	err := probeOnce(ctx, h)
+	if err != nil && errors.Is(context.Cause(ctx), errProbeTimeout) {
+		return fmt.Errorf("no answer within %v", timeout)
+	}
+	return err
+}
+
+func probeOnce(ctx context.Context, h *HealthCheck) error {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(h.Port))
 	if h.Type == "tcp" {
 		var d net.Dialer

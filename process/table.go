@@ -25,6 +25,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -46,6 +47,10 @@ type Config struct {
 	StallTimeout           time.Duration // a follow or run client that takes no events this long is dropped
 	MaxFollowers           int           // follow streams open at once, all processes together (429 past it)
 	MaxFollowersPerProcess int           // follow streams open at once on one process (429 past it)
+
+	// Pause is the running clock of back-offs and health checks (nil:
+	// elapsed time, no pause detected).
+	Pause *pause.Detector
 }
 
 // DefaultConfig returns the documented defaults (docs/processes.md).

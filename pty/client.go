@@ -23,10 +23,11 @@ type client struct {
 	buf    []byte        // writer-owned frame buffer, allocated at READY
 
 	// Guarded by s.mu.
-	ready        bool      // READY received: output flows
-	pos          int64     // next output offset to send
-	lastProgress time.Time // last completed write (or READY)
-	drop         string    // why the session dropped it, "" while wanted
+	ready        bool                 // READY received: output flows
+	pos          int64                // next output offset to send
+	lastProgress time.Duration        // running clock (Config.Pause) at the last completed write (or READY)
+	drop         string               // why the session dropped it, "" while wanted
+	dropCode     websocket.StatusCode // the close code sent with drop
 }
 
 // Limits of the WebSocket side.
@@ -120,7 +121,9 @@ func (c *client) writeLoop() {
 				_ = c.conn.Close(websocket.StatusGoingAway, "session terminated")
 				return
 			case stepDrop:
-				_ = c.conn.CloseNow()
+				// The deadline is dropLocked's timer: it cancels c.ctx,
+				// which cuts the connection under a close still queued.
+				_ = c.conn.Close(c.s.dropReason(c))
 				return
 			}
 			break
@@ -141,9 +144,12 @@ func (c *client) write(p []byte) bool {
 	return true
 }
 
-// pingLoop drops a client that does not answer pings.
+// pingLoop drops a client that does not answer pings. The pong timeout
+// counts running time: a pong that arrived while the sandbox was frozen
+// is still unread at thaw, and must not count as missing.
 func (c *client) pingLoop() {
-	t := time.NewTicker(c.s.m.cfg.PingInterval)
+	cfg := c.s.m.cfg
+	t := time.NewTicker(cfg.PingInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -151,13 +157,15 @@ func (c *client) pingLoop() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(c.ctx, c.s.m.cfg.PongTimeout)
+		ctx, cancel := context.WithCancel(c.ctx)
+		late := cfg.Pause.AfterFunc(cfg.PongTimeout, cancel)
 		err := c.conn.Ping(ctx)
+		late.Stop()
 		cancel()
 		if err != nil {
 			if c.ctx.Err() == nil {
 				c.s.log.Info().Str("client", c.remote).Err(err).Msg("pty client did not answer ping")
-				c.cancel()
+				c.s.drop(c, websocket.StatusPolicyViolation, "no pong within "+cfg.PongTimeout.String())
 			}
 			return
 		}
@@ -173,7 +181,7 @@ func (s *Session) setReady(c *client) {
 	}
 	c.ready = true
 	c.pos = s.out.replayStart()
-	c.lastProgress = time.Now()
+	c.lastProgress = s.m.cfg.Pause.Now()
 	c.wakeUp()
 }
 
@@ -209,10 +217,17 @@ func (s *Session) next(c *client) (step, int, int) {
 	}
 }
 
+// dropReason is the close code and reason of a dropped client.
+func (s *Session) dropReason(c *client) (websocket.StatusCode, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return c.dropCode, c.drop
+}
+
 func (s *Session) advance(c *client, n int) {
 	s.mu.Lock()
 	c.pos += int64(n)
-	c.lastProgress = time.Now()
+	c.lastProgress = s.m.cfg.Pause.Now()
 	s.mu.Unlock()
 	s.signalProgress()
 }

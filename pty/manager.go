@@ -16,11 +16,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -37,6 +40,11 @@ type Config struct {
 	PingInterval time.Duration // server pings each client this often
 	PongTimeout  time.Duration // and drops it when the pong is this late
 	StallTimeout time.Duration // a client holding back output this long is dropped
+
+	// Pause is the agent's running clock: every timer above counts running
+	// time, so a frozen sandbox does not kill its detached sessions on
+	// thaw. Nil: a detector that is not ticking, i.e. plain elapsed time.
+	Pause *pause.Detector
 }
 
 // Defaults returns the spec's values and ours.
@@ -77,6 +85,9 @@ func (c Config) withDefaults() Config {
 	setD(&c.PingInterval, d.PingInterval)
 	setD(&c.PongTimeout, d.PongTimeout)
 	setD(&c.StallTimeout, d.StallTimeout)
+	if c.Pause == nil {
+		c.Pause = pause.New(0, 0)
+	}
 	return c
 }
 
@@ -97,6 +108,7 @@ type Manager struct {
 	live     int                 // guarded by mu; includes starts in progress
 	closing  bool                // guarded by mu
 	wg       sync.WaitGroup      // session and client goroutines
+	dropped  atomic.Int64        // clients dropped by the agent (slow, no pong, shutdown)
 }
 
 // NewManager returns a manager that starts children through reaper.
@@ -175,7 +187,7 @@ func (m *Manager) start(sp startSpec) (*Session, error) {
 		out: newRing(m.cfg.KeepOutput), clients: map[*client]struct{}{},
 	}
 	s.log = m.log.With().Str("session", s.id).Int("pid", s.pid).Logger()
-	s.idle = time.AfterFunc(m.cfg.IdleTimeout, s.idleExpired)
+	s.idle = m.cfg.Pause.AfterFunc(m.cfg.IdleTimeout, s.idleExpired)
 	m.wg.Add(2)
 	go func() { defer m.wg.Done(); s.readLoop() }()
 	go func() { defer m.wg.Done(); s.waitLoop() }()
@@ -218,7 +230,7 @@ func (m *Manager) sessionEnded(s *Session) {
 		m.forgetLocked(m.ended[0])
 	}
 	if !m.closing {
-		s.forget = time.AfterFunc(m.cfg.KeepEnded, func() {
+		s.forget = m.cfg.Pause.AfterFunc(m.cfg.KeepEnded, func() {
 			m.mu.Lock()
 			defer m.mu.Unlock()
 			m.forgetLocked(s)
@@ -251,11 +263,12 @@ func (s *Session) releaseOutput() {
 	}
 }
 
+// dropAll disconnects every client with close 1001 and why.
 func (s *Session) dropAll(why string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.clients {
-		s.dropLocked(c, why)
+		s.dropLocked(c, websocket.StatusGoingAway, why)
 	}
 }
 
@@ -418,7 +431,8 @@ func oomKilledSince(before int64) bool {
 }
 
 // Stats reports counts for the operator's status: live sessions, ended
-// sessions still kept for queries, and attached clients.
+// sessions still kept for queries, attached clients, and clients the agent
+// has dropped since it started.
 func (m *Manager) Stats() map[string]int {
 	m.mu.Lock()
 	sessions := make([]*Session, 0, len(m.sessions))
@@ -433,5 +447,5 @@ func (m *Manager) Stats() map[string]int {
 		clients += len(s.clients)
 		s.mu.Unlock()
 	}
-	return map[string]int{"live": live, "kept": len(sessions) - live, "clients": clients}
+	return map[string]int{"live": live, "kept": len(sessions) - live, "clients": clients, "clients_dropped": int(m.dropped.Load())}
 }

@@ -9,9 +9,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -48,9 +50,9 @@ type Session struct {
 	endedAt   time.Time
 	killed    bool // ended by DELETE, idle timeout or shutdown: clients get 1001
 	oomKilled bool
-	idle      *time.Timer // runs while no client is attached
-	killTimer *time.Timer // SIGKILL after the grace period
-	forget    *time.Timer // forgets the ended session (guarded by m.mu)
+	idle      *pause.Timer // runs while no client is attached
+	killTimer *pause.Timer // SIGKILL after the grace period
+	forget    *pause.Timer // forgets the ended session (guarded by m.mu)
 }
 
 // Tuning of the exit drain: after the leader exits, read what is queued.
@@ -183,9 +185,13 @@ func (s *Session) output(p []byte) {
 		if slow == nil {
 			break
 		}
-		wait := s.m.cfg.StallTimeout - time.Since(slow.lastProgress)
+		// Running time: a client that was behind when the sandbox froze
+		// is not dropped at thaw for the frozen time. A plain timer that
+		// fires early after a pause just comes back here and waits again.
+		wait := s.m.cfg.StallTimeout - (s.m.cfg.Pause.Now() - slow.lastProgress)
 		if wait <= 0 {
-			s.dropLocked(slow, "client too slow")
+			s.dropLocked(slow, websocket.StatusPolicyViolation,
+				"client too slow: no progress for "+s.m.cfg.StallTimeout.String()+" while output waited")
 			continue
 		}
 		if timer == nil {
@@ -219,14 +225,31 @@ func (s *Session) slowestBefore(off int64) *client {
 	return slow
 }
 
-// dropLocked disconnects c; its goroutines see the cancellation and end.
-func (s *Session) dropLocked(c *client, why string) {
+// dropCloseTimeout bounds the close frame of a dropped client: it queues
+// behind the output the client has not read, so it may never get there;
+// after this the connection is cut.
+const dropCloseTimeout = 2 * time.Second
+
+// dropLocked disconnects c with a close frame (code, why), best effort:
+// the writer sends it after the message in flight, and the connection is
+// cut after dropCloseTimeout whatever happened. The session stops waiting
+// for c at once.
+func (s *Session) dropLocked(c *client, code websocket.StatusCode, why string) {
 	if c.drop != "" {
 		return
 	}
-	c.drop = why
-	s.log.Warn().Str("client", c.remote).Str("reason", why).Msg("dropping pty client")
-	c.cancel()
+	c.drop, c.dropCode = why, code
+	s.m.dropped.Add(1)
+	s.log.Warn().Str("client", c.remote).Int("code", int(code)).Str("reason", why).Msg("dropping pty client")
+	c.wakeUp()
+	s.m.cfg.Pause.AfterFunc(dropCloseTimeout, c.cancel)
+}
+
+// drop is dropLocked for callers not holding s.mu.
+func (s *Session) drop(c *client, code websocket.StatusCode, why string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropLocked(c, code, why)
 }
 
 // end records the exit and tells every client. The master is closed last,
@@ -266,7 +289,7 @@ func (s *Session) kill(reason string) {
 		return
 	}
 	s.killed = true
-	s.killTimer = time.AfterFunc(s.m.cfg.KillGrace, func() {
+	s.killTimer = s.m.cfg.Pause.AfterFunc(s.m.cfg.KillGrace, func() {
 		s.m.signalSessions(map[int]bool{s.pid: true}, syscall.SIGKILL)
 	})
 	s.mu.Unlock()
