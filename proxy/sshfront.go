@@ -12,6 +12,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/tensorlake/tl-agent/forward"
+	"github.com/tensorlake/tl-agent/internal/netx"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -68,33 +69,37 @@ func (p *Proxy) serveSSHFront(ctx context.Context, ln net.Listener) error {
 		f.mu.Unlock()
 	})
 	defer stop()
+	// Temporary accept errors (EMFILE...) are retried for as long as the
+	// proxy runs; caps in all and per source come from the limits.
+	lim := &netx.Limiter{Total: p.cfg.Limits.SSHConns, PerSource: p.cfg.Limits.SSHConnsPerSource}
 	for {
-		c, err := ln.Accept()
+		c, err := netx.Accept(ctx, ln, p.log)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
 			return fmt.Errorf("ssh accept: %w", err)
 		}
+		release, ok := lim.Acquire(c.RemoteAddr())
 		f.mu.Lock()
 		if ctx.Err() != nil {
 			f.mu.Unlock()
 			c.Close()
 			return nil
 		}
-		if len(f.conns) >= maxSSHConns {
+		if !ok || len(f.conns) >= maxSSHConns {
 			f.mu.Unlock()
 			p.log.Warn().Str("remote", c.RemoteAddr().String()).Msg("ssh connection refused: at the connection limit")
 			c.Close()
+			if ok {
+				release()
+			}
 			continue
 		}
 		f.conns[c] = struct{}{}
 		f.mu.Unlock()
 		p.track(func() {
+			defer release()
 			defer func() {
 				f.mu.Lock()
 				delete(f.conns, c)

@@ -135,14 +135,22 @@ func (l *Limiter) Live() int {
 // temporary accept errors are retried with back-off. It suits servers that
 // own their accept loop, such as net/http's.
 func Listen(ln net.Listener, l *Limiter, log zerolog.Logger) net.Listener {
+	return ListenWith(ln, l, log, nil)
+}
+
+// ListenWith is Listen where refuse, if not nil, may tell a connection over
+// a cap why before it is closed (an HTTP 503, say). It runs in the accept
+// loop, so it must not block.
+func ListenWith(ln net.Listener, l *Limiter, log zerolog.Logger, refuse func(net.Conn)) net.Listener {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &limitListener{Listener: ln, l: l, log: log, ctx: ctx, cancel: cancel}
+	return &limitListener{Listener: ln, l: l, log: log, refuse: refuse, ctx: ctx, cancel: cancel}
 }
 
 type limitListener struct {
 	net.Listener
 	l      *Limiter
 	log    zerolog.Logger
+	refuse func(net.Conn)
 	ctx    context.Context
 	cancel context.CancelFunc
 }
@@ -159,6 +167,9 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		release, ok := ll.l.Acquire(c.RemoteAddr())
 		if !ok {
 			ll.log.Warn().Str("remote", c.RemoteAddr().String()).Str("addr", ll.Addr().String()).Msg("connection refused: at the connection limit")
+			if ll.refuse != nil {
+				ll.refuse(c)
+			}
 			c.Close()
 			continue
 		}

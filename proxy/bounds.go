@@ -1,0 +1,130 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// inflight counts proxied requests and streams per sandbox, so that one
+// user (or a runaway client) cannot open unbounded API streams, SSE
+// followers and WebSockets to one sandbox.
+type inflight struct {
+	max int // 0: no cap
+
+	mu sync.Mutex
+	n  map[string]int // guarded by mu
+}
+
+func newInflight(max int) *inflight { return &inflight{max: max, n: map[string]int{}} }
+
+// acquire takes a slot for sandbox id; release gives it back.
+func (f *inflight) acquire(id string) (release func(), ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.max > 0 && f.n[id] >= f.max {
+		return nil, false
+	}
+	f.n[id]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if f.n[id]--; f.n[id] <= 0 {
+				delete(f.n, id)
+			}
+		})
+	}, true
+}
+
+// errBodyTooSlow ends a request body that broke the minimum-progress rule.
+var errBodyTooSlow = errors.New("request body too slow")
+
+// watchBody wraps req's body in the minimum-progress rule of the config's
+// limits, or returns it as is when there is no body or no rule. A body is
+// never given a whole-request deadline: a 1 GiB upload at a steady pace
+// may take as long as it needs.
+func (p *Proxy) watchBody(w http.ResponseWriter, req *http.Request) io.ReadCloser {
+	l := p.cfg.Limits
+	if req.Body == nil || req.Body == http.NoBody || l.BodyMinBytes <= 0 || l.BodyWindow <= 0 {
+		return req.Body
+	}
+	return &progressBody{body: req.Body, rc: http.NewResponseController(w), min: l.BodyMinBytes, window: l.BodyWindow}
+}
+
+// progressBody enforces: at least min bytes in every window of the time
+// spent inside Read. Only time blocked on the client counts; while the
+// sandbox is slow to take what was read (flow control), the clock stops.
+// When the budget runs out mid-Read, a timer sets the connection's read
+// deadline to now, which ends that Read; the caller then gets
+// errBodyTooSlow and the client a 408 (upstreamError).
+type progressBody struct {
+	body   io.ReadCloser
+	rc     *http.ResponseController
+	min    int64
+	window time.Duration
+
+	mu      sync.Mutex
+	got     int64         // bytes in this window; guarded by mu
+	used    time.Duration // time spent in Read in this window; guarded by mu
+	reading bool          // a Read is in progress; guarded by mu
+	cut     bool          // the rule fired; guarded by mu
+	timer   *time.Timer
+}
+
+func (b *progressBody) Read(buf []byte) (int, error) {
+	b.mu.Lock()
+	if b.cut {
+		b.mu.Unlock()
+		return 0, errBodyTooSlow
+	}
+	left := b.window - b.used
+	if b.timer == nil {
+		b.timer = time.AfterFunc(left, b.expire)
+	} else {
+		b.timer.Reset(left)
+	}
+	b.reading = true
+	b.mu.Unlock()
+
+	start := time.Now()
+	n, err := b.body.Read(buf)
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.timer.Stop()
+	b.reading = false
+	if b.cut {
+		return n, errBodyTooSlow
+	}
+	b.used += time.Since(start)
+	if b.got += int64(n); b.got >= b.min {
+		b.got, b.used = 0, 0
+	}
+	return n, err
+}
+
+// expire runs when the window's budget is spent inside a Read.
+func (b *progressBody) expire() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.reading || b.cut {
+		return
+	}
+	b.cut = true
+	// Ends the blocked Read. The connection is not reused after: the
+	// server closes it once the 408 is written.
+	_ = b.rc.SetReadDeadline(time.Now())
+}
+
+func (b *progressBody) Close() error {
+	b.mu.Lock()
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	b.mu.Unlock()
+	return b.body.Close()
+}
