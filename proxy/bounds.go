@@ -43,14 +43,17 @@ func (f *inflight) acquire(id string) (release func(), ok bool) {
 // errBodyTooSlow ends a request body that broke the minimum-progress rule.
 var errBodyTooSlow = errors.New("request body too slow")
 
+// bodyKey is the request context key of a request's *progressBody.
+type bodyKey struct{}
+
 // watchBody wraps req's body in the minimum-progress rule of the config's
-// limits, or returns it as is when there is no body or no rule. A body is
-// never given a whole-request deadline: a 1 GiB upload at a steady pace
-// may take as long as it needs.
-func (p *Proxy) watchBody(w http.ResponseWriter, req *http.Request) io.ReadCloser {
+// limits, or returns nil when there is no body or no rule. A body is never
+// given a whole-request deadline: a 1 GiB upload at a steady pace may take
+// as long as it needs.
+func (p *Proxy) watchBody(w http.ResponseWriter, req *http.Request) *progressBody {
 	l := p.cfg.Limits
 	if req.Body == nil || req.Body == http.NoBody || l.BodyMinBytes <= 0 || l.BodyWindow <= 0 {
-		return req.Body
+		return nil
 	}
 	return &progressBody{body: req.Body, rc: http.NewResponseController(w), min: l.BodyMinBytes, window: l.BodyWindow}
 }
@@ -105,6 +108,16 @@ func (b *progressBody) Read(buf []byte) (int, error) {
 		b.got, b.used = 0, 0
 	}
 	return n, err
+}
+
+// wasCut reports whether the rule fired (nil-safe).
+func (b *progressBody) wasCut() bool {
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cut
 }
 
 // expire runs when the window's budget is spent inside a Read.

@@ -56,6 +56,15 @@ func New(cfg *Config, log zerolog.Logger) *Proxy {
 		Transport:     p.transport,
 		FlushInterval: -1, // flush every write: SSE and terminal output
 		ErrorHandler:  p.upstreamError,
+		// A body cut by the progress rule makes the agent answer about a
+		// truncated body; the client is told the real reason instead.
+		ModifyResponse: func(resp *http.Response) error {
+			if b, _ := resp.Request.Context().Value(bodyKey{}).(*progressBody); b != nil && b.wasCut() {
+				resp.Body.Close()
+				return errBodyTooSlow
+			}
+			return nil
+		},
 		ErrorLog:      nil,
 	}
 	if cfg.SSHAuthorizedKeys != "" {
@@ -168,7 +177,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	defer release()
 	// The query is left out: it may hold a PTY token.
 	p.log.Debug().Str("user", user).Str("sandbox", r.sandbox).Int("port", r.port).Str("method", req.Method).Str("path", req.URL.Path).Msg("request")
-	out := req.Clone(req.Context())
+	body := p.watchBody(w, req)
+	out := req.Clone(context.WithValue(req.Context(), bodyKey{}, body))
 	out.URL.Scheme = "http"
 	out.URL.Host = r.host()
 	if r.port == 0 {
@@ -177,7 +187,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	// The API key is for the proxy; code inside the sandbox never sees it.
 	out.Header.Del("Authorization")
 	out.Header.Del("X-Tensorlake-Sandbox-Id")
-	out.Body = p.watchBody(w, req)
+	if body != nil {
+		out.Body = body
+	}
 	p.rp.ServeHTTP(w, out)
 }
 
@@ -263,8 +275,11 @@ func splitPortRoute(label string) (int, string, bool) {
 // upstreamError maps failures of the uplink leg to the spec's statuses.
 func (p *Proxy) upstreamError(w http.ResponseWriter, req *http.Request, err error) {
 	var re *uplink.ReplyError
+	cut, _ := req.Context().Value(bodyKey{}).(*progressBody)
 	switch {
-	case errors.Is(err, errBodyTooSlow):
+	case errors.Is(err, errBodyTooSlow) || cut.wasCut():
+		// The transport reports the cut body in its own words (a short
+		// body, a canceled request), so the flag decides.
 		p.log.Warn().Str("path", req.URL.Path).Str("remote", req.RemoteAddr).Msg("request body cut: below the minimum progress")
 		writeError(w, http.StatusRequestTimeout, "BODY_TOO_SLOW", fmt.Sprintf("the request body sent less than %d bytes in %v; the connection is closed", p.cfg.Limits.BodyMinBytes, p.cfg.Limits.BodyWindow))
 	case errors.Is(err, ErrUnknownSandbox):
