@@ -65,7 +65,7 @@ func New(cfg *Config, log zerolog.Logger) *Proxy {
 			}
 			return nil
 		},
-		ErrorLog:      nil,
+		ErrorLog: nil,
 	}
 	if cfg.SSHAuthorizedKeys != "" {
 		p.serveSSH = p.serveSSHFront
