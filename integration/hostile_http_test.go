@@ -550,4 +550,3 @@ func TestUpperCaseIDRefused(t *testing.T) {
 		t.Fatalf("exit %d: %s", cmd.ProcessState.ExitCode(), out.String())
 	}
 }
-
