@@ -181,97 +181,96 @@ func TestTricklingBodyIsCut(t *testing.T) {
 func TestLongStreamsOutliveTimeouts(t *testing.T) {
 	s := ptySystem(t, Options{ProxyArgs: shortTimeouts})
 	const long = 25 * time.Second
-	t.Run("streams", func(t *testing.T) {
-		t.Run("sse-run", func(t *testing.T) {
-			t.Parallel()
-			ctx, cancel := context.WithTimeout(context.Background(), long+60*time.Second)
-			defer cancel()
-			body := `{"command":"sh","args":["-c","sleep 12; echo one; sleep 13; echo two"]}`
-			req := s.Request(ctx, "POST", "/api/v1/processes/run", strings.NewReader(body))
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := http.DefaultClient.Do(req)
+	ctx, cancel := context.WithTimeout(context.Background(), long+90*time.Second)
+	defer cancel()
+	// All four start, then stay open together for `long` (the test's own
+	// goroutine checks them; background readers only collect).
+
+	// An SSE run stream, silent for 12 s at a time.
+	body := `{"command":"sh","args":["-c","sleep 12; echo one; sleep 13; echo two"]}`
+	req := s.Request(ctx, "POST", "/api/v1/processes/run", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sse := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(resp.Body); sse <- b }()
+
+	// A slow upload: 16 KiB every 250 ms (64 KiB/s; 1.6 MiB in all).
+	const chunk, every = 16 << 10, 250 * time.Millisecond
+	chunks := int(long / every)
+	pr, pw := io.Pipe()
+	go func() {
+		buf := bytes.Repeat([]byte("u"), chunk)
+		for i := 0; i < chunks; i++ {
+			if _, err := pw.Write(buf); err != nil {
+				return
+			}
+			time.Sleep(every)
+		}
+		pw.Close()
+	}()
+	upload := make(chan string, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(s.Request(ctx, "PUT", filePath("slow-upload.bin"), pr))
+		if err != nil {
+			upload <- err.Error()
+			return
+		}
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		upload <- fmt.Sprintf("%d %s", resp.StatusCode, data)
+	}()
+
+	// A PTY WebSocket and a TCP tunnel, each used once, then silent.
+	pty := ptyCreate(t, s, map[string]any{"command": "/bin/sh"})
+	pc := ptyDial(t, s, pty)
+	pc.ready()
+	pc.input("echo start-$((1+1))\n")
+	pc.waitFor("start-2", 20*time.Second)
+	port := listenLoopback(t, func(c net.Conn) { defer c.Close(); _, _ = io.Copy(c, c) })
+	ws, _, err := s.DialTunnel(ctx, fmt.Sprint(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	ping := func(msg string) {
+		t.Helper()
+		if err := ws.Write(ctx, websocket.MessageBinary, []byte(msg)); err != nil {
+			t.Fatalf("tunnel write %s: %v", msg, err)
+		}
+		var got []byte
+		for len(got) < len(msg) {
+			_, b, err := ws.Read(ctx)
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("tunnel read %s: %v", msg, err)
 			}
-			defer resp.Body.Close()
-			r := parseRun(t, readSSE(t, resp.Body))
-			if strings.Join(r.stdout, ",") != "one,two" || r.end["exit_code"] != float64(0) {
-				t.Fatalf("run stream: stdout %v end %v", r.stdout, r.end)
-			}
-		})
-		t.Run("pty-websocket", func(t *testing.T) {
-			t.Parallel()
-			p := ptyCreate(t, s, map[string]any{"command": "/bin/sh"})
-			c := ptyDial(t, s, p)
-			c.ready()
-			c.input("echo start-$((1+1))\n")
-			c.waitFor("start-2", 20*time.Second)
-			time.Sleep(long)
-			c.input("echo end-$((2+2))\n")
-			c.waitFor("end-4", 20*time.Second)
-		})
-		t.Run("tcp-tunnel", func(t *testing.T) {
-			t.Parallel()
-			port := listenLoopback(t, func(c net.Conn) { defer c.Close(); _, _ = io.Copy(c, c) })
-			ctx, cancel := context.WithTimeout(context.Background(), long+60*time.Second)
-			defer cancel()
-			ws, _, err := s.DialTunnel(ctx, fmt.Sprint(port))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ws.CloseNow()
-			for i, pause := range []time.Duration{0, long} {
-				time.Sleep(pause)
-				msg := fmt.Sprintf("ping-%d", i)
-				if err := ws.Write(ctx, websocket.MessageBinary, []byte(msg)); err != nil {
-					t.Fatalf("write after %v: %v", pause, err)
-				}
-				var got []byte
-				for len(got) < len(msg) {
-					_, b, err := ws.Read(ctx)
-					if err != nil {
-						t.Fatalf("read after %v: %v", pause, err)
-					}
-					got = append(got, b...)
-				}
-				if string(got) != msg {
-					t.Fatalf("echo %q, want %q", got, msg)
-				}
-			}
-		})
-		t.Run("slow-upload", func(t *testing.T) {
-			t.Parallel()
-			const chunk, every = 16 << 10, 250 * time.Millisecond
-			chunks := int(long / every)
-			pr, pw := io.Pipe()
-			go func() {
-				buf := bytes.Repeat([]byte("u"), chunk)
-				for i := 0; i < chunks; i++ {
-					if _, err := pw.Write(buf); err != nil {
-						return
-					}
-					time.Sleep(every)
-				}
-				pw.Close()
-			}()
-			ctx, cancel := context.WithTimeout(context.Background(), long+60*time.Second)
-			defer cancel()
-			req := s.Request(ctx, "PUT", filePath("slow-upload.bin"), pr)
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			data, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusNoContent {
-				t.Fatalf("slow upload: %d %s", resp.StatusCode, data)
-			}
-			fi, err := os.Stat(s.SandboxPath("/home/tl-user/slow-upload.bin"))
-			if err != nil || fi.Size() != int64(chunks*chunk) {
-				t.Fatalf("uploaded file: %v, want %d bytes", err, chunks*chunk)
-			}
-		})
-	})
+			got = append(got, b...)
+		}
+		if string(got) != msg {
+			t.Fatalf("tunnel echo %q, want %q", got, msg)
+		}
+	}
+	ping("ping-0")
+
+	time.Sleep(long)
+
+	pc.input("echo end-$((2+2))\n")
+	pc.waitFor("end-4", 20*time.Second)
+	ping("ping-1")
+	r := parseRun(t, readSSE(t, bytes.NewReader(<-sse)))
+	if strings.Join(r.stdout, ",") != "one,two" || r.end["exit_code"] != float64(0) {
+		t.Fatalf("run stream: stdout %v end %v", r.stdout, r.end)
+	}
+	if got := <-upload; got != "204 " {
+		t.Fatalf("slow upload: %s", got)
+	}
+	fi, err := os.Stat(s.SandboxPath("/home/tl-user/slow-upload.bin"))
+	if err != nil || fi.Size() != int64(chunks*chunk) {
+		t.Fatalf("uploaded file: %v, want %d bytes", err, chunks*chunk)
+	}
 }
 
 // TestAcceptLoopsSurviveFdExhaustion runs the proxy with a low fd limit,
