@@ -163,7 +163,10 @@ func loadConfig(f flags) (*proxy.Config, error) {
 		cfg, err = proxy.LoadConfig(path)
 		if errors.Is(err, os.ErrNotExist) {
 			cfg = proxy.DevConfig(f.devSandbox)
-			err = cfg.Save(path)
+			// Refused before it is saved: a bad id must not stay on disk.
+			if err = cfg.Validate(); err == nil {
+				err = cfg.Save(path)
+			}
 		}
 	default:
 		return nil, errors.New("--config or --dev is required")
