@@ -30,7 +30,7 @@ import (
 // shortTimeouts shrink the front door's timeouts so a test can outlast
 // many of them in seconds.
 var shortTimeouts = []string{"--http-idle-timeout", "2s", "--http-header-timeout", "2s",
-	"--http-body-min-bytes", "1024", "--http-body-window", "2s"}
+	"--http-body-min-bytes", "1024", "--http-body-window", "2s", "--http-write-stall-timeout", "2s"}
 
 // rewriteConfig edits the running system's proxy config and restarts the
 // proxy with it.
@@ -171,7 +171,7 @@ func TestTricklingBodyIsCut(t *testing.T) {
 }
 
 // TestLongStreamsOutliveTimeouts: with every front-door timeout shortened
-// to 2 s, an SSE run stream, a PTY WebSocket, a TCP tunnel (each silent
+// to 2 s (header, idle, body window, write stall), an SSE run stream, a PTY WebSocket, a TCP tunnel (each silent
 // for long stretches) and a slow upload (64 KiB/s, above the 1 KiB per 2 s
 // minimum) each last about 25 s, more than ten times every timeout, and
 // survive. At the default timeouts (90 s idle, 20 s header, 1 KiB per
@@ -271,6 +271,34 @@ func TestLongStreamsOutliveTimeouts(t *testing.T) {
 	if err != nil || fi.Size() != int64(chunks*chunk) {
 		t.Fatalf("uploaded file: %v, want %d bytes", err, chunks*chunk)
 	}
+}
+
+// TestStalledReaderIsDropped: a client that downloads a 128 MiB file and
+// reads nothing is dropped once a write has waited past the (shortened)
+// 2 s stall timeout; before, it held its connection, stream and slot for
+// as long as it liked.
+func TestStalledReaderIsDropped(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{ProxyArgs: shortTimeouts})
+	ensureUser(t, s)
+	const size = 128 << 20
+	if out, err := s.Exec("truncate", "-s", fmt.Sprint(size), "/home/tl-user/stall.bin"); err != nil {
+		t.Fatalf("truncate: %v: %s", err, out)
+	}
+	c, err := net.Dial("tcp", s.HTTPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s.local\r\nAuthorization: Bearer %s\r\n\r\n", filePath("stall.bin"), s.SandboxID, s.APIKey)
+	time.Sleep(10 * time.Second) // five stall timeouts without reading
+	_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	n, err := io.Copy(io.Discard, c)
+	var ne net.Error
+	if n >= size || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the stalled reader was kept: read %d of %d bytes, %v", n, size, err)
+	}
+	t.Logf("dropped after %d bytes (%v)", n, err)
 }
 
 // TestAcceptLoopsSurviveFdExhaustion runs the proxy with a low fd limit,

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bufio"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -140,4 +142,63 @@ func (b *progressBody) Close() error {
 	}
 	b.mu.Unlock()
 	return b.body.Close()
+}
+
+// stallWriter bounds each write to the client: a write (or flush) that
+// cannot hand its bytes to the kernel within timeout means the client
+// stopped reading (or vanished with data in flight, which TCP keep-alive
+// does not notice); the connection is then dropped. An idle stream is
+// never affected: only time inside a write counts. The hijacked
+// connection of a WebSocket or tunnel gets the same rule.
+type stallWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+// watchWrites wraps w in the write-stall rule, or returns it when off.
+func (p *Proxy) watchWrites(w http.ResponseWriter) http.ResponseWriter {
+	if p.cfg.Limits.WriteStallTimeout <= 0 {
+		return w
+	}
+	return &stallWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: p.cfg.Limits.WriteStallTimeout}
+}
+
+func (s *stallWriter) Write(b []byte) (int, error) {
+	_ = s.rc.SetWriteDeadline(time.Now().Add(s.timeout))
+	n, err := s.ResponseWriter.Write(b)
+	_ = s.rc.SetWriteDeadline(time.Time{})
+	return n, err
+}
+
+func (s *stallWriter) FlushError() error {
+	_ = s.rc.SetWriteDeadline(time.Now().Add(s.timeout))
+	err := s.rc.Flush()
+	_ = s.rc.SetWriteDeadline(time.Time{})
+	return err
+}
+
+func (s *stallWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := s.rc.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	return &stallConn{Conn: c, timeout: s.timeout}, brw, nil
+}
+
+// Unwrap lets ResponseController reach the server's writer for the rest.
+func (s *stallWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// stallConn is a hijacked connection whose writes are bounded likewise.
+// One goroutine writes to it at a time (the proxy's copier).
+type stallConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *stallConn) Write(b []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	n, err := c.Conn.Write(b)
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	return n, err
 }

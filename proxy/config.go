@@ -140,6 +140,9 @@ type Limits struct {
 	// time the proxy spends waiting for it, or it is cut (408).
 	BodyMinBytes int64
 	BodyWindow   time.Duration
+	// WriteStallTimeout: one write to a client (a response chunk, a
+	// WebSocket frame) must be taken within it, or the client is dropped.
+	WriteStallTimeout time.Duration
 	// Live connections per listener, in all and from one source address.
 	HTTPConns, HTTPConnsPerSource     int
 	UplinkConns, UplinkConnsPerSource int
@@ -157,6 +160,7 @@ func DefaultLimits() Limits {
 		HTTPIdleTimeout:   90 * time.Second,
 		BodyMinBytes:      1024,
 		BodyWindow:        30 * time.Second,
+		WriteStallTimeout: 60 * time.Second,
 		HTTPConns:         8192, HTTPConnsPerSource: 2048,
 		UplinkConns: 4096, UplinkConnsPerSource: 1024,
 		SSHConns: 1024, SSHConnsPerSource: 256,

@@ -190,7 +190,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if body != nil {
 		out.Body = body
 	}
-	p.rp.ServeHTTP(w, out)
+	p.rp.ServeHTTP(p.watchWrites(w), out)
 }
 
 // authenticate returns the name and scope of the request's API key.

@@ -136,6 +136,7 @@ func limitFlags(fs *cli.FlagSet, f *flags) {
 	fs.Duration(&l.HTTPIdleTimeout, "http-idle-timeout", d.HTTPIdleTimeout, "close a keep-alive HTTP connection idle this `duration`")
 	fs.Int(&f.bodyMinBytes, "http-body-min-bytes", int(d.BodyMinBytes), "cut (408) a request body that sends fewer than `n` bytes in --http-body-window")
 	fs.Duration(&l.BodyWindow, "http-body-window", d.BodyWindow, "`duration` of the request body's minimum-progress window")
+	fs.Duration(&l.WriteStallTimeout, "http-write-stall-timeout", d.WriteStallTimeout, "drop an HTTP client that takes none of a response write (or WebSocket frame) within this `duration`")
 	fs.Int(&l.HTTPConns, "http-max-conns", d.HTTPConns, "live HTTP connections in all (`n`)")
 	fs.Int(&l.HTTPConnsPerSource, "http-max-conns-per-source", d.HTTPConnsPerSource, "live HTTP connections from one IP address (`n`)")
 	fs.Int(&l.UplinkConns, "uplink-max-conns", d.UplinkConns, "live uplink connections in all (`n`)")
