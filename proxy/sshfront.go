@@ -89,7 +89,7 @@ func (p *Proxy) serveSSHFront(ctx context.Context, ln net.Listener) error {
 		}
 		if !ok || len(f.conns) >= maxSSHConns {
 			f.mu.Unlock()
-			p.log.Warn().Str("remote", c.RemoteAddr().String()).Msg("ssh connection refused: at the connection limit")
+			lim.LogRefusal(p.log, c.RemoteAddr(), "ssh connection refused: at the connection limit")
 			c.Close()
 			if ok {
 				release()

@@ -35,7 +35,7 @@ func (p *Proxy) ServeUplinks(ctx context.Context, ln net.Listener) error {
 		}
 		release, ok := lim.Acquire(c.RemoteAddr())
 		if !ok {
-			p.log.Warn().Str("remote", c.RemoteAddr().String()).Msg("uplink refused: at the connection limit")
+			lim.LogRefusal(p.log, c.RemoteAddr(), "uplink refused: at the connection limit")
 			c.Close()
 			continue
 		}
