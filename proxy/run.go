@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"sort"
@@ -38,6 +39,9 @@ func (p *Proxy) Run(ctx context.Context, ls Listeners) error {
 			ReadHeaderTimeout: lim.HTTPHeaderTimeout,
 			IdleTimeout:       lim.HTTPIdleTimeout,
 			MaxHeaderBytes:    64 << 10,
+			// net/http's own complaints (a panicking handler, a bad
+			// request line) go to the structured log, not bare stderr.
+			ErrorLog: stdlog.New(p.log.With().Str("component", "http").Logger(), "", 0),
 		}
 		ln := netx.ListenWith(ls.HTTP, &netx.Limiter{Total: lim.HTTPConns, PerSource: lim.HTTPConnsPerSource}, p.log, refuseHTTP)
 		p.track(func() {
