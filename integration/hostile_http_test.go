@@ -577,3 +577,41 @@ func TestUpperCaseIDRefused(t *testing.T) {
 		t.Fatalf("exit %d: %s", cmd.ProcessState.ExitCode(), out.String())
 	}
 }
+
+// TestRequestsPerSandboxCap: with --max-requests-per-sandbox 3, three open
+// run streams take every slot; the next request gets 429
+// TOO_MANY_REQUESTS, and once the streams end requests pass again.
+func TestRequestsPerSandboxCap(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{ProxyArgs: []string{"--max-requests-per-sandbox", "3"}})
+	ensureUser(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var bodies []io.ReadCloser
+	for i := 0; i < 3; i++ {
+		req := s.Request(ctx, "POST", "/api/v1/processes/run", strings.NewReader(`{"command":"sleep","args":["5"]}`))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("stream %d: %v %v", i, resp, err)
+		}
+		bodies = append(bodies, resp.Body)
+	}
+	s.WantError(t, "GET", "/api/v1/health", nil, http.StatusTooManyRequests, "TOO_MANY_REQUESTS")
+	for _, b := range bodies {
+		_, _ = io.Copy(io.Discard, b) // each ends when its sleep does
+		b.Close()
+	}
+	var ok bool
+	for i := 0; i < 50 && !ok; i++ { // the slots free as the handlers return
+		resp := s.Do("GET", "/api/v1/health", nil)
+		ok = resp.StatusCode == 200
+		resp.Body.Close()
+		if !ok {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if !ok {
+		t.Fatal("requests still refused after the streams ended")
+	}
+}
