@@ -77,6 +77,7 @@ type progressBody struct {
 	used    time.Duration // time spent in Read in this window; guarded by mu
 	reading bool          // a Read is in progress; guarded by mu
 	cut     bool          // the rule fired; guarded by mu
+	done    bool          // the handler returned; guarded by mu
 	timer   *time.Timer
 }
 
@@ -126,13 +127,27 @@ func (b *progressBody) wasCut() bool {
 func (b *progressBody) expire() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.reading || b.cut {
+	if !b.reading || b.cut || b.done {
 		return
 	}
 	b.cut = true
 	// Ends the blocked Read. The connection is not reused after: the
 	// server closes it once the 408 is written.
 	_ = b.rc.SetReadDeadline(time.Now())
+}
+
+// finish disarms the rule when the handler returns: the connection may
+// then serve the next request, whose reads a late deadline would cut.
+func (b *progressBody) finish() {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.done = true
+	if b.timer != nil {
+		b.timer.Stop()
+	}
 }
 
 func (b *progressBody) Close() error {

@@ -178,6 +178,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	// The query is left out: it may hold a PTY token.
 	p.log.Debug().Str("user", user).Str("sandbox", r.sandbox).Int("port", r.port).Str("method", req.Method).Str("path", req.URL.Path).Msg("request")
 	body := p.watchBody(w, req)
+	defer body.finish()
 	out := req.Clone(context.WithValue(req.Context(), bodyKey{}, body))
 	out.URL.Scheme = "http"
 	out.URL.Host = r.host()
