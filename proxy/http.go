@@ -229,7 +229,9 @@ func (p *Proxy) selectRoute(req *http.Request) (route, error) {
 	if err != nil {
 		host = req.Host
 	}
-	host = strings.ToLower(host)
+	// Host names fold case; a trailing dot is the same name, fully
+	// qualified.
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	var label string
 	for _, suffix := range []string{"." + p.cfg.Domain, ".local"} {
 		if l, ok := strings.CutSuffix(host, suffix); ok && l != "" && !strings.Contains(l, ".") {

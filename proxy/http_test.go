@@ -28,6 +28,7 @@ func TestSelectRoute(t *testing.T) {
 		{"127.0.0.1:8080", "ABC", route{}, false},
 		{"127.0.0.1:8080", "a.port-22", route{}, false},
 		{"a_b.local", "", route{sandbox: "a_b"}, true},
+		{"abc.local.:80", "", route{sandbox: "abc"}, true},
 		{"8080-.local", "", route{}, false},
 		{"80-9-x.local", "", route{}, false},
 	}
