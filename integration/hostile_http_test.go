@@ -201,28 +201,7 @@ func TestLongStreamsOutliveTimeouts(t *testing.T) {
 	// A slow upload: 16 KiB every 250 ms (64 KiB/s; 1.6 MiB in all).
 	const chunk, every = 16 << 10, 250 * time.Millisecond
 	chunks := int(long / every)
-	pr, pw := io.Pipe()
-	go func() {
-		buf := bytes.Repeat([]byte("u"), chunk)
-		for i := 0; i < chunks; i++ {
-			if _, err := pw.Write(buf); err != nil {
-				return
-			}
-			time.Sleep(every)
-		}
-		pw.Close()
-	}()
-	upload := make(chan string, 1)
-	go func() {
-		resp, err := http.DefaultClient.Do(s.Request(ctx, "PUT", filePath("slow-upload.bin"), pr))
-		if err != nil {
-			upload <- err.Error()
-			return
-		}
-		data, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		upload <- fmt.Sprintf("%d %s", resp.StatusCode, data)
-	}()
+	upload := slowUpload(ctx, s, "slow-upload.bin", chunk, chunks, every)
 
 	// A PTY WebSocket and a TCP tunnel, each used once, then silent.
 	pty := ptyCreate(t, s, map[string]any{"command": "/bin/sh"})
@@ -230,29 +209,7 @@ func TestLongStreamsOutliveTimeouts(t *testing.T) {
 	pc.ready()
 	pc.input("echo start-$((1+1))\n")
 	pc.waitFor("start-2", 20*time.Second)
-	port := listenLoopback(t, func(c net.Conn) { defer c.Close(); _, _ = io.Copy(c, c) })
-	ws, _, err := s.DialTunnel(ctx, fmt.Sprint(port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.CloseNow()
-	ping := func(msg string) {
-		t.Helper()
-		if err := ws.Write(ctx, websocket.MessageBinary, []byte(msg)); err != nil {
-			t.Fatalf("tunnel write %s: %v", msg, err)
-		}
-		var got []byte
-		for len(got) < len(msg) {
-			_, b, err := ws.Read(ctx)
-			if err != nil {
-				t.Fatalf("tunnel read %s: %v", msg, err)
-			}
-			got = append(got, b...)
-		}
-		if string(got) != msg {
-			t.Fatalf("tunnel echo %q, want %q", got, msg)
-		}
-	}
+	ping := echoTunnel(ctx, t, s)
 	ping("ping-0")
 
 	time.Sleep(long)
@@ -270,6 +227,63 @@ func TestLongStreamsOutliveTimeouts(t *testing.T) {
 	fi, err := os.Stat(s.SandboxPath("/home/tl-user/slow-upload.bin"))
 	if err != nil || fi.Size() != int64(chunks*chunk) {
 		t.Fatalf("uploaded file: %v, want %d bytes", err, chunks*chunk)
+	}
+}
+
+// slowUpload PUTs n chunks of size bytes, one every gap, to a file in
+// tl-user's home; the channel gets "status body" or the error.
+func slowUpload(ctx context.Context, s *System, name string, size, n int, gap time.Duration) <-chan string {
+	pr, pw := io.Pipe()
+	go func() {
+		buf := bytes.Repeat([]byte("u"), size)
+		for i := 0; i < n; i++ {
+			if _, err := pw.Write(buf); err != nil {
+				return
+			}
+			time.Sleep(gap)
+		}
+		pw.Close()
+	}()
+	done := make(chan string, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(s.Request(ctx, "PUT", filePath(name), pr))
+		if err != nil {
+			done <- err.Error()
+			return
+		}
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- fmt.Sprintf("%d %s", resp.StatusCode, data)
+	}()
+	return done
+}
+
+// echoTunnel opens a TCP tunnel to an echo server and returns a function
+// that sends a message through it and checks the echo.
+func echoTunnel(ctx context.Context, t *testing.T, s *System) func(msg string) {
+	t.Helper()
+	port := listenLoopback(t, func(c net.Conn) { defer c.Close(); _, _ = io.Copy(c, c) })
+	ws, _, err := s.DialTunnel(ctx, fmt.Sprint(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.CloseNow() })
+	return func(msg string) {
+		t.Helper()
+		if err := ws.Write(ctx, websocket.MessageBinary, []byte(msg)); err != nil {
+			t.Fatalf("tunnel write %s: %v", msg, err)
+		}
+		var got []byte
+		for len(got) < len(msg) {
+			_, b, err := ws.Read(ctx)
+			if err != nil {
+				t.Fatalf("tunnel read %s: %v", msg, err)
+			}
+			got = append(got, b...)
+		}
+		if string(got) != msg {
+			t.Fatalf("tunnel echo %q, want %q", got, msg)
+		}
 	}
 }
 
@@ -354,8 +368,18 @@ func TestAcceptLoopsSurviveFdExhaustion(t *testing.T) {
 		c.Close()
 	}
 	held = nil
-	// Each door must answer within a bound: HTTP serves an API call, the
-	// uplink answers a malformed hello, SSH sends its banner.
+	doorsAnswer(t, s)
+	out, err := exec.Command("ssh", append(s.SSHArgs(key.Private), s.SSHDest(), "echo", "ssh-ok")...).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "ssh-ok") {
+		t.Fatalf("ssh login after the fd episode: %v: %s", err, out)
+	}
+}
+
+// doorsAnswer checks, each within a bound, that the HTTP door serves an
+// API call, the uplink door answers a malformed hello and the SSH door
+// sends its banner.
+func doorsAnswer(t *testing.T, s *System) {
+	t.Helper()
 	check := func(name string, try func() error) {
 		t.Helper()
 		var err error
@@ -402,10 +426,6 @@ func TestAcceptLoopsSurviveFdExhaustion(t *testing.T) {
 	}
 	check("uplink", answers(s.UplinkAddr, []byte("not a hello\n"), ""))
 	check("ssh", answers(s.SSHAddr, nil, "SSH-2.0-"))
-	out, err := exec.Command("ssh", append(s.SSHArgs(key.Private), s.SSHDest(), "echo", "ssh-ok")...).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "ssh-ok") {
-		t.Fatalf("ssh login after the fd episode: %v: %s", err, out)
-	}
 }
 
 // dialFrom opens n connections to addr from the local address.
