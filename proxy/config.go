@@ -48,7 +48,7 @@ type Config struct {
 // apiKeyEntry is an api_keys value written as an object.
 type apiKeyEntry struct {
 	Name      string   `json:"name"`
-	Sandboxes []string `json:"sandboxes,omitempty"`
+	Sandboxes []string `json:"sandboxes"` // [] reaches nothing: kept on save
 }
 
 // configFile is Config as written, with api_keys values left raw: each is

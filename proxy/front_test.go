@@ -230,14 +230,14 @@ func TestConfigAPIKeyForms(t *testing.T) {
 		}
 	}
 	// Both forms round-trip through Save's encoding.
-	in := Config{APIKeys: map[string]string{"k1": "a", "k2": "b"}, APIKeyScopes: map[string][]string{"k2": {"s"}}}
+	in := Config{APIKeys: map[string]string{"k1": "a", "k2": "b", "k3": "c"}, APIKeyScopes: map[string][]string{"k2": {"s"}, "k3": {}}}
 	data, err := json.Marshal(in)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out Config
 	if err := json.Unmarshal(data, &out); err != nil || out.APIKeys["k1"] != "a" || out.APIKeys["k2"] != "b" ||
-		len(out.APIKeyScopes) != 1 || out.APIKeyScopes["k2"][0] != "s" {
+		len(out.APIKeyScopes) != 2 || out.APIKeyScopes["k2"][0] != "s" || out.scopeOf("k3").allows("s") || !out.scopeOf("k1").allows("s") {
 		t.Fatalf("round trip %s: %+v %v", data, out, err)
 	}
 }
