@@ -61,8 +61,8 @@ func TestHostileProxySSH(t *testing.T) {
 	// Small caps make the next rules cheap to reach.
 	psshRestartProxy(t, s, map[string]any{
 		"channels_per_conn": 6, "channels_per_key": 10, "unstarted_per_conn": 20, "unstarted_per_key": 20,
-		"unstarted_timeout_seconds": 120, "handshake_timeout_seconds": 4, "conns_per_source": 8,
-	})
+		"unstarted_timeout_seconds": 120, "handshake_timeout_seconds": 4,
+	}, "--ssh-max-conns-per-source", "8")
 
 	t.Run("channels are capped per connection and per key with a resource shortage", func(t *testing.T) {
 		psshChannelCaps(t, s, signer)
@@ -284,7 +284,7 @@ func psshRemoteForwardCap(t *testing.T, s *System, signer gossh.Signer, max int)
 	}
 }
 
-// psshQueryOnly fills one source's slots (conns_per_source = slots) with
+// psshQueryOnly fills one source's slots (--ssh-max-conns-per-source = slots) with
 // connections that query a key (the proxy answers PK_OK) and never sign.
 func psshQueryOnly(t *testing.T, s *System, attacker, victim SSHKey, slots int, deadline time.Duration) {
 	// A connection authenticated before the flood, from its own source:
@@ -471,8 +471,9 @@ func psshProxyRSS(t *testing.T, s *System) int64 {
 
 // psshRestartProxy restarts tl-proxy with ssh_limits set in its config
 // and waits for the agent to reconnect.
-func psshRestartProxy(t *testing.T, s *System, limits map[string]any) {
+func psshRestartProxy(t *testing.T, s *System, limits map[string]any, proxyArgs ...string) {
 	t.Helper()
+	s.opts.ProxyArgs = append(s.opts.ProxyArgs, proxyArgs...)
 	data, err := os.ReadFile(s.cfgPath)
 	if err != nil {
 		t.Fatal(err)

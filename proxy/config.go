@@ -6,6 +6,7 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Config is what the proxy knows. It comes from a JSON file (--config),
@@ -21,8 +23,14 @@ import (
 type Config struct {
 	// Sandboxes maps a sandbox id to the uplink token its agent presents.
 	Sandboxes map[string]SandboxConfig `json:"sandboxes"`
-	// APIKeys maps a user API key to a name used in logs.
-	APIKeys map[string]string `json:"api_keys"`
+	// APIKeys maps a user API key to a name used in logs. In the file a
+	// value is the name, or {"name": ..., "sandboxes": [ids]} to scope the
+	// key (see APIKeyScopes).
+	APIKeys map[string]string `json:"-"`
+	// APIKeyScopes lists, per API key, the sandboxes it may reach. A key
+	// absent here (or scoped to "*") reaches every sandbox, as before
+	// scoping existed.
+	APIKeyScopes map[string][]string `json:"-"`
 	// Domain is the suffix of sandbox host names: <sandbox>.<domain>.
 	Domain string `json:"domain,omitempty"`
 	// SSHAuthorizedKeys is the path of the users' SSH keys file
@@ -32,6 +40,134 @@ type Config struct {
 	SSHHostKey string `json:"ssh_host_key,omitempty"`
 	// SSHLimits bound each SSH front door user (sshlimits.go).
 	SSHLimits SSHLimits `json:"ssh_limits,omitempty"`
+
+	// Limits are the front doors' bounds; they come from flags, not the
+	// file. The zero value turns every bound off (tests that build a
+	// Config by hand); tl-proxy starts from DefaultLimits.
+	Limits Limits `json:"-"`
+}
+
+// apiKeyEntry is an api_keys value written as an object.
+type apiKeyEntry struct {
+	Name      string   `json:"name"`
+	Sandboxes []string `json:"sandboxes"` // [] reaches nothing: kept on save
+}
+
+// configFile is Config as written, with api_keys values left raw: each is
+// a name (the original format) or an apiKeyEntry.
+type configFile struct {
+	configAlias
+	APIKeys map[string]json.RawMessage `json:"api_keys"`
+}
+
+type configAlias Config
+
+// UnmarshalJSON reads api_keys values in both forms.
+func (c *Config) UnmarshalJSON(data []byte) error {
+	var f configFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return err
+	}
+	*c = Config(f.configAlias)
+	c.APIKeys, c.APIKeyScopes = map[string]string{}, map[string][]string{}
+	for key, raw := range f.APIKeys {
+		var name string
+		if json.Unmarshal(raw, &name) == nil {
+			c.APIKeys[key] = name
+			continue
+		}
+		var e apiKeyEntry
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&e); err != nil {
+			// The key itself is a secret: never in an error.
+			return fmt.Errorf("api_keys: a value is neither a name nor {\"name\": ..., \"sandboxes\": [...]}: %v", err)
+		}
+		if e.Sandboxes == nil {
+			return fmt.Errorf("api_keys: key named %q: \"sandboxes\" missing (use [\"*\"] for every sandbox)", e.Name)
+		}
+		c.APIKeys[key] = e.Name
+		c.APIKeyScopes[key] = e.Sandboxes
+	}
+	return nil
+}
+
+// MarshalJSON writes a scoped key as an object and any other as its name.
+func (c Config) MarshalJSON() ([]byte, error) {
+	keys := map[string]any{}
+	for k, name := range c.APIKeys {
+		if s, ok := c.APIKeyScopes[k]; ok {
+			keys[k] = apiKeyEntry{Name: name, Sandboxes: s}
+		} else {
+			keys[k] = name
+		}
+	}
+	return json.Marshal(struct {
+		configAlias
+		APIKeys map[string]any `json:"api_keys"`
+	}{configAlias(c), keys})
+}
+
+// keyScope is what one API key may reach.
+type keyScope struct {
+	all       bool
+	sandboxes map[string]bool
+}
+
+func (s keyScope) allows(id string) bool { return s.all || s.sandboxes[id] }
+
+// scopeOf returns the scope of API key key (which must be in APIKeys).
+func (c *Config) scopeOf(key string) keyScope {
+	ids, ok := c.APIKeyScopes[key]
+	if !ok {
+		return keyScope{all: true}
+	}
+	s := keyScope{sandboxes: map[string]bool{}}
+	for _, id := range ids {
+		if id == "*" {
+			s.all = true
+		}
+		s.sandboxes[id] = true
+	}
+	return s
+}
+
+// Limits bound the front doors (docs/proxy.md). Zero turns a bound off.
+type Limits struct {
+	// HTTPHeaderTimeout: a request's header must arrive within it.
+	HTTPHeaderTimeout time.Duration
+	// HTTPIdleTimeout: a keep-alive connection idle this long is closed.
+	HTTPIdleTimeout time.Duration
+	// A request body must deliver BodyMinBytes in every BodyWindow of the
+	// time the proxy spends waiting for it, or it is cut (408).
+	BodyMinBytes int64
+	BodyWindow   time.Duration
+	// WriteStallTimeout: one write to a client (a response chunk, a
+	// WebSocket frame) must be taken within it, or the client is dropped.
+	WriteStallTimeout time.Duration
+	// Live connections per listener, in all and from one source address.
+	HTTPConns, HTTPConnsPerSource     int
+	UplinkConns, UplinkConnsPerSource int
+	SSHConns, SSHConnsPerSource       int
+	// RequestsPerSandbox caps concurrent proxied requests and streams
+	// (SSE, WebSocket, tunnels) to one sandbox over HTTP (429).
+	RequestsPerSandbox int
+}
+
+// DefaultLimits are tl-proxy's bounds unless flags say otherwise. The
+// per-source caps are high because on a laptop every client is 127.0.0.1.
+func DefaultLimits() Limits {
+	return Limits{
+		HTTPHeaderTimeout: 20 * time.Second,
+		HTTPIdleTimeout:   90 * time.Second,
+		BodyMinBytes:      1024,
+		BodyWindow:        30 * time.Second,
+		WriteStallTimeout: 60 * time.Second,
+		HTTPConns:         8192, HTTPConnsPerSource: 2048,
+		UplinkConns: 4096, UplinkConnsPerSource: 1024,
+		SSHConns: 1024, SSHConnsPerSource: 256,
+		RequestsPerSandbox: 1024,
+	}
 }
 
 // SandboxConfig is one known sandbox.
@@ -69,28 +205,42 @@ func (c *Config) Validate() error {
 	}
 	for id, s := range c.Sandboxes {
 		if !ValidSandboxID(id) {
-			return fmt.Errorf("config: sandbox id %q: use letters, digits, '-' and '_' (1-64), not starting with digits followed by '-'", id)
+			return fmt.Errorf("config: sandbox id %q: use lower-case letters, digits, '-' and '_' (1-64), not starting with digits followed by '-'", id)
 		}
 		if len(s.Token) < 16 {
 			return fmt.Errorf("config: sandbox %s: token shorter than 16 characters", id)
 		}
 	}
+	for key, ids := range c.APIKeyScopes {
+		if _, ok := c.APIKeys[key]; !ok {
+			return fmt.Errorf("config: a scope names an API key that is not in api_keys")
+		}
+		for _, id := range ids {
+			// A typo must not widen the scope, and an id the proxy does
+			// not know yet is allowed: it may be added later.
+			if id != "*" && !ValidSandboxID(id) {
+				return fmt.Errorf("config: api key %q: sandbox id %q in \"sandboxes\" is not a valid id (lower-case letters, digits, '-', '_')", c.APIKeys[key], id)
+			}
+		}
+	}
 	return nil
 }
 
-// ValidSandboxID: ids appear in host names and SSH user names. An id that
-// starts "<digits>-" would read as a port route (<port>-<sandbox>).
+// ValidSandboxID: ids appear in host names and SSH user names. Host names
+// are case-insensitive, so ids are lower-case only: "ABC.local" and
+// "abc.local" must name one sandbox. An id that starts "<digits>-" would
+// read as a port route (<port>-<sandbox>).
 func ValidSandboxID(id string) bool {
 	if id == "" || len(id) > 64 {
 		return false
 	}
 	for _, r := range id {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
 			return false
 		}
 	}
-	_, _, isPort := splitPortRoute(id)
-	return !isPort
+	digits := strings.IndexFunc(id, func(r rune) bool { return r < '0' || r > '9' })
+	return digits <= 0 || id[digits] != '-'
 }
 
 // RandomHex returns n random bytes as hex: tokens and keys.

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -27,6 +28,8 @@ type Proxy struct {
 	transport *http.Transport
 	rp        *httputil.ReverseProxy
 
+	inflight *inflight // proxied requests per sandbox
+
 	// serveSSH is the SSH front door, set by sshfront.go when configured.
 	serveSSH func(ctx context.Context, ln net.Listener) error
 
@@ -35,7 +38,7 @@ type Proxy struct {
 
 // New returns a proxy for cfg (already validated).
 func New(cfg *Config, log zerolog.Logger) *Proxy {
-	p := &Proxy{cfg: cfg, log: log, reg: NewRegistry(cfg)}
+	p := &Proxy{cfg: cfg, log: log, reg: NewRegistry(cfg), inflight: newInflight(cfg.Limits.RequestsPerSandbox)}
 	p.transport = &http.Transport{
 		DialContext:         p.dialStream,
 		MaxIdleConnsPerHost: 32,
@@ -53,7 +56,16 @@ func New(cfg *Config, log zerolog.Logger) *Proxy {
 		Transport:     p.transport,
 		FlushInterval: -1, // flush every write: SSE and terminal output
 		ErrorHandler:  p.upstreamError,
-		ErrorLog:      nil,
+		// A body cut by the progress rule makes the agent answer about a
+		// truncated body; the client is told the real reason instead.
+		ModifyResponse: func(resp *http.Response) error {
+			if b, _ := resp.Request.Context().Value(bodyKey{}).(*progressBody); b != nil && b.wasCut() {
+				resp.Body.Close()
+				return errBodyTooSlow
+			}
+			return nil
+		},
+		ErrorLog: nil,
 	}
 	if cfg.SSHAuthorizedKeys != "" {
 		p.serveSSH = p.serveSSHFront
@@ -117,13 +129,12 @@ func (p *Proxy) dialStream(ctx context.Context, _, addr string) (net.Conn, error
 	if r.port != 0 {
 		h = uplink.Header{Kind: uplink.KindTCP, Port: r.port}
 	}
-	if u, ok := ctx.Value(userKey{}).(string); ok {
-		h.User = u
-	}
+	// No User in the header: the transport pools these streams per
+	// sandbox and target, so one stream serves many users' requests in
+	// turn; a name written when it was opened would be wrong for the next.
+	// The proxy logs the user per request instead (ServeHTTP).
 	return p.reg.Open(ctx, r.sandbox, h)
 }
-
-type userKey struct{}
 
 // ServeHTTP is the front door: auth, sandbox selection, forwarding.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
@@ -134,7 +145,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	// stream mid-response, and the agent sees its client gone. Full duplex
 	// leaves the body to the transport.
 	_ = http.NewResponseController(w).EnableFullDuplex()
-	user, ok := p.authenticate(req)
+	user, scope, ok := p.authenticate(req)
 	if !ok {
 		writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "missing or invalid API key: send Authorization: Bearer <api key>")
 		return
@@ -142,6 +153,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	r, err := p.selectRoute(req)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "NO_SANDBOX", err.Error())
+		return
+	}
+	// Scope first, as the SSH door does: a scoped key learns nothing about
+	// sandboxes outside its list, not even whether they exist.
+	if !scope.allows(r.sandbox) {
+		writeError(w, http.StatusForbidden, "SANDBOX_FORBIDDEN", "sandbox "+r.sandbox+" is not reachable with this API key")
 		return
 	}
 	if !p.reg.Known(r.sandbox) {
@@ -152,7 +169,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "SANDBOX_UNAVAILABLE", "sandbox "+r.sandbox+" is not connected")
 		return
 	}
-	out := req.Clone(context.WithValue(req.Context(), userKey{}, user))
+	release, ok := p.inflight.acquire(r.sandbox)
+	if !ok {
+		writeError(w, http.StatusTooManyRequests, "TOO_MANY_REQUESTS", "sandbox "+r.sandbox+" has "+strconv.Itoa(p.cfg.Limits.RequestsPerSandbox)+" requests and streams open through the proxy; retry when some end")
+		return
+	}
+	defer release()
+	// The query is left out: it may hold a PTY token.
+	p.log.Debug().Str("user", user).Str("sandbox", r.sandbox).Int("port", r.port).Str("method", req.Method).Str("path", req.URL.Path).Msg("request")
+	body := p.watchBody(w, req)
+	defer body.finish()
+	out := req.Clone(context.WithValue(req.Context(), bodyKey{}, body))
 	out.URL.Scheme = "http"
 	out.URL.Host = r.host()
 	if r.port == 0 {
@@ -161,23 +188,30 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	// The API key is for the proxy; code inside the sandbox never sees it.
 	out.Header.Del("Authorization")
 	out.Header.Del("X-Tensorlake-Sandbox-Id")
-	p.rp.ServeHTTP(w, out)
+	if body != nil {
+		out.Body = body
+	}
+	p.rp.ServeHTTP(p.watchWrites(w), out)
 }
 
-func (p *Proxy) authenticate(req *http.Request) (string, bool) {
+// authenticate returns the name and scope of the request's API key.
+func (p *Proxy) authenticate(req *http.Request) (string, keyScope, bool) {
 	auth := req.Header.Get("Authorization")
 	key, ok := strings.CutPrefix(auth, "Bearer ")
 	if !ok || key == "" {
-		return "", false
+		return "", keyScope{}, false
 	}
 	// Constant time per key; the number of keys is not secret.
-	name, found := "", false
-	for k, n := range p.cfg.APIKeys {
+	match, found := "", false
+	for k := range p.cfg.APIKeys {
 		if subtle.ConstantTimeCompare([]byte(k), []byte(key)) == 1 {
-			name, found = n, true
+			match, found = k, true
 		}
 	}
-	return name, found
+	if !found {
+		return "", keyScope{}, false
+	}
+	return p.cfg.APIKeys[match], p.cfg.scopeOf(match), true
 }
 
 // selectRoute picks the sandbox (and port) from the header or Host, in the
@@ -185,13 +219,19 @@ func (p *Proxy) authenticate(req *http.Request) (string, bool) {
 // .local, <sandbox>.<domain>, <sandbox>.local.
 func (p *Proxy) selectRoute(req *http.Request) (route, error) {
 	if id := req.Header.Get("X-Tensorlake-Sandbox-Id"); id != "" {
+		// Exact: ids are lower-case, and only host names fold case.
+		if !ValidSandboxID(id) {
+			return route{}, errors.New("X-Tensorlake-Sandbox-Id: not a sandbox id (lower-case letters, digits, '-' and '_')")
+		}
 		return route{sandbox: id}, nil
 	}
 	host, _, err := net.SplitHostPort(req.Host)
 	if err != nil {
 		host = req.Host
 	}
-	host = strings.ToLower(host)
+	// Host names fold case; a trailing dot is the same name, fully
+	// qualified.
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	var label string
 	for _, suffix := range []string{"." + p.cfg.Domain, ".local"} {
 		if l, ok := strings.CutSuffix(host, suffix); ok && l != "" && !strings.Contains(l, ".") {
@@ -206,7 +246,13 @@ func (p *Proxy) selectRoute(req *http.Request) (route, error) {
 		if port < 1 || port > 65535 {
 			return route{}, errors.New("port out of range 1..65535")
 		}
+		if !ValidSandboxID(id) {
+			return route{}, errors.New("host " + host + ": not a sandbox id")
+		}
 		return route{sandbox: id, port: port}, nil
+	}
+	if !ValidSandboxID(label) {
+		return route{}, errors.New("host " + host + ": not a sandbox id (letters, digits, '-' and '_')")
 	}
 	return route{sandbox: label}, nil
 }
@@ -232,7 +278,13 @@ func splitPortRoute(label string) (int, string, bool) {
 // upstreamError maps failures of the uplink leg to the spec's statuses.
 func (p *Proxy) upstreamError(w http.ResponseWriter, req *http.Request, err error) {
 	var re *uplink.ReplyError
+	cut, _ := req.Context().Value(bodyKey{}).(*progressBody)
 	switch {
+	case errors.Is(err, errBodyTooSlow) || cut.wasCut():
+		// The transport reports the cut body in its own words (a short
+		// body, a canceled request), so the flag decides.
+		p.log.Warn().Str("path", req.URL.Path).Str("remote", req.RemoteAddr).Msg("request body cut: below the minimum progress")
+		writeError(w, http.StatusRequestTimeout, "BODY_TOO_SLOW", fmt.Sprintf("the request body sent less than %d bytes in %v; the connection is closed", p.cfg.Limits.BodyMinBytes, p.cfg.Limits.BodyWindow))
 	case errors.Is(err, ErrUnknownSandbox):
 		writeError(w, http.StatusNotFound, "SANDBOX_NOT_FOUND", "sandbox not found")
 	case errors.Is(err, ErrNotConnected):

@@ -25,6 +25,12 @@ func TestSelectRoute(t *testing.T) {
 		{"localhost:8080", "", route{}, false},
 		{"99999-abc.local", "", route{}, false},
 		{".local", "", route{}, false},
+		{"127.0.0.1:8080", "ABC", route{}, false},
+		{"127.0.0.1:8080", "a.port-22", route{}, false},
+		{"a_b.local", "", route{sandbox: "a_b"}, true},
+		{"abc.local.:80", "", route{sandbox: "abc"}, true},
+		{"8080-.local", "", route{}, false},
+		{"80-9-x.local", "", route{}, false},
 	}
 	for _, c := range cases {
 		req := httptest.NewRequest("GET", "/", nil)
@@ -52,7 +58,7 @@ func TestRouteHostRoundTrip(t *testing.T) {
 }
 
 func TestValidSandboxID(t *testing.T) {
-	for id, want := range map[string]bool{"dev-sbx": true, "a_b": true, "": false, "8080-x": false, "a.b": false, "x y": false} {
+	for id, want := range map[string]bool{"dev-sbx": true, "a_b": true, "": false, "8080-x": false, "a.b": false, "x y": false, "ABC": false, "aBc": false} {
 		if ValidSandboxID(id) != want {
 			t.Errorf("ValidSandboxID(%q) != %v", id, want)
 		}

@@ -24,9 +24,6 @@ import (
 // agent's server over it, and relays the two connections (sshrelay.go).
 // docs/ssh.md describes the key file, the user names and the refusals.
 
-// maxSSHConns bounds the front door's concurrent connections.
-const maxSSHConns = 1024
-
 // sandboxUser is the user the proxy logs in as on an SSH server of a
 // <port>-<sandbox> route.
 const sandboxUser = "tl-user"
@@ -45,9 +42,8 @@ type sshFront struct {
 	signer gossh.Signer
 	lim    SSHLimits
 
-	sources      *netx.Limiter // connections per source address
-	keyChans     *quota        // channels per key fingerprint
-	keyUnstarted *quota        // unstarted sessions per key fingerprint
+	keyChans     *quota // channels per key fingerprint
+	keyUnstarted *quota // unstarted sessions per key fingerprint
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{} // guarded by mu
@@ -76,33 +72,37 @@ func (p *Proxy) serveSSHFront(ctx context.Context, ln net.Listener) error {
 		f.mu.Unlock()
 	})
 	defer stop()
+	// Temporary accept errors (EMFILE...) are retried for as long as the
+	// proxy runs; caps in all and per source come from the limits.
+	lim := &netx.Limiter{Total: p.cfg.Limits.SSHConns, PerSource: p.cfg.Limits.SSHConnsPerSource}
 	for {
-		c, err := ln.Accept()
+		c, err := netx.Accept(ctx, ln, p.log)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
 			return fmt.Errorf("ssh accept: %w", err)
 		}
+		release, ok := lim.Acquire(c.RemoteAddr())
 		f.mu.Lock()
 		if ctx.Err() != nil {
 			f.mu.Unlock()
 			c.Close()
 			return nil
 		}
-		if len(f.conns) >= maxSSHConns {
+		if !ok {
 			f.mu.Unlock()
-			p.log.Warn().Str("remote", c.RemoteAddr().String()).Msg("ssh connection refused: at the connection limit")
+			lim.LogRefusal(p.log, c.RemoteAddr(), "ssh connection refused: at the connection limit")
 			c.Close()
+			if ok {
+				release()
+			}
 			continue
 		}
 		f.conns[c] = struct{}{}
 		f.mu.Unlock()
 		p.track(func() {
+			defer release()
 			defer func() {
 				f.mu.Lock()
 				delete(f.conns, c)
@@ -120,7 +120,6 @@ func newSSHFront(p *Proxy, signer gossh.Signer) (*sshFront, error) {
 		return nil, err
 	}
 	return &sshFront{p: p, keys: &keyRing{path: p.cfg.SSHAuthorizedKeys, log: p.log}, signer: signer, lim: lim,
-		sources:      &netx.Limiter{PerSource: lim.ConnsPerSource},
 		keyChans:     newQuota(lim.ChannelsPerKey),
 		keyUnstarted: newQuota(lim.UnstartedPerKey),
 		conns:        map[net.Conn]struct{}{}}, nil
@@ -175,12 +174,6 @@ type frontConn struct {
 
 func (f *sshFront) serveConn(ctx context.Context, c net.Conn) {
 	log := f.p.log.With().Str("component", "sshfront").Str("remote", c.RemoteAddr().String()).Logger()
-	release, ok := f.sources.Acquire(c.RemoteAddr())
-	if !ok {
-		log.Warn().Int("limit", f.lim.ConnsPerSource).Msg("ssh connection refused: too many connections from this address")
-		return
-	}
-	defer release()
 	// The deadline covers everything before a key has signed: a client
 	// that only queries keys (or never finishes) is dropped at it.
 	_ = c.SetDeadline(time.Now().Add(f.lim.handshakeTimeout()))

@@ -16,9 +16,6 @@ type SSHLimits struct {
 	// HandshakeSeconds bounds key exchange, authentication and reaching
 	// the sandbox; it is lifted only once a key has signed.
 	HandshakeSeconds float64 `json:"handshake_timeout_seconds,omitempty"`
-	// ConnsPerSource caps the connections (authenticated or not) from one
-	// IP address.
-	ConnsPerSource int `json:"conns_per_source,omitempty"`
 	// ChannelsPerConn caps the channels open at once on one connection,
 	// counted for each direction (the user's, and forwards the sandbox
 	// opens back).
@@ -47,7 +44,6 @@ type SSHLimits struct {
 // key, 16 x 2 MiB for its unstarted sessions.
 var DefaultSSHLimits = SSHLimits{
 	HandshakeSeconds: 30,
-	ConnsPerSource:   256,
 	ChannelsPerConn:  64,
 	ChannelsPerKey:   128,
 	UnstartedPerConn: 4,
@@ -82,7 +78,6 @@ func (l *SSHLimits) validate() error {
 		v    *int
 		def  int
 	}{
-		{"conns_per_source", &l.ConnsPerSource, d.ConnsPerSource},
 		{"channels_per_conn", &l.ChannelsPerConn, d.ChannelsPerConn},
 		{"channels_per_key", &l.ChannelsPerKey, d.ChannelsPerKey},
 		{"unstarted_per_conn", &l.UnstartedPerConn, d.UnstartedPerConn},

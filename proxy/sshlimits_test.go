@@ -15,7 +15,7 @@ func TestSSHLimitsValidate(t *testing.T) {
 		}
 	})
 	t.Run("negative values are config errors", func(t *testing.T) {
-		for _, l := range []SSHLimits{{ConnsPerSource: -1}, {UnstartedPerKey: -1}, {HandshakeSeconds: -0.5}, {UnstartedSeconds: -1}} {
+		for _, l := range []SSHLimits{{ChannelsPerConn: -1}, {UnstartedPerKey: -1}, {HandshakeSeconds: -0.5}, {UnstartedSeconds: -1}} {
 			if err := l.validate(); err == nil {
 				t.Errorf("%+v accepted", l)
 			}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/internal/netx"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -19,23 +21,28 @@ import (
 // says nothing must not hold a goroutine.
 const handshakeTimeout = 10 * time.Second
 
-// ServeUplinks accepts agents on ln until ctx ends.
+// ServeUplinks accepts agents on ln until ctx ends. Temporary accept
+// errors (EMFILE and the like) are retried with back-off for as long as
+// the proxy runs; connections over the caps are closed at once.
 func (p *Proxy) ServeUplinks(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	lim := &netx.Limiter{Total: p.cfg.Limits.UplinkConns, PerSource: p.cfg.Limits.UplinkConnsPerSource}
 	for {
-		c, err := ln.Accept()
+		c, err := netx.Accept(ctx, ln, p.log)
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
+			return fmt.Errorf("uplink accept: %w", err)
 		}
-		p.track(func() { p.serveUplink(ctx, c) })
+		release, ok := lim.Acquire(c.RemoteAddr())
+		if !ok {
+			lim.LogRefusal(p.log, c.RemoteAddr(), "uplink refused: at the connection limit")
+			c.Close()
+			continue
+		}
+		p.track(func() { defer release(); p.serveUplink(ctx, c) })
 	}
 }
 

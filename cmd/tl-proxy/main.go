@@ -43,6 +43,8 @@ type flags struct {
 	connect, logLevel, domain, sshKeys string
 	tlsCert, tlsKey                    string
 	dev                                bool
+	limits                             proxy.Limits
+	bodyMinBytes                       int
 }
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -63,6 +65,7 @@ func run(args []string) int {
 	fs.String(&f.tlsCert, "uplink-tls-cert", "", "serve uplinks over TLS with this certificate `file` (PEM)")
 	fs.String(&f.tlsKey, "uplink-tls-key", "", "private key `file` (PEM) of --uplink-tls-cert")
 	fs.String(&f.logLevel, "log-level", "info", "`level`: debug, info, warn or error")
+	limitFlags(fs, &f)
 	fs.FlagSet.Usage = func() { fs.Usage(os.Stderr, usage) }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -126,6 +129,23 @@ func run(args []string) int {
 	return 0
 }
 
+// limitFlags binds the front doors' bounds (docs/proxy.md); 0 turns one off.
+func limitFlags(fs *cli.FlagSet, f *flags) {
+	d, l := proxy.DefaultLimits(), &f.limits
+	fs.Duration(&l.HTTPHeaderTimeout, "http-header-timeout", d.HTTPHeaderTimeout, "close an HTTP connection whose request header has not arrived within this `duration`")
+	fs.Duration(&l.HTTPIdleTimeout, "http-idle-timeout", d.HTTPIdleTimeout, "close a keep-alive HTTP connection idle this `duration`")
+	fs.Int(&f.bodyMinBytes, "http-body-min-bytes", int(d.BodyMinBytes), "cut (408) a request body that sends fewer than `n` bytes in --http-body-window")
+	fs.Duration(&l.BodyWindow, "http-body-window", d.BodyWindow, "`duration` of the request body's minimum-progress window")
+	fs.Duration(&l.WriteStallTimeout, "http-write-stall-timeout", d.WriteStallTimeout, "drop an HTTP client that takes none of a response write (or WebSocket frame) within this `duration`")
+	fs.Int(&l.HTTPConns, "http-max-conns", d.HTTPConns, "live HTTP connections in all (`n`)")
+	fs.Int(&l.HTTPConnsPerSource, "http-max-conns-per-source", d.HTTPConnsPerSource, "live HTTP connections from one IP address (`n`)")
+	fs.Int(&l.UplinkConns, "uplink-max-conns", d.UplinkConns, "live uplink connections in all (`n`)")
+	fs.Int(&l.UplinkConnsPerSource, "uplink-max-conns-per-source", d.UplinkConnsPerSource, "live uplink connections from one IP address (`n`)")
+	fs.Int(&l.SSHConns, "ssh-max-conns", d.SSHConns, "live SSH front-door connections in all (`n`)")
+	fs.Int(&l.SSHConnsPerSource, "ssh-max-conns-per-source", d.SSHConnsPerSource, "live SSH front-door connections from one IP address (`n`)")
+	fs.Int(&l.RequestsPerSandbox, "max-requests-per-sandbox", d.RequestsPerSandbox, "concurrent proxied HTTP requests and streams to one sandbox (`n`; 429 past it)")
+}
+
 func defaultStateDir() string {
 	if d, err := os.UserConfigDir(); err == nil {
 		return filepath.Join(d, "tl-proxy")
@@ -144,7 +164,10 @@ func loadConfig(f flags) (*proxy.Config, error) {
 		cfg, err = proxy.LoadConfig(path)
 		if errors.Is(err, os.ErrNotExist) {
 			cfg = proxy.DevConfig(f.devSandbox)
-			err = cfg.Save(path)
+			// Refused before it is saved: a bad id must not stay on disk.
+			if err = cfg.Validate(); err == nil {
+				err = cfg.Save(path)
+			}
 		}
 	default:
 		return nil, errors.New("--config or --dev is required")
@@ -158,6 +181,8 @@ func loadConfig(f flags) (*proxy.Config, error) {
 	if f.sshKeys != "" {
 		cfg.SSHAuthorizedKeys = f.sshKeys
 	}
+	cfg.Limits = f.limits
+	cfg.Limits.BodyMinBytes = int64(f.bodyMinBytes)
 	if cfg.SSHHostKey == "" {
 		cfg.SSHHostKey = filepath.Join(f.stateDir, "ssh_host_ed25519_key")
 	}

@@ -79,6 +79,28 @@ type Limiter struct {
 	mu       sync.Mutex
 	live     int
 	bySource map[string]int
+	lastLog  time.Time // last refusal logged; guarded by mu
+	quiet    int       // refusals not logged since; guarded by mu
+}
+
+// refusalLogEvery spaces out refusal logs: a flood at the cap must not
+// become a flood in the log.
+const refusalLogEvery = time.Second
+
+// LogRefusal logs a connection refused at a cap: the first at once, then
+// at most one a second, each with the number left out before it.
+func (l *Limiter) LogRefusal(log zerolog.Logger, remote net.Addr, msg string) {
+	l.mu.Lock()
+	now := time.Now()
+	if now.Sub(l.lastLog) < refusalLogEvery {
+		l.quiet++
+		l.mu.Unlock()
+		return
+	}
+	quiet := l.quiet
+	l.lastLog, l.quiet = now, 0
+	l.mu.Unlock()
+	log.Warn().Str("remote", remote.String()).Int("refused_unlogged", quiet).Int("cap", l.Total).Int("cap_per_source", l.PerSource).Msg(msg)
 }
 
 // Source is the key a connection's remote address is counted under.
@@ -135,14 +157,22 @@ func (l *Limiter) Live() int {
 // temporary accept errors are retried with back-off. It suits servers that
 // own their accept loop, such as net/http's.
 func Listen(ln net.Listener, l *Limiter, log zerolog.Logger) net.Listener {
+	return ListenWith(ln, l, log, nil)
+}
+
+// ListenWith is Listen where refuse, if not nil, may tell a connection over
+// a cap why before it is closed (an HTTP 503, say). It runs in the accept
+// loop, so it must not block.
+func ListenWith(ln net.Listener, l *Limiter, log zerolog.Logger, refuse func(net.Conn)) net.Listener {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &limitListener{Listener: ln, l: l, log: log, ctx: ctx, cancel: cancel}
+	return &limitListener{Listener: ln, l: l, log: log, refuse: refuse, ctx: ctx, cancel: cancel}
 }
 
 type limitListener struct {
 	net.Listener
 	l      *Limiter
 	log    zerolog.Logger
+	refuse func(net.Conn)
 	ctx    context.Context
 	cancel context.CancelFunc
 }
@@ -158,7 +188,10 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		}
 		release, ok := ll.l.Acquire(c.RemoteAddr())
 		if !ok {
-			ll.log.Warn().Str("remote", c.RemoteAddr().String()).Str("addr", ll.Addr().String()).Msg("connection refused: at the connection limit")
+			ll.l.LogRefusal(ll.log.With().Str("addr", ll.Addr().String()).Logger(), c.RemoteAddr(), "connection refused: at the connection limit")
+			if ll.refuse != nil {
+				ll.refuse(c)
+			}
 			c.Close()
 			continue
 		}

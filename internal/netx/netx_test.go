@@ -1,6 +1,7 @@
 package netx
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -119,5 +120,25 @@ func TestListenClosesOverCap(t *testing.T) {
 		c.Close()
 	case <-time.After(10 * time.Second):
 		t.Fatal("a slot freed by Close must admit the next connection")
+	}
+}
+
+func TestLogRefusalIsThrottled(t *testing.T) {
+	var buf bytes.Buffer
+	log := zerolog.New(&buf)
+	l := &Limiter{Total: 1}
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}
+	for i := 0; i < 100; i++ {
+		l.LogRefusal(log, addr, "refused")
+	}
+	if n := bytes.Count(buf.Bytes(), []byte("\n")); n != 1 {
+		t.Fatalf("%d log lines for 100 refusals in a burst, want 1", n)
+	}
+	l.mu.Lock()
+	l.lastLog = time.Time{} // as if a second had passed
+	l.mu.Unlock()
+	l.LogRefusal(log, addr, "refused")
+	if !bytes.Contains(buf.Bytes(), []byte(`"refused_unlogged":99`)) {
+		t.Fatalf("the next line must count the 99 left out: %s", buf.String())
 	}
 }
