@@ -21,7 +21,7 @@ func TestListenUnixPrivate(t *testing.T) {
 	stale.(*net.UnixListener).SetUnlinkOnClose(false)
 	stale.Close()
 	old := syscall.Umask(0) // the loosest umask: a bind in place would be 0777
-	ln, err := listenUnixPrivate(path)
+	ln, err := listen("unix:" + path)
 	syscall.Umask(old)
 	if err != nil {
 		t.Fatal(err)

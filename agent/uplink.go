@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -419,43 +418,17 @@ func listen(spec string) (net.Listener, error) {
 	kind, addr, _ := strings.Cut(spec, ":")
 	switch kind {
 	case "unix":
-		return listenUnixPrivate(addr)
+		ln, err := listenPrivateUnix(addr)
+		if err != nil {
+			return nil, err
+		}
+		return &unlinkListener{Listener: ln, path: addr}, nil
 	case "tcp":
 		return net.Listen("tcp", addr)
 	case "vsock":
 		return listenVsock(addr)
 	}
 	return nil, fmt.Errorf("unknown listen kind %q", kind)
-}
-
-// listenUnixPrivate binds a unix socket at path that nobody but root can
-// ever connect to: it is bound inside a fresh 0700 folder beside path,
-// made 0600 there, and only then renamed into place, so there is no moment
-// at which it exists with the umask's mode at a reachable path. The
-// process umask is never changed (other goroutines start processes).
-func listenUnixPrivate(path string) (net.Listener, error) {
-	dir, err := os.MkdirTemp(filepath.Dir(path), ".tl-uplink-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	tmp := filepath.Join(dir, "s")
-	ln, err := net.Listen("unix", tmp)
-	if err != nil {
-		return nil, err
-	}
-	ul := ln.(*net.UnixListener)
-	ul.SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	_ = os.Remove(path) // a stale socket from a previous run
-	if err := os.Rename(tmp, path); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return &unlinkListener{Listener: ln, path: path}, nil
 }
 
 // unlinkListener removes its socket at Close, at the path it was renamed to.

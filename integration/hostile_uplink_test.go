@@ -610,7 +610,7 @@ func TestAPIStreamCap(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode == 200 || !strings.Contains(string(body), "too many concurrent API streams on this uplink (max 4)") {
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "too many concurrent API streams on this uplink (max 4)") {
 		t.Fatalf("fifth API stream: %d %s", resp.StatusCode, body)
 	}
 	t.Logf("fifth API stream: %d %s", resp.StatusCode, body)

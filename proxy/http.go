@@ -291,6 +291,11 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, req *http.Request, err erro
 		writeError(w, http.StatusServiceUnavailable, "SANDBOX_UNAVAILABLE", "sandbox is not connected")
 	case errors.As(err, &re) && re.Status == uplink.StatusUnreachable:
 		writeError(w, http.StatusBadGateway, "PORT_UNREACHABLE", re.Msg)
+	case errors.As(err, &re) && re.Status == uplink.StatusUnavailable:
+		// The agent is at a limit (its stream caps) or shutting down: the
+		// same request can succeed later.
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "SANDBOX_BUSY", re.Msg)
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody reads an answer.
 	default:

@@ -34,6 +34,8 @@ type Registry struct {
 	fake []byte
 	// quiet is BaseTokenQuiet; a field so unit tests can shorten it.
 	quiet time.Duration
+	// started is when the registry was made (the proxy's start).
+	started time.Time
 
 	// onChange is called (outside mu) when a sandbox's link comes or goes,
 	// so HTTP transports can drop pooled streams of a dead link.
@@ -57,8 +59,14 @@ type linkMem struct {
 const BaseTokenQuiet = 20 * time.Second
 
 // LinkWait is how long a request for a sandbox whose agent is reconnecting
-// waits for the link before it is answered 503.
-const LinkWait = 5 * time.Second
+// waits for the link before it is answered 503. An agent counts as
+// reconnecting when its last link ended less than ReconnectWindow ago
+// without a goodbye, or the proxy itself started less than that ago (its
+// agents are coming back); any other sandbox is answered 503 at once.
+const (
+	LinkWait        = 5 * time.Second
+	ReconnectWindow = 60 * time.Second
+)
 
 // Link is one connected agent.
 type Link struct {
@@ -75,7 +83,7 @@ type Link struct {
 // NewRegistry returns a registry of the sandboxes in cfg.
 func NewRegistry(cfg *Config) *Registry {
 	r := &Registry{known: map[string]string{}, links: map[string]*Link{}, state: map[string]*linkMem{},
-		changed: make(chan struct{}), fake: uplink.NewNonce(), quiet: BaseTokenQuiet}
+		changed: make(chan struct{}), fake: uplink.NewNonce(), quiet: BaseTokenQuiet, started: time.Now()}
 	for id, s := range cfg.Sandboxes {
 		r.known[id] = s.Token
 		r.state[id] = &linkMem{}
@@ -134,15 +142,16 @@ func (r *Registry) liveLocked(id string) *Link {
 }
 
 // WaitLink returns the live link of id, waiting up to d (or until ctx
-// ends) for an agent that is reconnecting; nil when none came.
+// ends) for an agent that is reconnecting; nil when none came, at once
+// when the agent is not reconnecting (see LinkWait).
 func (r *Registry) WaitLink(ctx context.Context, id string, d time.Duration) *Link {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
 		r.mu.Lock()
-		l, ch := r.liveLocked(id), r.changed
+		l, ch, back := r.liveLocked(id), r.changed, r.reconnectingLocked(id)
 		r.mu.Unlock()
-		if l != nil {
+		if l != nil || !back {
 			return l
 		}
 		select {
@@ -153,6 +162,18 @@ func (r *Registry) WaitLink(ctx context.Context, id string, d time.Duration) *Li
 			return nil
 		}
 	}
+}
+
+// reconnectingLocked reports whether id's agent may be on its way back: a
+// link that ended (or died unnoticed) recently without a goodbye, or a
+// proxy that has just started.
+func (r *Registry) reconnectingLocked(id string) bool {
+	now := time.Now()
+	if now.Sub(r.started) < ReconnectWindow || r.links[id] != nil {
+		return true
+	}
+	m := r.state[id]
+	return m != nil && !m.lastSeen.IsZero() && now.Sub(m.lastSeen) < ReconnectWindow
 }
 
 // Links lists live links, for the proxy's status page.

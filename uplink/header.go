@@ -30,8 +30,10 @@ type Header struct {
 	Port int `json:"port,omitempty"`
 	// Path is the socket path for KindUnix.
 	Path string `json:"path,omitempty"`
-	// User is who the proxy authenticated (an API key name, an SSH key
-	// comment), for the agent's logs only: the uplink is trusted.
+	// User is who the proxy authenticated (an SSH key's comment), for the
+	// agent's logs only: the uplink is trusted. Only streams that serve one
+	// user's connection (ssh, sftp) carry it; api and tcp streams are
+	// pooled across users and carry none (the proxy logs each request).
 	User string `json:"user,omitempty"`
 	// Remote is the user's address as the proxy saw it, for logs.
 	Remote string `json:"remote,omitempty"`
