@@ -7,10 +7,10 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/tensorlake/tl-agent/process"
@@ -95,11 +95,10 @@ func (c *Config) ResolveToken() error {
 	if c.Token != "" {
 		return errors.New("--token and --token-file are exclusive")
 	}
-	data, err := os.ReadFile(c.TokenFile)
+	data, err := readTokenFile(c.TokenFile)
 	if err != nil {
 		return fmt.Errorf("--token-file: %w", err)
 	}
-	closeInheritedFD(c.TokenFile)
 	line, _, _ := strings.Cut(string(data), "\n")
 	c.Token = strings.TrimSpace(line)
 	if c.Token == "" {
@@ -108,17 +107,38 @@ func (c *Config) ResolveToken() error {
 	return nil
 }
 
-// closeInheritedFD closes fd N after the token was read from /dev/fd/N (a
-// launcher that hands the token over an inherited descriptor, as the tests
-// and make run do), so no child the agent starts inherits it.
-func closeInheritedFD(path string) {
+// maxTokenFile bounds what is read of a token file: a token is one line.
+const maxTokenFile = 4096
+
+// readTokenFile reads a token file. /dev/fd/N and /proc/self/fd/N (a
+// launcher handing the token over an inherited descriptor, as the tests
+// and make run do) are read from descriptor N itself, which works before
+// /dev and /proc are mounted (a bare VM's PID 1 reads its token first),
+// and the descriptor is closed after, so no child the agent starts
+// inherits it.
+func readTokenFile(path string) ([]byte, error) {
 	for _, prefix := range []string{"/dev/fd/", "/proc/self/fd/"} {
-		if n, ok := strings.CutPrefix(path, prefix); ok {
-			if fd, err := strconv.Atoi(n); err == nil && fd > 2 {
-				_ = syscall.Close(fd)
-			}
+		n, ok := strings.CutPrefix(path, prefix)
+		if !ok {
+			continue
 		}
+		fd, err := strconv.Atoi(n)
+		if err != nil || fd <= 2 {
+			break
+		}
+		f := os.NewFile(uintptr(fd), path)
+		defer f.Close()
+		if _, err := f.Stat(); err != nil {
+			return nil, fmt.Errorf("%s: descriptor %d is not open", path, fd)
+		}
+		return io.ReadAll(io.LimitReader(f, maxTokenFile))
 	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, maxTokenFile))
 }
 
 // Validate reports the first problem in c.
