@@ -329,22 +329,36 @@ func (t *Table) handleStdin(w http.ResponseWriter, r *http.Request) {
 // of it within StdinTimeout (a client that stalls mid-body is answered 408
 // and holds only its own bytes read so far). On failure the deadline
 // stays: the server's discard of the unread rest must not wait forever.
+//
+// A body over the limit is read to its end (up to stdinDiscardMax more,
+// dropped as it comes) before the 413: answering while the client still
+// sends makes the connection close under unread data, and the client may
+// then see a reset instead of the answer.
 func (t *Table) readStdinBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(t.cfg.StdinTimeout))
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, t.cfg.MaxStdinBytes))
-	var mbe *http.MaxBytesError
+	data, err := io.ReadAll(io.LimitReader(r.Body, t.cfg.MaxStdinBytes+1))
+	if err == nil && int64(len(data)) > t.cfg.MaxStdinBytes {
+		_, err = io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, stdinDiscardMax))
+		tooLarge := &apiError{http.StatusRequestEntityTooLarge, codeStdinTooLarge, "stdin request over " + itoa(int(t.cfg.MaxStdinBytes)) + " bytes; split it"}
+		if err == nil {
+			_ = rc.SetReadDeadline(time.Time{})
+		}
+		return nil, tooLarge
+	}
 	switch {
 	case err == nil:
 		_ = rc.SetReadDeadline(time.Time{})
 		return data, nil
-	case errors.As(err, &mbe):
-		return nil, &apiError{http.StatusRequestEntityTooLarge, codeStdinTooLarge, "stdin request over " + itoa(int(t.cfg.MaxStdinBytes)) + " bytes; split it"}
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return nil, &apiError{http.StatusRequestTimeout, codeStdinSlow, "the stdin body did not arrive within " + t.cfg.StdinTimeout.String()}
 	}
 	return nil, badRequest(codeInvalid, "stdin body: %v", err)
 }
+
+// stdinDiscardMax bounds what is read and dropped of an oversized stdin
+// body so its client gets the 413; past it the connection is closed.
+const stdinDiscardMax = 16 << 20
 
 type writerOnly struct{ io.Writer }
 
