@@ -7,6 +7,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/threads"
 )
 
 // The wire codes of the HTTP APIs that start commands (PTY create,
@@ -55,6 +56,10 @@ func ExitStatus(err error) int {
 
 // Resolve is identity.Resolve whose every refusal wraps ErrUnknownUser.
 func Resolve(s identity.Spec) (*identity.User, error) {
+	// Reading /etc/passwd blocks: bounded like every request's file
+	// syscalls (internal/threads).
+	threads.Blocking.Enter()
+	defer threads.Blocking.Leave()
 	u, err := identity.Resolve(s)
 	if err != nil && !errors.Is(err, ErrUnknownUser) {
 		err = fmt.Errorf("%w: %w", ErrUnknownUser, err)
