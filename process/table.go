@@ -308,6 +308,8 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 	if err != nil {
 		return nil, &apiError{500, codeStartFailed, "pipes: " + err.Error()}
 	}
+	// What launch.Build resolved in prepare, as a fresh Cmd for each start
+	// (restarts reuse the spec; an exec.Cmd runs once).
 	cmd := &exec.Cmd{
 		Path:        s.path,
 		Args:        append([]string{s.command}, s.args...),
