@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"os"
 	"os/user"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -220,22 +219,4 @@ func (u *User) Env(term string, extra map[string]string) []string {
 		out = append(out, k+"="+v)
 	}
 	return out
-}
-
-// Dir returns the working directory for a request: dir when given (relative
-// paths are taken from the user's home), else the home. It must exist.
-func (u *User) Dir(dir string) (string, error) {
-	if dir == "" {
-		dir = u.Home
-	} else if !filepath.IsAbs(dir) {
-		dir = filepath.Join(u.Home, dir)
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return "", fmt.Errorf("working directory %s: %w", dir, err)
-	}
-	if !fi.IsDir() {
-		return "", fmt.Errorf("working directory %s: not a directory", dir)
-	}
-	return dir, nil
 }

@@ -2,20 +2,15 @@ package process
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"net/http"
-	"os"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/httpx"
-	"github.com/tensorlake/tl-agent/internal/threads"
+	"github.com/tensorlake/tl-agent/launch"
 )
 
 // StartRequest is the body of POST /api/v1/processes and /run.
@@ -68,10 +63,6 @@ func badRequest(code, format string, args ...any) *apiError {
 // Error codes answered by the process API besides the spec's.
 const (
 	codeInvalid        = "INVALID_REQUEST"
-	codeUnknownUser    = "UNKNOWN_USER"
-	codeBadDir         = "INVALID_WORKING_DIR"
-	codeNotFoundCmd    = "COMMAND_NOT_FOUND"
-	codeNotExecutable  = "NOT_EXECUTABLE"
 	codeBadName        = "INVALID_NAME"
 	codeNameInUse      = "NAME_IN_USE"
 	codeBadSignal      = "INVALID_SIGNAL"
@@ -103,6 +94,16 @@ func startRefused(what string, err error) *apiError {
 		what + ": the sandbox is out of resources for now (" + err.Error() + "); retry later"}
 }
 
+// launchRefused maps the launcher's refusals (and a fork the kernel
+// refuses for now) to the one set of codes the PTY API shares
+// (launch.APIError, docs/processes.md); nil for any other failure.
+func launchRefused(err error) *apiError {
+	if status, code, ok := launch.APIError(err); ok {
+		return &apiError{status, code, err.Error()}
+	}
+	return nil
+}
+
 // spec is a validated, resolved start request: everything needed to start
 // the process again (restarts reuse it).
 type spec struct {
@@ -111,6 +112,7 @@ type spec struct {
 	path       string // resolved executable
 	dir        string
 	env        []string // without the cookie
+	attr       *syscall.SysProcAttr
 	user       *identity.User
 	stdinPipe  bool
 	stdoutKeep bool
@@ -120,10 +122,6 @@ type spec struct {
 // prepare validates req and resolves its user (defaultUser when absent),
 // directory and executable.
 func prepare(req *StartRequest, defaultUser string) (*spec, error) {
-	// User lookups and stats block: bounded like every request's file
-	// syscalls (internal/threads).
-	threads.Blocking.Enter()
-	defer threads.Blocking.Leave()
 	if req.Command == "" {
 		return nil, badRequest(codeInvalid, "command is required")
 	}
@@ -133,11 +131,6 @@ func prepare(req *StartRequest, defaultUser string) (*spec, error) {
 	for _, a := range req.Args {
 		if strings.ContainsRune(a, 0) {
 			return nil, badRequest(codeInvalid, "an argument contains a NUL byte")
-		}
-	}
-	for k, v := range req.Env {
-		if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
-			return nil, badRequest(codeInvalid, "bad environment variable %q", k)
 		}
 	}
 	s := &spec{command: req.Command, args: append([]string{}, req.Args...)}
@@ -158,16 +151,22 @@ func prepare(req *StartRequest, defaultUser string) (*spec, error) {
 	if req.User != nil && !req.User.IsZero() {
 		us = req.User.Spec
 	}
-	if s.user, err = identity.Resolve(us); err != nil {
-		return nil, badRequest(codeUnknownUser, "%v", err)
+	if s.user, err = launch.Resolve(us); err != nil {
+		return nil, launchRefused(err)
 	}
-	if s.dir, err = s.user.Dir(req.WorkingDir); err != nil {
-		return nil, badRequest(codeBadDir, "%v", err)
-	}
-	s.env = s.user.Env("", req.Env)
-	if s.path, err = lookPath(req.Command, s.dir, envValue(s.env, "PATH")); err != nil {
+	// The launcher owns the PATH, directory and exec rules; restarts reuse
+	// what it resolved.
+	c, err := launch.Build(launch.Spec{
+		User: s.user, Argv: append([]string{req.Command}, req.Args...),
+		Dir: req.WorkingDir, Env: req.Env, Group: launch.NewGroup,
+	})
+	if err != nil {
+		if ae := launchRefused(err); ae != nil {
+			return nil, ae
+		}
 		return nil, err
 	}
+	s.path, s.dir, s.env, s.attr = c.Cmd.Path, c.Cmd.Dir, c.Cmd.Env, c.Cmd.SysProcAttr
 	return s, nil
 }
 
@@ -181,53 +180,6 @@ func mode(v, field, def, other string) (bool, error) {
 		return true, nil
 	}
 	return false, badRequest(codeInvalid, "%s must be %q or %q, not %q", field, def, other, v)
-}
-
-func envValue(env []string, key string) string {
-	for _, kv := range env {
-		if v, ok := strings.CutPrefix(kv, key+"="); ok {
-			return v
-		}
-	}
-	return ""
-}
-
-// lookPath resolves cmd the way a shell would for the process: a name with
-// a slash is a path (relative to dir), else it is searched in path. The
-// answer says which of "not found" and "not executable" applies.
-func lookPath(cmd, dir, path string) (string, error) {
-	if strings.Contains(cmd, "/") {
-		p := cmd
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(dir, p)
-		}
-		return p, checkExecutable(p, cmd)
-	}
-	for _, d := range filepath.SplitList(path) {
-		if d == "" {
-			continue
-		}
-		p := filepath.Join(d, cmd)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", badRequest(codeNotFoundCmd, "command %q not found in PATH", cmd)
-}
-
-func checkExecutable(p, cmd string) error {
-	fi, err := os.Stat(p)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return badRequest(codeNotFoundCmd, "command %q: no such file", cmd)
-	case err != nil:
-		return badRequest(codeNotExecutable, "command %q: %v", cmd, err)
-	case !fi.Mode().IsRegular():
-		return badRequest(codeNotExecutable, "command %q is not a regular file", cmd)
-	case fi.Mode()&0o111 == 0:
-		return badRequest(codeNotExecutable, "command %q is not executable", cmd)
-	}
-	return nil
 }
 
 // validName applies the spec's rule: anything but empty, all digits, or
@@ -252,38 +204,6 @@ func isDigits(s string) bool {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
-
-// canEnter reports whether u may search dir and each of its parents by
-// their mode bits (ACLs aside). Used only to explain a failed start.
-func canEnter(dir string, u *identity.User) bool {
-	if u.UID == 0 {
-		return true
-	}
-	for d := dir; ; d = filepath.Dir(d) {
-		fi, err := os.Stat(d)
-		if err != nil {
-			return false
-		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return true
-		}
-		perm := fi.Mode().Perm()
-		var bit fs.FileMode = 0o001
-		switch {
-		case st.Uid == u.UID:
-			bit = 0o100
-		case st.Gid == u.GID || slices.Contains(u.Groups, st.Gid):
-			bit = 0o010
-		}
-		if perm&bit == 0 {
-			return false
-		}
-		if d == "/" || d == "." {
-			return true
-		}
-	}
-}
 
 // maxHealthPath bounds health_check.path.
 const maxHealthPath = 2048

@@ -3,8 +3,6 @@ package process
 import (
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -28,30 +26,6 @@ func codeOf(err error) string {
 		return ae.code
 	}
 	return ""
-}
-
-func TestLookPath(t *testing.T) {
-	dir := t.TempDir()
-	exe := filepath.Join(dir, "tool")
-	plain := filepath.Join(dir, "data")
-	_ = os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755)
-	_ = os.WriteFile(plain, []byte("x"), 0o644)
-	cases := []struct{ cmd, want, code string }{
-		{"tool", exe, ""},
-		{"./tool", exe, ""},
-		{exe, exe, ""},
-		{"data", "", codeNotFoundCmd}, // not executable: not a PATH match
-		{"./data", "", codeNotExecutable},
-		{dir, "", codeNotExecutable},
-		{"nope", "", codeNotFoundCmd},
-		{"./nope", "", codeNotFoundCmd},
-	}
-	for _, c := range cases {
-		got, err := lookPath(c.cmd, dir, "/nonexistent:"+dir)
-		if codeOf(err) != c.code || (c.code == "" && got != c.want) {
-			t.Errorf("lookPath(%q) = %q, %v; want %q %s", c.cmd, got, err, c.want, c.code)
-		}
-	}
 }
 
 func TestNormalizeRestartAndHealth(t *testing.T) {

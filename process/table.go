@@ -12,7 +12,6 @@ package process
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"sort"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/pause"
+	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -308,38 +308,28 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 	if err != nil {
 		return nil, &apiError{500, codeStartFailed, "pipes: " + err.Error()}
 	}
+	// What launch.Build resolved in prepare, as a fresh Cmd for each start
+	// (restarts reuse the spec; an exec.Cmd runs once).
 	cmd := &exec.Cmd{
-		Path:   s.path,
-		Args:   append([]string{s.command}, s.args...),
-		Env:    append(append([]string{}, s.env...), cookieEnv+"="+itoa(handle)),
-		Dir:    s.dir,
-		Stdin:  sio.child[0],
-		Stdout: sio.child[1],
-		Stderr: sio.child[2],
-		SysProcAttr: &syscall.SysProcAttr{
-			Setpgid:    true, // its own group, so kills reach the tree
-			Credential: s.user.Credential(),
-		},
+		Path:        s.path,
+		Args:        append([]string{s.command}, s.args...),
+		Env:         append(append([]string{}, s.env...), cookieEnv+"="+itoa(handle)),
+		Dir:         s.dir,
+		Stdin:       sio.child[0],
+		Stdout:      sio.child[1],
+		Stderr:      sio.child[2],
+		SysProcAttr: s.attr, // the launcher's: its own group, so kills reach the tree
 	}
 	oomBefore := t.oom.count()
 	proc, err := t.reaper.Start(cmd)
 	sio.closeChild()
 	if err != nil {
 		sio.closeAll()
-		switch {
-		case errors.Is(err, supervisor.ErrShuttingDown):
+		if errors.Is(err, supervisor.ErrShuttingDown) {
 			return nil, &apiError{503, codeShuttingDown, "the sandbox is shutting down"}
-		case startRefused("", err) != nil:
-			return nil, startRefused("start "+s.command, err)
-		case errors.Is(err, fs.ErrPermission) && !canEnter(s.dir, s.user):
-			// The child's chdir and exec fail alike (EACCES); tell which.
-			return nil, badRequest(codeBadDir, "working directory %s: permission denied for user %s", s.dir, s.user.Name)
-		case errors.Is(err, syscall.ENOEXEC):
-			return nil, badRequest(codeNotExecutable, "command %q: not a program the kernel can run (no #! line?)", s.command)
-		case errors.Is(err, fs.ErrPermission):
-			return nil, badRequest(codeNotExecutable, "command %q: permission denied for user %s", s.command, s.user.Name)
-		case errors.Is(err, fs.ErrNotExist):
-			return nil, badRequest(codeNotFoundCmd, "command %q: %v", s.command, err)
+		}
+		if ae := launchRefused(launch.Classify(s.command, s.dir, s.user, err)); ae != nil {
+			return nil, ae
 		}
 		return nil, &apiError{500, codeStartFailed, "start " + s.command + ": " + err.Error()}
 	}

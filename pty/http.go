@@ -13,6 +13,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/launch"
 )
 
 // Routes adds the PTY API to mux (agent.Capability).
@@ -53,9 +54,10 @@ func (m *Manager) handleCreate(w http.ResponseWriter, r *http.Request) {
 	if req.User.IsZero() && m.cfg.User != "" {
 		req.User = identity.Spec{Name: m.cfg.User}
 	}
-	u, err := identity.Resolve(req.User)
+	u, err := launch.Resolve(req.User)
 	if err != nil {
-		httpx.WriteError(w, http.StatusBadRequest, "INVALID_USER", err.Error())
+		status, code := createError(err)
+		httpx.WriteError(w, status, code, err.Error())
 		return
 	}
 	rows, cols := defaultRows, defaultCols
@@ -86,17 +88,13 @@ func createError(err error) (int, string) {
 		return http.StatusTooManyRequests, "TOO_MANY_SESSIONS"
 	case errors.Is(err, ErrClosing):
 		return http.StatusServiceUnavailable, "SHUTTING_DOWN"
-	case errors.Is(err, ErrCommandNotFound):
-		return http.StatusBadRequest, "COMMAND_NOT_FOUND"
-	case errors.Is(err, ErrNotExecutable):
-		return http.StatusBadRequest, "COMMAND_NOT_EXECUTABLE"
-	case errors.Is(err, ErrBadWorkingDir):
-		return http.StatusBadRequest, "INVALID_WORKING_DIR"
-	case errors.Is(err, ErrBadEnv):
-		return http.StatusBadRequest, "INVALID_REQUEST"
-	case httpx.IsExhausted(err): // fork's EAGAIN, no PTY or fd left
-		return http.StatusServiceUnavailable, httpx.CodeResourcesExhausted
-	case errors.Is(err, errStart):
+	}
+	// Why a command cannot start: the launcher's one set of codes
+	// (docs/processes.md), shared with the process API.
+	if status, code, ok := launch.APIError(err); ok {
+		return status, code
+	}
+	if errors.Is(err, errStart) {
 		return http.StatusBadRequest, "START_FAILED"
 	}
 	return http.StatusInternalServerError, "PTY_UNAVAILABLE"

@@ -154,23 +154,14 @@ func (m *Manager) create(sp startSpec) (*Session, error) {
 }
 
 func (m *Manager) start(sp startSpec) (*Session, error) {
-	cmd, err := prepare(sp)
+	c, err := build(sp)
 	if err != nil {
 		return nil, err
 	}
-	master, slave, err := openPTY(sp.rows, sp.cols, sp.user)
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
-	cmd.SysProcAttr = sysProcAttr(sp.user)
+	master := c.Master
 	oomAt := oomKillCount()
-	proc, err := m.reaper.Start(cmd)
-	// The child has its copies; ours would keep the terminal open after
-	// every process of the session has exited.
-	slave.Close()
-	if err != nil {
-		master.Close()
+	proc, err := m.reaper.Start(c.Cmd)
+	if err = c.Started(err); err != nil {
 		return nil, fmt.Errorf("%w: %w", errStart, err)
 	}
 	raw, err := master.SyscallConn()

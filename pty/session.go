@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/internal/pause"
+	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -309,7 +310,7 @@ func (s *Session) resize(rows, cols int) error {
 	if s.ended {
 		return errEnded
 	}
-	if err := setWinsize(s.master, r, c); err != nil {
+	if err := launch.Resize(s.master, launch.Size{Rows: r, Cols: c}); err != nil {
 		return err
 	}
 	s.rows, s.cols = r, c

@@ -14,13 +14,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"runtime/debug"
-	"syscall"
 
 	"github.com/pkg/sftp"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -67,21 +66,23 @@ func Serve(dir string) int {
 	return 0
 }
 
-// Start starts an sftp-server child as u in its home, with the given stdio
-// pipes (the caller keeps the other ends). exe is the agent's own binary.
+// Start starts an sftp-server child as u in its home (or /, the
+// launcher's rule), with the given stdio pipes (the caller keeps the other
+// ends). exe is the agent's own binary; env is the child's whole
+// environment.
 func Start(r *supervisor.Reaper, exe string, u *identity.User, env []string, stdin, stdout, stderr *os.File) (*supervisor.Proc, error) {
-	dir, err := u.Dir("")
-	if err != nil {
-		dir = "/"
+	if env == nil {
+		env = []string{}
 	}
-	cmd := exec.Command(exe, Subcommand, dir)
-	cmd.Args[0] = "tl-agent"
-	cmd.Dir = dir
-	cmd.Env = env
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: u.Credential(), Setpgid: true}
-	p, err := r.Start(cmd)
+	c, err := launch.Build(launch.Spec{User: u, Exe: exe, Argv: []string{"tl-agent", Subcommand}, Base: env, Group: launch.NewGroup})
 	if err != nil {
+		return nil, fmt.Errorf("start sftp-server: %w", err)
+	}
+	cmd := c.Cmd
+	cmd.Args = append(cmd.Args, cmd.Dir)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	p, err := r.Start(cmd)
+	if err = c.Started(err); err != nil {
 		return nil, fmt.Errorf("start sftp-server: %w", err)
 	}
 	return p, nil

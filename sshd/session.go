@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/forward"
+	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -159,7 +160,8 @@ func (ss *session) handle(req *gossh.Request) {
 		}
 		// A program that cannot start is reported as sshd reports an
 		// exec that fails in the child: the request succeeds, the reason
-		// goes to stderr, exit status 1. Replying failure instead would
+		// goes to stderr, exit status as a shell gives it (127 not found,
+		// 126 not executable, else 1). Replying failure instead would
 		// race the message (clients exit at the failure reply).
 		ok = true
 		if err := ss.start(req.Type, req.Payload); err != nil {
@@ -169,7 +171,7 @@ func (ss *session) handle(req *gossh.Request) {
 				_ = req.Reply(true, nil)
 			}
 			_, _ = io.WriteString(ss.ch.Stderr(), "tl-agent: "+err.Error()+"\r\n")
-			ss.sendExit(exitStatus(1))
+			ss.sendExit(exitStatus(launch.ExitStatus(err)))
 			_ = ss.ch.CloseWrite()
 			_ = ss.ch.Close()
 			return
@@ -192,14 +194,11 @@ func (ss *session) handle(req *gossh.Request) {
 	}
 }
 
-// envDenied are variables a client may not set: they decide who the
-// program runs as or what it loads.
+// envDenied are variables a client may not set: malformed, or deciding
+// who the program runs as or what it loads (SSH's per-door deny-list,
+// launch.LoginVar).
 func envDenied(k string) bool {
-	switch k {
-	case "HOME", "USER", "LOGNAME", "SHELL", "PATH", "MAIL", "SSH_AUTH_SOCK", "IFS", "BASH_ENV", "ENV":
-		return true
-	}
-	return strings.HasPrefix(k, "LD_") || k == "" || strings.ContainsAny(k, "=\x00")
+	return launch.LoginVar(k) || k == "" || strings.ContainsAny(k, "=\x00")
 }
 
 func (ss *session) setEnv(payload []byte) bool {

@@ -6,13 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 
-	"github.com/creack/pty"
 	gossh "golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/sftpd"
 )
 
@@ -45,49 +44,21 @@ func (ss *session) windowChange(b []byte) bool {
 	return true
 }
 
-// terminal is the PTY master of a session. It is reopened non-blocking so
-// reads honour deadlines and Close (creack/pty leaves it blocking).
+// terminal is the PTY master of a session, opened by the launcher
+// (non-blocking, so reads honour deadlines and Close).
 type terminal struct {
 	master *os.File
 }
 
-// openTerminal opens a PTY whose slave belongs to u.
-func openTerminal(p *ptyRequest, u *identity.User) (*terminal, *os.File, error) {
-	m, tty, err := pty.Open()
-	if err != nil {
-		return nil, nil, fmt.Errorf("open pty: %w", err)
-	}
-	if err := u.OwnTerminal(tty); err != nil {
-		m.Close()
-		tty.Close()
-		return nil, nil, err
-	}
-	// One step: a Dup then CloseOnExec leaves a window in which another
-	// session's fork inherits this master (and can read and type into it).
-	fd, err := unix.FcntlInt(m.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-	m.Close()
-	if err != nil {
-		tty.Close()
-		return nil, nil, fmt.Errorf("open pty: %w", err)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		tty.Close()
-		return nil, nil, fmt.Errorf("open pty: %w", err)
-	}
-	t := &terminal{master: os.NewFile(uintptr(fd), "ptmx")}
-	t.resize(p)
-	return t, tty, nil
-}
-
 func (t *terminal) resize(p *ptyRequest) {
-	ws := &unix.Winsize{Row: clamp16(p.Rows), Col: clamp16(p.Cols), Xpixel: clamp16(p.WPx), Ypixel: clamp16(p.HPx)}
-	if rc, err := t.master.SyscallConn(); err == nil {
-		_ = rc.Control(func(fd uintptr) { _ = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, ws) })
-	}
+	_ = launch.Resize(t.master, termSize(p))
 }
 
 func (t *terminal) close() { _ = t.master.Close() }
+
+func termSize(p *ptyRequest) launch.Size {
+	return launch.Size{Rows: clamp16(p.Rows), Cols: clamp16(p.Cols), XPixel: clamp16(p.WPx), YPixel: clamp16(p.HPx)}
+}
 
 func clamp16(v uint32) uint16 {
 	if v > 0xffff {
@@ -97,71 +68,60 @@ func clamp16(v uint32) uint16 {
 }
 
 // start runs the program of a shell, exec or subsystem request as the
-// sandbox user, through the reaper.
+// sandbox user, through the reaper. The launcher builds it (working dir,
+// environment, terminal); the client's variables were already sifted by
+// envDenied.
 func (ss *session) start(kind string, payload []byte) error {
 	u, err := identity.Lookup(ss.srv.cfg.User)
 	if err != nil {
 		return err
 	}
-	dir, err := u.Dir("")
-	if err != nil {
-		dir = "/"
+	env := make(map[string]string, len(ss.env)+1)
+	for k, v := range ss.env {
+		env[k] = v
 	}
-	term := ""
+	env["SSH_CONNECTION"] = sshConnection(ss.ctx.RemoteAddr(), ss.ctx.LocalAddr())
+	sp := launch.Spec{User: u, Exe: u.Shell, Env: env, Group: launch.NewGroup}
 	if ss.pty != nil {
-		term = ss.pty.Term
+		size := termSize(ss.pty)
+		sp.Term, sp.Terminal, sp.Group = ss.pty.Term, &size, launch.NewSession
 	}
-	env := u.Env(term, ss.env)
-	env = append(env, "SSH_CONNECTION="+sshConnection(ss.ctx.RemoteAddr(), ss.ctx.LocalAddr()))
-
-	var cmd *exec.Cmd
 	switch kind {
 	case "subsystem":
 		var m struct{ Name string }
 		if gossh.Unmarshal(payload, &m) != nil || m.Name != "sftp" {
 			return fmt.Errorf("unknown subsystem %q", m.Name)
 		}
-		return ss.startSFTP(u, env)
+		return ss.startSFTP(u, u.Env(sp.Term, env))
 	case "exec":
 		var m struct{ Command string }
 		if gossh.Unmarshal(payload, &m) != nil {
 			return fmt.Errorf("bad exec request")
 		}
-		cmd = exec.Command(u.Shell, "-c", m.Command)
-		cmd.Args[0] = filepath.Base(u.Shell)
+		sp.Argv = []string{filepath.Base(u.Shell), "-c", m.Command}
 		ss.log.Info().Str("command", truncate(m.Command, 200)).Bool("pty", ss.pty != nil).Msg("ssh exec")
 	default:
-		cmd = exec.Command(u.Shell)
 		// A login shell, as sshd starts it: argv[0] "-bash".
-		cmd.Args[0] = "-" + filepath.Base(u.Shell)
+		sp.Argv = []string{"-" + filepath.Base(u.Shell)}
 		ss.log.Info().Bool("pty", ss.pty != nil).Msg("ssh shell")
 	}
-	cmd.Dir = dir
-	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: u.Credential()}
-	if ss.pty != nil {
-		return ss.startPTY(cmd, u)
-	}
-	cmd.SysProcAttr.Setpgid = true
-	return ss.startPipes(cmd)
-}
-
-func (ss *session) startPTY(cmd *exec.Cmd, u *identity.User) error {
-	t, tty, err := openTerminal(ss.pty, u)
+	c, err := launch.Build(sp)
 	if err != nil {
 		return err
 	}
-	defer tty.Close()
-	cmd.Env = append(cmd.Env, "SSH_TTY="+tty.Name())
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
-	cmd.SysProcAttr.Setsid = true
-	cmd.SysProcAttr.Setctty = true
-	cmd.SysProcAttr.Ctty = 0
-	p, err := ss.srv.reaper.Start(cmd)
-	if err != nil {
-		t.close()
-		return fmt.Errorf("start %s: %w", cmd.Path, err)
+	if c.Master != nil {
+		return ss.startPTY(c)
 	}
+	return ss.startPipes(c.Cmd, u)
+}
+
+func (ss *session) startPTY(c *launch.Command) error {
+	c.Cmd.Env = append(c.Cmd.Env, "SSH_TTY="+c.TTY)
+	p, err := ss.srv.reaper.Start(c.Cmd)
+	if err = c.Started(err); err != nil {
+		return err
+	}
+	t := &terminal{master: c.Master}
 	ss.proc, ss.term = p, t
 	// Raw bytes both ways: PTY output is never rewritten here.
 	ss.copyOut(ss.ch, t.master)
@@ -218,7 +178,7 @@ func (p *pipes) closeAll() {
 	p.errR.Close()
 }
 
-func (ss *session) startPipes(cmd *exec.Cmd) error {
+func (ss *session) startPipes(cmd *exec.Cmd, u *identity.User) error {
 	p, err := newPipes()
 	if err != nil {
 		return fmt.Errorf("pipes: %w", err)
@@ -227,7 +187,7 @@ func (ss *session) startPipes(cmd *exec.Cmd) error {
 	proc, err := ss.srv.reaper.Start(cmd)
 	if err != nil {
 		p.closeAll()
-		return fmt.Errorf("start %s: %w", cmd.Path, err)
+		return launch.Classify(cmd.Args[0], cmd.Dir, u, err)
 	}
 	p.childEnds()
 	ss.proc = proc

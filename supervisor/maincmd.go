@@ -4,11 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/launch"
 )
 
 // ExitNotRunnable is the exit code, as a shell gives it, for a main
@@ -23,49 +22,23 @@ const ExitNotRunnable = 127
 // Its environment is the agent's own minus the agent's settings (TL_AGENT_*
 // carries the uplink token), with the user's HOME, USER, LOGNAME and SHELL;
 // PATH is kept when the runtime set one (an image's ENV PATH).
+//
+// The launcher builds it (PATH rule, working dir: the home, or / when it
+// does not exist).
 func StartMain(r *Reaper, argv []string, u *identity.User) (*Proc, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("main command: empty")
 	}
-	path, err := lookPath(argv[0], u)
+	c, err := launch.Build(launch.Spec{User: u, Argv: argv, Base: mainEnv(os.Environ(), u), Group: launch.NewGroup})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("main command: %w", err)
 	}
-	cmd := exec.Command(path, argv[1:]...)
-	cmd.Args = argv
-	cmd.Env = mainEnv(os.Environ(), u)
-	cmd.Dir = "/"
-	if dir, err := u.Dir(""); err == nil {
-		cmd.Dir = dir
-	}
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: u.Credential()}
-	p, err := r.Start(cmd)
-	if err != nil {
-		return nil, fmt.Errorf("main command %s: %w", argv[0], err)
+	c.Cmd.Stdout, c.Cmd.Stderr = os.Stdout, os.Stderr
+	p, err := r.Start(c.Cmd)
+	if err = c.Started(err); err != nil {
+		return nil, fmt.Errorf("main command: %w", err)
 	}
 	return p, nil
-}
-
-// lookPath finds argv0 on the PATH the command will have.
-func lookPath(argv0 string, u *identity.User) (string, error) {
-	if strings.Contains(argv0, "/") {
-		return argv0, nil
-	}
-	path := os.Getenv("PATH")
-	if path == "" {
-		path = identity.DefaultPath
-	}
-	for _, dir := range strings.Split(path, ":") {
-		if dir == "" {
-			continue
-		}
-		full := dir + "/" + argv0
-		if fi, err := os.Stat(full); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
-			return full, nil
-		}
-	}
-	return "", fmt.Errorf("main command %s: not found in PATH", argv0)
 }
 
 func mainEnv(env []string, u *identity.User) []string {

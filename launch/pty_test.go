@@ -1,4 +1,4 @@
-package sshd
+package launch
 
 import (
 	"os/exec"
@@ -14,8 +14,8 @@ import (
 // TestTerminalFdsNotInherited opens PTYs while other goroutines fork
 // children that list their own fds: no child may hold a PTY it was not
 // given. A master dup'ed and marked close-on-exec in two steps leaked into
-// concurrent forks (issue 10 item 5); openTerminal must never leave that
-// window.
+// concurrent forks (issue 10 item 5); OpenPTY must never leave that
+// window. (The one opener serves PTY sessions and SSH alike.)
 func TestTerminalFdsNotInherited(t *testing.T) {
 	me, err := user.Current()
 	if err != nil {
@@ -33,13 +33,13 @@ func TestTerminalFdsNotInherited(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for n := 0; !stop.Load() && n < 1_000_000; n++ {
-				term, tty, err := openTerminal(&ptyRequest{Rows: 24, Cols: 80}, u)
+				master, tty, err := OpenPTY(Size{Rows: 24, Cols: 80}, u)
 				if err != nil {
 					t.Errorf("open terminal: %v", err)
 					return
 				}
 				tty.Close()
-				term.close()
+				master.Close()
 			}
 		}()
 	}
