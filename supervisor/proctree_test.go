@@ -1,0 +1,158 @@
+package supervisor
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// TestOOMFile: the counter file under cgroup v2 (namespaced or not) and
+// v1, including v1 in a container, where /proc/self/cgroup names the
+// host's path and the mount shows the container's own cgroup at its root.
+func TestOOMFile(t *testing.T) {
+	cases := []struct {
+		name, cgroup, mountinfo string
+		have                    []string
+		want                    string
+	}{
+		{"v2 namespaced", "0::/\n", "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+			[]string{"/sys/fs/cgroup/memory.events"}, "/sys/fs/cgroup/memory.events"},
+		{"v2 host path", "0::/system.slice/x.scope\n", "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+			[]string{"/sys/fs/cgroup/system.slice/x.scope/memory.events"}, "/sys/fs/cgroup/system.slice/x.scope/memory.events"},
+		{"v2 mount root is our cgroup", "0::/docker/abc\n", "30 1 0:26 /docker/abc /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+			[]string{"/sys/fs/cgroup/memory.events"}, "/sys/fs/cgroup/memory.events"},
+		{"v1 in a container", "12:pids:/docker/abc\n4:memory:/docker/abc\n1:name=systemd:/docker/abc\n",
+			"40 30 0:35 /docker/abc /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n",
+			[]string{"/sys/fs/cgroup/memory/memory.oom_control"}, "/sys/fs/cgroup/memory/memory.oom_control"},
+		{"v1 joined controllers, no mountinfo", "5:memory,hugetlb:/job\n", "",
+			[]string{"/sys/fs/cgroup/memory/job/memory.oom_control"}, "/sys/fs/cgroup/memory/job/memory.oom_control"},
+		{"hybrid: v2 without memory, v1 memory", "4:memory:/\n0::/\n",
+			"30 1 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n40 1 0:35 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
+			[]string{"/sys/fs/cgroup/memory/memory.oom_control"}, "/sys/fs/cgroup/memory/memory.oom_control"},
+		{"none", "", "", nil, ""},
+	}
+	for _, c := range cases {
+		have := map[string]bool{}
+		for _, f := range c.have {
+			have[f] = true
+		}
+		if got := oomFile(c.cgroup, c.mountinfo, func(f string) bool { return have[f] }); got != c.want {
+			t.Errorf("%s: %q, want %q", c.name, got, c.want)
+		}
+	}
+	dir := t.TempDir()
+	f := filepath.Join(dir, "memory.events")
+	if err := os.WriteFile(f, []byte("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if n := (OOMCounter{file: f}).Count(); n != 2 {
+		t.Fatalf("count %d, want 2", n)
+	}
+	if n := (OOMCounter{}).Count(); n != -1 {
+		t.Fatalf("no file: count %d, want -1", n)
+	}
+}
+
+// TestKillScopes: each scope reaches what it names and nothing else.
+func TestKillScopes(t *testing.T) {
+	r := NewReaper(zerolog.Nop(), false)
+	stop := make(chan struct{})
+	go r.Run(stop)
+	defer close(stop)
+	start := func(attr *syscall.SysProcAttr, env ...string) *Proc {
+		t.Helper()
+		cmd := exec.Command("/bin/sleep", "100")
+		cmd.SysProcAttr = attr
+		cmd.Env = env
+		p, err := r.Start(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = p.Signal(syscall.SIGKILL) })
+		return p
+	}
+	group := start(&syscall.SysProcAttr{Setpgid: true})
+	session := start(&syscall.SysProcAttr{Setsid: true})
+	marked := start(&syscall.SysProcAttr{Setsid: true}, "TL_TEST_MARK=7")
+	bystander := start(&syscall.SysProcAttr{Setsid: true}, "TL_TEST_MARK=77")
+	waitExec := func(p *Proc) {
+		for i := 0; i < 200; i++ {
+			if b, _ := os.ReadFile("/proc/" + strconv.Itoa(p.Pid) + "/cmdline"); len(b) > 0 && string(b[:len("/bin/sleep")]) == "/bin/sleep" {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("pid %d never ran sleep", p.Pid)
+	}
+	for _, p := range []*Proc{group, session, marked, bystander} {
+		waitExec(p)
+	}
+	for _, c := range []struct {
+		name string
+		sc   Scope
+		p    *Proc
+	}{
+		{"group", Scope{Group: group.Pid}, group},
+		{"session", Scope{Session: session.Pid}, session},
+		{"env", Scope{Env: "TL_TEST_MARK=7"}, marked},
+	} {
+		if n := Kill(c.sc, syscall.SIGKILL); n < 1 {
+			t.Errorf("%s: signalled %d", c.name, n)
+		}
+		select {
+		case <-c.p.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: process not killed", c.name)
+		}
+	}
+	if _, ok := bystander.Exited(); ok {
+		t.Fatal("a process outside every scope was killed")
+	}
+	if n := Kill(Scope{Group: 1, Session: 1}, syscall.SIGKILL); n != 0 {
+		t.Fatalf("scope of pid 1 signalled %d", n)
+	}
+}
+
+// TestKillDescendants: a tree is reached below its root, also past a
+// child that left the root's group.
+func TestKillDescendants(t *testing.T) {
+	r := NewReaper(zerolog.Nop(), false)
+	stop := make(chan struct{})
+	go r.Run(stop)
+	defer close(stop)
+	cmd := exec.Command("/bin/sh", "-c", "setsid sleep 100 & wait")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p, err := r.Start(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var child int
+	for i := 0; i < 200 && child == 0; i++ {
+		for _, s := range descendants(Procs(), p.Pid) {
+			child = s.Pid
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if child == 0 {
+		t.Fatal("no child appeared")
+	}
+	if n := Kill(Scope{Descendants: p.Pid}, syscall.SIGKILL); n < 2 {
+		t.Fatalf("signalled %d, want the shell and its child", n)
+	}
+	<-p.Done()
+	for i := 0; ; i++ {
+		if s, ok := ReadStat(child); !ok || !s.Alive() {
+			break
+		}
+		if i == 500 {
+			t.Fatalf("child %d still alive", child)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
