@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"io"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -10,14 +12,15 @@ import (
 )
 
 // TestShutdownHangsUpPTYShells: idle interactive shells on PTY sessions,
-// one with a client attached and one detached, do not hold the shutdown
-// for the grace. An interactive bash ignores SIGTERM (checked first); the
+// one with a client attached and one detached, and an SSH login shell on
+// a terminal, do not hold the shutdown for the grace. An interactive bash ignores SIGTERM (checked first); the
 // sweep's graceful phase hangs up their terminals (SIGHUP), on which a
 // shell exits. Before, the agent waited out the whole grace and SIGKILLed
 // them (Ctrl-C of `make run` took 10 s).
 func TestShutdownHangsUpPTYShells(t *testing.T) {
 	const grace = 8 * time.Second
-	s := ptySystem(t, Options{AgentArgs: []string{"--shutdown-grace", grace.String()}})
+	ss := startSSH(t, Options{AgentArgs: []string{"--shutdown-grace", grace.String()}})
+	s := ss.System
 	attached := ptyCreate(t, s, map[string]any{"command": "bash"})
 	c := ptyDial(t, s, attached)
 	c.ready()
@@ -30,6 +33,26 @@ func TestShutdownHangsUpPTYShells(t *testing.T) {
 	d.input("echo up-$((7*7))\n")
 	d.waitFor("up-49", 20*time.Second)
 	d.c.CloseNow()
+
+	// And an interactive login shell over SSH, on the SSH server's PTY.
+	cmd := exec.Command("ssh", append(ss.SSHArgs(ss.key.Private), "-tt", ss.SSHDest())...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	_, _ = io.WriteString(stdin, "echo ssh-$((8*8))\n")
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(out.String(), "ssh-64"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no SSH shell: %q", out.String())
+		}
+	}
 
 	// The premise: an idle interactive shell survives SIGTERM.
 	pid := ptyGet(t, s, attached.SessionID).PID
@@ -50,7 +73,7 @@ func TestShutdownHangsUpPTYShells(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit code %d, want 0\n%s", code, tail(s.AgentLog(), 20))
 	}
-	t.Logf("shutdown with an attached and a detached idle PTY shell took %v (grace %v)", took, grace)
+	t.Logf("shutdown with idle shells (PTY attached, PTY detached, SSH) took %v (grace %v)", took, grace)
 	if took >= grace {
 		t.Fatalf("shutdown took %v: the shells held it for the %v grace\n%s", took, grace, tail(s.AgentLog(), 20))
 	}
