@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // TestOOMFile: the counter file under cgroup v2 (namespaced or not) and
@@ -165,4 +166,64 @@ func TestOOMCounterFindsOwnCgroup(t *testing.T) {
 		t.Fatalf("found %s but cannot read oom_kill", c.File())
 	}
 	t.Logf("cgroup oom counter: %q", c.File())
+}
+
+// openPTY opens a terminal pair the plain way (ptmx, unlock, pts/N).
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no /dev/ptmx: %v", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(); s.Close() })
+	return m, s
+}
+
+// TestSweepHangsUpTerminals: the graceful phase sends SIGHUP to a process
+// on a terminal of its own, which ends one that ignores SIGTERM without
+// the hard phase.
+func TestSweepHangsUpTerminals(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Skipf("cannot become a child subreaper: %v", err)
+	}
+	_, slave := openPTY(t)
+	r := NewReaper(zerolog.Nop(), true)
+	stop := make(chan struct{})
+	go r.Run(stop)
+	defer close(stop)
+	cmd := exec.Command("/bin/sh", "-c", `trap "" TERM; trap "exit 0" HUP; while :; do sleep 0.05; done`)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	p, err := r.Start(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if st, ok := ReadStat(p.Pid); ok && st.TTY != 0 && st.Session == p.Pid {
+			break
+		}
+		if i == 500 {
+			t.Fatal("the shell never got its terminal")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // let it install its traps
+	res := Sweep(r, time.Minute, false, zerolog.Nop())
+	if res.HungUp < 1 || res.Killed != 0 || res.Left != 0 {
+		t.Fatalf("sweep %+v: want the shell hung up, nothing SIGKILLed", res)
+	}
+	if e := p.Wait(); e.Code != 0 || e.Signal != 0 {
+		t.Fatalf("shell ended by %v, want its HUP trap's exit 0", e)
+	}
 }
