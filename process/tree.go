@@ -18,9 +18,9 @@ const cookieEnv = "TL_PROCESS_HANDLE"
 // cookie (supervisor.Kill repeats while new victims appear). Best effort:
 // it never fails.
 func killTree(pid, handle int) {
-	supervisor.Kill(supervisor.Scope{
+	supervisor.Kill(syscall.SIGKILL, supervisor.Scope{
 		Group:       pid,
 		Descendants: pid,
 		Env:         cookieEnv + "=" + strconv.Itoa(handle),
-	}, syscall.SIGKILL)
+	})
 }

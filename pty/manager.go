@@ -286,19 +286,20 @@ func (m *Manager) Close() {
 		sessions = append(sessions, s)
 	}
 	m.mu.Unlock()
+	var live []supervisor.Scope
 	for _, s := range sessions {
 		s.mu.Lock()
-		live := !s.ended
-		if live {
+		if !s.ended {
 			s.killed = true
+			live = append(live, s.scope())
 		}
 		if s.idle != nil {
 			s.idle.Stop()
 		}
 		s.mu.Unlock()
-		if live {
-			s.signal(syscall.SIGKILL)
-		}
+	}
+	if len(live) > 0 {
+		supervisor.Kill(syscall.SIGKILL, live...) // one walk of /proc for all
 	}
 	waitAll(sessions, closeWait)
 	m.mu.Lock()
@@ -332,13 +333,14 @@ func waitAll(sessions []*Session, d time.Duration) bool {
 	return true
 }
 
-// signal sends sig to every process of the session's terminal session:
-// the leader, its group and the groups job control made (a group kill
-// alone misses an interactive shell's background jobs). Processes that
-// called setsid themselves have left the session, as with a hang-up.
-func (s *Session) signal(sig syscall.Signal) {
-	supervisor.Kill(supervisor.Scope{Session: s.pid}, sig)
-}
+// scope is every process of the session's terminal session: the leader,
+// its group and the groups job control made (a group kill alone misses an
+// interactive shell's background jobs). Processes that called setsid
+// themselves have left the session, as with a hang-up.
+func (s *Session) scope() supervisor.Scope { return supervisor.Scope{Session: s.pid} }
+
+// signal sends sig to the session's scope.
+func (s *Session) signal(sig syscall.Signal) { supervisor.Kill(sig, s.scope()) }
 
 // idAlphabet is the URL-safe alphabet of session ids (nanoid's).
 const idAlphabet = "useandom-26T198340PX75pxJACKVERYMINDBUSHWOLF_GQZbfghjklqvwyzrict"

@@ -140,30 +140,41 @@ type Scope struct {
 // fork while we scan, so rounds repeat while new victims appear.
 const killRounds = 4
 
-// Kill sends sig to every live process in scope and returns how many it
-// signalled. Never the agent itself, PID 1 or kernel threads. A SIGKILL
-// is repeated while new processes in scope appear (up to killRounds
-// scans); other signals go once to each. Best effort: a pid found by the
-// walk may end, and in principle be reused, before the signal lands.
-func Kill(sc Scope, sig syscall.Signal) int {
+// Kill sends sig to every live process in any of the scopes and returns
+// how many it signalled; one walk of /proc serves all the scopes. Never
+// the agent itself, PID 1 or kernel threads. A SIGKILL is repeated while
+// new processes in scope appear (up to killRounds walks); other signals
+// go once to each. Best effort: a pid found by the walk may end, and in
+// principle be reused, before the signal lands.
+func Kill(sig syscall.Signal, scopes ...Scope) int {
+	groups := map[int]bool{} // signalled with kill(-pgid)
+	for _, sc := range scopes {
+		if sc.Group > 1 {
+			groups[sc.Group] = true
+		}
+		if sc.Session > 1 {
+			groups[sc.Session] = true // the leader's own group
+		}
+	}
 	hit := map[int]bool{}
 	rounds := 1
 	if sig == syscall.SIGKILL {
 		rounds = killRounds
 	}
 	for round := 0; round < rounds; round++ {
-		victims := sc.match(Procs())
+		var victims []Stat
+		procs := Procs()
+		for _, sc := range scopes {
+			victims = append(victims, sc.match(procs)...)
+		}
 		// After the walk, so a process forked meanwhile in the group is
 		// reached too; and whatever /proc shows.
-		if sc.Group > 1 {
-			_ = unix.Kill(-sc.Group, sig)
-		}
-		if sc.Session > 1 {
-			_ = unix.Kill(-sc.Session, sig) // the leader's own group
+		for g := range groups {
+			_ = unix.Kill(-g, sig)
 		}
 		fresh := 0
 		for _, p := range victims {
-			if sig != syscall.SIGKILL && (hit[p.Pid] || p.Pgrp == sc.Group || p.Pgrp == sc.Session) {
+			if sig != syscall.SIGKILL && (hit[p.Pid] || groups[p.Pgrp]) {
 				hit[p.Pid] = true // once is enough: the group kill reached it
 				continue
 			}

@@ -103,7 +103,7 @@ func TestKillScopes(t *testing.T) {
 		{"session", Scope{Session: session.Pid}, session},
 		{"env", Scope{Env: "TL_TEST_MARK=7"}, marked},
 	} {
-		if n := Kill(c.sc, syscall.SIGKILL); n < 1 {
+		if n := Kill(syscall.SIGKILL, c.sc); n < 1 {
 			t.Errorf("%s: signalled %d", c.name, n)
 		}
 		select {
@@ -112,10 +112,24 @@ func TestKillScopes(t *testing.T) {
 			t.Fatalf("%s: process not killed", c.name)
 		}
 	}
+	// Several scopes in one call (one walk): both sessions end.
+	a, b := start(&syscall.SysProcAttr{Setsid: true}), start(&syscall.SysProcAttr{Setsid: true})
+	waitExec(a)
+	waitExec(b)
+	if n := Kill(syscall.SIGKILL, Scope{Session: a.Pid}, Scope{Session: b.Pid}); n < 2 {
+		t.Errorf("two sessions: signalled %d", n)
+	}
+	for _, p := range []*Proc{a, b} {
+		select {
+		case <-p.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("two sessions: a process not killed")
+		}
+	}
 	if _, ok := bystander.Exited(); ok {
 		t.Fatal("a process outside every scope was killed")
 	}
-	if n := Kill(Scope{Group: 1, Session: 1}, syscall.SIGKILL); n != 0 {
+	if n := Kill(syscall.SIGKILL, Scope{Group: 1, Session: 1}); n != 0 {
 		t.Fatalf("scope of pid 1 signalled %d", n)
 	}
 }
@@ -143,7 +157,7 @@ func TestKillDescendants(t *testing.T) {
 	if child == 0 {
 		t.Fatal("no child appeared")
 	}
-	if n := Kill(Scope{Descendants: p.Pid}, syscall.SIGKILL); n < 2 {
+	if n := Kill(syscall.SIGKILL, Scope{Descendants: p.Pid}); n < 2 {
 		t.Fatalf("signalled %d, want the shell and its child", n)
 	}
 	<-p.Done()
