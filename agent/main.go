@@ -23,7 +23,9 @@ import (
 //  4. provision tl-user and the host name, before any capability serves;
 //  5. serve, and start the main command if one was given;
 //  6. on SIGTERM/SIGINT, or the main command's exit with --exit-with-main,
-//     stop taking work, sweep every process (TERM, grace, KILL), exit.
+//     stop taking work, sweep every process in two phases (graceful:
+//     SIGHUP to terminals, SIGTERM, the grace; hard: SIGKILL), close the
+//     capabilities, exit.
 //
 // Exit codes: 0 after a shutdown by signal; the main command's code (128+
 // signal when killed) when its exit ended the sandbox; 127 when that main
@@ -76,8 +78,9 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 		}
 	}
 	log.Info().Str("reason", context.Cause(ctx).Error()).Msg("shutting down")
-	// Processes first: they get SIGTERM while the API winds down, and the
-	// grace runs once for both.
+	// Processes first: they get their signals while the API winds down,
+	// and the grace runs once for both. The capabilities' Close (stopParts)
+	// runs no grace of its own.
 	res := supervisor.Sweep(reaper, cfg.ShutdownGrace, pid1, log)
 	err = <-runErr
 	stopParts()
@@ -85,7 +88,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	if err != nil {
 		log.Error().Err(err).Msg("agent stopped")
 	}
-	log.Info().Int("exit_code", code).Int("terminated", res.Termed).Int("killed", res.Killed).
+	log.Info().Int("exit_code", code).Int("hung_up", res.HungUp).Int("terminated", res.Termed).Int("killed", res.Killed).
 		Dur("took", res.Took).Msg("tl-agent stopped")
 	if pid1 {
 		// The init of a VM must not exit: the kernel panics. Power off.

@@ -143,27 +143,6 @@ func texts(lines []Line) string {
 
 func first(lines []Line, _ uint64) []Line { return lines }
 
-func TestOOMCounter(t *testing.T) {
-	p := t.TempDir() + "/memory.events"
-	_ = os.WriteFile(p, []byte("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n"), 0o644)
-	if n := (oomCounter{path: p}).count(); n != 2 {
-		t.Fatalf("oom_kill = %d", n)
-	}
-	if n := (oomCounter{}).count(); n != -1 {
-		t.Fatalf("unknown counter = %d", n)
-	}
-}
-
-func TestStatOf(t *testing.T) {
-	ppid, state := statOf(os.Getpid())
-	if ppid != os.Getppid() || state == 0 {
-		t.Fatalf("statOf(self) = %d %c", ppid, state)
-	}
-	if ppid, _ := statOf(1 << 30); ppid != -1 {
-		t.Fatal("statOf(absent) found a process")
-	}
-}
-
 func TestOutputBudgetIsShared(t *testing.T) {
 	b := &budget{max: 10, floor: 4}
 	quiet := newOutputLog(100, 100, b)
@@ -185,14 +164,4 @@ func TestOutputBudgetIsShared(t *testing.T) {
 	if b.held.Load() != 5 {
 		t.Fatalf("held after release %d", b.held.Load())
 	}
-}
-
-func TestOOMCounterFindsOwnCgroup(t *testing.T) {
-	// Whatever this machine has (v1, v2 or none), the counter reads or
-	// says unknown; it never fails.
-	c := newOOMCounter()
-	if n := c.count(); c.path != "" && n < 0 {
-		t.Fatalf("found %s but cannot read oom_kill", c.path)
-	}
-	t.Logf("cgroup oom counter: %q", c.path)
 }

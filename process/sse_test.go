@@ -34,7 +34,7 @@ func newHTTPTable(t *testing.T, cfg Config) (*Table, *httptest.Server) {
 // still gets every line: what was in the pipe when the leader exited is
 // read at the client's pace, not cut after ExitGrace.
 func TestRunSlowReaderAfterExit(t *testing.T) {
-	_, srv := newHTTPTable(t, Config{ExitGrace: 100 * time.Millisecond, StopGrace: time.Second, MaxLines: 100})
+	_, srv := newHTTPTable(t, Config{ExitGrace: 100 * time.Millisecond, MaxLines: 100})
 	body, _ := json.Marshal(map[string]any{"command": "seq", "args": []string{"1", "100000"}, "user": strconv.Itoa(uidSelf()), "working_dir": "/"})
 	resp, err := http.Post(srv.URL+"/api/v1/processes/run", "application/json", bytes.NewReader(body))
 	if err != nil {

@@ -22,7 +22,7 @@ func TestStdinStalledBodyTimesOut(t *testing.T) {
 	r := supervisor.NewReaper(zerolog.Nop(), false)
 	stop := make(chan struct{})
 	go r.Run(stop)
-	tb := New(Config{ExitGrace: 200 * time.Millisecond, StopGrace: time.Second, StdinTimeout: 300 * time.Millisecond}, zerolog.Nop(), r)
+	tb := New(Config{ExitGrace: 200 * time.Millisecond, StdinTimeout: 300 * time.Millisecond}, zerolog.Nop(), r)
 	t.Cleanup(func() { tb.Close(); close(stop) })
 	mux := http.NewServeMux()
 	tb.Routes(mux)

@@ -18,7 +18,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -43,7 +42,6 @@ type Config struct {
 	ExitGrace              time.Duration // output still read after the leader exits (pipes held by children)
 	StdinTimeout           time.Duration // a stdin write blocked this long fails (503)
 	MaxStdinBytes          int64         // one stdin request's body at most
-	StopGrace              time.Duration // SIGTERM to SIGKILL at Close
 	StallTimeout           time.Duration // a follow or run client that takes no events this long is dropped
 	MaxFollowers           int           // follow streams open at once, all processes together (429 past it)
 	MaxFollowersPerProcess int           // follow streams open at once on one process (429 past it)
@@ -68,7 +66,6 @@ func DefaultConfig() Config {
 		ExitGrace:              time.Second,
 		StdinTimeout:           30 * time.Second,
 		MaxStdinBytes:          1 << 20,
-		StopGrace:              5 * time.Second,
 		StallTimeout:           30 * time.Second,
 		MaxFollowers:           256,
 		MaxFollowersPerProcess: 32,
@@ -113,9 +110,6 @@ func (c Config) withDefaults() Config {
 	if c.MaxStdinBytes <= 0 {
 		c.MaxStdinBytes = d.MaxStdinBytes
 	}
-	if c.StopGrace <= 0 {
-		c.StopGrace = d.StopGrace
-	}
 	if c.StallTimeout <= 0 {
 		c.StallTimeout = d.StallTimeout
 	}
@@ -133,7 +127,6 @@ type Table struct {
 	cfg    Config
 	log    zerolog.Logger
 	reaper *supervisor.Reaper
-	oom    oomCounter
 	budget *budget
 
 	mu          sync.Mutex
@@ -153,7 +146,7 @@ type Table struct {
 func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) *Table {
 	t := &Table{
 		cfg: cfg.withDefaults(), log: log.With().Str("component", "processes").Logger(), reaper: reaper,
-		oom: newOOMCounter(), byPid: map[int]*Process{}, byName: map[string]*managed{},
+		byPid: map[int]*Process{}, byName: map[string]*managed{},
 		budget:     &budget{max: int64(cfg.withDefaults().TotalBytes), floor: budgetFloor},
 		nextHandle: 1, stop: make(chan struct{}),
 	}
@@ -178,8 +171,7 @@ type Process struct {
 	startedAt time.Time
 	proc      *supervisor.Proc
 	out       *outputLog
-	managed   *managed // nil unless supervised
-	oomBefore int64
+	managed   *managed     // nil unless supervised
 	holds     atomic.Int32 // the table and the supervisor; output is released at 0
 	followers int          // guarded by t.mu; open follow streams
 
@@ -320,7 +312,6 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 		Stderr:      sio.child[2],
 		SysProcAttr: s.attr, // the launcher's: its own group, so kills reach the tree
 	}
-	oomBefore := t.oom.count()
 	proc, err := t.reaper.Start(cmd)
 	sio.closeChild()
 	if err != nil {
@@ -335,8 +326,8 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 	}
 	p := &Process{
 		t: t, handle: handle, pid: proc.Pid, spec: s, startedAt: time.Now(), proc: proc, managed: m,
-		out:       newOutputLog(t.cfg.MaxLines, t.cfg.MaxBytes, t.budget),
-		oomBefore: oomBefore, stdin: sio.stdin, stdinPipe: sio.stdin, done: make(chan struct{}),
+		out:   newOutputLog(t.cfg.MaxLines, t.cfg.MaxBytes, t.budget),
+		stdin: sio.stdin, stdinPipe: sio.stdin, done: make(chan struct{}),
 	}
 	p.stdinOpen.Store(sio.stdin != nil)
 	if owned {
@@ -365,10 +356,7 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 // the supervisor, if any.
 func (t *Table) watch(p *Process, reads []*os.File, got []*atomic.Int64, capWG *sync.WaitGroup) {
 	e := p.proc.Wait()
-	oom := false
-	if e.Signal == syscall.SIGKILL && p.oomBefore >= 0 {
-		oom = t.oom.count() > p.oomBefore
-	}
+	oom := e.OOMKilled
 	drained := make(chan struct{})
 	go func() { capWG.Wait(); close(drained) }()
 	drainAfterExit(reads, got, drained, t.cfg.ExitGrace)
@@ -553,9 +541,16 @@ func (p *Process) unhold() {
 // budget is spent.
 const budgetFloor = 64 << 10
 
-// Close stops supervision and health checks, asks running processes to
-// stop (SIGTERM to each group), and SIGKILLs the trees of those still
-// running after StopGrace. Safe to call twice.
+// closeWait bounds how long Close waits for its watchers after killing
+// the trees: each ends once its leader is reaped and its output drained
+// (ExitGrace); only a process stuck in the kernel keeps one longer.
+const closeWait = 5 * time.Second
+
+// Close refuses new processes, stops supervision and health checks, ends
+// what is left of every running process's tree at once (SIGKILL) and
+// waits for the table's goroutines. It runs no grace timer: at shutdown
+// the supervisor's sweep has already sent SIGTERM and waited out the
+// grace. Safe to call twice.
 func (t *Table) Close() {
 	t.mu.Lock()
 	if t.closing {
@@ -572,32 +567,17 @@ func (t *Table) Close() {
 	for _, m := range ms {
 		m.shutdown()
 	}
-	procs := t.list()
-	for _, p := range procs {
-		if p.running() {
-			_ = p.proc.SignalGroup(syscall.SIGTERM)
-		}
-	}
-	timer := time.NewTimer(t.cfg.StopGrace)
-	defer timer.Stop()
-	expired := false
-	for _, p := range procs {
-		if !expired {
-			select {
-			case <-p.done:
-				continue
-			case <-timer.C:
-				expired = true
-			}
-		}
+	for _, p := range t.list() {
 		p.kill()
 	}
 	waited := make(chan struct{})
 	go func() { t.wg.Wait(); close(waited) }()
+	timer := time.NewTimer(closeWait)
+	defer timer.Stop()
 	select {
 	case <-waited:
-	case <-time.After(t.cfg.StopGrace):
-		t.log.Warn().Msg("process watchers still running at close")
+	case <-timer.C:
+		t.log.Warn().Dur("waited", closeWait).Msg("process watchers still running at close")
 	}
 }
 

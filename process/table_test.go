@@ -21,7 +21,7 @@ func newTestTable(t *testing.T) *Table {
 	r := supervisor.NewReaper(zerolog.Nop(), false)
 	stop := make(chan struct{})
 	go r.Run(stop)
-	tb := New(Config{ExitGrace: 200 * time.Millisecond, StopGrace: time.Second}, zerolog.Nop(), r)
+	tb := New(Config{ExitGrace: 200 * time.Millisecond}, zerolog.Nop(), r)
 	t.Cleanup(func() { tb.Close(); close(stop) })
 	return tb
 }
@@ -81,8 +81,9 @@ func TestKillTreeReachesSetsid(t *testing.T) {
 	// The orphan is not ours to reap (the reaper only waits for its own):
 	// it is gone or a zombie of init.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		_, state := statOf(child)
-		if state == 0 || state == 'Z' {
+		st, ok := supervisor.ReadStat(child)
+		state := st.State
+		if !ok || !st.Alive() {
 			break
 		}
 		if time.Now().After(deadline) {

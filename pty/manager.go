@@ -12,9 +12,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -159,7 +156,6 @@ func (m *Manager) start(sp startSpec) (*Session, error) {
 		return nil, err
 	}
 	master := c.Master
-	oomAt := oomKillCount()
 	proc, err := m.reaper.Start(c.Cmd)
 	if err = c.Started(err); err != nil {
 		return nil, fmt.Errorf("%w: %w", errStart, err)
@@ -173,7 +169,7 @@ func (m *Manager) start(sp startSpec) (*Session, error) {
 	s := &Session{
 		id: newID(), token: newToken(), command: sp.command, args: sp.args,
 		created: time.Now(), pid: proc.Pid, m: m, proc: proc, master: master, raw: raw,
-		oomAt: oomAt, readerDone: make(chan struct{}), done: make(chan struct{}),
+		readerDone: make(chan struct{}), done: make(chan struct{}),
 		progress: make(chan struct{}, 1), rows: sp.rows, cols: sp.cols,
 		out: newRing(m.cfg.KeepOutput), clients: map[*client]struct{}{},
 	}
@@ -263,34 +259,40 @@ func (s *Session) dropAll(why string) {
 	}
 }
 
-// Close kills every session (SIGHUP, SIGKILL after the grace period),
-// disconnects every client and returns when all the manager's goroutines
-// have ended. It is safe to call twice.
+// closeWait bounds how long Close waits for its killed sessions to end
+// before it drops their clients; a session ends once its leader is reaped
+// and its output drained (drainMax).
+const closeWait = 5 * time.Second
+
+// Close refuses new sessions, ends what is left of every session at once
+// (SIGKILL to its terminal session), disconnects every client and returns
+// when all the manager's goroutines have ended. It runs no grace timer:
+// at shutdown the supervisor's sweep has already hung up every terminal
+// and waited out the grace. It is safe to call twice.
 func (m *Manager) Close() {
 	m.mu.Lock()
 	m.closing = true
 	var sessions []*Session
-	sids := map[int]bool{}
 	for _, s := range m.sessions {
 		sessions = append(sessions, s)
-		sids[s.pid] = true
 	}
 	m.mu.Unlock()
+	var live []supervisor.Scope
 	for _, s := range sessions {
 		s.mu.Lock()
 		if !s.ended {
 			s.killed = true
+			live = append(live, s.scope())
 		}
 		if s.idle != nil {
 			s.idle.Stop()
 		}
 		s.mu.Unlock()
 	}
-	m.signalSessions(sids, syscall.SIGHUP)
-	if !waitAll(sessions, m.cfg.KillGrace) {
-		m.signalSessions(sids, syscall.SIGKILL)
-		waitAll(sessions, m.cfg.KillGrace)
+	if len(live) > 0 {
+		supervisor.Kill(syscall.SIGKILL, live...) // one walk of /proc for all
 	}
+	waitAll(sessions, closeWait)
 	m.mu.Lock()
 	for _, s := range m.sessions {
 		if s.forget != nil {
@@ -322,49 +324,14 @@ func waitAll(sessions []*Session, d time.Duration) bool {
 	return true
 }
 
-// signalSessions sends sig to every process whose session id is in sids:
-// the leaders, their process groups and the groups job control made
-// (process-group kill alone misses an interactive shell's background jobs).
-// One pass over /proc serves any number of sessions. Processes that called
-// setsid themselves have left the session, as with a hang-up.
-func (m *Manager) signalSessions(sids map[int]bool, sig syscall.Signal) {
-	for pid := range sids {
-		_ = syscall.Kill(-pid, sig) // the leader's group, even if /proc is odd
-	}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if sids[procSession(pid)] {
-			_ = syscall.Kill(pid, sig)
-		}
-	}
-}
+// scope is every process of the session's terminal session: the leader,
+// its group and the groups job control made (a group kill alone misses an
+// interactive shell's background jobs). Processes that called setsid
+// themselves have left the session, as with a hang-up.
+func (s *Session) scope() supervisor.Scope { return supervisor.Scope{Session: s.pid} }
 
-// procSession reads the session id (field 6) of /proc/<pid>/stat; 0 when
-// unknown. The command name (field 2) may hold spaces and parentheses, so
-// fields are counted after its last ')'.
-func procSession(pid int) int {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	i := strings.LastIndexByte(string(data), ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(data[i+1:])) // state ppid pgrp session ...
-	if len(f) < 4 {
-		return 0
-	}
-	sid, _ := strconv.Atoi(f[3])
-	return sid
-}
+// signal sends sig to the session's scope.
+func (s *Session) signal(sig syscall.Signal) { supervisor.Kill(sig, s.scope()) }
 
 // idAlphabet is the URL-safe alphabet of session ids (nanoid's).
 const idAlphabet = "useandom-26T198340PX75pxJACKVERYMINDBUSHWOLF_GQZbfghjklqvwyzrict"
@@ -384,41 +351,6 @@ func newToken() string {
 	var b [32]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// oomKillCount reads the oom_kill counter of the agent's cgroup (v2); -1
-// when there is none to read.
-func oomKillCount() int64 {
-	path := "/sys/fs/cgroup/memory.events"
-	if data, err := os.ReadFile("/proc/self/cgroup"); err == nil {
-		if rel, ok := strings.CutPrefix(strings.TrimSpace(string(data)), "0::"); ok && !strings.Contains(rel, "\n") {
-			path = "/sys/fs/cgroup" + strings.TrimSuffix(rel, "/") + "/memory.events"
-		}
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return -1
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err == nil {
-				return n
-			}
-		}
-	}
-	return -1
-}
-
-// oomKilledSince reports whether the cgroup's OOM killer struck since the
-// count before. The counter is per cgroup, so a SIGKILL of the session
-// that coincides with another OOM kill in the sandbox is reported as OOM
-// too; that is the best a process outside the kernel can tell.
-func oomKilledSince(before int64) bool {
-	if before < 0 {
-		return false
-	}
-	return oomKillCount() > before
 }
 
 // Stats reports counts for the operator's status: live sessions, ended

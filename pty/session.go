@@ -32,7 +32,6 @@ type Session struct {
 	proc   *supervisor.Proc
 	master *os.File // non-blocking; closed by end
 	raw    syscall.RawConn
-	oomAt  int64 // cgroup oom_kill count at start, -1 when unknown
 
 	inMu sync.Mutex // serializes input so two clients' messages never interleave
 
@@ -263,7 +262,7 @@ func (s *Session) end(exit supervisor.Exit) {
 	if s.idle != nil {
 		s.idle.Stop()
 	}
-	s.oomKilled = !s.killed && exit.Signal == syscall.SIGKILL && oomKilledSince(s.oomAt)
+	s.oomKilled = !s.killed && exit.OOMKilled // a kill of ours is not the OOM killer's
 	for c := range s.clients {
 		c.wakeUp()
 	}
@@ -290,12 +289,10 @@ func (s *Session) kill(reason string) {
 		return
 	}
 	s.killed = true
-	s.killTimer = s.m.cfg.Pause.AfterFunc(s.m.cfg.KillGrace, func() {
-		s.m.signalSessions(map[int]bool{s.pid: true}, syscall.SIGKILL)
-	})
+	s.killTimer = s.m.cfg.Pause.AfterFunc(s.m.cfg.KillGrace, func() { s.signal(syscall.SIGKILL) })
 	s.mu.Unlock()
 	s.log.Info().Str("reason", reason).Msg("killing pty session")
-	s.m.signalSessions(map[int]bool{s.pid: true}, syscall.SIGHUP)
+	s.signal(syscall.SIGHUP)
 }
 
 // errEnded is returned for operations that need a running session.

@@ -32,6 +32,7 @@ import (
 type Reaper struct {
 	log     zerolog.Logger
 	reapAll bool
+	oom     OOMCounter
 
 	mu      sync.Mutex
 	subs    map[int]*Proc // guarded by mu; pid -> live process we started
@@ -50,6 +51,10 @@ type Exit struct {
 	Core   bool
 	At     time.Time
 	MaxRSS int64 // kilobytes, from rusage
+	// OOMKilled: SIGKILLed while the cgroup's OOM kill count rose (see
+	// OOMCounter; a kill the agent sent itself looks the same, so callers
+	// that killed the process ignore it).
+	OOMKilled bool
 }
 
 // ExitCode follows the shell convention: 128+signal for a signaled process.
@@ -73,7 +78,8 @@ type Proc struct {
 	Cmd  *exec.Cmd
 	Pid  int
 	done chan struct{}
-	exit Exit // written once before done is closed
+	exit Exit  // written once before done is closed
+	oom  int64 // the OOM kill count at start, -1 when unknown
 }
 
 // Done is closed when the process has been reaped.
@@ -116,7 +122,10 @@ func (p *Proc) SignalGroup(sig syscall.Signal) error {
 // agent (its role as PID 1 or child subreaper); without, only processes
 // started through it, which is what tests running inside `go test` need.
 func NewReaper(log zerolog.Logger, reapAll bool) *Reaper {
-	return &Reaper{log: log.With().Str("component", "reaper").Logger(), reapAll: reapAll, subs: map[int]*Proc{}, kick: make(chan struct{}, 1)}
+	return &Reaper{
+		log: log.With().Str("component", "reaper").Logger(), reapAll: reapAll, oom: NewOOMCounter(),
+		subs: map[int]*Proc{}, kick: make(chan struct{}, 1),
+	}
 }
 
 // ErrStdio is returned by Start for stdio that is not an *os.File.
@@ -137,6 +146,7 @@ func (r *Reaper) Start(cmd *exec.Cmd) (*Proc, error) {
 			}
 		}
 	}
+	oom := r.oom.Count()
 	// Holding mu across fork and registration means the reaper, which
 	// looks pids up under mu, cannot miss a child that exits at once.
 	r.mu.Lock()
@@ -147,7 +157,7 @@ func (r *Reaper) Start(cmd *exec.Cmd) (*Proc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &Proc{Cmd: cmd, Pid: cmd.Process.Pid, done: make(chan struct{})}
+	p := &Proc{Cmd: cmd, Pid: cmd.Process.Pid, done: make(chan struct{}), oom: oom}
 	r.subs[p.Pid] = p
 	r.started.Add(1)
 	return p, nil
@@ -281,6 +291,7 @@ func (r *Reaper) deliver(pid int, ws unix.WaitStatus, ru *unix.Rusage) bool {
 	} else {
 		e.Signal = ws.Signal()
 		e.Core = ws.CoreDump()
+		e.OOMKilled = e.Signal == syscall.SIGKILL && p.oom >= 0 && r.oom.Count() > p.oom
 	}
 	p.exit = e
 	_ = p.Cmd.Process.Release() // closes the pidfd; the pid is already reaped

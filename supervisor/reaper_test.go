@@ -108,28 +108,35 @@ func TestReaperStdio(t *testing.T) {
 func TestParseStat(t *testing.T) {
 	cases := []struct {
 		in   string
-		want procInfo
+		want Stat
 		ok   bool
 	}{
-		{"42 (sh) S 1 42 42 0 -1 4194560 0 0", procInfo{pid: 42, ppid: 1, state: 'S'}, true},
-		{"7 (a) b) (c) Z 3 7 7 0 -1 4194560 1", procInfo{pid: 7, ppid: 3, state: 'Z'}, true},
-		{"2 (kthreadd) S 0 0 0 0 -1 2129984 0", procInfo{pid: 2, ppid: 0, state: 'S', kthread: true}, true},
-		{"garbage", procInfo{}, false},
-		{"1 (x) S", procInfo{}, false},
+		{"42 (sh) S 1 42 42 34816 -1 4194560 0 0", Stat{Pid: 42, PPid: 1, Pgrp: 42, Session: 42, TTY: 34816, State: 'S', Flags: 4194560}, true},
+		{"7 (a) b) (c) Z 3 7 5 0 -1 4194560 1", Stat{Pid: 7, PPid: 3, Pgrp: 7, Session: 5, State: 'Z', Flags: 4194560}, true},
+		{"2 (kthreadd) S 0 0 0 0 -1 2129984 0", Stat{Pid: 2, State: 'S', Flags: 2129984}, true},
+		{"garbage", Stat{}, false},
+		{"1 (x) S", Stat{}, false},
+		{"1 (x) S 0 x 0 0 -1 0", Stat{}, false},
 	}
 	for _, c := range cases {
-		got, ok := parseStat([]byte(c.in))
+		got, ok := ParseStat([]byte(c.in))
 		if ok != c.ok || got != c.want {
-			t.Errorf("parseStat(%q) = %+v %v, want %+v %v", c.in, got, ok, c.want, c.ok)
+			t.Errorf("ParseStat(%q) = %+v %v, want %+v %v", c.in, got, ok, c.want, c.ok)
 		}
+	}
+	if k, _ := ParseStat([]byte(cases[2].in)); !k.KernelThread() || !k.Alive() {
+		t.Error("kthreadd: want a live kernel thread")
+	}
+	if z, _ := ParseStat([]byte(cases[1].in)); z.Alive() {
+		t.Error("a zombie is not alive")
 	}
 }
 
 func TestDescendants(t *testing.T) {
-	procs := []procInfo{{pid: 1}, {pid: 10, ppid: 1}, {pid: 11, ppid: 10}, {pid: 12, ppid: 11}, {pid: 20, ppid: 1}, {pid: 30, ppid: 10}}
+	procs := []Stat{{Pid: 1}, {Pid: 10, PPid: 1}, {Pid: 11, PPid: 10}, {Pid: 12, PPid: 11}, {Pid: 20, PPid: 1}, {Pid: 30, PPid: 10}}
 	var got []int
 	for _, p := range descendants(procs, 10) {
-		got = append(got, p.pid)
+		got = append(got, p.Pid)
 	}
 	if fmt.Sprint(got) != "[11 30 12]" {
 		t.Fatalf("descendants of 10: %v", got)

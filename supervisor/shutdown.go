@@ -1,9 +1,7 @@
 package supervisor
 
 import (
-	"bytes"
 	"os"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -13,21 +11,42 @@ import (
 
 // SweepResult is what the shutdown sweep did.
 type SweepResult struct {
+	HungUp int           // processes on a terminal of their own, sent SIGHUP first
 	Termed int           // processes sent SIGTERM
 	Killed int           // processes still alive after the grace, sent SIGKILL
 	Left   int           // processes that survived even SIGKILL (stuck in the kernel)
-	Took   time.Duration // from the first SIGTERM to the last process gone
+	Took   time.Duration // from the first signal to the last process gone
 }
+
+// The two phases of the shutdown, as the log names them.
+const (
+	// PhaseGraceful asks every process to end: SIGHUP to those on a
+	// terminal (a hang-up), SIGTERM to all; it lasts until everything is
+	// gone or the grace is over.
+	PhaseGraceful = "graceful"
+	// PhaseHard SIGKILLs what outlived the grace and waits up to killWait
+	// for it to be reaped.
+	PhaseHard = "hard"
+)
 
 // killWait bounds how long we wait for SIGKILLed processes to be reaped;
 // only a process stuck in uninterruptible sleep outlives it.
 const killWait = 3 * time.Second
 
-// Sweep ends every process of the sandbox: no new process may start
-// through the reaper; SIGTERM to the process group of each process the
-// agent started, then to every other process left (a
-// process that called setsid has left its group); waits up to grace while
-// the reaper reaps; SIGKILLs what is left.
+// Sweep ends every process of the sandbox, in two phases. Capabilities do
+// not run grace timers of their own: their Close, called after the sweep,
+// only ends what is left at once and waits for its goroutines.
+//
+// Graceful: no new process may start through the reaper; SIGHUP (and
+// SIGCONT, as a hang-up gives) to every process whose controlling terminal
+// is not the agent's own, which is how PTY and SSH sessions learn their
+// terminal is gone (an interactive shell ignores SIGTERM, and a hang-up
+// also reaches its stopped jobs); then SIGTERM to the process group of
+// each process the agent started and to every process left (a process that
+// called setsid has left its group). It waits up to grace while the reaper
+// reaps.
+//
+// Hard: SIGKILL to everything left.
 //
 // As PID 1 "every process" is everything in the pid namespace but us.
 // Otherwise (a child subreaper under a runtime's init, or on a host) it is
@@ -35,29 +54,14 @@ const killWait = 3 * time.Second
 func Sweep(r *Reaper, grace time.Duration, pid1 bool, log zerolog.Logger) SweepResult {
 	log = log.With().Str("component", "shutdown").Logger()
 	start := time.Now()
-	var res SweepResult
-	r.refuseStarts()
-	for _, p := range r.Live() {
-		_ = p.SignalGroup(syscall.SIGTERM)
-		_ = p.Signal(syscall.SIGTERM) // a process that left its group
-	}
-	for _, pid := range sandboxPids(pid1) {
-		if unix.Kill(pid, syscall.SIGTERM) == nil {
-			res.Termed++
-		}
-	}
-	log.Info().Int("processes", res.Termed).Dur("grace", grace).Msg("sent SIGTERM")
+	res := graceful(r, pid1)
+	log.Info().Str("phase", PhaseGraceful).Int("processes", res.Termed).Int("hung_up", res.HungUp).
+		Dur("grace", grace).Msg("sent SIGTERM")
 	left := waitGone(r, pid1, grace)
 	if len(left) > 0 {
-		for _, p := range r.Live() {
-			_ = p.SignalGroup(syscall.SIGKILL)
-		}
-		for _, pid := range left {
-			if unix.Kill(pid, syscall.SIGKILL) == nil {
-				res.Killed++
-			}
-		}
-		log.Warn().Int("processes", res.Killed).Ints("pids", head(left, 20)).Msg("grace over: sent SIGKILL")
+		res.Killed = hard(r, left)
+		log.Warn().Str("phase", PhaseHard).Int("processes", res.Killed).Ints("pids", head(left, 20)).
+			Msg("grace over: sent SIGKILL")
 		left = waitGone(r, pid1, killWait)
 	}
 	res.Left = len(left)
@@ -66,6 +70,45 @@ func Sweep(r *Reaper, grace time.Duration, pid1 bool, log zerolog.Logger) SweepR
 		log.Error().Int("processes", res.Left).Ints("pids", head(left, 20)).Msg("processes survive SIGKILL")
 	}
 	return res
+}
+
+// graceful refuses new starts and sends the graceful phase's signals.
+func graceful(r *Reaper, pid1 bool) SweepResult {
+	var res SweepResult
+	r.refuseStarts()
+	own, _ := ReadStat(os.Getpid())
+	procs := sandboxProcs(pid1)
+	for _, p := range procs {
+		if p.TTY != 0 && p.TTY != own.TTY && unix.Kill(p.Pid, syscall.SIGHUP) == nil {
+			_ = unix.Kill(p.Pid, syscall.SIGCONT)
+			res.HungUp++
+		}
+	}
+	for _, p := range r.Live() {
+		_ = p.SignalGroup(syscall.SIGTERM)
+		_ = p.Signal(syscall.SIGTERM) // a process that left its group
+	}
+	for _, p := range procs {
+		if unix.Kill(p.Pid, syscall.SIGTERM) == nil {
+			res.Termed++
+		}
+	}
+	return res
+}
+
+// hard SIGKILLs the groups the agent started and the pids left, and
+// returns how many of those it reached.
+func hard(r *Reaper, left []int) int {
+	for _, p := range r.Live() {
+		_ = p.SignalGroup(syscall.SIGKILL)
+	}
+	n := 0
+	for _, pid := range left {
+		if unix.Kill(pid, syscall.SIGKILL) == nil {
+			n++
+		}
+	}
+	return n
 }
 
 // waitGone polls until no process but us is alive (zombies are dead: the
@@ -93,102 +136,29 @@ func head(s []int, n int) []int {
 	return s
 }
 
-// procInfo is what the sweep needs from /proc/<pid>/stat.
-type procInfo struct {
-	pid, ppid int
-	state     byte
-	kthread   bool
-}
-
-// pfKthread is PF_KTHREAD from the kernel's task flags: kernel threads
-// show in /proc of a VM's PID 1 and must not be counted or signalled.
-const pfKthread = 0x00200000
-
-// sandboxPids lists the live processes the sweep owns: all but us and
+// sandboxProcs lists the live processes the sweep owns: all but us and
 // kernel threads as PID 1, else our descendants. Zombies are not listed.
-func sandboxPids(pid1 bool) []int {
+func sandboxProcs(pid1 bool) []Stat {
 	self := os.Getpid()
-	procs := readProcs("/proc")
+	procs := Procs()
 	if !pid1 {
 		procs = descendants(procs, self)
 	}
-	var out []int
+	out := procs[:0]
 	for _, p := range procs {
-		if p.pid != self && !p.kthread && p.state != 'Z' && p.state != 'X' {
-			out = append(out, p.pid)
-		}
-	}
-	return out
-}
-
-func readProcs(dir string) []procInfo {
-	d, err := os.Open(dir)
-	if err != nil {
-		return nil
-	}
-	defer d.Close()
-	names, _ := d.Readdirnames(-1)
-	out := make([]procInfo, 0, len(names))
-	for _, n := range names {
-		if n[0] < '0' || n[0] > '9' {
-			continue
-		}
-		data, err := os.ReadFile(dir + "/" + n + "/stat")
-		if err != nil {
-			continue // gone meanwhile
-		}
-		if p, ok := parseStat(data); ok {
+		if p.Pid != self && !p.KernelThread() && p.Alive() {
 			out = append(out, p)
 		}
 	}
 	return out
 }
 
-// parseStat reads pid, state, ppid and flags from a /proc/<pid>/stat line.
-// The command name sits in parentheses and may hold spaces and ')', so
-// fields are counted from the last ')'.
-func parseStat(data []byte) (procInfo, bool) {
-	open := bytes.IndexByte(data, '(')
-	end := bytes.LastIndexByte(data, ')')
-	if open < 1 || end < open {
-		return procInfo{}, false
-	}
-	pid, err := strconv.Atoi(string(bytes.TrimSpace(data[:open])))
-	if err != nil {
-		return procInfo{}, false
-	}
-	// After ") ": state ppid pgrp session tty_nr tpgid flags ...
-	f := bytes.Fields(data[end+1:])
-	if len(f) < 7 || len(f[0]) != 1 {
-		return procInfo{}, false
-	}
-	ppid, err1 := strconv.Atoi(string(f[1]))
-	flags, err2 := strconv.ParseUint(string(f[6]), 10, 64)
-	if err1 != nil || err2 != nil {
-		return procInfo{}, false
-	}
-	return procInfo{pid: pid, ppid: ppid, state: f[0][0], kthread: flags&pfKthread != 0}, true
-}
-
-// descendants returns the processes below root in the parent tree.
-func descendants(procs []procInfo, root int) []procInfo {
-	children := map[int][]procInfo{}
-	for _, p := range procs {
-		children[p.ppid] = append(children[p.ppid], p)
-	}
-	var out []procInfo
-	queue := []int{root}
-	seen := map[int]bool{root: true}
-	for len(queue) > 0 {
-		pid := queue[0]
-		queue = queue[1:]
-		for _, c := range children[pid] {
-			if !seen[c.pid] {
-				seen[c.pid] = true
-				out = append(out, c)
-				queue = append(queue, c.pid)
-			}
-		}
+// sandboxPids is sandboxProcs' pids.
+func sandboxPids(pid1 bool) []int {
+	procs := sandboxProcs(pid1)
+	out := make([]int, len(procs))
+	for i, p := range procs {
+		out[i] = p.Pid
 	}
 	return out
 }
