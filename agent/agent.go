@@ -16,6 +16,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/internal/pause"
+	"github.com/tensorlake/tl-agent/internal/relay"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -270,7 +271,7 @@ func (a *Agent) serveStream(ctx context.Context, c *countedConn, lim *streamLimi
 			t.Close()
 			return
 		}
-		up, down := forward.Relay(c, t)
+		up, down := relay.Relay(c, t)
 		log.Debug().Int64("bytes_in", up).Int64("bytes_out", down).Msg("relay ended")
 	}
 }

@@ -13,8 +13,8 @@ import (
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 
-	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/internal/netx"
+	"github.com/tensorlake/tl-agent/internal/relay"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -329,7 +329,7 @@ func (f *sshFront) takeChannel(ctx context.Context, st *frontConn, remote string
 			s.Close()
 			return true
 		}
-		forward.RelayChannel(ch, reqs, s)
+		relay.Channel(ch, reqs, s)
 		return true
 	}
 }
