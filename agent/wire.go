@@ -75,7 +75,7 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	stops = append(stops, procs.Close)
 
 	// Files, owned by the sandbox user.
-	p.Caps = append(p.Caps, files.New(files.Config{User: cfg.User}, log))
+	p.Caps = append(p.Caps, files.New(files.Config{Owner: sandboxUser(cfg, log)}, log))
 
 	// TCP tunnels over WebSocket.
 	p.Caps = append(p.Caps, forward.NewTunnels(log))
