@@ -122,15 +122,6 @@ func (t *Table) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/processes/{id}/restart", t.handleRestart)
 }
 
-func writeErr(w http.ResponseWriter, err error) {
-	var ae *apiError
-	if errors.As(err, &ae) {
-		httpx.WriteError(w, ae.status, ae.code, ae.msg)
-		return
-	}
-	httpx.WriteError(w, http.StatusInternalServerError, "INTERNAL", err.Error())
-}
-
 // Start validates req and starts it, supervised when it has a name, a
 // restart policy or a health check (as the SDKs document).
 func (t *Table) Start(req *StartRequest) (*Process, error) {
@@ -185,7 +176,7 @@ func (t *Table) reserve(m *managed) error {
 		old := t.byName[m.id]
 		t.mu.Unlock()
 		if old != nil && !old.isStopped() {
-			return &apiError{409, codeNameInUse, "a supervised process named " + m.id + " is active; kill it first"}
+			return refuse(ErrNameInUse, "a supervised process named %s is active; kill it first", m.id)
 		}
 		t.mu.Lock()
 		if t.byName[m.id] != old {
@@ -267,18 +258,18 @@ func (t *Table) handleSignal(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Signal == nil || *req.Signal < 1 || *req.Signal > 64 {
-		writeErr(w, badRequest(codeBadSignal, "signal must be a number from 1 to 64"))
+		writeErr(w, refuse(ErrBadSignal, "signal must be a number from 1 to 64"))
 		return
 	}
 	if !p.running() {
-		writeErr(w, badRequest(codeNotRunning, "process %d is not running", p.pid))
+		writeErr(w, refuse(ErrNotRunning, "process %d is not running", p.pid))
 		return
 	}
 	// The group, as a terminal's ^C would: a `sh -c` wrapper's children
 	// get it too.
 	if err := p.proc.SignalGroup(syscall.Signal(*req.Signal)); err != nil {
 		if err := p.proc.Signal(syscall.Signal(*req.Signal)); err != nil {
-			writeErr(w, badRequest(codeNotRunning, "signal process %d: %v", p.pid, err))
+			writeErr(w, refuse(ErrNotRunning, "signal process %d: %v", p.pid, err))
 			return
 		}
 	}
@@ -296,7 +287,7 @@ func (t *Table) handleStdin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !p.spec.stdinPipe {
-		writeErr(w, badRequest(codeStdin, "process %d was not started with stdin_mode pipe", p.pid))
+		writeErr(w, refuse(ErrStdinClosed, "process %d was not started with stdin_mode pipe", p.pid))
 		return
 	}
 	data, err := t.readStdinBody(w, r)
@@ -308,7 +299,7 @@ func (t *Table) handleStdin(w http.ResponseWriter, r *http.Request) {
 	defer p.stdinWrite.Unlock()
 	f := p.stdinFile()
 	if f == nil {
-		writeErr(w, badRequest(codeStdin, "stdin of process %d is closed", p.pid))
+		writeErr(w, refuse(ErrStdinClosed, "stdin of process %d is closed", p.pid))
 		return
 	}
 	_ = f.SetWriteDeadline(time.Now().Add(t.cfg.StdinTimeout))
@@ -317,11 +308,11 @@ func (t *Table) handleStdin(w http.ResponseWriter, r *http.Request) {
 	case err == nil:
 		w.WriteHeader(http.StatusNoContent)
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		httpx.WriteError(w, http.StatusServiceUnavailable, codeStdinBlocked, "the process is not reading its stdin")
+		writeErr(w, refuse(ErrStdinBlocked, "the process is not reading its stdin"))
 	case errors.Is(err, syscall.EPIPE), errors.Is(err, os.ErrClosed):
-		writeErr(w, badRequest(codeStdin, "stdin of process %d is closed", p.pid))
+		writeErr(w, refuse(ErrStdinClosed, "stdin of process %d is closed", p.pid))
 	default:
-		writeErr(w, badRequest(codeInvalid, "stdin: %v", err))
+		writeErr(w, refuse(ErrInvalid, "stdin: %v", err))
 	}
 }
 
@@ -339,11 +330,11 @@ func (t *Table) readStdinBody(w http.ResponseWriter, r *http.Request) ([]byte, e
 		_ = rc.SetReadDeadline(time.Time{})
 		return data, nil
 	case errors.As(err, &mbe):
-		return nil, &apiError{http.StatusRequestEntityTooLarge, codeStdinTooLarge, "stdin request over " + itoa(int(t.cfg.MaxStdinBytes)) + " bytes; split it"}
+		return nil, refuse(ErrStdinTooLarge, "stdin request over %d bytes; split it", t.cfg.MaxStdinBytes)
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		return nil, &apiError{http.StatusRequestTimeout, codeStdinSlow, "the stdin body did not arrive within " + t.cfg.StdinTimeout.String()}
+		return nil, refuse(ErrStdinTimeout, "the stdin body did not arrive within %v", t.cfg.StdinTimeout)
 	}
-	return nil, badRequest(codeInvalid, "stdin body: %v", err)
+	return nil, refuse(ErrInvalid, "stdin body: %v", err)
 }
 
 type writerOnly struct{ io.Writer }
@@ -355,7 +346,7 @@ func (t *Table) handleStdinClose(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !p.spec.stdinPipe {
-		writeErr(w, badRequest(codeStdin, "process %d was not started with stdin_mode pipe", p.pid))
+		writeErr(w, refuse(ErrStdinClosed, "process %d was not started with stdin_mode pipe", p.pid))
 		return
 	}
 	p.closeStdin()

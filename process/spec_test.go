@@ -2,7 +2,6 @@ package process
 
 import (
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,11 +22,11 @@ func TestValidName(t *testing.T) {
 }
 
 func codeOf(err error) string {
-	var ae *apiError
-	if errors.As(err, &ae) {
-		return ae.code
+	if err == nil {
+		return ""
 	}
-	return ""
+	_, code := wireError(err)
+	return code
 }
 
 func TestLookPath(t *testing.T) {

@@ -269,7 +269,7 @@ func (t *Table) handleRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Timeout < 0 || req.Timeout > maxTimeout {
-		writeErr(w, badRequest(codeInvalid, "timeout must be from 0 (none) to %d seconds", maxTimeout))
+		writeErr(w, refuse(ErrInvalid, "timeout must be from 0 (none) to %d seconds", maxTimeout))
 		return
 	}
 	req.StdinMode, req.StdoutMode, req.StderrMode = "", "", ""

@@ -11,7 +11,6 @@ package process
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -210,11 +209,11 @@ func (t *Table) startWith(s *spec, m *managed, owned bool) (*Process, error) {
 	t.mu.Lock()
 	if t.closing {
 		t.mu.Unlock()
-		return nil, &apiError{503, codeShuttingDown, "the agent is shutting down"}
+		return nil, refuse(ErrShuttingDown, "the agent is shutting down")
 	}
 	if t.live >= t.cfg.MaxLive {
 		t.mu.Unlock()
-		return nil, &apiError{429, codeTooMany, fmt.Sprintf("%d processes are running, the limit", t.cfg.MaxLive)}
+		return nil, refuse(ErrTooMany, "%d processes are running, the limit", t.cfg.MaxLive)
 	}
 	handle := t.nextHandle
 	t.nextHandle++
@@ -302,11 +301,11 @@ func openStdio(s *spec) (*stdio, error) {
 // still reach its supervisor.
 func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, error) {
 	sio, err := openStdio(s)
-	if ae := startRefused("pipes", err); ae != nil {
-		return nil, ae
+	if re := startRefused("pipes", err); re != nil {
+		return nil, re
 	}
 	if err != nil {
-		return nil, &apiError{500, codeStartFailed, "pipes: " + err.Error()}
+		return nil, refuse(ErrStartFailed, "pipes: %v", err)
 	}
 	cmd := &exec.Cmd{
 		Path:   s.path,
@@ -328,7 +327,7 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 		sio.closeAll()
 		switch {
 		case errors.Is(err, supervisor.ErrShuttingDown):
-			return nil, &apiError{503, codeShuttingDown, "the sandbox is shutting down"}
+			return nil, refuse(ErrShuttingDown, "the sandbox is shutting down")
 		case startRefused("", err) != nil:
 			return nil, startRefused("start "+s.command, err)
 		case errors.Is(err, fs.ErrPermission) && !canEnter(s.dir, s.user):
@@ -341,7 +340,7 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 		case errors.Is(err, fs.ErrNotExist):
 			return nil, badRequest(codeNotFoundCmd, "command %q: %v", s.command, err)
 		}
-		return nil, &apiError{500, codeStartFailed, "start " + s.command + ": " + err.Error()}
+		return nil, refuse(ErrStartFailed, "start %s: %v", s.command, err)
 	}
 	p := &Process{
 		t: t, handle: handle, pid: proc.Pid, spec: s, startedAt: time.Now(), proc: proc, managed: m,
@@ -446,7 +445,7 @@ func (t *Table) lookup(key string) (*Process, *managed, error) {
 		p := t.byPid[pid]
 		t.mu.Unlock()
 		if err != nil || p == nil {
-			return nil, nil, &apiError{404, codeNotFound, "no process with pid " + key}
+			return nil, nil, refuse(ErrNotFound, "no process with pid %s", key)
 		}
 		return p, p.managed, nil
 	}
@@ -454,11 +453,11 @@ func (t *Table) lookup(key string) (*Process, *managed, error) {
 	m := t.byName[key]
 	t.mu.Unlock()
 	if m == nil {
-		return nil, nil, &apiError{404, codeNotFound, "no process named " + key}
+		return nil, nil, refuse(ErrNotFound, "no process named %s", key)
 	}
 	p := m.current()
 	if p == nil {
-		return nil, nil, &apiError{404, codeNotFound, "process " + key + " is being restarted"}
+		return nil, nil, refuse(ErrNotFound, "process %s is being restarted", key)
 	}
 	return p, m, nil
 }
@@ -618,9 +617,9 @@ func (t *Table) addFollower(p *Process) error {
 	defer t.mu.Unlock()
 	switch {
 	case t.followers >= t.cfg.MaxFollowers:
-		return &apiError{429, codeTooManyFollow, fmt.Sprintf("%d follow streams are open, the limit", t.cfg.MaxFollowers)}
+		return refuse(ErrTooManyFollowers, "%d follow streams are open, the limit", t.cfg.MaxFollowers)
 	case p.followers >= t.cfg.MaxFollowersPerProcess:
-		return &apiError{429, codeTooManyFollow, fmt.Sprintf("%d follow streams are open on process %d, the limit per process", t.cfg.MaxFollowersPerProcess, p.pid)}
+		return refuse(ErrTooManyFollowers, "%d follow streams are open on process %d, the limit per process", t.cfg.MaxFollowersPerProcess, p.pid)
 	}
 	t.followers++
 	p.followers++
