@@ -72,14 +72,14 @@ func (l *linkState) set(state, remote string, err error) {
 	}
 }
 
-func (l *linkState) snapshot() map[string]any {
+func (l *linkState) snapshot() UplinkStatus {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	m := map[string]any{"state": l.state, "reconnects": l.reconnects, "last_error": l.lastErr, "remote": l.remote}
+	u := UplinkStatus{State: l.state, Reconnects: l.reconnects, LastError: l.lastErr, Remote: l.remote}
 	if !l.since.IsZero() {
-		m["connected_since"] = l.since.UTC().Format(time.RFC3339)
+		u.ConnectedSince = l.since.UTC().Format(time.RFC3339)
 	}
-	return m
+	return u
 }
 
 // dialLoop keeps one uplink to the proxy until ctx ends.
