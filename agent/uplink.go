@@ -145,7 +145,7 @@ func (a *Agent) sleepUnlessPaused(ctx context.Context, d time.Duration) bool {
 func (a *Agent) dial(ctx context.Context, tlsConf *tls.Config) (net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
-	d := net.Dialer{KeepAlive: 5 * time.Second}
+	d := net.Dialer{KeepAlive: uplink.TCPKeepAlive}
 	c, err := d.DialContext(dctx, "tcp", a.cfg.ProxyAddr)
 	if err != nil {
 		return nil, err

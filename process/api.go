@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -42,10 +43,8 @@ type ManagedInfo struct {
 	NextRestartAt             *int64        `json:"next_restart_at"`
 }
 
-func ms(t time.Time) int64 { return t.UnixMilli() }
-
 func (p *Process) exitInfo() ExitInfo {
-	e := ExitInfo{OOMKilled: p.oom, EndedAt: ms(p.endedAt)}
+	e := ExitInfo{OOMKilled: p.oom, EndedAt: p.endedAt.UnixMilli()}
 	if p.exit.Signal != 0 {
 		sig := int(p.exit.Signal)
 		e.Signal = &sig
@@ -61,7 +60,7 @@ func (p *Process) exitInfo() ExitInfo {
 func (p *Process) info() Info {
 	in := Info{
 		Handle: p.handle, Pid: p.pid, Status: "running", Command: p.spec.command,
-		Args: p.spec.args, StartedAt: ms(p.startedAt),
+		Args: p.spec.args, StartedAt: p.startedAt.UnixMilli(),
 	}
 	in.StdinWritable = p.stdinOpen.Load()
 	p.mu.Lock()
@@ -101,7 +100,7 @@ func (m *managed) info() ManagedInfo {
 		mi.LastError = &e
 	}
 	if !m.nextRestart.IsZero() {
-		n := ms(m.nextRestart)
+		n := m.nextRestart.UnixMilli()
 		mi.NextRestartAt = &n
 	}
 	return mi
@@ -171,7 +170,7 @@ func (t *Table) reserve(m *managed) error {
 		t.mu.Lock()
 		if !m.named {
 			t.nextManaged++
-			m.id = "managed-" + itoa(t.nextManaged)
+			m.id = "managed-" + strconv.Itoa(t.nextManaged)
 		}
 		old := t.byName[m.id]
 		t.mu.Unlock()
@@ -406,7 +405,7 @@ func (t *Table) handleRestart(w http.ResponseWriter, r *http.Request) {
 	p.kill()
 	select {
 	case <-p.done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(killWait):
 	}
 	np, err := t.start(p.spec, nil)
 	if err != nil {

@@ -323,7 +323,7 @@ func (m *managed) restart() (*Process, error) {
 	if old != nil {
 		defer old.unhold()
 		old.kill()
-		sleepRunning(context.Background(), m.clock(), 5*time.Second, old.done)
+		sleepRunning(context.Background(), m.clock(), killWait, old.done)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -224,8 +223,6 @@ func isDigits(s string) bool {
 	}
 	return true
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }
 
 // canEnter reports whether u may search dir and each of its parents by
 // their mode bits (ACLs aside). Used only to explain a failed start.

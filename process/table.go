@@ -310,7 +310,7 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 	cmd := &exec.Cmd{
 		Path:   s.path,
 		Args:   append([]string{s.command}, s.args...),
-		Env:    append(append([]string{}, s.env...), cookieEnv+"="+itoa(handle)),
+		Env:    append(append([]string{}, s.env...), cookieEnv+"="+strconv.Itoa(handle)),
 		Dir:    s.dir,
 		Stdin:  sio.child[0],
 		Stdout: sio.child[1],
@@ -431,6 +431,13 @@ func (p *Process) running() bool {
 }
 
 // kill ends the process's whole tree with SIGKILL.
+// killWait bounds how long a restart waits for the old instance, sent
+// SIGKILL, to be reaped. A process in uninterruptible sleep (D state: a
+// hung FUSE or NFS mount) dies only when the kernel lets it, and the
+// restart must not hang on it: past this the new instance starts anyway,
+// and a port the old one holds may still be taken.
+const killWait = 5 * time.Second
+
 func (p *Process) kill() {
 	if p.running() {
 		killTree(p.pid, p.handle)

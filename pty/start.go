@@ -35,12 +35,6 @@ type startSpec struct {
 	rows, cols uint16
 }
 
-// started is what start hands back: the child and the master side.
-type started struct {
-	cmd    *exec.Cmd
-	master *os.File // non-blocking, registered with the runtime poller
-}
-
 // defaultTerm is TERM when the request does not set one.
 const defaultTerm = "xterm-256color"
 

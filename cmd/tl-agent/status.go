@@ -14,6 +14,11 @@ import (
 	"github.com/tensorlake/tl-agent/agent"
 )
 
+// statusTimeout bounds asking the agent: a container HEALTHCHECK runs
+// `status --check` and must get an answer (unhealthy) from a wedged agent
+// rather than hang until the engine's own timeout.
+const statusTimeout = 5 * time.Second
+
 // statusCmd asks a running agent over its control socket.
 func statusCmd(args []string) int {
 	fs := flag.NewFlagSet("tl-agent status", flag.ContinueOnError)
@@ -24,7 +29,7 @@ func statusCmd(args []string) int {
 		return 2
 	}
 	client := &http.Client{
-		Timeout: 5 * time.Second,
+		Timeout: statusTimeout,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", *sock)
