@@ -16,6 +16,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/internal/pause"
+	"github.com/tensorlake/tl-agent/internal/relay"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -35,7 +36,7 @@ type Agent struct {
 	caps  []Capability
 	procs ProcessCounter
 	ssh   StreamServer
-	extra func() map[string]any // more status for the control socket
+	stats StatSources // the parts' counters in the operator's status
 
 	apiLn  *streamListener
 	api    *http.Server
@@ -54,10 +55,10 @@ type Agent struct {
 
 // Parts are the capabilities the agent serves, built by Main (or a test).
 type Parts struct {
-	Caps   []Capability
-	Procs  ProcessCounter
-	SSH    StreamServer
-	Status func() map[string]any
+	Caps  []Capability
+	Procs ProcessCounter
+	SSH   StreamServer
+	Stats StatSources
 	// Pause is the detector the parts count time with; nil: New makes one.
 	// Agent.Run runs it.
 	Pause *pause.Detector
@@ -67,7 +68,7 @@ type Parts struct {
 func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 	a := &Agent{
 		cfg: cfg, log: log, version: version, started: time.Now(),
-		caps: p.Caps, procs: p.Procs, ssh: p.SSH, extra: p.Status,
+		caps: p.Caps, procs: p.Procs, ssh: p.SSH, stats: p.Stats,
 		apiLn: newStreamListener(), closed: make(chan struct{}), pause: p.Pause,
 	}
 	if a.pause == nil {
@@ -270,7 +271,7 @@ func (a *Agent) serveStream(ctx context.Context, c *countedConn, lim *streamLimi
 			t.Close()
 			return
 		}
-		up, down := forward.Relay(c, t)
+		up, down := relay.Relay(c, t)
 		log.Debug().Int64("bytes_in", up).Int64("bytes_out", down).Msg("relay ended")
 	}
 }

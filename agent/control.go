@@ -8,7 +8,6 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
-	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -51,32 +50,6 @@ func (a *Agent) serveControl(ctx context.Context) {
 		a.log.Error().Err(err).Msg("control socket stopped")
 	}
 	_ = os.Remove(path)
-}
-
-// Status is the agent's state as the operator sees it.
-func (a *Agent) Status() map[string]any {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	st := map[string]any{
-		"version":     a.version,
-		"sandbox_id":  a.cfg.SandboxID,
-		"pid":         os.Getpid(),
-		"uptime_secs": int64(time.Since(a.started).Seconds()),
-		"uplink":      a.link.snapshot(),
-		"goroutines":  runtime.NumGoroutine(),
-		"heap_bytes":  ms.HeapAlloc,
-		"sys_bytes":   ms.Sys,
-	}
-	if a.procs != nil {
-		running, total := a.procs.Counts()
-		st["processes"] = map[string]int{"running": running, "total": total}
-	}
-	if a.extra != nil {
-		for k, v := range a.extra() {
-			st[k] = v
-		}
-	}
-	return st
 }
 
 // listenPrivateUnix listens on a unix socket at path that only root can

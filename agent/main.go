@@ -57,7 +57,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	parts, stopParts := buildParts(cfg, log, reaper)
-	parts.Status = withReaperStatus(parts.Status, reaper)
+	parts.Stats.Reaper = reaperStats(reaper)
 	a := New(cfg, log, version, parts)
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
@@ -148,15 +148,10 @@ func startMain(cfg Config, log zerolog.Logger, r *supervisor.Reaper, sigs *super
 	return end
 }
 
-// withReaperStatus adds the reaper's counts to the operator's status.
-func withReaperStatus(next func() map[string]any, r *supervisor.Reaper) func() map[string]any {
-	return func() map[string]any {
-		st := map[string]any{}
-		if next != nil {
-			st = next()
-		}
+// reaperStats are the reaper's counts in the operator's status.
+func reaperStats(r *supervisor.Reaper) func() ReaperStats {
+	return func() ReaperStats {
 		live, started, orphans := r.Stats()
-		st["reaper"] = map[string]int64{"live": int64(live), "started": started, "orphans_reaped": orphans}
-		return st
+		return ReaperStats{Live: int64(live), Started: started, OrphansReaped: orphans}
 	}
 }

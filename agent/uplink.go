@@ -71,14 +71,14 @@ func (l *linkState) set(state, remote string, err error) {
 	}
 }
 
-func (l *linkState) snapshot() map[string]any {
+func (l *linkState) snapshot() UplinkStatus {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	m := map[string]any{"state": l.state, "reconnects": l.reconnects, "last_error": l.lastErr, "remote": l.remote}
+	u := UplinkStatus{State: l.state, Reconnects: l.reconnects, LastError: l.lastErr, Remote: l.remote}
 	if !l.since.IsZero() {
-		m["connected_since"] = l.since.UTC().Format(time.RFC3339)
+		u.ConnectedSince = l.since.UTC().Format(time.RFC3339)
 	}
-	return m
+	return u
 }
 
 // dialLoop keeps one uplink to the proxy until ctx ends.
@@ -144,7 +144,7 @@ func (a *Agent) sleepUnlessPaused(ctx context.Context, d time.Duration) bool {
 func (a *Agent) dial(ctx context.Context, tlsConf *tls.Config) (net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
-	d := net.Dialer{KeepAlive: 5 * time.Second}
+	d := net.Dialer{KeepAlive: uplink.TCPKeepAlive}
 	c, err := d.DialContext(dctx, "tcp", a.cfg.ProxyAddr)
 	if err != nil {
 		return nil, err

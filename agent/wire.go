@@ -52,6 +52,7 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	ptyCfg.Pause = pauses
 	ptys := pty.NewManager(ptyCfg, log, reaper)
 	p.Caps = append(p.Caps, ptys)
+	p.Stats.PTY = ptys.Stats
 	stops = append(stops, ptys.Close)
 
 	// SSH: uplink SSH streams, plus the optional in-sandbox listener.
@@ -62,6 +63,7 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 			log.Error().Err(err).Msg("ssh listener")
 		}
 		p.SSH = srv
+		p.Stats.SSH = srv.Stats
 		stops = append(stops, srv.Close)
 	}
 
@@ -75,19 +77,11 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	stops = append(stops, procs.Close)
 
 	// Files, owned by the sandbox user.
-	p.Caps = append(p.Caps, files.New(files.Config{User: cfg.User}, log))
+	p.Caps = append(p.Caps, files.New(files.Config{Owner: sandboxUser(cfg, log)}, log))
 
 	// TCP tunnels over WebSocket.
 	p.Caps = append(p.Caps, forward.NewTunnels(log))
 
-	// What the operator's `tl-agent status` shows beside the uplink.
-	p.Status = func() map[string]any {
-		st := map[string]any{"pty_sessions": ptys.Stats()}
-		if srv, ok := p.SSH.(*sshd.Server); ok {
-			st["ssh"] = srv.Stats()
-		}
-		return st
-	}
 	return p, func() {
 		for i := len(stops) - 1; i >= 0; i-- {
 			stops[i]()

@@ -41,7 +41,10 @@ import (
 
 // Config names the user files belong to.
 type Config struct {
-	User string // the sandbox user, owner of written files (tl-user)
+	// Owner is the sandbox user, resolved once by the agent after
+	// provisioning: written files and folders belong to it and relative
+	// paths start at its home. Required.
+	Owner *identity.User
 	// Gate bounds the blocking file syscalls in flight (default: the
 	// process-wide threads.Blocking).
 	Gate *threads.Gate
@@ -56,9 +59,6 @@ type Server struct {
 
 // New returns the files capability.
 func New(cfg Config, log zerolog.Logger) *Server {
-	if cfg.User == "" {
-		cfg.User = identity.DefaultUser
-	}
 	if cfg.Gate == nil {
 		cfg.Gate = threads.Blocking
 	}
@@ -86,17 +86,6 @@ const (
 	codeIO        = "IO_ERROR"
 )
 
-// owner is who written files belong to: the sandbox user, resolved per
-// request because provisioning may create it after the agent starts.
-func (s *Server) owner() *identity.User {
-	var u *identity.User
-	err := s.gate.Do(func() (err error) { u, err = identity.Lookup(s.cfg.User); return err })
-	if err != nil {
-		return &identity.User{Name: s.cfg.User, UID: 1000, GID: 1000, Home: "/home/" + s.cfg.User}
-	}
-	return u
-}
-
 // resolve turns the path= query into a clean absolute path. A ".." element
 // anywhere is refused outright (403) rather than cleaned away, as the
 // spec asks; names merely containing dots ("a..b") are fine.
@@ -110,7 +99,7 @@ func (s *Server) resolve(w http.ResponseWriter, r *http.Request) (string, *ident
 		httpx.WriteError(w, status, err.code, err.msg)
 		return "", nil, false
 	}
-	u := s.owner()
+	u := s.cfg.Owner
 	return joinPath(u.Home, p), u, true
 }
 

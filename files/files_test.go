@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/identity"
 )
 
 func filesServer(t *testing.T) *httptest.Server {
@@ -24,7 +26,11 @@ func filesServer(t *testing.T) *httptest.Server {
 		t.Skip("no current user")
 	}
 	mux := http.NewServeMux()
-	New(Config{User: u.Username}, zerolog.Nop()).Routes(mux)
+	owner, err := identity.Lookup(u.Username)
+	if err != nil {
+		t.Skip("current user not in passwd")
+	}
+	New(Config{Owner: owner}, zerolog.Nop()).Routes(mux)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv
@@ -117,5 +123,31 @@ func TestSpecialFilesRefused(t *testing.T) {
 				t.Fatalf("got %d %s, want 400 %s", code, body, c.code)
 			}
 		})
+	}
+}
+
+// TestOwnerIsTheGivenUser: written files and their new folders belong to
+// the owner the agent resolved, whatever its ids (root only: chown).
+func TestOwnerIsTheGivenUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown")
+	}
+	home := t.TempDir()
+	owner := &identity.User{Name: "ghost", UID: 2345, GID: 2346, Home: home}
+	mux := http.NewServeMux()
+	New(Config{Owner: owner}, zerolog.Nop()).Routes(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	if code, body := do(t, "PUT", srv.URL+"/api/v1/files?path=d/f.txt", "x"); code != 204 {
+		t.Fatalf("write: %d %s", code, body)
+	}
+	for _, p := range []string{"d", "d/f.txt"} {
+		fi, err := os.Lstat(filepath.Join(home, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 2345 || st.Gid != 2346 {
+			t.Fatalf("%s owned by %d:%d, want the owner's 2345:2346", p, st.Uid, st.Gid)
+		}
 	}
 }

@@ -4,11 +4,9 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"time"
 
 	"github.com/gliderlabs/ssh"
 	"github.com/rs/zerolog"
-	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/tensorlake/tl-agent/identity"
 )
@@ -118,28 +116,4 @@ func RequestHandlers() map[string]ssh.RequestHandler {
 		"streamlocal-forward@openssh.com":        streamLocalForward,
 		"cancel-streamlocal-forward@openssh.com": cancelStreamLocalForward,
 	}
-}
-
-// chanConn makes an SSH channel a net.Conn for Relay; CloseWrite sends EOF.
-type chanConn struct {
-	gossh.Channel
-	local, remote net.Addr
-}
-
-func (c *chanConn) LocalAddr() net.Addr                { return c.local }
-func (c *chanConn) RemoteAddr() net.Addr               { return c.remote }
-func (c *chanConn) SetDeadline(t time.Time) error      { return nil }
-func (c *chanConn) SetReadDeadline(t time.Time) error  { return nil }
-func (c *chanConn) SetWriteDeadline(t time.Time) error { return nil }
-
-// RelayChannel relays an SSH channel (a forward: no requests expected)
-// and conn both ways with half-close until both ends are done, then
-// closes both.
-func RelayChannel(ch gossh.Channel, reqs <-chan *gossh.Request, conn net.Conn) (chToConn, connToCh int64) {
-	go gossh.DiscardRequests(reqs)
-	return Relay(&chanConn{Channel: ch, local: conn.RemoteAddr(), remote: conn.LocalAddr()}, conn)
-}
-
-func relayChannel(ch gossh.Channel, reqs <-chan *gossh.Request, conn net.Conn) {
-	RelayChannel(ch, reqs, conn)
 }

@@ -8,6 +8,8 @@ import (
 
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/tensorlake/tl-agent/internal/relay"
 )
 
 // DirectTCPIP serves `ssh -L` and `-D`: a connection from inside the
@@ -65,5 +67,5 @@ func acceptAndRelay(nc gossh.NewChannel, conn net.Conn) {
 		conn.Close()
 		return
 	}
-	relayChannel(ch, reqs, conn)
+	relay.Channel(ch, reqs, conn)
 }

@@ -8,6 +8,8 @@ import (
 
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/tensorlake/tl-agent/internal/relay"
 )
 
 // tcpipForward serves `ssh -R [addr:]port:...` (RFC 4254 §7.1). Port 0
@@ -156,7 +158,7 @@ func (c *sshConn) serveForward(ln net.Listener, conn *gossh.ServerConn, open fun
 				nc.Close()
 				return
 			}
-			relayChannel(ch, reqs, nc)
+			relay.Channel(ch, reqs, nc)
 		}()
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/relay"
 )
 
 // Tunnels serves GET /api/v1/tunnels/tcp?port=N: a WebSocket whose binary
@@ -68,7 +69,7 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) {
 	// be dropped for it.
 	c := &wsConn{ws: ws, ctx: ctx}
 	start := time.Now()
-	in, out := Relay(c, target)
+	in, out := relay.Relay(c, target)
 	t.log.Debug().Int("port", port).Int64("bytes_in", in).Int64("bytes_out", out).
 		Dur("duration", time.Since(start)).Msg("tunnel ended")
 }

@@ -91,6 +91,9 @@ type Options struct {
 	SSHKeys string
 	// ProxyArgs are appended to tl-proxy's flags (e.g. uplink TLS).
 	ProxyArgs []string
+	// SandboxUser is the sandbox's "user" in the proxy config (the
+	// agent's --user, for the SSH front door's port routes).
+	SandboxUser string
 	// NoAgent starts only the proxy: the test runs its own agent (in a
 	// container, say) with AgentFlags and waits with WaitConnected.
 	NoAgent bool
@@ -141,8 +144,12 @@ func Start(t TB, opts Options) *System {
 	s.Token = randHex(32)
 	s.APIKey = "tl_test_" + randHex(16)
 	s.UplinkAddr, s.HTTPAddr, s.SSHAddr = freeAddr(t), freeAddr(t), freeAddr(t)
+	sandbox := map[string]string{"token": s.Token}
+	if opts.SandboxUser != "" {
+		sandbox["user"] = opts.SandboxUser
+	}
 	cfg := map[string]any{
-		"sandboxes": map[string]any{s.SandboxID: map[string]string{"token": s.Token}},
+		"sandboxes": map[string]any{s.SandboxID: sandbox},
 		"api_keys":  map[string]string{s.APIKey: "tester"},
 		"domain":    "sandbox.localhost",
 	}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -42,10 +43,8 @@ type ManagedInfo struct {
 	NextRestartAt             *int64        `json:"next_restart_at"`
 }
 
-func ms(t time.Time) int64 { return t.UnixMilli() }
-
 func (p *Process) exitInfo() ExitInfo {
-	e := ExitInfo{OOMKilled: p.oom, EndedAt: ms(p.endedAt)}
+	e := ExitInfo{OOMKilled: p.oom, EndedAt: p.endedAt.UnixMilli()}
 	if p.exit.Signal != 0 {
 		sig := int(p.exit.Signal)
 		e.Signal = &sig
@@ -61,7 +60,7 @@ func (p *Process) exitInfo() ExitInfo {
 func (p *Process) info() Info {
 	in := Info{
 		Handle: p.handle, Pid: p.pid, Status: "running", Command: p.spec.command,
-		Args: p.spec.args, StartedAt: ms(p.startedAt),
+		Args: p.spec.args, StartedAt: p.startedAt.UnixMilli(),
 	}
 	in.StdinWritable = p.stdinOpen.Load()
 	p.mu.Lock()
@@ -101,7 +100,7 @@ func (m *managed) info() ManagedInfo {
 		mi.LastError = &e
 	}
 	if !m.nextRestart.IsZero() {
-		n := ms(m.nextRestart)
+		n := m.nextRestart.UnixMilli()
 		mi.NextRestartAt = &n
 	}
 	return mi
@@ -120,15 +119,6 @@ func (t *Table) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/processes/{id}/{stream}", t.handleOutput)
 	mux.HandleFunc("GET /api/v1/processes/{id}/{stream}/follow", t.handleFollow)
 	mux.HandleFunc("POST /api/v1/processes/{id}/restart", t.handleRestart)
-}
-
-func writeErr(w http.ResponseWriter, err error) {
-	var ae *apiError
-	if errors.As(err, &ae) {
-		httpx.WriteError(w, ae.status, ae.code, ae.msg)
-		return
-	}
-	httpx.WriteError(w, http.StatusInternalServerError, "INTERNAL", err.Error())
 }
 
 // Start validates req and starts it, supervised when it has a name, a
@@ -180,12 +170,12 @@ func (t *Table) reserve(m *managed) error {
 		t.mu.Lock()
 		if !m.named {
 			t.nextManaged++
-			m.id = "managed-" + itoa(t.nextManaged)
+			m.id = "managed-" + strconv.Itoa(t.nextManaged)
 		}
 		old := t.byName[m.id]
 		t.mu.Unlock()
 		if old != nil && !old.isStopped() {
-			return &apiError{409, codeNameInUse, "a supervised process named " + m.id + " is active; kill it first"}
+			return refuse(ErrNameInUse, "a supervised process named %s is active; kill it first", m.id)
 		}
 		t.mu.Lock()
 		if t.byName[m.id] != old {
@@ -267,18 +257,18 @@ func (t *Table) handleSignal(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Signal == nil || *req.Signal < 1 || *req.Signal > 64 {
-		writeErr(w, badRequest(codeBadSignal, "signal must be a number from 1 to 64"))
+		writeErr(w, refuse(ErrBadSignal, "signal must be a number from 1 to 64"))
 		return
 	}
 	if !p.running() {
-		writeErr(w, badRequest(codeNotRunning, "process %d is not running", p.pid))
+		writeErr(w, refuse(ErrNotRunning, "process %d is not running", p.pid))
 		return
 	}
 	// The group, as a terminal's ^C would: a `sh -c` wrapper's children
 	// get it too.
 	if err := p.proc.SignalGroup(syscall.Signal(*req.Signal)); err != nil {
 		if err := p.proc.Signal(syscall.Signal(*req.Signal)); err != nil {
-			writeErr(w, badRequest(codeNotRunning, "signal process %d: %v", p.pid, err))
+			writeErr(w, refuse(ErrNotRunning, "signal process %d: %v", p.pid, err))
 			return
 		}
 	}
@@ -296,7 +286,7 @@ func (t *Table) handleStdin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !p.spec.stdinPipe {
-		writeErr(w, badRequest(codeStdin, "process %d was not started with stdin_mode pipe", p.pid))
+		writeErr(w, refuse(ErrStdinClosed, "process %d was not started with stdin_mode pipe", p.pid))
 		return
 	}
 	data, err := t.readStdinBody(w, r)
@@ -308,7 +298,7 @@ func (t *Table) handleStdin(w http.ResponseWriter, r *http.Request) {
 	defer p.stdinWrite.Unlock()
 	f := p.stdinFile()
 	if f == nil {
-		writeErr(w, badRequest(codeStdin, "stdin of process %d is closed", p.pid))
+		writeErr(w, refuse(ErrStdinClosed, "stdin of process %d is closed", p.pid))
 		return
 	}
 	_ = f.SetWriteDeadline(time.Now().Add(t.cfg.StdinTimeout))
@@ -317,11 +307,11 @@ func (t *Table) handleStdin(w http.ResponseWriter, r *http.Request) {
 	case err == nil:
 		w.WriteHeader(http.StatusNoContent)
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		httpx.WriteError(w, http.StatusServiceUnavailable, codeStdinBlocked, "the process is not reading its stdin")
+		writeErr(w, refuse(ErrStdinBlocked, "the process is not reading its stdin"))
 	case errors.Is(err, syscall.EPIPE), errors.Is(err, os.ErrClosed):
-		writeErr(w, badRequest(codeStdin, "stdin of process %d is closed", p.pid))
+		writeErr(w, refuse(ErrStdinClosed, "stdin of process %d is closed", p.pid))
 	default:
-		writeErr(w, badRequest(codeInvalid, "stdin: %v", err))
+		writeErr(w, refuse(ErrInvalid, "stdin: %v", err))
 	}
 }
 
@@ -340,7 +330,7 @@ func (t *Table) readStdinBody(w http.ResponseWriter, r *http.Request) ([]byte, e
 	data, err := io.ReadAll(io.LimitReader(r.Body, t.cfg.MaxStdinBytes+1))
 	if err == nil && int64(len(data)) > t.cfg.MaxStdinBytes {
 		_, err = io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, stdinDiscardMax))
-		tooLarge := &apiError{http.StatusRequestEntityTooLarge, codeStdinTooLarge, "stdin request over " + itoa(int(t.cfg.MaxStdinBytes)) + " bytes; split it"}
+		tooLarge := refuse(ErrStdinTooLarge, "stdin request over %d bytes; split it", t.cfg.MaxStdinBytes)
 		if err == nil {
 			_ = rc.SetReadDeadline(time.Time{})
 		}
@@ -351,9 +341,9 @@ func (t *Table) readStdinBody(w http.ResponseWriter, r *http.Request) ([]byte, e
 		_ = rc.SetReadDeadline(time.Time{})
 		return data, nil
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		return nil, &apiError{http.StatusRequestTimeout, codeStdinSlow, "the stdin body did not arrive within " + t.cfg.StdinTimeout.String()}
+		return nil, refuse(ErrStdinTimeout, "the stdin body did not arrive within %v", t.cfg.StdinTimeout)
 	}
-	return nil, badRequest(codeInvalid, "stdin body: %v", err)
+	return nil, refuse(ErrInvalid, "stdin body: %v", err)
 }
 
 // stdinDiscardMax bounds what is read and dropped of an oversized stdin
@@ -369,7 +359,7 @@ func (t *Table) handleStdinClose(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !p.spec.stdinPipe {
-		writeErr(w, badRequest(codeStdin, "process %d was not started with stdin_mode pipe", p.pid))
+		writeErr(w, refuse(ErrStdinClosed, "process %d was not started with stdin_mode pipe", p.pid))
 		return
 	}
 	p.closeStdin()
@@ -429,7 +419,7 @@ func (t *Table) handleRestart(w http.ResponseWriter, r *http.Request) {
 	p.kill()
 	select {
 	case <-p.done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(killWait):
 	}
 	np, err := t.start(p.spec, nil)
 	if err != nil {

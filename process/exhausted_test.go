@@ -10,9 +10,9 @@ import (
 // are not.
 func TestStartRefused(t *testing.T) {
 	for _, errno := range []syscall.Errno{syscall.EAGAIN, syscall.ENOMEM, syscall.EMFILE} {
-		ae := startRefused("start x", &fs.PathError{Op: "fork/exec", Path: "/bin/x", Err: errno})
-		if ae == nil || ae.status != 503 || ae.code != "RESOURCES_EXHAUSTED" {
-			t.Errorf("%v: %+v, want 503 RESOURCES_EXHAUSTED", errno, ae)
+		err := startRefused("start x", &fs.PathError{Op: "fork/exec", Path: "/bin/x", Err: errno})
+		if status, code := wireError(err); err == nil || status != 503 || code != "RESOURCES_EXHAUSTED" {
+			t.Errorf("%v: %v (%d %s), want 503 RESOURCES_EXHAUSTED", errno, err, status, code)
 		}
 	}
 	if ae := startRefused("start x", &fs.PathError{Op: "fork/exec", Err: syscall.ENOENT}); ae != nil {

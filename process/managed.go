@@ -53,17 +53,17 @@ func normalizeRestart(r *RestartPolicy) (RestartPolicy, error) {
 	case PolicyNever, PolicyOnFailure, PolicyAlways:
 		out.Policy = r.Policy
 	default:
-		return out, badRequest(codeInvalidRestart, "restart.policy must be never, on_failure or always, not %q", r.Policy)
+		return out, refuse(ErrBadRestart, "restart.policy must be never, on_failure or always, not %q", r.Policy)
 	}
 	if r.MaxRestarts != nil {
 		if *r.MaxRestarts < 0 {
-			return out, badRequest(codeInvalidRestart, "restart.max_restarts must not be negative")
+			return out, refuse(ErrBadRestart, "restart.max_restarts must not be negative")
 		}
 		n := *r.MaxRestarts
 		out.MaxRestarts = &n
 	}
 	if r.InitialBackoffMs < 0 || r.MaxBackoffMs < 0 {
-		return out, badRequest(codeInvalidRestart, "restart back-off must not be negative")
+		return out, refuse(ErrBadRestart, "restart back-off must not be negative")
 	}
 	if r.InitialBackoffMs > 0 {
 		out.InitialBackoffMs = r.InitialBackoffMs
@@ -92,10 +92,10 @@ func normalizeHealth(h *HealthCheck) (*HealthCheck, error) {
 		}
 	case "tcp":
 	default:
-		return nil, badRequest(codeInvalid, "health_check.type must be http or tcp, not %q", h.Type)
+		return nil, refuse(ErrInvalid, "health_check.type must be http or tcp, not %q", h.Type)
 	}
 	if out.Port < 1 || out.Port > 65535 {
-		return nil, badRequest(codeInvalid, "health_check.port must be 1..65535")
+		return nil, refuse(ErrInvalid, "health_check.port must be 1..65535")
 	}
 	def := func(v *int64, d int64) {
 		if *v <= 0 {
@@ -103,7 +103,7 @@ func normalizeHealth(h *HealthCheck) (*HealthCheck, error) {
 		}
 	}
 	if out.InitialDelayMs < 0 || out.IntervalMs < 0 || out.TimeoutMs < 0 || out.FailureThreshold < 0 {
-		return nil, badRequest(codeInvalid, "health_check values must not be negative")
+		return nil, refuse(ErrInvalid, "health_check values must not be negative")
 	}
 	def(&out.InitialDelayMs, 5000)
 	def(&out.IntervalMs, 1000)
@@ -283,8 +283,7 @@ func (m *managed) autoRestart() {
 	m.nextRestart = time.Time{}
 	m.restarts++
 	if err := m.launch(); err != nil {
-		var ae *apiError
-		if errors.As(err, &ae) && ae.code == codeShuttingDown {
+		if errors.Is(err, ErrShuttingDown) {
 			// The shutdown sweep has begun: nothing restarts any more.
 			m.status = mStopped
 			return
@@ -304,7 +303,7 @@ func (m *managed) restart() (*Process, error) {
 	m.mu.Lock()
 	if m.restarting {
 		m.mu.Unlock()
-		return nil, &apiError{409, codeRestarting, "a restart of " + m.id + " is in progress"}
+		return nil, refuse(ErrRestarting, "a restart of %s is in progress", m.id)
 	}
 	m.restarting = true
 	old := m.cur
@@ -324,7 +323,7 @@ func (m *managed) restart() (*Process, error) {
 	if old != nil {
 		defer old.unhold()
 		old.kill()
-		sleepRunning(context.Background(), m.clock(), 5*time.Second, old.done)
+		sleepRunning(context.Background(), m.clock(), killWait, old.done)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -2,9 +2,6 @@ package process
 
 import (
 	"encoding/json"
-	"fmt"
-	"net/http"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -47,19 +44,6 @@ func (u *UserSpec) UnmarshalJSON(b []byte) error {
 	return u.Spec.UnmarshalJSON(b)
 }
 
-// apiError is a refusal with the spec's status and code.
-type apiError struct {
-	status int
-	code   string
-	msg    string
-}
-
-func (e *apiError) Error() string { return e.msg }
-
-func badRequest(code, format string, args ...any) *apiError {
-	return &apiError{http.StatusBadRequest, code, fmt.Sprintf(format, args...)}
-}
-
 // Error codes answered by the process API besides the spec's.
 const (
 	codeInvalid        = "INVALID_REQUEST"
@@ -83,23 +67,12 @@ const (
 	codeExhausted      = httpx.CodeResourcesExhausted
 )
 
-// startRefused maps a failed fork (or pipe) to the one retryable answer
-// when the kernel is out of pids, memory or fds for now (503, Retry-After);
-// nil for any other failure.
-func startRefused(what string, err error) *apiError {
-	if !httpx.IsExhausted(err) {
-		return nil
-	}
-	return &apiError{http.StatusServiceUnavailable, codeExhausted,
-		what + ": the sandbox is out of resources for now (" + err.Error() + "); retry later"}
-}
-
 // launchRefused maps the launcher's refusals (and a fork the kernel
 // refuses for now) to the one set of codes the PTY API shares
 // (launch.APIError, docs/processes.md); nil for any other failure.
-func launchRefused(err error) *apiError {
-	if status, code, ok := launch.APIError(err); ok {
-		return &apiError{status, code, err.Error()}
+func launchRefused(err error) error {
+	if _, _, ok := launch.APIError(err); ok {
+		return err
 	}
 	return nil
 }
@@ -179,14 +152,14 @@ func mode(v, field, def, other string) (bool, error) {
 	case other:
 		return true, nil
 	}
-	return false, badRequest(codeInvalid, "%s must be %q or %q, not %q", field, def, other, v)
+	return false, refuse(ErrInvalid, "%s must be %q or %q, not %q", field, def, other, v)
 }
 
 // validName applies the spec's rule: anything but empty, all digits, or
 // containing '/'. All-digit path segments mean pids.
 func validName(n string) error {
 	if n == "" || strings.Contains(n, "/") || isDigits(n) || len(n) > 255 {
-		return badRequest(codeBadName, "name %q: must be non-empty, not all digits, without '/', at most 255 bytes", n)
+		return refuse(ErrBadName, "name %q: must be non-empty, not all digits, without '/', at most 255 bytes", n)
 	}
 	return nil
 }
@@ -203,8 +176,6 @@ func isDigits(s string) bool {
 	return true
 }
 
-func itoa(n int) string { return strconv.Itoa(n) }
-
 // maxHealthPath bounds health_check.path.
 const maxHealthPath = 2048
 
@@ -214,11 +185,11 @@ const maxHealthPath = 2048
 // and send the probe elsewhere), and holds no spaces or control bytes.
 func validHealthPath(path string) error {
 	if !strings.HasPrefix(path, "/") || len(path) > maxHealthPath {
-		return badRequest(codeBadHealthPath, "health_check.path must start with / and be at most %d bytes, not %q", maxHealthPath, path)
+		return refuse(ErrBadHealthCheck, "health_check.path must start with / and be at most %d bytes, not %q", maxHealthPath, path)
 	}
 	for i := 0; i < len(path); i++ {
 		if path[i] <= ' ' || path[i] == 0x7f {
-			return badRequest(codeBadHealthPath, "health_check.path must not hold spaces or control characters: %q", path)
+			return refuse(ErrBadHealthCheck, "health_check.path must not hold spaces or control characters: %q", path)
 		}
 	}
 	return nil

@@ -2,7 +2,6 @@ package process
 
 import (
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 )
@@ -21,11 +20,11 @@ func TestValidName(t *testing.T) {
 }
 
 func codeOf(err error) string {
-	var ae *apiError
-	if errors.As(err, &ae) {
-		return ae.code
+	if err == nil {
+		return ""
 	}
-	return ""
+	_, code := wireError(err)
+	return code
 }
 
 func TestNormalizeRestartAndHealth(t *testing.T) {

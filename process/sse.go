@@ -169,7 +169,7 @@ func (f *follower) queue(s *sse, b batch) error {
 		if err := f.skipTo(s, f.number(l)); err != nil {
 			return err
 		}
-		ev := lineEvent{Line: l.Text, Timestamp: ms(l.At)}
+		ev := lineEvent{Line: l.Text, Timestamp: l.At.UnixMilli()}
 		if f.tagStream {
 			ev.Stream = l.Stream
 		}
@@ -269,7 +269,7 @@ func (t *Table) handleRun(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Timeout < 0 || req.Timeout > maxTimeout {
-		writeErr(w, badRequest(codeInvalid, "timeout must be from 0 (none) to %d seconds", maxTimeout))
+		writeErr(w, refuse(ErrInvalid, "timeout must be from 0 (none) to %d seconds", maxTimeout))
 		return
 	}
 	req.StdinMode, req.StdoutMode, req.StderrMode = "", "", ""
@@ -303,7 +303,7 @@ func (t *Table) handleRun(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	err = ev.send(func() error {
-		return ev.event("", map[string]any{"handle": p.handle, "pid": p.pid, "started_at": ms(p.startedAt)})
+		return ev.event("", map[string]any{"handle": p.handle, "pid": p.pid, "started_at": p.startedAt.UnixMilli()})
 	})
 	if err == nil {
 		err = p.stream(r.Context(), ev, &follower{tagStream: true, owner: true})

@@ -11,7 +11,6 @@ package process
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"sort"
@@ -202,11 +201,11 @@ func (t *Table) startWith(s *spec, m *managed, owned bool) (*Process, error) {
 	t.mu.Lock()
 	if t.closing {
 		t.mu.Unlock()
-		return nil, &apiError{503, codeShuttingDown, "the agent is shutting down"}
+		return nil, refuse(ErrShuttingDown, "the agent is shutting down")
 	}
 	if t.live >= t.cfg.MaxLive {
 		t.mu.Unlock()
-		return nil, &apiError{429, codeTooMany, fmt.Sprintf("%d processes are running, the limit", t.cfg.MaxLive)}
+		return nil, refuse(ErrTooMany, "%d processes are running, the limit", t.cfg.MaxLive)
 	}
 	handle := t.nextHandle
 	t.nextHandle++
@@ -294,18 +293,18 @@ func openStdio(s *spec) (*stdio, error) {
 // still reach its supervisor.
 func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, error) {
 	sio, err := openStdio(s)
-	if ae := startRefused("pipes", err); ae != nil {
-		return nil, ae
+	if re := startRefused("pipes", err); re != nil {
+		return nil, re
 	}
 	if err != nil {
-		return nil, &apiError{500, codeStartFailed, "pipes: " + err.Error()}
+		return nil, refuse(ErrStartFailed, "pipes: %v", err)
 	}
 	// What launch.Build resolved in prepare, as a fresh Cmd for each start
 	// (restarts reuse the spec; an exec.Cmd runs once).
 	cmd := &exec.Cmd{
 		Path:        s.path,
 		Args:        append([]string{s.command}, s.args...),
-		Env:         append(append([]string{}, s.env...), cookieEnv+"="+itoa(handle)),
+		Env:         append(append([]string{}, s.env...), cookieEnv+"="+strconv.Itoa(handle)),
 		Dir:         s.dir,
 		Stdin:       sio.child[0],
 		Stdout:      sio.child[1],
@@ -317,12 +316,12 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 	if err != nil {
 		sio.closeAll()
 		if errors.Is(err, supervisor.ErrShuttingDown) {
-			return nil, &apiError{503, codeShuttingDown, "the sandbox is shutting down"}
+			return nil, refuse(ErrShuttingDown, "the sandbox is shutting down")
 		}
 		if ae := launchRefused(launch.Classify(s.command, s.dir, s.user, err)); ae != nil {
 			return nil, ae
 		}
-		return nil, &apiError{500, codeStartFailed, "start " + s.command + ": " + err.Error()}
+		return nil, refuse(ErrStartFailed, "start %s: %v", s.command, err)
 	}
 	p := &Process{
 		t: t, handle: handle, pid: proc.Pid, spec: s, startedAt: time.Now(), proc: proc, managed: m,
@@ -410,6 +409,13 @@ func (p *Process) running() bool {
 }
 
 // kill ends the process's whole tree with SIGKILL.
+// killWait bounds how long a restart waits for the old instance, sent
+// SIGKILL, to be reaped. A process in uninterruptible sleep (D state: a
+// hung FUSE or NFS mount) dies only when the kernel lets it, and the
+// restart must not hang on it: past this the new instance starts anyway,
+// and a port the old one holds may still be taken.
+const killWait = 5 * time.Second
+
 func (p *Process) kill() {
 	if p.running() {
 		killTree(p.pid, p.handle)
@@ -424,7 +430,7 @@ func (t *Table) lookup(key string) (*Process, *managed, error) {
 		p := t.byPid[pid]
 		t.mu.Unlock()
 		if err != nil || p == nil {
-			return nil, nil, &apiError{404, codeNotFound, "no process with pid " + key}
+			return nil, nil, refuse(ErrNotFound, "no process with pid %s", key)
 		}
 		return p, p.managed, nil
 	}
@@ -432,11 +438,11 @@ func (t *Table) lookup(key string) (*Process, *managed, error) {
 	m := t.byName[key]
 	t.mu.Unlock()
 	if m == nil {
-		return nil, nil, &apiError{404, codeNotFound, "no process named " + key}
+		return nil, nil, refuse(ErrNotFound, "no process named %s", key)
 	}
 	p := m.current()
 	if p == nil {
-		return nil, nil, &apiError{404, codeNotFound, "process " + key + " is being restarted"}
+		return nil, nil, refuse(ErrNotFound, "process %s is being restarted", key)
 	}
 	return p, m, nil
 }
@@ -588,9 +594,9 @@ func (t *Table) addFollower(p *Process) error {
 	defer t.mu.Unlock()
 	switch {
 	case t.followers >= t.cfg.MaxFollowers:
-		return &apiError{429, codeTooManyFollow, fmt.Sprintf("%d follow streams are open, the limit", t.cfg.MaxFollowers)}
+		return refuse(ErrTooManyFollowers, "%d follow streams are open, the limit", t.cfg.MaxFollowers)
 	case p.followers >= t.cfg.MaxFollowersPerProcess:
-		return &apiError{429, codeTooManyFollow, fmt.Sprintf("%d follow streams are open on process %d, the limit per process", t.cfg.MaxFollowersPerProcess, p.pid)}
+		return refuse(ErrTooManyFollowers, "%d follow streams are open on process %d, the limit per process", t.cfg.MaxFollowersPerProcess, p.pid)
 	}
 	t.followers++
 	p.followers++

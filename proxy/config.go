@@ -173,6 +173,23 @@ func DefaultLimits() Limits {
 // SandboxConfig is one known sandbox.
 type SandboxConfig struct {
 	Token string `json:"token"`
+	// User is the sandbox user (the name the agent was started with,
+	// tl-user by default). The SSH front door logs in as it on the SSH
+	// server of a <port>-<sandbox> route.
+	User string `json:"user,omitempty"`
+}
+
+// DefaultSandboxUser is SandboxConfig.User when the config names none:
+// the agent's default user.
+const DefaultSandboxUser = "tl-user"
+
+// sandboxUser is the user the proxy logs in as on sandbox id's own SSH
+// servers (port routes).
+func (c *Config) sandboxUser(id string) string {
+	if u := c.Sandboxes[id].User; u != "" {
+		return u
+	}
+	return DefaultSandboxUser
 }
 
 // DefaultDomain is the host-name suffix used when the config names none.
@@ -210,6 +227,9 @@ func (c *Config) Validate() error {
 		if len(s.Token) < 16 {
 			return fmt.Errorf("config: sandbox %s: token shorter than 16 characters", id)
 		}
+		if !validUserName(s.User) {
+			return fmt.Errorf("config: sandbox %s: user %q: use 1-32 letters, digits, '.', '_' or '-', not starting with '-'", id, s.User)
+		}
 	}
 	for key, ids := range c.APIKeyScopes {
 		if _, ok := c.APIKeys[key]; !ok {
@@ -224,6 +244,23 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// validUserName accepts an empty name (the default) or a portable user
+// name (POSIX's portable set, as useradd takes it).
+func validUserName(u string) bool {
+	if u == "" {
+		return true
+	}
+	if len(u) > 32 || u[0] == '-' {
+		return false
+	}
+	for _, c := range u {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // ValidSandboxID: ids appear in host names and SSH user names. Host names

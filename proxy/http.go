@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/internal/httpx"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -147,31 +147,31 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	_ = http.NewResponseController(w).EnableFullDuplex()
 	user, scope, ok := p.authenticate(req)
 	if !ok {
-		writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "missing or invalid API key: send Authorization: Bearer <api key>")
+		httpx.WriteError(w, http.StatusUnauthorized, "UNAUTHORIZED", "missing or invalid API key: send Authorization: Bearer <api key>")
 		return
 	}
 	r, err := p.selectRoute(req)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "NO_SANDBOX", err.Error())
+		httpx.WriteError(w, http.StatusBadRequest, "NO_SANDBOX", err.Error())
 		return
 	}
 	// Scope first, as the SSH door does: a scoped key learns nothing about
 	// sandboxes outside its list, not even whether they exist.
 	if !scope.allows(r.sandbox) {
-		writeError(w, http.StatusForbidden, "SANDBOX_FORBIDDEN", "sandbox "+r.sandbox+" is not reachable with this API key")
+		httpx.WriteError(w, http.StatusForbidden, "SANDBOX_FORBIDDEN", "sandbox "+r.sandbox+" is not reachable with this API key")
 		return
 	}
 	if !p.reg.Known(r.sandbox) {
-		writeError(w, http.StatusNotFound, "SANDBOX_NOT_FOUND", "sandbox "+r.sandbox+" not found")
+		httpx.WriteError(w, http.StatusNotFound, "SANDBOX_NOT_FOUND", "sandbox "+r.sandbox+" not found")
 		return
 	}
 	if p.reg.WaitLink(req.Context(), r.sandbox, LinkWait) == nil {
-		writeError(w, http.StatusServiceUnavailable, "SANDBOX_UNAVAILABLE", "sandbox "+r.sandbox+" is not connected")
+		httpx.WriteError(w, http.StatusServiceUnavailable, "SANDBOX_UNAVAILABLE", "sandbox "+r.sandbox+" is not connected")
 		return
 	}
 	release, ok := p.inflight.acquire(r.sandbox)
 	if !ok {
-		writeError(w, http.StatusTooManyRequests, "TOO_MANY_REQUESTS", "sandbox "+r.sandbox+" has "+strconv.Itoa(p.cfg.Limits.RequestsPerSandbox)+" requests and streams open through the proxy; retry when some end")
+		httpx.WriteError(w, http.StatusTooManyRequests, "TOO_MANY_REQUESTS", "sandbox "+r.sandbox+" has "+strconv.Itoa(p.cfg.Limits.RequestsPerSandbox)+" requests and streams open through the proxy; retry when some end")
 		return
 	}
 	defer release()
@@ -284,30 +284,22 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, req *http.Request, err erro
 		// The transport reports the cut body in its own words (a short
 		// body, a canceled request), so the flag decides.
 		p.log.Warn().Str("path", req.URL.Path).Str("remote", req.RemoteAddr).Msg("request body cut: below the minimum progress")
-		writeError(w, http.StatusRequestTimeout, "BODY_TOO_SLOW", fmt.Sprintf("the request body sent less than %d bytes in %v; the connection is closed", p.cfg.Limits.BodyMinBytes, p.cfg.Limits.BodyWindow))
+		httpx.WriteError(w, http.StatusRequestTimeout, "BODY_TOO_SLOW", fmt.Sprintf("the request body sent less than %d bytes in %v; the connection is closed", p.cfg.Limits.BodyMinBytes, p.cfg.Limits.BodyWindow))
 	case errors.Is(err, ErrUnknownSandbox):
-		writeError(w, http.StatusNotFound, "SANDBOX_NOT_FOUND", "sandbox not found")
+		httpx.WriteError(w, http.StatusNotFound, "SANDBOX_NOT_FOUND", "sandbox not found")
 	case errors.Is(err, ErrNotConnected):
-		writeError(w, http.StatusServiceUnavailable, "SANDBOX_UNAVAILABLE", "sandbox is not connected")
+		httpx.WriteError(w, http.StatusServiceUnavailable, "SANDBOX_UNAVAILABLE", "sandbox is not connected")
 	case errors.As(err, &re) && re.Status == uplink.StatusUnreachable:
-		writeError(w, http.StatusBadGateway, "PORT_UNREACHABLE", re.Msg)
+		httpx.WriteError(w, http.StatusBadGateway, "PORT_UNREACHABLE", re.Msg)
 	case errors.As(err, &re) && re.Status == uplink.StatusUnavailable:
 		// The agent is at a limit (its stream caps) or shutting down: the
 		// same request can succeed later.
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "SANDBOX_BUSY", re.Msg)
+		httpx.WriteError(w, http.StatusServiceUnavailable, "SANDBOX_BUSY", re.Msg)
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody reads an answer.
 	default:
 		p.log.Warn().Err(err).Str("path", req.URL.Path).Msg("upstream error")
-		writeError(w, http.StatusBadGateway, "UPSTREAM_ERROR", "the sandbox did not answer: "+err.Error())
+		httpx.WriteError(w, http.StatusBadGateway, "UPSTREAM_ERROR", "the sandbox did not answer: "+err.Error())
 	}
-}
-
-func writeJSON(w http.ResponseWriter, v any) { _ = json.NewEncoder(w).Encode(v) }
-
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg, "code": code})
 }

@@ -70,6 +70,8 @@ func TestConfigValidate(t *testing.T) {
 		{},
 		{APIKeys: map[string]string{"k": "n"}, Sandboxes: map[string]SandboxConfig{"x": {Token: "short"}}},
 		{APIKeys: map[string]string{"k": "n"}, Sandboxes: map[string]SandboxConfig{"1-x": {Token: "0123456789abcdef"}}},
+		{APIKeys: map[string]string{"k": "n"}, Sandboxes: map[string]SandboxConfig{"x": {Token: "0123456789abcdef", User: "-rf"}}},
+		{APIKeys: map[string]string{"k": "n"}, Sandboxes: map[string]SandboxConfig{"x": {Token: "0123456789abcdef", User: "a b"}}},
 	}
 	for i, c := range bad {
 		if c.Validate() == nil {
@@ -79,5 +81,12 @@ func TestConfigValidate(t *testing.T) {
 	good := Config{APIKeys: map[string]string{"k": "n"}, Sandboxes: map[string]SandboxConfig{"x": {Token: "0123456789abcdef"}}}
 	if err := good.Validate(); err != nil || good.Domain != DefaultDomain {
 		t.Fatalf("good config: %v, domain %q", err, good.Domain)
+	}
+	if u := good.sandboxUser("x"); u != DefaultSandboxUser {
+		t.Fatalf("a sandbox without a user: the port route logs in as %q, want %q", u, DefaultSandboxUser)
+	}
+	good.Sandboxes["x"] = SandboxConfig{Token: "0123456789abcdef", User: "tl-dev"}
+	if err := good.Validate(); err != nil || good.sandboxUser("x") != "tl-dev" {
+		t.Fatalf("a sandbox's user: %v, %q", err, good.sandboxUser("x"))
 	}
 }

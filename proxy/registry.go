@@ -176,14 +176,31 @@ func (r *Registry) reconnectingLocked(id string) bool {
 	return m != nil && !m.lastSeen.IsZero() && now.Sub(m.lastSeen) < ReconnectWindow
 }
 
-// Links lists live links, for the proxy's status page.
-func (r *Registry) Links() []*Link {
+// SandboxState is one known sandbox as the status route shows it.
+type SandboxState struct {
+	ID           string `json:"id"`
+	Connected    bool   `json:"connected"`
+	Since        int64  `json:"connected_since,omitempty"` // Unix ms
+	Remote       string `json:"remote,omitempty"`
+	AgentVersion string `json:"agent_version,omitempty"`
+}
+
+// Snapshot lists the known sandboxes that allow accepts (nil: all) with
+// their live link, sorted by id.
+func (r *Registry) Snapshot(allow func(id string) bool) []SandboxState {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make([]*Link, 0, len(r.links))
-	for _, l := range r.links {
-		out = append(out, l)
+	out := make([]SandboxState, 0, len(r.known))
+	for id := range r.known {
+		if allow != nil && !allow(id) {
+			continue
+		}
+		e := SandboxState{ID: id}
+		if l := r.liveLocked(id); l != nil {
+			e.Connected, e.Since, e.Remote, e.AgentVersion = true, l.Since.UnixMilli(), l.Remote, l.AgentVersion
+		}
+		out = append(out, e)
 	}
+	r.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }

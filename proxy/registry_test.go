@@ -133,3 +133,27 @@ func TestWaitLink(t *testing.T) {
 		t.Fatal("waiter not woken")
 	}
 }
+
+// TestRegistrySnapshot: the status route's view lists every known sandbox
+// the filter allows, connected only while its link is live.
+func TestRegistrySnapshot(t *testing.T) {
+	r := NewRegistry(&Config{Sandboxes: map[string]SandboxConfig{
+		"b": {Token: "0123456789abcdef"}, "a": {Token: "0123456789abcdef"}}})
+	l := testLink(t)
+	l.ID, l.Remote, l.AgentVersion, l.Since = "b", "1.2.3.4:5", "v9", time.UnixMilli(42)
+	if err := r.registerV2(l, false, true, nil, []byte("s")); err != nil {
+		t.Fatal(err)
+	}
+	got := r.Snapshot(nil)
+	if len(got) != 2 || got[0] != (SandboxState{ID: "a"}) ||
+		got[1] != (SandboxState{ID: "b", Connected: true, Since: 42, Remote: "1.2.3.4:5", AgentVersion: "v9"}) {
+		t.Fatalf("snapshot lists known sandboxes sorted, with their live link: %+v", got)
+	}
+	if got := r.Snapshot(func(id string) bool { return id == "a" }); len(got) != 1 || got[0].ID != "a" {
+		t.Fatalf("snapshot shows only what the filter allows: %+v", got)
+	}
+	l.sess.Close()
+	if got := r.Snapshot(nil); got[1].Connected {
+		t.Fatalf("a closed link is not connected: %+v", got)
+	}
+}

@@ -2,15 +2,17 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	stdlog "log"
 	"net"
 	"net/http"
-	"sort"
 	"strconv"
 	"time"
 
+	"github.com/tensorlake/tl-agent/internal/httpx"
 	"github.com/tensorlake/tl-agent/internal/netx"
 )
 
@@ -19,6 +21,56 @@ type Listeners struct {
 	Uplink net.Listener
 	HTTP   net.Listener
 	SSH    net.Listener
+}
+
+// Addrs are the proxy's listen addresses; an empty SSH address opens no
+// SSH front door.
+type Addrs struct {
+	Uplink, HTTP, SSH string
+}
+
+// Listen opens the listeners of a. uplinkTLS, when not nil, wraps the
+// uplink listener (agents dial it with TLS). On error nothing stays open.
+func Listen(a Addrs, uplinkTLS *tls.Config) (ls Listeners, err error) {
+	defer func() {
+		if err != nil {
+			ls.Close()
+		}
+	}()
+	if ls.Uplink, err = net.Listen("tcp", a.Uplink); err != nil {
+		return ls, fmt.Errorf("uplink listener: %w", err)
+	}
+	if uplinkTLS != nil {
+		ls.Uplink = tls.NewListener(ls.Uplink, uplinkTLS)
+	}
+	if ls.HTTP, err = net.Listen("tcp", a.HTTP); err != nil {
+		return ls, fmt.Errorf("http listener: %w", err)
+	}
+	if a.SSH != "" {
+		if ls.SSH, err = net.Listen("tcp", a.SSH); err != nil {
+			return ls, fmt.Errorf("ssh listener: %w", err)
+		}
+	}
+	return ls, nil
+}
+
+// Close closes the listeners that are open.
+func (ls Listeners) Close() {
+	for _, l := range []net.Listener{ls.Uplink, ls.HTTP, ls.SSH} {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
+// UplinkTLS loads the uplink's certificate and key (PEM files) into a
+// server TLS config: TLS 1.2 at least, Go's default cipher suites.
+func UplinkTLS(certFile, keyFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("uplink TLS: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
 // Run serves until ctx ends, then closes everything and waits for it.
@@ -93,30 +145,8 @@ func (p *Proxy) Handler() http.Handler {
 func (p *Proxy) handleSandboxes(w http.ResponseWriter, req *http.Request) {
 	_, scope, ok := p.authenticate(req)
 	if !ok {
-		writeError(w, http.StatusUnauthorized, "UNAUTHORIZED", "missing or invalid API key")
+		httpx.WriteError(w, http.StatusUnauthorized, "UNAUTHORIZED", "missing or invalid API key")
 		return
 	}
-	type entry struct {
-		ID           string `json:"id"`
-		Connected    bool   `json:"connected"`
-		Since        int64  `json:"connected_since,omitempty"`
-		Remote       string `json:"remote,omitempty"`
-		AgentVersion string `json:"agent_version,omitempty"`
-	}
-	out := []entry{}
-	p.reg.mu.Lock()
-	for id := range p.reg.known {
-		if !scope.allows(id) {
-			continue // a scoped key sees only its sandboxes
-		}
-		e := entry{ID: id}
-		if l := p.reg.links[id]; l != nil && !l.sess.IsClosed() {
-			e.Connected, e.Since, e.Remote, e.AgentVersion = true, l.Since.UnixMilli(), l.Remote, l.AgentVersion
-		}
-		out = append(out, e)
-	}
-	p.reg.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	w.Header().Set("Content-Type", "application/json")
-	writeJSON(w, map[string]any{"sandboxes": out})
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"sandboxes": p.reg.Snapshot(scope.allows)})
 }

@@ -13,8 +13,8 @@ import (
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 
-	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/internal/netx"
+	"github.com/tensorlake/tl-agent/internal/relay"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -23,10 +23,6 @@ import (
 // the proxy then opens an uplink stream to the sandbox, speaks SSH to the
 // agent's server over it, and relays the two connections (sshrelay.go).
 // docs/ssh.md describes the key file, the user names and the refusals.
-
-// sandboxUser is the user the proxy logs in as on an SSH server of a
-// <port>-<sandbox> route.
-const sandboxUser = "tl-user"
 
 // sshCiphers replace x/crypto's defaults. OpenSSH clients prefer
 // chacha20-poly1305, then AES-CTR (with an HMAC), then AES-GCM; in Go on
@@ -257,11 +253,13 @@ func (f *sshFront) authorize(st *frontConn, user string, key gossh.PublicKey) er
 // dialSandbox opens the uplink stream and the SSH connection to the
 // sandbox: the agent's server (no auth: the uplink is trusted and the user
 // is named in the stream header), or for a port route the server on that
-// port, logging in as tl-user with the proxy's host key.
+// port, logging in as the sandbox's user (SandboxConfig.User) with the
+// proxy's host key.
 func (f *sshFront) dialSandbox(ctx context.Context, st *frontConn, remote string) (sshEnd, error) {
 	rt := st.route
 	h := uplink.Header{Kind: uplink.KindSSH, User: st.key.name, Remote: remote}
-	cc := &gossh.ClientConfig{User: sandboxUser, HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: f.lim.handshakeTimeout(),
+	login := f.p.cfg.sandboxUser(rt.sandbox)
+	cc := &gossh.ClientConfig{User: login, HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: f.lim.handshakeTimeout(),
 		Config: gossh.Config{Ciphers: sshCiphers}}
 	if rt.port != 0 {
 		h = uplink.Header{Kind: uplink.KindTCP, Port: rt.port, User: st.key.name, Remote: remote}
@@ -288,7 +286,7 @@ func (f *sshFront) dialSandbox(ctx context.Context, st *frontConn, remote string
 		s.Close()
 		if rt.port != 0 {
 			return sshEnd{}, refuse("the SSH server on port %d in sandbox %s refused the proxy (add the proxy's key %s to %s's authorized_keys): %v",
-				rt.port, rt.sandbox, gossh.FingerprintSHA256(f.signer.PublicKey()), sandboxUser, err)
+				rt.port, rt.sandbox, gossh.FingerprintSHA256(f.signer.PublicKey()), login, err)
 		}
 		return sshEnd{}, refuse("sandbox %s: SSH to the agent failed: %v", rt.sandbox, err)
 	}
@@ -329,7 +327,7 @@ func (f *sshFront) takeChannel(ctx context.Context, st *frontConn, remote string
 			s.Close()
 			return true
 		}
-		forward.RelayChannel(ch, reqs, s)
+		relay.Channel(ch, reqs, s)
 		return true
 	}
 }

@@ -86,7 +86,7 @@ func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 	log := p.log.With().Str("remote", c.RemoteAddr().String()).Logger()
 	if tcp, ok := c.(*net.TCPConn); ok {
 		_ = tcp.SetNoDelay(true)
-		_ = tcp.SetKeepAlivePeriod(5 * time.Second)
+		_ = tcp.SetKeepAlivePeriod(uplink.TCPKeepAlive)
 	}
 	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
 	hello, err := uplink.ReadHello(c)

@@ -353,10 +353,17 @@ func newToken() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Stats reports counts for the operator's status: live sessions, ended
-// sessions still kept for queries, attached clients, and clients the agent
-// has dropped since it started.
-func (m *Manager) Stats() map[string]int {
+// Stats are counts for the operator's status (fields in key order: the
+// JSON and `tl-agent status` list them so).
+type Stats struct {
+	Clients        int `json:"clients"`         // attached clients
+	ClientsDropped int `json:"clients_dropped"` // clients the agent dropped since it started
+	Kept           int `json:"kept"`            // ended sessions still kept for queries
+	Live           int `json:"live"`            // live sessions
+}
+
+// Stats reports counts for the operator's status.
+func (m *Manager) Stats() Stats {
 	m.mu.Lock()
 	sessions := make([]*Session, 0, len(m.sessions))
 	for _, s := range m.sessions {
@@ -370,5 +377,5 @@ func (m *Manager) Stats() map[string]int {
 		clients += len(s.clients)
 		s.mu.Unlock()
 	}
-	return map[string]int{"live": live, "kept": len(sessions) - live, "clients": clients, "clients_dropped": int(m.dropped.Load())}
+	return Stats{Live: live, Kept: len(sessions) - live, Clients: clients, ClientsDropped: int(m.dropped.Load())}
 }

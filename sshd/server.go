@@ -365,9 +365,15 @@ func (s *Server) startSession() bool {
 	return true
 }
 
+// Stats are the open SSH connections, for the operator's status.
+type Stats struct {
+	Connections         int `json:"connections"`          // all open connections
+	ListenerConnections int `json:"listener_connections"` // of them, via the in-sandbox listener
+}
+
 // Stats reports open SSH connections for the operator's status.
-func (s *Server) Stats() map[string]int {
+func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return map[string]int{"connections": len(s.conns), "listener_connections": s.nListen}
+	return Stats{Connections: len(s.conns), ListenerConnections: s.nListen}
 }

@@ -30,6 +30,11 @@ const (
 	WriteTimeout      = 10 * time.Second
 	// OpenTimeout bounds a stream open that the peer never acknowledges.
 	OpenTimeout = 30 * time.Second
+	// TCPKeepAlive is the uplink socket's TCP keep-alive period, both
+	// ends. yamux's pings (KeepAliveInterval) find a dead peer; this lets
+	// NATs and load balancers on the path see traffic on an idle link and
+	// frees the kernel's side of a socket whose peer vanished.
+	TCPKeepAlive = 5 * time.Second
 )
 
 // MuxConfig returns the yamux configuration both ends use.

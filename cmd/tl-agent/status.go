@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -10,11 +9,15 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sort"
 	"time"
 
 	"github.com/tensorlake/tl-agent/agent"
 )
+
+// statusTimeout bounds asking the agent: a container HEALTHCHECK runs
+// `status --check` and must get an answer (unhealthy) from a wedged agent
+// rather than hang until the engine's own timeout.
+const statusTimeout = 5 * time.Second
 
 // statusCmd asks a running agent over its control socket.
 func statusCmd(args []string) int {
@@ -26,7 +29,7 @@ func statusCmd(args []string) int {
 		return 2
 	}
 	client := &http.Client{
-		Timeout: 5 * time.Second,
+		Timeout: statusTimeout,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", *sock)
@@ -46,43 +49,20 @@ func statusCmd(args []string) int {
 		os.Stdout.Write(body)
 		return 0
 	}
-	var st map[string]any
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber() // print byte counts as integers, not 1.2e+07
-	if err := dec.Decode(&st); err != nil {
+	var st agent.Status
+	if err := json.Unmarshal(body, &st); err != nil {
 		fmt.Fprintf(os.Stderr, "tl-agent status: bad answer: %v\n", err)
 		return 1
 	}
-	printMap("", st)
+	st.WriteText(os.Stdout)
 	return 0
-}
-
-func printMap(indent string, m map[string]any) {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if sub, ok := m[k].(map[string]any); ok {
-			fmt.Printf("%s%s:\n", indent, k)
-			printMap(indent+"  ", sub)
-			continue
-		}
-		fmt.Printf("%s%-18s %v\n", indent, k+":", m[k])
-	}
 }
 
 // healthCheck is `tl-agent status --check`, the container HEALTHCHECK: one
 // line, exit 0 when the uplink is usable, 1 otherwise (container engines
 // read any non-zero code as unhealthy).
 func healthCheck(body []byte) int {
-	var st struct {
-		Uplink struct {
-			State     string `json:"state"`
-			LastError string `json:"last_error"`
-		} `json:"uplink"`
-	}
+	var st agent.Status
 	if err := json.Unmarshal(body, &st); err != nil {
 		fmt.Fprintf(os.Stderr, "tl-agent status: bad answer: %v\n", err)
 		return 1

@@ -16,8 +16,8 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/integration"
+	"github.com/tensorlake/tl-agent/internal/relay"
 )
 
 func init() {
@@ -134,7 +134,7 @@ func serveRelay(target string) {
 				c.Close()
 				return
 			}
-			forward.Relay(c, t)
+			relay.Relay(c, t)
 		}()
 	}
 }

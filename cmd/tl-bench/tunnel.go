@@ -11,8 +11,8 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/integration"
+	"github.com/tensorlake/tl-agent/internal/relay"
 )
 
 func init() { register("tunnel", benchTunnel) }
@@ -145,7 +145,7 @@ func wsTunnelListener(e *Env, s *integration.System, target int) int {
 			c.Close()
 			return
 		}
-		forward.Relay(c, &clientWS{ws: ws, ctx: ctx, Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary)})
+		relay.Relay(c, &clientWS{ws: ws, ctx: ctx, Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary)})
 	})
 }
 

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -50,6 +49,56 @@ type flags struct {
 func main() { os.Exit(run(os.Args[1:])) }
 
 func run(args []string) int {
+	f, code := parseFlags(args)
+	if code >= 0 {
+		return code
+	}
+	log, err := logx.New(os.Stderr, f.logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tl-proxy:", err)
+		return 2
+	}
+	cfg, err := loadConfig(f)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tl-proxy:", err)
+		return 2
+	}
+	var uplinkTLS *tls.Config
+	if f.tlsCert != "" {
+		if uplinkTLS, err = proxy.UplinkTLS(f.tlsCert, f.tlsKey); err != nil {
+			fmt.Fprintln(os.Stderr, "tl-proxy:", err)
+			return 2
+		}
+	}
+	addrs := proxy.Addrs{Uplink: f.uplinkAddr, HTTP: f.httpAddr}
+	if cfg.SSHAuthorizedKeys != "" {
+		addrs.SSH = f.sshAddr // no users' keys: nobody could log in
+	}
+	ls, err := proxy.Listen(addrs, uplinkTLS)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tl-proxy:", err)
+		return 1
+	}
+	p := proxy.New(cfg, log)
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	if f.connect != "" {
+		network, addr, _ := strings.Cut(f.connect, ":")
+		go p.ConnectAgent(ctx, network, addr)
+	}
+	log.Info().Str("version", version).Str("uplink", ls.Uplink.Addr().String()).Str("http", ls.HTTP.Addr().String()).Msg("tl-proxy listening")
+	if f.dev {
+		printDev(cfg, ls)
+	}
+	if err := p.Run(ctx, ls); err != nil {
+		log.Error().Err(err).Msg("tl-proxy stopped")
+		return 1
+	}
+	return 0
+}
+
+// parseFlags returns the flags, or an exit code (>= 0) when run should stop.
+func parseFlags(args []string) (flags, int) {
 	var f flags
 	fs := cli.New("tl-proxy", "TL_PROXY")
 	fs.String(&f.config, "config", "", "config `file` (JSON: sandboxes, api_keys, domain, ssh_authorized_keys)")
@@ -69,64 +118,16 @@ func run(args []string) int {
 	fs.FlagSet.Usage = func() { fs.Usage(os.Stderr, usage) }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return 0
+			return f, 0
 		}
 		fmt.Fprintln(os.Stderr, "tl-proxy:", err)
-		return 2
-	}
-	log, err := logx.New(os.Stderr, f.logLevel)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "tl-proxy:", err)
-		return 2
-	}
-	cfg, err := loadConfig(f)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "tl-proxy:", err)
-		return 2
-	}
-	var ls proxy.Listeners
-	if ls.Uplink, err = net.Listen("tcp", f.uplinkAddr); err != nil {
-		fmt.Fprintln(os.Stderr, "tl-proxy: uplink listener:", err)
-		return 1
+		return f, 2
 	}
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		fmt.Fprintln(os.Stderr, "tl-proxy: --uplink-tls-cert and --uplink-tls-key go together")
-		return 2
+		return f, 2
 	}
-	if f.tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "tl-proxy: uplink TLS:", err)
-			return 2
-		}
-		ls.Uplink = tls.NewListener(ls.Uplink, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
-	}
-	if ls.HTTP, err = net.Listen("tcp", f.httpAddr); err != nil {
-		fmt.Fprintln(os.Stderr, "tl-proxy: http listener:", err)
-		return 1
-	}
-	p := proxy.New(cfg, log)
-	if f.sshAddr != "" && cfg.SSHAuthorizedKeys != "" {
-		if ls.SSH, err = net.Listen("tcp", f.sshAddr); err != nil {
-			fmt.Fprintln(os.Stderr, "tl-proxy: ssh listener:", err)
-			return 1
-		}
-	}
-	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer cancel()
-	if f.connect != "" {
-		network, addr, _ := strings.Cut(f.connect, ":")
-		go p.ConnectAgent(ctx, network, addr)
-	}
-	log.Info().Str("version", version).Str("uplink", ls.Uplink.Addr().String()).Str("http", ls.HTTP.Addr().String()).Msg("tl-proxy listening")
-	if f.dev {
-		printDev(cfg, ls)
-	}
-	if err := p.Run(ctx, ls); err != nil {
-		log.Error().Err(err).Msg("tl-proxy stopped")
-		return 1
-	}
-	return 0
+	return f, -1
 }
 
 // limitFlags binds the front doors' bounds (docs/proxy.md); 0 turns one off.

@@ -1,0 +1,96 @@
+// Package relay copies bytes both ways between two connections, with
+// half-close and fixed buffers. Both ends use it: the agent (uplink tcp:
+// and unix: streams, WebSocket tunnels, SSH forwards) and the proxy (its
+// SSH front door's port routes). It imports nothing of either end, so the
+// proxy does not link the agent's SSH server, WebSocket library or
+// identity code (see TestProxyDeps in cmd/tl-proxy).
+package relay
+
+import (
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// BufSize is the copy buffer, one per direction. It matches the uplink's
+// frame size so a read becomes one frame.
+const BufSize = 32 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, BufSize); return &b }}
+
+// BigBufSize is the copy buffer toward a destination that prefers bigger
+// writes (see BigWriter).
+const BigBufSize = 256 << 10
+
+var bigPool = sync.Pool{New: func() any { b := make([]byte, BigBufSize); return &b }}
+
+// BigWriter is a destination whose every Write has a fixed cost worth
+// spreading, such as a WebSocket (one message per Write).
+type BigWriter interface{ PrefersBigWrites() bool }
+
+type closeWriter interface{ CloseWrite() error }
+
+// Relay copies both ways between a and b until both directions end, then
+// closes both. EOF on one side is passed on as a half-close (FIN) where the
+// other side supports it, so request-then-response protocols work. Memory
+// is two fixed buffers; back-pressure is the peers' own flow control. It
+// returns the bytes copied a->b and b->a.
+func Relay(a, b net.Conn) (aToB, bToA int64) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); aToB = pipe(b, a) }()
+	go func() { defer wg.Done(); bToA = pipe(a, b) }()
+	wg.Wait()
+	a.Close()
+	b.Close()
+	return aToB, bToA
+}
+
+// pipe copies src to dst, then half-closes dst. On a write error the source
+// is closed too, so the other direction does not wait forever on a peer
+// that is gone.
+func pipe(dst, src net.Conn) int64 {
+	pool := &bufPool
+	if bw, ok := dst.(BigWriter); ok && bw.PrefersBigWrites() {
+		pool = &bigPool
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
+	n, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+	if cw, ok := dst.(closeWriter); ok && err == nil {
+		_ = cw.CloseWrite()
+	} else {
+		dst.Close()
+		src.Close()
+	}
+	return n
+}
+
+// writerOnly and readerOnly hide ReadFrom/WriteTo so CopyBuffer uses our
+// bounded buffer instead of a path that might buffer more (or splice past
+// the uplink's frame chunking).
+type writerOnly struct{ io.Writer }
+type readerOnly struct{ io.Reader }
+
+// Channel relays an SSH channel (a forward: its requests are discarded)
+// and conn both ways with half-close until both ends are done, then
+// closes both. It returns the bytes copied channel->conn and conn->channel.
+func Channel(ch gossh.Channel, reqs <-chan *gossh.Request, conn net.Conn) (chToConn, connToCh int64) {
+	go gossh.DiscardRequests(reqs)
+	return Relay(&chanConn{Channel: ch, local: conn.RemoteAddr(), remote: conn.LocalAddr()}, conn)
+}
+
+// chanConn makes an SSH channel a net.Conn for Relay; CloseWrite sends EOF.
+type chanConn struct {
+	gossh.Channel
+	local, remote net.Addr
+}
+
+func (c *chanConn) LocalAddr() net.Addr                { return c.local }
+func (c *chanConn) RemoteAddr() net.Addr               { return c.remote }
+func (c *chanConn) SetDeadline(t time.Time) error      { return nil }
+func (c *chanConn) SetReadDeadline(t time.Time) error  { return nil }
+func (c *chanConn) SetWriteDeadline(t time.Time) error { return nil }
