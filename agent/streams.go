@@ -1,0 +1,93 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/forward"
+	"github.com/tensorlake/tl-agent/internal/streams"
+	"github.com/tensorlake/tl-agent/uplink"
+)
+
+// streamHandler answers a validated stream header (the reply the proxy
+// waits for) and serves the stream. It owns c: every path closes it.
+type streamHandler func(ctx context.Context, c *countedConn, h uplink.Header, lim *streamLimits, log zerolog.Logger)
+
+// streamHandlers is the one map from stream kind to what serves it: the
+// agent's own kinds (api, tcp, unix) and the capabilities' stream servers
+// (ssh, sftp), which get the connection and a streams.Peer, never the
+// wire header. A capability may not take over an agent kind.
+func (a *Agent) streamHandlers(servers map[string]streams.Server) map[string]streamHandler {
+	m := map[string]streamHandler{
+		uplink.KindAPI:  a.serveAPI,
+		uplink.KindTCP:  a.serveDial,
+		uplink.KindUnix: a.serveDial,
+	}
+	for kind, srv := range servers {
+		if _, taken := m[kind]; taken || srv == nil {
+			continue
+		}
+		m[kind] = serveWhole(srv)
+	}
+	return m
+}
+
+// serveAPI hands the stream to the API server, within the session's cap
+// on API streams (Config.MaxAPIStreams).
+func (a *Agent) serveAPI(_ context.Context, c *countedConn, _ uplink.Header, lim *streamLimits, log zerolog.Logger) {
+	if lim.api.Add(1) > lim.maxAPI && lim.maxAPI > 0 {
+		lim.api.Add(-1)
+		why := fmt.Sprintf("too many concurrent API streams on this uplink (max %d)", lim.maxAPI)
+		log.Warn().Msg("refused stream: " + why)
+		_ = uplink.WriteReply(c, uplink.StatusUnavailable, why)
+		c.Close()
+		return
+	}
+	c.release = append(c.release, func() { lim.api.Add(-1) })
+	if uplink.WriteReply(c, uplink.StatusOK, "") != nil {
+		c.Close()
+		return
+	}
+	c.handed.Store(true)
+	a.apiLn.push(c)
+}
+
+// serveDial relays the stream to a TCP port on the sandbox's loopback or
+// to a unix socket (dialled as the sandbox user, never root).
+func (a *Agent) serveDial(ctx context.Context, c *countedConn, h uplink.Header, _ *streamLimits, log zerolog.Logger) {
+	var t net.Conn
+	var err error
+	if h.Kind == uplink.KindTCP {
+		t, err = forward.DialTCP(ctx, h.Port)
+	} else {
+		t, err = forward.DialUnixAs(ctx, a.cfg.User, h.Path)
+	}
+	if err != nil {
+		log.Debug().Err(err).Msg("target unreachable")
+		_ = uplink.WriteReply(c, uplink.StatusUnreachable, err.Error())
+		c.Close()
+		return
+	}
+	if uplink.WriteReply(c, uplink.StatusOK, "") != nil {
+		c.Close()
+		t.Close()
+		return
+	}
+	up, down := forward.Relay(c, t)
+	log.Debug().Int64("bytes_in", up).Int64("bytes_out", down).Msg("relay ended")
+}
+
+// serveWhole accepts the stream and gives it to a capability's server.
+func serveWhole(srv streams.Server) streamHandler {
+	return func(ctx context.Context, c *countedConn, h uplink.Header, _ *streamLimits, log zerolog.Logger) {
+		if uplink.WriteReply(c, uplink.StatusOK, "") != nil {
+			c.Close()
+			return
+		}
+		log.Info().Str("remote", h.Remote).Msg("stream accepted")
+		srv.ServeConn(ctx, c, streams.Peer{User: h.User, Remote: h.Remote})
+	}
+}
