@@ -102,7 +102,15 @@ func (f *sshFront) awaitStart(ctx context.Context, st *frontConn, ch gossh.Chann
 // sessionViaAgent opens the session on the agent and relays it, starting
 // with the requests already received.
 func (f *sshFront) sessionViaAgent(st *frontConn, ch gossh.Channel, reqs <-chan *gossh.Request, held []*gossh.Request, req *gossh.Request) {
-	out, outReqs, err := st.agent.conn.OpenChannel("session", nil)
+	conn, err := st.agent.get()
+	if err != nil {
+		if req.WantReply {
+			_ = req.Reply(false, nil)
+		}
+		failSession(ch, reqs, "tl-proxy: "+refusalText(err))
+		return
+	}
+	out, outReqs, err := conn.OpenChannel("session", nil)
 	if err != nil {
 		if req.WantReply {
 			_ = req.Reply(false, nil)
