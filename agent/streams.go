@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sync"
+	"sync/atomic"
 
 	"github.com/rs/zerolog"
 
@@ -80,14 +82,69 @@ func (a *Agent) serveDial(ctx context.Context, c *countedConn, h uplink.Header, 
 	log.Debug().Int64("bytes_in", up).Int64("bytes_out", down).Msg("relay ended")
 }
 
-// serveWhole accepts the stream and gives it to a capability's server.
+// serveWhole gives the stream to a capability's server, which accepts it
+// by using it (acceptingConn) or refuses it with the error it returns
+// first.
 func serveWhole(srv streams.Server) streamHandler {
 	return func(ctx context.Context, c *countedConn, h uplink.Header, _ *streamLimits, log zerolog.Logger) {
-		if uplink.WriteReply(c, uplink.StatusOK, "") != nil {
-			c.Close()
-			return
+		ac := &acceptingConn{countedConn: c}
+		err := srv.ServeConn(ctx, ac, streams.Peer{User: h.User, Remote: h.Remote})
+		switch {
+		case err != nil && !ac.used.Load():
+			log.Warn().Err(err).Msg("refused stream")
+			_ = uplink.WriteReply(c, uplink.StatusUnavailable, err.Error())
+		case err != nil:
+			log.Info().Err(err).Msg("stream ended")
 		}
-		log.Info().Str("remote", h.Remote).Msg("stream accepted")
-		srv.ServeConn(ctx, c, streams.Peer{User: h.User, Remote: h.Remote})
+		c.Close()
 	}
+}
+
+// acceptingConn answers the stream's header with OK just before the
+// server's first read, write or half-close, so that a server that fails
+// before touching the stream can still refuse it with its reason; the
+// proxy waits for the answer (its reply timeout bounds the wait).
+type acceptingConn struct {
+	*countedConn
+	once sync.Once
+	used atomic.Bool
+	err  error // the OK reply's write error
+}
+
+func (c *acceptingConn) accept() error {
+	c.once.Do(func() {
+		c.used.Store(true)
+		c.err = uplink.WriteReply(c.countedConn, uplink.StatusOK, "")
+	})
+	return c.err
+}
+
+func (c *acceptingConn) Read(b []byte) (int, error) {
+	if err := c.accept(); err != nil {
+		return 0, err
+	}
+	return c.countedConn.Read(b)
+}
+
+func (c *acceptingConn) Write(b []byte) (int, error) {
+	if err := c.accept(); err != nil {
+		return 0, err
+	}
+	return c.countedConn.Write(b)
+}
+
+// Close before any use leaves the stream to serveWhole, which answers the
+// header with the server's refusal first.
+func (c *acceptingConn) Close() error {
+	if !c.used.Load() {
+		return nil
+	}
+	return c.countedConn.Close()
+}
+
+func (c *acceptingConn) CloseWrite() error {
+	if err := c.accept(); err != nil {
+		return err
+	}
+	return c.countedConn.CloseWrite()
 }

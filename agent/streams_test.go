@@ -27,13 +27,22 @@ type echoServer struct {
 	peers []streams.Peer
 }
 
-func (e *echoServer) ServeConn(_ context.Context, c net.Conn, p streams.Peer) {
+func (e *echoServer) ServeConn(_ context.Context, c net.Conn, p streams.Peer) error {
 	defer c.Close()
 	e.mu.Lock()
 	e.peers = append(e.peers, p)
 	e.mu.Unlock()
 	line, _ := bufio.NewReader(c).ReadString('\n')
 	_, _ = io.WriteString(c, e.name+":"+line)
+	return nil
+}
+
+// refuser closes every stream without touching it, and says why.
+type refuser struct{}
+
+func (refuser) ServeConn(_ context.Context, c net.Conn, _ streams.Peer) error {
+	c.Close()
+	return errors.New("too many sessions (max 0)")
 }
 
 func (e *echoServer) served() []streams.Peer {
@@ -194,4 +203,17 @@ func TestStreamKindNotEnabled(t *testing.T) {
 		t.Fatalf("sftp refused beside a missing ssh server: %v", err)
 	}
 	c.Close()
+}
+
+// TestStreamRefusedByServer: a server that fails before it reads or
+// writes the stream refuses it, and the proxy gets its reason (the agent
+// answers the header only at the server's first use of the stream).
+func TestStreamRefusedByServer(t *testing.T) {
+	a := New(Config{}, zerolog.Nop(), "test", Parts{Streams: map[string]streams.Server{uplink.KindSFTP: refuser{}}})
+	up := pipeUplink(t, a)
+	_, err := open(t, up, uplink.Header{Kind: uplink.KindSFTP})
+	var re *uplink.ReplyError
+	if !errors.As(err, &re) || re.Status != uplink.StatusUnavailable || re.Msg != "too many sessions (max 0)" {
+		t.Fatalf("refused sftp stream: %v, want unavailable with the server's reason", err)
+	}
 }

@@ -170,21 +170,24 @@ func (s *Server) admit() (release func(), err error) {
 }
 
 // ServeConn serves a bare sftp stream: the SFTP protocol both ways, ended
-// by the client's EOF. The stream's own end (a half-close after the
-// server exited) is the session's exit, which the proxy reports as 0.
-func (s *Server) ServeConn(ctx context.Context, c net.Conn, peer streams.Peer) {
+// by the client's EOF. A session that cannot start refuses the stream
+// with the reason (streams.Server), which the proxy reports as sshd's
+// subsystem does: on stderr, exit status 1. Otherwise the stream's clean
+// end (a half-close once the server exited) is what the proxy reports as
+// exit status 0.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn, peer streams.Peer) error {
 	defer c.Close()
 	log := s.log.With().Str("user", peer.User).Str("remote", peer.Remote).Logger()
-	log.Info().Msg("sftp session over the uplink")
 	exit, err := s.Serve(ctx, Session{In: c, Out: c})
 	if err != nil {
-		log.Warn().Err(err).Msg("sftp stream")
-		return
+		log.Warn().Err(err).Msg("sftp stream refused")
+		return err
 	}
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
-	log.Debug().Str("exit", exit.String()).Msg("sftp session ended")
+	log.Info().Str("exit", exit.String()).Msg("sftp session over the uplink ended")
+	return nil
 }
 
 // Close refuses new sessions, hangs up the running ones and waits until

@@ -219,12 +219,13 @@ func authenticated(ctx ssh.Context) {
 
 // ServeConn serves one SSH connection that arrived over the uplink (a
 // stream of kind ssh) and returns when it has ended. peer says who the
-// proxy authenticated.
-func (s *Server) ServeConn(ctx context.Context, c net.Conn, peer streams.Peer) {
+// proxy authenticated. Over the connection cap, or closing, it refuses
+// the stream with the reason (streams.Server).
+func (s *Server) ServeConn(ctx context.Context, c net.Conn, peer streams.Peer) error {
 	if !s.track(c, false) {
 		s.log.Warn().Str("user", peer.User).Msg("ssh connection refused: closing or at the connection limit")
 		c.Close()
-		return
+		return fmt.Errorf("the SSH server is shutting down or at its limit of %d connections", s.cfg.MaxConns)
 	}
 	defer s.untrack(c)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
@@ -233,6 +234,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn, peer streams.Peer) {
 	start := time.Now()
 	s.uplink.HandleConn(c)
 	log.Info().Dur("duration", time.Since(start)).Msg("ssh connection ended")
+	return nil
 }
 
 // track registers a connection within its own limit: listener and

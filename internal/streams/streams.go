@@ -18,10 +18,13 @@ type Peer struct {
 	Remote string // the user's address as the proxy saw it
 }
 
-// Server serves whole connections of one stream kind (ssh, sftp). The
-// agent has already accepted the stream when it calls ServeConn, which
-// owns c, closes it, and returns when it is done with it. ctx ends at
-// shutdown.
+// Server serves whole connections of one stream kind (ssh, sftp).
+// ServeConn owns c, closes it, and returns when it is done with it; ctx
+// ends at shutdown. The agent accepts the stream (answers the proxy's
+// header) at the server's first read or write of c, so an error returned
+// before either refuses the stream, and its text is the reason the proxy
+// reports to the user (over a cap, shutting down, a session that could
+// not start). Later errors are only logged.
 type Server interface {
-	ServeConn(ctx context.Context, c net.Conn, p Peer)
+	ServeConn(ctx context.Context, c net.Conn, p Peer) error
 }
