@@ -14,7 +14,7 @@ import (
 // fields are for logs only: the uplink is trusted, and the proxy has
 // already authenticated the user.
 type Peer struct {
-	User   string // who the proxy authenticated: an API key name, an SSH key comment
+	User   string // who the proxy authenticated: an SSH key's comment
 	Remote string // the user's address as the proxy saw it
 }
 
