@@ -87,6 +87,7 @@ func (a *Agent) serveDial(ctx context.Context, c *countedConn, h uplink.Header, 
 // first.
 func serveWhole(srv streams.Server) streamHandler {
 	return func(ctx context.Context, c *countedConn, h uplink.Header, _ *streamLimits, log zerolog.Logger) {
+		log.Info().Str("remote", h.Remote).Msg("stream to " + h.Kind)
 		ac := &acceptingConn{countedConn: c}
 		err := srv.ServeConn(ctx, ac, streams.Peer{User: h.User, Remote: h.Remote})
 		switch {
