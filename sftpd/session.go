@@ -122,7 +122,7 @@ func (s *Server) Serve(ctx context.Context, sess Session) (supervisor.Exit, erro
 	}
 	p.childEnds()
 	s.total.Add(1)
-	s.wg.Add(1) // admit holds a count: closing cannot have begun
+	s.wg.Add(1) // admit holds a count, so Close cannot be past its Wait
 	go func() {
 		defer s.wg.Done()
 		_, _ = io.CopyBuffer(writerOnly{p.inW}, sess.In, make([]byte, copyBuf))
