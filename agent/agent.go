@@ -14,17 +14,10 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
-	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/internal/pause"
-	"github.com/tensorlake/tl-agent/internal/relay"
+	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/uplink"
 )
-
-// StreamServer serves whole connections arriving over the uplink; the SSH
-// server is one.
-type StreamServer interface {
-	ServeConn(ctx context.Context, c net.Conn, h uplink.Header)
-}
 
 // Agent serves the sandbox over the uplink.
 type Agent struct {
@@ -33,10 +26,10 @@ type Agent struct {
 	version string
 	started time.Time
 
-	caps  []Capability
-	procs ProcessCounter
-	ssh   StreamServer
-	stats StatSources // the parts' counters in the operator's status
+	caps    []Capability
+	procs   ProcessCounter
+	streams map[string]streamHandler // by stream kind: the one dispatch (streams.go)
+	stats   StatSources              // the parts' counters in the operator's status
 
 	apiLn  *streamListener
 	api    *http.Server
@@ -57,8 +50,11 @@ type Agent struct {
 type Parts struct {
 	Caps  []Capability
 	Procs ProcessCounter
-	SSH   StreamServer
-	Stats StatSources
+	// Streams are the capabilities that serve whole uplink streams, by
+	// stream kind (uplink.KindSSH, uplink.KindSFTP). A kind without a
+	// server is refused as not enabled.
+	Streams map[string]streams.Server
+	Stats   StatSources
 	// Pause is the detector the parts count time with; nil: New makes one.
 	// Agent.Run runs it.
 	Pause *pause.Detector
@@ -68,12 +64,13 @@ type Parts struct {
 func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 	a := &Agent{
 		cfg: cfg, log: log, version: version, started: time.Now(),
-		caps: p.Caps, procs: p.Procs, ssh: p.SSH, stats: p.Stats,
+		caps: p.Caps, procs: p.Procs, stats: p.Stats,
 		apiLn: newStreamListener(), closed: make(chan struct{}), pause: p.Pause,
 	}
 	if a.pause == nil {
 		a.pause = pause.New(0, 0)
 	}
+	a.streams = a.streamHandlers(p.Streams)
 	a.api = &http.Server{
 		Handler:           a.routes(),
 		ReadHeaderTimeout: 30 * time.Second,
@@ -224,54 +221,13 @@ func (a *Agent) serveStream(ctx context.Context, c *countedConn, lim *streamLimi
 		c.Close()
 		return
 	}
-	switch h.Kind {
-	case uplink.KindAPI:
-		if lim.api.Add(1) > lim.maxAPI && lim.maxAPI > 0 {
-			lim.api.Add(-1)
-			why := fmt.Sprintf("too many concurrent API streams on this uplink (max %d)", lim.maxAPI)
-			log.Warn().Msg("refused stream: " + why)
-			_ = uplink.WriteReply(c, uplink.StatusUnavailable, why)
-			c.Close()
-			return
-		}
-		c.release = append(c.release, func() { lim.api.Add(-1) })
-		if uplink.WriteReply(c, uplink.StatusOK, "") != nil {
-			c.Close()
-			return
-		}
-		c.handed.Store(true)
-		a.apiLn.push(c)
-	case uplink.KindSSH, uplink.KindSFTP:
-		if a.ssh == nil {
-			_ = uplink.WriteReply(c, uplink.StatusUnavailable, "ssh server not enabled")
-			c.Close()
-			return
-		}
-		if uplink.WriteReply(c, uplink.StatusOK, "") != nil {
-			c.Close()
-			return
-		}
-		log.Info().Str("remote", h.Remote).Msg("ssh connection")
-		a.ssh.ServeConn(ctx, c, h)
-	case uplink.KindTCP, uplink.KindUnix:
-		var t net.Conn
-		if h.Kind == uplink.KindTCP {
-			t, err = forward.DialTCP(ctx, h.Port)
-		} else {
-			t, err = forward.DialUnixAs(ctx, a.cfg.User, h.Path) // as the sandbox user, never root
-		}
-		if err != nil {
-			log.Debug().Err(err).Msg("target unreachable")
-			_ = uplink.WriteReply(c, uplink.StatusUnreachable, err.Error())
-			c.Close()
-			return
-		}
-		if uplink.WriteReply(c, uplink.StatusOK, "") != nil {
-			c.Close()
-			t.Close()
-			return
-		}
-		up, down := relay.Relay(c, t)
-		log.Debug().Int64("bytes_in", up).Int64("bytes_out", down).Msg("relay ended")
+	serve, ok := a.streams[h.Kind]
+	if !ok {
+		why := h.Kind + " server not enabled"
+		log.Warn().Msg("refused stream: " + why)
+		_ = uplink.WriteReply(c, uplink.StatusUnavailable, why)
+		c.Close()
+		return
 	}
+	serve(ctx, c, h, lim, log)
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tensorlake/tl-agent/pty"
+	"github.com/tensorlake/tl-agent/sftpd"
 	"github.com/tensorlake/tl-agent/sshd"
 )
 
@@ -23,6 +24,7 @@ type Status struct {
 	PTYSessions *pty.Stats     `json:"pty_sessions,omitempty"`
 	Reaper      *ReaperStats   `json:"reaper,omitempty"`
 	SandboxID   string         `json:"sandbox_id"`
+	SFTP        *sftpd.Stats   `json:"sftp,omitempty"`
 	SSH         *sshd.Stats    `json:"ssh,omitempty"`
 	SysBytes    uint64         `json:"sys_bytes"`
 	Uplink      UplinkStatus   `json:"uplink"`
@@ -57,6 +59,7 @@ type UplinkStatus struct {
 type StatSources struct {
 	PTY    func() pty.Stats
 	SSH    func() sshd.Stats
+	SFTP   func() sftpd.Stats
 	Reaper func() ReaperStats
 }
 
@@ -90,6 +93,10 @@ func (a *Agent) Status() Status {
 		v := f()
 		st.SSH = &v
 	}
+	if f := a.stats.SFTP; f != nil {
+		v := f()
+		st.SFTP = &v
+	}
 	return st
 }
 
@@ -120,9 +127,15 @@ func (st Status) WriteText(w io.Writer) {
 		line("  ", "started", r.Started)
 	}
 	line("", "sandbox_id", st.SandboxID)
+	if s := st.SFTP; s != nil {
+		part("sftp")
+		line("  ", "sessions", s.Sessions)
+		line("  ", "sessions_total", s.SessionsTotal)
+	}
 	if s := st.SSH; s != nil {
 		part("ssh")
 		line("  ", "connections", s.Connections)
+		line("  ", "connections_total", s.ConnectionsTotal)
 		line("  ", "listener_connections", s.ListenerConnections)
 	}
 	line("", "sys_bytes", st.SysBytes)

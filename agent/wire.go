@@ -8,10 +8,13 @@ import (
 	"github.com/tensorlake/tl-agent/files"
 	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/internal/pause"
+	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/process"
 	"github.com/tensorlake/tl-agent/pty"
+	"github.com/tensorlake/tl-agent/sftpd"
 	"github.com/tensorlake/tl-agent/sshd"
 	"github.com/tensorlake/tl-agent/supervisor"
+	"github.com/tensorlake/tl-agent/uplink"
 )
 
 // buildParts constructs the capabilities the agent serves. Each capability
@@ -55,14 +58,22 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	p.Stats.PTY = ptys.Stats
 	stops = append(stops, ptys.Close)
 
+	// SFTP: bare sftp streams from the proxy's front door, and the SSH
+	// server's sftp subsystem; both run the same sftpd sessions.
+	sftps := sftpd.New(sftpd.Config{User: cfg.User}, log, reaper)
+	p.Streams = map[string]streams.Server{uplink.KindSFTP: sftps}
+	stops = append(stops, sftps.Close)
+	p.Stats.SFTP = sftps.Stats
+
 	// SSH: uplink SSH streams, plus the optional in-sandbox listener.
-	if srv, err := sshd.New(sshd.Config{User: cfg.User, Listen: cfg.SSHListen}, log, reaper); err != nil {
+	srv, err := sshd.New(sshd.Config{User: cfg.User, Listen: cfg.SSHListen, SFTP: sftps}, log, reaper)
+	if err != nil {
 		log.Error().Err(err).Msg("ssh server disabled")
 	} else {
 		if err := srv.Listen(); err != nil {
 			log.Error().Err(err).Msg("ssh listener")
 		}
-		p.SSH = srv
+		p.Streams[uplink.KindSSH] = srv
 		p.Stats.SSH = srv.Stats
 		stops = append(stops, srv.Close)
 	}

@@ -298,6 +298,8 @@ func TestSSHFiles(t *testing.T) {
 			"rm box/gone.txt",
 			"df -h",
 		}, "\n") + "\n"
+		sftpBefore := sshCounter(t, s.System, "sftp", "sessions_total")
+		sshBefore := sshCounter(t, s.System, "ssh", "connections_total")
 		full := append(append([]string{"-P", s.SSHPort()}, s.SSHOpts(s.key.Private)...), "-b", "-", s.SSHDest())
 		cmd := exec.Command("sftp", full...)
 		cmd.Stdin = strings.NewReader(batch)
@@ -318,9 +320,13 @@ func TestSSHFiles(t *testing.T) {
 			t.Errorf("rm: %v", err)
 		}
 		sshOwner(t, s.SandboxPath("/home/tl-user/box"), s.uid)
-		// The proxy served it as a bare SFTP stream (its shortcut).
-		if !strings.Contains(s.AgentLog(), "sftp session over the uplink") {
-			t.Errorf("sftp did not take the proxy's SFTP stream")
+		// The proxy served it as a bare SFTP stream (its shortcut), which
+		// opens no SSH connection to the agent.
+		if n := sshCounter(t, s.System, "sftp", "sessions_total"); n != sftpBefore+1 {
+			t.Errorf("sftpd served %d sessions for one sftp run", n-sftpBefore)
+		}
+		if n := sshCounter(t, s.System, "ssh", "connections_total"); n != sshBefore {
+			t.Errorf("sftp opened %d SSH connections to the agent, want none", n-sshBefore)
 		}
 	})
 	t.Run("rsync", func(t *testing.T) {

@@ -19,9 +19,11 @@ import (
 )
 
 // The SSH front door: `ssh <sandbox>@proxy` (or `<port>-<sandbox>@proxy`).
-// Users authenticate with a key from the authorized keys file (sshkeys.go);
-// the proxy then opens an uplink stream to the sandbox, speaks SSH to the
-// agent's server over it, and relays the two connections (sshrelay.go).
+// Users authenticate with a key from the authorized keys file (sshkeys.go).
+// The proxy serves sftp and -L/-D to the sandbox's loopback with uplink
+// streams of their own; for anything else it opens an uplink stream to the
+// sandbox, speaks SSH to the agent's server over it (dialled on first
+// need, sshagent.go), and relays the two connections (sshrelay.go).
 // docs/ssh.md describes the key file, the user names and the refusals.
 
 // sshCiphers replace x/crypto's defaults. OpenSSH clients prefer
@@ -161,7 +163,7 @@ type frontConn struct {
 	key   *sshKey
 	fp    string // the signing key's SHA256 fingerprint: per-key quotas
 	route sshRoute
-	agent sshEnd // the connection to the sandbox, once made
+	agent *agentLink // the connection to the sandbox, made on first need
 	log   zerolog.Logger
 
 	chans     *quota // channels the user has open
@@ -184,12 +186,10 @@ func (f *sshFront) serveConn(ctx context.Context, c net.Conn) {
 			if err := f.authorize(st, meta.User(), key); err != nil {
 				return nil, err
 			}
-			end, err := f.dialSandbox(ctx, st, c.RemoteAddr().String())
-			if err != nil {
+			if err := f.linkSandbox(ctx, st, c.RemoteAddr().String()); err != nil {
 				log.Info().Err(err).Str("user", meta.User()).Str("key", st.key.name).Msg("ssh refused")
 				return nil, err
 			}
-			st.agent = end
 			return perms, nil
 		},
 		ServerVersion: "SSH-2.0-tl-proxy",
@@ -198,8 +198,8 @@ func (f *sshFront) serveConn(ctx context.Context, c net.Conn) {
 	cfg.AddHostKey(f.signer)
 	conn, chans, reqs, err := gossh.NewServerConn(c, cfg)
 	if err != nil {
-		if st.agent.conn != nil {
-			st.agent.conn.Close()
+		if st.agent != nil {
+			st.agent.close()
 		}
 		log.Debug().Err(err).Msg("ssh handshake failed")
 		return
@@ -250,6 +250,37 @@ func (f *sshFront) authorize(st *frontConn, user string, key gossh.PublicKey) er
 	return nil
 }
 
+// linkSandbox prepares st's connection to the sandbox. A port route dials
+// now, so that its refusals (nothing on the port, the proxy's key not
+// authorized) end the login. The default route only checks that the
+// sandbox is connected: the agent's SSH server is dialled when a channel
+// needs it (sshagent.go).
+func (f *sshFront) linkSandbox(ctx context.Context, st *frontConn, remote string) error {
+	if st.route.port != 0 {
+		end, err := f.dialSandbox(ctx, st, remote)
+		if err != nil {
+			return err
+		}
+		st.agent = dialledAgent(end)
+		return nil
+	}
+	if f.p.reg.Link(st.route.sandbox) == nil {
+		return errNotConnected(st.route.sandbox)
+	}
+	st.agent = lazyAgent(func() (sshEnd, error) {
+		end, err := f.dialSandbox(ctx, st, remote)
+		if err != nil {
+			st.log.Info().Err(err).Msg("ssh: the agent's SSH server is not reachable")
+		}
+		return end, err
+	})
+	return nil
+}
+
+func errNotConnected(sandbox string) error {
+	return refuse("sandbox %s is not connected; start it (or wait for its agent to reconnect) and retry", sandbox)
+}
+
 // dialSandbox opens the uplink stream and the SSH connection to the
 // sandbox: the agent's server (no auth: the uplink is trusted and the user
 // is named in the stream header), or for a port route the server on that
@@ -272,7 +303,7 @@ func (f *sshFront) dialSandbox(ctx context.Context, st *frontConn, remote string
 		var re *uplink.ReplyError
 		switch {
 		case errors.Is(err, ErrNotConnected):
-			return sshEnd{}, refuse("sandbox %s is not connected; start it (or wait for its agent to reconnect) and retry", rt.sandbox)
+			return sshEnd{}, errNotConnected(rt.sandbox)
 		case errors.As(err, &re) && rt.port != 0:
 			return sshEnd{}, refuse("nothing answers on port %d in sandbox %s (%s)", rt.port, rt.sandbox, re.Msg)
 		case errors.As(err, &re):

@@ -25,25 +25,36 @@ type sshEnd struct {
 }
 
 // bridge relays between user and agent until either connection ends, then
-// closes both and returns when every relay goroutine has finished.
-// shortcut, when set, may take a user's channel itself (and return true)
-// instead of relaying it to the agent. userAdmit and agentAdmit count the
-// channels each side opens.
-func bridge(user, agent sshEnd, shortcut func(gossh.NewChannel) bool, userAdmit, agentAdmit admitFunc) {
+// closes both and returns when every relay goroutine has finished. The
+// agent's side starts when its connection is made (sshagent.go), which
+// may be never. shortcut, when set, may take a user's channel itself (and
+// return true) instead of relaying it to the agent. userAdmit and
+// agentAdmit count the channels each side opens.
+func bridge(user sshEnd, agent *agentLink, shortcut func(gossh.NewChannel) bool, userAdmit, agentAdmit admitFunc) {
 	var wg sync.WaitGroup
 	run := func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }
-	run(func() { relayGlobal(user.reqs, agent.conn) })
-	run(func() { relayGlobal(agent.reqs, user.conn) })
-	run(func() { relayChannels(user.chans, agent.conn, &wg, shortcut, userAdmit) })
-	run(func() { relayChannels(agent.chans, user.conn, &wg, nil, agentAdmit) })
-	run(func() { _ = user.conn.Wait(); agent.conn.Close() })
-	run(func() { _ = agent.conn.Wait(); user.conn.Close() })
+	toUser := func() (gossh.Conn, error) { return user.conn, nil }
+	// up runs here (before Wait) or in a relay goroutine of the user's
+	// side: wg is never zero when it adds.
+	agent.start(func(a sshEnd) {
+		run(func() { relayGlobal(a.reqs, func(*gossh.Request) gossh.Conn { return user.conn }) })
+		run(func() { relayChannels(a.chans, toUser, &wg, nil, agentAdmit) })
+		run(func() { _ = a.conn.Wait(); user.conn.Close() })
+	})
+	run(func() { relayGlobal(user.reqs, agent.forRequest) })
+	run(func() { relayChannels(user.chans, agent.get, &wg, shortcut, userAdmit) })
+	run(func() { _ = user.conn.Wait(); agent.close() })
 	wg.Wait()
 }
 
-func relayGlobal(in <-chan *gossh.Request, to gossh.Conn) {
+// relayGlobal passes each global request to the connection to returns,
+// and its reply back; nil is a failure reply.
+func relayGlobal(in <-chan *gossh.Request, to func(*gossh.Request) gossh.Conn) {
 	for req := range in {
-		ok, payload, err := to.SendRequest(req.Type, req.WantReply, req.Payload)
+		ok, payload, err := false, []byte(nil), error(nil)
+		if c := to(req); c != nil {
+			ok, payload, err = c.SendRequest(req.Type, req.WantReply, req.Payload)
+		}
 		if req.WantReply {
 			if err != nil {
 				ok, payload = false, nil
@@ -59,12 +70,13 @@ func relayGlobal(in <-chan *gossh.Request, to gossh.Conn) {
 // goroutines.
 const maxAdmitting = 64
 
-// relayChannels opens each incoming channel on the other side and, once
-// both are open, relays them. A refusal is passed back with its reason;
+// relayChannels opens each incoming channel on the other side (to returns
+// its connection, dialling it if need be) and, once both are open, relays
+// them. A refusal is passed back with its reason;
 // a channel over admit's cap is refused as a resource shortage. Admission
 // runs off the loop: x/crypto's connection reader blocks when the loop
 // does not take new channels, which would stall every other channel.
-func relayChannels(in <-chan gossh.NewChannel, to gossh.Conn, wg *sync.WaitGroup, shortcut func(gossh.NewChannel) bool, admit admitFunc) {
+func relayChannels(in <-chan gossh.NewChannel, to func() (gossh.Conn, error), wg *sync.WaitGroup, shortcut func(gossh.NewChannel) bool, admit admitFunc) {
 	admitting := make(chan struct{}, maxAdmitting)
 	for nc := range in {
 		select {
@@ -86,7 +98,12 @@ func relayChannels(in <-chan gossh.NewChannel, to gossh.Conn, wg *sync.WaitGroup
 			if shortcut != nil && shortcut(nc) {
 				return
 			}
-			out, outReqs, err := to.OpenChannel(nc.ChannelType(), nc.ExtraData())
+			conn, err := to()
+			if err != nil {
+				_ = nc.Reject(gossh.ConnectionFailed, refusalText(err))
+				return
+			}
+			out, outReqs, err := conn.OpenChannel(nc.ChannelType(), nc.ExtraData())
 			if err != nil {
 				var oce *gossh.OpenChannelError
 				if errors.As(err, &oce) {

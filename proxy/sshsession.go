@@ -102,7 +102,15 @@ func (f *sshFront) awaitStart(ctx context.Context, st *frontConn, ch gossh.Chann
 // sessionViaAgent opens the session on the agent and relays it, starting
 // with the requests already received.
 func (f *sshFront) sessionViaAgent(st *frontConn, ch gossh.Channel, reqs <-chan *gossh.Request, held []*gossh.Request, req *gossh.Request) {
-	out, outReqs, err := st.agent.conn.OpenChannel("session", nil)
+	conn, err := st.agent.get()
+	if err != nil {
+		if req.WantReply {
+			_ = req.Reply(false, nil)
+		}
+		failSession(ch, reqs, "tl-proxy: "+refusalText(err))
+		return
+	}
+	out, outReqs, err := conn.OpenChannel("session", nil)
 	if err != nil {
 		if req.WantReply {
 			_ = req.Reply(false, nil)
@@ -147,8 +155,11 @@ func (f *sshFront) sftpStream(ctx context.Context, st *frontConn, remote string,
 		}
 	}()
 	_, err = io.CopyBuffer(ch, s, make([]byte, relayBuf))
-	// The agent's end of the stream is the server's exit, 0 at the
-	// client's EOF (the clean end; scp reports failure without a status).
+	// The agent refuses the stream (above) when the session cannot
+	// start, as sshd's subsystem reports it: the reason, exit status 1.
+	// Once it runs, the stream's clean end is the server's exit at the
+	// client's EOF, 0 (scp reports failure without a status); a broken
+	// stream is 1.
 	status := uint32(0)
 	if err != nil {
 		status = 1

@@ -1,5 +1,6 @@
 // Package sshd is the agent's SSH server, built on gliderlabs/ssh: login
-// shells and exec through the user's shell, PTYs, SFTP (through sftpd),
+// shells and exec through the user's shell, PTYs, the sftp subsystem
+// (served by sftpd, which also serves the proxy's bare sftp streams),
 // and every forward (through package forward). It serves connections that
 // arrive over the uplink, where the proxy has already authenticated the
 // user, and optionally a TCP port inside the sandbox that checks the
@@ -26,8 +27,9 @@ import (
 
 	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/streams"
+	"github.com/tensorlake/tl-agent/sftpd"
 	"github.com/tensorlake/tl-agent/supervisor"
-	"github.com/tensorlake/tl-agent/uplink"
 )
 
 // Config is what the SSH server needs.
@@ -38,8 +40,8 @@ type Config struct {
 	// 0.0.0.0:22) that serves clients with keys from the user's
 	// ~/.ssh/authorized_keys. Empty: uplink only.
 	Listen string
-	// Exe is the agent's own binary, re-executed as the sftp-server.
-	Exe string
+	// SFTP serves the sftp subsystem; nil: sessions asking for it fail.
+	SFTP *sftpd.Server
 	// HandshakeTimeout bounds the key exchange plus authentication.
 	HandshakeTimeout time.Duration
 	// MaxSessions bounds concurrent session channels over all connections.
@@ -81,6 +83,7 @@ type Server struct {
 	closing  bool              // guarded by mu
 	conns    map[net.Conn]bool // guarded by mu; true: from the listener
 	nListen  int               // guarded by mu; listener connections in conns
+	served   int               // guarded by mu; connections ever taken, for the status
 	ln       net.Listener      // guarded by mu
 	wg       sync.WaitGroup    // connections and the accept loop
 	sessions sync.WaitGroup    // session handlers; Add only under mu while !closing
@@ -91,9 +94,6 @@ type Server struct {
 func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Server, error) {
 	if cfg.User == "" {
 		cfg.User = identity.DefaultUser
-	}
-	if cfg.Exe == "" {
-		cfg.Exe = "/proc/self/exe"
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
@@ -217,25 +217,24 @@ func authenticated(ctx ssh.Context) {
 	}
 }
 
-// ServeConn serves one SSH connection that arrived over the uplink and
-// returns when it has ended. h says who the proxy authenticated.
-func (s *Server) ServeConn(ctx context.Context, c net.Conn, h uplink.Header) {
+// ServeConn serves one SSH connection that arrived over the uplink (a
+// stream of kind ssh) and returns when it has ended. peer says who the
+// proxy authenticated. Over the connection cap, or closing, it refuses
+// the stream with the reason (streams.Server).
+func (s *Server) ServeConn(ctx context.Context, c net.Conn, peer streams.Peer) error {
 	if !s.track(c, false) {
-		s.log.Warn().Str("user", h.User).Msg("ssh connection refused: closing or at the connection limit")
+		s.log.Warn().Str("user", peer.User).Msg("ssh connection refused: closing or at the connection limit")
 		c.Close()
-		return
+		return fmt.Errorf("the SSH server is shutting down or at its limit of %d connections", s.cfg.MaxConns)
 	}
 	defer s.untrack(c)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	log := s.log.With().Str("user", h.User).Str("remote", h.Remote).Logger()
-	if h.Kind == uplink.KindSFTP {
-		s.serveSFTPStream(c, log)
-		return
-	}
+	log := s.log.With().Str("user", peer.User).Str("remote", peer.Remote).Logger()
 	start := time.Now()
 	s.uplink.HandleConn(c)
 	log.Info().Dur("duration", time.Since(start)).Msg("ssh connection ended")
+	return nil
 }
 
 // track registers a connection within its own limit: listener and
@@ -250,6 +249,7 @@ func (s *Server) track(c net.Conn, listener bool) bool {
 		return false
 	}
 	s.conns[c] = listener
+	s.served++
 	if listener {
 		s.nListen++
 	}
@@ -369,11 +369,12 @@ func (s *Server) startSession() bool {
 type Stats struct {
 	Connections         int `json:"connections"`          // all open connections
 	ListenerConnections int `json:"listener_connections"` // of them, via the in-sandbox listener
+	ConnectionsTotal    int `json:"connections_total"`    // served since start
 }
 
 // Stats reports open SSH connections for the operator's status.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Stats{Connections: len(s.conns), ListenerConnections: s.nListen}
+	return Stats{Connections: len(s.conns), ListenerConnections: s.nListen, ConnectionsTotal: s.served}
 }

@@ -11,8 +11,8 @@ import (
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/supervisor"
-	"github.com/tensorlake/tl-agent/uplink"
 )
 
 func newTestServer(t *testing.T, cfg Config) *Server {
@@ -33,7 +33,7 @@ func TestHandshakeTimeout(t *testing.T) {
 	defer b.Close()
 	done := make(chan struct{})
 	go func() {
-		s.ServeConn(context.Background(), a, uplink.Header{Kind: uplink.KindSSH, User: "test"})
+		s.ServeConn(context.Background(), a, streams.Peer{User: "test"})
 		close(done)
 	}()
 	select {
@@ -49,7 +49,7 @@ func TestHandshakeTimeout(t *testing.T) {
 func TestUplinkNoAuthAndClose(t *testing.T) {
 	s := newTestServer(t, Config{})
 	a, b := tcpPair(t)
-	go s.ServeConn(context.Background(), a, uplink.Header{Kind: uplink.KindSSH})
+	go s.ServeConn(context.Background(), a, streams.Peer{})
 	conn, chans, reqs, err := gossh.NewClientConn(b, "pipe", &gossh.ClientConfig{User: "x", HostKeyCallback: gossh.InsecureIgnoreHostKey()})
 	if err != nil {
 		t.Fatalf("handshake: %v", err)
@@ -101,7 +101,7 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 func TestMaxConns(t *testing.T) {
 	s := newTestServer(t, Config{MaxConns: 1})
 	a1, _ := tcpPair(t)
-	go s.ServeConn(context.Background(), a1, uplink.Header{Kind: uplink.KindSSH})
+	go s.ServeConn(context.Background(), a1, streams.Peer{})
 	for {
 		s.mu.Lock()
 		n := len(s.conns)
@@ -112,7 +112,7 @@ func TestMaxConns(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	a2, b2 := tcpPair(t)
-	s.ServeConn(context.Background(), a2, uplink.Header{Kind: uplink.KindSSH}) // returns at once
+	s.ServeConn(context.Background(), a2, streams.Peer{}) // returns at once
 	_ = b2.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := b2.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatal("second connection was served")

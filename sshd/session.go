@@ -52,6 +52,7 @@ type session struct {
 	limits *connLimits
 	begun  bool // a start request came: the unstarted slot is given back
 	proc   *supervisor.Proc
+	sftp   *sftpRun       // the sftp subsystem, instead of proc
 	failed bool           // the program could not start; the channel is closed
 	output sync.WaitGroup // copies of program output to the channel
 	outs   []*os.File     // our read ends of the program's output
@@ -89,6 +90,9 @@ func (s *Server) handleSession(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewC
 	ss.serve(reqs)
 }
 
+// started reports whether a program (or the sftp subsystem) runs.
+func (ss *session) started() bool { return ss.proc != nil || ss.sftp != nil }
+
 // begin gives back the session's unstarted slot, once.
 func (ss *session) begin() {
 	if !ss.begun {
@@ -123,8 +127,10 @@ func (ss *session) serve(reqs <-chan *gossh.Request) {
 			ss.handle(req)
 			if ss.proc != nil {
 				done = ss.proc.Done()
+			} else if ss.sftp != nil {
+				done = ss.sftp.done
 			}
-			if ss.proc != nil || ss.failed {
+			if ss.started() || ss.failed {
 				ss.begin()
 				unstarted.Stop()
 			}
@@ -149,13 +155,13 @@ func (ss *session) handle(req *gossh.Request) {
 	case "env":
 		ok = ss.setEnv(req.Payload)
 	case "pty-req":
-		if ss.proc == nil && ss.pty == nil {
+		if !ss.started() && ss.pty == nil {
 			ss.pty, ok = parsePtyRequest(req.Payload)
 		}
 	case "window-change":
 		ok = ss.windowChange(req.Payload)
 	case "shell", "exec", "subsystem":
-		if ss.proc != nil || ss.failed {
+		if ss.started() || ss.failed {
 			break
 		}
 		// A program that cannot start is reported as sshd reports an
@@ -179,7 +185,7 @@ func (ss *session) handle(req *gossh.Request) {
 	case "signal":
 		ok = ss.signal(req.Payload)
 	case "auth-agent-req@openssh.com":
-		if ss.proc == nil {
+		if !ss.started() {
 			path, err := forward.AgentSocket(ss.ctx)
 			if err != nil {
 				ss.log.Warn().Err(err).Msg("ssh: agent forwarding")
@@ -231,6 +237,10 @@ func (ss *session) signal(payload []byte) bool {
 // reaped by the reaper, and our pipes are closed so nothing blocks.
 func (ss *session) hangup() {
 	_ = ss.ch.Close()
+	if ss.sftp != nil {
+		<-ss.sftp.done // the closed channel is the server's EOF
+		return
+	}
 	if ss.proc == nil {
 		return
 	}
@@ -247,6 +257,10 @@ func (ss *session) hangup() {
 // (RFC 4254 §6.10): remaining output, exit-status or exit-signal, EOF,
 // close.
 func (ss *session) finish() {
+	if ss.sftp != nil {
+		ss.finishSFTP()
+		return
+	}
 	exit := ss.proc.Wait()
 	ss.stopOutput(time.Now().Add(drainGrace))
 	ss.output.Wait()

@@ -11,8 +11,8 @@ import (
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/supervisor"
-	"github.com/tensorlake/tl-agent/uplink"
 )
 
 // dial starts a server running programs as the current user and returns
@@ -40,7 +40,7 @@ func dialWith(t *testing.T, cfg Config) *gossh.Client {
 	}
 	t.Cleanup(s.Close)
 	a, b := tcpPair(t)
-	go s.ServeConn(context.Background(), a, uplink.Header{Kind: uplink.KindSSH, User: "test"})
+	go s.ServeConn(context.Background(), a, streams.Peer{User: "test"})
 	conn, chans, reqs, err := gossh.NewClientConn(b, "pipe", &gossh.ClientConfig{User: "x", HostKeyCallback: gossh.InsecureIgnoreHostKey()})
 	if err != nil {
 		t.Fatalf("handshake: %v", err)

@@ -12,7 +12,6 @@ import (
 
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/launch"
-	"github.com/tensorlake/tl-agent/sftpd"
 )
 
 // ptyRequest is the pty-req payload (RFC 4254 §6.2).
@@ -92,7 +91,7 @@ func (ss *session) start(kind string, payload []byte) error {
 		if gossh.Unmarshal(payload, &m) != nil || m.Name != "sftp" {
 			return fmt.Errorf("unknown subsystem %q", m.Name)
 		}
-		return ss.startSFTP(u, u.Env(sp.Term, env))
+		return ss.startSFTP(u.Env(sp.Term, env))
 	case "exec":
 		var m struct{ Command string }
 		if gossh.Unmarshal(payload, &m) != nil {
@@ -199,23 +198,6 @@ func (ss *session) wirePipes(p *pipes) {
 	ss.copyOut(ss.ch, p.outR)
 	ss.copyOut(ss.ch.Stderr(), p.errR)
 	copyIn(p.inW, ss.ch, true)
-}
-
-func (ss *session) startSFTP(u *identity.User, env []string) error {
-	p, err := newPipes()
-	if err != nil {
-		return fmt.Errorf("pipes: %w", err)
-	}
-	proc, err := sftpd.Start(ss.srv.reaper, ss.srv.cfg.Exe, u, env, p.inR, p.outW, p.errW)
-	if err != nil {
-		p.closeAll()
-		return err
-	}
-	p.childEnds()
-	ss.proc = proc
-	ss.log.Info().Msg("ssh sftp")
-	ss.wirePipes(p)
-	return nil
 }
 
 // sshConnection is the SSH_CONNECTION value: client ip and port, server

@@ -1,0 +1,30 @@
+// Package streams is what a capability serving whole connections from the
+// uplink sees: the connection, and who the proxy says is on the other end.
+// The wire header (package uplink) stays with the agent, which reads it,
+// answers it and picks the server by the stream's kind; capabilities do
+// not import uplink.
+package streams
+
+import (
+	"context"
+	"net"
+)
+
+// Peer describes the far end of a stream, as the proxy reported it. Both
+// fields are for logs only: the uplink is trusted, and the proxy has
+// already authenticated the user.
+type Peer struct {
+	User   string // who the proxy authenticated: an SSH key's comment
+	Remote string // the user's address as the proxy saw it
+}
+
+// Server serves whole connections of one stream kind (ssh, sftp).
+// ServeConn owns c, closes it, and returns when it is done with it; ctx
+// ends at shutdown. The agent accepts the stream (answers the proxy's
+// header) at the server's first read or write of c, so an error returned
+// before either refuses the stream, and its text is the reason the proxy
+// reports to the user (over a cap, shutting down, a session that could
+// not start). Later errors are only logged.
+type Server interface {
+	ServeConn(ctx context.Context, c net.Conn, p Peer) error
+}

@@ -1,0 +1,281 @@
+package sftpd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/streams"
+	"github.com/tensorlake/tl-agent/supervisor"
+)
+
+// The agent serves SFTP two ways, both through Server.Serve: bare sftp
+// streams from the proxy's front door (ServeConn, uplink kind sftp: the
+// proxy speaks SSH to the user itself, so the agent's SSH server is not
+// involved at all) and the `sftp` subsystem of the agent's own SSH server
+// (package sshd, for `ssh` through the agent's server or its in-sandbox
+// listener).
+
+// Config is what the SFTP server needs.
+type Config struct {
+	// User is the sandbox user sessions run as.
+	User string
+	// Exe is the agent's own binary, re-executed as the sftp-server.
+	Exe string
+	// MaxSessions bounds concurrent SFTP sessions over both ways in.
+	MaxSessions int
+}
+
+// DefaultMaxSessions is Config.MaxSessions when zero: the SSH server's
+// connection cap, which bare sftp streams used to count against.
+const DefaultMaxSessions = 256
+
+// ErrClosed is Serve's error once the server is closing.
+var ErrClosed = errors.New("sftp server shutting down")
+
+// Server runs SFTP sessions. It owns what they start: Close hangs every
+// session up and returns when their goroutines have ended.
+type Server struct {
+	cfg    Config
+	log    zerolog.Logger
+	reaper *supervisor.Reaper
+	slots  chan struct{}
+	total  atomic.Int64 // sessions started, for the operator's status
+
+	mu      sync.Mutex
+	closing bool           // guarded by mu
+	wg      sync.WaitGroup // sessions and their copies; Add only under mu while !closing
+	stop    context.Context
+	cancel  context.CancelFunc
+}
+
+// New returns a server; its zero Config fields take the defaults.
+func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) *Server {
+	if cfg.User == "" {
+		cfg.User = identity.DefaultUser
+	}
+	if cfg.Exe == "" {
+		cfg.Exe = "/proc/self/exe"
+	}
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = DefaultMaxSessions
+	}
+	stop, cancel := context.WithCancel(context.Background())
+	return &Server{cfg: cfg, log: log.With().Str("component", "sftpd").Logger(), reaper: reaper,
+		slots: make(chan struct{}, cfg.MaxSessions), stop: stop, cancel: cancel}
+}
+
+// Session is one SFTP session's ends.
+type Session struct {
+	// In is the client's bytes; its EOF is the clean end of the session.
+	In io.Reader
+	// Out takes the server's replies.
+	Out io.Writer
+	// Stderr takes the sftp-server's messages; nil discards them.
+	Stderr io.Writer
+	// Env is the server's environment; nil: the user's login environment.
+	Env []string
+}
+
+// Serve runs one session: an sftp-server as the sandbox user in its home,
+// fed from In, answering on Out, until it exits. It exits 0 at In's EOF
+// (scp reports failure otherwise, Coder 11786); the end of ctx or a
+// failed write to Out hangs it up. The error is for a session that could
+// not start (over MaxSessions, closing, unknown user, no fork); the exit
+// is the server's own otherwise.
+//
+// Serve returns once the server has exited and its output is passed on;
+// the copy of In ends when the caller closes In (after reporting the exit,
+// on SSH), and Close waits for it.
+func (s *Server) Serve(ctx context.Context, sess Session) (supervisor.Exit, error) {
+	release, err := s.admit()
+	if err != nil {
+		return supervisor.Exit{}, err
+	}
+	defer release()
+	u, err := identity.Lookup(s.cfg.User)
+	if err != nil {
+		return supervisor.Exit{}, err
+	}
+	env := sess.Env
+	if env == nil {
+		env = u.Env("", nil)
+	}
+	p, err := newPipes()
+	if err != nil {
+		return supervisor.Exit{}, fmt.Errorf("sftp-server pipes: %w", err)
+	}
+	proc, err := Start(s.reaper, s.cfg.Exe, u, env, p.inR, p.outW, p.errW)
+	if err != nil {
+		p.closeAll()
+		return supervisor.Exit{}, err
+	}
+	p.childEnds()
+	s.total.Add(1)
+	s.wg.Add(1) // admit holds a count, so Close cannot be past its Wait
+	go func() {
+		defer s.wg.Done()
+		_, _ = io.CopyBuffer(writerOnly{p.inW}, sess.In, make([]byte, copyBuf))
+		p.inW.Close() // the client's EOF is the server's
+	}()
+	var errs sync.WaitGroup
+	errs.Add(1)
+	go func() {
+		defer errs.Done()
+		w := sess.Stderr
+		if w == nil {
+			w = io.Discard
+		}
+		_, _ = io.Copy(w, p.errR)
+	}()
+	stopCtx := context.AfterFunc(ctx, func() { hangup(proc) })
+	defer stopCtx()
+	stopClose := context.AfterFunc(s.stop, func() { hangup(proc) })
+	defer stopClose()
+	if _, err := io.CopyBuffer(writerOnly{sess.Out}, readerOnly{p.outR}, make([]byte, copyBuf)); err != nil {
+		hangup(proc) // the client is gone
+	}
+	exit := proc.Wait()
+	_ = p.errR.SetReadDeadline(time.Now().Add(drainGrace))
+	errs.Wait()
+	p.outR.Close()
+	p.errR.Close()
+	return exit, nil
+}
+
+// admit takes a session slot; release gives it back.
+func (s *Server) admit() (release func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return nil, ErrClosed
+	}
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		return nil, fmt.Errorf("too many SFTP sessions (max %d)", s.cfg.MaxSessions)
+	}
+	s.wg.Add(1)
+	return func() { <-s.slots; s.wg.Done() }, nil
+}
+
+// ServeConn serves a bare sftp stream: the SFTP protocol both ways, ended
+// by the client's EOF. A session that cannot start refuses the stream
+// with the reason (streams.Server), which the proxy reports as sshd's
+// subsystem does: on stderr, exit status 1. Otherwise the stream's clean
+// end (a half-close once the server exited) is what the proxy reports as
+// exit status 0.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn, peer streams.Peer) error {
+	defer c.Close()
+	log := s.log.With().Str("user", peer.User).Str("remote", peer.Remote).Logger()
+	exit, err := s.Serve(ctx, Session{In: c, Out: c})
+	if err != nil {
+		log.Warn().Err(err).Msg("sftp stream refused")
+		return err
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	log.Info().Str("exit", exit.String()).Msg("sftp session over the uplink ended")
+	return nil
+}
+
+// Close refuses new sessions, hangs up the running ones and waits until
+// they and their copies have ended. Safe to call twice.
+func (s *Server) Close() {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+}
+
+// Stats are SFTP sessions, for the operator's status.
+type Stats struct {
+	Sessions      int   `json:"sessions"`       // running now
+	SessionsTotal int64 `json:"sessions_total"` // served since start
+}
+
+// Stats reports sessions for the operator's status.
+func (s *Server) Stats() Stats {
+	return Stats{Sessions: len(s.slots), SessionsTotal: s.total.Load()}
+}
+
+// hangup ends a session's server as a closed connection would: SIGHUP to
+// its group (Start gives it one).
+func hangup(p *supervisor.Proc) {
+	if _, exited := p.Exited(); !exited {
+		_ = p.SignalGroup(unix.SIGHUP)
+		_ = p.SignalGroup(unix.SIGCONT)
+	}
+}
+
+const (
+	// copyBuf is the copy size each way: larger than an SSH packet (32
+	// KiB), so bulk transfers cost fewer reads and writes.
+	copyBuf = 128 << 10
+	// pipeSize is the server's stdin and stdout pipe size: bigger than the
+	// 64 KiB default, so bulk transfers run a few packets ahead.
+	pipeSize = 512 << 10
+	// drainGrace bounds reading the server's stderr after it exited.
+	drainGrace = 2 * time.Second
+)
+
+// pipes are the server's stdio: ours are the far ends.
+type pipes struct {
+	inR, inW, outR, outW, errR, errW *os.File
+}
+
+func newPipes() (*pipes, error) {
+	var p pipes
+	var fs []*os.File
+	for _, pair := range []struct{ r, w **os.File }{{&p.inR, &p.inW}, {&p.outR, &p.outW}, {&p.errR, &p.errW}} {
+		r, w, err := os.Pipe()
+		if err != nil {
+			for _, f := range fs {
+				f.Close()
+			}
+			return nil, err
+		}
+		*pair.r, *pair.w = r, w
+		fs = append(fs, r, w)
+	}
+	// Failure is harmless: the default size only costs speed.
+	for _, f := range []*os.File{p.inW, p.outW} {
+		if rc, err := f.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
+		}
+	}
+	return &p, nil
+}
+
+// childEnds closes the server's ends in our process once it has them.
+func (p *pipes) childEnds() {
+	p.inR.Close()
+	p.outW.Close()
+	p.errW.Close()
+}
+
+func (p *pipes) closeAll() {
+	p.childEnds()
+	p.inW.Close()
+	p.outR.Close()
+	p.errR.Close()
+}
+
+// writerOnly and readerOnly hide ReadFrom and WriteTo, so copies use
+// their own buffer.
+type (
+	writerOnly struct{ io.Writer }
+	readerOnly struct{ io.Reader }
+)
