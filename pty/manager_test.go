@@ -208,9 +208,8 @@ func TestCloseLeaksNothing(t *testing.T) {
 	func() {
 		log := zerolog.Nop()
 		reaper := supervisor.NewReaper(log, false)
-		stop := make(chan struct{})
-		defer close(stop)
-		go reaper.Run(stop)
+		defer reaper.Close()
+		go reaper.Run(nil)
 		m := NewManager(Config{KillGrace: time.Second}, log, reaper)
 		mux := http.NewServeMux()
 		m.Routes(mux)
