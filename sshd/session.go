@@ -321,10 +321,19 @@ func (ss *session) copyOut(w io.Writer, r *os.File) {
 }
 
 // copyIn copies the client's input to the program; at the client's EOF it
-// closes w so the program sees EOF too. Nothing waits for it: many clients
-// never half-close.
-func copyIn(w io.WriteCloser, r io.Reader, closeAtEOF bool) {
+// closes w so the program sees EOF too. The session does not wait for it
+// (many clients never half-close, and a channel's Read cannot be
+// interrupted); it ends when the client closes the channel or the
+// connection ends, and the server's Close waits for it.
+func (ss *session) copyIn(w io.WriteCloser, r io.Reader, closeAtEOF bool) {
+	if !ss.srv.startSession() {
+		if closeAtEOF {
+			_ = w.Close() // closing: the connection and its channel are going
+		}
+		return
+	}
 	go func() {
+		defer ss.srv.sessions.Done()
 		buf := make([]byte, outBuf)
 		_, _ = io.CopyBuffer(writerOnly{w}, r, buf)
 		if closeAtEOF {

@@ -165,7 +165,7 @@ func (ss *session) startPTY(cmd *exec.Cmd, u *identity.User) error {
 	ss.proc, ss.term = p, t
 	// Raw bytes both ways: PTY output is never rewritten here.
 	ss.copyOut(ss.ch, t.master)
-	copyIn(t.master, ss.ch, false)
+	ss.copyIn(t.master, ss.ch, false)
 	return nil
 }
 
@@ -238,7 +238,7 @@ func (ss *session) startPipes(cmd *exec.Cmd) error {
 func (ss *session) wirePipes(p *pipes) {
 	ss.copyOut(ss.ch, p.outR)
 	ss.copyOut(ss.ch.Stderr(), p.errR)
-	copyIn(p.inW, ss.ch, true)
+	ss.copyIn(p.inW, ss.ch, true)
 }
 
 func (ss *session) startSFTP(u *identity.User, env []string) error {
