@@ -66,6 +66,19 @@ func (s Snapshot) Check(t testing.TB) {
 	}
 }
 
+// Running returns the stacks of live goroutines that mention s, such as
+// a package path ("tl-agent/proxy."): right after a Close returns, a
+// thing that waits for its own goroutines has none left.
+func Running(s string) []string {
+	var out []string
+	for _, g := range goroutines() {
+		if strings.Contains(g, s) {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
 func countFDs() int {
 	ents, _ := os.ReadDir("/proc/self/fd")
 	return len(ents)
