@@ -26,6 +26,7 @@ const Wait = 10 * time.Second
 type Snapshot struct {
 	fds        int
 	goroutines int
+	wait       time.Duration // 0: Wait
 }
 
 // Take records the process's fds and goroutines. It first makes the fds
@@ -44,14 +45,20 @@ func Take(t testing.TB) Snapshot {
 // keeps across the check (such as its end of a connection it holds open
 // to prove that Close ends the other end).
 func (s Snapshot) Allow(fds, goroutines int) Snapshot {
-	return Snapshot{fds: s.fds + fds, goroutines: s.goroutines + goroutines}
+	s.fds += fds
+	s.goroutines += goroutines
+	return s
 }
 
 // Check fails t unless, within Wait, there are no more fds and goroutines
 // than at the snapshot; the failure lists the open fds and every stack.
 func (s Snapshot) Check(t testing.TB) {
 	t.Helper()
-	deadline := time.Now().Add(Wait)
+	wait := s.wait
+	if wait == 0 {
+		wait = Wait
+	}
+	deadline := time.Now().Add(wait)
 	for {
 		http.DefaultClient.CloseIdleConnections()
 		f, g := countFDs(), goroutines()
@@ -61,6 +68,7 @@ func (s Snapshot) Check(t testing.TB) {
 		if time.Now().After(deadline) {
 			t.Fatalf("leak: fds %d (were %d): %s\ngoroutines %d (were %d):\n\n%s",
 				f, s.fds, strings.Join(fdLinks(), " "), len(g), s.goroutines, strings.Join(g, "\n\n"))
+			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
