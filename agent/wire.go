@@ -28,7 +28,9 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	p.Pause = pauses
 	pctx, stopPauses := context.WithCancel(context.Background())
 	gaps, unsubscribe := pauses.Subscribe()
+	logged := make(chan struct{})
 	go func() {
+		defer close(logged)
 		defer unsubscribe()
 		for {
 			select {
@@ -41,7 +43,7 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 			}
 		}
 	}()
-	stops = append(stops, stopPauses)
+	stops = append(stops, func() { stopPauses(); <-logged })
 	// Capabilities are added here, one block each.
 
 	// PTY sessions.
@@ -78,7 +80,9 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	p.Caps = append(p.Caps, files.New(files.Config{User: cfg.User}, log))
 
 	// TCP tunnels over WebSocket.
-	p.Caps = append(p.Caps, forward.NewTunnels(log))
+	tunnels := forward.NewTunnels(log)
+	p.Caps = append(p.Caps, tunnels)
+	stops = append(stops, tunnels.Close)
 
 	// What the operator's `tl-agent status` shows beside the uplink.
 	p.Status = func() map[string]any {
