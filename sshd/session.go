@@ -129,13 +129,13 @@ func (ss *session) serve(reqs <-chan *gossh.Request) {
 			}
 		case <-unstarted.C:
 			ss.log.Info().Dur("after", ss.srv.cfg.UnstartedTimeout).Msg("ssh: session closed: no shell, exec or subsystem request")
-			go gossh.DiscardRequests(reqs)
+			ss.discard(reqs)
 			_ = ss.ch.Close()
 			return
 		case <-done:
 			// Requests that arrive while we report the exit (a late
 			// window-change) must not block the connection's mux.
-			go gossh.DiscardRequests(reqs)
+			ss.discard(reqs)
 			ss.finish()
 			return
 		}
@@ -339,6 +339,20 @@ func (ss *session) copyIn(w io.WriteCloser, r io.Reader, closeAtEOF bool) {
 		if closeAtEOF {
 			_ = w.Close()
 		}
+	}()
+}
+
+// discard drains the channel's later requests (they must not block the
+// connection's mux) until the channel goes, on a goroutine the server's
+// Close waits for.
+func (ss *session) discard(reqs <-chan *gossh.Request) {
+	if !ss.srv.startSession() {
+		go gossh.DiscardRequests(reqs) // closing: ends with the connection, now
+		return
+	}
+	go func() {
+		defer ss.srv.sessions.Done()
+		gossh.DiscardRequests(reqs)
 	}()
 }
 
