@@ -49,14 +49,6 @@ func stateOf(ctx ssh.Context) *sshConn {
 	return c
 }
 
-// userOrNil is the sandbox user forwards act as; nil refuses them.
-func (c *sshConn) userOrNil() *identity.User {
-	if c == nil {
-		return nil
-	}
-	return c.user
-}
-
 // close ends the connection's forwards: its listeners (so their accept
 // loops end) and both ends of its relays. Safe twice.
 func (c *sshConn) close() {
