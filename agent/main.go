@@ -48,8 +48,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	}
 
 	reaper := supervisor.NewReaper(log, true)
-	stopReaper := make(chan struct{})
-	go reaper.Run(stopReaper)
+	go reaper.Run(nil) // until reaper.Close, the last step of the shutdown
 	if cfg.Provision {
 		provision(cfg, log)
 	}
@@ -84,7 +83,8 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	res := supervisor.Sweep(reaper, cfg.ShutdownGrace, pid1, log)
 	err = <-runErr
 	stopParts()
-	close(stopReaper)
+	// Last: the capabilities' Close may still wait on their processes.
+	reaper.Close()
 	if err != nil {
 		log.Error().Err(err).Msg("agent stopped")
 	}

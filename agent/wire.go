@@ -31,7 +31,9 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	p.Pause = pauses
 	pctx, stopPauses := context.WithCancel(context.Background())
 	gaps, unsubscribe := pauses.Subscribe()
+	logged := make(chan struct{})
 	go func() {
+		defer close(logged)
 		defer unsubscribe()
 		for {
 			select {
@@ -44,7 +46,7 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 			}
 		}
 	}()
-	stops = append(stops, stopPauses)
+	stops = append(stops, func() { stopPauses(); <-logged })
 	// Capabilities are added here, one block each.
 
 	// PTY sessions.
@@ -91,7 +93,9 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	p.Caps = append(p.Caps, files.New(files.Config{Owner: sandboxUser(cfg, log)}, log))
 
 	// TCP tunnels over WebSocket.
-	p.Caps = append(p.Caps, forward.NewTunnels(log))
+	tunnels := forward.NewTunnels(log)
+	p.Caps = append(p.Caps, tunnels)
+	stops = append(stops, tunnels.Close)
 
 	return p, func() {
 		for i := len(stops) - 1; i >= 0; i-- {

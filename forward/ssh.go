@@ -2,6 +2,7 @@ package forward
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"sync"
 
@@ -17,7 +18,8 @@ import (
 // by "addr:port" across connections: several `-R 0:...` overwrite each
 // other and a dropped connection's stale forward blocks the next one
 // (gliderlabs 162, Coder PR 11631). Everything a connection opened is
-// closed when it ends.
+// closed when it ends, and SSHForwards (sshtrack.go) waits for every
+// goroutine it started.
 
 // MaxListeners bounds the remote forwards (TCP and unix) of one connection.
 const MaxListeners = 64
@@ -29,23 +31,15 @@ type sshConn struct {
 	log  zerolog.Logger
 	user *identity.User // whom forwards act as; nil refuses unix forwards
 
+	owner     *SSHForwards
+	stopWatch func() bool // stops the watcher that closes c when its context ends
+
 	mu        sync.Mutex
 	closed    bool                    // guarded by mu
 	listeners map[string]net.Listener // guarded by mu; "tcp:addr:port" or "unix:path"
+	held      map[io.Closer]struct{}  // guarded by mu; both ends of every relay
 	agentPath string                  // guarded by mu; the agent socket once made
 	agentDir  string                  // guarded by mu
-}
-
-// Attach gives the connection of ctx its forwarding state; call it in
-// gliderlabs' ConnCallback. It is torn down when ctx ends (the connection
-// closed). u is the sandbox user, or nil when unknown.
-func Attach(ctx ssh.Context, log zerolog.Logger, u *identity.User) {
-	c := &sshConn{log: log, user: u, listeners: map[string]net.Listener{}}
-	ctx.SetValue(ctxKey{}, c)
-	go func() {
-		<-ctx.Done()
-		c.close()
-	}()
 }
 
 func stateOf(ctx ssh.Context) *sshConn {
@@ -53,23 +47,26 @@ func stateOf(ctx ssh.Context) *sshConn {
 	return c
 }
 
-// userOrNil is the sandbox user forwards act as; nil refuses them.
-func (c *sshConn) userOrNil() *identity.User {
-	if c == nil {
-		return nil
-	}
-	return c.user
-}
-
+// close ends the connection's forwards: its listeners (so their accept
+// loops end) and both ends of its relays. Safe twice.
 func (c *sshConn) close() {
 	c.mu.Lock()
 	c.closed = true
-	ls := c.listeners
-	c.listeners = map[string]net.Listener{}
+	ls, held := c.listeners, c.held
+	c.listeners, c.held = map[string]net.Listener{}, map[io.Closer]struct{}{}
 	dir := c.agentDir
+	c.agentDir = ""
 	c.mu.Unlock()
+	if c.owner != nil {
+		c.owner.mu.Lock()
+		delete(c.owner.conns, c)
+		c.owner.mu.Unlock()
+	}
 	for _, ln := range ls {
 		ln.Close()
+	}
+	for x := range held {
+		x.Close()
 	}
 	if dir != "" {
 		c.removeAgentDir(dir)

@@ -57,7 +57,7 @@ func AgentSocket(ctx ssh.Context) (string, error) {
 	c.mu.Lock()
 	c.agentPath, c.agentDir = path, dir
 	c.mu.Unlock()
-	go c.serveForward(ln, conn, func(net.Addr) (string, []byte) { return "auth-agent@openssh.com", nil })
+	c.goServeForward(ln, conn, func(net.Addr) (string, []byte) { return "auth-agent@openssh.com", nil })
 	return path, nil
 }
 

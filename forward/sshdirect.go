@@ -8,13 +8,17 @@ import (
 
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
-
-	"github.com/tensorlake/tl-agent/internal/relay"
 )
 
 // DirectTCPIP serves `ssh -L` and `-D`: a connection from inside the
 // sandbox to host:port (RFC 4254 §7.2).
 func DirectTCPIP(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
+	c := stateOf(ctx)
+	if c == nil || !c.enter() {
+		_ = nc.Reject(gossh.ConnectionFailed, "connection closing")
+		return
+	}
+	defer c.leave()
 	var m struct {
 		Host     string
 		Port     uint32
@@ -26,12 +30,18 @@ func DirectTCPIP(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx ss
 		return
 	}
 	addr := net.JoinHostPort(m.Host, strconv.Itoa(int(m.Port)))
-	dialAndRelay(ctx, nc, "tcp", addr)
+	c.dialAndRelay(ctx, nc, "tcp", addr)
 }
 
 // DirectStreamLocal serves `ssh -L local:/remote.sock`: a connection to a
 // unix socket inside the sandbox, made as the sandbox user.
 func DirectStreamLocal(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
+	c := stateOf(ctx)
+	if c == nil || !c.enter() {
+		_ = nc.Reject(gossh.ConnectionFailed, "connection closing")
+		return
+	}
+	defer c.leave()
 	var m struct {
 		Path      string
 		Reserved0 string
@@ -41,31 +51,31 @@ func DirectStreamLocal(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, 
 		_ = nc.Reject(gossh.ConnectionFailed, "bad direct-streamlocal request")
 		return
 	}
-	conn, err := dialUnixAs(stateOf(ctx).userOrNil(), m.Path)
+	conn, err := dialUnixAs(c.user, m.Path)
 	if err != nil {
 		_ = nc.Reject(gossh.ConnectionFailed, fmt.Sprintf("connect %s: %v", m.Path, err))
 		return
 	}
-	acceptAndRelay(nc, conn)
+	c.acceptAndRelay(nc, conn)
 }
 
 // dialAndRelay connects over TCP, which needs no credentials: a user may
 // connect anywhere root may.
-func dialAndRelay(ctx context.Context, nc gossh.NewChannel, network, addr string) {
+func (c *sshConn) dialAndRelay(ctx context.Context, nc gossh.NewChannel, network, addr string) {
 	d := net.Dialer{Timeout: DialTimeout}
 	conn, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		_ = nc.Reject(gossh.ConnectionFailed, fmt.Sprintf("connect %s: %v", addr, err))
 		return
 	}
-	acceptAndRelay(nc, conn)
+	c.acceptAndRelay(nc, conn)
 }
 
-func acceptAndRelay(nc gossh.NewChannel, conn net.Conn) {
+func (c *sshConn) acceptAndRelay(nc gossh.NewChannel, conn net.Conn) {
 	ch, reqs, err := nc.Accept()
 	if err != nil {
 		conn.Close()
 		return
 	}
-	relay.Channel(ch, reqs, conn)
+	c.relay(ch, reqs, conn)
 }

@@ -8,8 +8,6 @@ import (
 
 	"github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
-
-	"github.com/tensorlake/tl-agent/internal/relay"
 )
 
 // tcpipForward serves `ssh -R [addr:]port:...` (RFC 4254 §7.1). Port 0
@@ -42,7 +40,7 @@ func tcpipForward(ctx ssh.Context, _ *ssh.Server, req *gossh.Request) (bool, []b
 		return false, nil
 	}
 	c.log.Info().Str("listen", ln.Addr().String()).Msg("ssh remote forward")
-	go c.serveForward(ln, conn, func(from net.Addr) (string, []byte) {
+	c.goServeForward(ln, conn, func(from net.Addr) (string, []byte) {
 		oh, op := splitAddr(from)
 		return "forwarded-tcpip", gossh.Marshal(&struct {
 			Addr     string
@@ -114,7 +112,7 @@ func streamLocalForward(ctx ssh.Context, _ *ssh.Server, req *gossh.Request) (boo
 		return false, nil
 	}
 	c.log.Info().Str("path", path).Msg("ssh remote socket forward")
-	go c.serveForward(ln, conn, func(net.Addr) (string, []byte) {
+	c.goServeForward(ln, conn, func(net.Addr) (string, []byte) {
 		return "forwarded-streamlocal@openssh.com", gossh.Marshal(&struct {
 			Path     string
 			Reserved string
@@ -140,6 +138,12 @@ func (c *sshConn) socketPath(p string) string {
 	return filepath.Join(c.user.Home, p)
 }
 
+// goServeForward runs serveForward on a tracked goroutine. ln is already
+// registered, so if the connection has closed meanwhile ln is closed too.
+func (c *sshConn) goServeForward(ln net.Listener, conn *gossh.ServerConn, open func(from net.Addr) (string, []byte)) {
+	c.goTrack(func() { c.serveForward(ln, conn, open) })
+}
+
 // serveForward accepts on ln and opens a channel back to the client for
 // each connection, until ln is closed (cancel or end of connection).
 func (c *sshConn) serveForward(ln net.Listener, conn *gossh.ServerConn, open func(from net.Addr) (string, []byte)) {
@@ -151,14 +155,22 @@ func (c *sshConn) serveForward(ln net.Listener, conn *gossh.ServerConn, open fun
 			}
 			return
 		}
-		go func() {
-			typ, payload := open(nc.RemoteAddr())
-			ch, reqs, err := conn.OpenChannel(typ, payload)
-			if err != nil {
-				nc.Close()
-				return
-			}
-			relay.Channel(ch, reqs, nc)
-		}()
+		ok := c.hold(nc) // until the channel is open, then relay holds it
+		if ok {
+			ok = c.goTrack(func() {
+				defer c.release(nc)
+				typ, payload := open(nc.RemoteAddr())
+				ch, reqs, err := conn.OpenChannel(typ, payload)
+				if err != nil {
+					nc.Close()
+					return
+				}
+				c.relay(ch, reqs, nc)
+			})
+		}
+		if !ok {
+			nc.Close()
+			return
+		}
 	}
 }

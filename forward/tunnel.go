@@ -25,13 +25,53 @@ import (
 // (1000, "eof") after all its bytes; the client's EOF is a normal close
 // or, to keep receiving after it, a zero-length binary message. Text
 // messages are refused with close code 1003.
+//
+// A tunnel's WebSocket is hijacked from the HTTP server, whose Shutdown
+// does not wait for it: Tunnels owns its tunnels, and Close ends them.
 type Tunnels struct {
 	log zerolog.Logger
+
+	mu      sync.Mutex
+	closing bool                  // guarded by mu: new tunnels are refused
+	live    map[net.Conn]struct{} // guarded by mu; each tunnel's target
+	wg      sync.WaitGroup        // tunnels; Add only under mu while !closing
 }
 
 // NewTunnels returns the tunnel capability.
 func NewTunnels(log zerolog.Logger) *Tunnels {
-	return &Tunnels{log: log.With().Str("component", "tunnels").Logger()}
+	return &Tunnels{log: log.With().Str("component", "tunnels").Logger(), live: map[net.Conn]struct{}{}}
+}
+
+// Close refuses new tunnels, closes the open ones (their targets: the
+// relay then closes the WebSocket) and returns once they have ended.
+// Safe twice.
+func (t *Tunnels) Close() {
+	t.mu.Lock()
+	t.closing = true
+	for c := range t.live {
+		c.Close()
+	}
+	t.mu.Unlock()
+	t.wg.Wait()
+}
+
+// begin registers a tunnel to target; false once closing.
+func (t *Tunnels) begin(target net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closing {
+		return false
+	}
+	t.live[target] = struct{}{}
+	t.wg.Add(1)
+	return true
+}
+
+func (t *Tunnels) end(target net.Conn) {
+	t.mu.Lock()
+	delete(t.live, target)
+	t.mu.Unlock()
+	t.wg.Done()
 }
 
 // Routes adds the TCP tunnel route.
@@ -53,6 +93,12 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusBadGateway, "PORT_UNREACHABLE", err.Error())
 		return
 	}
+	if !t.begin(target) {
+		target.Close()
+		httpx.WriteError(w, http.StatusServiceUnavailable, "SHUTTING_DOWN", "the agent is shutting down")
+		return
+	}
+	defer t.end(target)
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		target.Close() // Accept has answered the client

@@ -13,6 +13,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/internal/leakcheck"
 )
 
 func tunnelServer(t *testing.T) *httptest.Server {
@@ -121,4 +123,59 @@ func TestTunnelRefusals(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("target not closed")
 	}
+}
+
+// TestTunnelsCloseLeaksNothing: Close ends an open tunnel whose target is
+// silent (the HTTP server's Shutdown would not: the WebSocket is
+// hijacked) and returns once it has ended; later tunnels are refused with
+// 503 SHUTTING_DOWN; no fd or goroutine is left.
+func TestTunnelsCloseLeaksNothing(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	port := strconv.Itoa(silent.Addr().(*net.TCPAddr).Port)
+	base := leakcheck.Take(t)
+
+	tunnels := NewTunnels(zerolog.Nop())
+	mux := http.NewServeMux()
+	tunnels.Routes(mux)
+	srv := httptest.NewServer(mux)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, wsURL(srv, port), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, err := silent.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close() // silent and open across the check
+	// The client answers the close handshake while it reads.
+	read := make(chan error, 1)
+	go func() { _, _, err := ws.Read(ctx); read <- err }()
+
+	tunnels.Close()
+	tunnels.Close() // safe twice
+	if err := <-read; websocket.CloseStatus(err) == -1 {
+		t.Errorf("the client saw no close: %v", err)
+	}
+	resp, err := srv.Client().Get(srv.URL + "/api/v1/tunnels/tcp?port=" + port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("tunnel after Close: %s, want 503", resp.Status)
+	}
+	_ = silent.(*net.TCPListener).SetDeadline(time.Now().Add(time.Second))
+	if late, err := silent.Accept(); err == nil {
+		late.Close() // the refused tunnel's dial
+	}
+	ws.CloseNow()
+	srv.Close()
+	srv.Client().CloseIdleConnections()
+	base.Allow(1, 0).Check(t)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,8 +49,17 @@ func (p *Proxy) ServeUplinks(ctx context.Context, ln net.Listener) error {
 
 // ConnectAgent keeps an uplink to an agent in listen mode until ctx ends,
 // redialing with capped back-off when it drops; the handshake is the same
-// as for an agent that dials in.
+// as for an agent that dials in. It returns at once: the dialer is one of
+// the proxy's goroutines, which Run (and Wait) wait for. Call it before
+// Run, with Run's context.
 func (p *Proxy) ConnectAgent(ctx context.Context, network, addr string) {
+	if ctx.Err() != nil {
+		return // the proxy is stopping: no new work
+	}
+	p.track(func() { p.connectAgent(ctx, network, addr) })
+}
+
+func (p *Proxy) connectAgent(ctx context.Context, network, addr string) {
 	wait := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		var d net.Dialer
@@ -83,6 +93,15 @@ func (p *Proxy) serveUplink(ctx context.Context, c net.Conn) { p.serveLink(ctx, 
 // secret; that must not lock the real proxy out).
 func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 	defer c.Close()
+	// A peer silent in the handshake must not hold the proxy's shutdown
+	// for the handshake timeout.
+	cut := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { c.Close(); close(cut) })
+	defer func() {
+		if !stop() {
+			<-cut // it ran: wait for it, so Run returns with nothing left running
+		}
+	}()
 	log := p.log.With().Str("remote", c.RemoteAddr().String()).Logger()
 	if tcp, ok := c.(*net.TCPConn); ok {
 		_ = tcp.SetNoDelay(true)
@@ -137,12 +156,20 @@ func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 	}
 	_ = c.SetDeadline(time.Time{})
 	log.Info().Str("agent_version", l.AgentVersion).Bool("resumed", l.Resumed).Msg("uplink connected")
-	go refuseAgentStreams(sess, log, func() {
-		if l.Protocol == uplink.Version {
-			p.reg.departed(l)
-			log.Info().Msg("the agent said goodbye: a reboot may use the base token at once")
-		}
-	})
+	// The link owns the goroutines that drain the agent's streams: they
+	// end with the session, and the link is not over until they have.
+	var streams sync.WaitGroup
+	defer func() { sess.Close(); streams.Wait() }()
+	streams.Add(1)
+	go func() {
+		defer streams.Done()
+		refuseAgentStreams(sess, &streams, log, func() {
+			if l.Protocol == uplink.Version {
+				p.reg.departed(l)
+				log.Info().Msg("the agent said goodbye: a reboot may use the base token at once")
+			}
+		})
+	}()
 	select {
 	case <-sess.CloseChan():
 		log.Warn().Msg("uplink lost")
@@ -194,8 +221,9 @@ const agentStreamsMax = 16
 // once, reading and discarding what the agent sends until its FIN, so
 // nothing is buffered. An agent with more than agentStreamsMax of them
 // open loses its link. The one stream an agent may open, a goodbye at its
-// orderly shutdown (uplink.KindBye), calls bye.
-func refuseAgentStreams(sess *yamux.Session, log zerolog.Logger, bye func()) {
+// orderly shutdown (uplink.KindBye), calls bye. Each stream's goroutine is
+// counted in wg, which already counts the caller.
+func refuseAgentStreams(sess *yamux.Session, wg *sync.WaitGroup, log zerolog.Logger, bye func()) {
 	var open atomic.Int32
 	var warned atomic.Bool // once per link: an agent must not flood the log either
 	for {
@@ -208,7 +236,9 @@ func refuseAgentStreams(sess *yamux.Session, log zerolog.Logger, bye func()) {
 			sess.Close()
 			return
 		}
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			defer open.Add(-1)
 			_ = s.SetReadDeadline(time.Now().Add(2 * time.Second))
 			h, err := uplink.ReadHeader(s)

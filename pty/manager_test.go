@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,6 +20,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/internal/leakcheck"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -204,21 +204,12 @@ func TestUnansweredPingDropsClient(t *testing.T) {
 // TestCloseLeaksNothing: after Close, the file descriptors and goroutines
 // of sessions and clients are gone.
 func TestCloseLeaksNothing(t *testing.T) {
-	fds := func() int {
-		ents, _ := os.ReadDir("/proc/self/fd")
-		return len(ents)
-	}
-	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
-		ln.Close() // the runtime's poller fds exist from here on
-	}
-	http.DefaultClient.CloseIdleConnections()
-	baseFDs, baseG := fds(), runtime.NumGoroutine()
+	base := leakcheck.Take(t)
 	func() {
 		log := zerolog.Nop()
 		reaper := supervisor.NewReaper(log, false)
-		stop := make(chan struct{})
-		defer close(stop)
-		go reaper.Run(stop)
+		defer reaper.Close()
+		go reaper.Run(nil)
 		m := NewManager(Config{KillGrace: time.Second}, log, reaper)
 		mux := http.NewServeMux()
 		m.Routes(mux)
@@ -243,21 +234,5 @@ func TestCloseLeaksNothing(t *testing.T) {
 		c.CloseNow()
 		http.DefaultClient.CloseIdleConnections()
 	}()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		f, g := fds(), runtime.NumGoroutine()
-		if f <= baseFDs && g <= baseG+1 {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<16)
-			n := runtime.Stack(buf, true)
-			ents, _ := os.ReadDir("/proc/self/fd")
-			var links []string
-			for _, e := range ents {
-				l, _ := os.Readlink("/proc/self/fd/" + e.Name())
-				links = append(links, e.Name()+"->"+l)
-			}
-			t.Fatalf("fds %d (was %d): %v, goroutines %d (was %d)\n%s", f, baseFDs, links, g, baseG, buf[:n])
-		}
-	}
+	base.Check(t)
 }

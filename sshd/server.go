@@ -77,6 +77,7 @@ type Server struct {
 	signer gossh.Signer
 	uplink *ssh.Server // NoClientAuth: the proxy authenticated the user
 	direct *ssh.Server // authorized_keys; nil without cfg.Listen
+	fwd    *forward.SSHForwards
 	slots  chan struct{}
 
 	mu       sync.Mutex
@@ -86,7 +87,7 @@ type Server struct {
 	served   int               // guarded by mu; connections ever taken, for the status
 	ln       net.Listener      // guarded by mu
 	wg       sync.WaitGroup    // connections and the accept loop
-	sessions sync.WaitGroup    // session handlers; Add only under mu while !closing
+	sessions sync.WaitGroup    // session handlers and their input copies; Add only under mu while !closing
 }
 
 // New returns a server with a fresh in-memory ed25519 host key. The proxy
@@ -128,6 +129,7 @@ func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Server, er
 		cfg: cfg, log: log.With().Str("component", "sshd").Logger(), reaper: reaper, signer: signer,
 		slots: make(chan struct{}, cfg.MaxSessions), conns: map[net.Conn]bool{},
 	}
+	s.fwd = forward.NewSSHForwards(s.log)
 	s.uplink = s.newGlider(false)
 	if cfg.Listen != "" {
 		s.direct = s.newGlider(true)
@@ -196,7 +198,9 @@ func (s *Server) connCallback(ctx ssh.Context, c net.Conn) net.Conn {
 		s.log.Warn().Err(err).Msg("ssh: sandbox user unknown")
 		u = nil
 	}
-	forward.Attach(ctx, s.log, u)
+	if !s.fwd.Attach(ctx, u) {
+		return nil // closing: gliderlabs closes c
+	}
 	return ownDeadlines{c}
 }
 
@@ -338,8 +342,8 @@ func (s *Server) Addr() net.Addr {
 }
 
 // Close stops the listener, ends every connection and waits for their
-// handlers and sessions (whose programs get SIGHUP, as at a hang-up).
-// Safe to call twice.
+// handlers, sessions (whose programs get SIGHUP, as at a hang-up) and
+// forwards. Safe to call twice.
 func (s *Server) Close() {
 	s.mu.Lock()
 	s.closing = true
@@ -352,9 +356,11 @@ func (s *Server) Close() {
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.sessions.Wait()
+	s.fwd.Close() // last: the connections are gone, so are their channels
 }
 
-// startSession registers a session handler; false once closing.
+// startSession registers a session handler, or a goroutine of one; false
+// once closing. Each true is matched by s.sessions.Done.
 func (s *Server) startSession() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

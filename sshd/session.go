@@ -136,13 +136,13 @@ func (ss *session) serve(reqs <-chan *gossh.Request) {
 			}
 		case <-unstarted.C:
 			ss.log.Info().Dur("after", ss.srv.cfg.UnstartedTimeout).Msg("ssh: session closed: no shell, exec or subsystem request")
-			go gossh.DiscardRequests(reqs)
+			ss.discard(reqs)
 			_ = ss.ch.Close()
 			return
 		case <-done:
 			// Requests that arrive while we report the exit (a late
 			// window-change) must not block the connection's mux.
-			go gossh.DiscardRequests(reqs)
+			ss.discard(reqs)
 			ss.finish()
 			return
 		}
@@ -334,15 +334,38 @@ func (ss *session) copyOut(w io.Writer, r *os.File) {
 }
 
 // copyIn copies the client's input to the program; at the client's EOF it
-// closes w so the program sees EOF too. Nothing waits for it: many clients
-// never half-close.
-func copyIn(w io.WriteCloser, r io.Reader, closeAtEOF bool) {
+// closes w so the program sees EOF too. The session does not wait for it
+// (many clients never half-close, and a channel's Read cannot be
+// interrupted); it ends when the client closes the channel or the
+// connection ends, and the server's Close waits for it.
+func (ss *session) copyIn(w io.WriteCloser, r io.Reader, closeAtEOF bool) {
+	if !ss.srv.startSession() {
+		if closeAtEOF {
+			_ = w.Close() // closing: the connection and its channel are going
+		}
+		return
+	}
 	go func() {
+		defer ss.srv.sessions.Done()
 		buf := make([]byte, outBuf)
 		_, _ = io.CopyBuffer(writerOnly{w}, r, buf)
 		if closeAtEOF {
 			_ = w.Close()
 		}
+	}()
+}
+
+// discard drains the channel's later requests (they must not block the
+// connection's mux) until the channel goes, on a goroutine the server's
+// Close waits for.
+func (ss *session) discard(reqs <-chan *gossh.Request) {
+	if !ss.srv.startSession() {
+		go gossh.DiscardRequests(reqs) // closing: ends with the connection, now
+		return
+	}
+	go func() {
+		defer ss.srv.sessions.Done()
+		gossh.DiscardRequests(reqs)
 	}()
 }
 

@@ -124,7 +124,7 @@ func (ss *session) startPTY(c *launch.Command) error {
 	ss.proc, ss.term = p, t
 	// Raw bytes both ways: PTY output is never rewritten here.
 	ss.copyOut(ss.ch, t.master)
-	copyIn(t.master, ss.ch, false)
+	ss.copyIn(t.master, ss.ch, false)
 	return nil
 }
 
@@ -197,7 +197,7 @@ func (ss *session) startPipes(cmd *exec.Cmd, u *identity.User) error {
 func (ss *session) wirePipes(p *pipes) {
 	ss.copyOut(ss.ch, p.outR)
 	ss.copyOut(ss.ch.Stderr(), p.errR)
-	copyIn(p.inW, ss.ch, true)
+	ss.copyIn(p.inW, ss.ch, true)
 }
 
 // sshConnection is the SSH_CONNECTION value: client ip and port, server

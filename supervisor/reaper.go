@@ -35,10 +35,13 @@ type Reaper struct {
 	oom     OOMCounter
 
 	mu      sync.Mutex
-	subs    map[int]*Proc // guarded by mu; pid -> live process we started
-	closing bool          // guarded by mu; set by the shutdown: no new starts
+	subs    map[int]*Proc  // guarded by mu; pid -> live process we started
+	closing bool           // guarded by mu; set by the shutdown: no new starts
+	closed  bool           // guarded by mu; set by Close: Run may not start
+	running sync.WaitGroup // Run; Add only under mu while !closed
 
 	kick chan struct{} // asks Run to reap now
+	quit chan struct{} // closed by Close: Run returns
 
 	orphans atomic.Int64
 	started atomic.Int64
@@ -124,7 +127,7 @@ func (p *Proc) SignalGroup(sig syscall.Signal) error {
 func NewReaper(log zerolog.Logger, reapAll bool) *Reaper {
 	return &Reaper{
 		log: log.With().Str("component", "reaper").Logger(), reapAll: reapAll, oom: NewOOMCounter(),
-		subs: map[int]*Proc{}, kick: make(chan struct{}, 1),
+		subs: map[int]*Proc{}, kick: make(chan struct{}, 1), quit: make(chan struct{}),
 	}
 }
 
@@ -196,6 +199,21 @@ func (r *Reaper) liveCount() int {
 	return len(r.subs)
 }
 
+// Close refuses new starts, ends Run after a last pass and returns once
+// it has returned. It is the last step of the agent's shutdown: after it,
+// an exit is never delivered, so nothing may still wait on a Proc. Safe
+// to call twice, and without Run.
+func (r *Reaper) Close() {
+	r.mu.Lock()
+	r.closing = true
+	if !r.closed {
+		r.closed = true
+		close(r.quit)
+	}
+	r.mu.Unlock()
+	r.running.Wait()
+}
+
 // Kick makes Run reap at once, as if SIGCHLD had arrived.
 func (r *Reaper) Kick() {
 	select {
@@ -204,8 +222,17 @@ func (r *Reaper) Kick() {
 	}
 }
 
-// Run reaps until stop is closed. It must be running before any Start.
+// Run reaps until stop is closed (nil: never) or Close is called. It must
+// be running before any Start.
 func (r *Reaper) Run(stop <-chan struct{}) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.running.Add(1)
+	r.mu.Unlock()
+	defer r.running.Done()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGCHLD)
 	defer signal.Stop(sigs)
@@ -218,6 +245,9 @@ func (r *Reaper) Run(stop <-chan struct{}) {
 		select {
 		case <-stop:
 			r.reap() // what exited since the last pass
+			return
+		case <-r.quit:
+			r.reap()
 			return
 		case <-sigs:
 		case <-r.kick:

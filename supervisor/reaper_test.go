@@ -105,6 +105,49 @@ func TestReaperStdio(t *testing.T) {
 	}
 }
 
+// TestReaperClose: Close returns only once Run has returned, after
+// reaping what already exited; it refuses later starts, and is safe twice
+// and without Run.
+func TestReaperClose(t *testing.T) {
+	NewReaper(zerolog.Nop(), false).Close() // never ran: must not hang
+
+	r := NewReaper(zerolog.Nop(), false)
+	ran := make(chan struct{})
+	go func() { r.Run(nil); close(ran) }()
+	first, err := r.Start(exec.Command("/bin/true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-first.Done() // Run is running
+	// A child that has exited but may not be reaped yet: Close's last
+	// pass must have delivered its exit by the time Close returns.
+	p, err := r.Start(exec.Command("/bin/true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 500; i++ {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid))
+		if err != nil || strings.Contains(string(b), ") Z ") {
+			break // a zombie, or already reaped
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.Close()
+	if _, exited := p.Exited(); !exited {
+		t.Error("Close returned before the reaper's last pass delivered an exit")
+	}
+	select {
+	case <-ran:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still running after Close")
+	}
+	if _, err := r.Start(exec.Command("/bin/true")); err != ErrShuttingDown {
+		t.Errorf("Start after Close: %v, want ErrShuttingDown", err)
+	}
+	r.Close()
+	r.Run(nil) // after Close: returns at once
+}
+
 func TestParseStat(t *testing.T) {
 	cases := []struct {
 		in   string

@@ -84,7 +84,7 @@ func run(args []string) int {
 	defer cancel()
 	if f.connect != "" {
 		network, addr, _ := strings.Cut(f.connect, ":")
-		go p.ConnectAgent(ctx, network, addr)
+		p.ConnectAgent(ctx, network, addr) // Run waits for it
 	}
 	log.Info().Str("version", version).Str("uplink", ls.Uplink.Addr().String()).Str("http", ls.HTTP.Addr().String()).Msg("tl-proxy listening")
 	if f.dev {

@@ -83,6 +83,12 @@ func Channel(ch gossh.Channel, reqs <-chan *gossh.Request, conn net.Conn) (chToC
 	return Relay(&chanConn{Channel: ch, local: conn.RemoteAddr(), remote: conn.LocalAddr()}, conn)
 }
 
+// ChannelConn makes an SSH channel a net.Conn for Relay (CloseWrite sends
+// EOF), for callers that track the channel's life themselves.
+func ChannelConn(ch gossh.Channel, local, remote net.Addr) net.Conn {
+	return &chanConn{Channel: ch, local: local, remote: remote}
+}
+
 // chanConn makes an SSH channel a net.Conn for Relay; CloseWrite sends EOF.
 type chanConn struct {
 	gossh.Channel
