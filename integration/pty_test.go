@@ -182,6 +182,20 @@ func (p *ptyConn) waitFor(want string, d time.Duration) {
 	}
 }
 
+// waitCount reads until the output contains want n times. A line typed
+// into cat shows twice, the terminal's echo and cat's copy, in an order
+// that depends on when cat reads: count, never assume the interleaving.
+func (p *ptyConn) waitCount(want string, n int, d time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(d)
+	for strings.Count(p.out.String(), want) < n {
+		open, _ := p.take(time.Until(deadline))
+		if !open || time.Now().After(deadline) {
+			p.t.Fatalf("%q not %d times in output within %v (err %v): %q", want, n, d, p.err, tailStr(p.out.String(), 400))
+		}
+	}
+}
+
 // waitClose reads until the connection ends and returns the close error.
 func (p *ptyConn) waitClose(d time.Duration) websocket.CloseError {
 	p.t.Helper()
@@ -386,14 +400,14 @@ func TestPTYTwoClients(t *testing.T) {
 	b.ready()
 	a.input("from-a\n")
 	b.input("from-b\n")
-	for _, c := range []*ptyConn{a, b} {
-		c.waitFor("from-a", 10*time.Second)
-		c.waitFor("from-b", 10*time.Second)
+	for _, c := range []*ptyConn{a, b} { // each client sees both inputs, echoed and copied by cat
+		c.waitCount("from-a", 2, 10*time.Second)
+		c.waitCount("from-b", 2, 10*time.Second)
 	}
 	// One client leaving does not disturb the other.
 	a.c.Close(websocket.StatusNormalClosure, "")
 	b.input("still-here\n")
-	b.waitFor("still-here\r\nstill-here", 10*time.Second)
+	b.waitCount("still-here", 2, 10*time.Second)
 	b.input("\x04") // EOF to cat
 	b.waitClose(10 * time.Second)
 	if b.exit != 0 {
