@@ -133,7 +133,7 @@ type Scope struct {
 	Group       int    // the process group Group (a kill(-Group); > 1)
 	Session     int    // every process of session Session (job control's groups included; > 1)
 	Descendants int    // every process below Descendants in the parent tree, and itself
-	Env         string // every process whose environment holds this KEY=VALUE entry
+	Env         string // every process below the agent whose environment holds this KEY=VALUE entry
 }
 
 // killRounds bounds how often Kill rescans for SIGKILL: a process may
@@ -174,9 +174,14 @@ func Kill(sig syscall.Signal, scopes ...Scope) int {
 		}
 		fresh := 0
 		for _, p := range victims {
-			if sig != syscall.SIGKILL && (hit[p.Pid] || groups[p.Pgrp]) {
-				hit[p.Pid] = true // once is enough: the group kill reached it
-				continue
+			if groups[p.Pgrp] && !hit[p.Pid] {
+				// The group kill reached it (the reaper may already have
+				// reaped it, so a kill by pid could find nothing to count).
+				hit[p.Pid] = true
+				fresh++
+			}
+			if sig != syscall.SIGKILL && hit[p.Pid] {
+				continue // once is enough
 			}
 			if unix.Kill(p.Pid, sig) == nil && !hit[p.Pid] {
 				hit[p.Pid] = true
@@ -201,8 +206,19 @@ func (sc Scope) match(procs []Stat) []Stat {
 		}
 	}
 	var cookie []byte
+	var ours map[int]bool // nil: every process visible is ours (PID 1)
 	if sc.Env != "" {
 		cookie = []byte(sc.Env + "\x00")
+		// Not PID 1 (a subreaper in the host's pid namespace), other
+		// programs' processes are visible too, and may carry the same
+		// entry (another agent's handle 1): match only our own. Orphans of
+		// ours are reparented to us, the subreaper, so they stay below.
+		if self != 1 {
+			ours = map[int]bool{}
+			for _, p := range descendants(procs, self) {
+				ours[p.Pid] = true
+			}
+		}
 	}
 	var out []Stat
 	for _, p := range procs {
@@ -210,7 +226,7 @@ func (sc Scope) match(procs []Stat) []Stat {
 			continue
 		}
 		if (sc.Group > 1 && p.Pgrp == sc.Group) || (sc.Session > 1 && p.Session == sc.Session) ||
-			under[p.Pid] || (cookie != nil && hasEnv(p.Pid, cookie)) {
+			under[p.Pid] || (cookie != nil && (ours == nil || ours[p.Pid]) && hasEnv(p.Pid, cookie)) {
 			out = append(out, p)
 		}
 	}
