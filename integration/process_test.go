@@ -310,116 +310,131 @@ func waitStatus(t testing.TB, s *System, key, status string) procInfo {
 	}
 }
 
+// TestProcessBackground is the contract of a plain background process:
+// stdin, captured output and its follow, exit, signals, list and restart.
 func TestProcessBackground(t *testing.T) {
 	RequireRoot(t)
 	s := Start(t, Options{})
 	ensureUser(t, s)
 
-	// stdin in pipe mode, captured output, follow with replay then live.
 	var p procInfo
-	s.JSON("POST", "/api/v1/processes", map[string]any{
-		"command": "sh", "args": []string{"-c", "echo ready; while read l; do echo got:$l; echo e:$l >&2; done; echo bye"},
-		"stdin_mode": "pipe",
-	}, 201, &p)
-	if p.Status != "running" || !p.StdinWritable || p.Command != "sh" || p.Pid == 0 || p.ExitCode != nil || p.Managed != nil {
-		t.Fatalf("started: %+v", p)
-	}
-	pid := fmt.Sprint(p.Pid)
-	follow := s.Do("GET", "/api/v1/processes/"+pid+"/output/follow", nil)
-	if follow.StatusCode != 200 || follow.Header.Get("Content-Type") != "text/event-stream" {
-		t.Fatalf("follow: %d %s", follow.StatusCode, follow.Header.Get("Content-Type"))
-	}
-	evc := make(chan []sseEvent, 1)
-	go func() { evc <- readSSE(t, follow.Body) }()
-	s.JSON("POST", "/api/v1/processes/"+pid+"/stdin", "one\n", 204, nil)
-	s.JSON("POST", "/api/v1/processes/"+pid+"/stdin", []byte("two\n"), 204, nil)
-	s.JSON("POST", "/api/v1/processes/"+pid+"/stdin/close", nil, 204, nil)
-	var evs []sseEvent
-	select {
-	case evs = <-evc:
-	case <-time.After(15 * time.Second):
-		t.Fatal("follow did not end after the process exited")
-	}
-	last := evs[len(evs)-1]
-	if last.Name != "eof" || len(last.Data) != 0 {
-		t.Fatalf("last event %+v, want eof {}", last)
-	}
-	// Order holds within a stream; two pipes may interleave either way.
-	got := map[any][]string{}
-	for _, ev := range evs[:len(evs)-1] {
-		if ev.Name != "output" || ev.Data["timestamp"] == nil {
-			t.Fatalf("event %+v", ev)
+	var pid string
+	rule(t, s, "a pipe-mode process starts running, stdin writable, unmanaged", func(t *testing.T) {
+		s.JSON("POST", "/api/v1/processes", map[string]any{
+			"command": "sh", "args": []string{"-c", "echo ready; while read l; do echo got:$l; echo e:$l >&2; done; echo bye"},
+			"stdin_mode": "pipe",
+		}, 201, &p)
+		if p.Status != "running" || !p.StdinWritable || p.Command != "sh" || p.Pid == 0 || p.ExitCode != nil || p.Managed != nil {
+			t.Fatalf("started: %+v", p)
 		}
-		got[ev.Data["stream"]] = append(got[ev.Data["stream"]], ev.Data["line"].(string))
-	}
-	if o, e := strings.Join(got["stdout"], " "), strings.Join(got["stderr"], " "); o != "ready got:one got:two bye" || e != "e:one e:two" {
-		t.Fatalf("followed stdout %q, stderr %q", o, e)
-	}
-	done := waitStatus(t, s, pid, "exited")
-	if *done.ExitCode != 0 || done.EndedAt == nil || done.StdinWritable {
-		t.Fatalf("ended: %+v", done)
-	}
-	var out struct {
-		Pid       int      `json:"pid"`
-		Lines     []string `json:"lines"`
-		LineCount int      `json:"line_count"`
-	}
-	s.JSON("GET", "/api/v1/processes/"+pid+"/stdout", nil, 200, &out)
-	if out.Pid != p.Pid || strings.Join(out.Lines, ",") != "ready,got:one,got:two,bye" || out.LineCount != 4 {
-		t.Fatalf("stdout: %+v", out)
-	}
-	s.JSON("GET", "/api/v1/processes/"+pid+"/stderr", nil, 200, &out)
-	if strings.Join(out.Lines, ",") != "e:one,e:two" {
-		t.Fatalf("stderr: %+v", out)
-	}
-	s.JSON("GET", "/api/v1/processes/"+pid+"/output", nil, 200, &out)
-	if out.LineCount != 6 {
-		t.Fatalf("output: %+v", out)
-	}
-	// Follow of an exited process replays and ends; stdout only has no stream tag.
-	resp := s.Do("GET", "/api/v1/processes/"+pid+"/stdout/follow", nil)
-	evs = readSSE(t, resp.Body)
-	if len(evs) != 5 || evs[0].Data["line"] != "ready" || evs[0].Data["stream"] != nil || evs[4].Name != "eof" {
-		t.Fatalf("stdout follow after exit: %+v", evs)
-	}
-	// Writing to stdin after close is refused.
-	resp = s.Do("POST", "/api/v1/processes/"+pid+"/stdin", "late")
-	if resp.StatusCode != 400 {
-		t.Fatalf("stdin after close: %d", resp.StatusCode)
-	}
-
-	// Signal and kill; list shows them.
+		pid = fmt.Sprint(p.Pid)
+	})
+	rule(t, s, "follow streams both outputs in order, stdin reaches the process, eof ends it", func(t *testing.T) {
+		follow := s.Do("GET", "/api/v1/processes/"+pid+"/output/follow", nil)
+		if follow.StatusCode != 200 || follow.Header.Get("Content-Type") != "text/event-stream" {
+			t.Fatalf("follow: %d %s, want 200 text/event-stream", follow.StatusCode, follow.Header.Get("Content-Type"))
+		}
+		evc := make(chan []sseEvent, 1)
+		go func() { evc <- readSSE(t, follow.Body) }()
+		s.JSON("POST", "/api/v1/processes/"+pid+"/stdin", "one\n", 204, nil)
+		s.JSON("POST", "/api/v1/processes/"+pid+"/stdin", []byte("two\n"), 204, nil)
+		s.JSON("POST", "/api/v1/processes/"+pid+"/stdin/close", nil, 204, nil)
+		var evs []sseEvent
+		select {
+		case evs = <-evc:
+		case <-time.After(15 * time.Second):
+			t.Fatal("follow did not end after the process exited")
+		}
+		last := evs[len(evs)-1]
+		if last.Name != "eof" || len(last.Data) != 0 {
+			t.Fatalf("last event %+v, want eof {}", last)
+		}
+		// Order holds within a stream; two pipes may interleave either way.
+		got := map[any][]string{}
+		for _, ev := range evs[:len(evs)-1] {
+			if ev.Name != "output" || ev.Data["timestamp"] == nil {
+				t.Fatalf("event %+v, want output with a timestamp", ev)
+			}
+			got[ev.Data["stream"]] = append(got[ev.Data["stream"]], ev.Data["line"].(string))
+		}
+		if o, e := strings.Join(got["stdout"], " "), strings.Join(got["stderr"], " "); o != "ready got:one got:two bye" || e != "e:one e:two" {
+			t.Fatalf("followed stdout %q, stderr %q", o, e)
+		}
+	})
+	rule(t, s, "an exited process keeps its exit code and end time, stdin no longer writable", func(t *testing.T) {
+		done := waitStatus(t, s, pid, "exited")
+		if *done.ExitCode != 0 || done.EndedAt == nil || done.StdinWritable {
+			t.Fatalf("ended: %+v", done)
+		}
+	})
+	rule(t, s, "stdout, stderr and output keep the lines, each stream in order", func(t *testing.T) {
+		var out struct {
+			Pid       int      `json:"pid"`
+			Lines     []string `json:"lines"`
+			LineCount int      `json:"line_count"`
+		}
+		s.JSON("GET", "/api/v1/processes/"+pid+"/stdout", nil, 200, &out)
+		if out.Pid != p.Pid || strings.Join(out.Lines, ",") != "ready,got:one,got:two,bye" || out.LineCount != 4 {
+			t.Fatalf("stdout: %+v", out)
+		}
+		s.JSON("GET", "/api/v1/processes/"+pid+"/stderr", nil, 200, &out)
+		if strings.Join(out.Lines, ",") != "e:one,e:two" {
+			t.Fatalf("stderr: %+v", out)
+		}
+		s.JSON("GET", "/api/v1/processes/"+pid+"/output", nil, 200, &out)
+		if out.LineCount != 6 {
+			t.Fatalf("output: %+v, want 6 lines", out)
+		}
+	})
+	rule(t, s, "follow of an exited process replays and ends; stdout alone has no stream tag", func(t *testing.T) {
+		resp := s.Do("GET", "/api/v1/processes/"+pid+"/stdout/follow", nil)
+		evs := readSSE(t, resp.Body)
+		if len(evs) != 5 || evs[0].Data["line"] != "ready" || evs[0].Data["stream"] != nil || evs[4].Name != "eof" {
+			t.Fatalf("stdout follow after exit: %+v", evs)
+		}
+	})
+	rule(t, s, "stdin after close is refused with 400", func(t *testing.T) {
+		resp := s.Do("POST", "/api/v1/processes/"+pid+"/stdin", "late")
+		if resp.StatusCode != 400 {
+			t.Fatalf("stdin after close: %d", resp.StatusCode)
+		}
+	})
 	var sl procInfo
-	s.JSON("POST", "/api/v1/processes", map[string]any{"command": "sleep", "args": []string{"60"}, "stdout_mode": "discard"}, 201, &sl)
-	var ok map[string]bool
-	s.JSON("POST", fmt.Sprintf("/api/v1/processes/%d/signal", sl.Pid), map[string]any{"signal": 15}, 200, &ok)
-	if !ok["success"] {
-		t.Fatalf("signal answer %v", ok)
-	}
-	sig := waitStatus(t, s, fmt.Sprint(sl.Pid), "signaled")
-	if sig.Signal == nil || *sig.Signal != 15 {
-		t.Fatalf("signaled: %+v", sig)
-	}
-	var list struct {
-		Processes []procInfo `json:"processes"`
-	}
-	s.JSON("GET", "/api/v1/processes", nil, 200, &list)
-	if len(list.Processes) != 2 || list.Processes[0].Pid != p.Pid || list.Processes[1].Pid != sl.Pid {
-		t.Fatalf("list: %+v", list.Processes)
-	}
-	var info map[string]any
-	s.JSON("GET", "/api/v1/info", nil, 200, &info)
-	if info["total_processes"] != 2.0 || info["running_processes"] != 0.0 {
-		t.Fatalf("info counts: %v", info)
-	}
-	// A plain process can be restarted: same command, new pid.
-	var again procInfo
-	s.JSON("POST", fmt.Sprintf("/api/v1/processes/%d/restart", sl.Pid), nil, 200, &again)
-	if again.Pid == sl.Pid || again.Status != "running" || again.Args[0] != "60" {
-		t.Fatalf("restart: %+v", again)
-	}
-	s.JSON("DELETE", fmt.Sprintf("/api/v1/processes/%d", again.Pid), nil, 204, nil)
-	waitStatus(t, s, fmt.Sprint(again.Pid), "signaled")
+	rule(t, s, "a signal reaches the process and its status names it", func(t *testing.T) {
+		s.JSON("POST", "/api/v1/processes", map[string]any{"command": "sleep", "args": []string{"60"}, "stdout_mode": "discard"}, 201, &sl)
+		var ok map[string]bool
+		s.JSON("POST", fmt.Sprintf("/api/v1/processes/%d/signal", sl.Pid), map[string]any{"signal": 15}, 200, &ok)
+		if !ok["success"] {
+			t.Fatalf("signal answer %v", ok)
+		}
+		sig := waitStatus(t, s, fmt.Sprint(sl.Pid), "signaled")
+		if sig.Signal == nil || *sig.Signal != 15 {
+			t.Fatalf("signaled: %+v, want signal 15", sig)
+		}
+	})
+	rule(t, s, "list and info count every process, in start order", func(t *testing.T) {
+		var list struct {
+			Processes []procInfo `json:"processes"`
+		}
+		s.JSON("GET", "/api/v1/processes", nil, 200, &list)
+		if len(list.Processes) != 2 || list.Processes[0].Pid != p.Pid || list.Processes[1].Pid != sl.Pid {
+			t.Fatalf("list: %+v", list.Processes)
+		}
+		var info map[string]any
+		s.JSON("GET", "/api/v1/info", nil, 200, &info)
+		if info["total_processes"] != 2.0 || info["running_processes"] != 0.0 {
+			t.Fatalf("info counts: %v, want 2 total, 0 running", info)
+		}
+	})
+	rule(t, s, "a plain process restarts with the same command and a new pid", func(t *testing.T) {
+		var again procInfo
+		s.JSON("POST", fmt.Sprintf("/api/v1/processes/%d/restart", sl.Pid), nil, 200, &again)
+		if again.Pid == sl.Pid || again.Status != "running" || again.Args[0] != "60" {
+			t.Fatalf("restart: %+v", again)
+		}
+		s.JSON("DELETE", fmt.Sprintf("/api/v1/processes/%d", again.Pid), nil, 204, nil)
+		waitStatus(t, s, fmt.Sprint(again.Pid), "signaled")
+	})
 }
 
 // TestProcessSupervised is the supervision contract of named processes:
