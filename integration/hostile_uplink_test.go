@@ -354,6 +354,10 @@ func TestV1AgentStillConnects(t *testing.T) {
 	sess, _ := yamux.Server(c, uplink.MuxConfig(zerolog.Nop()))
 	defer sess.Close()
 	s.WaitConnected(10 * time.Second)
+	if sb := proxySandbox(t, s); !sb.Connected || sb.Protocol != uplink.VersionLegacy || sb.Resumed {
+		t.Fatalf("the proxy lists the v1 link as %+v, want connected, protocol %d, not resumed", sb, uplink.VersionLegacy)
+	}
+	// The operator is warned of an agent that still speaks v1.
 	if !strings.Contains(s.ProxyLog(), "protocol v1 uplink") {
 		t.Fatalf("v1 link not logged:\n%s", tail(s.ProxyLog(), 20))
 	}
