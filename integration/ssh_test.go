@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -302,8 +301,8 @@ func TestSSHFiles(t *testing.T) {
 			"rm box/gone.txt",
 			"df -h",
 		}, "\n") + "\n"
-		sftpBefore = sshCounter(t, s.System, "sftp", "sessions_total")
-		sshBefore = sshCounter(t, s.System, "ssh", "connections_total")
+		sftpBefore = sftpSessionsTotal(t, s.System)
+		sshBefore = sshConnectionsTotal(t, s.System)
 		full := append(append([]string{"-P", s.SSHPort()}, s.SSHOpts(s.key.Private)...), "-b", "-", s.SSHDest())
 		cmd := exec.Command("sftp", full...)
 		cmd.Stdin = strings.NewReader(batch)
@@ -326,10 +325,10 @@ func TestSSHFiles(t *testing.T) {
 		sshOwner(t, s.SandboxPath("/home/tl-user/box"), s.uid)
 	})
 	rule(t, s.System, "sftp is one sftpd session over a bare stream, no SSH connection to the agent", func(t *testing.T) {
-		if n := sshCounter(t, s.System, "sftp", "sessions_total"); n != sftpBefore+1 {
+		if n := sftpSessionsTotal(t, s.System); n != sftpBefore+1 {
 			t.Errorf("sftpd served %v sessions for one sftp run, want 1", n-sftpBefore)
 		}
-		if n := sshCounter(t, s.System, "ssh", "connections_total"); n != sshBefore {
+		if n := sshConnectionsTotal(t, s.System); n != sshBefore {
 			t.Errorf("sftp opened %v SSH connections to the agent, want none", n-sshBefore)
 		}
 	})
@@ -370,13 +369,13 @@ func TestSSHForwards(t *testing.T) {
 	a, b := sshHttpServer(t, "a"), sshHttpServer(t, "b")
 
 	t.Run("-L to the sandbox's 127.0.0.1 reaches the port", func(t *testing.T) {
-		before := sshCounter(t, s.System, "ssh", "connections_total")
+		before := sshConnectionsTotal(t, s.System)
 		lp := sshFreePort(t)
 		s.background(t, "-N", "-L", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", lp, a), s.SSHDest())
 		if got := sshHttpGet(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", lp)); got != "hello a" {
 			t.Fatalf("-L to 127.0.0.1: got %q, want the server's \"hello a\"", got)
 		}
-		if n := sshCounter(t, s.System, "ssh", "connections_total"); n != before {
+		if n := sshConnectionsTotal(t, s.System); n != before {
 			t.Fatalf("-L to 127.0.0.1 opened %d SSH connections to the agent, want none (the proxy's tcp stream)", n-before)
 		}
 	})
@@ -390,13 +389,13 @@ func TestSSHForwards(t *testing.T) {
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "hello two") })}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
-		before := sshCounter(t, s.System, "ssh", "connections_total")
+		before := sshConnectionsTotal(t, s.System)
 		lp := sshFreePort(t)
 		s.background(t, "-N", "-L", fmt.Sprintf("127.0.0.1:%d:%s", lp, ln.Addr()), s.SSHDest())
 		if got := sshHttpGet(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", lp)); got != "hello two" {
 			t.Fatalf("-L to 127.0.0.2: got %q, want \"hello two\"", got)
 		}
-		if n := sshCounter(t, s.System, "ssh", "connections_total"); n != before+1 {
+		if n := sshConnectionsTotal(t, s.System); n != before+1 {
 			t.Fatalf("-L to 127.0.0.2 opened %d SSH connections to the agent, want 1", n-before)
 		}
 	})
@@ -580,22 +579,6 @@ func TestSSHRefusals(t *testing.T) {
 	}
 }
 
-// agentStatus reads the agent's control socket status.
-func sshAgentStatus(t *testing.T, s *System) map[string]any {
-	t.Helper()
-	c := sshUnixClient(s.ControlSocket())
-	resp, err := c.Get("http://agent/status")
-	if err != nil {
-		t.Fatalf("status: %v", err)
-	}
-	defer resp.Body.Close()
-	var st map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		t.Fatalf("status: %v", err)
-	}
-	return st
-}
-
 func sshFdCount(t *testing.T, pid int) int {
 	t.Helper()
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
@@ -661,11 +644,7 @@ func TestSSHNoLeaks(t *testing.T) {
 
 func sshGoroutines(t *testing.T, s *System) int {
 	t.Helper()
-	v, ok := sshAgentStatus(t, s)["goroutines"].(float64)
-	if !ok {
-		t.Fatalf("status has no goroutines")
-	}
-	return int(v)
+	return agentState(t, s).Goroutines
 }
 
 // TestSSHPortRoute: the agent's in-sandbox listener (--ssh-listen) with

@@ -26,6 +26,26 @@ func agentState(t TB, s *System) agent.Status {
 	return st
 }
 
+// sshConnectionsTotal is the agent's count of SSH connections served.
+func sshConnectionsTotal(t TB, s *System) int {
+	t.Helper()
+	st := agentState(t, s)
+	if st.SSH == nil {
+		t.Fatalf("agent status has no ssh part")
+	}
+	return st.SSH.ConnectionsTotal
+}
+
+// sftpSessionsTotal is the agent's count of SFTP sessions served.
+func sftpSessionsTotal(t TB, s *System) int {
+	t.Helper()
+	st := agentState(t, s)
+	if st.SFTP == nil {
+		t.Fatalf("agent status has no sftp part")
+	}
+	return int(st.SFTP.SessionsTotal)
+}
+
 // proxySandbox is the proxy's view of s's sandbox (GET /_proxy/sandboxes).
 func proxySandbox(t TB, s *System) proxy.SandboxState {
 	t.Helper()
