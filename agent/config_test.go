@@ -83,14 +83,14 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func TestBackoff(t *testing.T) {
-	var b backoff
-	first := b.wait()
+	b := redialBackoff()
+	first := b.Next()
 	if first < backoffMin/2 || first > backoffMin {
 		t.Fatalf("first wait %v outside [%v, %v]", first, backoffMin/2, backoffMin)
 	}
 	var last time.Duration
 	for i := 0; i < 20; i++ {
-		last = b.wait()
+		last = b.Next()
 		if last > backoffMax {
 			t.Fatalf("wait %v over cap %v", last, backoffMax)
 		}
@@ -98,8 +98,8 @@ func TestBackoff(t *testing.T) {
 	if last < backoffMax/2 {
 		t.Fatalf("wait %v did not reach the cap range", last)
 	}
-	b.reset()
-	if w := b.wait(); w > backoffMin {
+	b.Reset()
+	if w := b.Next(); w > backoffMin {
 		t.Fatalf("after reset: %v", w)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/tensorlake/tl-agent/internal/backoff"
 	"github.com/tensorlake/tl-agent/internal/netx"
 	"github.com/tensorlake/tl-agent/uplink"
 )
@@ -31,18 +31,10 @@ const (
 	handshakeTimeout = 10 * time.Second
 )
 
-// backoff is capped exponential back-off with full jitter in [d/2, d].
-type backoff struct{ next time.Duration }
-
-func (b *backoff) reset() { b.next = 0 }
-
-func (b *backoff) wait() time.Duration {
-	if b.next == 0 {
-		b.next = backoffMin
-	} else {
-		b.next = min(b.next*2, backoffMax)
-	}
-	return b.next/2 + rand.N(b.next/2+1)
+// redialBackoff is the uplink's: jittered in [d/2, d], so sandboxes cut
+// off by one proxy restart do not all redial in the same instant.
+func redialBackoff() backoff.Backoff {
+	return backoff.Backoff{Initial: backoffMin, Max: backoffMax, Jitter: true}
 }
 
 // linkState is what the operator sees of the uplink.
@@ -83,7 +75,7 @@ func (l *linkState) snapshot() UplinkStatus {
 
 // dialLoop keeps one uplink to the proxy until ctx ends.
 func (a *Agent) dialLoop(ctx context.Context) {
-	var bo backoff
+	bo := redialBackoff()
 	tlsConf, err := a.tlsConfig()
 	if err != nil {
 		// A broken CA file is a configuration error that retrying will not
@@ -99,7 +91,7 @@ func (a *Agent) dialLoop(ctx context.Context) {
 			var up bool
 			up, err = a.runUplink(ctx, conn)
 			if up {
-				bo.reset()
+				bo.Reset()
 			}
 		}
 		if ctx.Err() != nil {
@@ -116,10 +108,10 @@ func (a *Agent) dialLoop(ctx context.Context) {
 			a.link.set("disconnected", "", err)
 			a.log.Warn().Err(err).Msg("uplink down")
 		}
-		d := bo.wait()
+		d := bo.Next()
 		a.log.Debug().Dur("retry_in", d).Msg("uplink retry")
 		if !a.sleepUnlessPaused(ctx, d) {
-			bo.reset() // a pause ended the wait: the network may be back
+			bo.Reset() // a pause ended the wait: the network may be back
 		}
 	}
 }

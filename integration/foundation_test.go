@@ -196,24 +196,9 @@ func TestProxyRestart(t *testing.T) {
 	if !ps.IsAlive {
 		t.Fatal("PTY session died with the proxy")
 	}
-	out, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "status", "--json", "--socket", s.ControlSocket()).Output()
-	if err != nil {
-		t.Fatalf("tl-agent status: %v", err)
-	}
-	var st struct {
-		Uplink struct {
-			State      string `json:"state"`
-			Reconnects int    `json:"reconnects"`
-		} `json:"uplink"`
-		PTY struct {
-			Live int `json:"live"`
-		} `json:"pty_sessions"`
-	}
-	if err := json.Unmarshal(out, &st); err != nil {
-		t.Fatalf("status %q: %v", out, err)
-	}
-	if st.Uplink.State != "connected" || st.Uplink.Reconnects < 1 || st.PTY.Live != 1 {
-		t.Fatalf("status after restart: %+v", st)
+	st := agentState(t, s)
+	if st.Uplink.State != "connected" || st.Uplink.Reconnects < 1 || st.PTYSessions == nil || st.PTYSessions.Live != 1 {
+		t.Fatalf("status after restart: uplink %+v, pty %+v (want connected, a reconnect, the session live)", st.Uplink, st.PTYSessions)
 	}
 }
 
@@ -330,7 +315,9 @@ func TestListenMode(t *testing.T) {
 func TestDeadLinkDetected(t *testing.T) {
 	RequireRoot(t)
 	s := Start(t, Options{})
-	before := strings.Count(s.AgentLog(), `"uplink down"`)
+	if st := agentState(t, s).Uplink.State; st != "connected" {
+		t.Fatalf("uplink %s before the freeze, want connected", st)
+	}
 	s.mu.Lock()
 	proxyPid := s.proxy.Process.Pid
 	s.mu.Unlock()
@@ -339,9 +326,10 @@ func TestDeadLinkDetected(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Kill(proxyPid, syscall.SIGCONT)
-	for strings.Count(s.AgentLog(), `"uplink down"`) == before {
+	// The agent's status leaves "connected" when it declares the link dead.
+	for agentState(t, s).Uplink.State == "connected" {
 		if time.Since(start) > 30*time.Second {
-			t.Fatalf("agent did not notice a frozen proxy in 30 s")
+			t.Fatalf("agent did not notice a frozen proxy in 30 s: its status still says connected")
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -384,6 +372,7 @@ func TestBulkTransferKeepsLink(t *testing.T) {
 	})}
 	go srv.Serve(ln)
 	defer srv.Close()
+	before := agentState(t, s).Uplink
 	resp, err := http.DefaultClient.Do(s.PortRequest(context.Background(), "GET", ln.Addr().(*net.TCPAddr).Port, "/", nil))
 	if err != nil {
 		t.Fatal(err)
@@ -403,8 +392,8 @@ func TestBulkTransferKeepsLink(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if strings.Contains(s.AgentLog(), `"uplink down"`) {
-				t.Fatal("link declared dead during a bulk transfer")
+			if after := agentState(t, s).Uplink; after.State != "connected" || after.Reconnects != before.Reconnects {
+				t.Fatalf("link declared dead during a bulk transfer: uplink %+v, before it %+v", after, before)
 			}
 			t.Logf("%d health requests answered beside the transfer", i)
 			return

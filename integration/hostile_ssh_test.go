@@ -147,7 +147,7 @@ func TestHostileSSHNoForeignTerminal(t *testing.T) {
 func TestHostileSSHForwardsAsUser(t *testing.T) {
 	s := startSSH(t, Options{})
 	dir := t.TempDir()
-	waitFile := func(p string) {
+	waitFile := func(t *testing.T, p string) {
 		t.Helper()
 		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 			if _, err := os.Stat(p); err == nil {
@@ -181,72 +181,80 @@ func TestHostileSSHForwardsAsUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Absolute paths take the proxy's stream shortcut; relative ones (from
-	// the agent's folder, /) go through the agent's SSH server.
-	for i, target := range []string{"/run/tl-agent.sock", "run/tl-agent.sock", userSock, strings.TrimPrefix(userSock, "/")} {
+	// the agent's folder, /) go through the agent's SSH server. Each rule
+	// holds on both paths.
+	unixL := func(t *testing.T, i int, target string) (string, error) {
 		local := filepath.Join(dir, fmt.Sprintf("l%d.sock", i))
 		s.background(t, "-N", "-L", local+":"+target, s.SSHDest())
-		waitFile(local)
-		body, err := get(local, "http://x/debug/pprof/cmdline")
-		if target == userSock || "/"+target == userSock {
-			if body != "hello user" {
+		waitFile(t, local)
+		return get(local, "http://x/debug/pprof/cmdline")
+	}
+	rule(t, s.System, "unix -L reaches a socket tl-user may use (absolute and relative path)", func(t *testing.T) {
+		for i, target := range []string{userSock, strings.TrimPrefix(userSock, "/")} {
+			if body, err := unixL(t, i, target); body != "hello user" {
 				t.Errorf("unix -L to tl-user's socket %s: %v %q", target, err, body)
 			}
-			continue
 		}
-		if err == nil {
-			t.Errorf("unix -L to the root-only control socket (%s) answered: %q", target, body)
+	})
+	rule(t, s.System, "unix -L to the root-only control socket does not connect (absolute and relative path)", func(t *testing.T) {
+		for i, target := range []string{"/run/tl-agent.sock", "run/tl-agent.sock"} {
+			if body, err := unixL(t, 10+i, target); err == nil {
+				t.Errorf("unix -L to the root-only control socket (%s) answered: %q", target, body)
+			}
 		}
-	}
+	})
 
-	// -R to a privileged port.
-	low := 0
-	for p := 1000; p > 900 && low == 0; p-- {
-		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
-			l.Close()
-			low = p
-		}
-	}
-	if low == 0 {
-		t.Fatal("no free port below 1000")
-	}
 	fwd := []string{"-o", "ExitOnForwardFailure=yes", "-R"}
-	if out, code := s.sshWith(t, "", append(fwd, fmt.Sprintf("127.0.0.1:%d:127.0.0.1:1", low)), "true"); code != 255 {
-		t.Errorf("-R to privileged port %d: exit %d %q, want refused", low, code, out)
-	}
-	if out, code := s.sshWith(t, "", append(fwd, "0:127.0.0.1:1"), "true"); code != 0 {
-		t.Errorf("-R to port 0: exit %d %q", code, out)
-	}
-
-	// -R of a socket in a folder only root may write, new or stale.
-	stale := "/run/tl-stale.sock"
-	sl, err := net.Listen("unix", s.SandboxPath(stale))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sl.(*net.UnixListener).SetUnlinkOnClose(false)
-	sl.Close()
-	var before syscall.Stat_t
-	if err := syscall.Stat(s.SandboxPath(stale), &before); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{"/run/tl-new.sock", stale} {
-		if out, code := s.sshWith(t, "", append(fwd, p+":127.0.0.1:1"), "true"); code != 255 {
-			t.Errorf("-R %s in root's folder: exit %d %q, want refused", p, code, out)
+	rule(t, s.System, "-R may not bind a privileged port; port 0 is allowed", func(t *testing.T) {
+		low := 0
+		for p := 1000; p > 900 && low == 0; p-- {
+			if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+				l.Close()
+				low = p
+			}
 		}
-	}
-	if _, err := os.Lstat(s.SandboxPath("/run/tl-new.sock")); err == nil {
-		t.Errorf("a socket was made in /run")
-	}
-	var after syscall.Stat_t
-	if err := syscall.Stat(s.SandboxPath(stale), &after); err != nil || after.Ino != before.Ino || after.Uid != 0 {
-		t.Errorf("root's stale socket replaced: %v ino %d->%d uid %d", err, before.Ino, after.Ino, after.Uid)
-	}
-	// Where tl-user may write, the socket is made, and is tl-user's.
-	mine := "/tmp/tl-user-fwd.sock"
-	cmd, _ := s.background(t, "-N", "-R", mine+":127.0.0.1:1", s.SSHDest())
-	waitFile(s.SandboxPath(mine))
-	sshOwner(t, s.SandboxPath(mine), s.uid)
-	_ = cmd.Process.Kill()
+		if low == 0 {
+			t.Fatal("no free port below 1000")
+		}
+		if out, code := s.sshWith(t, "", append(fwd, fmt.Sprintf("127.0.0.1:%d:127.0.0.1:1", low)), "true"); code != 255 {
+			t.Errorf("-R to privileged port %d: exit %d %q, want refused", low, code, out)
+		}
+		if out, code := s.sshWith(t, "", append(fwd, "0:127.0.0.1:1"), "true"); code != 0 {
+			t.Errorf("-R to port 0: exit %d %q", code, out)
+		}
+	})
+	rule(t, s.System, "-R of a socket in root's folder is refused, new or stale, and makes or replaces nothing", func(t *testing.T) {
+		stale := "/run/tl-stale.sock"
+		sl, err := net.Listen("unix", s.SandboxPath(stale))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sl.(*net.UnixListener).SetUnlinkOnClose(false)
+		sl.Close()
+		var before syscall.Stat_t
+		if err := syscall.Stat(s.SandboxPath(stale), &before); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []string{"/run/tl-new.sock", stale} {
+			if out, code := s.sshWith(t, "", append(fwd, p+":127.0.0.1:1"), "true"); code != 255 {
+				t.Errorf("-R %s in root's folder: exit %d %q, want refused", p, code, out)
+			}
+		}
+		if _, err := os.Lstat(s.SandboxPath("/run/tl-new.sock")); err == nil {
+			t.Errorf("a socket was made in /run")
+		}
+		var after syscall.Stat_t
+		if err := syscall.Stat(s.SandboxPath(stale), &after); err != nil || after.Ino != before.Ino || after.Uid != 0 {
+			t.Errorf("root's stale socket replaced: %v ino %d->%d uid %d", err, before.Ino, after.Ino, after.Uid)
+		}
+	})
+	rule(t, s.System, "-R where tl-user may write makes a socket owned by tl-user", func(t *testing.T) {
+		mine := "/tmp/tl-user-fwd.sock"
+		cmd, _ := s.background(t, "-N", "-R", mine+":127.0.0.1:1", s.SSHDest())
+		waitFile(t, s.SandboxPath(mine))
+		sshOwner(t, s.SandboxPath(mine), s.uid)
+		_ = cmd.Process.Kill()
+	})
 }
 
 // listenSSH is a sandbox whose agent also serves --ssh-listen, with

@@ -310,202 +310,224 @@ func waitStatus(t testing.TB, s *System, key, status string) procInfo {
 	}
 }
 
+// TestProcessBackground is the contract of a plain background process:
+// stdin, captured output and its follow, exit, signals, list and restart.
 func TestProcessBackground(t *testing.T) {
 	RequireRoot(t)
 	s := Start(t, Options{})
 	ensureUser(t, s)
 
-	// stdin in pipe mode, captured output, follow with replay then live.
 	var p procInfo
-	s.JSON("POST", "/api/v1/processes", map[string]any{
-		"command": "sh", "args": []string{"-c", "echo ready; while read l; do echo got:$l; echo e:$l >&2; done; echo bye"},
-		"stdin_mode": "pipe",
-	}, 201, &p)
-	if p.Status != "running" || !p.StdinWritable || p.Command != "sh" || p.Pid == 0 || p.ExitCode != nil || p.Managed != nil {
-		t.Fatalf("started: %+v", p)
-	}
-	pid := fmt.Sprint(p.Pid)
-	follow := s.Do("GET", "/api/v1/processes/"+pid+"/output/follow", nil)
-	if follow.StatusCode != 200 || follow.Header.Get("Content-Type") != "text/event-stream" {
-		t.Fatalf("follow: %d %s", follow.StatusCode, follow.Header.Get("Content-Type"))
-	}
-	evc := make(chan []sseEvent, 1)
-	go func() { evc <- readSSE(t, follow.Body) }()
-	s.JSON("POST", "/api/v1/processes/"+pid+"/stdin", "one\n", 204, nil)
-	s.JSON("POST", "/api/v1/processes/"+pid+"/stdin", []byte("two\n"), 204, nil)
-	s.JSON("POST", "/api/v1/processes/"+pid+"/stdin/close", nil, 204, nil)
-	var evs []sseEvent
-	select {
-	case evs = <-evc:
-	case <-time.After(15 * time.Second):
-		t.Fatal("follow did not end after the process exited")
-	}
-	last := evs[len(evs)-1]
-	if last.Name != "eof" || len(last.Data) != 0 {
-		t.Fatalf("last event %+v, want eof {}", last)
-	}
-	// Order holds within a stream; two pipes may interleave either way.
-	got := map[any][]string{}
-	for _, ev := range evs[:len(evs)-1] {
-		if ev.Name != "output" || ev.Data["timestamp"] == nil {
-			t.Fatalf("event %+v", ev)
+	var pid string
+	rule(t, s, "a pipe-mode process starts running, stdin writable, unmanaged", func(t *testing.T) {
+		s.JSON("POST", "/api/v1/processes", map[string]any{
+			"command": "sh", "args": []string{"-c", "echo ready; while read l; do echo got:$l; echo e:$l >&2; done; echo bye"},
+			"stdin_mode": "pipe",
+		}, 201, &p)
+		if p.Status != "running" || !p.StdinWritable || p.Command != "sh" || p.Pid == 0 || p.ExitCode != nil || p.Managed != nil {
+			t.Fatalf("started: %+v", p)
 		}
-		got[ev.Data["stream"]] = append(got[ev.Data["stream"]], ev.Data["line"].(string))
-	}
-	if o, e := strings.Join(got["stdout"], " "), strings.Join(got["stderr"], " "); o != "ready got:one got:two bye" || e != "e:one e:two" {
-		t.Fatalf("followed stdout %q, stderr %q", o, e)
-	}
-	done := waitStatus(t, s, pid, "exited")
-	if *done.ExitCode != 0 || done.EndedAt == nil || done.StdinWritable {
-		t.Fatalf("ended: %+v", done)
-	}
-	var out struct {
-		Pid       int      `json:"pid"`
-		Lines     []string `json:"lines"`
-		LineCount int      `json:"line_count"`
-	}
-	s.JSON("GET", "/api/v1/processes/"+pid+"/stdout", nil, 200, &out)
-	if out.Pid != p.Pid || strings.Join(out.Lines, ",") != "ready,got:one,got:two,bye" || out.LineCount != 4 {
-		t.Fatalf("stdout: %+v", out)
-	}
-	s.JSON("GET", "/api/v1/processes/"+pid+"/stderr", nil, 200, &out)
-	if strings.Join(out.Lines, ",") != "e:one,e:two" {
-		t.Fatalf("stderr: %+v", out)
-	}
-	s.JSON("GET", "/api/v1/processes/"+pid+"/output", nil, 200, &out)
-	if out.LineCount != 6 {
-		t.Fatalf("output: %+v", out)
-	}
-	// Follow of an exited process replays and ends; stdout only has no stream tag.
-	resp := s.Do("GET", "/api/v1/processes/"+pid+"/stdout/follow", nil)
-	evs = readSSE(t, resp.Body)
-	if len(evs) != 5 || evs[0].Data["line"] != "ready" || evs[0].Data["stream"] != nil || evs[4].Name != "eof" {
-		t.Fatalf("stdout follow after exit: %+v", evs)
-	}
-	// Writing to stdin after close is refused.
-	resp = s.Do("POST", "/api/v1/processes/"+pid+"/stdin", "late")
-	if resp.StatusCode != 400 {
-		t.Fatalf("stdin after close: %d", resp.StatusCode)
-	}
-
-	// Signal and kill; list shows them.
+		pid = fmt.Sprint(p.Pid)
+	})
+	rule(t, s, "follow streams both outputs in order, stdin reaches the process, eof ends it", func(t *testing.T) {
+		follow := s.Do("GET", "/api/v1/processes/"+pid+"/output/follow", nil)
+		if follow.StatusCode != 200 || follow.Header.Get("Content-Type") != "text/event-stream" {
+			t.Fatalf("follow: %d %s, want 200 text/event-stream", follow.StatusCode, follow.Header.Get("Content-Type"))
+		}
+		evc := make(chan []sseEvent, 1)
+		go func() { evc <- readSSE(t, follow.Body) }()
+		s.JSON("POST", "/api/v1/processes/"+pid+"/stdin", "one\n", 204, nil)
+		s.JSON("POST", "/api/v1/processes/"+pid+"/stdin", []byte("two\n"), 204, nil)
+		s.JSON("POST", "/api/v1/processes/"+pid+"/stdin/close", nil, 204, nil)
+		var evs []sseEvent
+		select {
+		case evs = <-evc:
+		case <-time.After(15 * time.Second):
+			t.Fatal("follow did not end after the process exited")
+		}
+		last := evs[len(evs)-1]
+		if last.Name != "eof" || len(last.Data) != 0 {
+			t.Fatalf("last event %+v, want eof {}", last)
+		}
+		// Order holds within a stream; two pipes may interleave either way.
+		got := map[any][]string{}
+		for _, ev := range evs[:len(evs)-1] {
+			if ev.Name != "output" || ev.Data["timestamp"] == nil {
+				t.Fatalf("event %+v, want output with a timestamp", ev)
+			}
+			got[ev.Data["stream"]] = append(got[ev.Data["stream"]], ev.Data["line"].(string))
+		}
+		if o, e := strings.Join(got["stdout"], " "), strings.Join(got["stderr"], " "); o != "ready got:one got:two bye" || e != "e:one e:two" {
+			t.Fatalf("followed stdout %q, stderr %q", o, e)
+		}
+	})
+	rule(t, s, "an exited process keeps its exit code and end time, stdin no longer writable", func(t *testing.T) {
+		done := waitStatus(t, s, pid, "exited")
+		if *done.ExitCode != 0 || done.EndedAt == nil || done.StdinWritable {
+			t.Fatalf("ended: %+v", done)
+		}
+	})
+	rule(t, s, "stdout, stderr and output keep the lines, each stream in order", func(t *testing.T) {
+		var out struct {
+			Pid       int      `json:"pid"`
+			Lines     []string `json:"lines"`
+			LineCount int      `json:"line_count"`
+		}
+		s.JSON("GET", "/api/v1/processes/"+pid+"/stdout", nil, 200, &out)
+		if out.Pid != p.Pid || strings.Join(out.Lines, ",") != "ready,got:one,got:two,bye" || out.LineCount != 4 {
+			t.Fatalf("stdout: %+v", out)
+		}
+		s.JSON("GET", "/api/v1/processes/"+pid+"/stderr", nil, 200, &out)
+		if strings.Join(out.Lines, ",") != "e:one,e:two" {
+			t.Fatalf("stderr: %+v", out)
+		}
+		s.JSON("GET", "/api/v1/processes/"+pid+"/output", nil, 200, &out)
+		if out.LineCount != 6 {
+			t.Fatalf("output: %+v, want 6 lines", out)
+		}
+	})
+	rule(t, s, "follow of an exited process replays and ends; stdout alone has no stream tag", func(t *testing.T) {
+		resp := s.Do("GET", "/api/v1/processes/"+pid+"/stdout/follow", nil)
+		evs := readSSE(t, resp.Body)
+		if len(evs) != 5 || evs[0].Data["line"] != "ready" || evs[0].Data["stream"] != nil || evs[4].Name != "eof" {
+			t.Fatalf("stdout follow after exit: %+v", evs)
+		}
+	})
+	rule(t, s, "stdin after close is refused with 400", func(t *testing.T) {
+		resp := s.Do("POST", "/api/v1/processes/"+pid+"/stdin", "late")
+		if resp.StatusCode != 400 {
+			t.Fatalf("stdin after close: %d", resp.StatusCode)
+		}
+	})
 	var sl procInfo
-	s.JSON("POST", "/api/v1/processes", map[string]any{"command": "sleep", "args": []string{"60"}, "stdout_mode": "discard"}, 201, &sl)
-	var ok map[string]bool
-	s.JSON("POST", fmt.Sprintf("/api/v1/processes/%d/signal", sl.Pid), map[string]any{"signal": 15}, 200, &ok)
-	if !ok["success"] {
-		t.Fatalf("signal answer %v", ok)
-	}
-	sig := waitStatus(t, s, fmt.Sprint(sl.Pid), "signaled")
-	if sig.Signal == nil || *sig.Signal != 15 {
-		t.Fatalf("signaled: %+v", sig)
-	}
-	var list struct {
-		Processes []procInfo `json:"processes"`
-	}
-	s.JSON("GET", "/api/v1/processes", nil, 200, &list)
-	if len(list.Processes) != 2 || list.Processes[0].Pid != p.Pid || list.Processes[1].Pid != sl.Pid {
-		t.Fatalf("list: %+v", list.Processes)
-	}
-	var info map[string]any
-	s.JSON("GET", "/api/v1/info", nil, 200, &info)
-	if info["total_processes"] != 2.0 || info["running_processes"] != 0.0 {
-		t.Fatalf("info counts: %v", info)
-	}
-	// A plain process can be restarted: same command, new pid.
-	var again procInfo
-	s.JSON("POST", fmt.Sprintf("/api/v1/processes/%d/restart", sl.Pid), nil, 200, &again)
-	if again.Pid == sl.Pid || again.Status != "running" || again.Args[0] != "60" {
-		t.Fatalf("restart: %+v", again)
-	}
-	s.JSON("DELETE", fmt.Sprintf("/api/v1/processes/%d", again.Pid), nil, 204, nil)
-	waitStatus(t, s, fmt.Sprint(again.Pid), "signaled")
+	rule(t, s, "a signal reaches the process and its status names it", func(t *testing.T) {
+		s.JSON("POST", "/api/v1/processes", map[string]any{"command": "sleep", "args": []string{"60"}, "stdout_mode": "discard"}, 201, &sl)
+		var ok map[string]bool
+		s.JSON("POST", fmt.Sprintf("/api/v1/processes/%d/signal", sl.Pid), map[string]any{"signal": 15}, 200, &ok)
+		if !ok["success"] {
+			t.Fatalf("signal answer %v", ok)
+		}
+		sig := waitStatus(t, s, fmt.Sprint(sl.Pid), "signaled")
+		if sig.Signal == nil || *sig.Signal != 15 {
+			t.Fatalf("signaled: %+v, want signal 15", sig)
+		}
+	})
+	rule(t, s, "list and info count every process, in start order", func(t *testing.T) {
+		var list struct {
+			Processes []procInfo `json:"processes"`
+		}
+		s.JSON("GET", "/api/v1/processes", nil, 200, &list)
+		if len(list.Processes) != 2 || list.Processes[0].Pid != p.Pid || list.Processes[1].Pid != sl.Pid {
+			t.Fatalf("list: %+v", list.Processes)
+		}
+		var info map[string]any
+		s.JSON("GET", "/api/v1/info", nil, 200, &info)
+		if info["total_processes"] != 2.0 || info["running_processes"] != 0.0 {
+			t.Fatalf("info counts: %v, want 2 total, 0 running", info)
+		}
+	})
+	rule(t, s, "a plain process restarts with the same command and a new pid", func(t *testing.T) {
+		var again procInfo
+		s.JSON("POST", fmt.Sprintf("/api/v1/processes/%d/restart", sl.Pid), nil, 200, &again)
+		if again.Pid == sl.Pid || again.Status != "running" || again.Args[0] != "60" {
+			t.Fatalf("restart: %+v", again)
+		}
+		s.JSON("DELETE", fmt.Sprintf("/api/v1/processes/%d", again.Pid), nil, 204, nil)
+		waitStatus(t, s, fmt.Sprint(again.Pid), "signaled")
+	})
 }
 
-// TestProcessSupervised: a crashing process is restarted with growing
-// back-off up to max_restarts; `never` is not restarted; a failing health
-// check restarts; restart by name gives a new pid.
+// TestProcessSupervised is the supervision contract of named processes:
+// restart policies, their back-off, health checks, restart and kill by name.
 func TestProcessSupervised(t *testing.T) {
 	RequireRoot(t)
 	s := Start(t, Options{})
 	ensureUser(t, s)
 
 	var p procInfo
-	s.JSON("POST", "/api/v1/processes", map[string]any{
-		"command": "sh", "args": []string{"-c", "sleep 0.1; exit 7"}, "name": "crasher",
-		"restart": map[string]any{"max_restarts": 3, "initial_backoff_ms": 200, "max_backoff_ms": 1000},
-	}, 201, &p)
-	if p.Managed == nil || p.Managed.ID != "crasher" || *p.Managed.Name != "crasher" || p.Managed.Restart.Policy != "on_failure" {
-		t.Fatalf("managed block: %+v", p.Managed)
-	}
+	rule(t, s, "a named process with a restart policy has a managed block", func(t *testing.T) {
+		s.JSON("POST", "/api/v1/processes", map[string]any{
+			"command": "sh", "args": []string{"-c", "sleep 0.1; exit 7"}, "name": "crasher",
+			"restart": map[string]any{"max_restarts": 3, "initial_backoff_ms": 200, "max_backoff_ms": 1000},
+		}, 201, &p)
+		if p.Managed == nil || p.Managed.ID != "crasher" || *p.Managed.Name != "crasher" || p.Managed.Restart.Policy != "on_failure" {
+			t.Fatalf("managed block: %+v (want id and name crasher, policy on_failure by default)", p.Managed)
+		}
+	})
 	var gaps []int64
-	var lastEnd int64
 	seen := map[int]bool{p.Pid: true}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c := getProc(t, s, "crasher")
-		seen[c.Pid] = true
-		m := c.Managed
-		if m.Status == "backing_off" && m.NextRestartAt != nil && c.EndedAt != nil && *c.EndedAt != lastEnd {
-			gaps = append(gaps, *m.NextRestartAt-*c.EndedAt)
-			lastEnd = *c.EndedAt
-		}
-		if m.Status == "stopped" {
-			if m.RestartCount != 3 || m.LastExit == nil || *m.LastExit.ExitCode != 7 || m.LastError == nil {
-				t.Fatalf("stopped crasher: %+v", m)
+	rule(t, s, "on_failure restarts until max_restarts, then stops with the last exit", func(t *testing.T) {
+		var lastEnd int64
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			c := getProc(t, s, "crasher")
+			seen[c.Pid] = true
+			m := c.Managed
+			if m.Status == "backing_off" && m.NextRestartAt != nil && c.EndedAt != nil && *c.EndedAt != lastEnd {
+				gaps = append(gaps, *m.NextRestartAt-*c.EndedAt)
+				lastEnd = *c.EndedAt
 			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("crasher never stopped: %+v", m)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if len(seen) != 4 {
-		t.Fatalf("saw pids %v, want 4 instances", seen)
-	}
-	t.Logf("back-off gaps (ms): %v", gaps)
-	if len(gaps) < 2 || gaps[len(gaps)-1] <= gaps[0] {
-		t.Fatalf("back-off did not grow: %v", gaps)
-	}
-
-	// never: not restarted.
-	s.JSON("POST", "/api/v1/processes", map[string]any{
-		"command": "sh", "args": []string{"-c", "exit 2"}, "name": "once", "restart": map[string]any{"policy": "never"},
-	}, 201, &p)
-	time.Sleep(1500 * time.Millisecond)
-	once := getProc(t, s, "once")
-	if once.Pid != p.Pid || once.Managed.Status != "stopped" || once.Managed.RestartCount != 0 {
-		t.Fatalf("never: %+v %+v", once, once.Managed)
-	}
-
-	// A health check that fails restarts the process.
-	s.JSON("POST", "/api/v1/processes", map[string]any{
-		"command": "sleep", "args": []string{"300"}, "name": "unhealthy",
-		"health_check": map[string]any{"type": "tcp", "port": 1, "initial_delay_ms": 100, "interval_ms": 100, "failure_threshold": 2},
-		"restart":      map[string]any{"initial_backoff_ms": 100},
-	}, 201, &p)
-	if p.Managed.Status != "starting" || p.Managed.HealthStatus != "starting" {
-		t.Fatalf("health-checked start: %+v", p.Managed)
-	}
-	deadline = time.Now().Add(15 * time.Second)
-	for {
-		u := getProc(t, s, "unhealthy")
-		if u.Managed.RestartCount >= 1 && u.Pid != p.Pid {
-			if u.Managed.LastError == nil || !strings.Contains(*u.Managed.LastError, "health") {
-				t.Fatalf("restarted without a health error: %+v", u.Managed)
+			if m.Status == "stopped" {
+				if m.RestartCount != 3 || m.LastExit == nil || *m.LastExit.ExitCode != 7 || m.LastError == nil {
+					t.Fatalf("stopped crasher: %+v (want restart_count 3, last exit 7, a last_error)", m)
+				}
+				return
 			}
-			break
+			if time.Now().After(deadline) {
+				t.Fatalf("crasher never stopped: %+v", m)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("unhealthy process not restarted: %+v", u.Managed)
+	})
+	rule(t, s, "each restart is a new instance", func(t *testing.T) {
+		if len(seen) != 4 {
+			t.Fatalf("saw pids %v, want 4 instances (the first and 3 restarts)", seen)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	s.JSON("DELETE", "/api/v1/processes/unhealthy", nil, 204, nil)
+	})
+	rule(t, s, "the back-off grows from restart to restart", func(t *testing.T) {
+		t.Logf("back-off gaps (ms): %v", gaps)
+		if len(gaps) < 2 || gaps[len(gaps)-1] <= gaps[0] {
+			t.Fatalf("back-off did not grow: %v", gaps)
+		}
+	})
+	rule(t, s, "policy never does not restart", func(t *testing.T) {
+		s.JSON("POST", "/api/v1/processes", map[string]any{
+			"command": "sh", "args": []string{"-c", "exit 2"}, "name": "once", "restart": map[string]any{"policy": "never"},
+		}, 201, &p)
+		time.Sleep(1500 * time.Millisecond)
+		once := getProc(t, s, "once")
+		if once.Pid != p.Pid || once.Managed.Status != "stopped" || once.Managed.RestartCount != 0 {
+			t.Fatalf("never: %+v %+v (want the same pid, stopped, no restarts)", once, once.Managed)
+		}
+	})
+	rule(t, s, "a failing health check restarts the process, saying why", func(t *testing.T) {
+		s.JSON("POST", "/api/v1/processes", map[string]any{
+			"command": "sleep", "args": []string{"300"}, "name": "unhealthy",
+			"health_check": map[string]any{"type": "tcp", "port": 1, "initial_delay_ms": 100, "interval_ms": 100, "failure_threshold": 2},
+			"restart":      map[string]any{"initial_backoff_ms": 100},
+		}, 201, &p)
+		if p.Managed.Status != "starting" || p.Managed.HealthStatus != "starting" {
+			t.Fatalf("health-checked start: %+v (want status and health starting)", p.Managed)
+		}
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			u := getProc(t, s, "unhealthy")
+			if u.Managed.RestartCount >= 1 && u.Pid != p.Pid {
+				if u.Managed.LastError == nil || !strings.Contains(*u.Managed.LastError, "health") {
+					t.Fatalf("restarted without a health error: %+v", u.Managed)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("unhealthy process not restarted: %+v", u.Managed)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		s.JSON("DELETE", "/api/v1/processes/unhealthy", nil, 204, nil)
+	})
 
-	// A healthy HTTP check, restart by name, and kill by name. The checked
-	// server is the test's own (the sandbox shares this machine's network).
+	// The checked server is the test's own (the sandbox shares this
+	// machine's network).
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -519,33 +541,40 @@ func TestProcessSupervised(t *testing.T) {
 	})}
 	go web.Serve(ln)
 	defer web.Close()
-	s.JSON("POST", "/api/v1/processes", map[string]any{
-		"command": "sleep", "args": []string{"300"}, "name": "web",
-		"health_check": map[string]any{"type": "http", "port": ln.Addr().(*net.TCPAddr).Port, "path": "/healthz", "initial_delay_ms": 100, "interval_ms": 100},
-	}, 201, &p)
-	deadline = time.Now().Add(15 * time.Second)
-	for getProc(t, s, "web").Managed.HealthStatus != "healthy" {
-		if time.Now().After(deadline) {
-			t.Fatalf("web never healthy: %+v", getProc(t, s, "web").Managed)
+	rule(t, s, "an http health check asks its path and reports healthy", func(t *testing.T) {
+		s.JSON("POST", "/api/v1/processes", map[string]any{
+			"command": "sleep", "args": []string{"300"}, "name": "web",
+			"health_check": map[string]any{"type": "http", "port": ln.Addr().(*net.TCPAddr).Port, "path": "/healthz", "initial_delay_ms": 100, "interval_ms": 100},
+		}, 201, &p)
+		deadline := time.Now().Add(15 * time.Second)
+		for getProc(t, s, "web").Managed.HealthStatus != "healthy" {
+			if time.Now().After(deadline) {
+				t.Fatalf("web never healthy: %+v", getProc(t, s, "web").Managed)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if path := <-hits; path != "/healthz" {
-		t.Fatalf("health check asked for %q", path)
-	}
-	var np procInfo
-	s.JSON("POST", "/api/v1/processes/web/restart", nil, 200, &np)
-	if np.Pid == p.Pid || np.Managed.RestartCount != 1 || np.Status != "running" {
-		t.Fatalf("restart by name: %+v", np)
-	}
-	s.JSON("DELETE", "/api/v1/processes/web", nil, 204, nil)
-	time.Sleep(700 * time.Millisecond)
-	w := getProc(t, s, "web")
-	if w.Status == "running" || w.Managed.Status != "stopped" {
-		t.Fatalf("killed web: %s %+v", w.Status, w.Managed)
-	}
-	// The name is free again once stopped.
-	s.JSON("POST", "/api/v1/processes", map[string]any{"command": "true", "name": "web"}, 201, nil)
+		if path := <-hits; path != "/healthz" {
+			t.Fatalf("health check asked for %q, want /healthz", path)
+		}
+	})
+	rule(t, s, "restart by name starts a new instance and counts it", func(t *testing.T) {
+		var np procInfo
+		s.JSON("POST", "/api/v1/processes/web/restart", nil, 200, &np)
+		if np.Pid == p.Pid || np.Managed.RestartCount != 1 || np.Status != "running" {
+			t.Fatalf("restart by name: %+v (want a new pid, running, restart_count 1)", np)
+		}
+	})
+	rule(t, s, "kill by name stops it for good", func(t *testing.T) {
+		s.JSON("DELETE", "/api/v1/processes/web", nil, 204, nil)
+		time.Sleep(700 * time.Millisecond)
+		w := getProc(t, s, "web")
+		if w.Status == "running" || w.Managed.Status != "stopped" {
+			t.Fatalf("killed web: %s %+v (want not running, managed stopped)", w.Status, w.Managed)
+		}
+	})
+	rule(t, s, "a stopped name is free again", func(t *testing.T) {
+		s.JSON("POST", "/api/v1/processes", map[string]any{"command": "true", "name": "web"}, 201, nil)
+	})
 }
 
 // TestThousandConcurrentRuns: 1,000 short commands started through the

@@ -605,8 +605,8 @@ func TestPTYStalledClient(t *testing.T) {
 	if got := strings.Count(c.out.String(), "y"); got != n {
 		t.Fatalf("reading client got %d bytes of %d", got, n)
 	}
-	if !strings.Contains(s.AgentLog(), "dropping pty client") {
-		t.Fatalf("the stalled client was not dropped")
+	if pty := agentState(t, s).PTYSessions; pty == nil || pty.ClientsDropped != 1 {
+		t.Fatalf("the stalled client was not dropped: status %+v, want clients_dropped 1", pty)
 	}
 }
 

@@ -13,20 +13,6 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 )
 
-// sshCounter reads one counter of the agent's status: section.name.
-func sshCounter(t *testing.T, s *System, section, name string) int {
-	t.Helper()
-	sec, ok := sshAgentStatus(t, s)[section].(map[string]any)
-	if !ok {
-		t.Fatalf("agent status has no %q section", section)
-	}
-	v, ok := sec[name].(float64)
-	if !ok {
-		t.Fatalf("agent status has no %s.%s", section, name)
-	}
-	return int(v)
-}
-
 // TestSSHAgentDialedOnNeed: through the front door, sftp is served by a
 // bare sftp stream, so a connection that only does sftp never opens an
 // SSH connection to the agent's server; the first channel that needs the
@@ -34,8 +20,8 @@ func sshCounter(t *testing.T, s *System, section, name string) int {
 func TestSSHAgentDialedOnNeed(t *testing.T) {
 	s := startSSH(t, Options{})
 	signer := psshSigner(t, s.key)
-	agentConns := func() int { return sshCounter(t, s.System, "ssh", "connections_total") }
-	sftps := func() int { return sshCounter(t, s.System, "sftp", "sessions_total") }
+	agentConns := func() int { return sshConnectionsTotal(t, s.System) }
+	sftps := func() int { return sftpSessionsTotal(t, s.System) }
 	base, sftpBase := agentConns(), sftps()
 	c := psshDial(t, s.System, signer, "127.0.0.1")
 
@@ -125,7 +111,7 @@ func TestSSHAgentSFTPSubsystem(t *testing.T) {
 	}
 	_, proxyKey, _ := strings.Cut(strings.TrimSpace(string(scan)), " ")
 	s.writeUserKeys(t, proxyKey, s.key.Public)
-	base := sshCounter(t, s.System, "sftp", "sessions_total")
+	base := sftpSessionsTotal(t, s.System)
 	ways := []struct {
 		name string
 		args []string
@@ -143,7 +129,7 @@ func TestSSHAgentSFTPSubsystem(t *testing.T) {
 		}
 		sshOwner(t, s.SandboxPath("/home/tl-user/sub"+strconv.Itoa(i)), s.uid)
 	}
-	if n := sshCounter(t, s.System, "sftp", "sessions_total"); n != base+len(ways) {
+	if n := sftpSessionsTotal(t, s.System); n != base+len(ways) {
 		t.Fatalf("sftpd served %d sessions for %d sftp runs through the agent's SSH server", n-base, len(ways))
 	}
 }

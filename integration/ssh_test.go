@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -241,6 +240,8 @@ func TestSSHShellAndExec(t *testing.T) {
 	})
 }
 
+// TestSSHFiles is the file-transfer contract: scp in both modes, sftp and
+// rsync, byte for byte and owned by the sandbox user.
 func TestSSHFiles(t *testing.T) {
 	s := startSSH(t, Options{})
 	dir := t.TempDir()
@@ -250,14 +251,14 @@ func TestSSHFiles(t *testing.T) {
 	if err := os.WriteFile(src, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	scp := func(args ...string) {
+	scp := func(t *testing.T, args ...string) {
 		t.Helper()
 		full := append(append([]string{"-P", s.SSHPort()}, s.SSHOpts(s.key.Private)...), args...)
 		if out, err := exec.Command("scp", full...).CombinedOutput(); err != nil {
 			t.Fatalf("scp %v: %v: %s", args, err, out)
 		}
 	}
-	sameAsSrc := func(path string) {
+	sameAsSrc := func(t *testing.T, path string) {
 		t.Helper()
 		got, err := os.ReadFile(path)
 		if err != nil || !bytes.Equal(got, data) {
@@ -265,25 +266,27 @@ func TestSSHFiles(t *testing.T) {
 		}
 	}
 
-	t.Run("scp sftp mode", func(t *testing.T) {
-		scp(src, s.SSHDest()+":up-sftp.bin")
-		sameAsSrc(s.SandboxPath("/home/tl-user/up-sftp.bin"))
+	rule(t, s.System, "scp (sftp mode) copies both ways byte for byte, files owned by tl-user", func(t *testing.T) {
+		scp(t, src, s.SSHDest()+":up-sftp.bin")
+		sameAsSrc(t, s.SandboxPath("/home/tl-user/up-sftp.bin"))
 		sshOwner(t, s.SandboxPath("/home/tl-user/up-sftp.bin"), s.uid)
-		scp(s.SSHDest()+":up-sftp.bin", filepath.Join(dir, "down-sftp.bin"))
-		sameAsSrc(filepath.Join(dir, "down-sftp.bin"))
-		// ~user paths need the expand-path@openssh.com extension.
-		scp(src, s.SSHDest()+":~tl-user/tilde.bin")
-		sameAsSrc(s.SandboxPath("/home/tl-user/tilde.bin"))
-		scp(s.SSHDest()+":~/tilde.bin", filepath.Join(dir, "down-tilde.bin"))
-		sameAsSrc(filepath.Join(dir, "down-tilde.bin"))
+		scp(t, s.SSHDest()+":up-sftp.bin", filepath.Join(dir, "down-sftp.bin"))
+		sameAsSrc(t, filepath.Join(dir, "down-sftp.bin"))
 	})
-	t.Run("scp legacy mode", func(t *testing.T) {
-		scp("-O", src, s.SSHDest()+":up-legacy.bin")
-		sameAsSrc(s.SandboxPath("/home/tl-user/up-legacy.bin"))
-		scp("-O", s.SSHDest()+":up-legacy.bin", filepath.Join(dir, "down-legacy.bin"))
-		sameAsSrc(filepath.Join(dir, "down-legacy.bin"))
+	rule(t, s.System, "~ and ~user paths expand (expand-path@openssh.com)", func(t *testing.T) {
+		scp(t, src, s.SSHDest()+":~tl-user/tilde.bin")
+		sameAsSrc(t, s.SandboxPath("/home/tl-user/tilde.bin"))
+		scp(t, s.SSHDest()+":~/tilde.bin", filepath.Join(dir, "down-tilde.bin"))
+		sameAsSrc(t, filepath.Join(dir, "down-tilde.bin"))
 	})
-	t.Run("sftp batch", func(t *testing.T) {
+	rule(t, s.System, "legacy scp (-O, an exec of scp) copies both ways byte for byte", func(t *testing.T) {
+		scp(t, "-O", src, s.SSHDest()+":up-legacy.bin")
+		sameAsSrc(t, s.SandboxPath("/home/tl-user/up-legacy.bin"))
+		scp(t, "-O", s.SSHDest()+":up-legacy.bin", filepath.Join(dir, "down-legacy.bin"))
+		sameAsSrc(t, filepath.Join(dir, "down-legacy.bin"))
+	})
+	var sftpBefore, sshBefore int
+	rule(t, s.System, "an sftp batch: pwd, mkdir, put, rename over a file, symlink, get, rm, df", func(t *testing.T) {
 		other := filepath.Join(dir, "other.txt")
 		_ = os.WriteFile(other, []byte("other"), 0o644)
 		batch := strings.Join([]string{
@@ -298,8 +301,8 @@ func TestSSHFiles(t *testing.T) {
 			"rm box/gone.txt",
 			"df -h",
 		}, "\n") + "\n"
-		sftpBefore := sshCounter(t, s.System, "sftp", "sessions_total")
-		sshBefore := sshCounter(t, s.System, "ssh", "connections_total")
+		sftpBefore = sftpSessionsTotal(t, s.System)
+		sshBefore = sshConnectionsTotal(t, s.System)
 		full := append(append([]string{"-P", s.SSHPort()}, s.SSHOpts(s.key.Private)...), "-b", "-", s.SSHDest())
 		cmd := exec.Command("sftp", full...)
 		cmd.Stdin = strings.NewReader(batch)
@@ -308,7 +311,7 @@ func TestSSHFiles(t *testing.T) {
 			t.Fatalf("sftp: %v:\n%s", err, out)
 		}
 		if !strings.Contains(string(out), "/home/tl-user") || !strings.Contains(string(out), "Avail") {
-			t.Errorf("sftp output lacks pwd or df:\n%s", out)
+			t.Errorf("sftp output lacks pwd (the home folder) or df (statvfs@openssh.com):\n%s", out)
 		}
 		if got, _ := os.ReadFile(filepath.Join(dir, "got.txt")); string(got) != "other" {
 			t.Errorf("get through symlink after rename-over: %q", got)
@@ -320,16 +323,16 @@ func TestSSHFiles(t *testing.T) {
 			t.Errorf("rm: %v", err)
 		}
 		sshOwner(t, s.SandboxPath("/home/tl-user/box"), s.uid)
-		// The proxy served it as a bare SFTP stream (its shortcut), which
-		// opens no SSH connection to the agent.
-		if n := sshCounter(t, s.System, "sftp", "sessions_total"); n != sftpBefore+1 {
-			t.Errorf("sftpd served %d sessions for one sftp run", n-sftpBefore)
+	})
+	rule(t, s.System, "sftp is one sftpd session over a bare stream, no SSH connection to the agent", func(t *testing.T) {
+		if n := sftpSessionsTotal(t, s.System); n != sftpBefore+1 {
+			t.Errorf("sftpd served %v sessions for one sftp run, want 1", n-sftpBefore)
 		}
-		if n := sshCounter(t, s.System, "ssh", "connections_total"); n != sshBefore {
-			t.Errorf("sftp opened %d SSH connections to the agent, want none", n-sshBefore)
+		if n := sshConnectionsTotal(t, s.System); n != sshBefore {
+			t.Errorf("sftp opened %v SSH connections to the agent, want none", n-sshBefore)
 		}
 	})
-	t.Run("rsync", func(t *testing.T) {
+	rule(t, s.System, "rsync over ssh copies a tree both ways", func(t *testing.T) {
 		tree := filepath.Join(dir, "tree")
 		_ = os.MkdirAll(filepath.Join(tree, "sub"), 0o755)
 		_ = os.WriteFile(filepath.Join(tree, "sub", "f.bin"), data, 0o600)
@@ -343,8 +346,8 @@ func TestSSHFiles(t *testing.T) {
 				t.Fatalf("rsync %v: %v: %s", args, err, out)
 			}
 		}
-		sameAsSrc(s.SandboxPath("/home/tl-user/tree/sub/f.bin"))
-		sameAsSrc(filepath.Join(dir, "back", "sub", "f.bin"))
+		sameAsSrc(t, s.SandboxPath("/home/tl-user/tree/sub/f.bin"))
+		sameAsSrc(t, filepath.Join(dir, "back", "sub", "f.bin"))
 	})
 }
 
@@ -359,18 +362,24 @@ func sshOwner(t *testing.T, path string, uid uint32) {
 	}
 }
 
+// TestSSHForwards is the forwarding contract of the SSH front door: -L,
+// -D, -R (TCP and unix sockets) and agent forwarding, each a rule.
 func TestSSHForwards(t *testing.T) {
 	s := startSSH(t, Options{})
 	a, b := sshHttpServer(t, "a"), sshHttpServer(t, "b")
 
-	t.Run("local -L", func(t *testing.T) {
+	t.Run("-L to the sandbox's 127.0.0.1 reaches the port", func(t *testing.T) {
+		before := sshConnectionsTotal(t, s.System)
 		lp := sshFreePort(t)
 		s.background(t, "-N", "-L", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", lp, a), s.SSHDest())
 		if got := sshHttpGet(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", lp)); got != "hello a" {
-			t.Fatalf("-L: %q", got)
+			t.Fatalf("-L to 127.0.0.1: got %q, want the server's \"hello a\"", got)
+		}
+		if n := sshConnectionsTotal(t, s.System); n != before {
+			t.Fatalf("-L to 127.0.0.1 opened %d SSH connections to the agent, want none (the proxy's tcp stream)", n-before)
 		}
 	})
-	t.Run("local -L to another address, through the agent", func(t *testing.T) {
+	t.Run("-L to another loopback address goes through the agent's SSH server", func(t *testing.T) {
 		// Only 127.0.0.1 and localhost take the proxy's stream shortcut;
 		// 127.0.0.2 (loopback too) goes through the agent's SSH server.
 		ln, err := net.Listen("tcp", "127.0.0.2:0")
@@ -380,13 +389,17 @@ func TestSSHForwards(t *testing.T) {
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "hello two") })}
 		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
+		before := sshConnectionsTotal(t, s.System)
 		lp := sshFreePort(t)
 		s.background(t, "-N", "-L", fmt.Sprintf("127.0.0.1:%d:%s", lp, ln.Addr()), s.SSHDest())
 		if got := sshHttpGet(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", lp)); got != "hello two" {
-			t.Fatalf("-L: %q", got)
+			t.Fatalf("-L to 127.0.0.2: got %q, want \"hello two\"", got)
+		}
+		if n := sshConnectionsTotal(t, s.System); n != before+1 {
+			t.Fatalf("-L to 127.0.0.2 opened %d SSH connections to the agent, want 1", n-before)
 		}
 	})
-	t.Run("local -L to a closed port", func(t *testing.T) {
+	t.Run("-L to a closed port closes the client's connection", func(t *testing.T) {
 		lp, closed := sshFreePort(t), sshFreePort(t)
 		s.background(t, "-N", "-L", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", lp, closed), s.SSHDest())
 		time.Sleep(300 * time.Millisecond)
@@ -399,13 +412,13 @@ func TestSSHForwards(t *testing.T) {
 			n, err := c.Read(make([]byte, 1))
 			c.Close()
 			if n != 0 || err == nil {
-				t.Fatalf("read from a forward to a closed port: %d %v", n, err)
+				t.Fatalf("read from a forward to a closed port: %d %v, want the connection closed", n, err)
 			}
 			return
 		}
 		t.Fatal("ssh -L never listened")
 	})
-	t.Run("dynamic -D", func(t *testing.T) {
+	t.Run("-D (SOCKS) reaches a port by name", func(t *testing.T) {
 		lp := sshFreePort(t)
 		s.background(t, "-N", "-D", fmt.Sprintf("127.0.0.1:%d", lp), s.SSHDest())
 		var out []byte
@@ -421,7 +434,7 @@ func TestSSHForwards(t *testing.T) {
 			t.Fatalf("curl through -D: %v %q", err, out)
 		}
 	})
-	t.Run("remote -R port 0 twice", func(t *testing.T) {
+	t.Run("-R port 0 allocates a distinct port per forward, each reaching its target", func(t *testing.T) {
 		_, out := s.backgroundWith(t, []string{"-o", "LogLevel=INFO"}, "-N",
 			"-R", fmt.Sprintf("0:127.0.0.1:%d", a), "-R", fmt.Sprintf("0:127.0.0.1:%d", b), s.SSHDest())
 		re := regexp.MustCompile(`Allocated port (\d+) for remote forward to 127.0.0.1:(\d+)`)
@@ -439,18 +452,18 @@ func TestSSHForwards(t *testing.T) {
 			}
 		}
 	})
-	t.Run("remote -R fixed port, again after an abrupt drop", func(t *testing.T) {
+	t.Run("-R fixed port is freed when the connection drops, and can be bound again", func(t *testing.T) {
 		rp := sshFreePort(t)
 		for i := 0; i < 2; i++ {
 			cmd, _ := s.background(t, "-N", "-R", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:%d", rp, a), s.SSHDest())
 			if got := sshHttpGet(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", rp)); got != "hello a" {
-				t.Fatalf("-R round %d: %q", i, got)
+				t.Fatalf("-R round %d: got %q, want \"hello a\"", i, got)
 			}
 			_ = cmd.Process.Kill() // no cancel: the forward must end with the connection
 			sshWaitClosed(t, fmt.Sprintf("127.0.0.1:%d", rp))
 		}
 	})
-	t.Run("unix -L", func(t *testing.T) {
+	t.Run("-L to a unix socket connects as tl-user", func(t *testing.T) {
 		srvPath := "/tmp/tl-test-srv.sock"
 		ln, err := net.Listen("unix", s.SandboxPath(srvPath))
 		if err != nil {
@@ -466,21 +479,21 @@ func TestSSHForwards(t *testing.T) {
 		local := filepath.Join(t.TempDir(), "l.sock")
 		s.background(t, "-N", "-L", local+":"+srvPath, s.SSHDest())
 		if got := sshHttpGet(t, sshUnixClient(local), "http://x/"); got != "hello unix" {
-			t.Fatalf("unix -L: %q", got)
+			t.Fatalf("unix -L: got %q, want \"hello unix\"", got)
 		}
 	})
-	t.Run("unix -R, stale socket replaced", func(t *testing.T) {
+	t.Run("-R to a unix socket is owned by tl-user and replaces a stale socket", func(t *testing.T) {
 		remote := "/tmp/tl-test-fwd.sock"
 		for i := 0; i < 2; i++ {
 			cmd, _ := s.background(t, "-N", "-R", fmt.Sprintf("%s:127.0.0.1:%d", remote, b), s.SSHDest())
 			if got := sshHttpGet(t, sshUnixClient(s.SandboxPath(remote)), "http://x/"); got != "hello b" {
-				t.Fatalf("unix -R round %d: %q", i, got)
+				t.Fatalf("unix -R round %d: got %q, want \"hello b\"", i, got)
 			}
 			sshOwner(t, s.SandboxPath(remote), s.uid)
 			_ = cmd.Process.Kill()
 		}
 	})
-	t.Run("agent forwarding", func(t *testing.T) {
+	t.Run("-A gives the session a tl-user-owned agent socket that reaches the client's agent", func(t *testing.T) {
 		sock := filepath.Join(t.TempDir(), "agent.sock")
 		agent := exec.Command("ssh-agent", "-D", "-a", sock)
 		agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -505,7 +518,7 @@ func TestSSHForwards(t *testing.T) {
 		cmd.Env = env
 		out, err := cmd.CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "alice@test") || !strings.Contains(string(out), "tl-user") {
-			t.Fatalf("ssh -A: %v: %s", err, out)
+			t.Fatalf("ssh -A: %v: %s (want the key alice@test listed, the socket owned by tl-user)", err, out)
 		}
 	})
 }
@@ -564,22 +577,6 @@ func TestSSHRefusals(t *testing.T) {
 	if code != 255 || !strings.Contains(out, "sandbox "+s.SandboxID+" is not connected") {
 		t.Fatalf("stopped sandbox: exit %d, output %q", code, out)
 	}
-}
-
-// agentStatus reads the agent's control socket status.
-func sshAgentStatus(t *testing.T, s *System) map[string]any {
-	t.Helper()
-	c := sshUnixClient(s.ControlSocket())
-	resp, err := c.Get("http://agent/status")
-	if err != nil {
-		t.Fatalf("status: %v", err)
-	}
-	defer resp.Body.Close()
-	var st map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		t.Fatalf("status: %v", err)
-	}
-	return st
 }
 
 func sshFdCount(t *testing.T, pid int) int {
@@ -647,11 +644,7 @@ func TestSSHNoLeaks(t *testing.T) {
 
 func sshGoroutines(t *testing.T, s *System) int {
 	t.Helper()
-	v, ok := sshAgentStatus(t, s)["goroutines"].(float64)
-	if !ok {
-		t.Fatalf("status has no goroutines")
-	}
-	return int(v)
+	return agentState(t, s).Goroutines
 }
 
 // TestSSHPortRoute: the agent's in-sandbox listener (--ssh-listen) with

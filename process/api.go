@@ -135,6 +135,7 @@ func (t *Table) Start(req *StartRequest) (*Process, error) {
 	if m.policy, err = normalizeRestart(req.Restart); err != nil {
 		return nil, err
 	}
+	m.backoff = m.policy.backoff()
 	if m.health, err = normalizeHealth(req.HealthCheck); err != nil {
 		return nil, err
 	}

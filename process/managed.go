@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tensorlake/tl-agent/internal/backoff"
 	"github.com/tensorlake/tl-agent/internal/pause"
 )
 
@@ -77,6 +78,16 @@ func normalizeRestart(r *RestartPolicy) (RestartPolicy, error) {
 	return out, nil
 }
 
+// backoff is the policy's restart back-off: initial_backoff_ms doubling
+// per consecutive short-lived exit, capped at max_backoff_ms, no jitter
+// (the SDKs document the exact waits).
+func (r RestartPolicy) backoff() backoff.Backoff {
+	return backoff.Backoff{
+		Initial: time.Duration(r.InitialBackoffMs) * time.Millisecond,
+		Max:     time.Duration(r.MaxBackoffMs) * time.Millisecond,
+	}
+}
+
 func normalizeHealth(h *HealthCheck) (*HealthCheck, error) {
 	if h == nil {
 		return nil, nil
@@ -142,7 +153,7 @@ type managed struct {
 	cur          *Process // guarded by mu; the latest instance
 	status       string
 	restarts     int
-	quickFails   int // consecutive short-lived exits, for the back-off
+	backoff      backoff.Backoff // counts consecutive short-lived exits
 	healthStatus string
 	healthFails  int
 	lastExit     *ExitInfo
@@ -254,19 +265,14 @@ func (m *managed) exited(p *Process) {
 	// did not run stably for the frozen time.
 	paused, _ := m.clock().Paused()
 	if p.exit.At.Sub(p.startedAt)-(paused-m.pausedAt) >= stableRun {
-		m.quickFails = 0
+		m.backoff.Reset()
 	}
 	m.scheduleLocked()
 }
 
 // scheduleLocked arms the restart timer with the next back-off.
 func (m *managed) scheduleLocked() {
-	d := time.Duration(m.policy.InitialBackoffMs) * time.Millisecond
-	for i := 0; i < m.quickFails && d < time.Duration(m.policy.MaxBackoffMs)*time.Millisecond; i++ {
-		d *= 2
-	}
-	d = min(d, time.Duration(m.policy.MaxBackoffMs)*time.Millisecond)
-	m.quickFails++
+	d := m.backoff.Next()
 	m.status = mBackingOff
 	m.nextRestart = time.Now().Add(d)
 	m.timer = m.clock().AfterFunc(d, m.autoRestart)
@@ -331,7 +337,7 @@ func (m *managed) restart() (*Process, error) {
 	m.stopped = false
 	m.nextRestart = time.Time{}
 	m.restarts++
-	m.quickFails = 0
+	m.backoff.Reset()
 	if err := m.launch(); err != nil {
 		m.setCurrentLocked(old)
 		m.status = mStopped

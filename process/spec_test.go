@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestValidName(t *testing.T) {
@@ -83,5 +84,29 @@ func TestHealthPath(t *testing.T) {
 		if _, err := normalizeHealth(&HealthCheck{Type: "http", Port: 80, Path: good}); err != nil {
 			t.Errorf("path %q: %v", good, err)
 		}
+	}
+}
+
+// The restart waits the SDKs document: initial_backoff_ms doubling per
+// consecutive quick exit, capped at max_backoff_ms, no jitter.
+func TestRestartBackoffIsThePolicys(t *testing.T) {
+	p, err := normalizeRestart(&RestartPolicy{InitialBackoffMs: 300, MaxBackoffMs: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := p.backoff()
+	for i, want := range []time.Duration{300, 600, 1000, 1000} {
+		if got := b.Next(); got != want*time.Millisecond {
+			t.Fatalf("restart %d waits %v, want %v", i+1, got, want*time.Millisecond)
+		}
+	}
+	b.Reset()
+	if got := b.Next(); got != 300*time.Millisecond {
+		t.Fatalf("after a stable run the wait is %v, want initial_backoff_ms (300ms)", got)
+	}
+	d, _ := normalizeRestart(nil)
+	b = d.backoff()
+	if got := b.Next(); got != 500*time.Millisecond || b.Peek() != time.Second {
+		t.Fatalf("default policy: first wait %v, next %v; want 500ms then 1s", got, b.Peek())
 	}
 }

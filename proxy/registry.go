@@ -183,6 +183,8 @@ type SandboxState struct {
 	Since        int64  `json:"connected_since,omitempty"` // Unix ms
 	Remote       string `json:"remote,omitempty"`
 	AgentVersion string `json:"agent_version,omitempty"`
+	Protocol     int    `json:"protocol,omitempty"` // the live link's uplink protocol version
+	Resumed      bool   `json:"resumed,omitempty"`  // the live link proved a link secret (v2), not the base token
 }
 
 // Snapshot lists the known sandboxes that allow accepts (nil: all) with
@@ -197,6 +199,7 @@ func (r *Registry) Snapshot(allow func(id string) bool) []SandboxState {
 		e := SandboxState{ID: id}
 		if l := r.liveLocked(id); l != nil {
 			e.Connected, e.Since, e.Remote, e.AgentVersion = true, l.Since.UnixMilli(), l.Remote, l.AgentVersion
+			e.Protocol, e.Resumed = l.Protocol, l.Resumed
 		}
 		out = append(out, e)
 	}

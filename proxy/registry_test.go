@@ -140,13 +140,13 @@ func TestRegistrySnapshot(t *testing.T) {
 	r := NewRegistry(&Config{Sandboxes: map[string]SandboxConfig{
 		"b": {Token: "0123456789abcdef"}, "a": {Token: "0123456789abcdef"}}})
 	l := testLink(t)
-	l.ID, l.Remote, l.AgentVersion, l.Since = "b", "1.2.3.4:5", "v9", time.UnixMilli(42)
+	l.ID, l.Remote, l.AgentVersion, l.Since, l.Resumed = "b", "1.2.3.4:5", "v9", time.UnixMilli(42), true
 	if err := r.registerV2(l, false, true, nil, []byte("s")); err != nil {
 		t.Fatal(err)
 	}
 	got := r.Snapshot(nil)
 	if len(got) != 2 || got[0] != (SandboxState{ID: "a"}) ||
-		got[1] != (SandboxState{ID: "b", Connected: true, Since: 42, Remote: "1.2.3.4:5", AgentVersion: "v9"}) {
+		got[1] != (SandboxState{ID: "b", Connected: true, Since: 42, Remote: "1.2.3.4:5", AgentVersion: "v9", Protocol: 2, Resumed: true}) {
 		t.Fatalf("snapshot lists known sandboxes sorted, with their live link: %+v", got)
 	}
 	if got := r.Snapshot(func(id string) bool { return id == "a" }); len(got) != 1 || got[0].ID != "a" {

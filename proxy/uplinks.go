@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/internal/backoff"
 	"github.com/tensorlake/tl-agent/internal/netx"
 	"github.com/tensorlake/tl-agent/uplink"
 )
@@ -60,7 +61,7 @@ func (p *Proxy) ConnectAgent(ctx context.Context, network, addr string) {
 }
 
 func (p *Proxy) connectAgent(ctx context.Context, network, addr string) {
-	wait := 100 * time.Millisecond
+	bo := dialBackoff()
 	for ctx.Err() == nil {
 		var d net.Dialer
 		dctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
@@ -70,17 +71,24 @@ func (p *Proxy) connectAgent(ctx context.Context, network, addr string) {
 			start := time.Now()
 			p.serveLink(ctx, c, true)
 			if time.Since(start) > 10*time.Second {
-				wait = 100 * time.Millisecond // it was up: retry quickly
+				bo.Reset() // it was up: retry quickly
 			}
 		} else {
 			p.log.Warn().Err(err).Str("addr", addr).Msg("dial agent")
 		}
+		t := time.NewTimer(bo.Next())
 		select {
 		case <-ctx.Done():
-		case <-time.After(wait):
+		case <-t.C:
 		}
-		wait = min(wait*2, 5*time.Second)
+		t.Stop()
 	}
+}
+
+// dialBackoff paces the --connect dialer: 100 ms doubling to 5 s, reset
+// after a link that stayed up.
+func dialBackoff() backoff.Backoff {
+	return backoff.Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
 }
 
 // serveUplink serves an agent that dialed the uplink port.

@@ -27,6 +27,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/backoff"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/sftpd"
 	"github.com/tensorlake/tl-agent/supervisor"
@@ -301,7 +302,7 @@ func (s *Server) Listen() error {
 // (EMFILE, ENFILE, ECONNABORTED) are retried after a pause that grows to
 // a second, so running out of fds once does not end the listener.
 func (s *Server) acceptLoop(ln net.Listener) {
-	var pause time.Duration
+	bo := backoff.Backoff{Initial: 5 * time.Millisecond, Max: time.Second}
 	var lastRefusal time.Time
 	for {
 		c, err := ln.Accept()
@@ -309,12 +310,12 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			pause := bo.Next()
 			s.log.Warn().Err(err).Dur("retry_in", pause).Msg("ssh accept")
 			time.Sleep(pause)
 			continue
 		}
-		pause = 0
+		bo.Reset()
 		if !s.track(c, true) {
 			// At most one line a second: a flood must not flood the log.
 			if time.Since(lastRefusal) > time.Second {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/internal/backoff"
 )
 
 // Back-off for temporary accept errors, as net/http's Server.Serve does:
@@ -42,7 +44,7 @@ func Temporary(err error) bool {
 // with back-off until ctx ends. Any other error (net.ErrClosed after Close)
 // is returned as is; so is ctx's error once it is done.
 func Accept(ctx context.Context, ln net.Listener, log zerolog.Logger) (net.Conn, error) {
-	var wait time.Duration
+	bo := backoff.Backoff{Initial: acceptBackoffMin, Max: acceptBackoffMax}
 	for {
 		c, err := ln.Accept()
 		if err == nil {
@@ -54,11 +56,7 @@ func Accept(ctx context.Context, ln net.Listener, log zerolog.Logger) (net.Conn,
 		if !Temporary(err) {
 			return nil, err
 		}
-		if wait == 0 {
-			wait = acceptBackoffMin
-		} else {
-			wait = min(2*wait, acceptBackoffMax)
-		}
+		wait := bo.Next()
 		log.Warn().Err(err).Str("addr", ln.Addr().String()).Dur("retry_in", wait).Msg("accept failed; retrying")
 		t := time.NewTimer(wait)
 		select {

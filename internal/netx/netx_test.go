@@ -8,6 +8,7 @@ import (
 	"net"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -141,4 +142,70 @@ func TestLogRefusalIsThrottled(t *testing.T) {
 	if !bytes.Contains(buf.Bytes(), []byte(`"refused_unlogged":99`)) {
 		t.Fatalf("the next line must count the 99 left out: %s", buf.String())
 	}
+}
+
+// pipeListener fails its first n accepts with err, then returns one end of
+// a net.Pipe: no sockets, so it runs inside a synctest bubble.
+type pipeListener struct {
+	n   int
+	err error
+}
+
+func (p *pipeListener) Accept() (net.Conn, error) {
+	if p.n > 0 {
+		p.n--
+		return nil, p.err
+	}
+	a, b := net.Pipe()
+	b.Close()
+	return a, nil
+}
+func (p *pipeListener) Close() error   { return nil }
+func (p *pipeListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe", Net: "unix"} }
+
+// The accept back-off in the fake clock: 5 ms doubling (5+10+20+40 ms
+// before the fifth try), and a stop during a wait ends it at once.
+func TestAcceptBackoffSchedule(t *testing.T) {
+	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: fmt.Errorf("accept4: %w", syscall.EMFILE)}
+	t.Run("temporary errors are retried after 5 ms doubling", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			start := time.Now()
+			c, err := Accept(t.Context(), &pipeListener{n: 4, err: emfile}, zerolog.Nop())
+			if err != nil {
+				t.Fatalf("accept: %v", err)
+			}
+			c.Close()
+			if got, want := time.Since(start), 75*time.Millisecond; got != want {
+				t.Fatalf("accepted after %v of back-off, want %v", got, want)
+			}
+		})
+	})
+	t.Run("the wait is capped at 1 s", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			start := time.Now()
+			// 5+10+...+640 ms, then three waits at the 1 s cap.
+			c, err := Accept(t.Context(), &pipeListener{n: 11, err: emfile}, zerolog.Nop())
+			if err != nil {
+				t.Fatalf("accept: %v", err)
+			}
+			c.Close()
+			if got, want := time.Since(start), 1275*time.Millisecond+3*time.Second; got != want {
+				t.Fatalf("accepted after %v of back-off, want %v", got, want)
+			}
+		})
+	})
+	t.Run("a stop during the back-off returns the context's error", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 12*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			_, err := Accept(ctx, &pipeListener{n: 100, err: emfile}, zerolog.Nop())
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("accept: %v, want the context's error", err)
+			}
+			if got := time.Since(start); got != 12*time.Millisecond {
+				t.Fatalf("returned after %v, want at the stop (12ms)", got)
+			}
+		})
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -107,4 +108,47 @@ func TestTimerRearmsAfterPause(t *testing.T) {
 	default:
 	}
 	tm.Stop()
+}
+
+// The Timer's rules in a synctest bubble's fake clock, with the detector
+// ticking: it fires at exactly its running-time deadline, Reset counts
+// from the Reset, and a stopped timer never fires.
+func TestTimerInFakeTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := New(0, 0)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go d.Run(ctx)
+		start := time.Now()
+		at := make(chan time.Duration, 3)
+		record := func() { at <- time.Since(start) }
+
+		d.AfterFunc(5*time.Second, record)
+		if got := <-at; got != 5*time.Second {
+			t.Fatalf("rule broken: fires at its deadline: fired after %v, want 5s", got)
+		}
+
+		start = time.Now()
+		tm := d.AfterFunc(5*time.Second, record)
+		time.Sleep(2 * time.Second)
+		if !tm.Reset(5 * time.Second) {
+			t.Fatal("rule broken: an armed timer is active when Reset")
+		}
+		if got := <-at; got != 7*time.Second {
+			t.Fatalf("rule broken: Reset counts from the Reset: fired after %v, want 7s", got)
+		}
+
+		stopped := d.AfterFunc(time.Second, record)
+		stopped.Stop()
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		select {
+		case got := <-at:
+			t.Fatalf("rule broken: a stopped timer never fires: it fired at %v", got)
+		default:
+		}
+		if p, n := d.Paused(); p != 0 || n != 0 {
+			t.Fatalf("rule broken: ticking in a steady clock detects no pause: %v in %d", p, n)
+		}
+	})
 }
