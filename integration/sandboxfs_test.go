@@ -160,3 +160,54 @@ func TestFilesKernelAndMountedFiles(t *testing.T) {
 		t.Fatalf("bind-mounted file after PUT: %q %v", out, err)
 	}
 }
+
+// devTools is what a developer or an AI agent reaches for first in the
+// full sandbox image (issue: python3 with pip and venv, a C toolchain,
+// editors, fetchers, archivers, terminals).
+var devTools = []string{"python3", "pip3", "gcc", "g++", "make", "vim", "nano", "wget", "curl", "nc", "jq",
+	"unzip", "zip", "file", "ps", "less", "git", "ssh", "rsync", "tmux", "screen", "sudo", "locale"}
+
+// devCheck is run as tl-user in /workspace; each line it prints is a fact
+// the test checks.
+const devCheck = `for c in ` + "$TOOLS" + `; do command -v $c >/dev/null || echo missing:$c; done
+echo pwd:$(pwd) owner:$(stat -c %U /workspace)
+python3 -m venv /tmp/venv && /tmp/venv/bin/pip --version >/dev/null && echo venv-ok
+printf 'int main(void){return 0;}\n' > cc.c && gcc cc.c -o cc && ./cc && echo cc-ok
+apt-cache show hello >/dev/null 2>&1 && echo apt-lists-ok
+locale -a | grep -qix 'en_US.utf8' && locale -a | grep -qix 'C.utf8' && echo locales-ok
+echo lang:$LANG`
+
+// TestImageDev: the default sandbox image is a place to work (the tools,
+// apt lists present, UTF-8 locales, /workspace), and the slim variant
+// is the same agent set-up without them.
+func TestImageDev(t *testing.T) {
+	RequireRoot(t)
+	for _, c := range []struct {
+		target string
+		want   []string
+	}{
+		{"sandbox", []string{"pwd:/workspace owner:tl-user", "venv-ok", "cc-ok", "apt-lists-ok", "locales-ok", "lang:C.UTF-8"}},
+		{"sandbox-slim", []string{"pwd:/workspace owner:tl-user", "missing:python3", "missing:gcc", "lang:C.UTF-8"}},
+	} {
+		t.Run(c.target, func(t *testing.T) {
+			img := buildImage(t, c.target)
+			size, _ := podman(t, "image", "inspect", "--format", "{{.Size}}", img)
+			t.Logf("%s image size: %s bytes", c.target, size)
+			s := Start(t, Options{NoAgent: true})
+			ct := runContainer(t, s, img, nil)
+			ct.serving(s)
+			r := run(t, s, map[string]any{"command": "bash", "args": []string{"-c", devCheck},
+				"working_dir": "/workspace", "env": map[string]string{"TOOLS": strings.Join(devTools, " ")}})
+			got := strings.Join(r.stdout, "\n")
+			for _, w := range c.want {
+				if !strings.Contains("\n"+got+"\n", "\n"+w+"\n") {
+					t.Errorf("no line %q in:\n%s\nstderr: %s", w, got, strings.Join(r.stderr, "\n"))
+				}
+			}
+			if c.target == "sandbox" && strings.Contains(got, "missing:") {
+				t.Errorf("tools missing from the full image:\n%s", got)
+			}
+			ct.stop()
+		})
+	}
+}
