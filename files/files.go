@@ -138,7 +138,7 @@ func joinPath(home, p string) string {
 func fsError(w http.ResponseWriter, path string, err error) {
 	switch {
 	case errors.Is(err, errNotRegular):
-		httpx.WriteError(w, http.StatusBadRequest, codeNotFile, path+" is not a regular file (a FIFO, socket or device is never read)")
+		httpx.WriteError(w, http.StatusBadRequest, codeNotFile, path+" is not a regular file (a FIFO, socket or device is never read, written or replaced)")
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		httpx.WriteError(w, http.StatusInsufficientStorage, codeNoSpace, "no space left on the device of "+path)
 	case errors.Is(err, fs.ErrNotExist):

@@ -27,6 +27,8 @@ import (
 //   - on a kernel file system (kernelFS: /proc, /sys, cgroups) nothing
 //     can be created, so temp+rename cannot work: an existing file is
 //     written in place, a missing one is refused with CANNOT_CREATE;
+//   - a FIFO, socket or device is never written nor replaced
+//     (NOT_A_REGULAR_FILE, as for reads);
 //   - a file that is a mount point (a bind-mounted /etc/hosts or
 //     /etc/resolv.conf in a container) cannot be renamed over (EBUSY):
 //     the finished upload is copied into it in place.
@@ -70,7 +72,14 @@ type target struct {
 // whether its folder is on a kernel file system.
 func inspect(path string, u *identity.User) (target, error) {
 	t := target{uid: int(u.UID), gid: int(u.GID), mode: 0o644}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() {
+	fi, err := os.Lstat(path)
+	if err == nil && fi.Mode()&(fs.ModeNamedPipe|fs.ModeSocket|fs.ModeDevice|fs.ModeCharDevice) != 0 {
+		// Renaming over a device node or a FIFO would replace it with a
+		// file of tl-user's (/dev/null, say); writing into it could block
+		// or act on hardware.
+		return t, errNotRegular
+	}
+	if err == nil && fi.Mode().IsRegular() {
 		st := fi.Sys().(*syscall.Stat_t)
 		t.exists, t.uid, t.gid = true, int(st.Uid), int(st.Gid)
 		t.mode = fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)

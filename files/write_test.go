@@ -70,3 +70,20 @@ func TestKernelFSNoCreate(t *testing.T) {
 		t.Fatalf("got %d %s, want 400 %s", code, body, codeNoCreate)
 	}
 }
+
+// TestWriteOverSpecialRefused: a FIFO (a device alike) is neither
+// written into nor replaced by a file.
+func TestWriteOverSpecialRefused(t *testing.T) {
+	srv := filesServer(t)
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, body := do(t, "PUT", srv.URL+"/api/v1/files?path="+url.QueryEscape(fifo), "x")
+	if code != 400 || !strings.Contains(body, "NOT_A_REGULAR_FILE") {
+		t.Fatalf("got %d %s, want 400 NOT_A_REGULAR_FILE", code, body)
+	}
+	if fi, err := os.Lstat(fifo); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+		t.Fatalf("FIFO replaced: %v %v", fi, err)
+	}
+}

@@ -152,6 +152,16 @@ func TestFilesKernelAndMountedFiles(t *testing.T) {
 	}
 	s.WantError(t, "PUT", filePath("/proc/sys/kernel/tl-no-such-sysctl"), "1", 400, "CANNOT_CREATE")
 
+	// A FIFO (a device alike) is neither written into nor replaced. The
+	// sandbox's /tmp is its own; its /dev is this machine's: not used here.
+	if out, err := s.Exec("mkfifo", "/tmp/tl-fifo"); err != nil {
+		t.Fatalf("mkfifo: %v %s", err, out)
+	}
+	s.WantError(t, "PUT", filePath("/tmp/tl-fifo"), "x", 400, "NOT_A_REGULAR_FILE")
+	if out, err := s.Exec("test", "-p", "/tmp/tl-fifo"); err != nil {
+		t.Fatalf("FIFO replaced by the PUT: %v %s", err, out)
+	}
+
 	if out, err := s.Exec("sh", "-c", "echo old > /tmp/tl-src && : > /etc/tl-bound && mount --bind /tmp/tl-src /etc/tl-bound"); err != nil {
 		t.Fatalf("bind mount in the sandbox: %v %s", err, out)
 	}
