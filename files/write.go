@@ -27,6 +27,8 @@ import (
 //   - on a kernel file system (kernelFS: /proc, /sys, cgroups) nothing
 //     can be created, so temp+rename cannot work: an existing file is
 //     written in place, a missing one is refused with CANNOT_CREATE;
+//   - a symlink is written through: the file it names is the one
+//     written over (a dangling link is replaced by a new file);
 //   - a FIFO, socket or device is never written nor replaced
 //     (NOT_A_REGULAR_FILE, as for reads);
 //   - a file that is a mount point (a bind-mounted /etc/hosts or
@@ -101,6 +103,12 @@ func (s *Server) handleWrite(w http.ResponseWriter, r *http.Request) {
 	}
 	var isDir bool
 	_ = s.gate.Do(func() error {
+		// A symlink is written through, as a shell's > does: the link
+		// stays and the file it names keeps its owner and mode. A
+		// dangling one is replaced by the new file.
+		if real, err := filepath.EvalSymlinks(path); err == nil {
+			path = real
+		}
 		fi, err := os.Stat(path)
 		isDir = err == nil && fi.IsDir()
 		return nil

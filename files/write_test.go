@@ -39,6 +39,18 @@ func TestOverwriteKeepsOwner(t *testing.T) {
 	if err := os.Chmod(existing, 0o750|os.ModeSetgid); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Symlink("root-owned", filepath.Join(home, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := put("link", "through the link"); code != 204 {
+		t.Fatalf("PUT link: %d %s", code, body)
+	}
+	if fi, err := os.Lstat(filepath.Join(home, "link")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("link replaced: %v %v", fi, err)
+	}
+	if data, _ := os.ReadFile(existing); string(data) != "through the link" {
+		t.Fatalf("write through the link: target holds %q", data)
+	}
 	for _, c := range []struct {
 		name     string
 		uid, gid uint32
