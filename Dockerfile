@@ -1,5 +1,9 @@
 # tl-agent images. Targets (docs/image.md has the recipes):
-#   sandbox (default)  Debian userland with tl-agent as the entrypoint (PID 1)
+#   sandbox (default)  Debian with a developer's userland (python3, pip, venv,
+#                      build-essential, git, vim, tmux, ...; apt lists kept)
+#                      and tl-agent as the entrypoint (PID 1)
+#   sandbox with --build-arg USERLAND=userland-slim: the slim variant, the
+#                      same agent set-up over a minimal userland
 #   proxy              tl-proxy alone, the reference sandbox proxy
 #   agent-bin          just /tl-agent, to COPY --from into any other image
 #   existing           tl-agent added to APP_IMAGE (any glibc or musl image)
@@ -14,6 +18,7 @@
 ARG GO_IMAGE=golang:1.26-bookworm
 ARG BASE_IMAGE=debian:bookworm-slim
 ARG APP_IMAGE=${BASE_IMAGE}
+ARG USERLAND=userland-full
 
 # ---- build: static tl-agent and tl-proxy from source ----
 FROM ${GO_IMAGE} AS build
@@ -55,15 +60,37 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 ENTRYPOINT ["/usr/local/bin/tl-agent"]
 CMD []
 
-# ---- sandbox: the default target ----
-FROM ${BASE_IMAGE} AS sandbox
-# A usable userland for people and agents working in the sandbox. No
-# daemons: tl-agent serves SSH, files and processes itself.
+# ---- userland-slim: a minimal userland, no daemons (tl-agent serves SSH,
+# files and processes itself) ----
+FROM ${BASE_IMAGE} AS userland-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       bash sudo coreutils procps psmisc less curl ca-certificates rsync tmux \
       openssh-client git iproute2 iputils-ping netbase xz-utils unzip nano vim-tiny \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log
+
+# ---- userland-full: what a developer or an AI agent expects to find.
+# The apt lists stay, so `apt-get install` works without an update first;
+# en_US.UTF-8 is generated besides glibc's C.UTF-8, the default. Its own
+# stage, before the agent binary: source changes never rebuild it. ----
+FROM userland-slim AS userland-full
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 python3-pip python3-venv python3-dev build-essential pkg-config \
+      vim nano wget curl netcat-openbsd jq unzip zip file procps less git \
+      openssh-client rsync tmux screen sudo ca-certificates locales gnupg \
+      bzip2 patch \
+ && sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' /etc/locale.gen \
+ && locale-gen \
+ && printf 'LANG=C.UTF-8\n' > /etc/default/locale \
+ && rm -rf /var/cache/apt/archives/*.deb /var/log/apt/* /var/log/dpkg.log
+
+# ---- sandbox: the default target, over USERLAND (userland-full, or
+# userland-slim for the slim variant) ----
+FROM ${USERLAND} AS sandbox
+# The folder the API's examples use; the agent gives it to tl-user when
+# it provisions (also where a read-only root skips provisioning).
+RUN mkdir -p -m 0755 /workspace
 COPY image/rootfs/ /
 COPY --from=build /out/tl-agent /usr/local/bin/tl-agent
 ENV LANG=C.UTF-8

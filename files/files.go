@@ -2,12 +2,14 @@
 // delete and list, with paths relative to the sandbox user's home.
 //
 // The agent runs as root and performs the operations itself; everything a
-// write creates (the file and any parent folders) is then given to the
+// write creates (a new file and any parent folders) is then given to the
 // sandbox user with fchown on the open file or lchown, never following a
-// symlink. Writes stream to a temporary file in the target's folder and
-// are renamed over the target, so a reader sees the old file or the new
-// one, never half of one. Bodies are copied through one fixed buffer, so
-// memory does not grow with file size.
+// symlink, while a file written over keeps its owner, group and mode
+// (write.go owns those rules). Writes stream to a temporary file in the
+// target's folder and are renamed over the target, so a reader sees the
+// old file or the new one, never half of one; kernel file systems and
+// mount points, where that cannot work, are written in place. Bodies are
+// copied through one fixed buffer, so memory does not grow with file size.
 //
 // Only regular files are read: a FIFO's open waits for a writer forever
 // and a device may stream without end, each holding an OS thread of PID 1
@@ -136,7 +138,7 @@ func joinPath(home, p string) string {
 func fsError(w http.ResponseWriter, path string, err error) {
 	switch {
 	case errors.Is(err, errNotRegular):
-		httpx.WriteError(w, http.StatusBadRequest, codeNotFile, path+" is not a regular file (a FIFO, socket or device is never read)")
+		httpx.WriteError(w, http.StatusBadRequest, codeNotFile, path+" is not a regular file (a FIFO, socket or device is never read, written or replaced)")
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		httpx.WriteError(w, http.StatusInsufficientStorage, codeNoSpace, "no space left on the device of "+path)
 	case errors.Is(err, fs.ErrNotExist):
@@ -264,141 +266,6 @@ func (s *Server) handleRead(w http.ResponseWriter, r *http.Request) {
 // writerOnly and readerOnly keep CopyBuffer on our one buffer.
 type writerOnly struct{ io.Writer }
 type readerOnly struct{ io.Reader }
-
-func (s *Server) handleWrite(w http.ResponseWriter, r *http.Request) {
-	path, u, ok := s.resolve(w, r)
-	if !ok {
-		return
-	}
-	var isDir bool
-	_ = s.gate.Do(func() error {
-		fi, err := os.Stat(path)
-		isDir = err == nil && fi.IsDir()
-		return nil
-	})
-	if isDir {
-		httpx.WriteError(w, http.StatusBadRequest, codeIsDir, path+" is a folder")
-		return
-	}
-	dir := filepath.Dir(path)
-	if err := s.gate.Do(func() error { return mkdirAllOwned(dir, u) }); err != nil {
-		fsError(w, dir, err)
-		return
-	}
-	n, err := s.writeAtomic(path, r.Body, u)
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) || errors.Is(err, errBody) {
-			httpx.WriteError(w, http.StatusBadRequest, codeInvalid, "upload interrupted: "+err.Error())
-			return
-		}
-		fsError(w, path, err)
-		return
-	}
-	s.log.Debug().Str("path", path).Int64("bytes", n).Msg("file written")
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// errBody marks a failure reading the request body (client gone).
-var errBody = errors.New("reading the request body")
-
-// writeAtomic streams body into a temporary file beside path, gives it to
-// u, and renames it over path. An existing file's mode is kept. File
-// syscalls hold a slot of the gate; reading the body (the network) does
-// not.
-func (s *Server) writeAtomic(path string, body io.Reader, u *identity.User) (int64, error) {
-	var f *os.File
-	err := s.gate.Do(func() (err error) { f, err = createTemp(path, u); return err })
-	if err != nil {
-		return 0, err
-	}
-	tmp := f.Name()
-	bp := bufPool.Get().(*[]byte)
-	n, err := copyBody(s.gate.Writer(f), body, *bp)
-	bufPool.Put(bp)
-	if err == nil {
-		err = s.gate.Do(func() error {
-			if err := f.Close(); err != nil {
-				return err
-			}
-			return os.Rename(tmp, path)
-		})
-	}
-	if err != nil {
-		_ = s.gate.Do(func() error { f.Close(); return os.Remove(tmp) })
-		return 0, err
-	}
-	return n, nil
-}
-
-// createTemp makes the temporary file beside path, owned by u, with the
-// mode of the file it replaces (0644 for a new one).
-func createTemp(path string, u *identity.User) (*os.File, error) {
-	mode := fs.FileMode(0o644)
-	if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() {
-		mode = fi.Mode().Perm()
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tl-upload-*")
-	if err != nil {
-		return nil, err
-	}
-	// fchown on the descriptor: nothing can be swapped in under us.
-	err = f.Chown(int(u.UID), int(u.GID))
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return nil, err
-	}
-	return f, nil
-}
-
-// copyBody copies body to f, telling body errors (the client) from file
-// errors (the disk).
-func copyBody(f io.Writer, body io.Reader, buf []byte) (int64, error) {
-	var total int64
-	for {
-		n, rerr := body.Read(buf)
-		if n > 0 {
-			if _, err := f.Write(buf[:n]); err != nil {
-				return total, err
-			}
-			total += int64(n)
-		}
-		if rerr == io.EOF {
-			return total, nil
-		}
-		if rerr != nil {
-			return total, fmt.Errorf("%w: %v", errBody, rerr)
-		}
-	}
-}
-
-// mkdirAllOwned creates dir and missing parents, each given to u (lchown:
-// a symlink is never followed for ownership).
-func mkdirAllOwned(dir string, u *identity.User) error {
-	fi, err := os.Stat(dir)
-	if err == nil {
-		if !fi.IsDir() {
-			return syscall.ENOTDIR
-		}
-		return nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	if parent := filepath.Dir(dir); parent != dir {
-		if err := mkdirAllOwned(parent, u); err != nil {
-			return err
-		}
-	}
-	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	return os.Lchown(dir, int(u.UID), int(u.GID))
-}
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 	path, _, ok := s.resolve(w, r)

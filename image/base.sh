@@ -2,8 +2,9 @@
 # base.sh: make the Debian base image from Debian packages with debootstrap
 # and import it into the local engine, for machines that cannot pull from a
 # registry. The result stands in for debian:bookworm-slim (same suite, same
-# apt sources layout). Cached: does nothing when the image exists, unless
-# TL_BASE_REBUILD=1.
+# apt sources layout). Cached by a hash of its inputs (this script, the
+# suite, the mirror), kept in the image's tl.inputs label: does nothing
+# when an image with that label exists, unless TL_BASE_REBUILD=1.
 #
 #   TL_DEBIAN_MIRROR   mirror URL (default: the one apt uses on this machine)
 #   TL_BASE_IMAGE      name to import as (default localhost/tl-debian:bookworm)
@@ -14,11 +15,7 @@ if [ -z "${TL_ENGINE:-}" ]; then
   echo "base.sh: no container engine (podman or a running docker)" >&2
   exit 1
 fi
-if [ "${TL_BASE_REBUILD:-0}" != 1 ] && image_exists "$TL_BASE_IMAGE"; then
-  echo "base.sh: $TL_BASE_IMAGE exists" >&2
-  exit 0
-fi
-if [ "$(id -u)" != 0 ]; then
+if [ "$(id -u)" != 0 ] && ! image_exists "$TL_BASE_IMAGE"; then
   echo "base.sh: debootstrap needs root" >&2
   exit 1
 fi
@@ -38,6 +35,16 @@ mirror_from_apt() {
 mirror=${TL_DEBIAN_MIRROR:-$(mirror_from_apt | head -1)}
 mirror=${mirror:-http://deb.debian.org/debian}
 security=${mirror%/debian}/debian-security
+inputs=$( { cat "$0"; echo "$suite $mirror"; } | sha256sum | cut -c1-16)
+label() { $TL_ENGINE image inspect --format '{{index .Labels "tl.inputs"}}' "$TL_BASE_IMAGE" 2>/dev/null || true; }
+if [ "${TL_BASE_REBUILD:-0}" != 1 ] && image_exists "$TL_BASE_IMAGE" && [ "$(label)" = "$inputs" ]; then
+  echo "base.sh: $TL_BASE_IMAGE exists (inputs $inputs)" >&2
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "base.sh: debootstrap needs root" >&2
+  exit 1
+fi
 echo "base.sh: debootstrap $suite from $mirror (takes a few minutes)" >&2
 
 work=$(mktemp -d /var/tmp/tl-debootstrap.XXXXXX)
@@ -89,6 +96,6 @@ rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache
 : >"$root/etc/resolv.conf"
 
 tar --numeric-owner -C "$root" -c . |
-  $TL_ENGINE import --change 'CMD ["bash"]' --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+  $TL_ENGINE import --change 'CMD ["bash"]' --change "LABEL tl.inputs=$inputs" --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     - "$TL_BASE_IMAGE" >/dev/null
 echo "base.sh: imported $TL_BASE_IMAGE" >&2

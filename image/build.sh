@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # build.sh [target...]: build the images with the local engine (make image).
-# Targets: sandbox (default), proxy, agent-bin, existing.
+# Targets: sandbox (default: the full userland), sandbox-slim (the same
+# over a minimal userland), proxy, agent-bin, existing.
 #
 # With podman and no registry (this project's CI), the base and Go builder
 # images are made locally first (base.sh, builder.sh) and passed to the
@@ -9,6 +10,7 @@
 #
 #   TL_ENGINE          podman or docker (default: podman when installed)
 #   TL_SANDBOX_IMAGE   tag of the sandbox image (localhost/tl-sandbox:latest)
+#   TL_SANDBOX_SLIM_IMAGE  tag of the slim one (localhost/tl-sandbox-slim:latest)
 #   TL_PROXY_IMAGE     tag of the proxy image (localhost/tl-proxy:latest)
 #   TL_EXISTING_IMAGE  tag of the `existing` target (localhost/tl-existing:latest)
 #   TL_APP_IMAGE       image the `existing` target adds tl-agent to
@@ -35,13 +37,19 @@ if [ "$TL_ENGINE" = podman ]; then
 fi
 [ $# -gt 0 ] || set -- sandbox
 for target in "$@"; do
+  stage=$target extra=()
   case $target in
-    sandbox) tag=$TL_SANDBOX_IMAGE ;;
+    # USERLAND is passed even at its default: podman 4's buildah resolves
+    # a stage named by an ARG only from --build-arg.
+    sandbox) tag=$TL_SANDBOX_IMAGE extra=(--build-arg USERLAND=userland-full) ;;
+    sandbox-slim)
+      tag=${TL_SANDBOX_SLIM_IMAGE:-localhost/tl-sandbox-slim:latest}
+      stage=sandbox extra=(--build-arg USERLAND=userland-slim) ;;
     proxy) tag=$TL_PROXY_IMAGE ;;
     agent-bin) tag=localhost/tl-agent-bin:latest ;;
     existing) tag=${TL_EXISTING_IMAGE:-localhost/tl-existing:latest} ;;
     *) echo "build.sh: unknown target $target" >&2; exit 2 ;;
   esac
-  echo "build.sh: $TL_ENGINE build --target $target -t $tag" >&2
-  $TL_ENGINE build "${args[@]}" --target "$target" -t "$tag" -f Dockerfile .
+  echo "build.sh: $TL_ENGINE build --target $stage ${extra[*]} -t $tag" >&2
+  $TL_ENGINE build "${args[@]}" "${extra[@]}" --target "$stage" -t "$tag" -f Dockerfile .
 done

@@ -44,7 +44,8 @@ var (
 
 // Provision makes root ready for users: the sandbox user (passwd, shadow,
 // group, gshadow where each exists), membership of group sudo, a home from
-// /etc/skel, a sudoers drop-in, and the host name files. It edits the files
+// /etc/skel, the shared Workspace folder, a sudoers drop-in, and the host
+// name files. It edits the files
 // natively (images without useradd work), under the usual locks, atomically,
 // and only where something is missing: a second run changes nothing.
 //
@@ -70,7 +71,7 @@ func Provision(root string, o ProvisionOptions, log zerolog.Logger) (*Provisione
 		if err := p.accounts(); err != nil {
 			errs = append(errs, fmt.Errorf("user %s: %w", o.User, err))
 		} else {
-			errs = append(errs, p.home(), p.sudoers())
+			errs = append(errs, p.home(), p.workspace(), p.sudoers())
 		}
 	}
 	if o.Hostname != "" {
@@ -264,6 +265,45 @@ func (p *provisioner) home() error {
 		return fmt.Errorf("home %s from /etc/skel: %w", r.Home, err)
 	}
 	p.log.Info().Str("home", r.Home).Msg("home created from /etc/skel")
+	return nil
+}
+
+// Workspace is the folder the API's examples work in (scp ./x
+// <id>@...:/workspace/, a PTY with "working_dir": "/workspace"), owned by
+// the sandbox user.
+const Workspace = "/workspace"
+
+// workspace creates Workspace for the user (0755). An existing folder
+// owned by root (the image made it) is given to the user, as the home is;
+// one owned by anybody else, or a symlink, is the image's choice and left
+// alone.
+func (p *provisioner) workspace() error {
+	r := p.res
+	path := filepath.Join(p.root, Workspace)
+	fi, err := os.Lstat(path)
+	switch {
+	case err == nil && fi.Mode()&os.ModeSymlink != 0:
+		return nil
+	case err == nil && !fi.IsDir():
+		return fmt.Errorf("%s exists and is not a folder", Workspace)
+	case err == nil && (owner(fi) != 0 || r.UID == 0):
+		return nil
+	case err != nil && !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%s: %w", Workspace, err)
+	case err != nil:
+		if err := os.Mkdir(path, 0o755); err != nil {
+			return fmt.Errorf("%s: %w", Workspace, err)
+		}
+		// Mkdir's mode is masked by the umask.
+		if err := os.Chmod(path, 0o755); err != nil {
+			return fmt.Errorf("%s: %w", Workspace, err)
+		}
+	}
+	if err := os.Lchown(path, r.UID, r.GID); err != nil {
+		return fmt.Errorf("%s: %w", Workspace, err)
+	}
+	p.changed(path)
+	p.log.Info().Str("path", Workspace).Int("uid", r.UID).Msg("workspace given to the user")
 	return nil
 }
 

@@ -71,6 +71,7 @@ var existingUser = with(debianLike, layout{
 	"etc/group":          debianLike["etc/group"] + "tl-user:x:1500:\n",
 	"home/tl-user/":      "",
 	"home/tl-user/.keep": "x\n",
+	"workspace/":         "", // made by the image, owned by root
 })
 
 // emptyEtc is an image FROM scratch with a shell and an /etc folder.
@@ -197,6 +198,7 @@ func TestProvisionLayouts(t *testing.T) {
 				t.Errorf("gshadow created where the image had none")
 			}
 			checkHome(t, root, c.uid, c.gid, c.skel)
+			checkWorkspace(t, root, c.uid, c.gid)
 			checkSudoers(t, root)
 			if read("etc/hostname") != "tl-sbx\n" || !strings.Contains(read("etc/hosts"), "127.0.1.1\ttl-sbx\n") ||
 				!strings.Contains(read("etc/hosts"), "localhost") || strings.Contains(read("etc/hosts"), "buildkitsandbox") {
@@ -279,6 +281,59 @@ func checkHome(t *testing.T, root string, uid, gid int, skel bool) {
 			t.Errorf("%s owned by %d", f, st.Uid)
 		}
 	}
+}
+
+func checkWorkspace(t *testing.T, root string, uid, gid int) {
+	t.Helper()
+	fi, err := os.Lstat(filepath.Join(root, "workspace"))
+	if err != nil || !fi.IsDir() {
+		t.Fatalf("workspace: %v %v", fi, err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != uid || int(st.Gid) != gid || fi.Mode().Perm() != 0o755 {
+		t.Errorf("workspace %v owned by %d:%d, want %d:%d 0755", fi.Mode(), st.Uid, st.Gid, uid, gid)
+	}
+}
+
+// TestProvisionWorkspaceLeftAlone: a /workspace the image gave to someone
+// else, or made a symlink, is the image's choice.
+func TestProvisionWorkspaceLeftAlone(t *testing.T) {
+	requireRoot(t)
+	opts := ProvisionOptions{User: "tl-user", UID: 1000, GID: 1000}
+	t.Run("owned by another user", func(t *testing.T) {
+		root := build(t, debianLike)
+		ws := filepath.Join(root, "workspace")
+		if err := os.Mkdir(ws, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(ws, 2000, 2000); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Provision(root, opts, zerolog.New(zerolog.NewTestWriter(t))); err != nil {
+			t.Fatalf("provision: %v", err)
+		}
+		fi, _ := os.Stat(ws)
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 2000 || fi.Mode().Perm() != 0o700 {
+			t.Errorf("workspace changed: %v %d", fi.Mode(), st.Uid)
+		}
+	})
+	t.Run("symlink", func(t *testing.T) {
+		root := build(t, debianLike)
+		if err := os.Symlink("/home/tl-user", filepath.Join(root, "workspace")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Provision(root, opts, zerolog.New(zerolog.NewTestWriter(t))); err != nil {
+			t.Fatalf("provision: %v", err)
+		}
+		if fi, err := os.Lstat(filepath.Join(root, "workspace")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			t.Errorf("symlink replaced: %v %v", fi, err)
+		}
+	})
+	t.Run("a file", func(t *testing.T) {
+		root := build(t, with(debianLike, layout{"workspace": "x\n"}))
+		if _, err := Provision(root, opts, zerolog.New(zerolog.NewTestWriter(t))); err == nil || !strings.Contains(err.Error(), "/workspace") {
+			t.Errorf("want an error naming /workspace, got %v", err)
+		}
+	})
 }
 
 func checkSudoers(t *testing.T, root string) {
