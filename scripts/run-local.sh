@@ -147,9 +147,20 @@ proxy_failed() {
   fail "tl-proxy did not start: $err" ${hint:+"$hint"} "(log: $state/proxy.log)"
 }
 
+# ns mode: the sandbox has its own network namespace, so the uplink is a
+# unix socket the agent listens on in a host folder bound into the
+# sandbox, and the proxy dials it (--connect). The TCP uplink port stays
+# open for the container mode and for agents started by hand.
+connect=()
+if [ "$mode" = ns ]; then
+  mkdir -p "$state/uplink"
+  chmod 700 "$state/uplink"
+  rm -f "$state/uplink/agent.sock"
+  connect=(--connect "unix:$PWD/$state/uplink/agent.sock")
+fi
 ./bin/tl-proxy --config "$state/proxy.json" --state-dir "$state" \
   --http-addr "$HTTP_ADDR" --uplink-addr "$UPLINK_ADDR" --ssh-addr "$SSH_ADDR" \
-  2> "$state/proxy.log" &
+  ${connect[@]+"${connect[@]}"} 2> "$state/proxy.log" &
 proxy_pid=$!
 pids+=($!)
 # Listening is logged after every port is taken; a port in use ends the
@@ -183,17 +194,37 @@ if [ "$mode" = container ]; then
   agent_pid=$!
   pids+=($!)
   operator="$TL_ENGINE exec $ctr tl-agent status"
+  net="the host's network"
 else
   # The token reaches the agent as an open file (fd 3), never on a command
   # line (ps shows those to every user): the sandbox's own /tmp and /run
   # hide host paths, an inherited descriptor crosses the chroot.
-  unshare --pid --mount --uts --ipc --fork --kill-child \
+  TL_SANDBOX_DEV=minimal TL_SANDBOX_UPLINK_DIR=$PWD/$state/uplink \
+    unshare --pid --mount --uts --ipc --net --fork --kill-child \
     ./scripts/sandbox-init.sh ./bin/tl-agent \
-    --proxy "$UPLINK_ADDR" --sandbox-id "$SANDBOX" --token-file /dev/fd/3 \
+    --listen unix:/run/tl-uplink/agent.sock --sandbox-id "$SANDBOX" --token-file /dev/fd/3 \
     3< "$state/agent.token" 2> "$state/agent.log" &
   sandbox=$!
   agent_pid=$!
   pids+=($!)
+  net="own network namespace"
+  # Outbound access through slirp4netns's user-mode stack (NAT, no host
+  # firewall or interface changes); the host's loopback stays out of reach.
+  if command -v slirp4netns >/dev/null; then
+    child=
+    for _ in $(seq 1 50); do
+      child=$(tr -d ' \n' < "/proc/$sandbox/task/$sandbox/children" 2>/dev/null || true)
+      [ -n "$child" ] && break
+      sleep 0.1
+    done
+    [ -n "$child" ] || fail "the sandbox did not start within 5 s:" "$(tail -5 "$state/agent.log")"
+    slirp4netns --configure --mtu=65520 --disable-host-loopback "$child" tap0 > "$state/slirp4netns.log" 2>&1 &
+    pids+=($!)
+    net="$net, outbound through slirp4netns"
+  else
+    echo "make run: no slirp4netns (make deps installs it): the sandbox has no network beyond its own loopback" >&2
+    net="$net, no outbound network"
+  fi
   operator="nsenter -t \$(cat /proc/$sandbox/task/$sandbox/children) -a -r -w tl-agent status"
 fi
 
@@ -228,7 +259,7 @@ fi
 
 cat <<MSG
 
-tl-agent is PID 1 of sandbox "$SANDBOX" ($mode), connected to tl-proxy.
+tl-agent is PID 1 of sandbox "$SANDBOX" ($mode; $net), connected to tl-proxy.
 Logs: $state/agent.log, $state/proxy.log
 
   curl -H 'Authorization: Bearer $key' -H 'Host: $SANDBOX.local' http://$HTTP_ADDR/api/v1/health
