@@ -1,12 +1,16 @@
 package integration
 
 import (
+	"context"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -308,4 +312,82 @@ func TestMakeRunInterruptWithShell(t *testing.T) {
 			t.Errorf("still running after make run returned: %s: %q", f, b)
 		}
 	}
+}
+
+// TestMakeRunOwnNetwork: make run's sandbox has its own network namespace
+// (only lo and slirp4netns's tap0; the host's loopback, where the proxy
+// listens, is out of reach), so a server inside can take the very port
+// the proxy holds on the host and be reached through its port route; and
+// /dev is a fresh minimal one, without the host's disks or kmsg.
+func TestMakeRunOwnNetwork(t *testing.T) {
+	if _, err := exec.LookPath("slirp4netns"); err != nil {
+		t.Skip("needs slirp4netns (make deps)")
+	}
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		t.Skip("needs /usr/bin/python3 for a server inside the sandbox")
+	}
+	m := newMakeRun(t)
+	m.start()
+	s := m.system(m.banner(30*time.Second), "dev-sbx")
+	_, port, _ := net.SplitHostPort(m.HTTP)
+
+	probe := "ls /sys/class/net; echo ---; ls /dev; echo ---; " +
+		"timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/" + port + "' 2>/dev/null && echo host-loopback-open || echo host-loopback-closed"
+	r := run(t, s, map[string]any{"command": "bash", "args": []string{"-c", probe}})
+	out := strings.Join(r.stdout, "\n")
+	parts := strings.Split(out, "---")
+	if len(parts) != 3 {
+		t.Fatalf("probe said:\n%s\nstderr: %v", out, r.stderr)
+	}
+	if links := strings.Fields(parts[0]); strings.Join(links, " ") != "lo tap0" {
+		t.Errorf("network interfaces in the sandbox: %v, want lo and tap0 only", links)
+	}
+	var extra []string
+	for _, name := range strings.Fields(parts[1]) {
+		switch name {
+		case "null", "zero", "full", "random", "urandom", "tty", "fd", "stdin", "stdout", "stderr", "ptmx", "pts", "shm":
+		default:
+			extra = append(extra, name)
+		}
+	}
+	if len(extra) > 0 {
+		t.Errorf("/dev in the sandbox has %v: want a minimal /dev", extra)
+	}
+	if !strings.Contains(parts[2], "host-loopback-closed") {
+		t.Errorf("the sandbox reaches the host's 127.0.0.1:%s: %s", port, parts[2])
+	}
+
+	// A server inside on the proxy's own port, reached by its port route.
+	var p procInfo
+	s.JSON("POST", "/api/v1/processes", map[string]any{
+		"command": "/usr/bin/python3", "args": []string{"-m", "http.server", port, "--bind", "127.0.0.1", "--directory", "/dev"},
+	}, 201, &p)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := http.DefaultClient.Do(s.PortRequest(ctx, "GET", mustAtoi(t, port), "/", nil))
+		if err == nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+			resp.Body.Close()
+			if resp.StatusCode == 200 && strings.Contains(string(body), "urandom") {
+				cancel()
+				break
+			}
+			err = fmt.Errorf("%d %.200s", resp.StatusCode, body)
+		}
+		cancel()
+		if time.Now().After(deadline) {
+			t.Fatalf("a server on port %s inside the sandbox is not reachable by its port route: %v", port, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
