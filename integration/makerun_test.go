@@ -318,7 +318,8 @@ func TestMakeRunInterruptWithShell(t *testing.T) {
 // (only lo and slirp4netns's tap0; the host's loopback, where the proxy
 // listens, is out of reach), so a server inside can take the very port
 // the proxy holds on the host and be reached through its port route; and
-// /dev is a fresh minimal one, without the host's disks or kmsg.
+// /dev is a fresh minimal one, without the host's disks or kmsg; its root
+// has no device nodes, modules, clock or writable kernel settings.
 func TestMakeRunOwnNetwork(t *testing.T) {
 	if _, err := exec.LookPath("slirp4netns"); err != nil {
 		t.Skip("needs slirp4netns (make deps)")
@@ -355,6 +356,28 @@ func TestMakeRunOwnNetwork(t *testing.T) {
 	}
 	if !strings.Contains(parts[2], "host-loopback-closed") {
 		t.Errorf("the sandbox reaches the host's 127.0.0.1:%s: %s", port, parts[2])
+	}
+
+	// The sandbox's root (tl-user has password-less sudo) cannot make
+	// device nodes, load modules or write kernel settings. Writing
+	// domainname is harmless even if it got through: it is per UTS
+	// namespace.
+	harden := "sudo -n mknod /tmp/disk b 8 0 && echo mknod-ok; " +
+		"sudo -n sh -c 'echo x > /proc/sys/kernel/domainname' && echo sysctl-ok; " +
+		"sudo -n grep CapBnd /proc/self/status"
+	r = run(t, s, map[string]any{"command": "bash", "args": []string{"-c", harden}})
+	out = strings.Join(r.stdout, "\n")
+	if strings.Contains(out, "mknod-ok") || strings.Contains(out, "sysctl-ok") {
+		t.Errorf("the sandbox's root made a device node or wrote /proc/sys:\n%s\n%v", out, r.stderr)
+	}
+	var bnd uint64
+	if _, err := fmt.Sscanf(out, "CapBnd:\t%x", &bnd); err != nil {
+		t.Fatalf("no CapBnd in %q: %v", out, err)
+	}
+	for name, bit := range map[string]uint{"sys_module": 16, "sys_rawio": 17, "sys_time": 25, "mknod": 27} {
+		if bnd&(1<<bit) != 0 {
+			t.Errorf("the sandbox's bounding set %x holds cap_%s", bnd, name)
+		}
 	}
 
 	// A server inside on the proxy's own port, reached by its port route.

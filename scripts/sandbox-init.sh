@@ -16,6 +16,13 @@
 # full, random, urandom and tty (make run), instead of the host's /dev.
 # TL_SANDBOX_UPLINK_DIR=D binds host folder D at /run/tl-uplink, where an
 # agent in --listen mode puts its socket for tl-proxy --connect.
+# TL_SANDBOX_HARDEN=1 (make run) mounts /sys, /proc/sys and
+# /proc/sysrq-trigger read-only and drops the capabilities a sandbox has no
+# use for from the bounding set (modules, raw I/O, the clock, device
+# nodes, the kernel log, reboot, MAC and audit control). CAP_SYS_ADMIN stays:
+# the agent mounts and sets the host name, so a sandbox root could still
+# undo the read-only mounts; a user namespace is the boundary for code
+# that must not be trusted with the host kernel.
 set -euo pipefail
 agent_bin=$(readlink -f "$1"); shift
 dir=${TL_SANDBOX_DIR:-$(mktemp -d /tmp/tl-sandbox.XXXXXX)}
@@ -67,10 +74,23 @@ if [ -n "${TL_SANDBOX_UPLINK_DIR:-}" ]; then
   mount --bind "$TL_SANDBOX_UPLINK_DIR" "$r/run/tl-uplink"
 fi
 
+harden=()
+if [ "${TL_SANDBOX_HARDEN:-0}" = 1 ] && [ "${TL_SANDBOX_BARE:-0}" != 1 ]; then
+  # Read-only per mount (remount,bind), never per superblock: a
+  # superblock may be the host's own.
+  mount -o remount,bind,ro "$r/sys"
+  for p in "$r/proc/sys" "$r/proc/sysrq-trigger"; do
+    [ -e "$p" ] || continue
+    mount --bind "$p" "$p"
+    mount -o remount,bind,ro "$p"
+  done
+  harden=(setpriv --bounding-set -sys_module,-sys_rawio,-sys_time,-mknod,-syslog,-sys_boot,-mac_admin,-mac_override,-audit_control,-wake_alarm,-block_suspend,-sys_pacct --)
+fi
+
 # The agent binary appears where an image would have it.
 mkdir -p "$r/usr/local/bin"
 : > "$r/usr/local/bin/tl-agent"
 mount --bind "$agent_bin" "$r/usr/local/bin/tl-agent"
 
 cd /
-exec chroot "$r" /usr/local/bin/tl-agent "$@"
+exec ${harden[@]+"${harden[@]}"} chroot "$r" /usr/local/bin/tl-agent "$@"
