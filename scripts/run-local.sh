@@ -9,8 +9,9 @@
 # container).
 #
 # TL_RUN=container (make run-container) runs the agent in the sandbox image
-# instead, under podman or docker (--network=host, so the uplink reaches the
-# proxy on loopback), building the image first when it is missing. Without
+# instead, under podman (slirp4netns network) or docker (its bridge), the
+# uplink over a unix socket in a bound folder, building the image first
+# when it is missing. Without
 # an engine it says so and falls back to namespaces. Namespaces stay the
 # default: no image to rebuild after each code change, and it starts in
 # milliseconds; the container path is what users run in production.
@@ -147,17 +148,14 @@ proxy_failed() {
   fail "tl-proxy did not start: $err" ${hint:+"$hint"} "(log: $state/proxy.log)"
 }
 
-# ns mode: the sandbox has its own network namespace, so the uplink is a
-# unix socket the agent listens on in a host folder bound into the
-# sandbox, and the proxy dials it (--connect). The TCP uplink port stays
-# open for the container mode and for agents started by hand.
-connect=()
-if [ "$mode" = ns ]; then
-  mkdir -p "$state/uplink"
-  chmod 700 "$state/uplink"
-  rm -f "$state/uplink/agent.sock"
-  connect=(--connect "unix:$PWD/$state/uplink/agent.sock")
-fi
+# The sandbox has its own network namespace, so the uplink is a unix
+# socket the agent listens on in a host folder bound into the sandbox, and
+# the proxy dials it (--connect). The TCP uplink port stays open for
+# agents started by hand.
+mkdir -p "$state/uplink"
+chmod 700 "$state/uplink"
+rm -f "$state/uplink/agent.sock"
+connect=(--connect "unix:$PWD/$state/uplink/agent.sock")
 ./bin/tl-proxy --config "$state/proxy.json" --state-dir "$state" \
   --http-addr "$HTTP_ADDR" --uplink-addr "$UPLINK_ADDR" --ssh-addr "$SSH_ADDR" \
   ${connect[@]+"${connect[@]}"} 2> "$state/proxy.log" &
@@ -187,14 +185,19 @@ fi
 if [ "$mode" = container ]; then
   ./image/build.sh sandbox >&2 # cached layers: quick when nothing changed
   # The token goes in an env file, not on a command line others can read.
-  (umask 077; printf 'TL_AGENT_PROXY=%s\nTL_AGENT_SANDBOX_ID=%s\nTL_AGENT_TOKEN=%s\n' "$UPLINK_ADDR" "$SANDBOX" "$token" > "$state/agent.env")
+  # Its own network (podman: slirp4netns, no host firewall changes; docker:
+  # its bridge); the uplink is the unix socket in .run/uplink, as in ns mode.
+  (umask 077; printf 'TL_AGENT_LISTEN=unix:/run/tl-uplink/agent.sock\nTL_AGENT_SANDBOX_ID=%s\nTL_AGENT_TOKEN=%s\n' "$SANDBOX" "$token" > "$state/agent.env")
+  network=bridge
+  [ "$TL_ENGINE" != podman ] || network=slirp4netns
   $TL_ENGINE rm -f "$ctr" >/dev/null 2>&1 || true
-  $TL_ENGINE run --rm --name "$ctr" --network=host --hostname tl-sbx \
+  $TL_ENGINE run --rm --name "$ctr" --network="$network" --hostname tl-sbx \
+    -v "$PWD/$state/uplink:/run/tl-uplink" \
     --env-file "$state/agent.env" "$TL_SANDBOX_IMAGE" 2> "$state/agent.log" &
   agent_pid=$!
   pids+=($!)
   operator="$TL_ENGINE exec $ctr tl-agent status"
-  net="the host's network"
+  net="own network: $network"
 else
   # The token reaches the agent as an open file (fd 3), never on a command
   # line (ps shows those to every user): the sandbox's own /tmp and /run
