@@ -246,15 +246,7 @@ func TestMakeRunSSHWithoutKey(t *testing.T) {
 	m := newMakeRun(t)
 	m.start()
 	out := m.banner(30 * time.Second)
-	var line string
-	for _, l := range strings.Split(out, "\n") {
-		if l = strings.TrimSpace(l); strings.HasPrefix(l, "ssh ") {
-			line = l
-		}
-	}
-	if line == "" {
-		t.Fatalf("no ssh line in the banner:\n%s", out)
-	}
+	line := sshLine(t, out)
 	for _, want := range []string{"-i " + filepath.Join(m.root, ".run"), "UserKnownHostsFile=" + filepath.Join(m.root, ".run", "known_hosts")} {
 		if !strings.Contains(line, want) {
 			t.Errorf("ssh line %q lacks %q", line, want)
@@ -262,12 +254,7 @@ func TestMakeRunSSHWithoutKey(t *testing.T) {
 	}
 	// As the user pastes it, plus BatchMode and a command; -F /dev/null
 	// keeps this machine's own ssh config out of the test.
-	run := func(l string) (string, error) {
-		cmd := exec.Command("bash", "-c", "timeout 30 ssh -F /dev/null -o BatchMode=yes "+strings.TrimPrefix(l, "ssh ")+" true && echo LOGGED-IN")
-		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + m.home}
-		b, err := cmd.CombinedOutput()
-		return string(b), err
-	}
+	run := func(l string) (string, error) { return runSSHLine(l, m.home, nil) }
 	if got, err := run(line); err != nil || !strings.Contains(got, "LOGGED-IN") {
 		t.Fatalf("the printed ssh line failed: %v\n%s\nline: %s", err, got, line)
 	}
@@ -277,6 +264,57 @@ func TestMakeRunSSHWithoutKey(t *testing.T) {
 	got, err := run(stranger)
 	if err == nil || !strings.Contains(got, "not registered") || !strings.Contains(got, "ssh_authorized_keys") {
 		t.Fatalf("unregistered key: err=%v, want the refusal naming the keys file:\n%s", err, got)
+	}
+}
+
+// sshLine is the banner's ssh command line.
+func sshLine(t *testing.T, banner string) string {
+	t.Helper()
+	for _, l := range strings.Split(banner, "\n") {
+		if l = strings.TrimSpace(l); strings.HasPrefix(l, "ssh ") {
+			return l
+		}
+	}
+	t.Fatalf("no ssh line in the banner:\n%s", banner)
+	return ""
+}
+
+// runSSHLine runs a printed ssh line as a user pastes it (through bash),
+// plus BatchMode (no prompt for a password or an unknown host key) and the
+// command true; -F /dev/null keeps this machine's ssh config out of it.
+// cred, when set, runs it as that user.
+func runSSHLine(line, home string, cred *syscall.Credential) (string, error) {
+	cmd := exec.Command("bash", "-c", "timeout 30 ssh -F /dev/null -o BatchMode=yes "+strings.TrimPrefix(line, "ssh ")+" true && echo LOGGED-IN")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	b, err := cmd.CombinedOutput()
+	if err == nil && !strings.Contains(string(b), "LOGGED-IN") {
+		err = fmt.Errorf("no LOGGED-IN")
+	}
+	return string(b), err
+}
+
+// TestMakeRunSSHUnderSudo: `sudo make run` by a user with no key: the key
+// and known_hosts in .run/ are that user's, and the printed line works
+// when that user (here nobody, whose home has no ~/.ssh) runs it.
+func TestMakeRunSSHUnderSudo(t *testing.T) {
+	if _, err := exec.LookPath("ssh"); err != nil {
+		t.Skip("needs OpenSSH's client (make deps)")
+	}
+	m := newMakeRun(t)
+	// The test's folders are root's (0700): let the user reach .run/.
+	for d := m.root; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.start("SUDO_USER=nobody", "SUDO_UID=65534", "SUDO_GID=65534")
+	line := sshLine(t, m.banner(30*time.Second))
+	if !strings.Contains(line, "-i "+filepath.Join(m.root, ".run")) {
+		t.Fatalf("ssh line %q does not use a key made in .run/", line)
+	}
+	if got, err := runSSHLine(line, "/nonexistent", &syscall.Credential{Uid: 65534, Gid: 65534}); err != nil {
+		t.Fatalf("the printed ssh line, run by the sudo user: %v\n%s\nline: %s", err, got, line)
 	}
 }
 
