@@ -452,3 +452,20 @@ func mustAtoi(t *testing.T, s string) int {
 	}
 	return n
 }
+
+// TestMakeRunAgentFails: an agent that cannot start (here a stale
+// TL_AGENT_TOKEN exported in the user's shell, which the agent refuses
+// beside make run's token file) ends make run non-zero with the agent's
+// own words, and no banner.
+func TestMakeRunAgentFails(t *testing.T) {
+	m := newMakeRun(t)
+	m.start("TL_AGENT_TOKEN=0123456789abcdef0123456789abcdef")
+	code, ok := m.exited(30 * time.Second)
+	out := m.out.String()
+	if !ok || code == 0 {
+		t.Fatalf("exited=%v code=%d, want a non-zero exit:\n%s", ok, code, out)
+	}
+	if !strings.Contains(out, "exclusive") || strings.Contains(out, "connected to tl-proxy") {
+		t.Fatalf("the output does not show the agent's error, or claims connected:\n%s", out)
+	}
+}

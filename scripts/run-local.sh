@@ -240,10 +240,14 @@ for _ in $(seq 1 200); do
     connected=1
     break
   fi
-  if refusal=$(grep -m1 '"proxy refused uplink"' "$state/agent.log" 2>/dev/null); then
-    code=$(sed -n 's/.*"code":"\([^"]*\)".*/\1/p' <<<"$refusal")
-    reason=$(sed -n 's/.*"reason":"\([^"]*\)".*/\1/p' <<<"$refusal")
-    fail "tl-proxy refused the agent of sandbox $SANDBOX: $code: $reason" "(logs: $state/agent.log, $state/proxy.log)"
+  # A dialing agent logs "proxy refused uplink" (code, reason); a listening
+  # one logs "uplink down" with "uplink refused: CODE: reason".
+  if refusal=$(grep -m1 -E '"proxy refused uplink"|"error":"uplink refused: ' "$state/agent.log" 2>/dev/null); then
+    why=$(sed -n 's/.*"error":"uplink refused: \([^"]*\)".*/\1/p' <<<"$refusal")
+    if [ -z "$why" ]; then
+      why="$(sed -n 's/.*"code":"\([^"]*\)".*/\1/p' <<<"$refusal"): $(sed -n 's/.*"reason":"\([^"]*\)".*/\1/p' <<<"$refusal")"
+    fi
+    fail "the agent of sandbox $SANDBOX and tl-proxy refused each other: $why" "(logs: $state/agent.log, $state/proxy.log)"
   fi
   alive "$proxy_pid" || proxy_failed
   alive "$agent_pid" || fail "the sandbox's agent exited before connecting:" "$(tail -5 "$state/agent.log")" "(log: $state/agent.log)"
