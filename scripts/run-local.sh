@@ -38,6 +38,9 @@ if [ "$(id -u)" != 0 ]; then
   echo "make run needs root: it creates namespaces and mounts for the sandbox (try: sudo make run)" >&2
   exit 1
 fi
+for tool in unshare curl ssh-keygen; do
+  command -v "$tool" >/dev/null || fail "$tool is missing (make deps installs what make run needs)"
+done
 HTTP_ADDR=${TL_HTTP_ADDR:-127.0.0.1:8080}
 UPLINK_ADDR=${TL_UPLINK_ADDR:-127.0.0.1:7070}
 SSH_ADDR=${TL_SSH_ADDR:-127.0.0.1:2222}
