@@ -112,6 +112,7 @@ sandbox=
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 cleanup() {
   trap - INT TERM EXIT
+  [ ${#pids[@]} -gt 0 ] || return 0
   echo
   echo "stopping..."
   if [ "$mode" = container ]; then $TL_ENGINE stop -t 15 "$ctr" >/dev/null 2>&1 || true; fi
