@@ -206,7 +206,11 @@ else
   # The token reaches the agent as an open file (fd 3), never on a command
   # line (ps shows those to every user): the sandbox's own /tmp and /run
   # hide host paths, an inherited descriptor crosses the chroot.
-  TL_SANDBOX_DEV=minimal TL_SANDBOX_HARDEN=1 TL_SANDBOX_UPLINK_DIR=$PWD/$state/uplink \
+  # .run/sandbox: where the throwaway root is built (a tmpfs mounted in the
+  # sandbox's own mount namespace), one folder for every run, not one more
+  # in /tmp each time.
+  mkdir -p "$state/sandbox"
+  TL_SANDBOX_DIR=$PWD/$state/sandbox TL_SANDBOX_DEV=minimal TL_SANDBOX_HARDEN=1 TL_SANDBOX_UPLINK_DIR=$PWD/$state/uplink \
     unshare --pid --mount --uts --ipc --net --fork --kill-child \
     ./scripts/sandbox-init.sh ./bin/tl-agent \
     --listen unix:/run/tl-uplink/agent.sock --sandbox-id "$SANDBOX" --token-file /dev/fd/3 \
