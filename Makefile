@@ -12,7 +12,9 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
-## run: tl-proxy on localhost plus tl-agent as PID 1 of a fresh sandbox (root).
+## run: tl-proxy on localhost plus tl-agent as PID 1 of a fresh sandbox (root);
+## settings TL_HTTP_ADDR, TL_UPLINK_ADDR, TL_SSH_ADDR, TL_SANDBOX_ID, TL_RUN
+## (README). Fails non-zero with the cause when the sandbox does not connect.
 run: build
 	./scripts/run-local.sh
 

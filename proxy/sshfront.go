@@ -234,7 +234,10 @@ func (f *sshFront) authorize(st *frontConn, user string, key gossh.PublicKey) er
 		return refuse("the proxy cannot read its key list; ask the operator to check it")
 	}
 	if k == nil {
-		return refuse("key %s is not registered with this proxy; ask the operator to add it", gossh.FingerprintSHA256(key))
+		// The config setting, not the file's path: clients that have not
+		// logged in learn nothing of the server's layout, and the operator
+		// knows where it points (make run prints it).
+		return refuse("key %s is not registered with this proxy; ask the operator to add it to the proxy's ssh_authorized_keys file", gossh.FingerprintSHA256(key))
 	}
 	rt, err := parseSSHUser(user)
 	if err != nil {

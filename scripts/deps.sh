@@ -14,6 +14,9 @@ have ip         || need+=(iproute2)
 have ps         || need+=(procps)
 have curl       || need+=(curl)
 have npm        || need+=(npm)
+# make run's sandbox has its own network namespace and reaches the
+# network through slirp4netns's user-mode stack (as podman does).
+have slirp4netns || need+=(slirp4netns)
 # The image tests (integration/image_test.go): podman with runc (the
 # runtime image/containers.conf names), catatonit for --init, debootstrap
 # for the base image. TL_NEED_PODMAN=0 skips them.

@@ -12,6 +12,17 @@
 # TL_SANDBOX_DIR names the folder to build the root in (default: mktemp).
 # TL_SANDBOX_BARE=1 leaves /proc, /sys, /dev/pts, /dev/shm, /run and /tmp
 # unmounted, as in a bare VM, so the agent's own mount duty is exercised.
+# TL_SANDBOX_DEV=minimal makes /dev a fresh tmpfs with only null, zero,
+# full, random, urandom and tty (make run), instead of the host's /dev.
+# TL_SANDBOX_UPLINK_DIR=D binds host folder D at /run/tl-uplink, where an
+# agent in --listen mode puts its socket for tl-proxy --connect.
+# TL_SANDBOX_HARDEN=1 (make run) mounts /sys, /proc/sys and
+# /proc/sysrq-trigger read-only and drops the capabilities a sandbox has no
+# use for from the bounding set (modules, raw I/O, the clock, device
+# nodes, the kernel log, reboot, MAC and audit control). CAP_SYS_ADMIN stays:
+# the agent mounts and sets the host name, so a sandbox root could still
+# undo the read-only mounts; a user namespace is the boundary for code
+# that must not be trusted with the host kernel.
 set -euo pipefail
 agent_bin=$(readlink -f "$1"); shift
 dir=${TL_SANDBOX_DIR:-$(mktemp -d /tmp/tl-sandbox.XXXXXX)}
@@ -22,12 +33,29 @@ mkdir -p "$dir/upper" "$dir/work" "$dir/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$dir/upper,workdir=$dir/work" "$dir/root"
 r=$dir/root
 
-# /dev: the host's device nodes, with a private devpts instance so that
-# PTYs made inside are not visible outside.
-mount --rbind /dev "$r/dev"
+# /dev: the host's device nodes (or a minimal set of harmless ones), with
+# a private devpts instance so that PTYs made inside are not visible
+# outside.
+minimal_dev=0
+if [ "${TL_SANDBOX_DEV:-host}" = minimal ]; then
+  minimal_dev=1
+  mount -t tmpfs -o mode=0755,nosuid dev "$r/dev"
+  for n in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
+    IFS=: read -r name major minor <<<"$n"
+    mknod -m 666 "$r/dev/$name" c "$major" "$minor"
+  done
+  ln -s /proc/self/fd "$r/dev/fd"
+  ln -s /proc/self/fd/0 "$r/dev/stdin"
+  ln -s /proc/self/fd/1 "$r/dev/stdout"
+  ln -s /proc/self/fd/2 "$r/dev/stderr"
+  ln -s pts/ptmx "$r/dev/ptmx"
+  mkdir "$r/dev/pts" "$r/dev/shm"
+else
+  mount --rbind /dev "$r/dev"
+fi
 if [ "${TL_SANDBOX_BARE:-0}" != 1 ]; then
   mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$r/dev/pts"
-  mount --bind "$r/dev/pts/ptmx" "$r/dev/ptmx"
+  [ "$minimal_dev" = 1 ] || mount --bind "$r/dev/pts/ptmx" "$r/dev/ptmx"
   mount -t tmpfs -o mode=1777,nosuid,nodev shm "$r/dev/shm"
   mount -t proc proc "$r/proc"
   mount -t sysfs sysfs "$r/sys" 2>/dev/null || mount --rbind /sys "$r/sys"
@@ -40,10 +68,29 @@ else
   done
 fi
 
+if [ -n "${TL_SANDBOX_UPLINK_DIR:-}" ]; then
+  mountpoint -q "$r/run" || mount -t tmpfs -o mode=0755,nosuid,nodev run "$r/run"
+  mkdir -p "$r/run/tl-uplink"
+  mount --bind "$TL_SANDBOX_UPLINK_DIR" "$r/run/tl-uplink"
+fi
+
+harden=()
+if [ "${TL_SANDBOX_HARDEN:-0}" = 1 ] && [ "${TL_SANDBOX_BARE:-0}" != 1 ]; then
+  # Read-only per mount (remount,bind), never per superblock: a
+  # superblock may be the host's own.
+  mount -o remount,bind,ro "$r/sys"
+  for p in "$r/proc/sys" "$r/proc/sysrq-trigger"; do
+    [ -e "$p" ] || continue
+    mount --bind "$p" "$p"
+    mount -o remount,bind,ro "$p"
+  done
+  harden=(setpriv --bounding-set -sys_module,-sys_rawio,-sys_time,-mknod,-syslog,-sys_boot,-mac_admin,-mac_override,-audit_control,-wake_alarm,-block_suspend,-sys_pacct --)
+fi
+
 # The agent binary appears where an image would have it.
 mkdir -p "$r/usr/local/bin"
 : > "$r/usr/local/bin/tl-agent"
 mount --bind "$agent_bin" "$r/usr/local/bin/tl-agent"
 
 cd /
-exec chroot "$r" /usr/local/bin/tl-agent "$@"
+exec ${harden[@]+"${harden[@]}"} chroot "$r" /usr/local/bin/tl-agent "$@"
