@@ -85,8 +85,8 @@ func TestIncubatorExecErrors(t *testing.T) {
 	garbage := filepath.Join(dir, "garbage")
 	_ = os.WriteFile(garbage, []byte{0x7f, 'E', 'L', 'F', 0, 0, 0, 0}, 0o755)
 	for _, tc := range []struct {
-		path string
-		kind error
+		path  string
+		kind  error
 		errno syscall.Errno
 	}{{noInterp, ErrNotFound, syscall.ENOENT}, {garbage, ErrNotExecutable, syscall.ENOEXEC}} {
 		c, err := Build(Spec{User: u, Argv: []string{tc.path}})
