@@ -132,8 +132,8 @@ func (st Status) WriteText(w io.Writer) {
 		if h.PidsMax > 0 {
 			line("  ", "workload_pids_max", h.PidsMax)
 		}
-		line("", "heap_bytes", st.HeapBytes)
 	}
+	line("", "heap_bytes", st.HeapBytes)
 	line("", "pid", st.PID)
 	if p := st.Processes; p != nil {
 		part("processes")
