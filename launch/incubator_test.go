@@ -105,3 +105,31 @@ func TestIncubatorExecErrors(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkStartTrue: the start (to exit) of `true` as os/exec alone and
+// through the incubator: the incubator's cost is one more exec of the
+// agent's binary and its Go runtime start.
+func BenchmarkStartTrue(b *testing.B) {
+	path, err := exec.LookPath("true")
+	if err != nil {
+		b.Skip(err)
+	}
+	b.Run("plain", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if err := exec.Command(path).Run(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("incubator", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			cmd, err := StartCmd(exec.Command(path), startPlain)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := cmd.Wait(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
