@@ -89,11 +89,15 @@ var headroom atomic.Pointer[Headroom]
 // once at start-up; nil for nothing).
 func SetHeadroom(h *Headroom) { headroom.Store(h) }
 
+// Started is what a start gives: its pid, stable once the start returned
+// (unlike cmd.Process.Pid, which the reaper's Release clears).
+type Started interface{ PID() int }
+
 // StartCmd starts cmd through the incubator with start (the reaper's
 // Start) and returns once the real program runs, or with the error os/exec
 // would have returned for it (classify it with Classify). cmd must not
 // set ExtraFiles: fd 3 is the incubator's until its exec.
-func StartCmd[P any](cmd *exec.Cmd, start func(*exec.Cmd) (P, error)) (P, error) {
+func StartCmd[P Started](cmd *exec.Cmd, start func(*exec.Cmd) (P, error)) (P, error) {
 	var zero P
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -112,7 +116,7 @@ func StartCmd[P any](cmd *exec.Cmd, start func(*exec.Cmd) (P, error)) (P, error)
 	if err != nil {
 		return zero, err
 	}
-	release(cmd.Process.Pid)
+	release(p.PID())
 	if err := execStatus(ours, path); err != nil {
 		return p, err
 	}

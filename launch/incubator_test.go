@@ -12,7 +12,11 @@ import (
 	"testing"
 )
 
-func startPlain(cmd *exec.Cmd) (*exec.Cmd, error) { return cmd, cmd.Start() }
+type plain struct{ *exec.Cmd }
+
+func (p plain) PID() int { return p.Process.Pid }
+
+func startPlain(cmd *exec.Cmd) (plain, error) { return plain{cmd}, cmd.Start() }
 
 func ownScore(t *testing.T) int {
 	b, err := os.ReadFile("/proc/self/oom_score_adj")
@@ -97,7 +101,7 @@ func TestIncubatorExecErrors(t *testing.T) {
 		if !errors.Is(err, tc.kind) || !errors.Is(err, tc.errno) {
 			t.Errorf("%s: %v, want %v (%v)", tc.path, err, tc.kind, tc.errno)
 		}
-		if cmd != nil && cmd.Process != nil {
+		if cmd.Cmd != nil && cmd.Process != nil {
 			st, _ := cmd.Process.Wait()
 			if code := st.ExitCode(); code != 127 && code != 126 {
 				t.Errorf("%s: the incubator exited %d, want 127 or 126", tc.path, code)

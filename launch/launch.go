@@ -322,7 +322,7 @@ func envValue(env []string, key string) string {
 // Classify). It then closes the agent's copy of the terminal's slave
 // (which would keep the terminal open after every process of the session
 // has exited) and, when the start failed, the master.
-func Start[P any](c *Command, start func(*exec.Cmd) (P, error)) (P, error) {
+func Start[P Started](c *Command, start func(*exec.Cmd) (P, error)) (P, error) {
 	p, err := StartCmd(c.Cmd, start)
 	return p, c.started(err)
 }

@@ -85,6 +85,9 @@ type Proc struct {
 	oom  int64 // the OOM kill count at start, -1 when unknown
 }
 
+// PID is the process's pid (launch.Started).
+func (p *Proc) PID() int { return p.Pid }
+
 // Done is closed when the process has been reaped.
 func (p *Proc) Done() <-chan struct{} { return p.done }
 
