@@ -145,3 +145,51 @@ func TestHeadroomMemoryHogs(t *testing.T) {
 		t.Errorf("PID 1 is not tl-agent any more:\n%s", st)
 	}
 }
+
+// TestHeadroomForkBomb: with the workload cgroup (headroomCgroups), a fork
+// bomb fills the workload's pids.max (the container's --pids-limit 200
+// minus the reserve of 64), never the container's: PID 1 keeps room for
+// its threads and answers every probe, and a new command still starts
+// (it forks in PID 1's cgroup, then the incubator moves it).
+func TestHeadroomForkBomb(t *testing.T) {
+	requirePodman(t)
+	s, c := pressureSandbox(t, headroomCgroups(t)...)
+	if log := c.logs(); !strings.Contains(log, `"workload_pids_max":136`) {
+		t.Fatalf("no workload pids limit of 136:\n%s", tail(log, 20))
+	}
+	// The agent's log names the memory workload; the pids one is its twin.
+	_, after, _ := strings.Cut(c.logs(), `"workload_cgroup":"/sys/fs/cgroup/memory/`)
+	rel, _, _ := strings.Cut(after, `"`)
+	probe := startProber(s)
+	bomb := `for i in 1 2 3 4; do (while :; do sleep 600 & done) & done; wait`
+	s.JSON("POST", "/api/v1/processes", map[string]any{
+		"command": "bash", "args": []string{"-c", bomb}, "stdout_mode": "discard", "stderr_mode": "discard",
+	}, http.StatusCreated, nil)
+	workload := func() int {
+		v, err := sandboxFile(s, "/sys/fs/cgroup/pids/"+rel+"/pids.current")
+		if err != nil {
+			return -1
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(v))
+		return n
+	}
+	for deadline := time.Now().Add(60 * time.Second); workload() < 136; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the fork bomb did not fill the workload: %d of 136", workload())
+		}
+	}
+	time.Sleep(2 * time.Second) // the bomb keeps trying
+	total := pidsCurrent(s)
+	t.Logf("workload pids %d of 136, container %d of %d, agent threads %d", workload(), total, pressurePids, agentThreads(s))
+	if total >= pressurePids {
+		t.Errorf("the container's pids limit is full (%d): the workload did not keep PID 1's reserve", total)
+	}
+	// A start still forks (in PID 1's cgroup); only the command's own
+	// forks would fail.
+	if r := run(t, s, map[string]any{"command": "true"}); r.end["exit_code"] != float64(0) {
+		t.Errorf("run true with the workload full: %v", r.end)
+	}
+	probe.finish(t)
+	rest, peak := agentRSS(s)
+	t.Logf("PID 1 RSS: %d KiB, peak %d KiB", rest, peak)
+}

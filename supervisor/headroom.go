@@ -24,10 +24,12 @@ const (
 	AgentOOMScoreAdj      = -900
 	ChildOOMScoreAdjDelta = 100
 	WorkloadCgroup        = "workload"
-	// The agent's reserve below the sandbox's limits: its threads (the
-	// thread reserve plus the blocking gate, docs/supervisor.md) and a few
-	// spare; its resting RSS is ~15 MiB, its peak under pressure ~30 MiB.
-	PidsReserve   = 32
+	// The agent's reserve below the sandbox's limits. Pids: its threads
+	// count in the pids cgroup (~38: the thread reserve of 32, the
+	// blocking gate, the runtime's own) and each start forks in the
+	// agent's cgroup before the incubator moves it, so 64. Memory: its
+	// resting RSS is ~10-17 MiB, its peak under the pressure tests ~19 MiB.
+	PidsReserve   = 64
 	MemoryReserve = 48 << 20
 )
 
