@@ -40,25 +40,27 @@ func agentRSS(s *System) (rest, peak int) {
 // agent then sees its own cgroup, writable, and makes the workload in it.
 func headroomCgroups(t *testing.T) []string {
 	name := fmt.Sprintf("tl-headroom-%d", os.Getpid())
+	// After the container is removed (cleanups run last-in first): runc
+	// made the parent in every hierarchy, with conmon's and the
+	// container's folders (and our workload) below; remove them all.
+	t.Cleanup(func() {
+		dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", name))
+		for _, dir := range dirs {
+			subs, _ := filepath.Glob(filepath.Join(dir, "*", "*"))
+			subs2, _ := filepath.Glob(filepath.Join(dir, "*"))
+			for _, s := range append(append(subs, subs2...), dir) {
+				if fi, err := os.Stat(s); err == nil && fi.IsDir() {
+					_ = os.Remove(s)
+				}
+			}
+		}
+	})
 	var args []string
 	for _, c := range []string{"memory", "pids"} {
 		dir := filepath.Join("/sys/fs/cgroup", c, name)
 		if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
 			t.Skipf("no writable cgroup v1 %s hierarchy here: %v", c, err)
 		}
-		t.Cleanup(func() {
-			// After the container is removed (cleanups run last-in first):
-			// podman leaves our parent, the workload goes with its container.
-			subs, _ := filepath.Glob(filepath.Join(dir, "*", "workload"))
-			for _, s := range subs {
-				_ = os.Remove(s)
-			}
-			subs, _ = filepath.Glob(filepath.Join(dir, "libpod-*"))
-			for _, s := range subs {
-				_ = os.Remove(s)
-			}
-			_ = os.Remove(dir)
-		})
 		args = append(args, "-v", dir+":/sys/fs/cgroup/"+c)
 	}
 	return append(args, "--cgroup-parent", "/"+name)
