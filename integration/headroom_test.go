@@ -95,6 +95,21 @@ func TestHeadroomMemoryHogs(t *testing.T) {
 	if len(r.stdout) == 0 || r.stdout[0] != want || !strings.Contains(strings.Join(r.stdout, "\n"), "/workload") {
 		t.Errorf("run child: %q, want oom_score_adj %s (PID 1's %d + 100) and the workload cgroup", r.stdout, want, a)
 	}
+	// A background process and a PTY session: the same score.
+	var bg struct{ Pid int }
+	s.JSON("POST", "/api/v1/processes", map[string]any{"command": "cat", "args": []string{"/proc/self/oom_score_adj"}, "user": "root"}, http.StatusCreated, &bg)
+	var out struct{ Lines []string }
+	for i := 0; i < 100 && len(out.Lines) == 0; i++ {
+		time.Sleep(50 * time.Millisecond)
+		s.JSON("GET", "/api/v1/processes/"+strconv.Itoa(bg.Pid)+"/stdout", nil, http.StatusOK, &out)
+	}
+	if len(out.Lines) == 0 || out.Lines[0] != want {
+		t.Errorf("background child: %q, want oom_score_adj %s", out.Lines, want)
+	}
+	pc := ptyDial(t, s, ptyCreate(t, s, map[string]any{"command": "sh", "args": []string{"-c", "echo score=$(cat /proc/self/oom_score_adj); sleep 30"}}))
+	pc.ready()
+	pc.waitFor("score="+want+"\r\n", 10*time.Second)
+
 	rest0, _ := agentRSS(s)
 	probe := startProber(s)
 
