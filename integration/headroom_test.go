@@ -210,3 +210,29 @@ func TestHeadroomForkBomb(t *testing.T) {
 	rest, peak := agentRSS(s)
 	t.Logf("PID 1 RSS: %d KiB, peak %d KiB", rest, peak)
 }
+
+// TestHeadroomScoreSSH: in the namespace sandbox, a command and a shell
+// over SSH (the user's shell, started by sshd's door) start 100 above PID
+// 1's oom_score_adj, and the agent's status states the headroom (here:
+// lowering refused or done, and the workload cgroup or why none).
+func TestHeadroomScoreSSH(t *testing.T) {
+	s := startSSH(t, Options{})
+	out, code := s.ssh(t, "", "cat /proc/self/oom_score_adj /proc/1/oom_score_adj")
+	f := strings.Fields(out)
+	if code != 0 || len(f) != 2 {
+		t.Fatalf("ssh: %d %q", code, out)
+	}
+	child, _ := strconv.Atoi(f[0])
+	agent, _ := strconv.Atoi(f[1])
+	if child != min(agent+100, 1000) {
+		t.Errorf("ssh child's oom_score_adj %d, PID 1's %d: want +100", child, agent)
+	}
+	for _, line := range strings.Split(s.AgentLog(), "\n") {
+		if strings.Contains(line, `"message":"headroom"`) {
+			t.Logf("agent: %s", line)
+		}
+	}
+	if log := s.AgentLog(); !strings.Contains(log, `"message":"headroom"`) || !strings.Contains(log, `"child_oom_score_adj":`+strconv.Itoa(child)) {
+		t.Errorf("no headroom line with child_oom_score_adj %d in the agent's log:\n%s", child, tail(log, 20))
+	}
+}
