@@ -9,8 +9,9 @@
 // API, SSH forwards' filesystem credentials); launch adds how a command is
 // found and started (PATH, exec checks, the PTY opener) and what it costs
 // (creack/pty, os/exec). launch imports identity, never the reverse, and
-// it starts nothing itself: callers hand the command to the reaper, the
-// one owner of waiting.
+// it waits for nothing itself: Start runs the command through the
+// incubator (incubator.go) with the caller's start, the reaper's, the one
+// owner of waiting.
 //
 // The rules, the same for every door:
 //
