@@ -49,7 +49,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 
 	reaper := supervisor.NewReaper(log, true)
 	// Before any user process starts: every start applies it.
-	head := supervisor.SetupHeadroom(log)
+	head := supervisor.SetupHeadroom(log, pid1)
 	if f := head.WorkloadOOMFile(); f != "" {
 		reaper.OOM().AddFile(f)
 	}

@@ -60,8 +60,10 @@ func (h *Headroom) Status() HeadroomStatus {
 }
 
 // SetupHeadroom lowers the agent's score, makes the workload cgroup where
-// it can, logs what it got, and hands it to the launcher.
-func SetupHeadroom(log zerolog.Logger) *Headroom {
+// it can (only as the sandbox's PID 1: an agent run on a host must not
+// make cgroups in the host's tree), logs what it got, and hands it to the
+// launcher.
+func SetupHeadroom(log zerolog.Logger, pid1 bool) *Headroom {
 	h := &Headroom{}
 	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(AgentOOMScoreAdj)), 0); err != nil {
 		h.st.LowerRefused = err.Error() + " (lowering needs CAP_SYS_RESOURCE, which a container usually lacks)"
@@ -69,9 +71,14 @@ func SetupHeadroom(log zerolog.Logger) *Headroom {
 	own := readInt("/proc/self/oom_score_adj", 0)
 	h.st.AgentOOMScoreAdj = int(own)
 	h.st.ChildOOMScoreAdj = min(int(own)+ChildOOMScoreAdjDelta, 1000)
-	cg, _ := os.ReadFile("/proc/self/cgroup")
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	procs, st, err := makeWorkload(string(cg), string(mi))
+	var procs []string
+	var st workload
+	err := errors.New("not the sandbox's PID 1")
+	if pid1 {
+		cg, _ := os.ReadFile("/proc/self/cgroup")
+		mi, _ := os.ReadFile("/proc/self/mountinfo")
+		procs, st, err = makeWorkload(string(cg), string(mi))
+	}
 	if err != nil {
 		h.st.WorkloadNone = err.Error()
 	} else {
@@ -108,7 +115,7 @@ func makeWorkload(cgroup, mountinfo string) ([]string, workload, error) {
 	var w workload
 	memDir, pidsDir := v1Dir(cgroup, mountinfo, "memory"), v1Dir(cgroup, mountinfo, "pids")
 	if memDir == "" && pidsDir == "" {
-		return nil, w, errors.New("no cgroup v1 memory or pids controller (cgroup v2 is not handled yet)")
+		return nil, w, errors.New("no cgroup v1 memory or pids controller mounted (cgroup v2 is not handled yet)")
 	}
 	var files []string
 	for _, c := range []struct {
