@@ -48,6 +48,11 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	}
 
 	reaper := supervisor.NewReaper(log, true)
+	// Before any user process starts: every start applies it.
+	head := supervisor.SetupHeadroom(log, pid1)
+	if f := head.WorkloadOOMFile(); f != "" {
+		reaper.OOM().AddFile(f)
+	}
 	go reaper.Run(nil) // until reaper.Close, the last step of the shutdown
 	if cfg.Provision {
 		provision(cfg, log)
@@ -57,6 +62,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	defer cancel(nil)
 	parts, stopParts := buildParts(cfg, log, reaper)
 	parts.Stats.Reaper = reaperStats(reaper)
+	parts.Stats.Headroom = head.Status
 	a := New(cfg, log, version, parts)
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()

@@ -10,6 +10,7 @@ import (
 	"github.com/tensorlake/tl-agent/pty"
 	"github.com/tensorlake/tl-agent/sftpd"
 	"github.com/tensorlake/tl-agent/sshd"
+	"github.com/tensorlake/tl-agent/supervisor"
 )
 
 // Status is the agent's state as the operator sees it: GET /status on the
@@ -17,19 +18,20 @@ import (
 // (--json). Agent.Status is the one place it is built. Fields are in key
 // order, as both forms list them; a part that is absent is left out.
 type Status struct {
-	Goroutines  int            `json:"goroutines"`
-	HeapBytes   uint64         `json:"heap_bytes"`
-	PID         int            `json:"pid"`
-	Processes   *ProcessCounts `json:"processes,omitempty"`
-	PTYSessions *pty.Stats     `json:"pty_sessions,omitempty"`
-	Reaper      *ReaperStats   `json:"reaper,omitempty"`
-	SandboxID   string         `json:"sandbox_id"`
-	SFTP        *sftpd.Stats   `json:"sftp,omitempty"`
-	SSH         *sshd.Stats    `json:"ssh,omitempty"`
-	SysBytes    uint64         `json:"sys_bytes"`
-	Uplink      UplinkStatus   `json:"uplink"`
-	UptimeSecs  int64          `json:"uptime_secs"`
-	Version     string         `json:"version"`
+	Goroutines  int                        `json:"goroutines"`
+	Headroom    *supervisor.HeadroomStatus `json:"headroom,omitempty"`
+	HeapBytes   uint64                     `json:"heap_bytes"`
+	PID         int                        `json:"pid"`
+	Processes   *ProcessCounts             `json:"processes,omitempty"`
+	PTYSessions *pty.Stats                 `json:"pty_sessions,omitempty"`
+	Reaper      *ReaperStats               `json:"reaper,omitempty"`
+	SandboxID   string                     `json:"sandbox_id"`
+	SFTP        *sftpd.Stats               `json:"sftp,omitempty"`
+	SSH         *sshd.Stats                `json:"ssh,omitempty"`
+	SysBytes    uint64                     `json:"sys_bytes"`
+	Uplink      UplinkStatus               `json:"uplink"`
+	UptimeSecs  int64                      `json:"uptime_secs"`
+	Version     string                     `json:"version"`
 }
 
 // ProcessCounts are the process table's running and total processes.
@@ -61,6 +63,8 @@ type StatSources struct {
 	SSH    func() sshd.Stats
 	SFTP   func() sftpd.Stats
 	Reaper func() ReaperStats
+	// Headroom: PID 1's OOM score, the workload cgroup or why none.
+	Headroom func() supervisor.HeadroomStatus
 }
 
 // Status builds the agent's status.
@@ -89,6 +93,10 @@ func (a *Agent) Status() Status {
 		v := f()
 		st.Reaper = &v
 	}
+	if f := a.stats.Headroom; f != nil {
+		v := f()
+		st.Headroom = &v
+	}
 	if f := a.stats.SSH; f != nil {
 		v := f()
 		st.SSH = &v
@@ -106,6 +114,25 @@ func (st Status) WriteText(w io.Writer) {
 	line := func(indent, k string, v any) { fmt.Fprintf(w, "%s%-18s %v\n", indent, k+":", v) }
 	part := func(k string) { fmt.Fprintf(w, "%s:\n", k) }
 	line("", "goroutines", st.Goroutines)
+	if h := st.Headroom; h != nil {
+		part("headroom")
+		line("  ", "agent_oom_score_adj", h.AgentOOMScoreAdj)
+		line("  ", "child_oom_score_adj", h.ChildOOMScoreAdj)
+		line("  ", "headroom_failed", h.Failed)
+		if h.LowerRefused != "" {
+			line("  ", "lower_refused", h.LowerRefused)
+		}
+		line("  ", "workload_cgroup", h.Workload)
+		if h.MemoryMax > 0 {
+			line("  ", "workload_memory_max", h.MemoryMax)
+		}
+		if h.WorkloadNone != "" {
+			line("  ", "workload_none", h.WorkloadNone)
+		}
+		if h.PidsMax > 0 {
+			line("  ", "workload_pids_max", h.PidsMax)
+		}
+	}
 	line("", "heap_bytes", st.HeapBytes)
 	line("", "pid", st.PID)
 	if p := st.Processes; p != nil {

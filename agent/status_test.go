@@ -9,6 +9,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/pty"
 	"github.com/tensorlake/tl-agent/sshd"
+	"github.com/tensorlake/tl-agent/supervisor"
 )
 
 // TestStatusTextMatchesJSON: `tl-agent status` prints exactly the keys
@@ -21,6 +22,7 @@ func TestStatusTextMatchesJSON(t *testing.T) {
 		PTYSessions: &pty.Stats{Clients: 7, ClientsDropped: 8, Kept: 9, Live: 10},
 		Reaper:      &ReaperStats{Live: 11, OrphansReaped: 12, Started: 13},
 		SSH:         &sshd.Stats{Connections: 14, ListenerConnections: 15},
+		Headroom:    &supervisor.HeadroomStatus{AgentOOMScoreAdj: -900, ChildOOMScoreAdj: -800, LowerRefused: "x", Workload: "/w", MemoryMax: 1, WorkloadNone: "y", PidsMax: 2},
 		Uplink:      UplinkStatus{ConnectedSince: "2026-01-01T00:00:00Z", LastError: "e", Reconnects: 16, Remote: "r", State: "connected"},
 	}
 	for name, st := range map[string]Status{"all parts": full, "no parts": {Version: "v", Uplink: UplinkStatus{State: "connecting"}}} {

@@ -365,6 +365,8 @@ func TestPressureForkBomb(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	probe.finish(t)
+	rest, peak := agentRSS(s)
+	t.Logf("PID 1 RSS after the bomb: %d KiB, peak %d KiB", rest, peak)
 	runOK(t, s, "true")
 	c.stop()
 }

@@ -9,8 +9,9 @@
 // API, SSH forwards' filesystem credentials); launch adds how a command is
 // found and started (PATH, exec checks, the PTY opener) and what it costs
 // (creack/pty, os/exec). launch imports identity, never the reverse, and
-// it starts nothing itself: callers hand the command to the reaper, the
-// one owner of waiting.
+// it waits for nothing itself: Start runs the command through the
+// incubator (incubator.go) with the caller's start, the reaper's, the one
+// owner of waiting.
 //
 // The rules, the same for every door:
 //
@@ -97,7 +98,7 @@ type Spec struct {
 }
 
 // Command is a ready command: Cmd gets its stdio from the caller (unless
-// it has a terminal) and is started by the reaper, then Started is called.
+// it has a terminal) and is started with Start (the reaper waits for it).
 type Command struct {
 	Cmd *exec.Cmd
 	// Master is the terminal's master side (non-blocking, served by the
@@ -317,11 +318,17 @@ func envValue(env []string, key string) string {
 	return ""
 }
 
-// Started is called once the reaper's Start has returned: it closes the
-// agent's copy of the terminal's slave (which would keep the terminal open
-// after every process of the session has exited) and, when Start failed,
-// the master, and returns Start's error classified (see Classify).
-func (c *Command) Started(err error) error {
+// Start starts c through the incubator with start (the reaper's Start;
+// see StartCmd) and returns its process, or the refusal classified (see
+// Classify). It then closes the agent's copy of the terminal's slave
+// (which would keep the terminal open after every process of the session
+// has exited) and, when the start failed, the master.
+func Start[P Started](c *Command, start func(*exec.Cmd) (P, error)) (P, error) {
+	p, err := StartCmd(c.Cmd, start)
+	return p, c.started(err)
+}
+
+func (c *Command) started(err error) error {
 	if c.slave != nil {
 		c.slave.Close()
 		c.slave = nil

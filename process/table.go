@@ -311,7 +311,7 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 		Stderr:      sio.child[2],
 		SysProcAttr: s.attr, // the launcher's: its own group, so kills reach the tree
 	}
-	proc, err := t.reaper.Start(cmd)
+	proc, err := launch.StartCmd(cmd, t.reaper.Start)
 	sio.closeChild()
 	if err != nil {
 		sio.closeAll()

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/tensorlake/tl-agent/launch"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -156,8 +157,8 @@ func (m *Manager) start(sp startSpec) (*Session, error) {
 		return nil, err
 	}
 	master := c.Master
-	proc, err := m.reaper.Start(c.Cmd)
-	if err = c.Started(err); err != nil {
+	proc, err := launch.Start(c, m.reaper.Start)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errStart, err)
 	}
 	raw, err := master.SyscallConn()

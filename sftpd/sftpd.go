@@ -81,8 +81,8 @@ func Start(r *supervisor.Reaper, exe string, u *identity.User, env []string, std
 	cmd := c.Cmd
 	cmd.Args = append(cmd.Args, cmd.Dir)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
-	p, err := r.Start(cmd)
-	if err = c.Started(err); err != nil {
+	p, err := launch.Start(c, r.Start)
+	if err != nil {
 		return nil, fmt.Errorf("start sftp-server: %w", err)
 	}
 	return p, nil

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 
 	gossh "golang.org/x/crypto/ssh"
@@ -111,13 +110,13 @@ func (ss *session) start(kind string, payload []byte) error {
 	if c.Master != nil {
 		return ss.startPTY(c)
 	}
-	return ss.startPipes(c.Cmd, u)
+	return ss.startPipes(c)
 }
 
 func (ss *session) startPTY(c *launch.Command) error {
 	c.Cmd.Env = append(c.Cmd.Env, "SSH_TTY="+c.TTY)
-	p, err := ss.srv.reaper.Start(c.Cmd)
-	if err = c.Started(err); err != nil {
+	p, err := launch.Start(c, ss.srv.reaper.Start)
+	if err != nil {
 		return err
 	}
 	t := &terminal{master: c.Master}
@@ -177,16 +176,16 @@ func (p *pipes) closeAll() {
 	p.errR.Close()
 }
 
-func (ss *session) startPipes(cmd *exec.Cmd, u *identity.User) error {
+func (ss *session) startPipes(c *launch.Command) error {
 	p, err := newPipes()
 	if err != nil {
 		return fmt.Errorf("pipes: %w", err)
 	}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = p.inR, p.outW, p.errW
-	proc, err := ss.srv.reaper.Start(cmd)
+	c.Cmd.Stdin, c.Cmd.Stdout, c.Cmd.Stderr = p.inR, p.outW, p.errW
+	proc, err := launch.Start(c, ss.srv.reaper.Start)
 	if err != nil {
 		p.closeAll()
-		return launch.Classify(cmd.Args[0], cmd.Dir, u, err)
+		return err
 	}
 	p.childEnds()
 	ss.proc = proc

@@ -34,8 +34,8 @@ func StartMain(r *Reaper, argv []string, u *identity.User) (*Proc, error) {
 		return nil, fmt.Errorf("main command: %w", err)
 	}
 	c.Cmd.Stdout, c.Cmd.Stderr = os.Stdout, os.Stderr
-	p, err := r.Start(c.Cmd)
-	if err = c.Started(err); err != nil {
+	p, err := launch.Start(c, r.Start)
+	if err != nil {
 		return nil, fmt.Errorf("main command: %w", err)
 	}
 	return p, nil

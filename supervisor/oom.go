@@ -5,6 +5,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // OOMCounter is the agent's one OOM detector: it reads the OOM killer's
@@ -15,24 +16,41 @@ import (
 // (Exit.OOMKilled). Sandbox processes share the agent's cgroup, so an OOM
 // kill of another process at the same moment is misattributed; without a
 // cgroup file system nothing is detected.
-type OOMCounter struct{ file string }
+type OOMCounter struct {
+	file  string
+	extra atomic.Pointer[string] // the workload cgroup's counter (AddFile)
+}
+
+// AddFile makes Count add the count in file (the workload cgroup's: under
+// cgroup v1 a kill counts only in the victim's own cgroup).
+func (o *OOMCounter) AddFile(file string) {
+	if readOOMKills(file) >= 0 {
+		o.extra.Store(&file)
+	}
+}
 
 // NewOOMCounter finds the agent's counter file, or none.
-func NewOOMCounter() OOMCounter {
+func NewOOMCounter() *OOMCounter {
 	cg, _ := os.ReadFile("/proc/self/cgroup")
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	return OOMCounter{file: oomFile(string(cg), string(mi), func(f string) bool { return readOOMKills(f) >= 0 })}
+	return &OOMCounter{file: oomFile(string(cg), string(mi), func(f string) bool { return readOOMKills(f) >= 0 })}
 }
 
 // File is the file the counter reads, "" when there is none.
-func (o OOMCounter) File() string { return o.file }
+func (o *OOMCounter) File() string { return o.file }
 
 // Count returns the oom_kill count, or -1 when unknown.
-func (o OOMCounter) Count() int64 {
-	if o.file == "" {
-		return -1
+func (o *OOMCounter) Count() int64 {
+	n := int64(-1)
+	if o.file != "" {
+		n = readOOMKills(o.file)
 	}
-	return readOOMKills(o.file)
+	if f := o.extra.Load(); f != nil {
+		if m := readOOMKills(*f); m >= 0 {
+			n = max(n, 0) + m
+		}
+	}
+	return n
 }
 
 func readOOMKills(file string) int64 {
@@ -64,15 +82,7 @@ func oomFile(cgroup, mountinfo string, usable func(string) bool) string {
 	v2, v1 := cgroupMounts(mountinfo)
 	var cands []string
 	add := func(m cgroupMount, cg, name string) {
-		rel := cg
-		switch {
-		case m.root == "/":
-		case strings.HasPrefix(cg, m.root+"/"):
-			rel = cg[len(m.root):]
-		default: // the mount's root itself, or not below it
-			rel = "/"
-		}
-		cands = append(cands, path.Join(m.at, rel, name), path.Join(m.at, name))
+		cands = append(cands, path.Join(m.at, relTo(m, cg), name), path.Join(m.at, name))
 	}
 	for _, line := range strings.Split(strings.TrimSpace(cgroup), "\n") {
 		parts := strings.SplitN(line, ":", 3)
@@ -93,12 +103,25 @@ func oomFile(cgroup, mountinfo string, usable func(string) bool) string {
 	return ""
 }
 
+// relTo is cgroup path cg relative to mount m's root.
+func relTo(m cgroupMount, cg string) string {
+	switch {
+	case m.root == "/":
+		return cg
+	case strings.HasPrefix(cg, m.root+"/"):
+		return cg[len(m.root):]
+	}
+	return "/" // the mount's root itself, or not below it
+}
+
 // cgroupMounts finds the cgroup v2 mount and the v1 memory controller's
 // mount in mountinfo, defaulting to the usual places.
 func cgroupMounts(mountinfo string) (v2, v1 cgroupMount) {
 	v2 = cgroupMount{root: "/", at: "/sys/fs/cgroup"}
 	v1 = cgroupMount{root: "/", at: "/sys/fs/cgroup/memory"}
-	var got2, got1 bool
+	if m, ok := v1Mount(mountinfo, "memory"); ok {
+		v1 = m
+	}
 	for _, line := range strings.Split(mountinfo, "\n") {
 		// id parent dev root mountpoint opts [optional...] - fstype source superopts
 		left, right, ok := strings.Cut(line, " - ")
@@ -109,15 +132,29 @@ func cgroupMounts(mountinfo string) (v2, v1 cgroupMount) {
 		if len(lf) < 5 || len(rf) < 3 {
 			continue
 		}
-		m := cgroupMount{root: unescapeOctal(lf[3]), at: unescapeOctal(lf[4])}
-		switch {
-		case rf[0] == "cgroup2" && !got2:
-			v2, got2 = m, true
-		case rf[0] == "cgroup" && !got1 && hasWord(rf[2], ",", "memory"):
-			v1, got1 = m, true
+		if rf[0] == "cgroup2" {
+			return cgroupMount{root: unescapeOctal(lf[3]), at: unescapeOctal(lf[4])}, v1
 		}
 	}
 	return v2, v1
+}
+
+// v1Mount is the v1 mount of controller: the last one listed, as a later
+// mount at the same point (a runtime's writable bind over its read-only
+// one) hides the earlier.
+func v1Mount(mountinfo, controller string) (m cgroupMount, ok bool) {
+	for _, line := range strings.Split(mountinfo, "\n") {
+		left, right, cut := strings.Cut(line, " - ")
+		if !cut {
+			continue
+		}
+		lf, rf := strings.Fields(left), strings.Fields(right)
+		if len(lf) < 5 || len(rf) < 3 || rf[0] != "cgroup" || !hasWord(rf[2], ",", controller) {
+			continue
+		}
+		m, ok = cgroupMount{root: unescapeOctal(lf[3]), at: unescapeOctal(lf[4])}, true
+	}
+	return m, ok
 }
 
 func hasWord(list, sep, w string) bool {

@@ -52,10 +52,10 @@ func TestOOMFile(t *testing.T) {
 	if err := os.WriteFile(f, []byte("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if n := (OOMCounter{file: f}).Count(); n != 2 {
+	if n := (&OOMCounter{file: f}).Count(); n != 2 {
 		t.Fatalf("count %d, want 2", n)
 	}
-	if n := (OOMCounter{}).Count(); n != -1 {
+	if n := (&OOMCounter{}).Count(); n != -1 {
 		t.Fatalf("no file: count %d, want -1", n)
 	}
 }

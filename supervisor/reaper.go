@@ -32,7 +32,7 @@ import (
 type Reaper struct {
 	log     zerolog.Logger
 	reapAll bool
-	oom     OOMCounter
+	oom     *OOMCounter
 
 	mu      sync.Mutex
 	subs    map[int]*Proc  // guarded by mu; pid -> live process we started
@@ -85,6 +85,9 @@ type Proc struct {
 	oom  int64 // the OOM kill count at start, -1 when unknown
 }
 
+// PID is the process's pid (launch.Started).
+func (p *Proc) PID() int { return p.Pid }
+
 // Done is closed when the process has been reaped.
 func (p *Proc) Done() <-chan struct{} { return p.done }
 
@@ -130,6 +133,9 @@ func NewReaper(log zerolog.Logger, reapAll bool) *Reaper {
 		subs: map[int]*Proc{}, kick: make(chan struct{}, 1), quit: make(chan struct{}),
 	}
 }
+
+// OOM is the reaper's OOM detector (the agent adds the workload's file).
+func (r *Reaper) OOM() *OOMCounter { return r.oom }
 
 // ErrStdio is returned by Start for stdio that is not an *os.File.
 var ErrStdio = errors.New("reaper: stdio must be *os.File or nil")

@@ -1,0 +1,139 @@
+package launch
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+)
+
+type plain struct{ *exec.Cmd }
+
+func (p plain) PID() int { return p.Process.Pid }
+
+func startPlain(cmd *exec.Cmd) (plain, error) { return plain{cmd}, cmd.Start() }
+
+func ownScore(t *testing.T) int {
+	b, err := os.ReadFile("/proc/self/oom_score_adj")
+	if err != nil {
+		t.Skip(err)
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
+}
+
+// A child started through the incubator reads its raised score as its
+// first instruction, runs with the real argv (argv[0] included) and the
+// environment, and sees no extra fd.
+func TestIncubatorScoreArgvFds(t *testing.T) {
+	want := ownScore(t) + 100
+	if want > 1000 {
+		want = 1000
+	}
+	var failed atomic.Int64
+	SetHeadroom(&Headroom{OOMScoreAdj: want, SetOOM: true, Failed: &failed})
+	defer SetHeadroom(nil)
+	u := self(t)
+	c, err := Build(Spec{User: u, Argv: []string{"sh", "-c", `cat /proc/self/oom_score_adj; echo "$0 $X"; ls /proc/self/fd`}, Env: map[string]string{"X": "y"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, _ := os.Pipe()
+	c.Cmd.Stdout, c.Cmd.Stderr = w, w
+	cmd, err := Start(c, startPlain)
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, 4096)
+	n, _ := readAll(r, out)
+	_ = cmd.Wait()
+	lines := strings.Fields(string(out[:n]))
+	if len(lines) < 3 || lines[0] != strconv.Itoa(want) || lines[1] != "sh" || lines[2] != "y" {
+		t.Fatalf("output %q: want score %d, argv[0] sh, X=y", out[:n], want)
+	}
+	// The same fds as a plain exec (this test's inherited ones included).
+	plain, _ := exec.Command("ls", "/proc/self/fd").Output()
+	if got, want := strings.Join(lines[3:], " "), strings.Join(strings.Fields(string(plain)), " "); got != want {
+		t.Errorf("the program's fds: %s, a plain exec's: %s", got, want)
+	}
+	if failed.Load() != 0 {
+		t.Errorf("headroom failures: %d", failed.Load())
+	}
+}
+
+func readAll(r *os.File, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := r.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// The incubator's own exec failure is the error os/exec would have given:
+// a script whose #! interpreter is missing, a file the kernel cannot run.
+func TestIncubatorExecErrors(t *testing.T) {
+	u := self(t)
+	dir := t.TempDir()
+	noInterp := filepath.Join(dir, "nointerp")
+	_ = os.WriteFile(noInterp, []byte("#!/nonexistent/sh\n"), 0o755)
+	garbage := filepath.Join(dir, "garbage")
+	_ = os.WriteFile(garbage, []byte{0x7f, 'E', 'L', 'F', 0, 0, 0, 0}, 0o755)
+	for _, tc := range []struct {
+		path  string
+		kind  error
+		errno syscall.Errno
+	}{{noInterp, ErrNotFound, syscall.ENOENT}, {garbage, ErrNotExecutable, syscall.ENOEXEC}} {
+		c, err := Build(Spec{User: u, Argv: []string{tc.path}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd, err := Start(c, startPlain)
+		if !errors.Is(err, tc.kind) || !errors.Is(err, tc.errno) {
+			t.Errorf("%s: %v, want %v (%v)", tc.path, err, tc.kind, tc.errno)
+		}
+		if cmd.Cmd != nil && cmd.Process != nil {
+			st, _ := cmd.Process.Wait()
+			if code := st.ExitCode(); code != 127 && code != 126 {
+				t.Errorf("%s: the incubator exited %d, want 127 or 126", tc.path, code)
+			}
+		}
+	}
+}
+
+// BenchmarkStartTrue: the start (to exit) of `true` as os/exec alone and
+// through the incubator: the incubator's cost is one more exec of the
+// agent's binary and its Go runtime start.
+func BenchmarkStartTrue(b *testing.B) {
+	path, err := exec.LookPath("true")
+	if err != nil {
+		b.Skip(err)
+	}
+	b.Run("plain", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if err := exec.Command(path).Run(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("incubator", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			cmd, err := StartCmd(exec.Command(path), startPlain)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := cmd.Wait(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
