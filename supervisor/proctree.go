@@ -183,9 +183,7 @@ func Kill(sig syscall.Signal, scopes ...Scope) int {
 			if sig != syscall.SIGKILL && hit[p.Pid] {
 				continue // once is enough
 			}
-			// A member of a signalled group counts even when it died (and
-			// was reaped) from the group kill before this one.
-			if (unix.Kill(p.Pid, sig) == nil || groups[p.Pgrp]) && !hit[p.Pid] {
+			if unix.Kill(p.Pid, sig) == nil && !hit[p.Pid] {
 				hit[p.Pid] = true
 				fresh++
 			}
