@@ -52,7 +52,7 @@ func TestPauseFailsNoHealthCheckAndIsNoBackoff(t *testing.T) {
 
 	healthy := "healthy"
 	hp, err := tb.Start(&StartRequest{Command: "sleep", Args: []string{"300"}, User: self(), WorkingDir: "/", Name: &healthy,
-		HealthCheck: &HealthCheck{Type: "http", Port: port, InitialDelayMs: 1, IntervalMs: 1, TimeoutMs: 1500, FailureThreshold: 1}})
+		HealthCheck: &HealthCheck{Type: "http", Port: port, InitialDelayMs: 1, IntervalMs: 1, TimeoutMs: 5000, FailureThreshold: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,13 +67,16 @@ func TestPauseFailsNoHealthCheckAndIsNoBackoff(t *testing.T) {
 			t.Fatalf("not ready to pause: %+v %+v", hp.managed.info(), cp.managed.info())
 		}
 	}
-	pausetest.StopSelf(t, 4*time.Second)
+	// Longer than the probe's 5 s timeout (which leaves a loaded machine
+	// room for the 0.5 s answer): a probe in flight across it would fail
+	// on wall time.
+	pausetest.StopSelf(t, 6*time.Second)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if _, n := det.Paused(); n > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the detector did not see a 4 s SIGSTOP")
+			t.Fatal("the detector did not see a 6 s SIGSTOP")
 		}
 	}
 	// The back-off had ~3 s of running time left; it must not end at thaw.
