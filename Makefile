@@ -34,14 +34,14 @@ deps:
 ## test: everything, as CI runs it: lint, unit tests with -race, end to
 ## end, then every fuzz target for FUZZTIME.
 test: deps lint
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m ./...
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 60m ./...
 	GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME)
 
 test-unit: lint
 	CGO_ENABLED=1 $(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
 test-integration: deps
-	$(GO) test -count=1 -timeout 30m -v ./integration/
+	$(GO) test -count=1 -timeout 60m -v ./integration/
 
 ## bench: data-path benchmarks against OpenSSH and local floors.
 bench: deps build
