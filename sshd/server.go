@@ -27,7 +27,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/identity"
-	"github.com/tensorlake/tl-agent/internal/backoff"
+	"github.com/tensorlake/tl-agent/internal/netx"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/sftpd"
 	"github.com/tensorlake/tl-agent/supervisor"
@@ -302,20 +302,14 @@ func (s *Server) Listen() error {
 // (EMFILE, ENFILE, ECONNABORTED) are retried after a pause that grows to
 // a second, so running out of fds once does not end the listener.
 func (s *Server) acceptLoop(ln net.Listener) {
-	bo := backoff.Backoff{Initial: 5 * time.Millisecond, Max: time.Second}
 	var lastRefusal time.Time
 	for {
-		c, err := ln.Accept()
+		// Temporary errors (EMFILE...) are retried with back-off as at
+		// every door; anything else means the listener is gone.
+		c, err := netx.Accept(context.Background(), ln, s.log)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			pause := bo.Next()
-			s.log.Warn().Err(err).Dur("retry_in", pause).Msg("ssh accept")
-			time.Sleep(pause)
-			continue
+			return
 		}
-		bo.Reset()
 		if !s.track(c, true) {
 			// At most one line a second: a flood must not flood the log.
 			if time.Since(lastRefusal) > time.Second {
