@@ -5,7 +5,7 @@ import (
 	"io"
 	"os"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gliderlabs/ssh"
@@ -24,14 +24,23 @@ import (
 // mishandle. Requests are taken one at a time in the channel's own loop;
 // none of them blocks on the process.
 
-// Bounds on what a client may pile up before starting a program.
+// maxEnv bounds what a client may pile up before starting a program.
+const maxEnv = 256
+
+// The end of a PTY session, as OpenSSH's sshd ends it: at the shell's exit
+// it reads what the master still holds, until a read would block, and
+// closes it even if a process of another session keeps the terminal open.
+// Here "would block" is drainQuiet without output (the kernel pushes the
+// slave's output to the master asynchronously), and a writer that never
+// pauses is cut drainMax after the exit. Pipes have no such bound: as with
+// OpenSSH, the session lasts until every writer has closed them.
 const (
-	maxEnv = 256
-	// drainGrace is how long output is still read after the program
-	// exited, for a background child that inherited the pipes or tty:
-	// OpenSSH waits for it forever, we give it this long.
-	drainGrace = 2 * time.Second
+	drainQuiet = 100 * time.Millisecond
+	drainMax   = 2 * time.Second
 )
+
+// maxOutputs is the most output copies a session runs (stdout, stderr).
+const maxOutputs = 2
 
 // outBuf is the copy size of program output and input: larger than an SSH
 // packet (32 KiB) so bulk transfers (sftp, cat) cost fewer reads and
@@ -52,10 +61,12 @@ type session struct {
 	limits *connLimits
 	begun  bool // a start request came: the unstarted slot is given back
 	proc   *supervisor.Proc
-	sftp   *sftpRun       // the sftp subsystem, instead of proc
-	failed bool           // the program could not start; the channel is closed
-	output sync.WaitGroup // copies of program output to the channel
-	outs   []*os.File     // our read ends of the program's output
+	sftp   *sftpRun      // the sftp subsystem, instead of proc
+	failed bool          // the program could not start; the channel is closed
+	outs   []*os.File    // our read ends of the program's output
+	ended  chan struct{} // one token per output copy that ended
+	stdin  *os.File      // our write end of the program's stdin (pipes only)
+	exitAt atomic.Int64  // the program's exit (unix ns) once seen, for the PTY drain
 }
 
 func (s *Server) handleSession(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
@@ -85,7 +96,8 @@ func (s *Server) handleSession(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewC
 	}
 	ss := &session{
 		srv: s, ch: ch, ctx: ctx, env: map[string]string{}, limits: l,
-		log: s.log.With().Str("session", shortID(ctx.SessionID())).Logger(),
+		ended: make(chan struct{}, maxOutputs),
+		log:   s.log.With().Str("session", shortID(ctx.SessionID())).Logger(),
 	}
 	ss.serve(reqs)
 }
@@ -140,10 +152,7 @@ func (ss *session) serve(reqs <-chan *gossh.Request) {
 			_ = ss.ch.Close()
 			return
 		case <-done:
-			// Requests that arrive while we report the exit (a late
-			// window-change) must not block the connection's mux.
-			ss.discard(reqs)
-			ss.finish()
+			ss.finish(reqs)
 			return
 		}
 	}
@@ -249,26 +258,74 @@ func (ss *session) hangup() {
 		_ = ss.proc.SignalGroup(unix.SIGCONT)
 	}
 	ss.stopOutput(time.Now())
-	ss.output.Wait()
+	ss.waitOutput(len(ss.outs))
 	ss.closeFiles()
 }
 
 // finish reports the program's exit in the order OpenSSH clients rely on
 // (RFC 4254 §6.10): remaining output, exit-status or exit-signal, EOF,
-// close.
-func (ss *session) finish() {
+// close. As OpenSSH's sshd does, the program's stdin is closed at its
+// exit, and output is copied until every writer of the pipes has closed
+// them (a background job keeps the session, as it does with OpenSSH), or
+// the client closes the channel (then the pipes are closed: the job's
+// writes fail, nothing of the session is left).
+func (ss *session) finish(reqs <-chan *gossh.Request) {
 	if ss.sftp != nil {
+		ss.discard(reqs)
 		ss.finishSFTP()
 		return
 	}
 	exit := ss.proc.Wait()
-	ss.stopOutput(time.Now().Add(drainGrace))
-	ss.output.Wait()
+	if ss.stdin != nil {
+		_ = ss.stdin.Close()
+	}
+	if ss.term != nil {
+		ss.exitAt.Store(time.Now().UnixNano())
+		ss.extendDrain(ss.term.master)
+	}
+	if !ss.awaitOutput(reqs) {
+		ss.log.Debug().Str("exit", exit.String()).Msg("ssh: client left before the program's output ended")
+		return
+	}
+	// Requests that arrive while we report the exit (a late
+	// window-change) must not block the connection's mux.
+	ss.discard(reqs)
 	ss.sendExit(exit)
 	_ = ss.ch.CloseWrite()
 	_ = ss.ch.Close()
 	ss.closeFiles()
 	ss.log.Debug().Str("exit", exit.String()).Msg("ssh: program ended")
+}
+
+// awaitOutput waits until every output copy has ended, refusing the
+// channel's requests meanwhile (the program is gone, as OpenSSH refuses a
+// signal then). If the client closes the channel first, the output is
+// closed and false returned.
+func (ss *session) awaitOutput(reqs <-chan *gossh.Request) bool {
+	for left := len(ss.outs); left > 0; {
+		select {
+		case <-ss.ended:
+			left--
+		case req, ok := <-reqs:
+			if !ok {
+				ss.stopOutput(time.Now())
+				ss.waitOutput(left)
+				ss.closeFiles()
+				return false
+			}
+			if req.WantReply {
+				_ = req.Reply(false, nil)
+			}
+		}
+	}
+	return true
+}
+
+// waitOutput waits for n more output copies to end.
+func (ss *session) waitOutput(n int) {
+	for ; n > 0; n-- {
+		<-ss.ended
+	}
 }
 
 // stopOutput makes the output copies end by the deadline even if a
@@ -277,6 +334,20 @@ func (ss *session) stopOutput(deadline time.Time) {
 	for _, f := range ss.outs {
 		_ = f.SetReadDeadline(deadline)
 	}
+}
+
+// extendDrain moves the PTY master's read deadline to drainQuiet from now,
+// at most drainMax after the exit; nothing before the exit.
+func (ss *session) extendDrain(master *os.File) {
+	at := ss.exitAt.Load()
+	if at == 0 {
+		return
+	}
+	deadline := time.Now().Add(drainQuiet)
+	if limit := time.Unix(0, at).Add(drainMax); deadline.After(limit) {
+		deadline = limit
+	}
+	_ = master.SetReadDeadline(deadline)
 }
 
 func (ss *session) closeFiles() {
@@ -309,16 +380,18 @@ func (ss *session) sendExit(e supervisor.Exit) {
 }
 
 // copyOut copies program output to w until EOF, EIO (PTY closed) or the
-// deadline set by stopOutput.
-func (ss *session) copyOut(w io.Writer, r *os.File) {
+// read deadline (stopOutput; for a terminal, the exit drain).
+func (ss *session) copyOut(w io.Writer, r *os.File, tty bool) {
 	ss.outs = append(ss.outs, r)
-	ss.output.Add(1)
 	go func() {
-		defer ss.output.Done()
+		defer func() { ss.ended <- struct{}{} }()
 		buf := make([]byte, outBuf)
 		for {
 			n, err := r.Read(buf)
 			if n > 0 {
+				if tty {
+					ss.extendDrain(r)
+				}
 				if _, werr := w.Write(buf[:n]); werr != nil {
 					return
 				}

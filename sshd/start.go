@@ -122,7 +122,7 @@ func (ss *session) startPTY(c *launch.Command) error {
 	t := &terminal{master: c.Master}
 	ss.proc, ss.term = p, t
 	// Raw bytes both ways: PTY output is never rewritten here.
-	ss.copyOut(ss.ch, t.master)
+	ss.copyOut(ss.ch, t.master, true)
 	ss.copyIn(t.master, ss.ch, false)
 	return nil
 }
@@ -194,8 +194,9 @@ func (ss *session) startPipes(c *launch.Command) error {
 }
 
 func (ss *session) wirePipes(p *pipes) {
-	ss.copyOut(ss.ch, p.outR)
-	ss.copyOut(ss.ch.Stderr(), p.errR)
+	ss.copyOut(ss.ch, p.outR, false)
+	ss.copyOut(ss.ch.Stderr(), p.errR, false)
+	ss.stdin = p.inW
 	ss.copyIn(p.inW, ss.ch, true)
 }
 

@@ -1,0 +1,133 @@
+package sshd
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/tensorlake/tl-agent/internal/leakcheck"
+	"github.com/tensorlake/tl-agent/internal/streams"
+	"github.com/tensorlake/tl-agent/supervisor"
+)
+
+// Without a PTY the session lasts until every writer of the pipes has
+// closed them, as with OpenSSH: a background job's later output arrives,
+// before exit-status.
+func TestBackgroundOutputKeepsSession(t *testing.T) {
+	c := dial(t)
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	sess.Stdout, sess.Stderr = &out, &errb
+	if err := sess.Run("(sleep 1; echo late; echo late-err >&2) & echo first; exit 4"); err != nil {
+		if ee, ok := err.(*gossh.ExitError); !ok || ee.ExitStatus() != 4 {
+			t.Fatalf("err %v, want exit 4", err)
+		}
+	}
+	if out.String() != "first\nlate\n" || errb.String() != "late-err\n" {
+		t.Fatalf("stdout %q stderr %q", out.String(), errb.String())
+	}
+}
+
+// With a PTY the session ends at the shell's exit once the terminal is
+// drained, as with OpenSSH, even while a process that left the session
+// (setsid) still holds the terminal.
+func TestPTYEndsAtShellExit(t *testing.T) {
+	c := dial(t)
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sess.RequestPty("xterm", 24, 80, nil); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	sess.Stdout = &out
+	// The shell waits until the process has its own session (else the
+	// terminal's hang-up at the shell's exit could kill it first).
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	cmd := "setsid sh -c 'echo $$ > " + pidFile + ".tmp; mv " + pidFile + ".tmp " + pidFile + "; exec sleep 30' & " +
+		"for i in $(seq 1000); do [ -e " + pidFile + " ] && break; sleep 0.01; done; echo x"
+	done := make(chan error, 1)
+	go func() { done <- sess.Run(cmd) }()
+	select {
+	case err := <-done:
+		if err != nil || !strings.Contains(out.String(), "x") {
+			t.Fatalf("err %v, output %q", err, out.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the session outlived its shell, held by a process of another session")
+	}
+}
+
+// A client that closes the session while a background job still writes
+// ends it: the slot is given back with the connection still up, and after
+// Close nothing of the session is left.
+func TestClientLeavesWhileJobWrites(t *testing.T) {
+	me, err := user.Current()
+	if err != nil {
+		t.Skip("no current user")
+	}
+	base := leakcheck.Take(t)
+	reaper := supervisor.NewReaper(zerolog.Nop(), false)
+	go reaper.Run(nil)
+	s, err := New(Config{User: me.Username}, zerolog.Nop(), reaper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := tcpPairNoCleanup(t)
+	go s.ServeConn(context.Background(), a, streams.Peer{User: "test"})
+	conn, chans, reqs, err := gossh.NewClientConn(b, "pipe", &gossh.ClientConfig{User: "x", HostKeyCallback: gossh.InsecureIgnoreHostKey()})
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	c := gossh.NewClient(conn, chans, reqs)
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := sess.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The job dies of SIGPIPE at its first write after the session ends.
+	if err := sess.Start("(for i in $(seq 200); do sleep 0.05; echo tick; done) & echo first"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(stdout, buf); err != nil || string(buf) != "first\n" {
+		t.Fatalf("first: %q %v", buf, err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	_ = sess.Close()
+	for deadline := time.Now().Add(10 * time.Second); len(s.slots) > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the session still holds its slot after the client closed it")
+		}
+	}
+	c.Close()
+	s.Close()
+	reaper.Close()
+	b.Close()
+	base.Check(t)
+}
