@@ -82,3 +82,32 @@ func (s *sshSystem) sshBounded(t *testing.T, d time.Duration, opts []string, com
 	}
 	return string(out), sshExitCode(t, err)
 }
+
+// TestSSHSFTPOwnerNames: OpenSSH's sftp formats `ls -l` of single files
+// itself, with names from users-groups-by-id@openssh.com (without the
+// extension it prints the numeric ids).
+func TestSSHSFTPOwnerNames(t *testing.T) {
+	s := startSSH(t, Options{})
+	if out, code := s.ssh(t, "", "echo x > owned.txt && mkdir -p d && echo y > d/f"); code != 0 {
+		t.Fatalf("make files: exit %d: %s", code, out)
+	}
+	full := append(append([]string{"-P", s.SSHPort()}, s.SSHOpts(s.key.Private)...), "-b", "-", s.SSHDest())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "sftp", full...)
+	cmd.Stdin = strings.NewReader("ls -l owned.txt\nls -l d\nls -l /etc/passwd\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("sftp: %v:\n%s", err, out)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "-") {
+			lines = append(lines, strings.Fields(l)[2]+" "+strings.Fields(l)[3])
+		}
+	}
+	want := []string{"tl-user tl-user", "tl-user tl-user", "root root"}
+	if strings.Join(lines, ",") != strings.Join(want, ",") {
+		t.Fatalf("owners %q, want %q:\n%s", lines, want, out)
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/tensorlake/tl-agent/identity"
 )
 
 // OpenSSH extensions that pkg/sftp lacks, served by a thin layer between
@@ -19,9 +21,12 @@ import (
 //   - limits@openssh.com: lets OpenSSH's client use 255 KiB reads and
 //     writes instead of 32 KiB, as against OpenSSH's sftp-server;
 //   - expand-path@openssh.com: "~/x" and "~user/x", which scp needs in its
-//     SFTP mode for "~user" paths.
+//     SFTP mode for "~user" paths;
+//   - users-groups-by-id@openssh.com: owner and group names, which
+//     OpenSSH's client prints in `ls -l` (of single files, which it
+//     formats itself, numeric without this).
 // The layer reads whole request packets, answers these itself and passes
-// every other packet through unchanged; on the way out it adds the two
+// every other packet through unchanged; on the way out it adds these
 // extensions to the VERSION packet and keeps its own replies from landing
 // inside a packet pkg/sftp is writing.
 
@@ -35,6 +40,7 @@ const (
 
 	fxNoSuchFile = 2
 	fxFailure    = 4
+	fxBadMessage = 5
 )
 
 // maxPacket is pkg/sftp's largest incoming message; the limits reported
@@ -44,7 +50,15 @@ const (
 	maxData   = maxPacket - 1024
 )
 
-var ourExtensions = [][2]string{{"limits@openssh.com", "1"}, {"expand-path@openssh.com", "1"}}
+var ourExtensions = [][2]string{
+	{"limits@openssh.com", "1"}, {"expand-path@openssh.com", "1"}, {"users-groups-by-id@openssh.com", "1"},
+}
+
+// maxIDs bounds the uids and gids (together) of one users-groups-by-id
+// request: each costs a read of /etc/passwd or /etc/group, and the reply
+// must fit in a packet. OpenSSH's client asks for the distinct owners of
+// one listing.
+const maxIDs = 1024
 
 // extLayer is the io.ReadWriteCloser pkg/sftp's Server runs on.
 type extLayer struct {
@@ -122,6 +136,8 @@ func (l *extLayer) next() error {
 			return nil
 		}
 		reply = expandReply(id, p)
+	case "users-groups-by-id@openssh.com":
+		reply = namesReply(id, rest)
 	default:
 		return nil
 	}
@@ -179,10 +195,7 @@ func (l *extLayer) Write(b []byte) (int, error) {
 func expandReply(id uint32, p string) []byte {
 	full, err := expandPath(p)
 	if err != nil {
-		body := appendUint32([]byte{fxpStatus}, id)
-		body = appendUint32(body, fxNoSuchFile)
-		body = appendString(appendString(body, err.Error()), "")
-		return body
+		return statusReply(id, fxNoSuchFile, err.Error())
 	}
 	body := appendUint32([]byte{fxpName}, id)
 	body = appendUint32(body, 1)
@@ -217,6 +230,49 @@ func expandPath(p string) (string, error) {
 		p = filepath.Join(wd, p)
 	}
 	return path.Clean(p), nil
+}
+
+// namesReply answers users-groups-by-id (OpenSSH's PROTOCOL): two strings
+// packing uint32 uids and gids; the reply is two strings packing their
+// names in the same order, "" for an id without one.
+func namesReply(id uint32, req []byte) []byte {
+	uids, rest, ok1 := sftpString(req)
+	gids, _, ok2 := sftpString(rest)
+	if !ok1 || !ok2 || len(uids)%4 != 0 || len(gids)%4 != 0 {
+		return statusReply(id, fxBadMessage, "users-groups-by-id: malformed id lists")
+	}
+	if n := (len(uids) + len(gids)) / 4; n > maxIDs {
+		return statusReply(id, fxFailure, fmt.Sprintf("users-groups-by-id: %d ids, at most %d per request", n, maxIDs))
+	}
+	body := appendUint32([]byte{fxpExtendedReply}, id)
+	body = appendString(body, string(names(uids, identity.UserName)))
+	body = appendString(body, string(names(gids, identity.GroupName)))
+	if len(body) > maxPacket {
+		return statusReply(id, fxFailure, "users-groups-by-id: the names do not fit in one reply")
+	}
+	return body
+}
+
+// names packs name(id) for each uint32 of ids, each looked up once.
+func names(ids string, name func(uint32) string) []byte {
+	var out []byte
+	seen := map[uint32]string{}
+	for i := 0; i+4 <= len(ids); i += 4 {
+		v := binary.BigEndian.Uint32([]byte(ids[i : i+4]))
+		n, ok := seen[v]
+		if !ok {
+			n = name(v)
+			seen[v] = n
+		}
+		out = appendString(out, n)
+	}
+	return out
+}
+
+func statusReply(id, code uint32, msg string) []byte {
+	body := appendUint32([]byte{fxpStatus}, id)
+	body = appendUint32(body, code)
+	return appendString(appendString(body, msg), "")
 }
 
 func sftpString(b []byte) (string, []byte, bool) {

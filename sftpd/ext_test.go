@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"io"
 	"os"
+	"os/user"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -86,5 +88,73 @@ func TestExtensions(t *testing.T) {
 	send(appendString(appendUint32([]byte{16}, 10), "."))
 	if r = recv(); r[0] != fxpName {
 		t.Errorf("realpath through the layer: type %d", r[0])
+	}
+}
+
+// users-groups-by-id@openssh.com: names in request order, "" for an id
+// without one; malformed or oversized requests get a STATUS.
+func TestUsersGroupsByID(t *testing.T) {
+	me, err := user.Current()
+	if err != nil {
+		t.Skip("no current user")
+	}
+	grp, err := user.LookupGroupId(me.Gid)
+	if err != nil {
+		t.Skip("no group for the current gid")
+	}
+	uid, _ := strconv.ParseUint(me.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(me.Gid, 10, 32)
+	const unknown = 3999999999
+	ids := func(v ...uint32) string {
+		var b []byte
+		for _, x := range v {
+			b = appendUint32(b, x)
+		}
+		return string(b)
+	}
+	send, recv := startServer(t)
+	send(appendUint32([]byte{1}, 3))
+	if v := recv(); !strings.Contains(string(v), "users-groups-by-id@openssh.com") {
+		t.Fatalf("VERSION %q lacks users-groups-by-id", v)
+	}
+	send(extended(5, "users-groups-by-id@openssh.com", ids(uint32(uid), unknown, uint32(uid)), ids(unknown, uint32(gid))))
+	r := recv()
+	if r[0] != fxpExtendedReply || binary.BigEndian.Uint32(r[1:5]) != 5 {
+		t.Fatalf("reply type %d", r[0])
+	}
+	users, rest, ok1 := sftpString(r[5:])
+	groups, _, ok2 := sftpString(rest)
+	if !ok1 || !ok2 {
+		t.Fatalf("reply %q", r)
+	}
+	list := func(b string) []string {
+		var out []string
+		for rest := []byte(b); len(rest) > 0; {
+			s, r, ok := sftpString(rest)
+			if !ok {
+				t.Fatalf("name list %q", b)
+			}
+			out, rest = append(out, s), r
+		}
+		return out
+	}
+	if got, want := strings.Join(list(users), ","), me.Username+",,"+me.Username; got != want {
+		t.Errorf("users %q, want %q", got, want)
+	}
+	if got, want := strings.Join(list(groups), ","), ","+grp.Name; got != want {
+		t.Errorf("groups %q, want %q", got, want)
+	}
+
+	send(extended(6, "users-groups-by-id@openssh.com", "abc", ""))
+	if r = recv(); r[0] != fxpStatus || binary.BigEndian.Uint32(r[5:9]) != fxBadMessage {
+		t.Errorf("malformed: %v", r)
+	}
+	send(extended(7, "users-groups-by-id@openssh.com", strings.Repeat(ids(unknown), maxIDs), ids(unknown)))
+	if r = recv(); r[0] != fxpStatus || !strings.Contains(string(r), "at most 1024") {
+		t.Errorf("over the cap: %q", r)
+	}
+	send(extended(8, "users-groups-by-id@openssh.com", "", ""))
+	if r = recv(); r[0] != fxpExtendedReply || len(r) != 13 {
+		t.Errorf("empty lists: %v", r)
 	}
 }
