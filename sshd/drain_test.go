@@ -83,7 +83,12 @@ func TestPTYEndsAtShellExit(t *testing.T) {
 // A client that closes the session while a background job still writes
 // ends it: the slot is given back with the connection still up, and after
 // Close nothing of the session is left.
-func TestClientLeavesWhileJobWrites(t *testing.T) {
+func TestClientLeavesWhileJobWrites(t *testing.T) { jobWritesAtEnd(t, false) }
+
+// The server's Close ends such a session too, and leaves nothing of it.
+func TestCloseWhileJobWrites(t *testing.T) { jobWritesAtEnd(t, true) }
+
+func jobWritesAtEnd(t *testing.T, serverClose bool) {
 	me, err := user.Current()
 	if err != nil {
 		t.Skip("no current user")
@@ -119,6 +124,9 @@ func TestClientLeavesWhileJobWrites(t *testing.T) {
 		t.Fatalf("first: %q %v", buf, err)
 	}
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	if serverClose {
+		s.Close()
+	}
 	_ = sess.Close()
 	for deadline := time.Now().Add(10 * time.Second); len(s.slots) > 0; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
