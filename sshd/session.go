@@ -389,11 +389,11 @@ func (ss *session) copyOut(w io.Writer, r *os.File, tty bool) {
 		for {
 			n, err := r.Read(buf)
 			if n > 0 {
-				if tty {
-					ss.extendDrain(r)
-				}
 				if _, werr := w.Write(buf[:n]); werr != nil {
 					return
+				}
+				if tty { // after the write: a slow client does not cut the drain
+					ss.extendDrain(r)
 				}
 			}
 			if err != nil {
