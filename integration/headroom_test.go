@@ -80,10 +80,50 @@ func TestHeadroomMemoryHogs(t *testing.T) {
 	}
 	flags := append(headroomCgroups(t), "--memory", "256m", "--memory-swap", "256m")
 	s, c := pressureSandbox(t, flags...)
-	if log := c.logs(); !strings.Contains(log, `"workload_cgroup":"/sys/fs/cgroup/memory/`) {
-		t.Fatalf("no workload cgroup made:\n%s", tail(log, 20))
+	memoryHogs(t, s, c.logs)
+}
+
+// TestHeadroomMemoryHogsNS: the same in the namespace sandbox, given a
+// cgroup v1 subtree of its own by the harness (Options.CgroupV1: 256 MiB,
+// 200 pids), as a runtime with a writable cgroup would.
+func TestHeadroomMemoryHogsNS(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{CgroupV1: &CgroupV1{MemoryBytes: 256 << 20, Pids: pressurePids}})
+	h := agentState(t, s).Headroom
+	if h == nil || h.Version != "v1" || h.Workload != "/sys/fs/cgroup/memory/workload" ||
+		h.MemoryMax != 256<<20-48<<20 || h.PidsMax != pressurePids-64 {
+		t.Fatalf("status headroom %+v: want the v1 workload cgroup with limits a reserve below the sandbox's", h)
 	}
-	for _, line := range strings.Split(c.logs(), "\n") {
+	memoryHogs(t, s, s.AgentLog)
+	// v1 counts an OOM kill in the victim's own cgroup only: every kill
+	// was in the workload, none in the sandbox's cgroup where PID 1 is.
+	own := oomKills(filepath.Join(cgroupV1Root, "memory", s.cgroup, "memory.oom_control"))
+	wl := oomKills(filepath.Join(cgroupV1Root, "memory", s.cgroup, "workload", "memory.oom_control"))
+	t.Logf("OOM kills: %d in the workload, %d in the sandbox's own cgroup", wl, own)
+	if own != 0 || wl <= 0 {
+		t.Errorf("OOM kills: %d in the workload, %d beside PID 1: want all in the workload", wl, own)
+	}
+}
+
+// oomKills is the oom_kill count in a v1 memory.oom_control, -1 if none.
+func oomKills(file string) int {
+	b, _ := os.ReadFile(file)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return -1
+}
+
+// memoryHogs is the memory-hog pressure run on sandbox s (its agent's log
+// read with logs), which has a 256 MiB limit and a writable v1 cgroup.
+func memoryHogs(t *testing.T, s *System, logs func() string) {
+	if log := logs(); !strings.Contains(log, `"workload_cgroup":"/sys/fs/cgroup/memory/`) || !strings.Contains(log, `"workload_cgroup_version":"v1"`) {
+		t.Fatalf("no v1 workload cgroup made:\n%s", tail(log, 20))
+	}
+	for _, line := range strings.Split(logs(), "\n") {
 		if strings.Contains(line, `"headroom"`) {
 			t.Logf("agent: %s", line)
 		}
