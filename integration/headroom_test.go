@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -93,6 +95,10 @@ func TestHeadroomMemoryHogsNS(t *testing.T) {
 	if h == nil || h.Version != "v1" || h.Workload != "/sys/fs/cgroup/memory/workload" ||
 		h.MemoryMax != 256<<20-48<<20 || h.PidsMax != pressurePids-64 {
 		t.Fatalf("status headroom %+v: want the v1 workload cgroup with limits a reserve below the sandbox's", h)
+	}
+	if out, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "status", "--socket", s.ControlSocket()).Output(); err != nil ||
+		!regexp.MustCompile(`(?m)^  workload_cgroup_version: +v1$`).Match(out) {
+		t.Errorf("tl-agent status (%v) does not say v1:\n%s", err, out)
 	}
 	memoryHogs(t, s, s.AgentLog)
 	// v1 counts an OOM kill in the victim's own cgroup only: every kill
