@@ -217,11 +217,25 @@ func memoryHogs(t *testing.T, s *System, logs func() string) {
 func TestHeadroomForkBomb(t *testing.T) {
 	requirePodman(t)
 	s, c := pressureSandbox(t, headroomCgroups(t)...)
-	if log := c.logs(); !strings.Contains(log, `"workload_pids_max":136`) {
+	forkBomb(t, s, c.logs)
+}
+
+// TestHeadroomForkBombNS: the same in the namespace sandbox with a v1
+// cgroup subtree of its own (Options.CgroupV1, 200 pids).
+func TestHeadroomForkBombNS(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{CgroupV1: &CgroupV1{MemoryBytes: 256 << 20, Pids: pressurePids}})
+	forkBomb(t, s, s.AgentLog)
+}
+
+// forkBomb is the fork-bomb run on sandbox s (its agent's log read with
+// logs), which has a limit of pressurePids and a writable v1 cgroup.
+func forkBomb(t *testing.T, s *System, logs func() string) {
+	if log := logs(); !strings.Contains(log, `"workload_pids_max":136`) {
 		t.Fatalf("no workload pids limit of 136:\n%s", tail(log, 20))
 	}
 	// The agent's log names the memory workload; the pids one is its twin.
-	_, after, _ := strings.Cut(c.logs(), `"workload_cgroup":"/sys/fs/cgroup/memory/`)
+	_, after, _ := strings.Cut(logs(), `"workload_cgroup":"/sys/fs/cgroup/memory/`)
 	rel, _, _ := strings.Cut(after, `"`)
 	probe := startProber(s)
 	bomb := `for i in 1 2 3 4; do (while :; do sleep 600 & done) & done; wait`
