@@ -76,7 +76,7 @@ func SetupHeadroom(log zerolog.Logger, pid1 bool) *Headroom {
 	if pid1 {
 		cg, _ := os.ReadFile("/proc/self/cgroup")
 		mi, _ := os.ReadFile("/proc/self/mountinfo")
-		w, err = makeWorkload(string(cg), string(mi))
+		w, err = makeWorkload(string(cg), string(mi), InitialPidNS())
 	}
 	if err != nil {
 		h.st.WorkloadNone = err.Error()

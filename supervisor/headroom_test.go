@@ -31,7 +31,7 @@ func TestMakeWorkload(t *testing.T) {
 		"141 129 0:40 / " + filepath.Join(root, "unified") + " rw - cgroup2 cgroup2 rw",
 	}, "\n")
 	cgroup := "8:pids:/p/c1\n4:memory:/p/c1\n0::/\n"
-	w, err := makeWorkload(cgroup, mountinfo)
+	w, err := makeWorkload(cgroup, mountinfo, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestMakeWorkload(t *testing.T) {
 	if strings.Join(files, " ") != strings.Join(want, " ") {
 		t.Errorf("tasks files %q, want %q", files, want)
 	}
-	if _, err := makeWorkload("0::/x\n", ""); err == nil {
+	if _, err := makeWorkload("0::/x\n", "", false); err == nil {
 		t.Error("no v1 mounts: a workload anyway")
 	}
 }
@@ -83,12 +83,12 @@ func readFile(t *testing.T, name string) string {
 func TestMakeWorkloadV2(t *testing.T) {
 	cg := t.TempDir()
 	fakeCgroup2(t, cg, map[string]string{
-		"cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma misc\n", "cgroup.subtree_control": "",
+		"cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma misc\n", "cgroup.subtree_control": "", "cgroup.type": "domain\n",
 		"cgroup.procs": "1\n", "memory.max": "268435456\n", "pids.max": "200\n",
 	})
 	fakeCgroup2(t, filepath.Join(cg, AgentCgroup), map[string]string{"cgroup.procs": ""})
 	mountinfo := "1040 1030 0:26 / " + cg + " rw,nosuid,nodev,noexec - cgroup2 cgroup2 rw\n"
-	w, err := makeWorkload("0::/\n", mountinfo)
+	w, err := makeWorkload("0::/\n", mountinfo, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,9 +121,9 @@ func TestMakeWorkloadV2Delegated(t *testing.T) {
 	fakeCgroup2(t, filepath.Join(mnt, "sbx"), map[string]string{"memory.max": "536870912\n", "pids.max": "300\n"})
 	own := filepath.Join(mnt, "sbx", "svc")
 	fakeCgroup2(t, own, map[string]string{
-		"cgroup.controllers": "memory\n", "cgroup.subtree_control": "", "cgroup.procs": "7\n", "memory.max": "max\n",
+		"cgroup.controllers": "memory\n", "cgroup.subtree_control": "", "cgroup.procs": "7\n", "memory.max": "max\n", "cgroup.type": "domain\n",
 	})
-	w, err := makeWorkload("0::/sbx/svc\n", "30 25 0:26 / "+mnt+" rw - cgroup2 cgroup2 rw,nsdelegate\n")
+	w, err := makeWorkload("0::/sbx/svc\n", "30 25 0:26 / "+mnt+" rw - cgroup2 cgroup2 rw,nsdelegate\n", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,12 +142,36 @@ func TestMakeWorkloadV2Delegated(t *testing.T) {
 // workload, and the reason names what is there; nothing is moved.
 func TestMakeWorkloadV2NoControllers(t *testing.T) {
 	cg := t.TempDir()
-	fakeCgroup2(t, cg, map[string]string{"cgroup.controllers": "hugetlb\n", "cgroup.procs": "1\n"})
-	_, err := makeWorkload("0::/\n", "30 25 0:26 / "+cg+" rw - cgroup2 cgroup2 rw\n")
+	fakeCgroup2(t, cg, map[string]string{"cgroup.controllers": "hugetlb\n", "cgroup.procs": "1\n", "cgroup.type": "domain\n"})
+	_, err := makeWorkload("0::/\n", "30 25 0:26 / "+cg+" rw - cgroup2 cgroup2 rw\n", false)
 	if err == nil || !strings.Contains(err.Error(), "no memory or pids controller") || !strings.Contains(err.Error(), "hugetlb") {
 		t.Errorf("err %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(cg, AgentCgroup)); !os.IsNotExist(err) {
 		t.Errorf("the agent's leaf was made anyway: %v", err)
+	}
+}
+
+// The hierarchy's root (no cgroup.type) seen from a sandbox without a
+// cgroup namespace is the host's: refused, nothing made. A VM's init
+// splits it, the workload's memory.max the machine's memory less the
+// reserve (the root has no memory.max).
+func TestMakeWorkloadV2Root(t *testing.T) {
+	cg := t.TempDir()
+	fakeCgroup2(t, cg, map[string]string{"cgroup.controllers": "memory pids\n", "cgroup.procs": "1\n2\n", "cgroup.subtree_control": ""})
+	mountinfo := "30 25 0:26 / " + cg + " rw - cgroup2 cgroup2 rw\n"
+	if _, err := makeWorkload("0::/\n", mountinfo, false); err == nil || !strings.Contains(err.Error(), "root cgroup") {
+		t.Errorf("the host's root split: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(cg, AgentCgroup)); !os.IsNotExist(err) {
+		t.Errorf("a leaf was made in the host's root: %v", err)
+	}
+	fakeCgroup2(t, filepath.Join(cg, AgentCgroup), map[string]string{"cgroup.procs": ""})
+	w, err := makeWorkload("0::/\n", mountinfo, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := memTotal(); m <= MemoryReserve || w.mem != m-MemoryReserve || w.pids != 0 {
+		t.Errorf("VM workload %+v, MemTotal %d", w, m)
 	}
 }

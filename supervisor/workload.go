@@ -29,7 +29,10 @@ type workload struct {
 
 // makeWorkload makes the workload cgroup below the agent's own and sets
 // its limits a reserve below the sandbox's.
-func makeWorkload(cgroup, mountinfo string) (workload, error) {
+// vm says the agent is a machine's init (InitialPidNS): only then may it
+// split the hierarchy's root cgroup, which is otherwise the host's, seen
+// from a sandbox without a cgroup namespace.
+func makeWorkload(cgroup, mountinfo string, vm bool) (workload, error) {
 	mem, pids := v1Dir(cgroup, mountinfo, "memory"), v1Dir(cgroup, mountinfo, "pids")
 	if mem.at != "" || pids.at != "" {
 		return makeWorkloadV1(mem, pids)
@@ -47,7 +50,7 @@ func makeWorkload(cgroup, mountinfo string) (workload, error) {
 	if own == "" {
 		return workload{}, errors.New("cgroup2 is mounted but /proc/self/cgroup names no v2 cgroup")
 	}
-	return makeWorkloadV2(path.Join(m.at, relTo(m, own)), m.at)
+	return makeWorkloadV2(path.Join(m.at, relTo(m, own)), m.at, vm)
 }
 
 // makeWorkloadV1 creates workload below the agent's memory and pids
@@ -83,8 +86,17 @@ func makeWorkloadV1(mem, pids cgroupMount) (workload, error) {
 // enabled for its children, and dir/workload gets memory.max and pids.max
 // a reserve below the lowest limit on dir and its parents up to the
 // mount point top (a delegated subtree's limit may sit on its parent).
-func makeWorkloadV2(dir, top string) (workload, error) {
+//
+// The hierarchy's root (it alone has no cgroup.type) has no limits and
+// is the machine's: it is split only by a VM's init, whose workload's
+// memory.max is then the machine's memory less the reserve.
+func makeWorkloadV2(dir, top string, vm bool) (workload, error) {
 	w := workload{version: "v2", dir: path.Join(dir, WorkloadCgroup)}
+	_, err := os.Stat(path.Join(dir, "cgroup.type"))
+	root := errors.Is(err, os.ErrNotExist)
+	if root && !vm {
+		return w, fmt.Errorf("cgroup v2 %s is the machine's root cgroup and this is no VM (no cgroup namespace): not the sandbox's to split", dir)
+	}
 	have, err := os.ReadFile(path.Join(dir, "cgroup.controllers"))
 	if err != nil {
 		return w, err
@@ -109,7 +121,11 @@ func makeWorkloadV2(dir, top string) (workload, error) {
 		if !hasWord(strings.Join(ctrls, " "), " ", c.ctrl) {
 			continue
 		}
-		if err := setLimit(w.dir, c.file, lowestLimit(dir, top, c.file), c.reserve, c.got); err != nil {
+		limit := lowestLimit(dir, top, c.file)
+		if root && c.ctrl == "memory" {
+			limit = memTotal()
+		}
+		if err := setLimit(w.dir, c.file, limit, c.reserve, c.got); err != nil {
 			return w, err
 		}
 	}
@@ -147,6 +163,12 @@ func splitV2(dir string, ctrls []string) error {
 	}
 	enable := "+" + strings.Join(ctrls, " +")
 	if err := os.WriteFile(path.Join(dir, "cgroup.subtree_control"), []byte(enable), 0); err != nil {
+		// Leave dir as it was: its processes back, no leaf.
+		b, _ := os.ReadFile(path.Join(leaf, "cgroup.procs"))
+		for _, pid := range strings.Fields(string(b)) {
+			_ = os.WriteFile(path.Join(dir, "cgroup.procs"), []byte(pid), 0)
+		}
+		_ = os.Remove(leaf)
 		return fmt.Errorf("enable %q in %s: %w (processes left in it, or not delegated)", enable, dir, err)
 	}
 	if err := os.Mkdir(path.Join(dir, WorkloadCgroup), 0o755); err != nil && !errors.Is(err, os.ErrExist) {
@@ -194,4 +216,17 @@ func v1Dir(cgroup, mountinfo, controller string) cgroupMount {
 		}
 	}
 	return cgroupMount{}
+}
+
+// memTotal is the machine's memory (/proc/meminfo), -1 when unknown.
+func memTotal() int64 {
+	b, _ := os.ReadFile("/proc/meminfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			if kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64); err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return -1
 }

@@ -70,6 +70,16 @@ func TestSplitV2RealKernel(t *testing.T) {
 	if !errors.Is(err, syscall.EBUSY) {
 		t.Fatalf("the kernel took a controller for a cgroup with a process in it (%v): the proof proves nothing", err)
 	}
+	// A controller the cgroup lacks: refused, and dir is left as it was.
+	if err := splitV2(dir, []string{"memory"}); err == nil {
+		t.Fatal("memory enabled where the hierarchy has none")
+	}
+	if _, err := os.Stat(filepath.Join(dir, AgentCgroup)); !os.IsNotExist(err) {
+		t.Errorf("the failed split left its leaf: %v", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs")); strings.TrimSpace(string(got)) != strconv.Itoa(agent.Process.Pid) {
+		t.Errorf("after the failed split %s holds %q, want the agent back", dir, got)
+	}
 	if err := splitV2(dir, []string{"hugetlb"}); err != nil {
 		t.Fatal(err)
 	}
