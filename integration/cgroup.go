@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 )
 
@@ -26,6 +27,18 @@ type CgroupV1 struct {
 const cgroupV1Root = "/sys/fs/cgroup"
 
 var cgroupV1Controllers = []string{"memory", "pids"}
+
+// RequireCgroupV1 skips a test that needs this machine's v1 memory and
+// pids hierarchies (Options.CgroupV1), with the reason; it needs root too.
+func RequireCgroupV1(t *testing.T) {
+	t.Helper()
+	RequireRoot(t)
+	for _, c := range cgroupV1Controllers {
+		if _, err := os.Stat(filepath.Join(cgroupV1Root, c, "tasks")); err != nil {
+			t.Skipf("no cgroup v1 %s hierarchy at %s: %v", c, cgroupV1Root, err)
+		}
+	}
+}
 
 // makeCgroupV1 makes the sandbox's v1 cgroups and registers their removal
 // (after the sandbox stops: call it before Start's Cleanup(s.Stop)). It

@@ -89,7 +89,7 @@ func TestHeadroomMemoryHogs(t *testing.T) {
 // cgroup v1 subtree of its own by the harness (Options.CgroupV1: 256 MiB,
 // 200 pids), as a runtime with a writable cgroup would.
 func TestHeadroomMemoryHogsNS(t *testing.T) {
-	RequireRoot(t)
+	RequireCgroupV1(t)
 	s := Start(t, Options{CgroupV1: &CgroupV1{MemoryBytes: 256 << 20, Pids: pressurePids}})
 	h := agentState(t, s).Headroom
 	if h == nil || h.Version != "v1" || h.Workload != "/sys/fs/cgroup/memory/workload" ||
@@ -223,7 +223,7 @@ func TestHeadroomForkBomb(t *testing.T) {
 // TestHeadroomForkBombNS: the same in the namespace sandbox with a v1
 // cgroup subtree of its own (Options.CgroupV1, 200 pids).
 func TestHeadroomForkBombNS(t *testing.T) {
-	RequireRoot(t)
+	RequireCgroupV1(t)
 	s := Start(t, Options{CgroupV1: &CgroupV1{MemoryBytes: 256 << 20, Pids: pressurePids}})
 	forkBomb(t, s, s.AgentLog)
 }
