@@ -123,6 +123,9 @@ func (st Status) WriteText(w io.Writer) {
 			line("  ", "lower_refused", h.LowerRefused)
 		}
 		line("  ", "workload_cgroup", h.Workload)
+		if h.Version != "" {
+			line("  ", "workload_cgroup_version", h.Version)
+		}
 		if h.MemoryMax > 0 {
 			line("  ", "workload_memory_max", h.MemoryMax)
 		}

@@ -97,6 +97,9 @@ type Options struct {
 	// NoAgent starts only the proxy: the test runs its own agent (in a
 	// container, say) with AgentFlags and waits with WaitConnected.
 	NoAgent bool
+	// CgroupV1, when set, gives the namespace sandbox a v1 memory and
+	// pids cgroup of its own with these limits (cgroup.go).
+	CgroupV1 *CgroupV1
 }
 
 // System is a running proxy plus a sandbox whose agent is connected to it.
@@ -125,6 +128,7 @@ type System struct {
 	agentErr  error
 	agentLog  *syncBuffer
 	proxyLog  *syncBuffer
+	cgroup    string // the sandbox's v1 cgroups' name (Options.CgroupV1)
 }
 
 // RequireRoot skips a test that needs root (namespaces, mounts), with the
@@ -167,6 +171,9 @@ func Start(t TB, opts Options) *System {
 		t.Fatalf("write token file: %v", err)
 	}
 	s.agentLog, s.proxyLog = &syncBuffer{}, &syncBuffer{}
+	if opts.CgroupV1 != nil && !opts.NoSandbox {
+		s.cgroup = makeCgroupV1(t, *opts.CgroupV1) // removed after Stop
+	}
 	s.StartProxy()
 	t.Cleanup(s.Stop)
 	if opts.NoAgent {
@@ -246,6 +253,9 @@ func (s *System) StartAgent() {
 		cmd.Env = append(os.Environ(), "TL_SANDBOX_DIR="+root)
 		if s.opts.Bare {
 			cmd.Env = append(cmd.Env, "TL_SANDBOX_BARE=1")
+		}
+		if s.cgroup != "" {
+			cmd.Env = append(cmd.Env, "TL_SANDBOX_CGROUP_V1="+s.cgroup)
 		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{
 			Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,

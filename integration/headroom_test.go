@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -80,10 +82,54 @@ func TestHeadroomMemoryHogs(t *testing.T) {
 	}
 	flags := append(headroomCgroups(t), "--memory", "256m", "--memory-swap", "256m")
 	s, c := pressureSandbox(t, flags...)
-	if log := c.logs(); !strings.Contains(log, `"workload_cgroup":"/sys/fs/cgroup/memory/`) {
-		t.Fatalf("no workload cgroup made:\n%s", tail(log, 20))
+	memoryHogs(t, s, c.logs)
+}
+
+// TestHeadroomMemoryHogsNS: the same in the namespace sandbox, given a
+// cgroup v1 subtree of its own by the harness (Options.CgroupV1: 256 MiB,
+// 200 pids), as a runtime with a writable cgroup would.
+func TestHeadroomMemoryHogsNS(t *testing.T) {
+	RequireCgroupV1(t)
+	s := Start(t, Options{CgroupV1: &CgroupV1{MemoryBytes: 256 << 20, Pids: pressurePids}})
+	h := agentState(t, s).Headroom
+	if h == nil || h.Version != "v1" || h.Workload != "/sys/fs/cgroup/memory/workload" ||
+		h.MemoryMax != 256<<20-48<<20 || h.PidsMax != pressurePids-64 {
+		t.Fatalf("status headroom %+v: want the v1 workload cgroup with limits a reserve below the sandbox's", h)
 	}
-	for _, line := range strings.Split(c.logs(), "\n") {
+	if out, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "status", "--socket", s.ControlSocket()).Output(); err != nil ||
+		!regexp.MustCompile(`(?m)^  workload_cgroup_version: +v1$`).Match(out) {
+		t.Errorf("tl-agent status (%v) does not say v1:\n%s", err, out)
+	}
+	memoryHogs(t, s, s.AgentLog)
+	// v1 counts an OOM kill in the victim's own cgroup only: every kill
+	// was in the workload, none in the sandbox's cgroup where PID 1 is.
+	own := oomKills(filepath.Join(cgroupV1Root, "memory", s.cgroup, "memory.oom_control"))
+	wl := oomKills(filepath.Join(cgroupV1Root, "memory", s.cgroup, "workload", "memory.oom_control"))
+	t.Logf("OOM kills: %d in the workload, %d in the sandbox's own cgroup", wl, own)
+	if own != 0 || wl <= 0 {
+		t.Errorf("OOM kills: %d in the workload, %d beside PID 1: want all in the workload", wl, own)
+	}
+}
+
+// oomKills is the oom_kill count in a v1 memory.oom_control, -1 if none.
+func oomKills(file string) int {
+	b, _ := os.ReadFile(file)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return -1
+}
+
+// memoryHogs is the memory-hog pressure run on sandbox s (its agent's log
+// read with logs), which has a 256 MiB limit and a writable v1 cgroup.
+func memoryHogs(t *testing.T, s *System, logs func() string) {
+	if log := logs(); !strings.Contains(log, `"workload_cgroup":"/sys/fs/cgroup/memory/`) || !strings.Contains(log, `"workload_cgroup_version":"v1"`) {
+		t.Fatalf("no v1 workload cgroup made:\n%s", tail(log, 20))
+	}
+	for _, line := range strings.Split(logs(), "\n") {
 		if strings.Contains(line, `"headroom"`) {
 			t.Logf("agent: %s", line)
 		}
@@ -171,11 +217,25 @@ func TestHeadroomMemoryHogs(t *testing.T) {
 func TestHeadroomForkBomb(t *testing.T) {
 	requirePodman(t)
 	s, c := pressureSandbox(t, headroomCgroups(t)...)
-	if log := c.logs(); !strings.Contains(log, `"workload_pids_max":136`) {
+	forkBomb(t, s, c.logs)
+}
+
+// TestHeadroomForkBombNS: the same in the namespace sandbox with a v1
+// cgroup subtree of its own (Options.CgroupV1, 200 pids).
+func TestHeadroomForkBombNS(t *testing.T) {
+	RequireCgroupV1(t)
+	s := Start(t, Options{CgroupV1: &CgroupV1{MemoryBytes: 256 << 20, Pids: pressurePids}})
+	forkBomb(t, s, s.AgentLog)
+}
+
+// forkBomb is the fork-bomb run on sandbox s (its agent's log read with
+// logs), which has a limit of pressurePids and a writable v1 cgroup.
+func forkBomb(t *testing.T, s *System, logs func() string) {
+	if log := logs(); !strings.Contains(log, `"workload_pids_max":136`) {
 		t.Fatalf("no workload pids limit of 136:\n%s", tail(log, 20))
 	}
 	// The agent's log names the memory workload; the pids one is its twin.
-	_, after, _ := strings.Cut(c.logs(), `"workload_cgroup":"/sys/fs/cgroup/memory/`)
+	_, after, _ := strings.Cut(logs(), `"workload_cgroup":"/sys/fs/cgroup/memory/`)
 	rel, _, _ := strings.Cut(after, `"`)
 	probe := startProber(s)
 	bomb := `for i in 1 2 3 4; do (while :; do sleep 600 & done) & done; wait`

@@ -16,6 +16,10 @@
 # full, random, urandom and tty (make run), instead of the host's /dev.
 # TL_SANDBOX_UPLINK_DIR=D binds host folder D at /run/tl-uplink, where an
 # agent in --listen mode puts its socket for tl-proxy --connect.
+# TL_SANDBOX_CGROUP_V1=NAME moves the sandbox into this machine's v1
+# cgroups /sys/fs/cgroup/{memory,pids}/NAME (made and limited by the
+# caller) and binds them at the sandbox's /sys/fs/cgroup/{memory,pids},
+# writable: the agent sees a cgroup of its own and makes its workload in it.
 # TL_SANDBOX_HARDEN=1 (make run) mounts /sys, /proc/sys and
 # /proc/sysrq-trigger read-only and drops the capabilities a sandbox has no
 # use for from the bounding set (modules, raw I/O, the clock, device
@@ -28,6 +32,14 @@ agent_bin=$(readlink -f "$1"); shift
 dir=${TL_SANDBOX_DIR:-$(mktemp -d /tmp/tl-sandbox.XXXXXX)}
 
 mount --make-rprivate /
+cgroup_v1=${TL_SANDBOX_CGROUP_V1:-}
+if [ -n "$cgroup_v1" ]; then
+  # First: everything the sandbox starts (and the memory it touches) is
+  # charged there.
+  for c in memory pids; do
+    echo $$ > "/sys/fs/cgroup/$c/$cgroup_v1/cgroup.procs"
+  done
+fi
 mount -t tmpfs -o mode=0755 tl-sandbox "$dir"
 mkdir -p "$dir/upper" "$dir/work" "$dir/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$dir/upper,workdir=$dir/work" "$dir/root"
@@ -59,6 +71,13 @@ if [ "${TL_SANDBOX_BARE:-0}" != 1 ]; then
   mount -t tmpfs -o mode=1777,nosuid,nodev shm "$r/dev/shm"
   mount -t proc proc "$r/proc"
   mount -t sysfs sysfs "$r/sys" 2>/dev/null || mount --rbind /sys "$r/sys"
+  if [ -n "$cgroup_v1" ]; then
+    mount -t tmpfs -o mode=0755,nosuid,nodev,noexec cgroup "$r/sys/fs/cgroup"
+    for c in memory pids; do
+      mkdir "$r/sys/fs/cgroup/$c"
+      mount --bind "/sys/fs/cgroup/$c/$cgroup_v1" "$r/sys/fs/cgroup/$c"
+    done
+  fi
   mount -t tmpfs -o mode=0755,nosuid,nodev run "$r/run"
   mount -t tmpfs -o mode=1777,nosuid,nodev tmp "$r/tmp"
 else

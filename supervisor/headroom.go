@@ -37,9 +37,10 @@ const (
 type HeadroomStatus struct {
 	AgentOOMScoreAdj int    `json:"agent_oom_score_adj"`
 	ChildOOMScoreAdj int    `json:"child_oom_score_adj"`
-	Failed           int64  `json:"headroom_failed"`         // children whose score or cgroup could not be set
-	LowerRefused     string `json:"lower_refused,omitempty"` // why the agent's score could not be lowered
-	Workload         string `json:"workload_cgroup"`         // its memory cgroup dir, "" when none
+	Failed           int64  `json:"headroom_failed"`                   // children whose score or cgroup could not be set
+	LowerRefused     string `json:"lower_refused,omitempty"`           // why the agent's score could not be lowered
+	Workload         string `json:"workload_cgroup"`                   // its memory cgroup dir, "" when none
+	Version          string `json:"workload_cgroup_version,omitempty"` // "v1" or "v2"
 	MemoryMax        int64  `json:"workload_memory_max,omitempty"`
 	WorkloadNone     string `json:"workload_none,omitempty"` // why there is none
 	PidsMax          int64  `json:"workload_pids_max,omitempty"`
@@ -49,7 +50,6 @@ type HeadroomStatus struct {
 type Headroom struct {
 	st     HeadroomStatus
 	failed atomic.Int64
-	files  []string // the workload's procs files, for the OOM counter too
 }
 
 // Status is the headroom's state for the operator.
@@ -71,94 +71,42 @@ func SetupHeadroom(log zerolog.Logger, pid1 bool) *Headroom {
 	own := readInt("/proc/self/oom_score_adj", 0)
 	h.st.AgentOOMScoreAdj = int(own)
 	h.st.ChildOOMScoreAdj = min(int(own)+ChildOOMScoreAdjDelta, 1000)
-	var procs []string
-	var st workload
+	var w workload
 	err := errors.New("not the sandbox's PID 1")
 	if pid1 {
 		cg, _ := os.ReadFile("/proc/self/cgroup")
 		mi, _ := os.ReadFile("/proc/self/mountinfo")
-		procs, st, err = makeWorkload(string(cg), string(mi))
+		w, err = makeWorkload(string(cg), string(mi), InitialPidNS())
 	}
 	if err != nil {
 		h.st.WorkloadNone = err.Error()
+		w = workload{}
 	} else {
-		h.files, h.st.Workload, h.st.PidsMax, h.st.MemoryMax = procs, st.dir, st.pids, st.mem
+		h.st.Workload, h.st.Version, h.st.PidsMax, h.st.MemoryMax = w.dir, w.version, w.pids, w.mem
 	}
-	launch.SetHeadroom(&launch.Headroom{OOMScoreAdj: h.st.ChildOOMScoreAdj, SetOOM: true, Procs: procs, Failed: &h.failed})
+	launch.SetHeadroom(&launch.Headroom{OOMScoreAdj: h.st.ChildOOMScoreAdj, SetOOM: true, Procs: w.procs, Failed: &h.failed})
 	ev := log.Info()
 	if h.st.LowerRefused != "" || h.st.WorkloadNone != "" {
 		ev = log.Warn()
 	}
 	ev.Int("agent_oom_score_adj", h.st.AgentOOMScoreAdj).Int("child_oom_score_adj", h.st.ChildOOMScoreAdj).
-		Str("lower_refused", h.st.LowerRefused).Str("workload_cgroup", h.st.Workload).Str("workload_none", h.st.WorkloadNone).
+		Str("lower_refused", h.st.LowerRefused).Str("workload_cgroup", h.st.Workload).Str("workload_cgroup_version", h.st.Version).Str("workload_none", h.st.WorkloadNone).
 		Int64("workload_pids_max", h.st.PidsMax).Int64("workload_memory_max", h.st.MemoryMax).Msg("headroom")
 	return h
 }
 
 // WorkloadOOMFile is the workload's OOM kill counter file, "" when none:
-// under cgroup v1 an OOM kill counts only in the victim's own cgroup.
+// under cgroup v1 an OOM kill counts only in the victim's own cgroup
+// (v2's memory.events counts the subtree's, so the agent's own counter
+// sees it too: a rise is a rise either way).
 func (h *Headroom) WorkloadOOMFile() string {
-	if h == nil || h.st.Workload == "" {
+	switch {
+	case h == nil || h.st.Workload == "":
 		return ""
+	case h.st.Version == "v2":
+		return path.Join(h.st.Workload, "memory.events")
 	}
 	return path.Join(h.st.Workload, "memory.oom_control")
-}
-
-type workload struct {
-	dir       string
-	pids, mem int64
-}
-
-// makeWorkload creates the v1 workload cgroups (memory and pids) below the
-// agent's own and sets their limits; it returns the tasks files.
-func makeWorkload(cgroup, mountinfo string) ([]string, workload, error) {
-	var w workload
-	memDir, pidsDir := v1Dir(cgroup, mountinfo, "memory"), v1Dir(cgroup, mountinfo, "pids")
-	if memDir == "" && pidsDir == "" {
-		return nil, w, errors.New("no cgroup v1 memory or pids controller mounted (cgroup v2 is not handled yet)")
-	}
-	var files []string
-	for _, c := range []struct {
-		dir, limit string
-		reserve    int64
-		got        *int64
-	}{{memDir, "memory.limit_in_bytes", MemoryReserve, &w.mem}, {pidsDir, "pids.max", PidsReserve, &w.pids}} {
-		if c.dir == "" {
-			continue
-		}
-		parent := readInt(path.Join(c.dir, c.limit), -1) // "max" reads as -1
-		sub := path.Join(c.dir, WorkloadCgroup)
-		if err := os.Mkdir(sub, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-			return nil, w, err
-		}
-		if parent > c.reserve && parent < 1<<62 {
-			*c.got = parent - c.reserve
-			if err := os.WriteFile(path.Join(sub, c.limit), []byte(strconv.FormatInt(*c.got, 10)), 0); err != nil {
-				return nil, w, err
-			}
-		}
-		files = append(files, path.Join(sub, "tasks"))
-		if c.limit == "memory.limit_in_bytes" {
-			w.dir = sub
-		}
-	}
-	return files, w, nil
-}
-
-// v1Dir is the agent's own cgroup folder of a v1 controller, "" when
-// there is no such mount.
-func v1Dir(cgroup, mountinfo, controller string) string {
-	m, ok := v1Mount(mountinfo, controller)
-	if !ok {
-		return ""
-	}
-	for _, line := range strings.Split(strings.TrimSpace(cgroup), "\n") {
-		parts := strings.SplitN(line, ":", 3)
-		if len(parts) == 3 && hasWord(parts[1], ",", controller) {
-			return path.Join(m.at, relTo(m, parts[2]))
-		}
-	}
-	return ""
 }
 
 func readInt(file string, def int64) int64 {

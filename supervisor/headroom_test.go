@@ -26,13 +26,17 @@ func TestMakeWorkload(t *testing.T) {
 		"137 129 0:36 /p/c1 " + pids + " ro,nosuid - cgroup cgroup rw,pids",
 		"139 137 0:36 /p " + pids + " rw - cgroup cgroup rw,pids",
 		"140 133 0:32 /p " + mem + " rw - cgroup cgroup rw,memory",
+		// This machine's layout: v1 holds the controllers, v2 is
+		// mounted beside with none. v1 wins.
+		"141 129 0:40 / " + filepath.Join(root, "unified") + " rw - cgroup2 cgroup2 rw",
 	}, "\n")
-	cgroup := "8:pids:/p/c1\n4:memory:/p/c1\n"
-	files, w, err := makeWorkload(cgroup, mountinfo)
+	cgroup := "8:pids:/p/c1\n4:memory:/p/c1\n0::/\n"
+	w, err := makeWorkload(cgroup, mountinfo, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w.dir != filepath.Join(mem, "c1", WorkloadCgroup) || w.mem != 256<<20-MemoryReserve || w.pids != 0 {
+	files := w.procs
+	if w.version != "v1" || w.dir != filepath.Join(mem, "c1", WorkloadCgroup) || w.mem != 256<<20-MemoryReserve || w.pids != 0 {
 		t.Errorf("workload %+v", w)
 	}
 	if b, _ := os.ReadFile(filepath.Join(w.dir, "memory.limit_in_bytes")); string(b) != "218103808" {
@@ -45,7 +49,129 @@ func TestMakeWorkload(t *testing.T) {
 	if strings.Join(files, " ") != strings.Join(want, " ") {
 		t.Errorf("tasks files %q, want %q", files, want)
 	}
-	if _, _, err := makeWorkload("0::/x\n", ""); err == nil {
+	if _, err := makeWorkload("0::/x\n", "", false); err == nil {
 		t.Error("no v1 mounts: a workload anyway")
+	}
+}
+
+// fakeCgroup2 makes a fake cgroup v2 folder: files name -> content.
+func fakeCgroup2(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, v := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func readFile(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Errorf("%v", err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// Under cgroup v2 (a container's own cgroup namespace: its cgroup is the
+// mount's root), the agent moves into the leaf "agent" before the
+// controllers are handed down (v2's no-internal-processes rule), and the
+// workload gets memory.max and pids.max a reserve below the sandbox's.
+func TestMakeWorkloadV2(t *testing.T) {
+	cg := t.TempDir()
+	fakeCgroup2(t, cg, map[string]string{
+		"cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma misc\n", "cgroup.subtree_control": "", "cgroup.type": "domain\n",
+		"cgroup.procs": "1\n", "memory.max": "268435456\n", "pids.max": "200\n",
+	})
+	fakeCgroup2(t, filepath.Join(cg, AgentCgroup), map[string]string{"cgroup.procs": ""})
+	mountinfo := "1040 1030 0:26 / " + cg + " rw,nosuid,nodev,noexec - cgroup2 cgroup2 rw\n"
+	w, err := makeWorkload("0::/\n", mountinfo, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl := filepath.Join(cg, WorkloadCgroup)
+	if w.version != "v2" || w.dir != wl || w.mem != 256<<20-MemoryReserve || w.pids != 200-PidsReserve {
+		t.Errorf("workload %+v", w)
+	}
+	if got := readFile(t, filepath.Join(cg, AgentCgroup, "cgroup.procs")); got != "1" {
+		t.Errorf("the agent was not moved to its leaf: %q", got)
+	}
+	if got := readFile(t, filepath.Join(cg, "cgroup.subtree_control")); got != "+memory +pids" {
+		t.Errorf("subtree_control %q", got)
+	}
+	if got := readFile(t, filepath.Join(wl, "memory.max")); got != "218103808" {
+		t.Errorf("memory.max %q", got)
+	}
+	if got := readFile(t, filepath.Join(wl, "pids.max")); got != "136" {
+		t.Errorf("pids.max %q", got)
+	}
+	if len(w.procs) != 1 || w.procs[0] != filepath.Join(wl, "cgroup.procs") {
+		t.Errorf("procs files %q", w.procs)
+	}
+}
+
+// A delegated v2 subtree (no cgroup namespace: /proc/self/cgroup names
+// the full path) whose limit sits on its parent, with only the memory
+// controller: the limit is taken from the parent, pids are left alone.
+func TestMakeWorkloadV2Delegated(t *testing.T) {
+	mnt := t.TempDir()
+	fakeCgroup2(t, filepath.Join(mnt, "sbx"), map[string]string{"memory.max": "536870912\n", "pids.max": "300\n"})
+	own := filepath.Join(mnt, "sbx", "svc")
+	fakeCgroup2(t, own, map[string]string{
+		"cgroup.controllers": "memory\n", "cgroup.subtree_control": "", "cgroup.procs": "7\n", "memory.max": "max\n", "cgroup.type": "domain\n",
+	})
+	w, err := makeWorkload("0::/sbx/svc\n", "30 25 0:26 / "+mnt+" rw - cgroup2 cgroup2 rw,nsdelegate\n", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.mem != 512<<20-MemoryReserve || w.pids != 0 || w.dir != filepath.Join(own, WorkloadCgroup) {
+		t.Errorf("workload %+v", w)
+	}
+	if got := readFile(t, filepath.Join(own, "cgroup.subtree_control")); got != "+memory" {
+		t.Errorf("subtree_control %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(own, WorkloadCgroup, "pids.max")); !os.IsNotExist(err) {
+		t.Errorf("pids.max written without the pids controller: %v", err)
+	}
+}
+
+// This machine's v2 mount offers no memory or pids controller: no
+// workload, and the reason names what is there; nothing is moved.
+func TestMakeWorkloadV2NoControllers(t *testing.T) {
+	cg := t.TempDir()
+	fakeCgroup2(t, cg, map[string]string{"cgroup.controllers": "hugetlb\n", "cgroup.procs": "1\n", "cgroup.type": "domain\n"})
+	_, err := makeWorkload("0::/\n", "30 25 0:26 / "+cg+" rw - cgroup2 cgroup2 rw\n", false)
+	if err == nil || !strings.Contains(err.Error(), "no memory or pids controller") || !strings.Contains(err.Error(), "hugetlb") {
+		t.Errorf("err %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(cg, AgentCgroup)); !os.IsNotExist(err) {
+		t.Errorf("the agent's leaf was made anyway: %v", err)
+	}
+}
+
+// The hierarchy's root (no cgroup.type) seen from a sandbox without a
+// cgroup namespace is the host's: refused, nothing made. A VM's init
+// splits it, the workload's memory.max the machine's memory less the
+// reserve (the root has no memory.max).
+func TestMakeWorkloadV2Root(t *testing.T) {
+	cg := t.TempDir()
+	fakeCgroup2(t, cg, map[string]string{"cgroup.controllers": "memory pids\n", "cgroup.procs": "1\n2\n", "cgroup.subtree_control": ""})
+	mountinfo := "30 25 0:26 / " + cg + " rw - cgroup2 cgroup2 rw\n"
+	if _, err := makeWorkload("0::/\n", mountinfo, false); err == nil || !strings.Contains(err.Error(), "root cgroup") {
+		t.Errorf("the host's root split: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(cg, AgentCgroup)); !os.IsNotExist(err) {
+		t.Errorf("a leaf was made in the host's root: %v", err)
+	}
+	fakeCgroup2(t, filepath.Join(cg, AgentCgroup), map[string]string{"cgroup.procs": ""})
+	w, err := makeWorkload("0::/\n", mountinfo, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := memTotal(); m <= MemoryReserve || w.mem != m-MemoryReserve || w.pids != 0 {
+		t.Errorf("VM workload %+v, MemTotal %d", w, m)
 	}
 }

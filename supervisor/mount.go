@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -20,6 +21,9 @@ type apiMount struct {
 	flags                  uintptr
 	data                   string
 }
+
+// cgroupMountPoint is where a VM's init mounts cgroup2 (below).
+const cgroupMountPoint = "/sys/fs/cgroup"
 
 // apiMounts are in dependency order: /dev before what lives in it.
 var apiMounts = []apiMount{
@@ -78,6 +82,16 @@ func Mount(log zerolog.Logger) ([]string, error) {
 				errs = append(errs, err)
 				log.Error().Err(err).Msg("mount failed")
 			}
+		}
+	}
+	// A VM's init has nobody to mount the cgroup file system (a container
+	// runtime does its own): without it there is no workload cgroup.
+	if InitialPidNS() && !present[cgroupMountPoint] && (present["/sys"] || slices.Contains(done, "/sys")) {
+		if err := mountOne(apiMount{cgroupMountPoint, "cgroup2", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""}); err != nil {
+			errs = append(errs, err)
+			log.Error().Err(err).Msg("mount failed")
+		} else {
+			done = append(done, cgroupMountPoint)
 		}
 	}
 	if len(done) > 0 {

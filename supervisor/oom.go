@@ -122,21 +122,27 @@ func cgroupMounts(mountinfo string) (v2, v1 cgroupMount) {
 	if m, ok := v1Mount(mountinfo, "memory"); ok {
 		v1 = m
 	}
+	if m, ok := v2Mount(mountinfo); ok {
+		v2 = m
+	}
+	return v2, v1
+}
+
+// v2Mount is the last cgroup2 mount in mountinfo (a later mount at the
+// same point hides the earlier, as in v1Mount).
+func v2Mount(mountinfo string) (m cgroupMount, ok bool) {
 	for _, line := range strings.Split(mountinfo, "\n") {
 		// id parent dev root mountpoint opts [optional...] - fstype source superopts
-		left, right, ok := strings.Cut(line, " - ")
-		if !ok {
+		left, right, cut := strings.Cut(line, " - ")
+		if !cut {
 			continue
 		}
 		lf, rf := strings.Fields(left), strings.Fields(right)
-		if len(lf) < 5 || len(rf) < 3 {
-			continue
-		}
-		if rf[0] == "cgroup2" {
-			return cgroupMount{root: unescapeOctal(lf[3]), at: unescapeOctal(lf[4])}, v1
+		if len(lf) >= 5 && len(rf) >= 3 && rf[0] == "cgroup2" {
+			m, ok = cgroupMount{root: unescapeOctal(lf[3]), at: unescapeOctal(lf[4])}, true
 		}
 	}
-	return v2, v1
+	return m, ok
 }
 
 // v1Mount is the v1 mount of controller: the last one listed, as a later

@@ -168,12 +168,18 @@ func sandboxPids(pid1 bool) []int {
 // container's.
 const initialPidNSInode = 0xEFFFFFFC
 
+// InitialPidNS tells whether this process is in the kernel's first pid
+// namespace: as PID 1, the init of a (virtual) machine.
+func InitialPidNS() bool {
+	var st unix.Stat_t
+	return unix.Stat("/proc/self/ns/pid", &st) == nil && st.Ino == initialPidNSInode
+}
+
 // PowerOffIfVM powers the machine off when we are the init of a VM, whose
 // exit would panic the kernel. In a container (any other pid namespace) it
 // does nothing and the caller exits.
 func PowerOffIfVM(log zerolog.Logger) {
-	var st unix.Stat_t
-	if unix.Stat("/proc/self/ns/pid", &st) != nil || st.Ino != initialPidNSInode {
+	if !InitialPidNS() {
 		return
 	}
 	log.Info().Msg("init of a virtual machine: powering off")
