@@ -195,3 +195,78 @@ func TestPublicPortsConfigRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPErrorText: what curl users see on mistakes, through the real
+// proxy and agent: a wrong method is 405 with Allow, the bearer scheme is
+// case-insensitive, malformed JSON and a wrong type name the JSON field
+// and type (never a Go type, never a bare "unexpected EOF").
+func TestHTTPErrorText(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	base := s.BaseURL()
+	api := []string{"-H", "Host: " + s.SandboxID + ".local", "-H", "Authorization: Bearer " + s.APIKey}
+	wantErr := func(t *testing.T, r curlResult, status int, code, words string) {
+		t.Helper()
+		var e struct{ Error, Code string }
+		if err := json.Unmarshal([]byte(r.body), &e); err != nil || r.status != status || e.Code != code || !strings.Contains(e.Error, words) {
+			t.Fatalf("%d %s; want %d %s with %q", r.status, r.body, status, code, words)
+		}
+		for _, leak := range []string{"Go ", "struct", "unmarshal", "unexpected EOF"} {
+			if strings.Contains(e.Error, leak) {
+				t.Errorf("error %q names %q", e.Error, leak)
+			}
+		}
+	}
+	allow := func(t *testing.T, r curlResult, want string) {
+		t.Helper()
+		for _, l := range strings.Split(r.header, "\r\n") {
+			if k, v, _ := strings.Cut(l, ":"); strings.EqualFold(k, "Allow") && strings.TrimSpace(v) == want {
+				return
+			}
+		}
+		t.Errorf("no Allow: %s in\n%s", want, r.header)
+	}
+	rule(t, s, "a wrong method on an API route is 405 with Allow", func(t *testing.T) {
+		r := curl(t, append(api, "-X", "PUT", base+"/api/v1/processes")...)
+		wantErr(t, r, 405, "METHOD_NOT_ALLOWED", "PUT is not allowed on /api/v1/processes")
+		allow(t, r, "GET, HEAD, POST")
+		r = curl(t, append(api, "-X", "POST", base+"/api/v1/health")...)
+		wantErr(t, r, 405, "METHOD_NOT_ALLOWED", "allowed: GET, HEAD")
+	})
+	rule(t, s, "a wrong method on the proxy's own route is 405 with Allow", func(t *testing.T) {
+		r := curl(t, "-X", "DELETE", "-H", "Authorization: Bearer "+s.APIKey, base+"/_proxy/sandboxes")
+		wantErr(t, r, 405, "METHOD_NOT_ALLOWED", "DELETE is not allowed")
+		allow(t, r, "GET, HEAD")
+	})
+	rule(t, s, "an unknown path is still 404", func(t *testing.T) {
+		wantErr(t, curl(t, append(api, base+"/api/v1/nope")...), 404, "NOT_FOUND", "no route for GET /api/v1/nope")
+	})
+	rule(t, s, "the bearer scheme is case-insensitive", func(t *testing.T) {
+		for _, scheme := range []string{"bearer", "BEARER", "Bearer"} {
+			r := curl(t, "-H", "Host: "+s.SandboxID+".local", "-H", "authorization: "+scheme+" "+s.APIKey, base+"/api/v1/health")
+			if r.status != 200 {
+				t.Errorf("%s: %d %s", scheme, r.status, r.body)
+			}
+		}
+		wantErr(t, curl(t, "-H", "Host: "+s.SandboxID+".local", "-H", "Authorization: Basic "+s.APIKey, base+"/api/v1/health"),
+			401, "UNAUTHORIZED", "Bearer")
+	})
+	post := func(t *testing.T, path, body string) curlResult {
+		return curl(t, append(api, "-H", "Content-Type: application/json", "--data-binary", body, base+path)...)
+	}
+	rule(t, s, "malformed JSON says so", func(t *testing.T) {
+		for _, path := range []string{"/api/v1/processes", "/api/v1/processes/run", "/api/v1/pty"} {
+			wantErr(t, post(t, path, `{"command": "ls"`), 400, "INVALID_REQUEST", "invalid JSON body: the JSON ends early")
+		}
+		wantErr(t, post(t, "/api/v1/processes", `{"command" "ls"}`), 400, "INVALID_REQUEST", "invalid JSON body: invalid character")
+		wantErr(t, post(t, "/api/v1/processes", `{"command": "ls"} trailing`), 400, "INVALID_REQUEST", "invalid JSON body: more data after the JSON value")
+	})
+	rule(t, s, "a wrong type names the JSON field and type", func(t *testing.T) {
+		wantErr(t, post(t, "/api/v1/processes/run", `{"command": "ls", "timeout": "5"}`), 400, "INVALID_REQUEST",
+			`invalid JSON body: "timeout": expected a number, got a string`)
+		wantErr(t, post(t, "/api/v1/processes", `{"command": "ls", "args": "-l"}`), 400, "INVALID_REQUEST",
+			`invalid JSON body: "args": expected an array, got a string`)
+		wantErr(t, post(t, "/api/v1/pty", `{"command": "bash", "rows": "24"}`), 400, "INVALID_REQUEST",
+			`invalid JSON body: "rows": expected an integer, got a string`)
+	})
+}
