@@ -158,6 +158,37 @@ func TestPublicPortFromBrowser(t *testing.T) {
 			}
 		})
 	}
+	t.Run("node reaches it with a lookup or a Host header", func(t *testing.T) {
+		nodeCheck(t, fmt.Sprintf("%d-%s.sandbox.localhost", pub, s.SandboxID), httpPort)
+	})
+}
+
+// nodeGet is what docs/proxy.md tells Node users: http.get resolves
+// nothing under .localhost (glibc does not), so give it a lookup, or
+// connect to 127.0.0.1 with the Host header. It prints each way's status
+// or error code.
+const nodeGet = `const http = require('http');
+const [host, port] = process.argv.slice(1);
+const lookup = (h, o, cb) => o && o.all ? cb(null, [{address: '127.0.0.1', family: 4}]) : cb(null, '127.0.0.1', 4);
+const get = (opts) => new Promise(res => http.get(opts, r => { r.resume(); res('' + r.statusCode); }).on('error', e => res(e.code)));
+(async () => {
+  console.log('plain', await get({host, port, path: '/'}));
+  console.log('lookup', await get({host, port, path: '/', lookup}));
+  console.log('host-header', await get({host: '127.0.0.1', port, path: '/', headers: {host: host + ':' + port}}));
+})();`
+
+// nodeCheck runs nodeGet against a public port when node is installed.
+func nodeCheck(t *testing.T, host, port string) {
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Skip("needs node")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "node", "-e", nodeGet, host, port).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "lookup 200\nhost-header 200\n") {
+		t.Fatalf("node: %v\n%s", err, out)
+	}
+	t.Logf("node without a lookup: %s", strings.SplitN(string(out), "\n", 2)[0])
 }
 
 // freePort is a free loopback TCP port number.
