@@ -21,7 +21,9 @@ type ProcessCounter interface {
 	Counts() (running, total int)
 }
 
-func (a *Agent) routes() *http.ServeMux {
+// routes is the API router. A request no route takes gets the spec's
+// JSON error: 405 with Allow for a known path, else 404 (httpx.Routes).
+func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/health", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteJSON(w, http.StatusOK, map[string]bool{"healthy": true})
@@ -30,10 +32,7 @@ func (a *Agent) routes() *http.ServeMux {
 	for _, c := range a.caps {
 		c.Routes(mux)
 	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		httpx.WriteError(w, http.StatusNotFound, "NOT_FOUND", "no route for "+r.Method+" "+r.URL.Path)
-	})
-	return mux
+	return httpx.Routes(mux)
 }
 
 func (a *Agent) handleInfo(w http.ResponseWriter, r *http.Request) {

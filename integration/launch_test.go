@@ -23,6 +23,9 @@ func TestLaunchRefusalsAcrossDoors(t *testing.T) {
 	if out, err := s.Exec("sh", "-c", "grep '^tl-user:.*/bash$' /etc/passwd"); err != nil {
 		t.Fatalf("tl-user's shell is not bash (the SSH rows expect its wording): %v %s", err, out)
 	}
+	if out, err := s.Exec("sh", "-c", "printf '#!/no/such/interp\\n' > /tmp/tl-noint.sh && chmod 755 /tmp/tl-noint.sh"); err != nil {
+		t.Fatalf("script: %v %s", err, out)
+	}
 	cases := []struct {
 		name   string
 		body   map[string]any
@@ -33,6 +36,9 @@ func TestLaunchRefusalsAcrossDoors(t *testing.T) {
 	}{
 		{"missing command", map[string]any{"command": "tl-no-such-cmd"}, "COMMAND_NOT_FOUND", "tl-no-such-cmd: command not found", "tl-no-such-cmd", 127},
 		{"not executable", map[string]any{"command": "/etc/passwd"}, "NOT_EXECUTABLE", "/etc/passwd: Permission denied", "/etc/passwd", 126},
+		// Found, but its #! interpreter is not: known only at exec, after
+		// the PTY exists; still the launcher's words alone (SSH: bash's).
+		{"missing interpreter", map[string]any{"command": "/tmp/tl-noint.sh"}, "COMMAND_NOT_FOUND", "/tmp/tl-noint.sh: command not found (its #! interpreter is missing)", "", 0},
 		{"bad working dir", map[string]any{"command": "true", "working_dir": "/no/such/dir"}, "INVALID_WORKING_DIR", "working directory /no/such/dir: no such file or directory", "", 0},
 		{"unknown user", map[string]any{"command": "true", "user": "nobody-here"}, "UNKNOWN_USER", "unknown user: nobody-here", "", 0},
 	}
@@ -41,7 +47,8 @@ func TestLaunchRefusalsAcrossDoors(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			for _, door := range doors {
 				status, code, msg := launchRefusal(t, s.System, door, c.body)
-				if status != 400 || code != c.code || !strings.Contains(msg, c.words) {
+				// The wording opens the message: no door adds its own.
+				if status != 400 || code != c.code || !strings.HasPrefix(msg, c.words) {
 					t.Errorf("%s: %d %s %q; want 400 %s with %q", door, status, code, msg, c.code, c.words)
 				}
 			}

@@ -554,9 +554,12 @@ func TestSSHRefusals(t *testing.T) {
 		user string
 		want string
 	}{
-		{"key not registered", stranger, s.SandboxID, "is not registered with this proxy"},
-		{"sandbox not reachable with key", narrow, s.SandboxID, "sandbox " + s.SandboxID + " is not reachable with key"},
-		{"no such sandbox", good, "nope", "sandbox nope does not exist"},
+		// Each names what fixes it: the file and the line to add, the
+		// option, the config (issue 15, item 6).
+		{"key not registered", stranger, s.SandboxID, "is not registered with this proxy; add this line to the users' keys file (\"ssh_authorized_keys\" in tl-proxy's --config, or its --ssh-authorized-keys flag):\n  " + strings.Join(strings.Fields(stranger.Public)[:2], " ")},
+		{"sandbox not reachable with key", narrow, s.SandboxID, "sandbox " + s.SandboxID + " is not reachable with key SHA256:"},
+		{"sandbox not reachable with key: the fix", narrow, s.SandboxID, ": add " + s.SandboxID + " to the sandboxes=\"...\" option of its line in the users' keys file"},
+		{"no such sandbox", good, "nope", "sandbox nope does not exist: tl-proxy's --config has no \"nope\" under \"sandboxes\""},
 		{"nothing on port", good, "1-" + s.SandboxID, "nothing answers on port 1"},
 	}
 	for _, c := range cases {
@@ -574,7 +577,7 @@ func TestSSHRefusals(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	out, code := try(good, s.SandboxID)
-	if code != 255 || !strings.Contains(out, "sandbox "+s.SandboxID+" is not connected") {
+	if code != 255 || !strings.Contains(out, "sandbox "+s.SandboxID+" is not connected: start its agent (tl-agent --sandbox-id "+s.SandboxID) {
 		t.Fatalf("stopped sandbox: exit %d, output %q", code, out)
 	}
 }
@@ -668,6 +671,9 @@ func TestSSHPortRoute(t *testing.T) {
 		t.Fatalf("ssh-keyscan: %v", err)
 	}
 	_, proxyKey, _ := strings.Cut(strings.TrimSpace(string(scan)), " ")
+	if !strings.Contains(string(out), "append the proxy's key to ~tl-user/.ssh/authorized_keys in the sandbox:\n  "+proxyKey) {
+		t.Errorf("the refusal does not give the line to add (%s): %q", proxyKey, out)
+	}
 	s.writeUserKeys(t, proxyKey, s.key.Public) // tl-user's own file: the agent reads it as tl-user
 
 	out, err = exec.Command("ssh", append(s.SSHArgs(s.key.Private), route, "whoami; exit 3")...).CombinedOutput()

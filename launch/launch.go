@@ -353,6 +353,19 @@ func (c *Command) Close() {
 	}
 }
 
+// programGone reports whether the program of a failed exec (the path of
+// its *fs.PathError) no longer exists.
+func programGone(err error) bool {
+	var pe *fs.PathError
+	if !errors.As(err, &pe) || pe.Path == "" {
+		return false
+	}
+	threads.Blocking.Enter()
+	defer threads.Blocking.Leave()
+	_, serr := os.Stat(pe.Path)
+	return errors.Is(serr, fs.ErrNotExist)
+}
+
 // Classify maps a failed fork/exec (or PTY open) of name in dir to a
 // sentinel when one applies; other errors are returned as they are.
 func Classify(name, dir string, u *identity.User, err error) error {
@@ -368,8 +381,13 @@ func Classify(name, dir string, u *identity.User, err error) error {
 		return &Error{Kind: ErrNotExecutable, What: name, Reason: "cannot execute binary file: Exec format error (no #! line?)", Err: err}
 	case errors.Is(err, fs.ErrPermission):
 		return &Error{Kind: ErrNotExecutable, What: name, Reason: "Permission denied for user " + u.Name, Err: err}
+	case errors.Is(err, fs.ErrNotExist) && programGone(err):
+		// Found before the fork, gone since (a restart after it was
+		// removed).
+		return &Error{Kind: ErrNotFound, What: name, Err: err}
 	case errors.Is(err, fs.ErrNotExist):
-		// Found before the fork: its #! interpreter is what is missing.
+		// Found before the fork and still there: its #! interpreter is
+		// what is missing.
 		return &Error{Kind: ErrNotFound, What: name, Reason: "its #! interpreter is missing", Err: err}
 	}
 	return err

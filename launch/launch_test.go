@@ -148,6 +148,13 @@ func TestClassify(t *testing.T) {
 			t.Errorf("%v: %v %s %d; want %v %s %d", c.err, err, code, ExitStatus(err), c.kind, c.code, c.exit)
 		}
 	}
+	// ENOENT from exec: the program vanished since Build, or it is there
+	// and its #! interpreter is not. Either way one wording.
+	gone := Classify("x", "/", u, &fs.PathError{Op: "fork/exec", Path: "/no/such/x", Err: syscall.ENOENT})
+	noInterp := Classify("x", "/", u, &fs.PathError{Op: "fork/exec", Path: "/bin/sh", Err: syscall.ENOENT})
+	if gone.Error() != "x: command not found" || noInterp.Error() != "x: command not found (its #! interpreter is missing)" {
+		t.Errorf("ENOENT: %q, %q", gone, noInterp)
+	}
 	if err := Classify("x", "/", u, pe(syscall.EINVAL)); !errors.Is(err, syscall.EINVAL) {
 		t.Errorf("EINVAL: %v, want it as it is", err)
 	}

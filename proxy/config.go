@@ -14,8 +14,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/tensorlake/tl-agent/internal/httpx"
 )
 
 // Config is what the proxy knows. It comes from a JSON file (--config),
@@ -58,6 +61,8 @@ type apiKeyEntry struct {
 type configFile struct {
 	configAlias
 	APIKeys map[string]json.RawMessage `json:"api_keys"`
+	// Sandboxes are decoded one by one, so an error names the sandbox.
+	Sandboxes map[string]json.RawMessage `json:"sandboxes"`
 }
 
 type configAlias Config
@@ -69,6 +74,14 @@ func (c *Config) UnmarshalJSON(data []byte) error {
 		return err
 	}
 	*c = Config(f.configAlias)
+	c.Sandboxes = make(map[string]SandboxConfig, len(f.Sandboxes))
+	for id, raw := range f.Sandboxes {
+		var sc SandboxConfig
+		if err := json.Unmarshal(raw, &sc); err != nil {
+			return fmt.Errorf("sandbox %s: %s", id, httpx.JSONErrorText(err))
+		}
+		c.Sandboxes[id] = sc
+	}
 	c.APIKeys, c.APIKeyScopes = map[string]string{}, map[string][]string{}
 	for key, raw := range f.APIKeys {
 		var name string
@@ -177,6 +190,30 @@ type SandboxConfig struct {
 	// tl-user by default). The SSH front door logs in as it on the SSH
 	// server of a <port>-<sandbox> route.
 	User string `json:"user,omitempty"`
+	// PublicPorts are the ports whose <port>-<sandbox> HTTP route needs
+	// no API key (a dev server opened in a browser). Other port routes
+	// and every API route still need one.
+	PublicPorts []int `json:"public_ports,omitempty"`
+}
+
+// isPublic reports whether port is in sandbox id's public_ports.
+func (c *Config) isPublic(id string, port int) bool {
+	return port != 0 && slices.Contains(c.Sandboxes[id].PublicPorts, port)
+}
+
+// validatePorts checks public_ports: each in 1..65535, none twice.
+func validatePorts(id string, ports []int) error {
+	seen := make(map[int]bool, len(ports))
+	for _, p := range ports {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("config: sandbox %s: public_ports: port %d out of range 1..65535", id, p)
+		}
+		if seen[p] {
+			return fmt.Errorf("config: sandbox %s: public_ports: port %d listed twice", id, p)
+		}
+		seen[p] = true
+	}
+	return nil
 }
 
 // DefaultSandboxUser is SandboxConfig.User when the config names none:
@@ -203,7 +240,7 @@ func LoadConfig(path string) (*Config, error) {
 	}
 	var c Config
 	if err := json.Unmarshal(data, &c); err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, fmt.Errorf("config %s: %s", path, httpx.JSONErrorText(err))
 	}
 	return &c, c.Validate()
 }
@@ -229,6 +266,9 @@ func (c *Config) Validate() error {
 		}
 		if !validUserName(s.User) {
 			return fmt.Errorf("config: sandbox %s: user %q: use 1-32 letters, digits, '.', '_' or '-', not starting with '-'", id, s.User)
+		}
+		if err := validatePorts(id, s.PublicPorts); err != nil {
+			return err
 		}
 	}
 	for key, ids := range c.APIKeyScopes {

@@ -145,14 +145,24 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	// stream mid-response, and the agent sees its client gone. Full duplex
 	// leaves the body to the transport.
 	_ = http.NewResponseController(w).EnableFullDuplex()
-	user, scope, ok := p.authenticate(req)
-	if !ok {
-		httpx.WriteError(w, http.StatusUnauthorized, "UNAUTHORIZED", "missing or invalid API key: send Authorization: Bearer <api key>")
-		return
+	r, routeErr := p.selectRoute(req)
+	user, scope := "public", keyScope{all: true}
+	// A public port (the sandbox's public_ports) needs no key: a browser
+	// opens it. Every other route needs one, and a request without a
+	// valid key learns nothing about routes, not even a malformed one.
+	if routeErr != nil || !p.cfg.isPublic(r.sandbox, r.port) {
+		var ok bool
+		if user, scope, ok = p.authenticate(req); !ok {
+			msg := "missing or invalid API key: send Authorization: Bearer <api key>"
+			if routeErr == nil && r.port != 0 {
+				msg += " (port " + strconv.Itoa(r.port) + " is not in sandbox " + r.sandbox + "'s public_ports)"
+			}
+			httpx.WriteError(w, http.StatusUnauthorized, "UNAUTHORIZED", msg)
+			return
+		}
 	}
-	r, err := p.selectRoute(req)
-	if err != nil {
-		httpx.WriteError(w, http.StatusBadRequest, "NO_SANDBOX", err.Error())
+	if routeErr != nil {
+		httpx.WriteError(w, http.StatusBadRequest, "NO_SANDBOX", routeErr.Error())
 		return
 	}
 	// Scope first, as the SSH door does: a scoped key learns nothing about
@@ -185,20 +195,40 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if r.port == 0 {
 		out.Host = r.sandbox + "." + p.cfg.Domain
 	}
-	// The API key is for the proxy; code inside the sandbox never sees it.
-	out.Header.Del("Authorization")
-	out.Header.Del("X-Tensorlake-Sandbox-Id")
+	stripCredentials(out.Header)
 	if body != nil {
 		out.Body = body
 	}
 	p.rp.ServeHTTP(p.watchWrites(w), out)
 }
 
+// strippedHeaders are the proxy's own credentials and routing: removed
+// from every request relayed to a sandbox, API and port routes alike
+// (public or not), so code inside the sandbox never sees the user's API
+// key. A browser login cookie, when the proxy has one, is stripped here too.
+var strippedHeaders = []string{"Authorization", "X-Tensorlake-Sandbox-Id"}
+
+func stripCredentials(h http.Header) {
+	for _, k := range strippedHeaders {
+		h.Del(k)
+	}
+}
+
+// bearerKey returns the token of an "Authorization: Bearer <token>"
+// header. The scheme is case-insensitive (RFC 7235: "bearer", "BEARER").
+func bearerKey(auth string) (string, bool) {
+	scheme, key, ok := strings.Cut(strings.TrimSpace(auth), " ")
+	key = strings.TrimLeft(key, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || key == "" {
+		return "", false
+	}
+	return key, true
+}
+
 // authenticate returns the name and scope of the request's API key.
 func (p *Proxy) authenticate(req *http.Request) (string, keyScope, bool) {
-	auth := req.Header.Get("Authorization")
-	key, ok := strings.CutPrefix(auth, "Bearer ")
-	if !ok || key == "" {
+	key, ok := bearerKey(req.Header.Get("Authorization"))
+	if !ok {
 		return "", keyScope{}, false
 	}
 	// Constant time per key; the number of keys is not secret.

@@ -134,8 +134,12 @@ func refuseHTTP(c net.Conn) {
 
 // Handler is the HTTP front door plus the proxy's own status route.
 func (p *Proxy) Handler() http.Handler {
+	own := http.NewServeMux()
+	own.HandleFunc("GET /_proxy/sandboxes", p.handleSandboxes)
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /_proxy/sandboxes", p.handleSandboxes)
+	// The proxy's own path, for every method, so a wrong one is 405
+	// with Allow (httpx.Routes) and never goes on to a sandbox.
+	mux.Handle("/_proxy/sandboxes", httpx.Routes(own))
 	mux.Handle("/", p)
 	return mux
 }

@@ -231,23 +231,26 @@ func (f *sshFront) authorize(st *frontConn, user string, key gossh.PublicKey) er
 	k, err := f.keys.lookup(key)
 	if err != nil {
 		f.p.log.Error().Err(err).Msg("ssh keys file")
-		return refuse("the proxy cannot read its key list; ask the operator to check it")
+		return refuse("the proxy cannot read its users' keys file (%s); tl-proxy's log says why (\"ssh keys file\")", keysSetting)
 	}
 	if k == nil {
 		// The config setting, not the file's path: clients that have not
 		// logged in learn nothing of the server's layout, and the operator
-		// knows where it points (make run prints it).
-		return refuse("key %s is not registered with this proxy; ask the operator to add it to the proxy's ssh_authorized_keys file", gossh.FingerprintSHA256(key))
+		// knows where it points (make run prints it). The line to add is
+		// the client's own public key.
+		return refuse("key %s is not registered with this proxy; add this line to the users' keys file (%s):\n  %s",
+			gossh.FingerprintSHA256(key), keysSetting, authorizedLine(key))
 	}
 	rt, err := parseSSHUser(user)
 	if err != nil {
 		return refuse("user name %q: %v; use <sandbox> or <port>-<sandbox>", user, err)
 	}
 	if !k.allows(rt.sandbox) {
-		return refuse("sandbox %s is not reachable with key %s", rt.sandbox, gossh.FingerprintSHA256(key))
+		return refuse("sandbox %s is not reachable with key %s: add %s to the sandboxes=\"...\" option of its line in the users' keys file (%s)",
+			rt.sandbox, gossh.FingerprintSHA256(key), rt.sandbox, keysSetting)
 	}
 	if !f.p.reg.Known(rt.sandbox) {
-		return refuse("sandbox %s does not exist", rt.sandbox)
+		return refuse("sandbox %s does not exist: tl-proxy's --config has no %q under \"sandboxes\"", rt.sandbox, rt.sandbox)
 	}
 	st.key, st.fp, st.route = k, gossh.FingerprintSHA256(key), rt
 	return nil
@@ -280,8 +283,16 @@ func (f *sshFront) linkSandbox(ctx context.Context, st *frontConn, remote string
 	return nil
 }
 
+// keysSetting names where the users' keys file is set, for refusals.
+const keysSetting = `"ssh_authorized_keys" in tl-proxy's --config, or its --ssh-authorized-keys flag`
+
+// authorizedLine is key as an authorized_keys line, to paste.
+func authorizedLine(key gossh.PublicKey) string {
+	return strings.TrimSpace(string(gossh.MarshalAuthorizedKey(key)))
+}
+
 func errNotConnected(sandbox string) error {
-	return refuse("sandbox %s is not connected; start it (or wait for its agent to reconnect) and retry", sandbox)
+	return refuse("sandbox %s is not connected: start its agent (tl-agent --sandbox-id %s --proxy <this proxy's --uplink-addr>), or wait for it to reconnect, and retry", sandbox, sandbox)
 }
 
 // dialSandbox opens the uplink stream and the SSH connection to the
@@ -319,8 +330,8 @@ func (f *sshFront) dialSandbox(ctx context.Context, st *frontConn, remote string
 	if err != nil {
 		s.Close()
 		if rt.port != 0 {
-			return sshEnd{}, refuse("the SSH server on port %d in sandbox %s refused the proxy (add the proxy's key %s to %s's authorized_keys): %v",
-				rt.port, rt.sandbox, gossh.FingerprintSHA256(f.signer.PublicKey()), login, err)
+			return sshEnd{}, refuse("the SSH server on port %d in sandbox %s refused the proxy (%v); append the proxy's key to ~%s/.ssh/authorized_keys in the sandbox:\n  %s",
+				rt.port, rt.sandbox, err, login, authorizedLine(f.signer.PublicKey()))
 		}
 		return sshEnd{}, refuse("sandbox %s: SSH to the agent failed: %v", rt.sandbox, err)
 	}

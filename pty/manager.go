@@ -158,6 +158,9 @@ func (m *Manager) start(sp startSpec) (*Session, error) {
 	}
 	master := c.Master
 	proc, err := launch.Start(c, m.reaper.Start)
+	if _, _, refused := launch.APIError(err); refused {
+		return nil, err // the launcher's words, as every door says them
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errStart, err)
 	}

@@ -13,6 +13,8 @@ have tmux       || need+=(tmux)
 have ip         || need+=(iproute2)
 have ps         || need+=(procps)
 have curl       || need+=(curl)
+# A server inside the sandbox for the port-route tests (public ports).
+[ -x /usr/bin/python3 ] || need+=(python3)
 have npm        || need+=(npm)
 # make run's sandbox has its own network namespace and reaches the
 # network through slirp4netns's user-mode stack (as podman does).
