@@ -56,6 +56,8 @@ type session struct {
 	failed bool           // the program could not start; the channel is closed
 	output sync.WaitGroup // copies of program output to the channel
 	outs   []*os.File     // our read ends of the program's output
+
+	x11 *forward.X11Display // the session's X11 display, nil for none
 }
 
 func (s *Server) handleSession(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
@@ -116,6 +118,7 @@ func (ss *session) serve(reqs <-chan *gossh.Request) {
 	unstarted := time.NewTimer(ss.srv.cfg.UnstartedTimeout)
 	defer unstarted.Stop()
 	defer ss.begin()
+	defer ss.closeX11()
 	var done <-chan struct{}
 	for {
 		select {
@@ -184,6 +187,8 @@ func (ss *session) handle(req *gossh.Request) {
 		}
 	case "signal":
 		ok = ss.signal(req.Payload)
+	case "x11-req":
+		ok = ss.x11Request(req.Payload)
 	case "auth-agent-req@openssh.com":
 		if !ss.started() {
 			path, err := forward.AgentSocket(ss.ctx)
