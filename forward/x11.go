@@ -120,7 +120,7 @@ func X11Forward(ctx ssh.Context, r X11Request, cookie []byte) (*X11Display, erro
 	if _, err := rand.Read(fake); err != nil {
 		return nil, err
 	}
-	n, lns, err := listenX11()
+	n, lns, err := listenX11(X11DisplayOffset, X11MaxDisplay)
 	if err != nil {
 		return nil, err
 	}
@@ -144,18 +144,21 @@ func X11Forward(ctx ssh.Context, r X11Request, cookie []byte) (*X11Display, erro
 	return d, nil
 }
 
-// listenX11 takes the first free display from X11DisplayOffset: port
-// 6000+N on 127.0.0.1 and, when the sandbox has it, on ::1 (as sshd, so
-// no one else can take the display's other loopback address).
-func listenX11() (int, []net.Listener, error) {
-	for n := X11DisplayOffset; n < X11MaxDisplay; n++ {
+// listenX11 takes the first free display in [first, end): port 6000+N
+// on 127.0.0.1 and, when the sandbox has it, on ::1 (as sshd, so no one
+// else can take the display's other loopback address).
+func listenX11(first, end int) (int, []net.Listener, error) {
+	if err := loopbackUp(); err != nil {
+		return 0, nil, err
+	}
+	for n := first; n < end; n++ {
 		port := strconv.Itoa(6000 + n)
 		ln4, err := net.Listen("tcp4", "127.0.0.1:"+port)
 		if errors.Is(err, syscall.EADDRINUSE) {
 			continue
 		}
 		if err != nil {
-			return 0, nil, fmt.Errorf("X11 forwarding needs the sandbox's loopback network, and 127.0.0.1 cannot be listened on: %w", err)
+			return 0, nil, fmt.Errorf("X11 forwarding needs the sandbox's loopback network: %w", err)
 		}
 		ln6, err := net.Listen("tcp6", "[::1]:"+port)
 		if errors.Is(err, syscall.EADDRINUSE) {
@@ -168,7 +171,20 @@ func listenX11() (int, []net.Listener, error) {
 		return n, []net.Listener{ln4, ln6}, nil
 	}
 	return 0, nil, fmt.Errorf("X11 forwarding: every display %d..%d is taken (ports %d..%d on 127.0.0.1)",
-		X11DisplayOffset, X11MaxDisplay-1, 6000+X11DisplayOffset, 6000+X11MaxDisplay-1)
+		first, end-1, 6000+first, 6000+end-1)
+}
+
+// loopbackUp tells whether X clients could reach 127.0.0.1: in a network
+// namespace whose loopback is down a listener still binds, but every
+// connect fails (ENETUNREACH). A UDP connect asks the routing table only;
+// nothing is sent.
+func loopbackUp() error {
+	c, err := net.Dial("udp4", "127.0.0.1:6000")
+	if err != nil {
+		return fmt.Errorf("X11 forwarding needs the sandbox's loopback network, which is down or missing: %w", err)
+	}
+	c.Close()
+	return nil
 }
 
 // Close stops listening; the display's open connections go on until they
