@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/internal/leakcheck"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/supervisor"
@@ -304,4 +305,55 @@ func TestX11CloseLeaksNothing(t *testing.T) {
 	nc.Close()
 	idle.Close()
 	base.Allow(1, 0).Check(t)
+}
+
+// A display holds at most forward.MaxX11Conns connections at once; one
+// more is closed at once, and a freed slot serves the next client.
+func TestX11ConnectionsPerDisplay(t *testing.T) {
+	needXauth(t)
+	c := dial(t)
+	chans := c.HandleChannelOpen("x11")
+	sess, n, fake := x11Session(t, c, false, "sleep 60")
+	defer sess.Close()
+	var held []net.Conn
+	defer func() {
+		for _, nc := range held {
+			nc.Close()
+		}
+	}()
+	for range forward.MaxX11Conns {
+		held = append(held, dialDisplay(t, n)) // silent: waits in its setup
+	}
+	extra := dialDisplay(t, n)
+	defer extra.Close()
+	if b, err := io.ReadAll(extra); err != nil || len(b) != 0 {
+		t.Fatalf("connection %d: read %q %v, want it closed at once", forward.MaxX11Conns+1, b, err)
+	}
+	held[0].Close()
+	fakeBytes, _ := hex.DecodeString(fake)
+	// The slot comes back once the closed one's setup read sees the
+	// close: until then a new client is closed at once.
+	for i := 0; ; i++ {
+		nc := dialDisplay(t, n)
+		held = append(held, nc)
+		_, _ = nc.Write(x11Setup("MIT-MAGIC-COOKIE-1", fakeBytes))
+		closed := make(chan struct{})
+		go func() { _, _ = nc.Read(make([]byte, 1)); close(closed) }()
+		select {
+		case <-closed:
+			if i == 100 {
+				t.Fatal("no slot came back after a connection closed")
+			}
+			time.Sleep(50 * time.Millisecond)
+			continue
+		case x := <-chans:
+			ch, reqs, err := x.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			go gossh.DiscardRequests(reqs)
+			ch.Close()
+		}
+		break
+	}
 }
