@@ -198,3 +198,67 @@ func TestSSHX11(t *testing.T) {
 		}
 	})
 }
+
+// xholdScript runs in the sandbox's session: X clients that connect to
+// the display with its cookie, read the start of the server's answer and
+// then neither read nor close, outside the session's process group (so
+// the hang-up does not end them).
+const xholdScript = `n=${DISPLAY#localhost:}; n=${n%.*}
+c=$(xauth list | awk -v d="unix:$n" '$1 ~ d"$" {print $3}')
+esc=$(printf %s "$c" | sed 's/../\\x&/g')
+for i in $(seq "$1"); do
+  setsid bash -c 'exec 3<>/dev/tcp/127.0.0.1/'$((6000+n))'
+    printf "l\0\x0b\0\0\0\x12\0\x10\0\0\0MIT-MAGIC-COOKIE-1\0\0'"$esc"'" >&3
+    head -c 8 <&3 > /tmp/xhold.'$i'
+    exec sleep 600' < /dev/null > /dev/null 2>&1 &
+done
+sleep 600
+`
+
+// TestSSHX11EndsWithConnection: X clients that neither read nor close
+// keep their connections to the display open; when the SSH connection
+// ends, the agent closes its side, so its fds and goroutines return to
+// their baseline.
+func TestSSHX11EndsWithConnection(t *testing.T) {
+	s := startSSH(t, Options{})
+	x := startXvfb(t)
+	if err := os.WriteFile(s.SandboxPath("/tmp/xhold.sh"), []byte(xholdScript), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = s.sshX(t, x, []string{"-Y"}, "true") // warm up: first-connection allocations
+	time.Sleep(500 * time.Millisecond)
+	baseFD, baseG := sshFdCount(t, s.AgentPid()), sshGoroutines(t, s.System)
+
+	const n = 5
+	cmd := exec.Command("ssh", append(append(s.SSHArgs(s.key.Private), "-Y"), s.SSHDest(), fmt.Sprintf("bash /tmp/xhold.sh %d", n))...)
+	cmd.Env = x.env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	defer func() { _ = cmd.Process.Kill(); <-done }()
+	// Each client got the X server's first 8 bytes: 1 is Success.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		out, _ := s.Exec("sh", "-c", "for f in /tmp/xhold.[0-9]*; do od -An -tu1 -N1 $f; done | grep -c '^ *1$'")
+		if strings.TrimSpace(out) == strconv.Itoa(n) {
+			break
+		}
+		if time.Now().After(deadline) {
+			o, _ := s.Exec("sh", "-c", "od -c /tmp/xhold.[0-9]*")
+			t.Fatalf("%d X clients not answered by the X server within 20 s:\n%s\n%s", n, out, o)
+		}
+	}
+	_ = cmd.Process.Kill() // the SSH connection ends with its X connections open
+	<-done
+	var fd, g int
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		fd, g = sshFdCount(t, s.AgentPid()), sshGoroutines(t, s.System)
+		if fd <= baseFD+2 && g <= baseG+6 {
+			return
+		}
+	}
+	t.Fatalf("X11 relays outlived their SSH connection: fds %d (baseline %d), goroutines %d (baseline %d) after %d X connections",
+		fd, baseFD, g, baseG, n)
+}
