@@ -116,9 +116,16 @@ func X11Forward(ctx ssh.Context, r X11Request, cookie []byte) (*X11Display, erro
 	if c == nil || conn == nil {
 		return nil, errors.New("no connection state")
 	}
+	// Random, and never the real one (a 1-byte cookie would be, 1 time
+	// in 256).
 	fake := make([]byte, len(cookie))
-	if _, err := rand.Read(fake); err != nil {
-		return nil, err
+	for {
+		if _, err := rand.Read(fake); err != nil {
+			return nil, err
+		}
+		if string(fake) != string(cookie) {
+			break
+		}
 	}
 	n, lns, err := listenX11(X11DisplayOffset, X11MaxDisplay)
 	if err != nil {
