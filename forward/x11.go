@@ -286,7 +286,9 @@ func (d *X11Display) serveConn(nc net.Conn) {
 	if _, err := ch.Write(s.withCookie(d.real)); err != nil {
 		ch.Close()
 		nc.Close()
-		go gossh.DiscardRequests(reqs)
+		if !d.c.goTrack(func() { gossh.DiscardRequests(reqs) }) {
+			go gossh.DiscardRequests(reqs) // the connection is gone: ends at once
+		}
 		return
 	}
 	d.c.relay(ch, reqs, nc)
