@@ -16,6 +16,11 @@ have curl       || need+=(curl)
 # A server inside the sandbox for the port-route tests (public ports).
 [ -x /usr/bin/python3 ] || need+=(python3)
 have npm        || need+=(npm)
+# X11 forwarding (integration/x11_test.go): an X server for the ssh
+# client, X clients and xauth for the sandbox (whose root is this one's).
+have Xvfb       || need+=(xvfb)
+have xdpyinfo   || need+=(x11-utils)
+have xauth      || need+=(xauth)
 # make run's sandbox has its own network namespace and reaches the
 # network through slirp4netns's user-mode stack (as podman does).
 have slirp4netns || need+=(slirp4netns)

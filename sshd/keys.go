@@ -92,11 +92,12 @@ func readAuthorizedKeys(u *identity.User, path string) ([]byte, error) {
 
 // harmlessOptions are the authorized_keys options this server honours by
 // what it is: the permissive ones grant what every key has here, and it
-// runs no ~/.ssh/rc and forwards no X11.
+// runs no ~/.ssh/rc. no-X11-forwarding is not one of them: X11 is
+// forwarded, so such a line fails closed like any other restriction.
 var harmlessOptions = map[string]bool{
 	"agent-forwarding": true, "port-forwarding": true, "pty": true,
 	"user-rc": true, "x11-forwarding": true,
-	"no-user-rc": true, "no-x11-forwarding": true,
+	"no-user-rc": true,
 }
 
 // unsupportedOption returns the name of the first option of a line that

@@ -68,6 +68,7 @@ func TestAuthorizedKeysOptions(t *testing.T) {
 		{`sandbox="typo" ` + line, false},
 		{`COMMAND="x" ` + line, false},
 		{`pty,no-user-rc,X11-forwarding ` + line, true},
+		{`no-X11-forwarding ` + line, false},        // X11 is forwarded: a restriction not applied
 		{`command="x" ` + line + "\n" + line, true}, // a later plain line for the key
 	}
 	for _, c := range cases {

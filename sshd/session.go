@@ -67,6 +67,8 @@ type session struct {
 	ended  chan struct{} // one token per output copy that ended
 	stdin  *os.File      // our write end of the program's stdin (pipes only)
 	exitAt atomic.Int64  // the program's exit (unix ns) once seen, for the PTY drain
+
+	x11 *forward.X11Display // the session's X11 display, nil for none
 }
 
 func (s *Server) handleSession(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewChannel, ctx ssh.Context) {
@@ -128,6 +130,7 @@ func (ss *session) serve(reqs <-chan *gossh.Request) {
 	unstarted := time.NewTimer(ss.srv.cfg.UnstartedTimeout)
 	defer unstarted.Stop()
 	defer ss.begin()
+	defer ss.closeX11()
 	var done <-chan struct{}
 	for {
 		select {
@@ -193,6 +196,8 @@ func (ss *session) handle(req *gossh.Request) {
 		}
 	case "signal":
 		ok = ss.signal(req.Payload)
+	case "x11-req":
+		ok = ss.x11Request(req.Payload)
 	case "auth-agent-req@openssh.com":
 		if !ss.started() {
 			path, err := forward.AgentSocket(ss.ctx)

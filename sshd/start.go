@@ -103,6 +103,10 @@ func (ss *session) start(kind string, payload []byte) error {
 		sp.Argv = []string{"-" + filepath.Base(u.Shell)}
 		ss.log.Info().Bool("pty", ss.pty != nil).Msg("ssh shell")
 	}
+	if ss.x11 != nil {
+		env["DISPLAY"] = ss.x11.Display() // over a client's env request, as sshd
+		ss.xauth(u, env)
+	}
 	c, err := launch.Build(sp)
 	if err != nil {
 		return err
