@@ -33,10 +33,10 @@ type HealthCheck struct {
 	Path             string   `json:"path,omitempty"`
 	Command          string   `json:"command,omitempty"`
 	Args             []string `json:"args,omitempty"`
-	InitialDelayMs   int64  `json:"initial_delay_ms"`
-	IntervalMs       int64  `json:"interval_ms"`
-	TimeoutMs        int64  `json:"timeout_ms"`
-	FailureThreshold int    `json:"failure_threshold"`
+	InitialDelayMs   int64    `json:"initial_delay_ms"`
+	IntervalMs       int64    `json:"interval_ms"`
+	TimeoutMs        int64    `json:"timeout_ms"`
+	FailureThreshold int      `json:"failure_threshold"`
 }
 
 // Restart policies.
