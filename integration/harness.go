@@ -97,6 +97,9 @@ type Options struct {
 	// NoAgent starts only the proxy: the test runs its own agent (in a
 	// container, say) with AgentFlags and waits with WaitConnected.
 	NoAgent bool
+	// EtcTLAgent is a folder copied to the sandbox's /etc/tl-agent (boot
+	// services and hooks, as an image declares them).
+	EtcTLAgent string
 }
 
 // System is a running proxy plus a sandbox whose agent is connected to it.
@@ -246,6 +249,9 @@ func (s *System) StartAgent() {
 		cmd.Env = append(os.Environ(), "TL_SANDBOX_DIR="+root)
 		if s.opts.Bare {
 			cmd.Env = append(cmd.Env, "TL_SANDBOX_BARE=1")
+		}
+		if s.opts.EtcTLAgent != "" {
+			cmd.Env = append(cmd.Env, "TL_SANDBOX_ETC_TL_AGENT="+s.opts.EtcTLAgent)
 		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{
 			Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,

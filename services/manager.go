@@ -25,8 +25,12 @@ const (
 	StateWaiting  = "waiting"  // for its dependencies to be ready
 	StateStarting = "starting" // started, its readiness probe not yet passed
 	StateReady    = "ready"
-	StateFailed   = "failed"  // could not start, or a dependency could not
-	StateStopped  = "stopped" // by shutdown, or its process is stopped
+	// StateBackingOff: it was ready, and its process has exited and waits
+	// out its restart back-off (a ready service counts only while its
+	// process runs).
+	StateBackingOff = "backing_off"
+	StateFailed     = "failed"  // could not start, or a dependency could not
+	StateStopped    = "stopped" // by shutdown, or its process is stopped
 )
 
 // readyInterval is the readiness probe's interval when the file sets none.
@@ -174,8 +178,9 @@ type Status struct {
 	Services []State `json:"services"`
 }
 
-// Status reports each service in boot order. A ready service whose
-// process was stopped since (killed through the API) is stopped.
+// Status reports each service in boot order. A ready service is ready
+// while its process runs: one that exited since waits out its back-off,
+// and one that was stopped (killed through the API) is stopped.
 func (m *Manager) Status() Status {
 	st := Status{Ready: true, Services: make([]State, 0, len(m.svcs))}
 	for _, s := range m.svcs {
@@ -184,8 +189,11 @@ func (m *Manager) Status() Status {
 		u := *m.state[name]
 		m.mu.Unlock()
 		if u.started {
-			if mi, ok := m.t.Managed(name); !ok || mi.Status == "stopped" {
+			switch mi, ok := m.t.Managed(name); {
+			case !ok || mi.Status == "stopped":
 				u.state = StateStopped
+			case u.state == StateReady && mi.Status == "backing_off":
+				u.state = StateBackingOff
 			}
 		}
 		st.Ready = st.Ready && u.state == StateReady
