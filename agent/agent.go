@@ -16,6 +16,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/internal/streams"
+	"github.com/tensorlake/tl-agent/services"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -28,6 +29,8 @@ type Agent struct {
 
 	caps    []Capability
 	procs   ProcessCounter
+	boot    *services.Manager
+	hooks   *services.Hooks
 	streams map[string]streamHandler // by stream kind: the one dispatch (streams.go)
 	stats   StatSources              // the parts' counters in the operator's status
 
@@ -58,13 +61,17 @@ type Parts struct {
 	// Pause is the detector the parts count time with; nil: New makes one.
 	// Agent.Run runs it.
 	Pause *pause.Detector
+	// Boot is the image's boot services and Hooks its hooks (package
+	// services); Main starts and stops them. Nil in tests that need none.
+	Boot  *services.Manager
+	Hooks *services.Hooks
 }
 
 // New returns an agent; call Run.
 func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 	a := &Agent{
 		cfg: cfg, log: log, version: version, started: time.Now(),
-		caps: p.Caps, procs: p.Procs, stats: p.Stats,
+		caps: p.Caps, procs: p.Procs, stats: p.Stats, boot: p.Boot, hooks: p.Hooks,
 		apiLn: newStreamListener(), closed: make(chan struct{}), pause: p.Pause,
 	}
 	if a.pause == nil {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/services"
 )
 
 // Capability is a part of the API served by its own package (pty sessions,
@@ -40,12 +41,19 @@ func (a *Agent) handleInfo(w http.ResponseWriter, r *http.Request) {
 	if a.procs != nil {
 		running, total = a.procs.Counts()
 	}
-	httpx.WriteJSON(w, http.StatusOK, map[string]any{
+	info := map[string]any{
 		"version":           a.version,
 		"uptime_secs":       int64(time.Since(a.started).Seconds()),
 		"running_processes": running,
 		"total_processes":   total,
-	})
+		"services_ready":    true,
+		"services":          []services.State{},
+	}
+	if a.boot != nil {
+		st := a.boot.Status()
+		info["services_ready"], info["services"] = st.Ready, st.Services
+	}
+	httpx.WriteJSON(w, http.StatusOK, info)
 }
 
 // streamListener hands uplink API streams to an http.Server as if they were

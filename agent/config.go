@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tensorlake/tl-agent/process"
+	"github.com/tensorlake/tl-agent/services"
 )
 
 // Config is everything the agent can be told. cmd/tl-agent binds each field
@@ -47,6 +48,8 @@ type Config struct {
 	Mount     bool // mount /proc, /sys, /dev... when missing (PID 1 in a VM)
 
 	ShutdownGrace time.Duration
+	// HookTimeout is each image hook's deadline (package services).
+	HookTimeout time.Duration
 
 	// PTY sessions.
 	PTYIdleTimeout time.Duration
@@ -79,6 +82,7 @@ func Defaults() Config {
 		Provision:      true,
 		Mount:          true,
 		ShutdownGrace:  10 * time.Second,
+		HookTimeout:    services.DefaultHookTimeout,
 		PTYIdleTimeout: 300 * time.Second,
 		PTYMaxSessions: 64,
 		Processes:      process.DefaultConfig(),
@@ -156,6 +160,8 @@ func (c *Config) Validate() error {
 		return errors.New("--uid and --gid must be non-negative")
 	case c.ShutdownGrace <= 0:
 		return errors.New("--shutdown-grace must be positive")
+	case c.HookTimeout <= 0:
+		return errors.New("--hook-timeout must be positive")
 	case c.PTYMaxSessions <= 0:
 		return errors.New("--pty-max-sessions must be positive")
 	case c.MaxStreams <= 0 || c.MaxAPIStreams <= 0:

@@ -3,16 +3,19 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/services"
 )
 
 // serveControl serves the operator's door: a root-only unix socket with
@@ -33,6 +36,7 @@ func (a *Agent) serveControl(ctx context.Context) {
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteJSON(w, http.StatusOK, a.Status())
 	})
+	mux.HandleFunc("POST /hooks/{phase}", a.handleHooks)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -89,4 +93,20 @@ func listenPrivateUnix(path string) (*net.UnixListener, error) {
 		return nil, &os.LinkError{Op: "rename", Old: tmp, New: path, Err: err}
 	}
 	return ln, nil
+}
+
+// handleHooks runs a phase's hooks now and answers how each ended: the
+// operator's (and later the lifecycle API's) way to run pre-snapshot.
+func (a *Agent) handleHooks(w http.ResponseWriter, r *http.Request) {
+	phase := r.PathValue("phase")
+	if !services.ValidPhase(phase) {
+		httpx.WriteError(w, http.StatusBadRequest, "INVALID_PHASE",
+			fmt.Sprintf("unknown hook phase %q: one of %s", phase, strings.Join(services.Phases, ", ")))
+		return
+	}
+	res := []services.HookResult{}
+	if a.hooks != nil {
+		res = append(res, a.hooks.Run(r.Context(), phase)...)
+	}
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"phase": phase, "hooks": res})
 }

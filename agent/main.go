@@ -5,11 +5,13 @@ import (
 	"errors"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/services"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -67,6 +69,15 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
 
+	bootCtx, stopBoot := context.WithCancel(context.Background())
+	booted := make(chan struct{})
+	go func() {
+		defer close(booted)
+		parts.Hooks.Run(bootCtx, services.OnBoot)
+		if bootCtx.Err() == nil {
+			parts.Boot.Start()
+		}
+	}()
 	mainExit := startMain(cfg, log, reaper, sigs)
 	var err error
 	code := 0
@@ -83,10 +94,18 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 		}
 	}
 	log.Info().Str("reason", context.Cause(ctx).Error()).Msg("shutting down")
-	// Processes first: they get their signals while the API winds down,
-	// and the grace runs once for both. The capabilities' Close (stopParts)
-	// runs no grace of its own.
-	res := supervisor.Sweep(reaper, cfg.ShutdownGrace, pid1, log)
+	// One grace for everything: pre-shutdown hooks, then the boot
+	// services in reverse order, then the sweep of every process (they get
+	// their signals while the API winds down). The capabilities' Close
+	// (stopParts) runs no grace of its own.
+	deadline := time.Now().Add(cfg.ShutdownGrace)
+	stopBoot()
+	<-booted
+	hookCtx, hookDone := context.WithDeadline(context.Background(), deadline)
+	parts.Hooks.Run(hookCtx, services.PreShutdown)
+	hookDone()
+	parts.Boot.Stop(deadline)
+	res := supervisor.Sweep(reaper, max(time.Until(deadline), 0), pid1, log)
 	err = <-runErr
 	stopParts()
 	// Last: the capabilities' Close may still wait on their processes.

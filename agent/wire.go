@@ -11,6 +11,7 @@ import (
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/process"
 	"github.com/tensorlake/tl-agent/pty"
+	"github.com/tensorlake/tl-agent/services"
 	"github.com/tensorlake/tl-agent/sftpd"
 	"github.com/tensorlake/tl-agent/sshd"
 	"github.com/tensorlake/tl-agent/supervisor"
@@ -43,6 +44,9 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 				total, n := pauses.Paused()
 				log.Warn().Dur("length", g.Length).Dur("paused_total", total).Int("pauses", n).
 					Msg("sandbox was paused: timers count running time only")
+				if p.Hooks != nil {
+					p.Hooks.Run(pctx, services.PostResume)
+				}
 			}
 		}
 	}()
@@ -88,6 +92,15 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	p.Caps = append(p.Caps, procs)
 	p.Procs = procs
 	stops = append(stops, procs.Close)
+
+	// Boot services (supervised processes of the table) and hooks, as the
+	// image declares them; Main starts and stops them.
+	p.Hooks = &services.Hooks{Dir: services.HooksDir, Timeout: cfg.HookTimeout, Reaper: reaper, Log: log.With().Str("component", "hooks").Logger()}
+	svcs, errs := services.Load(services.Dir)
+	for _, err := range errs {
+		log.Error().Err(err).Msg("boot service skipped")
+	}
+	p.Boot = services.New(svcs, procs, log)
 
 	// Files, owned by the sandbox user.
 	p.Caps = append(p.Caps, files.New(files.Config{Owner: sandboxUser(cfg, log)}, log))

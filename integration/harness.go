@@ -100,6 +100,9 @@ type Options struct {
 	// CgroupV1, when set, gives the namespace sandbox a v1 memory and
 	// pids cgroup of its own with these limits (cgroup.go).
 	CgroupV1 *CgroupV1
+	// EtcTLAgent is a folder copied to the sandbox's /etc/tl-agent (boot
+	// services and hooks, as an image declares them).
+	EtcTLAgent string
 }
 
 // System is a running proxy plus a sandbox whose agent is connected to it.
@@ -256,6 +259,9 @@ func (s *System) StartAgent() {
 		}
 		if s.cgroup != "" {
 			cmd.Env = append(cmd.Env, "TL_SANDBOX_CGROUP_V1="+s.cgroup)
+		}
+		if s.opts.EtcTLAgent != "" {
+			cmd.Env = append(cmd.Env, "TL_SANDBOX_ETC_TL_AGENT="+s.opts.EtcTLAgent)
 		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{
 			Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,

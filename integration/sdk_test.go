@@ -14,7 +14,7 @@ import (
 )
 
 // sdkSteps are the steps of testdata/sdk_smoke.mjs this build must pass.
-var sdkSteps = []string{"health", "info", "run", "run_many", "follow_skipped", "run_timeout", "files", "processes", "process_io", "supervised", "tunnel", "pty"}
+var sdkSteps = []string{"health", "info", "run", "run_many", "follow_skipped", "run_timeout", "files", "processes", "process_io", "supervised", "services", "tunnel", "pty"}
 
 // TestOfficialSDK drives the sandbox with the official TypeScript SDK (npm
 // tensorlake on Node 22), pointed at tl-proxy with proxyUrl, exactly as a
@@ -26,7 +26,7 @@ func TestOfficialSDK(t *testing.T) {
 		t.Fatalf("install SDK (scripts/sdk.sh): %v", err)
 	}
 	sdkDir := strings.TrimSpace(string(out))
-	s := Start(t, Options{})
+	s := Start(t, Options{EtcTLAgent: bootImage(t, orderServices(nil))})
 	ensureUser(t, s)
 
 	// A line echo server "inside" the sandbox for the tunnel step.

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pkg/sftp"
 	gossh "golang.org/x/crypto/ssh"
@@ -80,6 +81,49 @@ func TestSSHAgentDialedOnNeed(t *testing.T) {
 		}
 		t.Fatal("sftp at EOF: the channel closed without an exit status")
 	})
+	t.Run("an sftp-server killed mid-session is reported as killed, not as success", func(t *testing.T) {
+		ch, reqs, err := c.OpenChannel("session", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ch.Close()
+		if ok, err := ch.SendRequest("subsystem", true, gossh.Marshal(&struct{ Name string }{"sftp"})); !ok || err != nil {
+			t.Fatalf("sftp subsystem: %v %v", ok, err)
+		}
+		// SSH_FXP_INIT version 3, and its SSH_FXP_VERSION reply: the
+		// server runs and has answered a whole packet.
+		if _, err := ch.Write([]byte{0, 0, 0, 5, 1, 0, 0, 0, 3}); err != nil {
+			t.Fatal(err)
+		}
+		var hdr [5]byte
+		if _, err := io.ReadFull(ch, hdr[:]); err != nil || hdr[4] != 2 {
+			t.Fatalf("sftp version reply: %v %v", hdr, err)
+		}
+		go func() { _, _ = io.Copy(io.Discard, ch) }()
+		pid := sandboxPidOf(t, s.System, "sftp-server")
+		if out, err := s.Exec("kill", "-KILL", strconv.Itoa(pid)); err != nil {
+			t.Fatalf("kill the sftp-server %d: %v %s", pid, err, out)
+		}
+		for req := range reqs {
+			switch req.Type {
+			case "exit-signal":
+				var sig struct {
+					Name          string
+					Core          bool
+					Message, Lang string
+				}
+				if gossh.Unmarshal(req.Payload, &sig) != nil || sig.Name != "KILL" {
+					t.Fatalf("exit-signal %q, want KILL (the server's own end)", sig.Name)
+				}
+				return
+			case "exit-status":
+				var st struct{ Status uint32 }
+				_ = gossh.Unmarshal(req.Payload, &st)
+				t.Fatalf("a killed sftp-server reported exit status %d, want exit-signal KILL as sshd reports it", st.Status)
+			}
+		}
+		t.Fatal("the channel closed without an exit")
+	})
 	t.Run("the first exec dials the agent once, later ones share it", func(t *testing.T) {
 		for i := range 2 {
 			sess, err := c.NewSession()
@@ -132,4 +176,27 @@ func TestSSHAgentSFTPSubsystem(t *testing.T) {
 	if n := sftpSessionsTotal(t, s.System); n != base+len(ways) {
 		t.Fatalf("sftpd served %d sessions for %d sftp runs through the agent's SSH server", n-base, len(ways))
 	}
+}
+
+// sandboxPidOf finds the one process in the sandbox whose argv[1] is arg
+// (the agent's re-executed helpers, such as its sftp-server), by reading
+// the sandbox's /proc: the pid is the sandbox's, for s.Exec.
+func sandboxPidOf(t *testing.T, s *System, arg string) int {
+	t.Helper()
+	script := `for d in /proc/[0-9]*; do set -- $(tr '\0' ' ' < $d/cmdline 2>/dev/null); [ "$2" = ` + arg + ` ] && echo ${d#/proc/}; done; true`
+	for range 50 {
+		out, err := s.Exec("sh", "-c", script)
+		if err != nil {
+			t.Fatalf("list the sandbox's processes: %v %s", err, out)
+		}
+		if f := strings.Fields(out); len(f) == 1 {
+			pid, err := strconv.Atoi(f[0])
+			if err == nil {
+				return pid
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no single process %q in the sandbox", arg)
+	return 0
 }

@@ -22,15 +22,21 @@ type RestartPolicy struct {
 	MaxBackoffMs     int64  `json:"max_backoff_ms"`
 }
 
-// HealthCheck is the `health_check` field of a supervised process.
+// HealthCheck is the `health_check` field of a supervised process, and
+// the readiness probe of a boot service (package services). Types: http
+// (a 2xx or 3xx from 127.0.0.1:Port+Path), tcp (a connection to
+// 127.0.0.1:Port), exec (Command with Args, run as the process's user in
+// its folder and environment, exits 0).
 type HealthCheck struct {
-	Type             string `json:"type"`
-	Port             int    `json:"port"`
-	Path             string `json:"path,omitempty"`
-	InitialDelayMs   int64  `json:"initial_delay_ms"`
-	IntervalMs       int64  `json:"interval_ms"`
-	TimeoutMs        int64  `json:"timeout_ms"`
-	FailureThreshold int    `json:"failure_threshold"`
+	Type             string   `json:"type"`
+	Port             int      `json:"port,omitempty"`
+	Path             string   `json:"path,omitempty"`
+	Command          string   `json:"command,omitempty"`
+	Args             []string `json:"args,omitempty"`
+	InitialDelayMs   int64    `json:"initial_delay_ms"`
+	IntervalMs       int64    `json:"interval_ms"`
+	TimeoutMs        int64    `json:"timeout_ms"`
+	FailureThreshold int      `json:"failure_threshold"`
 }
 
 // Restart policies.
@@ -102,10 +108,14 @@ func normalizeHealth(h *HealthCheck) (*HealthCheck, error) {
 			return nil, err
 		}
 	case "tcp":
+	case "exec":
+		if err := validProbeCommand(&out); err != nil {
+			return nil, err
+		}
 	default:
-		return nil, refuse(ErrInvalid, "health_check.type must be http or tcp, not %q", h.Type)
+		return nil, refuse(ErrInvalid, "health_check.type must be http, tcp or exec, not %q", h.Type)
 	}
-	if out.Port < 1 || out.Port > 65535 {
+	if out.Type != "exec" && (out.Port < 1 || out.Port > 65535) {
 		return nil, refuse(ErrInvalid, "health_check.port must be 1..65535")
 	}
 	def := func(v *int64, d int64) {
@@ -409,7 +419,7 @@ func (m *managed) healthLoop(ctx context.Context, p *Process) {
 		}
 		wait = time.Duration(h.IntervalMs) * time.Millisecond
 		_, pausesBefore := clock.Paused()
-		err := probe(ctx, clock, h)
+		err := probe(ctx, clock, h, m.execProbe)
 		if ctx.Err() != nil {
 			return
 		}
@@ -470,14 +480,20 @@ func sleepRunning(ctx context.Context, clock *pause.Detector, d time.Duration, d
 // errProbeTimeout ends a probe that had no answer within its timeout.
 var errProbeTimeout = errors.New("no answer within timeout_ms")
 
-// probe runs one health check, timed out in running time.
-func probe(ctx context.Context, clock *pause.Detector, h *HealthCheck) error {
+// probe runs one health check, timed out in running time; run runs the
+// exec type's command.
+func probe(ctx context.Context, clock *pause.Detector, h *HealthCheck, run func(context.Context, *HealthCheck) error) error {
 	timeout := time.Duration(h.TimeoutMs) * time.Millisecond
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	t := clock.AfterFunc(timeout, func() { cancel(errProbeTimeout) })
 	defer t.Stop()
-	err := probeOnce(ctx, h)
+	var err error
+	if h.Type == "exec" {
+		err = run(ctx, h)
+	} else {
+		err = probeOnce(ctx, h)
+	}
 	if err != nil && errors.Is(context.Cause(ctx), errProbeTimeout) {
 		return fmt.Errorf("no answer within %v", timeout)
 	}

@@ -2,6 +2,7 @@ package process
 
 import (
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -223,6 +224,46 @@ func TestHealthFailureWithNeverOnlyMarks(t *testing.T) {
 	}
 	if !p.running() || p.managed.info().Status == mStopped {
 		t.Fatalf("policy never: an unhealthy process was killed: %+v", p.managed.info())
+	}
+	p.kill()
+	waitDone(t, p)
+}
+
+// An exec health check runs its command as the process's user in its
+// folder and environment: healthy while it exits 0, unhealthy after it
+// fails failure_threshold times; a probe that hangs is killed at its
+// timeout and counts as a failure.
+func TestExecHealthCheck(t *testing.T) {
+	tb := newTestTable(t)
+	flag := filepath.Join(t.TempDir(), "ok")
+	name := "probed"
+	p, err := tb.Start(&StartRequest{Command: "sleep", Args: []string{"300"}, User: self(), WorkingDir: "/", Name: &name,
+		Env:         map[string]string{"FLAG": flag},
+		Restart:     &RestartPolicy{Policy: PolicyNever},
+		HealthCheck: &HealthCheck{Type: "exec", Command: "sh", Args: []string{"-c", `test -e "$FLAG" && exit 0; test -e "$FLAG.hang" && exec sleep 60; exit 1`}, InitialDelayMs: 1, IntervalMs: 10, TimeoutMs: 300, FailureThreshold: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := func(want string) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); p.managed.info().HealthStatus != want; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("never %s: %+v", want, p.managed.info())
+			}
+		}
+	}
+	wait(hUnhealthy)
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wait(hHealthy)
+	_ = os.Remove(flag)
+	if err := os.WriteFile(flag+".hang", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wait(hUnhealthy)
+	if le := p.managed.info().LastError; le == nil || !strings.Contains(*le, "no answer within") {
+		t.Fatalf("a hung probe's error: %v", le)
 	}
 	p.kill()
 	waitDone(t, p)

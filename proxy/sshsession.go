@@ -8,6 +8,7 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/tensorlake/tl-agent/internal/sftpframe"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -134,7 +135,7 @@ func (f *sshFront) sessionViaAgent(st *frontConn, ch gossh.Channel, reqs <-chan 
 
 // sftpStream serves an sftp subsystem over a bare SFTP uplink stream.
 func (f *sshFront) sftpStream(ctx context.Context, st *frontConn, remote string, ch gossh.Channel, reqs <-chan *gossh.Request, req *gossh.Request) {
-	s, err := f.p.reg.Open(ctx, st.route.sandbox, uplink.Header{Kind: uplink.KindSFTP, User: st.key.name, Remote: remote})
+	s, err := f.p.reg.Open(ctx, st.route.sandbox, uplink.Header{Kind: uplink.KindSFTP, User: st.key.name, Remote: remote, ExitTrailer: true})
 	if err != nil {
 		if req.WantReply {
 			_ = req.Reply(false, nil)
@@ -154,21 +155,41 @@ func (f *sshFront) sftpStream(ctx context.Context, st *frontConn, remote string,
 			_ = cw.CloseWrite()
 		}
 	}()
-	_, err = io.CopyBuffer(ch, s, make([]byte, relayBuf))
-	// The agent refuses the stream (above) when the session cannot
-	// start, as sshd's subsystem reports it: the reason, exit status 1.
-	// Once it runs, the stream's clean end is the server's exit at the
-	// client's EOF, 0 (scp reports failure without a status); a broken
-	// stream is 1.
-	status := uint32(0)
-	if err != nil {
-		status = 1
-	}
-	_, _ = ch.SendRequest("exit-status", false, gossh.Marshal(&struct{ Status uint32 }{status}))
+	out := &sftpframe.Splitter{W: ch}
+	_, err = io.CopyBuffer(out, s, make([]byte, relayBuf))
+	sendSFTPExit(ch, out, err)
 	_ = ch.CloseWrite()
 	_ = ch.Close()
 	s.Close()
 	<-in
+}
+
+// sendSFTPExit reports the agent's sftp-server's exit as sshd reports its
+// subsystem's. The agent refuses the stream (above) when the session
+// cannot start: the reason, exit status 1. Once it runs, the exit comes in
+// the stream's trailer (internal/sftpframe); a stream that ends cleanly
+// without one is an agent that predates trailers, whose server exits 0 at
+// the client's EOF (scp reports failure without a status); a broken or
+// malformed stream is 1.
+func sendSFTPExit(ch gossh.Channel, out *sftpframe.Splitter, err error) {
+	e, ok := out.Exit()
+	switch {
+	case ok && e.Signal != "":
+		msg := struct {
+			Name    string
+			Core    bool
+			Message string
+			Lang    string
+		}{e.Signal, e.Core, "", ""}
+		_, _ = ch.SendRequest("exit-signal", false, gossh.Marshal(&msg))
+		return
+	case ok:
+	case err == nil && out.Clean():
+		e.Status = 0
+	default:
+		e.Status = 1
+	}
+	_, _ = ch.SendRequest("exit-status", false, gossh.Marshal(&struct{ Status uint32 }{e.Status}))
 }
 
 // failSession ends a session that cannot start: the reason on stderr,

@@ -20,6 +20,8 @@
 # cgroups /sys/fs/cgroup/{memory,pids}/NAME (made and limited by the
 # caller) and binds them at the sandbox's /sys/fs/cgroup/{memory,pids},
 # writable: the agent sees a cgroup of its own and makes its workload in it.
+# TL_SANDBOX_ETC_TL_AGENT=D copies folder D to the sandbox's /etc/tl-agent
+# (an image's boot services and hooks, docs/services.md).
 # TL_SANDBOX_HARDEN=1 (make run) mounts /sys, /proc/sys and
 # /proc/sysrq-trigger read-only and drops the capabilities a sandbox has no
 # use for from the bounding set (modules, raw I/O, the clock, device
@@ -104,6 +106,13 @@ if [ "${TL_SANDBOX_HARDEN:-0}" = 1 ] && [ "${TL_SANDBOX_BARE:-0}" != 1 ]; then
     mount -o remount,bind,ro "$p"
   done
   harden=(setpriv --bounding-set -sys_module,-sys_rawio,-sys_time,-mknod,-syslog,-sys_boot,-mac_admin,-mac_override,-audit_control,-wake_alarm,-block_suspend,-sys_pacct --)
+fi
+
+# TL_SANDBOX_ETC_TL_AGENT=D: host folder D's contents become the image's
+# /etc/tl-agent (boot services, hooks), copied into the overlay.
+if [ -n "${TL_SANDBOX_ETC_TL_AGENT:-}" ]; then
+  mkdir -p "$r/etc/tl-agent"
+  cp -a "$TL_SANDBOX_ETC_TL_AGENT/." "$r/etc/tl-agent/"
 fi
 
 # The agent binary appears where an image would have it.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/sftpframe"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
@@ -172,22 +174,36 @@ func (s *Server) admit() (release func(), err error) {
 // ServeConn serves a bare sftp stream: the SFTP protocol both ways, ended
 // by the client's EOF. A session that cannot start refuses the stream
 // with the reason (streams.Server), which the proxy reports as sshd's
-// subsystem does: on stderr, exit status 1. Otherwise the stream's clean
-// end (a half-close once the server exited) is what the proxy reports as
-// exit status 0.
+// subsystem does: on stderr, exit status 1. Otherwise, when the peer asks
+// for it, the server's exit follows its last packet as a trailer
+// (internal/sftpframe), so the proxy reports what the server did, as the
+// SSH subsystem does; a server that died mid-packet gets none (the stream
+// ends mid-packet: a broken session). Then the stream is half-closed.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn, peer streams.Peer) error {
 	defer c.Close()
 	log := s.log.With().Str("user", peer.User).Str("remote", peer.Remote).Logger()
-	exit, err := s.Serve(ctx, Session{In: c, Out: c})
+	out := &sftpframe.Counter{W: c}
+	exit, err := s.Serve(ctx, Session{In: c, Out: out})
 	if err != nil {
 		log.Warn().Err(err).Msg("sftp stream refused")
 		return err
+	}
+	if peer.ExitTrailer && out.AtBoundary() {
+		_, _ = c.Write(sftpframe.AppendTrailer(nil, trailerExit(exit)))
 	}
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
 	log.Info().Str("exit", exit.String()).Msg("sftp session over the uplink ended")
 	return nil
+}
+
+// trailerExit is e as SSH reports it: a status, or a signal's name.
+func trailerExit(e supervisor.Exit) sftpframe.Exit {
+	if e.Signal != 0 {
+		return sftpframe.Exit{Signal: strings.TrimPrefix(unix.SignalName(e.Signal), "SIG"), Core: e.Core}
+	}
+	return sftpframe.Exit{Status: uint32(e.Code)}
 }
 
 // Close refuses new sessions, hangs up the running ones and waits until

@@ -37,6 +37,10 @@ type Header struct {
 	User string `json:"user,omitempty"`
 	// Remote is the user's address as the proxy saw it, for logs.
 	Remote string `json:"remote,omitempty"`
+	// ExitTrailer (KindSFTP): the proxy wants the sftp-server's exit in a
+	// trailer after its last packet (internal/sftpframe). An agent that
+	// predates it ignores the field and sends none.
+	ExitTrailer bool `json:"exit_trailer,omitempty"`
 }
 
 // String is the short target form used in logs: api, ssh, tcp:8080, unix:/p.

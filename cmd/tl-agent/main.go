@@ -112,6 +112,7 @@ func bindFlags(fs *cli.FlagSet, c *agent.Config) {
 	fs.Bool(&c.Provision, "provision", d.Provision, "create the sandbox user and set the host name at start")
 	fs.Bool(&c.Mount, "mount", d.Mount, "as PID 1, mount /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp when missing")
 	fs.Duration(&c.ShutdownGrace, "shutdown-grace", d.ShutdownGrace, "time between SIGTERM and SIGKILL at shutdown")
+	fs.Duration(&c.HookTimeout, "hook-timeout", d.HookTimeout, "deadline of each image hook (/etc/tl-agent/hooks)")
 	fs.Duration(&c.PTYIdleTimeout, "pty-idle-timeout", d.PTYIdleTimeout, "kill a PTY session after this long with no client attached")
 	fs.Int(&c.PTYMaxSessions, "pty-max-sessions", d.PTYMaxSessions, "maximum live PTY sessions")
 	fs.String(&c.SSHListen, "ssh-listen", d.SSHListen, "also serve SSH on this TCP `addr` inside the sandbox, for keys in the user's ~/.ssh/authorized_keys")

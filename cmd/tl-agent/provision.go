@@ -5,16 +5,21 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/tensorlake/tl-agent/agent"
 	"github.com/tensorlake/tl-agent/internal/logx"
+	"github.com/tensorlake/tl-agent/services"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
 // provisionCmd does the agent's start-up provisioning and nothing else: for
 // an image build (RUN tl-agent provision bakes tl-user into a layer, so the
 // sandbox starts with nothing to write) or to check an image's /etc from
-// outside (--root). It prints what it did as JSON; exit 1 on any failure.
+// outside (--root). It also checks the image's boot service files
+// (services.Dir under the root): each invalid one is named with the
+// reason, so a bad file fails the image build rather than being skipped
+// at every boot. It prints what it did as JSON; exit 1 on any failure.
 func provisionCmd(args []string) int {
 	d := agent.Defaults()
 	fs := flag.NewFlagSet("tl-agent provision", flag.ContinueOnError)
@@ -36,9 +41,16 @@ func provisionCmd(args []string) int {
 	res, err := supervisor.Provision(*root, o, log)
 	out, _ := json.MarshalIndent(res, "", "  ")
 	fmt.Println(string(out))
+	code := 0
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tl-agent provision:", err)
-		return 1
+		code = 1
 	}
-	return 0
+	if _, errs := services.Load(filepath.Join(*root, services.Dir)); len(errs) > 0 {
+		for _, e := range errs {
+			fmt.Fprintln(os.Stderr, "tl-agent provision: boot service:", e)
+		}
+		code = 1
+	}
+	return code
 }

@@ -107,6 +107,30 @@ const steps = {
     assert.notEqual(re.pid, again.pid);
     await sb.killProcess("sdk-svc");
   },
+  async services() {
+    // The image's boot services (sdk_test.go declares them) are processes
+    // like any other: listed, found by name, restarted, killed.
+    let web;
+    for (let i = 0; i < 100; i++) {
+      const list = await sb.listProcesses();
+      web = list.find((x) => x.managed && x.managed.name === "web");
+      if (web && web.status === "running" && list.some((x) => x.managed && x.managed.name === "db")) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(web, "web is listed");
+    const got = await sb.getProcess("web");
+    assert.equal(got.pid, web.pid);
+    const re = await sb.restartProcess("web");
+    assert.notEqual(re.pid, web.pid);
+    await sb.killProcess("web");
+    let after;
+    for (let i = 0; i < 100; i++) {
+      after = await sb.getProcess("web");
+      if (after.status !== "running") break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.notEqual(after.status, "running");
+  },
   async pty() {
     let out = "";
     const pty = await sb.createPty({ command: "bash", args: ["--norc", "-i"], rows: 24, cols: 80, onData: (d) => { out += Buffer.from(d).toString(); } });

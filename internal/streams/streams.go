@@ -16,6 +16,9 @@ import (
 type Peer struct {
 	User   string // who the proxy authenticated: an SSH key's comment
 	Remote string // the user's address as the proxy saw it
+	// ExitTrailer: the peer wants the server's exit after its output, in
+	// the stream's own framing (sftp: internal/sftpframe).
+	ExitTrailer bool
 }
 
 // Server serves whole connections of one stream kind (ssh, sftp).
