@@ -221,6 +221,9 @@ func (a *Agent) serveStream(ctx context.Context, c *countedConn, lim *streamLimi
 		c.Close()
 		return
 	}
+	// A stream that serves one user connection names it (validated
+	// above): every event of the stream carries its ids.
+	log = streams.Peer{RequestID: h.RequestID, TraceID: h.TraceID}.LogIDs(log)
 	serve, ok := a.streams[h.Kind]
 	if !ok {
 		why := h.Kind + " server not enabled"

@@ -177,7 +177,7 @@ func (s *Server) admit() (release func(), err error) {
 // exit status 0.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn, peer streams.Peer) error {
 	defer c.Close()
-	log := s.log.With().Str("user", peer.User).Str("remote", peer.Remote).Logger()
+	log := peer.Log(s.log)
 	exit, err := s.Serve(ctx, Session{In: c, Out: c})
 	if err != nil {
 		log.Warn().Err(err).Msg("sftp stream refused")

@@ -40,8 +40,7 @@ type ID struct {
 // Valid reports whether id can be logged and passed on as it is: the
 // check the agent applies to an id from a stream header.
 func (id ID) Valid() bool {
-	return ValidRequestID(id.Request) && isHex(id.Trace, 32) && isHex(id.Span, 16) &&
-		!allZero(id.Trace) && !allZero(id.Span)
+	return ValidRequestID(id.Request) && ValidTraceID(id.Trace) && isHex(id.Span, 16) && !allZero(id.Span)
 }
 
 // FromHeaders returns the ids of an incoming request: the caller's
@@ -141,6 +140,10 @@ func ValidRequestID(v string) bool {
 	}
 	return true
 }
+
+// ValidTraceID is the W3C rule for a trace-id: 32 lower-case hex digits,
+// not all zeros.
+func ValidTraceID(v string) bool { return isHex(v, 32) && !allZero(v) }
 
 // isHex reports whether s is n lower-case hex digits.
 func isHex(s string, n int) bool {
