@@ -72,7 +72,7 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 	}
 	a.streams = a.streamHandlers(p.Streams)
 	a.api = &http.Server{
-		Handler:           a.routes(),
+		Handler:           a.withRequestIDs(a.routes()),
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,

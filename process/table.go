@@ -226,7 +226,11 @@ func (t *Table) startWith(s *spec, m *managed, owned bool) (*Process, error) {
 	}
 	t.byPid[p.pid] = p
 	t.mu.Unlock()
-	t.log.Info().Int("pid", p.pid).Int("handle", handle).Str("command", s.command).Str("user", s.user.Name).Msg("process started")
+	log := &t.log
+	if s.startLog != nil {
+		log, s.startLog = s.startLog, nil
+	}
+	log.Info().Int("pid", p.pid).Int("handle", handle).Str("command", s.command).Str("user", s.user.Name).Msg("process started")
 	return p, nil
 }
 
