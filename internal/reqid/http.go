@@ -11,6 +11,11 @@ import "net/http"
 func Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := FromHeaders(r.Header)
+		if !id.Continued {
+			// W3C Trace Context 3.3: tracestate belongs to the caller's
+			// trace; a trace started here has none.
+			r.Header.Del(HeaderTracestate)
+		}
 		id.SetHeaders(r.Header)
 		id.SetHeaders(w.Header())
 		next.ServeHTTP(w, r.WithContext(NewContext(r.Context(), id)))

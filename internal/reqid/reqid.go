@@ -20,6 +20,7 @@ import (
 const (
 	HeaderRequestID   = "X-Request-Id"
 	HeaderTraceparent = "Traceparent"
+	HeaderTracestate  = "Tracestate"
 )
 
 // MaxRequestID bounds an accepted X-Request-Id; a longer one is replaced.
@@ -33,8 +34,12 @@ type ID struct {
 	Trace string
 	// Span is this hop's 16-hex parent-id, new for every hop.
 	Span string
-	// Flags are the W3C trace-flags passed on (only the sampled bit).
+	// Flags are the W3C trace-flags passed on (for a later version of
+	// the header, only the sampled bit).
 	Flags byte
+	// Continued is true when Trace is the caller's (its traceparent was
+	// valid), false for a trace started here.
+	Continued bool
 }
 
 // Valid reports whether id can be logged and passed on as it is: the
@@ -56,7 +61,8 @@ func FromHeaders(h http.Header) ID {
 		// traceparent headers"), and start a new trace too.
 		id.Trace, _, id.Flags, err = ParseTraceparent(tps[0])
 	}
-	if len(tps) != 1 || err != nil {
+	id.Continued = len(tps) == 1 && err == nil
+	if !id.Continued {
 		id.Trace, id.Flags = randHex(16), 0
 	}
 	id.Request = id.Trace

@@ -77,7 +77,7 @@ func TestFromHeaders(t *testing.T) {
 		h := http.Header{}
 		h.Set(HeaderTraceparent, goodTP)
 		id := FromHeaders(h)
-		if id.Trace != goodTrace || id.Span == goodParent || id.Flags != 1 || !id.Valid() {
+		if id.Trace != goodTrace || id.Span == goodParent || id.Flags != 1 || !id.Valid() || !id.Continued {
 			t.Fatalf("got %+v", id)
 		}
 		if id.Request != goodTrace {
@@ -91,7 +91,7 @@ func TestFromHeaders(t *testing.T) {
 		h := http.Header{}
 		h.Set(HeaderTraceparent, "00-"+strings.Repeat("0", 32)+"-"+goodParent+"-01")
 		id := FromHeaders(h)
-		if id.Trace == "" || allZero(id.Trace) || !id.Valid() {
+		if id.Trace == "" || allZero(id.Trace) || !id.Valid() || id.Continued {
 			t.Fatalf("got %+v", id)
 		}
 		if _, _, _, err := ParseTraceparent(id.Traceparent()); err != nil {
@@ -126,6 +126,29 @@ func TestFromHeaders(t *testing.T) {
 			t.Fatalf("got %+v and %+v", a, b)
 		}
 	})
+}
+
+// TestMiddlewareDropsTracestateOfANewTrace: a caller's tracestate goes
+// on with its trace, and is dropped when its traceparent was invalid.
+func TestMiddlewareDropsTracestateOfANewTrace(t *testing.T) {
+	for _, tc := range []struct {
+		tp   string
+		keep bool
+	}{{goodTP, true}, {"garbage", false}, {"", false}} {
+		var state string
+		h := Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			state = r.Header.Get(HeaderTracestate)
+		}))
+		req := httptest.NewRequest("GET", "/", nil)
+		if tc.tp != "" {
+			req.Header.Set(HeaderTraceparent, tc.tp)
+		}
+		req.Header.Set(HeaderTracestate, "vendor=x")
+		h.ServeHTTP(httptest.NewRecorder(), req)
+		if (state != "") != tc.keep {
+			t.Errorf("traceparent %q: tracestate passed on %q, want kept=%v", tc.tp, state, tc.keep)
+		}
+	}
 }
 
 func TestMiddleware(t *testing.T) {
