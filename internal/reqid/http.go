@@ -12,8 +12,9 @@ func Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := FromHeaders(r.Header)
 		if !id.Continued {
-			// W3C Trace Context 3.3: tracestate belongs to the caller's
-			// trace; a trace started here has none.
+			// W3C Trace Context: tracestate belongs to the caller's
+			// trace, and is not used when its traceparent is invalid; a
+			// trace started here has none.
 			r.Header.Del(HeaderTracestate)
 		}
 		id.SetHeaders(r.Header)

@@ -98,12 +98,12 @@ var (
 )
 
 // ParseTraceparent parses a traceparent value per W3C Trace Context
-// level 1, section 3.2: version 00 is exactly
+// level 1, "traceparent Header": version 00 is exactly
 // `00-<32 hex trace-id>-<16 hex parent-id>-<2 hex flags>` in lower case,
 // with neither id all zeros. A later version (not ff) is read the same
 // way up to its flags, which must end the value or be followed by '-'
-// (section 4.3, "Versioning of traceparent"); of its flags only the
-// sampled bit is kept.
+// ("Versioning of traceparent"); of its flags only the sampled bit is
+// kept.
 func ParseTraceparent(v string) (trace, parent string, flags byte, err error) {
 	if len(v) < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-' || !isHex(v[:2], 2) {
 		return "", "", 0, ErrTraceparentFormat
