@@ -106,6 +106,15 @@ func TestRequestIDsAcrossHops(t *testing.T) {
 		waitEvents(t, "agent", s.AgentLog, "request_id", rid, "stream to ssh", "ssh exec", "ssh connection ended")
 		everyEventHasID(t, "agent", s.AgentLog(), "stream to ssh", "ssh exec", "ssh connection ended")
 	})
+
+	rule(t, s, "a connection's forwards log its id on the agent", func(t *testing.T) {
+		args := append(s.SSHArgs(key.Private), "-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9", s.SSHDest(), "true")
+		if out, err := exec.Command("ssh", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ssh -R: %v %s", err, out)
+		}
+		waitMessage(t, "agent", s.AgentLog, "ssh remote forward")
+		everyEventHasID(t, "agent", s.AgentLog(), "ssh remote forward")
+	})
 }
 
 // curlStart starts a process through the proxy with curl, with one extra

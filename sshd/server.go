@@ -194,7 +194,7 @@ func (s *Server) connCallback(ctx ssh.Context, c net.Conn) net.Conn {
 	_ = c.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	ctx.SetValue(ctxKey{}, c)
 	if pc, ok := c.(peerConn); ok {
-		ctx.SetValue(peerKey{}, pc.peer)
+		streams.SetPeer(ctx, pc.peer)
 	}
 	ctx.SetValue(limitsKey{}, &connLimits{maxOpen: s.cfg.MaxChannelsPerConn, maxUnstarted: s.cfg.MaxUnstartedPerConn})
 	u, err := identity.Lookup(s.cfg.User)
@@ -215,12 +215,10 @@ type peerConn struct {
 	peer streams.Peer
 }
 
-type peerKey struct{}
-
 // connLog is the server's logger with the request ids of the connection
 // ctx belongs to, when the proxy named them.
 func (s *Server) connLog(ctx ssh.Context) zerolog.Logger {
-	if p, ok := ctx.Value(peerKey{}).(streams.Peer); ok {
+	if p, ok := streams.PeerFrom(ctx); ok {
 		return p.LogIDs(s.log)
 	}
 	return s.log

@@ -46,6 +46,20 @@ func (p Peer) LogIDs(base zerolog.Logger) zerolog.Logger {
 	return c.Logger()
 }
 
+type peerKey struct{}
+
+// SetPeer keeps p in a connection's mutable context (gliderlabs'
+// ssh.Context), so the code that serves its channels logs its ids too.
+func SetPeer(ctx interface{ SetValue(key, value any) }, p Peer) {
+	ctx.SetValue(peerKey{}, p)
+}
+
+// PeerFrom is the Peer SetPeer kept in ctx.
+func PeerFrom(ctx context.Context) (Peer, bool) {
+	p, ok := ctx.Value(peerKey{}).(Peer)
+	return p, ok
+}
+
 // Server serves whole connections of one stream kind (ssh, sftp).
 // ServeConn owns c, closes it, and returns when it is done with it; ctx
 // ends at shutdown. The agent accepts the stream (answers the proxy's
