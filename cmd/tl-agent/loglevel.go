@@ -30,13 +30,7 @@ func logLevelCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tl-agent log-level: want at most one level (debug, info, warn or error)")
 		return 2
 	}
-	client := &http.Client{
-		Timeout: statusTimeout,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", *sock)
-		}},
-	}
+	client := controlClient(*sock)
 	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout+time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/log-level", nil)
@@ -73,4 +67,16 @@ func logLevelCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stdout, lv.Level)
 	return 0
+}
+
+// controlClient talks HTTP to the agent's control socket at sock, each
+// call bounded by statusTimeout.
+func controlClient(sock string) *http.Client {
+	return &http.Client{
+		Timeout: statusTimeout,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}},
+	}
 }
