@@ -24,7 +24,12 @@ func TestRequestIDsAcrossHops(t *testing.T) {
 	key := NewSSHKey(t, "trace-test")
 	s := Start(t, Options{SSHKeys: WriteAuthorizedKeys(t, key.Public)})
 	ensureUser(t, s)
+	httpIDRules(t, s)
+	sshIDRules(t, s, key)
+}
 
+// httpIDRules are the HTTP front door's rules of TestRequestIDsAcrossHops.
+func httpIDRules(t *testing.T, s *System) {
 	rule(t, s, "a client's X-Request-Id comes back and is on the request's events in both logs", func(t *testing.T) {
 		rid := "trace-test-" + randHex(8)
 		h, pid := curlStart(t, s, "X-Request-Id: "+rid)
@@ -87,6 +92,10 @@ func TestRequestIDsAcrossHops(t *testing.T) {
 		}
 	})
 
+}
+
+// sshIDRules are the SSH front door's rules of TestRequestIDsAcrossHops.
+func sshIDRules(t *testing.T, s *System, key SSHKey) {
 	rule(t, s, "an SSH connection's id is on its events in both logs", func(t *testing.T) {
 		marker := "trace-ssh-" + randHex(4)
 		args := append(s.SSHArgs(key.Private), s.SSHDest(), "echo "+marker)
@@ -242,85 +251,97 @@ func everyEventHasID(t *testing.T, name, log string, msgs ...string) {
 func TestAgentLogLevel(t *testing.T) {
 	RequireRoot(t)
 	s := Start(t, Options{AgentArgs: []string{"--log-level", "info"}})
-	bin := filepath.Join(s.bin, "tl-agent")
-	level := func(args ...string) (string, error) {
-		out, err := exec.Command(bin, append([]string{"log-level", "--socket", s.ControlSocket()}, args...)...).CombinedOutput()
-		return strings.TrimSpace(string(out)), err
-	}
-	// A request's debug event ("api request") marks each step.
-	probe := func() string {
-		rid := "level-probe-" + randHex(6)
-		req := s.Request(t.Context(), "GET", "/api/v1/health", nil)
-		req.Header.Set("X-Request-Id", rid)
-		r, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatalf("probe: %v", err)
-		}
-		r.Body.Close()
-		return rid
-	}
-	// settled waits until the agent's log has caught up with what it
-	// wrote so far: setting the level again (to cur) logs a change event,
-	// at no level so always, after everything before it.
-	settled := func(cur string) {
-		n := len(messages(s.AgentLog, "log level changed"))
-		if out, err := level(cur); err != nil || !strings.HasPrefix(out, cur) {
-			t.Fatalf("log-level %s: %q %v", cur, out, err)
-		}
-		deadline := time.Now().Add(20 * time.Second)
-		for len(messages(s.AgentLog, "log level changed")) <= n {
-			if time.Now().After(deadline) {
-				t.Fatalf("agent log: no \"log level changed\" event")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	hasDebug := func(rid string) bool {
-		for _, ev := range logEvents(s.AgentLog()) {
-			if ev["request_id"] == rid && ev["message"] == "api request" {
-				return true
-			}
-		}
-		return false
-	}
-
+	a := levelAgent{s}
 	rule(t, s, "log-level prints the level the agent started with", func(t *testing.T) {
-		if out, err := level(); err != nil || out != "info" {
+		if out, err := a.level(); err != nil || out != "info" {
 			t.Fatalf("log-level: %q %v, want info", out, err)
 		}
-		rid := probe()
-		settled("info")
-		if hasDebug(rid) {
+		rid := a.probe(t)
+		a.settled(t, "info")
+		if a.hasDebug(rid) {
 			t.Fatalf("a debug event at level info")
 		}
 	})
 	rule(t, s, "log-level debug shows debug events at once", func(t *testing.T) {
-		if out, err := level("debug"); err != nil || out != "debug (was info)" {
+		if out, err := a.level("debug"); err != nil || out != "debug (was info)" {
 			t.Fatalf("log-level debug: %q %v", out, err)
 		}
-		rid := probe()
+		rid := a.probe(t)
 		waitEvents(t, "agent", s.AgentLog, "request_id", rid, "api request")
-		if out, _ := level(); out != "debug" {
+		if out, _ := a.level(); out != "debug" {
 			t.Fatalf("log-level after the change: %q", out)
 		}
 	})
 	rule(t, s, "an unknown level is refused with the reason and changes nothing", func(t *testing.T) {
-		out, err := level("chatty")
+		out, err := a.level("chatty")
 		if err == nil || !strings.Contains(out, "want debug, info, warn or error") {
 			t.Fatalf("log-level chatty: %q %v, want a refusal naming the levels", out, err)
 		}
-		if out, _ := level(); out != "debug" {
+		if out, _ := a.level(); out != "debug" {
 			t.Fatalf("after a refused level: %q, want debug", out)
 		}
 	})
 	rule(t, s, "log-level info hides debug events again", func(t *testing.T) {
-		if out, err := level("info"); err != nil || out != "info (was debug)" {
+		if out, err := a.level("info"); err != nil || out != "info (was debug)" {
 			t.Fatalf("log-level info: %q %v", out, err)
 		}
-		rid := probe()
-		settled("info")
-		if hasDebug(rid) {
+		rid := a.probe(t)
+		a.settled(t, "info")
+		if a.hasDebug(rid) {
 			t.Fatalf("a debug event after log-level info")
 		}
 	})
+}
+
+// levelAgent drives the log level of a system's agent.
+type levelAgent struct{ s *System }
+
+// level runs `tl-agent log-level args...` against the agent.
+func (a levelAgent) level(args ...string) (string, error) {
+	bin := filepath.Join(a.s.bin, "tl-agent")
+	out, err := exec.Command(bin, append([]string{"log-level", "--socket", a.s.ControlSocket()}, args...)...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// probe sends a request whose debug event ("api request") carries the
+// returned id.
+func (a levelAgent) probe(t *testing.T) string {
+	t.Helper()
+	rid := "level-probe-" + randHex(6)
+	req := a.s.Request(t.Context(), "GET", "/api/v1/health", nil)
+	req.Header.Set("X-Request-Id", rid)
+	r, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("probe: %v", err)
+	}
+	r.Body.Close()
+	return rid
+}
+
+// settled waits until the agent's log has caught up with what it wrote
+// so far: setting the level again (to cur) logs a change event, at no
+// level so always, after everything before it.
+func (a levelAgent) settled(t *testing.T, cur string) {
+	t.Helper()
+	n := len(messages(a.s.AgentLog, "log level changed"))
+	if out, err := a.level(cur); err != nil || !strings.HasPrefix(out, cur) {
+		t.Fatalf("log-level %s: %q %v", cur, out, err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for len(messages(a.s.AgentLog, "log level changed")) <= n {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent log: no \"log level changed\" event")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// hasDebug reports whether the probe rid's debug event was logged.
+func (a levelAgent) hasDebug(rid string) bool {
+	for _, ev := range logEvents(a.s.AgentLog()) {
+		if ev["request_id"] == rid && ev["message"] == "api request" {
+			return true
+		}
+	}
+	return false
 }
