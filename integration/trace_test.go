@@ -57,6 +57,27 @@ func httpIDRules(t *testing.T, s *System) {
 		everyEventHasID(t, "proxy", s.ProxyLog(), "request")
 	})
 
+	rule(t, s, "a run's events, its process's exit included, carry the run request's id", func(t *testing.T) {
+		rid := "trace-run-" + randHex(8)
+		out, err := exec.Command("curl", "-sS", "--max-time", "20", "-D", "-", "-N",
+			"-H", "Host: "+s.SandboxID+".local", "-H", "Authorization: Bearer "+s.APIKey,
+			"-H", "Content-Type: application/json", "-H", "X-Request-Id: "+rid,
+			"--data", `{"command":"/bin/echo","args":["`+rid+`"]}`, s.BaseURL()+"/api/v1/processes/run").Output()
+		if err != nil || !strings.Contains(string(out), "X-Request-Id: "+rid) || !strings.Contains(string(out), rid) {
+			t.Fatalf("curl run: %v\n%s", err, out)
+		}
+		evs := waitEvents(t, "agent", s.AgentLog, "request_id", rid, "api request", "process started", "process ended")
+		var pids []any
+		for _, ev := range evs {
+			if ev["pid"] != nil {
+				pids = append(pids, ev["pid"])
+			}
+		}
+		if len(pids) != 2 || pids[0] != pids[1] {
+			t.Fatalf("want the start and the exit of one process with the run's id, got %v", evs)
+		}
+	})
+
 	rule(t, s, "a valid traceparent keeps its trace-id, gets the proxy's parent-id and names the request", func(t *testing.T) {
 		const trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 		h, _ := curlStart(t, s, "traceparent: 00-"+trace+"-"+parent+"-01")
