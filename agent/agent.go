@@ -79,7 +79,7 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 	}
 	a.streams = a.streamHandlers(p.Streams)
 	a.api = &http.Server{
-		Handler:           a.routes(),
+		Handler:           a.withRequestIDs(a.routes()),
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,
@@ -228,6 +228,9 @@ func (a *Agent) serveStream(ctx context.Context, c *countedConn, lim *streamLimi
 		c.Close()
 		return
 	}
+	// A stream that serves one user connection names it (validated
+	// above): every event of the stream carries its ids.
+	log = streams.Peer{RequestID: h.RequestID, TraceID: h.TraceID}.LogIDs(log)
 	serve, ok := a.streams[h.Kind]
 	if !ok {
 		why := h.Kind + " server not enabled"

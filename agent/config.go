@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tensorlake/tl-agent/internal/logx"
 	"github.com/tensorlake/tl-agent/process"
 	"github.com/tensorlake/tl-agent/services"
 )
@@ -39,6 +40,9 @@ type Config struct {
 
 	ControlSocket string // root-only unix socket for operators
 	LogLevel      string
+	// Level is the logger's level while it runs (LogLevel at start), read
+	// and set on the control socket (tl-agent log-level); nil: fixed.
+	Level *logx.Level
 
 	// Sandbox preparation.
 	User      string // the sandbox user, tl-user

@@ -19,7 +19,8 @@ import (
 )
 
 // serveControl serves the operator's door: a root-only unix socket with
-// GET /status (what `tl-agent status` prints) and /debug/pprof/. It is the
+// GET /status (what `tl-agent status` prints), the log level (loglevel.go)
+// and /debug/pprof/. It is the
 // way an operator who execs into a sandbox sees what the agent is doing;
 // nothing on it is reachable through the uplink.
 func (a *Agent) serveControl(ctx context.Context) {
@@ -37,6 +38,7 @@ func (a *Agent) serveControl(ctx context.Context) {
 		httpx.WriteJSON(w, http.StatusOK, a.Status())
 	})
 	mux.HandleFunc("POST /hooks/{phase}", a.handleHooks)
+	a.logLevelRoutes(mux)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -90,7 +90,7 @@ func serveWhole(srv streams.Server) streamHandler {
 	return func(ctx context.Context, c *countedConn, h uplink.Header, _ *streamLimits, log zerolog.Logger) {
 		log.Info().Str("remote", h.Remote).Msg("stream to " + h.Kind)
 		ac := &acceptingConn{countedConn: c}
-		err := srv.ServeConn(ctx, ac, streams.Peer{User: h.User, Remote: h.Remote, ExitTrailer: h.ExitTrailer})
+		err := srv.ServeConn(ctx, ac, streams.Peer{User: h.User, Remote: h.Remote, RequestID: h.RequestID, TraceID: h.TraceID, ExitTrailer: h.ExitTrailer})
 		switch {
 		case err != nil && !ac.used.Load():
 			log.Warn().Err(err).Msg("refused stream")

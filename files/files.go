@@ -38,6 +38,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/reqid"
 	"github.com/tensorlake/tl-agent/internal/threads"
 )
 
@@ -259,7 +260,8 @@ func (s *Server) handleRead(w http.ResponseWriter, r *http.Request) {
 	defer bufPool.Put(bp)
 	// Each read holds a slot of the gate; the network write does not.
 	if _, err := io.CopyBuffer(writerOnly{w}, readerOnly{s.gate.Reader(f)}, *bp); err != nil {
-		s.log.Debug().Err(err).Str("path", path).Msg("download ended early")
+		log := reqid.Logger(r.Context(), s.log)
+		log.Debug().Err(err).Str("path", path).Msg("download ended early")
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/reqid"
 )
 
 // The write path. Who owns what it writes:
@@ -136,7 +137,8 @@ func (s *Server) handleWrite(w http.ResponseWriter, r *http.Request) {
 		writeError(w, path, err)
 		return
 	}
-	s.log.Debug().Str("path", path).Int64("bytes", n).Str("kernel_fs", t.kernelFS).Msg("file written")
+	log := reqid.Logger(r.Context(), s.log)
+	log.Debug().Str("path", path).Int64("bytes", n).Str("kernel_fs", t.kernelFS).Msg("file written")
 	w.WriteHeader(http.StatusNoContent)
 }
 

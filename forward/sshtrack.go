@@ -1,8 +1,6 @@
 package forward
 
 import (
-	"github.com/tensorlake/tl-agent/internal/relay"
-
 	"context"
 	"io"
 	"net"
@@ -13,6 +11,8 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/relay"
+	"github.com/tensorlake/tl-agent/internal/streams"
 )
 
 // SSHForwards owns the forwarding state of one SSH server's connections
@@ -42,9 +42,15 @@ func NewSSHForwards(log zerolog.Logger) *SSHForwards {
 // Attach gives the connection of ctx its forwarding state; call it in
 // gliderlabs' ConnCallback. The state is torn down when ctx ends (the
 // connection closed). u is the sandbox user, or nil when unknown. False
-// once Close has begun: refuse the connection.
+// once Close has begun: refuse the connection. Its forwards' events carry
+// the connection's request ids when the server kept its peer in ctx
+// (streams.SetPeer) before.
 func (f *SSHForwards) Attach(ctx ssh.Context, u *identity.User) bool {
-	c := &sshConn{log: f.log, user: u, owner: f, listeners: map[string]net.Listener{}, held: map[io.Closer]struct{}{}}
+	log := f.log
+	if p, ok := streams.PeerFrom(ctx); ok {
+		log = p.LogIDs(log)
+	}
+	c := &sshConn{log: log, user: u, owner: f, listeners: map[string]net.Listener{}, held: map[io.Closer]struct{}{}}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closing {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
 	"github.com/tensorlake/tl-agent/internal/relay"
+	"github.com/tensorlake/tl-agent/internal/reqid"
 )
 
 // Tunnels serves GET /api/v1/tunnels/tcp?port=N: a WebSocket whose binary
@@ -116,7 +117,8 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) {
 	c := &wsConn{ws: ws, ctx: ctx}
 	start := time.Now()
 	in, out := relay.Relay(c, target)
-	t.log.Debug().Int("port", port).Int64("bytes_in", in).Int64("bytes_out", out).
+	log := reqid.Logger(r.Context(), t.log)
+	log.Debug().Int("port", port).Int64("bytes_in", in).Int64("bytes_out", out).
 		Dur("duration", time.Since(start)).Msg("tunnel ended")
 }
 

@@ -1,6 +1,7 @@
 package process
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/reqid"
 )
 
 // Info is the API's P object.
@@ -124,9 +126,19 @@ func (t *Table) Routes(mux *http.ServeMux) {
 // Start validates req and starts it, supervised when it has a name, a
 // restart policy or a health check (as the SDKs document).
 func (t *Table) Start(req *StartRequest) (*Process, error) {
+	return t.startFrom(context.Background(), req)
+}
+
+// startFrom is Start for a request whose ids (ctx) the start's event
+// carries.
+func (t *Table) startFrom(ctx context.Context, req *StartRequest) (*Process, error) {
 	s, err := prepare(req, t.cfg.User)
 	if err != nil {
 		return nil, err
+	}
+	if _, ok := reqid.FromContext(ctx); ok {
+		l := reqid.Logger(ctx, t.log)
+		s.startLog = &l
 	}
 	if req.Name == nil && req.Restart == nil && req.HealthCheck == nil {
 		return t.start(s, nil)
@@ -203,7 +215,7 @@ func (t *Table) handleStart(w http.ResponseWriter, r *http.Request) {
 	if !httpx.DecodeJSON(w, r, &req) {
 		return
 	}
-	p, err := t.Start(&req)
+	p, err := t.startFrom(r.Context(), &req)
 	if err != nil {
 		writeErr(w, err)
 		return

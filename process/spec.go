@@ -5,6 +5,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/rs/zerolog"
+
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/httpx"
 	"github.com/tensorlake/tl-agent/launch"
@@ -90,6 +92,11 @@ type spec struct {
 	stdinPipe  bool
 	stdoutKeep bool
 	stderrKeep bool
+	// startLog, when set, is the logger of the request that asked for
+	// this start, with its ids. The first start takes it (startWith);
+	// later starts of the same spec, a supervisor's restarts, belong to
+	// no request and log with the table's.
+	startLog *zerolog.Logger
 }
 
 // prepare validates req and resolves its user (defaultUser when absent),

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/reqid"
 )
 
 // sseFinalGrace is how long, after a run client was found stalled, the
@@ -247,7 +248,8 @@ func (t *Table) handleFollow(w http.ResponseWriter, r *http.Request) {
 	f := &follower{filter: filter, name: "output", tagStream: filter == ""}
 	if err := p.stream(r.Context(), s, f); err != nil {
 		if !errors.Is(err, context.Canceled) {
-			t.log.Info().Int("pid", p.pid).Err(err).Msg("follower dropped")
+			log := reqid.Logger(r.Context(), t.log)
+			log.Info().Int("pid", p.pid).Err(err).Msg("follower dropped")
 		}
 		return
 	}
@@ -278,6 +280,8 @@ func (t *Table) handleRun(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
+	log := reqid.Logger(r.Context(), t.log)
+	s.startLog = &log
 	p, err := t.startOwned(s)
 	if err != nil {
 		writeErr(w, err)
@@ -286,7 +290,7 @@ func (t *Table) handleRun(w http.ResponseWriter, r *http.Request) {
 	defer p.out.unpin()
 	if req.Timeout > 0 {
 		timer := time.AfterFunc(time.Duration(req.Timeout*float64(time.Second)), func() {
-			t.log.Info().Int("pid", p.pid).Float64("timeout_s", req.Timeout).Msg("run timed out: killing the tree")
+			log.Info().Int("pid", p.pid).Float64("timeout_s", req.Timeout).Msg("run timed out: killing the tree")
 			p.kill()
 		})
 		defer timer.Stop()
@@ -295,7 +299,7 @@ func (t *Table) handleRun(w http.ResponseWriter, r *http.Request) {
 	defer ev.done()
 	var killed atomic.Bool
 	ev.onStall = func() {
-		t.log.Warn().Int("pid", p.pid).Dur("stall", t.cfg.StallTimeout).Msg("run client takes no events: dropping it and killing the tree")
+		log.Warn().Int("pid", p.pid).Dur("stall", t.cfg.StallTimeout).Msg("run client takes no events: dropping it and killing the tree")
 		p.out.unpin()
 		if p.running() {
 			killed.Store(true)

@@ -170,9 +170,10 @@ type Process struct {
 	startedAt time.Time
 	proc      *supervisor.Proc
 	out       *outputLog
-	managed   *managed     // nil unless supervised
-	holds     atomic.Int32 // the table and the supervisor; output is released at 0
-	followers int          // guarded by t.mu; open follow streams
+	managed   *managed        // nil unless supervised
+	endLog    *zerolog.Logger // logs the exit: a run's request's, else the table's
+	holds     atomic.Int32    // the table and the supervisor; output is released at 0
+	followers int             // guarded by t.mu; open follow streams
 
 	// stdinMu is held only to read or reset stdin, never across I/O;
 	// stdinWrite serializes the writes of stdin requests.
@@ -226,7 +227,11 @@ func (t *Table) startWith(s *spec, m *managed, owned bool) (*Process, error) {
 	}
 	t.byPid[p.pid] = p
 	t.mu.Unlock()
-	t.log.Info().Int("pid", p.pid).Int("handle", handle).Str("command", s.command).Str("user", s.user.Name).Msg("process started")
+	log := &t.log
+	if s.startLog != nil {
+		log, s.startLog = s.startLog, nil
+	}
+	log.Info().Int("pid", p.pid).Int("handle", handle).Str("command", s.command).Str("user", s.user.Name).Msg("process started")
 	return p, nil
 }
 
@@ -329,8 +334,15 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 		stdin: sio.stdin, stdinPipe: sio.stdin, done: make(chan struct{}),
 	}
 	p.stdinOpen.Store(sio.stdin != nil)
+	p.endLog = &t.log
 	if owned {
 		p.out.pin()
+		// A run's process lives within its request: its exit is one of
+		// the request's events. A background process outlives the
+		// request that started it, and its exit is the table's.
+		if s.startLog != nil {
+			p.endLog = s.startLog
+		}
 	}
 	var capWG sync.WaitGroup
 	got := make([]*atomic.Int64, len(sio.reads))
@@ -376,7 +388,7 @@ func (t *Table) watch(p *Process, reads []*os.File, got []*atomic.Int64, capWG *
 	t.live--
 	t.mu.Unlock()
 	close(p.done)
-	t.log.Info().Int("pid", p.pid).Int("handle", p.handle).Str("exit", e.String()).Bool("oom_killed", oom).Msg("process ended")
+	p.endLog.Info().Int("pid", p.pid).Int("handle", p.handle).Str("exit", e.String()).Bool("oom_killed", oom).Msg("process ended")
 	if p.managed != nil {
 		p.managed.exited(p)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/reqid"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -59,6 +60,9 @@ func New(cfg *Config, log zerolog.Logger) *Proxy {
 		// A body cut by the progress rule makes the agent answer about a
 		// truncated body; the client is told the real reason instead.
 		ModifyResponse: func(resp *http.Response) error {
+			// The client gets the proxy's ids (set by reqid.Middleware),
+			// not a second copy from the sandbox.
+			reqid.StripResponse(resp.Header)
 			if b, _ := resp.Request.Context().Value(bodyKey{}).(*progressBody); b != nil && b.wasCut() {
 				resp.Body.Close()
 				return errBodyTooSlow
@@ -186,7 +190,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	defer release()
 	// The query is left out: it may hold a PTY token.
-	p.log.Debug().Str("user", user).Str("sandbox", r.sandbox).Int("port", r.port).Str("method", req.Method).Str("path", req.URL.Path).Msg("request")
+	log := reqid.Logger(req.Context(), p.log)
+	log.Debug().Str("user", user).Str("sandbox", r.sandbox).Int("port", r.port).Str("method", req.Method).Str("path", req.URL.Path).Msg("request")
 	body := p.watchBody(w, req)
 	defer body.finish()
 	out := req.Clone(context.WithValue(req.Context(), bodyKey{}, body))
@@ -313,7 +318,8 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, req *http.Request, err erro
 	case errors.Is(err, errBodyTooSlow) || cut.wasCut():
 		// The transport reports the cut body in its own words (a short
 		// body, a canceled request), so the flag decides.
-		p.log.Warn().Str("path", req.URL.Path).Str("remote", req.RemoteAddr).Msg("request body cut: below the minimum progress")
+		log := reqid.Logger(req.Context(), p.log)
+		log.Warn().Str("path", req.URL.Path).Str("remote", req.RemoteAddr).Msg("request body cut: below the minimum progress")
 		httpx.WriteError(w, http.StatusRequestTimeout, "BODY_TOO_SLOW", fmt.Sprintf("the request body sent less than %d bytes in %v; the connection is closed", p.cfg.Limits.BodyMinBytes, p.cfg.Limits.BodyWindow))
 	case errors.Is(err, ErrUnknownSandbox):
 		httpx.WriteError(w, http.StatusNotFound, "SANDBOX_NOT_FOUND", "sandbox not found")
@@ -329,7 +335,8 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, req *http.Request, err erro
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody reads an answer.
 	default:
-		p.log.Warn().Err(err).Str("path", req.URL.Path).Msg("upstream error")
+		log := reqid.Logger(req.Context(), p.log)
+		log.Warn().Err(err).Str("path", req.URL.Path).Msg("upstream error")
 		httpx.WriteError(w, http.StatusBadGateway, "UPSTREAM_ERROR", "the sandbox did not answer: "+err.Error())
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
 	"github.com/tensorlake/tl-agent/internal/netx"
+	"github.com/tensorlake/tl-agent/internal/reqid"
 )
 
 // Listeners are the proxy's sockets; nil ones are not served.
@@ -132,7 +133,9 @@ func refuseHTTP(c net.Conn) {
 		strconv.Itoa(len(body))+"\r\n\r\n"+body)
 }
 
-// Handler is the HTTP front door plus the proxy's own status route.
+// Handler is the HTTP front door plus the proxy's own status route. Every
+// request gets its ids first (reqid.Middleware): logged with each of its
+// events, passed on to the sandbox, returned to the client.
 func (p *Proxy) Handler() http.Handler {
 	own := http.NewServeMux()
 	own.HandleFunc("GET /_proxy/sandboxes", p.handleSandboxes)
@@ -141,7 +144,7 @@ func (p *Proxy) Handler() http.Handler {
 	// with Allow (httpx.Routes) and never goes on to a sandbox.
 	mux.Handle("/_proxy/sandboxes", httpx.Routes(own))
 	mux.Handle("/", p)
-	return mux
+	return reqid.Middleware(mux)
 }
 
 // handleSandboxes lists known sandboxes and their links (API key needed);

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/internal/netx"
 	"github.com/tensorlake/tl-agent/internal/relay"
+	"github.com/tensorlake/tl-agent/internal/reqid"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -165,17 +166,21 @@ type frontConn struct {
 	route sshRoute
 	agent *agentLink // the connection to the sandbox, made on first need
 	log   zerolog.Logger
+	// id names the connection in the proxy's and the agent's logs: every
+	// uplink stream it opens carries it (uplink.Header.RequestID).
+	id reqid.ID
 
 	chans     *quota // channels the user has open
 	unstarted *quota // of which sessions not yet started
 }
 
 func (f *sshFront) serveConn(ctx context.Context, c net.Conn) {
-	log := f.p.log.With().Str("component", "sshfront").Str("remote", c.RemoteAddr().String()).Logger()
+	id := reqid.New()
+	log := id.With(f.p.log.With().Str("component", "sshfront").Str("remote", c.RemoteAddr().String()).Logger())
 	// The deadline covers everything before a key has signed: a client
 	// that only queries keys (or never finishes) is dropped at it.
 	_ = c.SetDeadline(time.Now().Add(f.lim.handshakeTimeout()))
-	st := &frontConn{chans: newQuota(f.lim.ChannelsPerConn), unstarted: newQuota(f.lim.UnstartedPerConn)}
+	st := &frontConn{chans: newQuota(f.lim.ChannelsPerConn), unstarted: newQuota(f.lim.UnstartedPerConn), id: id}
 	cfg := &gossh.ServerConfig{
 		PublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
 			return nil, f.authorize(st, meta.User(), key)
@@ -302,12 +307,12 @@ func errNotConnected(sandbox string) error {
 // proxy's host key.
 func (f *sshFront) dialSandbox(ctx context.Context, st *frontConn, remote string) (sshEnd, error) {
 	rt := st.route
-	h := uplink.Header{Kind: uplink.KindSSH, User: st.key.name, Remote: remote}
+	h := st.header(uplink.Header{Kind: uplink.KindSSH}, remote)
 	login := f.p.cfg.sandboxUser(rt.sandbox)
 	cc := &gossh.ClientConfig{User: login, HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: f.lim.handshakeTimeout(),
 		Config: gossh.Config{Ciphers: sshCiphers}}
 	if rt.port != 0 {
-		h = uplink.Header{Kind: uplink.KindTCP, Port: rt.port, User: st.key.name, Remote: remote}
+		h = st.header(uplink.Header{Kind: uplink.KindTCP, Port: rt.port}, remote)
 		cc.Auth = []gossh.AuthMethod{gossh.PublicKeys(f.signer)}
 	}
 	octx, cancel := context.WithTimeout(ctx, f.lim.handshakeTimeout())
@@ -356,7 +361,7 @@ func (f *sshFront) takeChannel(ctx context.Context, st *frontConn, remote string
 		if !ok {
 			return false
 		}
-		h.User, h.Remote = st.key.name, remote
+		h = st.header(h, remote)
 		s, err := f.p.reg.Open(ctx, st.route.sandbox, h)
 		if err != nil {
 			var re *uplink.ReplyError
@@ -375,6 +380,14 @@ func (f *sshFront) takeChannel(ctx context.Context, st *frontConn, remote string
 		relay.Channel(ch, reqs, s)
 		return true
 	}
+}
+
+// header is h for one of the connection's streams: who, from where, and
+// the connection's request ids.
+func (st *frontConn) header(h uplink.Header, remote string) uplink.Header {
+	h.User, h.Remote = st.key.name, remote
+	h.RequestID, h.TraceID = st.id.Request, st.id.Trace
+	return h
 }
 
 // localTarget is the uplink target of a channel the proxy can serve with

@@ -135,7 +135,7 @@ func (f *sshFront) sessionViaAgent(st *frontConn, ch gossh.Channel, reqs <-chan 
 
 // sftpStream serves an sftp subsystem over a bare SFTP uplink stream.
 func (f *sshFront) sftpStream(ctx context.Context, st *frontConn, remote string, ch gossh.Channel, reqs <-chan *gossh.Request, req *gossh.Request) {
-	s, err := f.p.reg.Open(ctx, st.route.sandbox, uplink.Header{Kind: uplink.KindSFTP, User: st.key.name, Remote: remote, ExitTrailer: true})
+	s, err := f.p.reg.Open(ctx, st.route.sandbox, st.header(uplink.Header{Kind: uplink.KindSFTP, ExitTrailer: true}, remote))
 	if err != nil {
 		if req.WantReply {
 			_ = req.Reply(false, nil)

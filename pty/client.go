@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
 )
 
 // client is one attached WebSocket. It owns three goroutines: the reader
@@ -17,6 +18,7 @@ type client struct {
 	s      *Session
 	conn   *websocket.Conn
 	remote string
+	log    zerolog.Logger // the session's, with the attach request's ids and the client
 	ctx    context.Context
 	cancel context.CancelFunc
 	wake   chan struct{} // cap 1
@@ -71,11 +73,11 @@ func (c *client) readLoop() (websocket.StatusCode, string) {
 		switch f.op {
 		case opData:
 			if err := c.s.input(f.data); err != nil && !errors.Is(err, os.ErrClosed) {
-				c.s.log.Debug().Err(err).Msg("pty input dropped")
+				c.log.Debug().Err(err).Msg("pty input dropped")
 			}
 		case opResize:
 			if err := c.s.resize(f.rows, f.cols); err != nil && !errors.Is(err, errEnded) {
-				c.s.log.Debug().Err(err).Msg("pty resize failed")
+				c.log.Debug().Err(err).Msg("pty resize failed")
 			}
 		case opReady:
 			c.s.setReady(c)
@@ -137,7 +139,7 @@ func (c *client) writeLoop() {
 // which cancel c.ctx.
 func (c *client) write(p []byte) bool {
 	if err := c.conn.Write(c.ctx, websocket.MessageBinary, p); err != nil {
-		c.s.log.Debug().Err(err).Str("client", c.remote).Msg("pty client write failed")
+		c.log.Debug().Err(err).Msg("pty client write failed")
 		c.cancel()
 		return false
 	}
@@ -164,7 +166,7 @@ func (c *client) pingLoop() {
 		cancel()
 		if err != nil {
 			if c.ctx.Err() == nil {
-				c.s.log.Info().Str("client", c.remote).Err(err).Msg("pty client did not answer ping")
+				c.log.Info().Err(err).Msg("pty client did not answer ping")
 				c.s.drop(c, websocket.StatusPolicyViolation, "no pong within "+cfg.PongTimeout.String())
 			}
 			return

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/reqid"
 	"github.com/tensorlake/tl-agent/launch"
 )
 
@@ -73,11 +74,16 @@ func (m *Manager) handleCreate(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		status, code := createError(err)
 		if status >= 500 {
-			m.log.Error().Err(err).Msg("pty create failed")
+			log := reqid.Logger(r.Context(), m.log)
+			log.Error().Err(err).Msg("pty create failed")
 		}
 		httpx.WriteError(w, status, code, err.Error())
 		return
 	}
+	// The request's event, with its ids; the session's later events
+	// (idle kill, exit) carry the session id, which this one names too.
+	log := reqid.Logger(r.Context(), s.log)
+	log.Info().Str("command", sp.command).Str("user", sp.user.Name).Int("rows", int(sp.rows)).Int("cols", int(sp.cols)).Msg("pty session started")
 	httpx.WriteJSON(w, http.StatusCreated, map[string]string{"session_id": s.id, "token": s.token})
 }
 
@@ -182,7 +188,8 @@ func (m *Manager) handleWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &client{s: s, remote: r.RemoteAddr, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1)}
+	c := &client{s: s, remote: r.RemoteAddr, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1),
+		log: reqid.Logger(r.Context(), s.log).With().Str("client", r.RemoteAddr).Logger()}
 	m.mu.Lock()
 	closing := m.closing
 	if !closing {
@@ -208,9 +215,9 @@ func (m *Manager) handleWS(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(maxMessage)
 	c.conn = conn
-	s.log.Debug().Str("client", c.remote).Msg("pty client attached")
+	c.log.Debug().Msg("pty client attached")
 	m.serveClient(c)
-	s.log.Debug().Str("client", c.remote).Msg("pty client detached")
+	c.log.Debug().Msg("pty client detached")
 }
 
 // serveClient runs c's goroutines until the connection ends.
@@ -220,7 +227,7 @@ func (m *Manager) serveClient(c *client) {
 	go func() { c.pingLoop(); done <- struct{}{} }()
 	code, reason := c.readLoop()
 	if code != 0 {
-		c.s.log.Info().Str("client", c.remote).Int("code", int(code)).Str("reason", reason).Msg("closing pty client")
+		c.log.Info().Int("code", int(code)).Str("reason", reason).Msg("closing pty client")
 		_ = c.conn.Close(code, reason)
 	}
 	c.cancel()

@@ -182,7 +182,6 @@ func (m *Manager) start(sp startSpec) (*Session, error) {
 	m.wg.Add(2)
 	go func() { defer m.wg.Done(); s.readLoop() }()
 	go func() { defer m.wg.Done(); s.waitLoop() }()
-	s.log.Info().Str("command", sp.command).Str("user", sp.user.Name).Int("rows", int(sp.rows)).Int("cols", int(sp.cols)).Msg("pty session started")
 	return s, nil
 }
 

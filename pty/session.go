@@ -240,7 +240,7 @@ func (s *Session) dropLocked(c *client, code websocket.StatusCode, why string) {
 	}
 	c.drop, c.dropCode = why, code
 	s.m.dropped.Add(1)
-	s.log.Warn().Str("client", c.remote).Int("code", int(code)).Str("reason", why).Msg("dropping pty client")
+	c.log.Warn().Int("code", int(code)).Str("reason", why).Msg("dropping pty client")
 	c.wakeUp()
 	s.m.cfg.Pause.AfterFunc(dropCloseTimeout, c.cancel)
 }

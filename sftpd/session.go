@@ -181,7 +181,7 @@ func (s *Server) admit() (release func(), err error) {
 // ends mid-packet: a broken session). Then the stream is half-closed.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn, peer streams.Peer) error {
 	defer c.Close()
-	log := s.log.With().Str("user", peer.User).Str("remote", peer.Remote).Logger()
+	log := peer.Log(s.log)
 	out := &sftpframe.Counter{W: c}
 	exit, err := s.Serve(ctx, Session{In: c, Out: out})
 	if err != nil {

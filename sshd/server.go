@@ -193,6 +193,9 @@ type ctxKey struct{}
 func (s *Server) connCallback(ctx ssh.Context, c net.Conn) net.Conn {
 	_ = c.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	ctx.SetValue(ctxKey{}, c)
+	if pc, ok := c.(peerConn); ok {
+		streams.SetPeer(ctx, pc.peer)
+	}
 	ctx.SetValue(limitsKey{}, &connLimits{maxOpen: s.cfg.MaxChannelsPerConn, maxUnstarted: s.cfg.MaxUnstartedPerConn})
 	u, err := identity.Lookup(s.cfg.User)
 	if err != nil {
@@ -203,6 +206,22 @@ func (s *Server) connCallback(ctx ssh.Context, c net.Conn) net.Conn {
 		return nil // closing: gliderlabs closes c
 	}
 	return ownDeadlines{c}
+}
+
+// peerConn carries an uplink connection's peer into its SSH context, so
+// the connection's sessions log its request ids (connLog).
+type peerConn struct {
+	net.Conn
+	peer streams.Peer
+}
+
+// connLog is the server's logger with the request ids of the connection
+// ctx belongs to, when the proxy named them.
+func (s *Server) connLog(ctx ssh.Context) zerolog.Logger {
+	if p, ok := streams.PeerFrom(ctx); ok {
+		return p.LogIDs(s.log)
+	}
+	return s.log
 }
 
 // ownDeadlines hides the connection's deadlines from gliderlabs, whose
@@ -235,9 +254,9 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn, peer streams.Peer) e
 	defer s.untrack(c)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	log := s.log.With().Str("user", peer.User).Str("remote", peer.Remote).Logger()
+	log := peer.Log(s.log)
 	start := time.Now()
-	s.uplink.HandleConn(c)
+	s.uplink.HandleConn(peerConn{Conn: c, peer: peer})
 	log.Info().Dur("duration", time.Since(start)).Msg("ssh connection ended")
 	return nil
 }

@@ -99,7 +99,7 @@ func (s *Server) handleSession(_ *ssh.Server, _ *gossh.ServerConn, nc gossh.NewC
 	ss := &session{
 		srv: s, ch: ch, ctx: ctx, env: map[string]string{}, limits: l,
 		ended: make(chan struct{}, maxOutputs),
-		log:   s.log.With().Str("session", shortID(ctx.SessionID())).Logger(),
+		log:   s.connLog(ctx).With().Str("session", shortID(ctx.SessionID())).Logger(),
 	}
 	ss.serve(reqs)
 }

@@ -7,6 +7,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/tensorlake/tl-agent/internal/reqid"
 )
 
 // Kinds of stream targets.
@@ -41,6 +43,14 @@ type Header struct {
 	// trailer after its last packet (internal/sftpframe). An agent that
 	// predates it ignores the field and sends none.
 	ExitTrailer bool `json:"exit_trailer,omitempty"`
+	// RequestID and TraceID name the one user connection a stream serves
+	// (ssh, sftp, and tcp or unix from the SSH front door), for the
+	// agent's logs only (internal/reqid). Pooled api and tcp streams of
+	// the HTTP front door carry none: each request's ids travel in its
+	// own HTTP headers. Optional: an agent that predates them ignores
+	// them (unknown JSON fields are skipped).
+	RequestID string `json:"request_id,omitempty"`
+	TraceID   string `json:"trace_id,omitempty"`
 }
 
 // String is the short target form used in logs: api, ssh, tcp:8080, unix:/p.
@@ -74,6 +84,12 @@ func ParseTarget(s string) (Header, error) {
 
 // Validate checks a header as received; the agent calls it before acting.
 func (h Header) Validate() error {
+	if h.RequestID != "" && !reqid.ValidRequestID(h.RequestID) {
+		return fmt.Errorf("request_id: want 1 to %d printable ASCII bytes without spaces", reqid.MaxRequestID)
+	}
+	if h.TraceID != "" && !reqid.ValidTraceID(h.TraceID) {
+		return fmt.Errorf("trace_id: want 32 lower-case hex digits, not all zero")
+	}
 	switch h.Kind {
 	case KindAPI, KindSSH, KindSFTP:
 		return nil

@@ -2,6 +2,7 @@ package uplink
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -68,9 +69,37 @@ func TestHeaderRoundTrip(t *testing.T) {
 	}
 }
 
+// TestHeaderRequestIDCompatible: a header with the optional request ids
+// round-trips, and an agent that predates them (its Header had no such
+// fields) still reads it: unknown fields are skipped.
+func TestHeaderRequestIDCompatible(t *testing.T) {
+	h := Header{Kind: KindSSH, User: "u", RequestID: "4bf92f3577b34da6a3ce929d0e0e4736", TraceID: "4bf92f3577b34da6a3ce929d0e0e4736"}
+	var buf bytes.Buffer
+	if err := WriteHeader(&buf, h); err != nil {
+		t.Fatal(err)
+	}
+	raw := append([]byte(nil), buf.Bytes()...)
+	got, err := ReadHeader(&buf)
+	if err != nil || got != h || got.Validate() != nil {
+		t.Fatalf("got %+v %v", got, err)
+	}
+	var old struct {
+		Kind   string `json:"kind"`
+		Port   int    `json:"port,omitempty"`
+		Path   string `json:"path,omitempty"`
+		User   string `json:"user,omitempty"`
+		Remote string `json:"remote,omitempty"`
+	}
+	if err := json.Unmarshal(raw[2:], &old); err != nil || old.Kind != KindSSH || old.User != "u" {
+		t.Fatalf("an older agent's decoding: %+v %v", old, err)
+	}
+}
+
 func TestHeaderValidate(t *testing.T) {
 	bad := []Header{{}, {Kind: "x"}, {Kind: KindTCP}, {Kind: KindTCP, Port: 70000}, {Kind: KindUnix, Path: "rel"},
-		{Kind: KindUnix, Path: "/" + strings.Repeat("a", 200)}, {Kind: KindUnix, Path: "/a\x00b"}}
+		{Kind: KindUnix, Path: "/" + strings.Repeat("a", 200)}, {Kind: KindUnix, Path: "/a\x00b"},
+		{Kind: KindSSH, RequestID: strings.Repeat("r", 129)}, {Kind: KindSSH, RequestID: "a b"},
+		{Kind: KindSSH, TraceID: strings.Repeat("0", 32)}, {Kind: KindSSH, TraceID: "XYZ"}}
 	for _, h := range bad {
 		if h.Validate() == nil {
 			t.Errorf("%+v validated", h)

@@ -4,6 +4,7 @@
 //
 //	tl-agent [flags] [-- main command...]   run the agent
 //	tl-agent status [--json|--check]         ask a running agent (control socket)
+//	tl-agent log-level [LEVEL]               print or set a running agent's log level
 //	tl-agent provision [--root DIR]          create tl-user and host name files, then exit
 //	tl-agent version                         print the version
 //
@@ -36,6 +37,7 @@ Usage:
   tl-agent [flags] [-- command args...]   run as the sandbox's first process
   tl-agent status [--json] [--socket P]   print a running agent's state
   tl-agent status --check                 exit 0 only while the uplink is up
+  tl-agent log-level [--socket P] [LEVEL] print, or set without a restart, the log level
   tl-agent provision [--root DIR]         provision tl-user and the host name, then exit
   tl-agent version                        print the version`
 
@@ -48,6 +50,8 @@ func run(args []string) int {
 		switch args[0] {
 		case "status":
 			return statusCmd(args[1:])
+		case "log-level":
+			return logLevelCmd(args[1:], os.Stdout, os.Stderr)
 		case "provision":
 			return provisionCmd(args[1:])
 		case sftpd.Subcommand:
@@ -75,11 +79,12 @@ func run(args []string) int {
 		return 2
 	}
 	cfg.Main = fs.Args()
-	log, err := logx.New(os.Stderr, cfg.LogLevel)
+	log, level, err := logx.NewLeveled(os.Stderr, cfg.LogLevel)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tl-agent:", err)
 		return 2
 	}
+	cfg.Level = level
 	if err := cfg.ResolveToken(); err != nil {
 		fmt.Fprintln(os.Stderr, "tl-agent:", err)
 		return 2
