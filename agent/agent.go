@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/services"
@@ -33,6 +34,7 @@ type Agent struct {
 	hooks   *services.Hooks
 	streams map[string]streamHandler // by stream kind: the one dispatch (streams.go)
 	stats   StatSources              // the parts' counters in the operator's status
+	user    *identity.User           // the sandbox user (Parts.User)
 
 	apiLn  *streamListener
 	api    *http.Server
@@ -65,13 +67,16 @@ type Parts struct {
 	// services); Main starts and stops them. Nil in tests that need none.
 	Boot  *services.Manager
 	Hooks *services.Hooks
+	// User is the sandbox user, resolved once after provisioning: unix
+	// socket streams are dialled as it (nil: refused).
+	User *identity.User
 }
 
 // New returns an agent; call Run.
 func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 	a := &Agent{
 		cfg: cfg, log: log, version: version, started: time.Now(),
-		caps: p.Caps, procs: p.Procs, stats: p.Stats, boot: p.Boot, hooks: p.Hooks,
+		caps: p.Caps, procs: p.Procs, stats: p.Stats, user: p.User, boot: p.Boot, hooks: p.Hooks,
 		apiLn: newStreamListener(), closed: make(chan struct{}), pause: p.Pause,
 	}
 	if a.pause == nil {

@@ -13,9 +13,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/logx"
 	"github.com/tensorlake/tl-agent/process"
+	"github.com/tensorlake/tl-agent/pty"
 	"github.com/tensorlake/tl-agent/services"
+	"github.com/tensorlake/tl-agent/sshd"
 )
 
 // Config is everything the agent can be told. cmd/tl-agent binds each field
@@ -55,16 +58,17 @@ type Config struct {
 	// HookTimeout is each image hook's deadline (package services).
 	HookTimeout time.Duration
 
-	// PTY sessions.
-	PTYIdleTimeout time.Duration
-	PTYMaxSessions int
+	// PTY sessions: the manager's own config (its User and Pause are set
+	// when the agent wires it).
+	PTY pty.Config
 
-	// SSH: the server always serves uplink SSH streams; SSHListen adds a
+	// SSH: the server always serves uplink SSH streams; SSH.Listen adds a
 	// TCP listener inside the sandbox (e.g. 0.0.0.0:22) that checks the
-	// sandbox user's ~/.ssh/authorized_keys. Empty: none.
-	SSHListen string
+	// sandbox user's ~/.ssh/authorized_keys. Empty: none. Its User and
+	// SFTP are set when the agent wires it.
+	SSH sshd.Config
 	// Processes: output kept per process, exited processes kept
-	// (docs/processes.md).
+	// (docs/processes.md); its User and Pause are set when wired.
 	Processes process.Config
 
 	// Main command run after `--`, and whether its exit ends the sandbox.
@@ -75,21 +79,21 @@ type Config struct {
 // Defaults returns the configuration used when nothing is set.
 func Defaults() Config {
 	return Config{
-		MaxStreams:     1024,
-		MaxAPIStreams:  512,
-		ControlSocket:  "/run/tl-agent.sock",
-		LogLevel:       "info",
-		User:           "tl-user",
-		UID:            1000,
-		GID:            1000,
-		Hostname:       "tl-sbx",
-		Provision:      true,
-		Mount:          true,
-		ShutdownGrace:  10 * time.Second,
-		HookTimeout:    services.DefaultHookTimeout,
-		PTYIdleTimeout: 300 * time.Second,
-		PTYMaxSessions: 64,
-		Processes:      process.DefaultConfig(),
+		MaxStreams:    1024,
+		MaxAPIStreams: 512,
+		ControlSocket: "/run/tl-agent.sock",
+		LogLevel:      "info",
+		User:          identity.DefaultUser,
+		UID:           1000,
+		GID:           1000,
+		Hostname:      "tl-sbx",
+		Provision:     true,
+		Mount:         true,
+		ShutdownGrace: 10 * time.Second,
+		HookTimeout:   services.DefaultHookTimeout,
+		PTY:           pty.DefaultConfig(),
+		SSH:           sshd.DefaultConfig(),
+		Processes:     process.DefaultConfig(),
 	}
 }
 
@@ -166,12 +170,18 @@ func (c *Config) Validate() error {
 		return errors.New("--shutdown-grace must be positive")
 	case c.HookTimeout <= 0:
 		return errors.New("--hook-timeout must be positive")
-	case c.PTYMaxSessions <= 0:
+	case c.PTY.MaxSessions <= 0:
 		return errors.New("--pty-max-sessions must be positive")
 	case c.MaxStreams <= 0 || c.MaxAPIStreams <= 0:
 		return errors.New("--uplink-max-streams and --uplink-max-api-streams must be positive")
-	case c.PTYIdleTimeout <= 0:
+	case c.PTY.IdleTimeout <= 0:
 		return errors.New("--pty-idle-timeout must be positive")
+	}
+	if err := c.PTY.Validate(); err != nil {
+		return err
+	}
+	if err := c.Processes.Validate(); err != nil {
+		return fmt.Errorf("%w (the --proc-* flags)", err)
 	}
 	if c.Listen != "" {
 		kind, _, ok := strings.Cut(c.Listen, ":")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -71,7 +72,7 @@ func TestConfigValidate(t *testing.T) {
 		"bad listen":     func(c *Config) { c.ProxyAddr, c.Listen = "", "udp:1" },
 		"ca without tls": func(c *Config) { c.CAFile = "/ca.pem" },
 		"zero grace":     func(c *Config) { c.ShutdownGrace = 0 },
-		"zero sessions":  func(c *Config) { c.PTYMaxSessions = 0 },
+		"zero sessions":  func(c *Config) { c.PTY.MaxSessions = 0 },
 		"zero streams":   func(c *Config) { c.MaxAPIStreams = 0 },
 	} {
 		c := ok
@@ -101,5 +102,34 @@ func TestBackoff(t *testing.T) {
 	b.Reset()
 	if w := b.Next(); w > backoffMin {
 		t.Fatalf("after reset: %v", w)
+	}
+}
+
+// Negative bounds of the sub-configs are refused, never turned into
+// defaults, and the message names the field and the flags that set it.
+func TestConfigValidateSubConfigs(t *testing.T) {
+	ok := Defaults()
+	ok.ProxyAddr, ok.SandboxID, ok.Token = "p:1", "s", "t"
+	for _, c := range []struct {
+		name string
+		mut  func(*Config)
+		want string
+	}{
+		{"negative pty clients", func(c *Config) { c.PTY.MaxClients = -1 }, "pty config: MaxClients is -1"},
+		{"negative proc lines", func(c *Config) { c.Processes.MaxLines = -5 }, "process config: MaxLines is -5: must not be negative (the --proc-* flags)"},
+		{"negative stall", func(c *Config) { c.Processes.StallTimeout = -time.Second }, "process config: StallTimeout is -1s"},
+		{"zero proc lines takes the default", func(c *Config) { c.Processes.MaxLines = 0 }, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := ok
+			c.mut(&cfg)
+			err := cfg.Validate()
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.want != "" && (err == nil || !strings.HasPrefix(err.Error(), c.want)):
+				t.Fatalf("got %v, want %q...", err, c.want)
+			}
+		})
 	}
 }

@@ -31,7 +31,8 @@ import (
 //
 // Exit codes: 0 after a shutdown by signal; the main command's code (128+
 // signal when killed) when its exit ended the sandbox; 127 when that main
-// command could not start; 1 when the uplink could not run.
+// command could not start; 1 when the uplink could not run; 2 when a
+// capability refuses its config (bad flags are refused before Main).
 func Main(cfg Config, log zerolog.Logger, version string) int {
 	sigs := supervisor.HandleSignals(log)
 	defer sigs.Stop()
@@ -62,7 +63,15 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
-	parts, stopParts := buildParts(cfg, log, reaper)
+	user := sandboxUser(cfg, log)
+	parts, stopParts, err := buildParts(cfg, user, log, reaper)
+	if err != nil {
+		// Validate has checked every field a flag sets: this is a Config
+		// built by hand that a capability refuses.
+		log.Error().Err(err).Msg("agent not started")
+		reaper.Close()
+		return 2
+	}
 	parts.Stats.Reaper = reaperStats(reaper)
 	parts.Stats.Headroom = head.Status
 	a := New(cfg, log, version, parts)
@@ -78,8 +87,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 			parts.Boot.Start()
 		}
 	}()
-	mainExit := startMain(cfg, log, reaper, sigs)
-	var err error
+	mainExit := startMain(cfg, user, log, reaper, sigs)
 	code := 0
 	select {
 	case sig := <-sigs.Shutdown():
@@ -138,7 +146,7 @@ func provision(cfg Config, log zerolog.Logger) {
 // startMain starts the main command, if any. The returned channel gets
 // its exit code when that exit should end the sandbox (--exit-with-main);
 // without a main command nothing is ever sent.
-func startMain(cfg Config, log zerolog.Logger, r *supervisor.Reaper, sigs *supervisor.Signals) <-chan int {
+func startMain(cfg Config, u *identity.User, log zerolog.Logger, r *supervisor.Reaper, sigs *supervisor.Signals) <-chan int {
 	end := make(chan int, 1)
 	if len(cfg.Main) == 0 {
 		return end
@@ -150,10 +158,6 @@ func startMain(cfg Config, log zerolog.Logger, r *supervisor.Reaper, sigs *super
 			end <- supervisor.ExitNotRunnable
 		}
 		return end
-	}
-	u, err := identity.Lookup(cfg.User)
-	if err != nil {
-		return fail(err)
 	}
 	p, err := supervisor.StartMain(r, cfg.Main, u)
 	if err != nil {

@@ -66,7 +66,7 @@ func (a *Agent) serveDial(ctx context.Context, c *countedConn, h uplink.Header, 
 	if h.Kind == uplink.KindTCP {
 		t, err = forward.DialTCP(ctx, h.Port)
 	} else {
-		t, err = forward.DialUnixAs(ctx, a.cfg.User, h.Path)
+		t, err = forward.DialUnixAs(ctx, a.user, h.Path)
 	}
 	if err != nil {
 		log.Debug().Err(err).Msg("target unreachable")

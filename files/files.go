@@ -60,12 +60,24 @@ type Server struct {
 	log  zerolog.Logger
 }
 
-// New returns the files capability.
-func New(cfg Config, log zerolog.Logger) *Server {
+// Validate refuses a config without an owner: files written as root
+// would be the agent's, not the user's.
+func (c Config) Validate() error {
+	if c.Owner == nil {
+		return errors.New("files config: Owner is required")
+	}
+	return nil
+}
+
+// New returns the files capability, or the reason cfg is not valid.
+func New(cfg Config, log zerolog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if cfg.Gate == nil {
 		cfg.Gate = threads.Blocking
 	}
-	return &Server{cfg: cfg, gate: cfg.Gate, log: log.With().Str("component", "files").Logger()}
+	return &Server{cfg: cfg, gate: cfg.Gate, log: log.With().Str("component", "files").Logger()}, nil
 }
 
 // Routes adds the Files section of the API.

@@ -30,7 +30,11 @@ func filesServer(t *testing.T) *httptest.Server {
 	if err != nil {
 		t.Skip("current user not in passwd")
 	}
-	New(Config{Owner: owner}, zerolog.Nop()).Routes(mux)
+	fs, err := New(Config{Owner: owner}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs.Routes(mux)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv
@@ -135,7 +139,11 @@ func TestOwnerIsTheGivenUser(t *testing.T) {
 	home := t.TempDir()
 	owner := &identity.User{Name: "ghost", UID: 2345, GID: 2346, Home: home}
 	mux := http.NewServeMux()
-	New(Config{Owner: owner}, zerolog.Nop()).Routes(mux)
+	fs, err := New(Config{Owner: owner}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs.Routes(mux)
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	if code, body := do(t, "PUT", srv.URL+"/api/v1/files?path=d/f.txt", "x"); code != 204 {

@@ -23,7 +23,11 @@ func TestOverwriteKeepsOwner(t *testing.T) {
 	}
 	home := t.TempDir()
 	mux := http.NewServeMux()
-	New(Config{Owner: &identity.User{Name: "ghost", UID: 2345, GID: 2346, Home: home}}, zerolog.Nop()).Routes(mux)
+	fs, err := New(Config{Owner: &identity.User{Name: "ghost", UID: 2345, GID: 2346, Home: home}}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs.Routes(mux)
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	put := func(p, body string) (int, string) {

@@ -27,13 +27,10 @@ import (
 // root instead would be the hole this file closes.
 var errNoUser = errors.New("sandbox user unknown")
 
-// DialUnixAs connects to the unix socket at path as the sandbox user
-// userName (the proxy's shortcut for `ssh -L local:/remote.sock`).
-func DialUnixAs(_ context.Context, userName, path string) (net.Conn, error) {
-	u, err := identity.Lookup(userName)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, path, err)
-	}
+// DialUnixAs connects to the unix socket at path as the sandbox user u
+// (the proxy's shortcut for `ssh -L local:/remote.sock`); a nil u is
+// refused.
+func DialUnixAs(_ context.Context, u *identity.User, path string) (net.Conn, error) {
 	c, err := dialUnixAs(u, path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, path, err)

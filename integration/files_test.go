@@ -199,21 +199,6 @@ func (r *seededReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// vmKB reads a field (VmRSS, VmHWM) of /proc/<pid>/status in KiB.
-func vmKB(t testing.TB, pid int, field string) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatalf("status of %d: %v", pid, err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
 // TestFileOneGiB writes 1 GiB and reads it back through the proxy; the
 // checksums match and the agent's memory stays flat.
 func TestFileOneGiB(t *testing.T) {

@@ -260,15 +260,8 @@ func TestListenMode(t *testing.T) {
 	cfg := fmt.Sprintf(`{"sandboxes":{"lm":{"token":%q}},"api_keys":{%q:"t"}}`, token, key)
 	cfgPath := filepath.Join(dir, "proxy.json")
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
-	agentLog := &syncBuffer{}
-	agent := exec.Command(filepath.Join(bin, "tl-agent"), "--listen", "unix:"+sock, "--sandbox-id", "lm", "--token", token,
-		"--control-socket", filepath.Join(dir, "ctl.sock"), "--provision=false", "--mount=false")
-	agent.Stdout, agent.Stderr = agentLog, agentLog
-	agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { agent.Process.Signal(syscall.SIGTERM); agent.Wait() }()
+	agentLog := startBareAgent(t, bin, "--listen", "unix:"+sock, "--sandbox-id", "lm", "--token", token,
+		"--control-socket", filepath.Join(dir, "ctl.sock"))
 	httpAddr := freeAddr(t)
 	startProxy := func() *exec.Cmd {
 		p := exec.Command(filepath.Join(bin, "tl-proxy"), "--config", cfgPath, "--uplink-addr", "127.0.0.1:0",

@@ -103,6 +103,10 @@ type Options struct {
 	// EtcTLAgent is a folder copied to the sandbox's /etc/tl-agent (boot
 	// services and hooks, as an image declares them).
 	EtcTLAgent string
+	// ProxyConfig edits the proxy's JSON config, as the file holds it,
+	// before it is first written: more sandboxes, scoped keys,
+	// ssh_limits. ReconfigureProxy edits it later.
+	ProxyConfig func(cfg map[string]any)
 }
 
 // System is a running proxy plus a sandbox whose agent is connected to it.
@@ -164,11 +168,8 @@ func Start(t TB, opts Options) *System {
 		cfg["ssh_authorized_keys"] = opts.SSHKeys
 		cfg["ssh_host_key"] = filepath.Join(s.dir, "ssh_host_key")
 	}
-	data, _ := json.Marshal(cfg)
 	s.cfgPath = filepath.Join(s.dir, "proxy.json")
-	if err := os.WriteFile(s.cfgPath, data, 0o600); err != nil {
-		t.Fatalf("write proxy config: %v", err)
-	}
+	s.writeProxyConfig(cfg, opts.ProxyConfig)
 	s.TokenFile = filepath.Join(s.dir, "agent.token")
 	if err := os.WriteFile(s.TokenFile, []byte(s.Token+"\n"), 0o600); err != nil {
 		t.Fatalf("write token file: %v", err)
@@ -206,6 +207,52 @@ func (s *System) StartProxy() {
 	s.proxy, s.proxyDone = cmd, done
 	s.mu.Unlock()
 	waitTCP(s.t, s.HTTPAddr, 10*time.Second)
+}
+
+// writeProxyConfig writes cfg, after edit (if any), as the proxy's config.
+// The round trip through JSON gives edit the map it would read from the
+// file (nested maps as map[string]any).
+func (s *System) writeProxyConfig(cfg map[string]any, edit func(map[string]any)) {
+	s.t.Helper()
+	if edit != nil {
+		data, _ := json.Marshal(cfg)
+		cfg = nil
+		if err := json.Unmarshal(data, &cfg); err != nil {
+			s.t.Fatalf("proxy config: %v", err)
+		}
+		edit(cfg)
+	}
+	data, err := json.Marshal(cfg)
+	if err != nil {
+		s.t.Fatalf("proxy config: %v", err)
+	}
+	if err := os.WriteFile(s.cfgPath, data, 0o600); err != nil {
+		s.t.Fatalf("write proxy config: %v", err)
+	}
+}
+
+// ReconfigureProxy edits the proxy's config (as Options.ProxyConfig
+// does), restarts tl-proxy with it and, when the harness runs an agent,
+// waits until it has reconnected.
+func (s *System) ReconfigureProxy(edit func(cfg map[string]any)) {
+	s.t.Helper()
+	data, err := os.ReadFile(s.cfgPath)
+	if err != nil {
+		s.t.Fatalf("read proxy config: %v", err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		s.t.Fatalf("proxy config: %v", err)
+	}
+	s.writeProxyConfig(cfg, edit)
+	s.KillProxy()
+	s.StartProxy()
+	s.mu.Lock()
+	running := s.agent != nil
+	s.mu.Unlock()
+	if running {
+		s.WaitConnected(30 * time.Second)
+	}
 }
 
 // KillProxy kills tl-proxy abruptly (SIGKILL) and waits for it.
@@ -302,6 +349,13 @@ func (s *System) StartAgent() {
 	}()
 }
 
+// ProxyPid is tl-proxy's pid.
+func (s *System) ProxyPid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proxy.Process.Pid
+}
+
 // AgentPid is the agent's pid as this machine sees it.
 func (s *System) AgentPid() int {
 	s.mu.Lock()
@@ -360,13 +414,7 @@ func (s *System) Stop() {
 	agent, adone := s.agent, s.agentDone
 	s.mu.Unlock()
 	if agent != nil {
-		_ = agent.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-adone:
-		case <-time.After(15 * time.Second):
-			_ = agent.Process.Kill()
-			<-adone
-		}
+		terminate(agent.Process, adone, 15*time.Second)
 	}
 	s.KillProxy()
 	if tt, ok := s.t.(testing.TB); ok && tt.Failed() {
@@ -575,27 +623,52 @@ func (s *System) StartExtraAgent(t TB, extra []string) *syncBuffer {
 			cred = nil
 		}
 	}
-	args := append(append([]string{"--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID}, cred...),
-		append([]string{"--control-socket", "", "--provision=false", "--mount=false"}, extra...)...)
-	cmd := exec.Command(filepath.Join(s.bin, "tl-agent"), args...)
+	args := append(append([]string{"--proxy", s.UplinkAddr, "--sandbox-id", s.SandboxID}, cred...), extra...)
+	return startBareAgent(t, s.bin, args...)
+}
+
+// startBareAgent runs tl-agent (from bin) as a plain child that touches
+// nothing of this machine (no control socket, provisioning or mounts)
+// with args, its output in the returned buffer; it is stopped at the end
+// of the test (SIGTERM, SIGKILL after 10 s).
+func startBareAgent(t TB, bin string, args ...string) *syncBuffer {
+	t.Helper()
+	args = append([]string{"--control-socket", "", "--provision=false", "--mount=false"}, args...)
+	cmd := exec.Command(filepath.Join(bin, "tl-agent"), args...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start extra agent: %v", err)
+		t.Fatalf("start agent: %v", err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
+	t.Cleanup(func() { terminate(cmd.Process, done, 10*time.Second) })
 	return out
+}
+
+// terminate sends p SIGTERM and, when it has not ended (done) within
+// grace, SIGKILL; it returns once p has ended.
+func terminate(p *os.Process, done <-chan struct{}, grace time.Duration) {
+	_ = p.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(grace):
+		_ = p.Kill()
+		<-done
+	}
+}
+
+// tokenFile writes a fresh uplink token to a 0600 file of its own and
+// returns both.
+func tokenFile(t TB) (token, path string) {
+	t.Helper()
+	token = randHex(32)
+	path = filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatalf("token file: %v", err)
+	}
+	return token, path
 }
 
 // PortRequest builds a request to a TCP port inside the sandbox through

@@ -20,20 +20,9 @@ func agentRSS(s *System) (rest, peak int) {
 	if err != nil {
 		return -1, -1
 	}
-	for _, line := range strings.Split(st, "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		n, _ := strconv.Atoi(f[1])
-		switch f[0] {
-		case "VmRSS:":
-			rest = n
-		case "VmHWM:":
-			peak = n
-		}
-	}
-	return rest, peak
+	r, _ := statusKB(st, "VmRSS")
+	p, _ := statusKB(st, "VmHWM")
+	return int(r), int(p)
 }
 
 // headroomCgroups makes a host cgroup parent (v1 memory and pids) for one

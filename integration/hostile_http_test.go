@@ -32,27 +32,6 @@ import (
 var shortTimeouts = []string{"--http-idle-timeout", "2s", "--http-header-timeout", "2s",
 	"--http-body-min-bytes", "1024", "--http-body-window", "2s", "--http-write-stall-timeout", "2s"}
 
-// rewriteConfig edits the running system's proxy config and restarts the
-// proxy with it.
-func rewriteConfig(t *testing.T, s *System, edit func(cfg map[string]any)) {
-	t.Helper()
-	data, err := os.ReadFile(s.cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(data, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	edit(cfg)
-	data, _ = json.Marshal(cfg)
-	if err := os.WriteFile(s.cfgPath, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s.KillProxy()
-	s.StartProxy()
-}
-
 // waitClosed reads c until the peer closes it (or anything fails other
 // than the bound d running out) and reports how long that took.
 func waitClosed(c net.Conn, r io.Reader, d time.Duration) (time.Duration, bool) {
@@ -518,16 +497,13 @@ func TestPerSourceConnectionCaps(t *testing.T) {
 // loads (the harness writes it).
 func TestScopedAPIKeys(t *testing.T) {
 	RequireRoot(t)
-	s := Start(t, Options{NoAgent: true})
 	const scoped, star = "tl_scoped_key_0123456789", "tl_star_key_0123456789"
-	rewriteConfig(t, s, func(cfg map[string]any) {
+	s := Start(t, Options{ProxyConfig: func(cfg map[string]any) {
 		cfg["sandboxes"].(map[string]any)["other"] = map[string]string{"token": randHex(16)}
 		keys := cfg["api_keys"].(map[string]any)
 		keys[scoped] = map[string]any{"name": "bob", "sandboxes": []string{"other"}}
 		keys[star] = map[string]any{"name": "ci", "sandboxes": []string{"*"}}
-	})
-	s.StartAgent()
-	s.WaitConnected(20 * time.Second)
+	}})
 	do := func(key, host, path string) (int, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,10 +57,13 @@ func TestHostileProxySSH(t *testing.T) {
 	})
 
 	// Small caps make the next rules cheap to reach.
-	psshRestartProxy(t, s, map[string]any{
-		"channels_per_conn": 6, "channels_per_key": 10, "unstarted_per_conn": 20, "unstarted_per_key": 20,
-		"unstarted_timeout_seconds": 120, "handshake_timeout_seconds": 4,
-	}, "--ssh-max-conns-per-source", "8")
+	s.opts.ProxyArgs = append(s.opts.ProxyArgs, "--ssh-max-conns-per-source", "8")
+	s.ReconfigureProxy(func(cfg map[string]any) {
+		cfg["ssh_limits"] = map[string]any{
+			"channels_per_conn": 6, "channels_per_key": 10, "unstarted_per_conn": 20, "unstarted_per_key": 20,
+			"unstarted_timeout_seconds": 120, "handshake_timeout_seconds": 4,
+		}
+	})
 
 	t.Run("channels are capped per connection and per key with a resource shortage", func(t *testing.T) {
 		psshChannelCaps(t, s, signer)
@@ -105,7 +106,7 @@ func TestHostileProxySSH(t *testing.T) {
 // attack of issue 10 item 8 (60 x 2 MiB took the proxy from 13 to 151 MB).
 func psshChannelFlood(t *testing.T, s *System, signer gossh.Signer, victim SSHKey) {
 	const conns, perConn, window = 6, 10, 2 << 20
-	before := psshProxyRSS(t, s)
+	before := vmKB(t, s.ProxyPid(), "VmRSS") << 10
 	var mu sync.Mutex
 	var open []gossh.Channel
 	refused := 0
@@ -141,7 +142,7 @@ func psshChannelFlood(t *testing.T, s *System, signer gossh.Signer, victim SSHKe
 	}
 	psshWait(t, &opens, 60*time.Second, "the flood's channel opens")
 	psshWait(t, &writes, 60*time.Second, "the flood's writes")
-	grown := psshProxyRSS(t, s) - before
+	grown := vmKB(t, s.ProxyPid(), "VmRSS")<<10 - before
 	t.Logf("flood: %d channels held, %d refused; proxy RSS grew %d MiB (bound %d MiB)", len(open), refused, grown>>20, psshFloodBound>>20)
 	if len(open) > 16 {
 		t.Errorf("%d unstarted sessions held for one key, cap 16", len(open))
@@ -444,54 +445,6 @@ func (p *psshStallSigner) Sign(r io.Reader, data []byte) (*gossh.Signature, erro
 	p.queried <- struct{}{}
 	<-p.release
 	return p.Signer.Sign(r, data)
-}
-
-// psshProxyRSS is tl-proxy's resident set in bytes.
-func psshProxyRSS(t *testing.T, s *System) int64 {
-	t.Helper()
-	s.mu.Lock()
-	pid := s.proxy.Process.Pid
-	s.mu.Unlock()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				t.Fatalf("VmRSS %q: %v", v, err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmRSS in /proc/pid/status")
-	return 0
-}
-
-// psshRestartProxy restarts tl-proxy with ssh_limits set in its config
-// and waits for the agent to reconnect.
-func psshRestartProxy(t *testing.T, s *System, limits map[string]any, proxyArgs ...string) {
-	t.Helper()
-	s.opts.ProxyArgs = append(s.opts.ProxyArgs, proxyArgs...)
-	data, err := os.ReadFile(s.cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(data, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	cfg["ssh_limits"] = limits
-	if data, err = json.Marshal(cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(s.cfgPath, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s.KillProxy()
-	s.StartProxy()
-	s.WaitConnected(30 * time.Second)
 }
 
 func psshWait(t *testing.T, wg *sync.WaitGroup, d time.Duration, what string) {

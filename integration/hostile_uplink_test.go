@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -100,21 +99,9 @@ func refusal(t *testing.T, err error) string {
 // startListenAgent runs the real tl-agent in listen mode on a loopback TCP
 // port with a token file, and returns the address and the token.
 func startListenAgent(t *testing.T, id string) (addr, token string, log *syncBuffer) {
-	bin := Binaries(t)
-	dir := t.TempDir()
-	token = randHex(32)
-	tokenFile := filepath.Join(dir, "token")
-	os.WriteFile(tokenFile, []byte(token+"\n"), 0o600)
+	token, file := tokenFile(t)
 	addr = freeAddr(t)
-	log = &syncBuffer{}
-	cmd := exec.Command(filepath.Join(bin, "tl-agent"), "--listen", "tcp:"+addr, "--sandbox-id", id, "--token-file", tokenFile,
-		"--control-socket", "", "--provision=false", "--mount=false", "--log-level", "debug")
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
+	log = startBareAgent(t, Binaries(t), "--listen", "tcp:"+addr, "--sandbox-id", id, "--token-file", file, "--log-level", "debug")
 	waitTCP(t, addr, 10*time.Second)
 	return addr, token, log
 }
@@ -260,19 +247,11 @@ func connectAsProxy(t *testing.T, addr, id, token string, link []byte) (*yamux.S
 // TestListenUnixSocketPrivate: the listen-mode unix socket is 0600 from
 // the moment it is reachable at its path.
 func TestListenUnixSocketPrivate(t *testing.T) {
-	bin := Binaries(t)
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
 	sock := filepath.Join(dir, "up.sock")
-	tokenFile := filepath.Join(dir, "token")
-	os.WriteFile(tokenFile, []byte(randHex(32)), 0o600)
-	cmd := exec.Command(filepath.Join(bin, "tl-agent"), "--listen", "unix:"+sock, "--sandbox-id", "u", "--token-file", tokenFile,
-		"--control-socket", "", "--provision=false", "--mount=false")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
+	_, file := tokenFile(t)
+	startBareAgent(t, Binaries(t), "--listen", "unix:"+sock, "--sandbox-id", "u", "--token-file", file)
 	// Poll as fast as possible: any sighting must already be 0600.
 	for i := 0; i < 20000; i++ {
 		fi, err := os.Lstat(sock)
@@ -298,17 +277,8 @@ func TestAgentDoesNotProveToStranger(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	token := randHex(32)
-	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "token")
-	os.WriteFile(tokenFile, []byte(token), 0o600)
-	cmd := exec.Command(filepath.Join(Binaries(t), "tl-agent"), "--proxy", ln.Addr().String(), "--sandbox-id", "s1",
-		"--token-file", tokenFile, "--control-socket", "", "--provision=false", "--mount=false")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	token, file := tokenFile(t)
+	startBareAgent(t, Binaries(t), "--proxy", ln.Addr().String(), "--sandbox-id", "s1", "--token-file", file)
 	c, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
@@ -546,15 +516,13 @@ func TestRequestWaitsForReconnectingAgent(t *testing.T) {
 // 32 MiB (before the fix: 7 → 161 MB), and it drops the link.
 func TestAgentStreamFloodBounded(t *testing.T) {
 	s := Start(t, Options{NoAgent: true})
-	s.mu.Lock()
-	pid := s.proxy.Process.Pid
-	s.mu.Unlock()
+	pid := s.ProxyPid()
 	f, err := dialFakeAgent(s.UplinkAddr, s.SandboxID, []byte(s.Token), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	before := rssKiB(t, pid)
+	before := vmKB(t, pid, "VmRSS")
 	chunk := bytes.Repeat([]byte("x"), 256<<10)
 	var wg sync.WaitGroup
 	for i := 0; i < 256; i++ {
@@ -571,7 +539,7 @@ func TestAgentStreamFloodBounded(t *testing.T) {
 	}
 	wg.Wait()
 	time.Sleep(500 * time.Millisecond)
-	after := rssKiB(t, pid)
+	after := vmKB(t, pid, "VmRSS")
 	t.Logf("proxy RSS %d KiB -> %d KiB (+%d KiB)", before, after, after-before)
 	if after-before > 32<<10 {
 		t.Fatalf("proxy RSS grew by %d KiB under an agent-opened stream flood (bound 32 MiB)", after-before)
@@ -579,22 +547,6 @@ func TestAgentStreamFloodBounded(t *testing.T) {
 	if !strings.Contains(s.ProxyLog(), "the agent opened a stream: refused") {
 		t.Fatalf("flood not logged:\n%s", tail(s.ProxyLog(), 20))
 	}
-}
-
-func rssKiB(t *testing.T, pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			var n int
-			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &n)
-			return n
-		}
-	}
-	t.Fatal("no VmRSS")
-	return 0
 }
 
 // TestAPIStreamCap: above --uplink-max-api-streams concurrent API streams

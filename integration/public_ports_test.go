@@ -92,14 +92,12 @@ func TestPublicPortFromBrowser(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/python3"); err != nil {
 		t.Skip("needs /usr/bin/python3 for a server inside the sandbox")
 	}
-	s := Start(t, Options{NoAgent: true})
 	pub, priv := freePort(t), freePort(t)
-	rewriteConfig(t, s, func(cfg map[string]any) {
-		sb := cfg["sandboxes"].(map[string]any)[s.SandboxID].(map[string]any)
-		sb["public_ports"] = []int{pub}
-	})
-	s.StartAgent()
-	s.WaitConnected(20 * time.Second)
+	s := Start(t, Options{ProxyConfig: func(cfg map[string]any) {
+		for _, sb := range cfg["sandboxes"].(map[string]any) {
+			sb.(map[string]any)["public_ports"] = []int{pub}
+		}
+	}})
 	ensureUser(t, s)
 	startEcho(t, s, pub)
 	startEcho(t, s, priv)

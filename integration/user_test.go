@@ -11,22 +11,32 @@ import (
 )
 
 // TestFilesOwnerIsConfiguredUser: with no passwd entry for the sandbox
-// user (provisioning off), written files belong to the configured
-// --uid/--gid, never to a built-in 1000.
+// user (provisioning off), the user resolved once at start is the
+// configured --user with --uid/--gid, never a built-in 1000, and every
+// door acts as it: written files belong to it, and a process whose
+// request names no user runs as it.
 func TestFilesOwnerIsConfiguredUser(t *testing.T) {
 	RequireRoot(t)
 	s := Start(t, Options{AgentArgs: []string{"--provision=false", "--user", "tl-ghost", "--uid", "2345", "--gid", "2346"}})
-	s.JSON("PUT", filePath("/tmp/owned/by.txt"), "x", 204, nil)
-	for _, p := range []string{"/tmp/owned", "/tmp/owned/by.txt"} {
-		fi, err := os.Lstat(s.SandboxPath(p))
-		if err != nil {
-			t.Fatalf("stat %s: %v", p, err)
+	rule(t, s, "files belong to the configured uid:gid", func(t *testing.T) {
+		s.JSON("PUT", filePath("/tmp/owned/by.txt"), "x", 204, nil)
+		for _, p := range []string{"/tmp/owned", "/tmp/owned/by.txt"} {
+			fi, err := os.Lstat(s.SandboxPath(p))
+			if err != nil {
+				t.Fatalf("stat %s: %v", p, err)
+			}
+			st := fi.Sys().(*syscall.Stat_t)
+			if st.Uid != 2345 || st.Gid != 2346 {
+				t.Fatalf("%s owned by %d:%d: files must belong to the configured uid:gid 2345:2346", p, st.Uid, st.Gid)
+			}
 		}
-		st := fi.Sys().(*syscall.Stat_t)
-		if st.Uid != 2345 || st.Gid != 2346 {
-			t.Fatalf("%s owned by %d:%d: files must belong to the configured uid:gid 2345:2346", p, st.Uid, st.Gid)
+	})
+	rule(t, s, "a process with no user runs as the configured uid:gid", func(t *testing.T) {
+		r := run(t, s, map[string]any{"command": "sh", "args": []string{"-c", "echo $(id -u):$(id -g)"}})
+		if len(r.stdout) != 1 || r.stdout[0] != "2345:2346" {
+			t.Fatalf("ran as %v (exit %v): the default user must be the configured 2345:2346", r.stdout, r.end)
 		}
-	}
+	})
 }
 
 // TestSSHPortRouteUser: for an agent started with --user, the proxy logs
@@ -66,5 +76,9 @@ func TestSSHPortRouteUser(t *testing.T) {
 	out, err := exec.Command("ssh", append(s.SSHArgs(key.Private), route, "whoami")...).CombinedOutput()
 	if err != nil || string(out) != "tl-dev\n" {
 		t.Fatalf("port route must log in as the sandbox's user tl-dev: %v %q", err, out)
+	}
+	r := run(t, s, map[string]any{"command": "sh", "args": []string{"-c", "echo $(id -un):$(id -u):$HOME"}})
+	if len(r.stdout) != 1 || r.stdout[0] != "tl-dev:2001:/home/tl-dev" {
+		t.Fatalf("a process with no user ran as %v: the default user must be --user tl-dev (2001)", r.stdout)
 	}
 }

@@ -76,17 +76,6 @@ func refuse(kind error, format string, args ...any) error {
 	return &refusal{kind: kind, msg: fmt.Sprintf(format, args...)}
 }
 
-// badRequest is refuse named by wire code, for the command checks of
-// spec.go until they return the launcher's sentinels.
-func badRequest(code, format string, args ...any) error {
-	for _, w := range wireCodes {
-		if w.code == code {
-			return refuse(w.kind, format, args...)
-		}
-	}
-	return refuse(ErrInvalid, format, args...)
-}
-
 // startRefused is the one retryable answer for a failed fork (or pipe)
 // when the kernel is out of pids, memory or fds for now; nil for any other
 // failure.

@@ -22,7 +22,10 @@ func TestCloseLeaksNothing(t *testing.T) {
 	base := leakcheck.Take(t)
 	r := supervisor.NewReaper(zerolog.Nop(), false)
 	go r.Run(nil)
-	tb := New(Config{ExitGrace: 200 * time.Millisecond}, zerolog.Nop(), r)
+	tb, err := New(Config{ExitGrace: 200 * time.Millisecond}, zerolog.Nop(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mux := http.NewServeMux()
 	tb.Routes(mux)
 	srv := httptest.NewServer(mux)

@@ -30,7 +30,10 @@ func TestPauseFailsNoHealthCheckAndIsNoBackoff(t *testing.T) {
 	r := supervisor.NewReaper(zerolog.Nop(), false)
 	stop := make(chan struct{})
 	go r.Run(stop)
-	tb := New(Config{ExitGrace: 200 * time.Millisecond, Pause: det}, zerolog.Nop(), r)
+	tb, err := New(Config{ExitGrace: 200 * time.Millisecond, Pause: det}, zerolog.Nop(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { tb.Close(); close(stop) })
 
 	// The "service": answers after 10 x 50 ms of sleeping, so after a thaw

@@ -99,11 +99,11 @@ func NormalizeCheck(h *HealthCheck) (*HealthCheck, error) { return normalizeHeal
 // build checks (tl-agent provision --root).
 func Check(req *StartRequest) error {
 	if req.Command == "" {
-		return badRequest(codeInvalid, "command is required")
+		return refuse(ErrInvalid, "command is required")
 	}
 	for _, a := range append([]string{req.Command}, req.Args...) {
 		if strings.ContainsRune(a, 0) {
-			return badRequest(codeInvalid, "the command or an argument contains a NUL byte")
+			return refuse(ErrInvalid, "the command or an argument contains a NUL byte")
 		}
 	}
 	for f, v := range map[string][3]string{

@@ -99,18 +99,18 @@ type spec struct {
 	startLog *zerolog.Logger
 }
 
-// prepare validates req and resolves its user (defaultUser when absent),
-// directory and executable.
-func prepare(req *StartRequest, defaultUser string) (*spec, error) {
+// prepare validates req and resolves its user (defaultUser when absent,
+// if not nil), directory and executable.
+func prepare(req *StartRequest, defaultUser *identity.User) (*spec, error) {
 	if req.Command == "" {
-		return nil, badRequest(codeInvalid, "command is required")
+		return nil, refuse(ErrInvalid, "command is required")
 	}
 	if strings.ContainsRune(req.Command, 0) {
-		return nil, badRequest(codeInvalid, "command contains a NUL byte")
+		return nil, refuse(ErrInvalid, "command contains a NUL byte")
 	}
 	for _, a := range req.Args {
 		if strings.ContainsRune(a, 0) {
-			return nil, badRequest(codeInvalid, "an argument contains a NUL byte")
+			return nil, refuse(ErrInvalid, "an argument contains a NUL byte")
 		}
 	}
 	s := &spec{command: req.Command, args: append([]string{}, req.Args...)}
@@ -127,12 +127,15 @@ func prepare(req *StartRequest, defaultUser string) (*spec, error) {
 		return nil, err
 	}
 	s.stderrKeep = !discard
-	us := identity.Spec{Name: defaultUser}
-	if req.User != nil && !req.User.IsZero() {
-		us = req.User.Spec
-	}
-	if s.user, err = launch.Resolve(us); err != nil {
-		return nil, launchRefused(err)
+	s.user = defaultUser
+	if req.User != nil && !req.User.IsZero() || s.user == nil {
+		var us identity.Spec
+		if req.User != nil {
+			us = req.User.Spec
+		}
+		if s.user, err = launch.Resolve(us); err != nil {
+			return nil, launchRefused(err)
+		}
 	}
 	// The launcher owns the PATH, directory and exec rules; restarts reuse
 	// what it resolved.

@@ -22,7 +22,10 @@ func newHTTPTable(t *testing.T, cfg Config) (*Table, *httptest.Server) {
 	r := supervisor.NewReaper(zerolog.Nop(), false)
 	stop := make(chan struct{})
 	go r.Run(stop)
-	tb := New(cfg, zerolog.Nop(), r)
+	tb, err := New(cfg, zerolog.Nop(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mux := http.NewServeMux()
 	tb.Routes(mux)
 	srv := httptest.NewServer(mux)

@@ -22,7 +22,10 @@ func TestStdinStalledBodyTimesOut(t *testing.T) {
 	r := supervisor.NewReaper(zerolog.Nop(), false)
 	stop := make(chan struct{})
 	go r.Run(stop)
-	tb := New(Config{ExitGrace: 200 * time.Millisecond, StdinTimeout: 300 * time.Millisecond}, zerolog.Nop(), r)
+	tb, err := New(Config{ExitGrace: 200 * time.Millisecond, StdinTimeout: 300 * time.Millisecond}, zerolog.Nop(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { tb.Close(); close(stop) })
 	mux := http.NewServeMux()
 	tb.Routes(mux)

@@ -11,6 +11,7 @@ package process
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"sort"
@@ -22,14 +23,19 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/config"
 	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
-// Config bounds the table. Zero fields take the defaults of DefaultConfig.
+// Config bounds the table. Zero fields take the defaults of
+// DefaultConfig; a negative one is refused (Validate).
 type Config struct {
-	User                   string        // who runs a process whose request names no user (tl-user)
+	// User runs a process whose request names no user: the sandbox user,
+	// resolved once by the caller. Nil: identity.DefaultUser, looked up at
+	// each request.
+	User                   *identity.User
 	MaxLines               int           // output lines kept per process, stdout and stderr together
 	MaxBytes               int           // output bytes kept per process
 	MaxLineBytes           int           // longer lines are split at this many bytes
@@ -53,7 +59,6 @@ type Config struct {
 // DefaultConfig returns the documented defaults (docs/processes.md).
 func DefaultConfig() Config {
 	return Config{
-		User:                   identity.DefaultUser,
 		MaxLines:               10000,
 		MaxBytes:               4 << 20,
 		MaxLineBytes:           64 << 10,
@@ -71,51 +76,73 @@ func DefaultConfig() Config {
 	}
 }
 
+// Validate refuses a negative bound or timeout; zero takes the default.
+func (c Config) Validate() error {
+	err := config.NonNegative(
+		config.Int("MaxLines", c.MaxLines),
+		config.Int("MaxBytes", c.MaxBytes),
+		config.Int("MaxLineBytes", c.MaxLineBytes),
+		config.Duration("KeepExited", c.KeepExited),
+		config.Int("MaxExited", c.MaxExited),
+		config.Int("ExitedBytes", c.ExitedBytes),
+		config.Int("TotalBytes", c.TotalBytes),
+		config.Int("MaxLive", c.MaxLive),
+		config.Duration("ExitGrace", c.ExitGrace),
+		config.Duration("StdinTimeout", c.StdinTimeout),
+		config.Int("MaxStdinBytes", c.MaxStdinBytes),
+		config.Duration("StallTimeout", c.StallTimeout),
+		config.Int("MaxFollowers", c.MaxFollowers),
+		config.Int("MaxFollowersPerProcess", c.MaxFollowersPerProcess),
+	)
+	if err != nil {
+		return fmt.Errorf("process config: %w", err)
+	}
+	return nil
+}
+
+// withDefaults fills the zero fields of a valid config.
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
-	if c.User == "" {
-		c.User = d.User
-	}
-	if c.MaxLines <= 0 {
+	if c.MaxLines == 0 {
 		c.MaxLines = d.MaxLines
 	}
-	if c.MaxBytes <= 0 {
+	if c.MaxBytes == 0 {
 		c.MaxBytes = d.MaxBytes
 	}
-	if c.MaxLineBytes <= 0 {
+	if c.MaxLineBytes == 0 {
 		c.MaxLineBytes = d.MaxLineBytes
 	}
-	if c.KeepExited <= 0 {
+	if c.KeepExited == 0 {
 		c.KeepExited = d.KeepExited
 	}
-	if c.MaxExited <= 0 {
+	if c.MaxExited == 0 {
 		c.MaxExited = d.MaxExited
 	}
-	if c.ExitedBytes <= 0 {
+	if c.ExitedBytes == 0 {
 		c.ExitedBytes = d.ExitedBytes
 	}
-	if c.TotalBytes <= 0 {
+	if c.TotalBytes == 0 {
 		c.TotalBytes = d.TotalBytes
 	}
-	if c.MaxLive <= 0 {
+	if c.MaxLive == 0 {
 		c.MaxLive = d.MaxLive
 	}
-	if c.ExitGrace <= 0 {
+	if c.ExitGrace == 0 {
 		c.ExitGrace = d.ExitGrace
 	}
-	if c.StdinTimeout <= 0 {
+	if c.StdinTimeout == 0 {
 		c.StdinTimeout = d.StdinTimeout
 	}
-	if c.MaxStdinBytes <= 0 {
+	if c.MaxStdinBytes == 0 {
 		c.MaxStdinBytes = d.MaxStdinBytes
 	}
-	if c.StallTimeout <= 0 {
+	if c.StallTimeout == 0 {
 		c.StallTimeout = d.StallTimeout
 	}
-	if c.MaxFollowers <= 0 {
+	if c.MaxFollowers == 0 {
 		c.MaxFollowers = d.MaxFollowers
 	}
-	if c.MaxFollowersPerProcess <= 0 {
+	if c.MaxFollowersPerProcess == 0 {
 		c.MaxFollowersPerProcess = d.MaxFollowersPerProcess
 	}
 	return c
@@ -141,17 +168,22 @@ type Table struct {
 	stop chan struct{}
 }
 
-// New returns an empty table; call Close at shutdown.
-func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) *Table {
+// New returns an empty table, or the reason cfg is not valid; call Close
+// at shutdown.
+func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Table, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
 	t := &Table{
-		cfg: cfg.withDefaults(), log: log.With().Str("component", "processes").Logger(), reaper: reaper,
+		cfg: cfg, log: log.With().Str("component", "processes").Logger(), reaper: reaper,
 		byPid: map[int]*Process{}, byName: map[string]*managed{},
-		budget:     &budget{max: int64(cfg.withDefaults().TotalBytes), floor: budgetFloor},
+		budget:     &budget{max: int64(cfg.TotalBytes), floor: budgetFloor},
 		nextHandle: 1, stop: make(chan struct{}),
 	}
 	t.wg.Add(1)
 	go t.janitor()
-	return t
+	return t, nil
 }
 
 // Counts reports running and tracked processes for /api/v1/info.

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tensorlake/tl-agent/internal/config"
 	"github.com/tensorlake/tl-agent/internal/httpx"
 )
 
@@ -167,6 +168,24 @@ type Limits struct {
 	RequestsPerSandbox int
 }
 
+// validate refuses a negative bound or timeout: zero turns one off, a
+// negative one is a mistake, not another way to say zero.
+func (l Limits) validate() error {
+	err := config.NonNegative(
+		config.Duration("HTTPHeaderTimeout", l.HTTPHeaderTimeout), config.Duration("HTTPIdleTimeout", l.HTTPIdleTimeout),
+		config.Int("BodyMinBytes", l.BodyMinBytes), config.Duration("BodyWindow", l.BodyWindow),
+		config.Duration("WriteStallTimeout", l.WriteStallTimeout),
+		config.Int("HTTPConns", l.HTTPConns), config.Int("HTTPConnsPerSource", l.HTTPConnsPerSource),
+		config.Int("UplinkConns", l.UplinkConns), config.Int("UplinkConnsPerSource", l.UplinkConnsPerSource),
+		config.Int("SSHConns", l.SSHConns), config.Int("SSHConnsPerSource", l.SSHConnsPerSource),
+		config.Int("RequestsPerSandbox", l.RequestsPerSandbox),
+	)
+	if err != nil {
+		return fmt.Errorf("config: limits: %w", err)
+	}
+	return nil
+}
+
 // DefaultLimits are tl-proxy's bounds unless flags say otherwise. The
 // per-source caps are high because on a laptop every client is 127.0.0.1.
 func DefaultLimits() Limits {
@@ -252,6 +271,9 @@ func (c *Config) Validate() error {
 	}
 	c.Domain = strings.Trim(strings.ToLower(c.Domain), ".")
 	if err := c.SSHLimits.validate(); err != nil {
+		return err
+	}
+	if err := c.Limits.validate(); err != nil {
 		return err
 	}
 	if len(c.APIKeys) == 0 {

@@ -52,14 +52,14 @@ func (m *Manager) handleCreate(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusBadRequest, "INVALID_REQUEST", "command is required")
 		return
 	}
-	if req.User.IsZero() && m.cfg.User != "" {
-		req.User = identity.Spec{Name: m.cfg.User}
-	}
-	u, err := launch.Resolve(req.User)
-	if err != nil {
-		status, code := createError(err)
-		httpx.WriteError(w, status, code, err.Error())
-		return
+	u := m.cfg.User
+	if !req.User.IsZero() || u == nil {
+		var err error
+		if u, err = launch.Resolve(req.User); err != nil {
+			status, code := createError(err)
+			httpx.WriteError(w, status, code, err.Error())
+			return
+		}
 	}
 	rows, cols := defaultRows, defaultCols
 	if req.Rows != nil {

@@ -12,7 +12,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/tensorlake/tl-agent/launch"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -21,13 +20,21 @@ import (
 	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/config"
 	"github.com/tensorlake/tl-agent/internal/pause"
+	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
-// Config tunes the manager. Zero fields take the defaults of Defaults.
+// Config tunes the manager. Zero fields take the defaults of
+// DefaultConfig; a negative one is refused (Validate).
 type Config struct {
-	User         string        // who sessions run as when a request names nobody (tl-user)
+	// User is who sessions run as when a request names nobody: the
+	// sandbox user, resolved once by the caller. Nil: identity.DefaultUser,
+	// looked up at each request.
+	User *identity.User
+
 	MaxSessions  int           // live sessions; more get 429 (spec: 64)
 	IdleTimeout  time.Duration // kill a session with no client for this long (spec: 300 s)
 	KeepEnded    time.Duration // an ended session stays queryable this long (spec: ≥ 60 s)
@@ -45,8 +52,8 @@ type Config struct {
 	Pause *pause.Detector
 }
 
-// Defaults returns the spec's values and ours.
-func Defaults() Config {
+// DefaultConfig returns the spec's values and ours.
+func DefaultConfig() Config {
 	return Config{
 		MaxSessions:  64,
 		IdleTimeout:  300 * time.Second,
@@ -61,15 +68,31 @@ func Defaults() Config {
 	}
 }
 
+// Validate refuses a negative bound or timeout; zero takes the default.
+func (c Config) Validate() error {
+	err := config.NonNegative(
+		config.Int("MaxSessions", c.MaxSessions), config.Int("MaxEnded", c.MaxEnded),
+		config.Int("KeepOutput", c.KeepOutput), config.Int("MaxClients", c.MaxClients),
+		config.Duration("IdleTimeout", c.IdleTimeout), config.Duration("KeepEnded", c.KeepEnded),
+		config.Duration("KillGrace", c.KillGrace), config.Duration("PingInterval", c.PingInterval),
+		config.Duration("PongTimeout", c.PongTimeout), config.Duration("StallTimeout", c.StallTimeout),
+	)
+	if err != nil {
+		return fmt.Errorf("pty config: %w", err)
+	}
+	return nil
+}
+
+// withDefaults fills the zero fields of a valid config.
 func (c Config) withDefaults() Config {
-	d := Defaults()
+	d := DefaultConfig()
 	set := func(v *int, dv int) {
-		if *v <= 0 {
+		if *v == 0 {
 			*v = dv
 		}
 	}
 	setD := func(v *time.Duration, dv time.Duration) {
-		if *v <= 0 {
+		if *v == 0 {
 			*v = dv
 		}
 	}
@@ -109,14 +132,18 @@ type Manager struct {
 	dropped  atomic.Int64        // clients dropped by the agent (slow, no pong, shutdown)
 }
 
-// NewManager returns a manager that starts children through reaper.
-func NewManager(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) *Manager {
+// NewManager returns a manager that starts children through reaper, or
+// the reason cfg is not valid.
+func NewManager(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	return &Manager{
 		cfg:      cfg.withDefaults(),
 		log:      log.With().Str("component", "pty").Logger(),
 		reaper:   reaper,
 		sessions: map[string]*Session{},
-	}
+	}, nil
 }
 
 // Errors of create.

@@ -40,7 +40,10 @@ func newRig(t *testing.T, cfg Config) *rig {
 	reaper := supervisor.NewReaper(log, false)
 	stop := make(chan struct{})
 	go reaper.Run(stop)
-	m := NewManager(cfg, log, reaper)
+	m, err := NewManager(cfg, log, reaper)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mux := http.NewServeMux()
 	m.Routes(mux)
 	srv := httptest.NewServer(mux)
@@ -210,7 +213,10 @@ func TestCloseLeaksNothing(t *testing.T) {
 		reaper := supervisor.NewReaper(log, false)
 		defer reaper.Close()
 		go reaper.Run(nil)
-		m := NewManager(Config{KillGrace: time.Second}, log, reaper)
+		m, err := NewManager(Config{KillGrace: time.Second}, log, reaper)
+		if err != nil {
+			t.Fatal(err)
+		}
 		mux := http.NewServeMux()
 		m.Routes(mux)
 		srv := httptest.NewServer(mux)

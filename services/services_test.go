@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/process"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
@@ -102,7 +103,14 @@ func newTable(t *testing.T) (*process.Table, *supervisor.Reaper) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tb := process.New(process.Config{ExitGrace: 200 * time.Millisecond, User: me.Username}, zerolog.Nop(), r)
+	u, err := identity.Lookup(me.Username)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := process.New(process.Config{ExitGrace: 200 * time.Millisecond, User: u}, zerolog.Nop(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { tb.Close(); close(stop) })
 	return tb, r
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,8 +15,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/config"
 	"github.com/tensorlake/tl-agent/internal/sftpframe"
 	"github.com/tensorlake/tl-agent/internal/streams"
+	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -30,17 +31,36 @@ import (
 
 // Config is what the SFTP server needs.
 type Config struct {
-	// User is the sandbox user sessions run as.
-	User string
-	// Exe is the agent's own binary, re-executed as the sftp-server.
+	// User is the sandbox user sessions run as, resolved once by the
+	// caller (required).
+	User *identity.User
+	// Exe is the agent's own binary, re-executed as the sftp-server
+	// ("": /proc/self/exe).
 	Exe string
-	// MaxSessions bounds concurrent SFTP sessions over both ways in.
+	// MaxSessions bounds concurrent SFTP sessions over both ways in (0:
+	// DefaultMaxSessions; negative is refused).
 	MaxSessions int
 }
 
 // DefaultMaxSessions is Config.MaxSessions when zero: the SSH server's
 // connection cap, which bare sftp streams used to count against.
 const DefaultMaxSessions = 256
+
+// DefaultConfig returns the defaults (no user: the caller sets it).
+func DefaultConfig() Config {
+	return Config{Exe: "/proc/self/exe", MaxSessions: DefaultMaxSessions}
+}
+
+// Validate refuses a config without a user or with a negative bound.
+func (c Config) Validate() error {
+	if c.User == nil {
+		return errors.New("sftp config: User is required")
+	}
+	if err := config.NonNegative(config.Int("MaxSessions", c.MaxSessions)); err != nil {
+		return fmt.Errorf("sftp config: %w", err)
+	}
+	return nil
+}
 
 // ErrClosed is Serve's error once the server is closing.
 var ErrClosed = errors.New("sftp server shutting down")
@@ -61,20 +81,22 @@ type Server struct {
 	cancel  context.CancelFunc
 }
 
-// New returns a server; its zero Config fields take the defaults.
-func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) *Server {
-	if cfg.User == "" {
-		cfg.User = identity.DefaultUser
+// New returns a server, or the reason cfg is not valid; its zero Config
+// fields take the defaults.
+func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
+	d := DefaultConfig()
 	if cfg.Exe == "" {
-		cfg.Exe = "/proc/self/exe"
+		cfg.Exe = d.Exe
 	}
-	if cfg.MaxSessions <= 0 {
-		cfg.MaxSessions = DefaultMaxSessions
+	if cfg.MaxSessions == 0 {
+		cfg.MaxSessions = d.MaxSessions
 	}
 	stop, cancel := context.WithCancel(context.Background())
 	return &Server{cfg: cfg, log: log.With().Str("component", "sftpd").Logger(), reaper: reaper,
-		slots: make(chan struct{}, cfg.MaxSessions), stop: stop, cancel: cancel}
+		slots: make(chan struct{}, cfg.MaxSessions), stop: stop, cancel: cancel}, nil
 }
 
 // Session is one SFTP session's ends.
@@ -105,30 +127,27 @@ func (s *Server) Serve(ctx context.Context, sess Session) (supervisor.Exit, erro
 		return supervisor.Exit{}, err
 	}
 	defer release()
-	u, err := identity.Lookup(s.cfg.User)
-	if err != nil {
-		return supervisor.Exit{}, err
-	}
+	u := s.cfg.User
 	env := sess.Env
 	if env == nil {
 		env = u.Env("", nil)
 	}
-	p, err := newPipes()
+	p, err := launch.NewPipes()
 	if err != nil {
 		return supervisor.Exit{}, fmt.Errorf("sftp-server pipes: %w", err)
 	}
-	proc, err := Start(s.reaper, s.cfg.Exe, u, env, p.inR, p.outW, p.errW)
+	proc, err := Start(s.reaper, s.cfg.Exe, u, env, p)
 	if err != nil {
-		p.closeAll()
+		p.Close()
 		return supervisor.Exit{}, err
 	}
-	p.childEnds()
+	p.CloseChild()
 	s.total.Add(1)
 	s.wg.Add(1) // admit holds a count, so Close cannot be past its Wait
 	go func() {
 		defer s.wg.Done()
-		_, _ = io.CopyBuffer(writerOnly{p.inW}, sess.In, make([]byte, copyBuf))
-		p.inW.Close() // the client's EOF is the server's
+		_, _ = io.CopyBuffer(writerOnly{p.InW}, sess.In, make([]byte, copyBuf))
+		p.InW.Close() // the client's EOF is the server's
 	}()
 	var errs sync.WaitGroup
 	errs.Add(1)
@@ -138,20 +157,20 @@ func (s *Server) Serve(ctx context.Context, sess Session) (supervisor.Exit, erro
 		if w == nil {
 			w = io.Discard
 		}
-		_, _ = io.Copy(w, p.errR)
+		_, _ = io.Copy(w, p.ErrR)
 	}()
 	stopCtx := context.AfterFunc(ctx, func() { hangup(proc) })
 	defer stopCtx()
 	stopClose := context.AfterFunc(s.stop, func() { hangup(proc) })
 	defer stopClose()
-	if _, err := io.CopyBuffer(writerOnly{sess.Out}, readerOnly{p.outR}, make([]byte, copyBuf)); err != nil {
+	if _, err := io.CopyBuffer(writerOnly{sess.Out}, readerOnly{p.OutR}, make([]byte, copyBuf)); err != nil {
 		hangup(proc) // the client is gone
 	}
 	exit := proc.Wait()
-	_ = p.errR.SetReadDeadline(time.Now().Add(drainGrace))
+	_ = p.ErrR.SetReadDeadline(time.Now().Add(drainGrace))
 	errs.Wait()
-	p.outR.Close()
-	p.errR.Close()
+	p.OutR.Close()
+	p.ErrR.Close()
 	return exit, nil
 }
 
@@ -240,54 +259,9 @@ const (
 	// copyBuf is the copy size each way: larger than an SSH packet (32
 	// KiB), so bulk transfers cost fewer reads and writes.
 	copyBuf = 128 << 10
-	// pipeSize is the server's stdin and stdout pipe size: bigger than the
-	// 64 KiB default, so bulk transfers run a few packets ahead.
-	pipeSize = 512 << 10
 	// drainGrace bounds reading the server's stderr after it exited.
 	drainGrace = 2 * time.Second
 )
-
-// pipes are the server's stdio: ours are the far ends.
-type pipes struct {
-	inR, inW, outR, outW, errR, errW *os.File
-}
-
-func newPipes() (*pipes, error) {
-	var p pipes
-	var fs []*os.File
-	for _, pair := range []struct{ r, w **os.File }{{&p.inR, &p.inW}, {&p.outR, &p.outW}, {&p.errR, &p.errW}} {
-		r, w, err := os.Pipe()
-		if err != nil {
-			for _, f := range fs {
-				f.Close()
-			}
-			return nil, err
-		}
-		*pair.r, *pair.w = r, w
-		fs = append(fs, r, w)
-	}
-	// Failure is harmless: the default size only costs speed.
-	for _, f := range []*os.File{p.inW, p.outW} {
-		if rc, err := f.SyscallConn(); err == nil {
-			_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
-		}
-	}
-	return &p, nil
-}
-
-// childEnds closes the server's ends in our process once it has them.
-func (p *pipes) childEnds() {
-	p.inR.Close()
-	p.outW.Close()
-	p.errW.Close()
-}
-
-func (p *pipes) closeAll() {
-	p.childEnds()
-	p.inW.Close()
-	p.outR.Close()
-	p.errR.Close()
-}
 
 // writerOnly and readerOnly hide ReadFrom and WriteTo, so copies use
 // their own buffer.

@@ -15,6 +15,7 @@ import (
 	"github.com/pkg/sftp"
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
@@ -32,9 +33,13 @@ func TestMain(m *testing.M) {
 // test binary.
 func newTestServer(t *testing.T, maxSessions int) *Server {
 	t.Helper()
-	me, err := user.Current()
+	cur, err := user.Current()
 	if err != nil {
 		t.Skip("no current user")
+	}
+	me, err := identity.Lookup(cur.Username)
+	if err != nil {
+		t.Skip("current user not in passwd")
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -43,7 +48,10 @@ func newTestServer(t *testing.T, maxSessions int) *Server {
 	reaper := supervisor.NewReaper(zerolog.Nop(), false)
 	stop := make(chan struct{})
 	go reaper.Run(stop)
-	s := New(Config{User: me.Username, Exe: exe, MaxSessions: maxSessions}, zerolog.Nop(), reaper)
+	s, err := New(Config{User: me, Exe: exe, MaxSessions: maxSessions}, zerolog.Nop(), reaper)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { s.Close(); close(stop) })
 	return s
 }

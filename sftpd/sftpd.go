@@ -67,10 +67,10 @@ func Serve(dir string) int {
 }
 
 // Start starts an sftp-server child as u in its home (or /, the
-// launcher's rule), with the given stdio pipes (the caller keeps the other
-// ends). exe is the agent's own binary; env is the child's whole
-// environment.
-func Start(r *supervisor.Reaper, exe string, u *identity.User, env []string, stdin, stdout, stderr *os.File) (*supervisor.Proc, error) {
+// launcher's rule), on pipes (the caller keeps the far ends and closes the
+// child's once Start returns). exe is the agent's own binary; env is the
+// child's whole environment.
+func Start(r *supervisor.Reaper, exe string, u *identity.User, env []string, pipes *launch.Pipes) (*supervisor.Proc, error) {
 	if env == nil {
 		env = []string{}
 	}
@@ -80,7 +80,7 @@ func Start(r *supervisor.Reaper, exe string, u *identity.User, env []string, std
 	}
 	cmd := c.Cmd
 	cmd.Args = append(cmd.Args, cmd.Dir)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	pipes.Attach(cmd)
 	p, err := launch.Start(c, r.Start)
 	if err != nil {
 		return nil, fmt.Errorf("start sftp-server: %w", err)

@@ -34,7 +34,7 @@ func (f *failingListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127
 // listener ends the loop.
 func TestAcceptLoopBacksOff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s, err := New(Config{}, zerolog.Nop(), supervisor.NewReaper(zerolog.Nop(), false))
+		s, err := New(Config{User: me(t)}, zerolog.Nop(), supervisor.NewReaper(zerolog.Nop(), false))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -89,14 +88,11 @@ func TestClientLeavesWhileJobWrites(t *testing.T) { jobWritesAtEnd(t, false) }
 func TestCloseWhileJobWrites(t *testing.T) { jobWritesAtEnd(t, true) }
 
 func jobWritesAtEnd(t *testing.T, serverClose bool) {
-	me, err := user.Current()
-	if err != nil {
-		t.Skip("no current user")
-	}
+	u := me(t)
 	base := leakcheck.Take(t)
 	reaper := supervisor.NewReaper(zerolog.Nop(), false)
 	go reaper.Run(nil)
-	s, err := New(Config{User: me.Username}, zerolog.Nop(), reaper)
+	s, err := New(Config{User: u}, zerolog.Nop(), reaper)
 	if err != nil {
 		t.Fatal(err)
 	}

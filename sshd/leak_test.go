@@ -3,7 +3,6 @@ package sshd
 import (
 	"context"
 	"net"
-	"os/user"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -20,10 +19,7 @@ import (
 // nor closes (it would hold the relay forever if the connection's end did
 // not close it).
 func TestCloseLeaksNothing(t *testing.T) {
-	me, err := user.Current()
-	if err != nil {
-		t.Skip("no current user")
-	}
+	u := me(t)
 	silent, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -33,7 +29,7 @@ func TestCloseLeaksNothing(t *testing.T) {
 
 	reaper := supervisor.NewReaper(zerolog.Nop(), false)
 	go reaper.Run(nil)
-	s, err := New(Config{User: me.Username}, zerolog.Nop(), reaper)
+	s, err := New(Config{User: u}, zerolog.Nop(), reaper)
 	if err != nil {
 		t.Fatal(err)
 	}

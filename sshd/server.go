@@ -27,16 +27,19 @@ import (
 
 	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/config"
 	"github.com/tensorlake/tl-agent/internal/netx"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/sftpd"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
-// Config is what the SSH server needs.
+// Config is what the SSH server needs. Zero bounds take the defaults of
+// DefaultConfig; a negative one is refused (Validate).
 type Config struct {
-	// User is the sandbox user everything runs as (tl-user).
-	User string
+	// User is the sandbox user everything runs as, resolved once by the
+	// caller (required).
+	User *identity.User
 	// Listen is an optional TCP address inside the sandbox (e.g.
 	// 0.0.0.0:22) that serves clients with keys from the user's
 	// ~/.ssh/authorized_keys. Empty: uplink only.
@@ -69,6 +72,55 @@ const (
 	DefaultMaxListenConns   = 64
 )
 
+// DefaultConfig returns the default bounds (no user, no listener, no
+// SFTP: the caller sets those).
+func DefaultConfig() Config {
+	return Config{
+		HandshakeTimeout: DefaultHandshakeTimeout, MaxSessions: DefaultMaxSessions,
+		MaxConns: DefaultMaxConns, MaxListenConns: DefaultMaxListenConns,
+		MaxChannelsPerConn: DefaultMaxChannelsPerConn, MaxUnstartedPerConn: DefaultMaxUnstartedPerConn,
+		UnstartedTimeout: DefaultUnstartedTimeout,
+	}
+}
+
+// Validate refuses a config without a user, and a negative bound or
+// timeout; zero takes the default.
+func (c Config) Validate() error {
+	if c.User == nil {
+		return errors.New("ssh config: User is required")
+	}
+	err := config.NonNegative(
+		config.Duration("HandshakeTimeout", c.HandshakeTimeout), config.Int("MaxSessions", c.MaxSessions),
+		config.Int("MaxConns", c.MaxConns), config.Int("MaxListenConns", c.MaxListenConns),
+		config.Int("MaxChannelsPerConn", c.MaxChannelsPerConn), config.Int("MaxUnstartedPerConn", c.MaxUnstartedPerConn),
+		config.Duration("UnstartedTimeout", c.UnstartedTimeout),
+	)
+	if err != nil {
+		return fmt.Errorf("ssh config: %w", err)
+	}
+	return nil
+}
+
+// withDefaults fills the zero fields of a valid config.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	for _, f := range []struct{ v, d *int }{
+		{&c.MaxSessions, &d.MaxSessions}, {&c.MaxConns, &d.MaxConns}, {&c.MaxListenConns, &d.MaxListenConns},
+		{&c.MaxChannelsPerConn, &d.MaxChannelsPerConn}, {&c.MaxUnstartedPerConn, &d.MaxUnstartedPerConn},
+	} {
+		if *f.v == 0 {
+			*f.v = *f.d
+		}
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = d.HandshakeTimeout
+	}
+	if c.UnstartedTimeout == 0 {
+		c.UnstartedTimeout = d.UnstartedTimeout
+	}
+	return c
+}
+
 // Server is the agent's SSH server. It owns its connections' goroutines:
 // Close ends every connection and waits for their handlers.
 type Server struct {
@@ -91,33 +143,14 @@ type Server struct {
 	sessions sync.WaitGroup    // session handlers and their input copies; Add only under mu while !closing
 }
 
-// New returns a server with a fresh in-memory ed25519 host key. The proxy
-// does not pin the agent's key: the uplink is already trusted.
+// New returns a server with a fresh in-memory ed25519 host key, or the
+// reason cfg is not valid. The proxy does not pin the agent's key: the
+// uplink is already trusted.
 func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Server, error) {
-	if cfg.User == "" {
-		cfg.User = identity.DefaultUser
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	if cfg.MaxSessions <= 0 {
-		cfg.MaxSessions = DefaultMaxSessions
-	}
-	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = DefaultMaxConns
-	}
-	if cfg.MaxListenConns <= 0 {
-		cfg.MaxListenConns = DefaultMaxListenConns
-	}
-	if cfg.MaxChannelsPerConn <= 0 {
-		cfg.MaxChannelsPerConn = DefaultMaxChannelsPerConn
-	}
-	if cfg.MaxUnstartedPerConn <= 0 {
-		cfg.MaxUnstartedPerConn = DefaultMaxUnstartedPerConn
-	}
-	if cfg.UnstartedTimeout <= 0 {
-		cfg.UnstartedTimeout = DefaultUnstartedTimeout
-	}
+	cfg = cfg.withDefaults()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("ssh host key: %w", err)
@@ -171,7 +204,7 @@ func (s *Server) newGlider(withKeys bool) *ssh.Server {
 	}
 	if withKeys {
 		g.PublicKeyHandler = func(ctx ssh.Context, key ssh.PublicKey) bool {
-			return ctx.User() == s.cfg.User && s.keyAuthorized(key)
+			return ctx.User() == s.cfg.User.Name && s.keyAuthorized(key)
 		}
 	}
 	return g
@@ -197,12 +230,7 @@ func (s *Server) connCallback(ctx ssh.Context, c net.Conn) net.Conn {
 		streams.SetPeer(ctx, pc.peer)
 	}
 	ctx.SetValue(limitsKey{}, &connLimits{maxOpen: s.cfg.MaxChannelsPerConn, maxUnstarted: s.cfg.MaxUnstartedPerConn})
-	u, err := identity.Lookup(s.cfg.User)
-	if err != nil {
-		s.log.Warn().Err(err).Msg("ssh: sandbox user unknown")
-		u = nil
-	}
-	if !s.fwd.Attach(ctx, u) {
+	if !s.fwd.Attach(ctx, s.cfg.User) {
 		return nil // closing: gliderlabs closes c
 	}
 	return ownDeadlines{c}

@@ -17,6 +17,9 @@ import (
 
 func newTestServer(t *testing.T, cfg Config) *Server {
 	t.Helper()
+	if cfg.User == nil {
+		cfg.User = me(t)
+	}
 	s, err := New(cfg, zerolog.Nop(), supervisor.NewReaper(zerolog.Nop(), false))
 	if err != nil {
 		t.Fatal(err)

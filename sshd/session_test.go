@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"os/user"
 	"strings"
 	"testing"
 
@@ -25,15 +24,11 @@ func dial(t *testing.T) *gossh.Client {
 // dialWith is dial with cfg (whose User is set here).
 func dialWith(t *testing.T, cfg Config) *gossh.Client {
 	t.Helper()
-	me, err := user.Current()
-	if err != nil {
-		t.Skip("no current user")
-	}
+	cfg.User = me(t)
 	reaper := supervisor.NewReaper(zerolog.Nop(), false)
 	stop := make(chan struct{})
 	go reaper.Run(stop)
 	t.Cleanup(func() { close(stop) })
-	cfg.User = me.Username
 	s, err := New(cfg, zerolog.Nop(), reaper)
 	if err != nil {
 		t.Fatal(err)

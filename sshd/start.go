@@ -7,9 +7,7 @@ import (
 	"path/filepath"
 
 	gossh "golang.org/x/crypto/ssh"
-	"golang.org/x/sys/unix"
 
-	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/launch"
 )
 
@@ -70,10 +68,7 @@ func clamp16(v uint32) uint16 {
 // environment, terminal); the client's variables were already sifted by
 // envDenied.
 func (ss *session) start(kind string, payload []byte) error {
-	u, err := identity.Lookup(ss.srv.cfg.User)
-	if err != nil {
-		return err
-	}
+	u := ss.srv.cfg.User
 	env := make(map[string]string, len(ss.env)+1)
 	for k, v := range ss.env {
 		env[k] = v
@@ -131,77 +126,28 @@ func (ss *session) startPTY(c *launch.Command) error {
 	return nil
 }
 
-// pipeSize is the program's stdout pipe size (see newPipes).
-const pipeSize = 512 << 10
-
-// pipes are a program's stdio: ours are the far ends.
-type pipes struct {
-	inR, inW, outR, outW, errR, errW *os.File
-}
-
-func newPipes() (*pipes, error) {
-	var p pipes
-	var err error
-	if p.inR, p.inW, err = os.Pipe(); err != nil {
-		return nil, err
-	}
-	if p.outR, p.outW, err = os.Pipe(); err != nil {
-		p.inR.Close()
-		p.inW.Close()
-		return nil, err
-	}
-	// Bigger stdin and stdout pipes than the 64 KiB default let bulk
-	// transfers run a few packets ahead; failure is harmless.
-	for _, f := range []*os.File{p.inW, p.outW} {
-		if rc, err := f.SyscallConn(); err == nil {
-			_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
-		}
-	}
-	if p.errR, p.errW, err = os.Pipe(); err != nil {
-		for _, f := range []*os.File{p.inR, p.inW, p.outR, p.outW} {
-			f.Close()
-		}
-		return nil, err
-	}
-	return &p, nil
-}
-
-// childEnds closes the program's ends in our process once it has them.
-func (p *pipes) childEnds() {
-	p.inR.Close()
-	p.outW.Close()
-	p.errW.Close()
-}
-
-func (p *pipes) closeAll() {
-	p.childEnds()
-	p.inW.Close()
-	p.outR.Close()
-	p.errR.Close()
-}
-
 func (ss *session) startPipes(c *launch.Command) error {
-	p, err := newPipes()
+	p, err := launch.NewPipes()
 	if err != nil {
 		return fmt.Errorf("pipes: %w", err)
 	}
-	c.Cmd.Stdin, c.Cmd.Stdout, c.Cmd.Stderr = p.inR, p.outW, p.errW
+	p.Attach(c.Cmd)
 	proc, err := launch.Start(c, ss.srv.reaper.Start)
 	if err != nil {
-		p.closeAll()
+		p.Close()
 		return err
 	}
-	p.childEnds()
+	p.CloseChild()
 	ss.proc = proc
 	ss.wirePipes(p)
 	return nil
 }
 
-func (ss *session) wirePipes(p *pipes) {
-	ss.copyOut(ss.ch, p.outR, false)
-	ss.copyOut(ss.ch.Stderr(), p.errR, false)
-	ss.stdin = p.inW
-	ss.copyIn(p.inW, ss.ch, true)
+func (ss *session) wirePipes(p *launch.Pipes) {
+	ss.copyOut(ss.ch, p.OutR, false)
+	ss.copyOut(ss.ch.Stderr(), p.ErrR, false)
+	ss.stdin = p.InW
+	ss.copyIn(p.InW, ss.ch, true)
 }
 
 // sshConnection is the SSH_CONNECTION value: client ip and port, server

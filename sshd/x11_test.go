@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -271,14 +270,11 @@ func TestX11RequestRefused(t *testing.T) {
 // is left, even for an X connection that stays open and silent.
 func TestX11CloseLeaksNothing(t *testing.T) {
 	needXauth(t)
-	me, err := user.Current()
-	if err != nil {
-		t.Skip("no current user")
-	}
+	u := me(t)
 	base := leakcheck.Take(t)
 	reaper := supervisor.NewReaper(zerolog.Nop(), false)
 	go reaper.Run(nil)
-	s, err := New(Config{User: me.Username}, zerolog.Nop(), reaper)
+	s, err := New(Config{User: u}, zerolog.Nop(), reaper)
 	if err != nil {
 		t.Fatal(err)
 	}

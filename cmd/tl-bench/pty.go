@@ -117,7 +117,10 @@ func directTarget(e *Env) ptyTarget {
 	reaper := supervisor.NewReaper(zerolog.Nop(), false)
 	stop := make(chan struct{})
 	go reaper.Run(stop)
-	m := ptypkg.NewManager(ptypkg.Config{}, zerolog.Nop(), reaper)
+	m, err := ptypkg.NewManager(ptypkg.Config{}, zerolog.Nop(), reaper)
+	if err != nil {
+		e.Fatalf("pty manager: %v", err)
+	}
 	mux := http.NewServeMux()
 	m.Routes(mux)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
