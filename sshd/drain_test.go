@@ -17,6 +17,7 @@ import (
 
 	"github.com/tensorlake/tl-agent/internal/leakcheck"
 	"github.com/tensorlake/tl-agent/internal/streams"
+	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -134,4 +135,28 @@ func jobWritesAtEnd(t *testing.T, serverClose bool) {
 	reaper.Close()
 	b.Close()
 	base.Check(t)
+}
+
+// The PTY drain needs no timer when nothing else holds the terminal:
+// hungUp tells the two cases apart.
+func TestHungUp(t *testing.T) {
+	master, slave, err := launch.OpenPTY(launch.Size{Rows: 24, Cols: 80}, me(t))
+	if err != nil {
+		t.Skip(err)
+	}
+	defer master.Close()
+	if hungUp(master) {
+		t.Fatal("hung up while the slave is open")
+	}
+	if _, err := slave.Write([]byte("last words\n")); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	if !hungUp(master) {
+		t.Fatal("not hung up after the slave's last close")
+	}
+	b, err := io.ReadAll(master) // to EIO
+	if !strings.Contains(string(b), "last words") {
+		t.Fatalf("output before EIO: %q (%v)", b, err)
+	}
 }

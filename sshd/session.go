@@ -30,9 +30,11 @@ const maxEnv = 256
 // The end of a PTY session, as OpenSSH's sshd ends it: at the shell's exit
 // it reads what the master still holds, until a read would block, and
 // closes it even if a process of another session keeps the terminal open.
-// Here "would block" is drainQuiet without output (the kernel pushes the
-// slave's output to the master asynchronously), and a writer that never
-// pauses is cut drainMax after the exit. Pipes have no such bound: as with
+// When nothing else holds the terminal, the master is read to its EIO,
+// which comes after the last output. When something does, "would block"
+// is drainQuiet without output (the kernel pushes the slave's output to
+// the master asynchronously), and a writer that never pauses is cut
+// drainMax after the exit. Pipes have no such bound: as with
 // OpenSSH, the session lasts until every writer has closed them.
 const (
 	drainQuiet = 100 * time.Millisecond
@@ -284,7 +286,12 @@ func (ss *session) finish(reqs <-chan *gossh.Request) {
 	if ss.stdin != nil {
 		_ = ss.stdin.Close()
 	}
-	if ss.term != nil {
+	if ss.term != nil && !hungUp(ss.term.master) {
+		// Another process holds the terminal: drain until it is quiet.
+		// Without one the master reads what is left, then EIO: Linux
+		// flushes the slave's pending output before it reports the other
+		// side closed (n_tty_read and TTY_OTHER_CLOSED, since 3.17), so
+		// no timer may cut that output, however loaded the machine.
 		ss.exitAt.Store(time.Now().UnixNano())
 		ss.extendDrain(ss.term.master)
 	}
@@ -353,6 +360,23 @@ func (ss *session) extendDrain(master *os.File) {
 		deadline = limit
 	}
 	_ = master.SetReadDeadline(deadline)
+}
+
+// hungUp reports whether no process holds the terminal's slave side any
+// more (the master polls POLLHUP once the slave's last fd is closed).
+func hungUp(master *os.File) bool {
+	rc, err := master.SyscallConn()
+	if err != nil {
+		return false
+	}
+	hup := false
+	_ = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd)}}
+		if n, err := unix.Poll(fds, 0); err == nil && n == 1 {
+			hup = fds[0].Revents&unix.POLLHUP != 0
+		}
+	})
+	return hup
 }
 
 func (ss *session) closeFiles() {
