@@ -13,6 +13,8 @@ have tmux       || need+=(tmux)
 have ip         || need+=(iproute2)
 have ps         || need+=(procps)
 have curl       || need+=(curl)
+# Debian's paramiko (Ansible, Fabric) in the SSH algorithm tests.
+/usr/bin/python3 -c 'import paramiko' 2>/dev/null || need+=(python3-paramiko)
 have npm        || need+=(npm)
 # make run's sandbox has its own network namespace and reaches the
 # network through slirp4netns's user-mode stack (as podman does).
