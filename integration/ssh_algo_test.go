@@ -266,4 +266,3 @@ func TestSSHCurlSFTP(t *testing.T) {
 		})
 	}
 }
-
