@@ -2,7 +2,9 @@ package integration
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -265,4 +267,71 @@ func TestSSHCurlSFTP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSSHHandshakeFailLogBounded: a peer whose KEXINIT names 100 KB of
+// made-up ciphers is refused, and each door logs one line for it whose
+// reason is cut to a bound (x/crypto's error quotes the peer's lists).
+func TestSSHHandshakeFailLogBounded(t *testing.T) {
+	_, doors := algoSystem(t)
+	for _, d := range doors {
+		t.Run(d.name, func(t *testing.T) {
+			c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", d.port), 10*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			if _, err := c.Write(append([]byte("SSH-2.0-hostile\r\n"), hugeKexInit(100_000)...)); err != nil {
+				t.Fatal(err)
+			}
+			// The server answers with its own KEXINIT, then closes.
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				t.Fatalf("the server did not close: %v", err)
+			}
+			var lines []string
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				lines = nil
+				for _, l := range strings.Split(d.logs(), "\n") {
+					if strings.Contains(l, "ssh handshake failed") && strings.Contains(l, "hostile-cipher") {
+						lines = append(lines, l)
+					}
+				}
+				if len(lines) > 0 || time.Now().After(deadline) {
+					break
+				}
+			}
+			if len(lines) != 1 || len(lines[0]) > 2048 {
+				t.Fatalf("want one line of at most 2 KiB, got %d lines (first %d bytes)", len(lines), len(strings.Join(lines, "")))
+			}
+		})
+	}
+}
+
+// hugeKexInit is an unencrypted SSH_MSG_KEXINIT packet (RFC 4253 7.1)
+// with sane key exchange and host key lists and cipher lists of about n
+// bytes of names nobody implements.
+func hugeKexInit(n int) []byte {
+	var names []string
+	for i := 0; len(names)*20 < n; i++ {
+		names = append(names, fmt.Sprintf("hostile-cipher-%05d", i))
+	}
+	ciphers := strings.Join(names, ",")
+	lists := []string{"curve25519-sha256", "ssh-ed25519", ciphers, ciphers,
+		"hmac-sha2-256", "hmac-sha2-256", "none", "none", "", ""}
+	payload := []byte{20} // SSH_MSG_KEXINIT
+	payload = append(payload, make([]byte, 16)...)
+	for _, l := range lists {
+		payload = binary.BigEndian.AppendUint32(payload, uint32(len(l)))
+		payload = append(payload, l...)
+	}
+	payload = append(payload, 0, 0, 0, 0, 0) // first_kex_packet_follows, reserved
+	pad := 8 - (len(payload)+5)%8
+	if pad < 4 {
+		pad += 8
+	}
+	pkt := binary.BigEndian.AppendUint32(nil, uint32(1+len(payload)+pad))
+	pkt = append(pkt, byte(pad))
+	pkt = append(pkt, payload...)
+	return append(pkt, make([]byte, pad)...)
 }
