@@ -112,7 +112,7 @@ func TestReason(t *testing.T) {
 
 // tcpPair is a loopback connection (net.Pipe is unbuffered, and both ends
 // of an SSH handshake write their version first).
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+func tcpPair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
