@@ -182,8 +182,8 @@ func handshakeFailLogged(log, reason string) string {
 	return ""
 }
 
-// paramikoScript logs in with a key file and runs a command, printing its
-// output and the cipher paramiko chose (stderr).
+// paramikoScript logs in with a key file, runs a command and round-trips
+// a file over sftp, printing both and the cipher paramiko chose (stderr).
 const paramikoScript = `
 import sys, paramiko
 host, port, user, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -194,6 +194,14 @@ c.connect(host, port=port, username=user, pkey=paramiko.Ed25519Key.from_private_
 fin, out, err = c.exec_command("echo paramiko-ok; id -un", timeout=30)
 data, code = out.read().decode(), out.channel.recv_exit_status()
 cipher = c.get_transport().remote_cipher
+# Ansible's paramiko plugin moves files over sftp.
+import io
+sftp = c.open_sftp()
+sftp.putfo(io.BytesIO(b"via paramiko sftp\n"), "paramiko.txt")
+got = io.BytesIO()
+sftp.getfo("paramiko.txt", got)
+data += got.getvalue().decode()
+sftp.close()
 for f in (fin, out, err):
     f.close()
 c.close()
@@ -203,7 +211,8 @@ sys.exit(code)
 `
 
 // TestSSHParamiko: Debian 12's python3-paramiko (2.12: AES-CTR, no GCM,
-// no chacha20) runs a command through both doors. Before: "Incompatible
+// no chacha20) runs a command and moves a file over sftp through both
+// doors. Before: "Incompatible
 // ssh server (no acceptable ciphers)".
 func TestSSHParamiko(t *testing.T) {
 	// Debian's python3, not whatever python3 is first on PATH (pyenv).
@@ -224,7 +233,7 @@ func TestSSHParamiko(t *testing.T) {
 			var stderr syncBuffer
 			cmd.Stderr = &stderr
 			out, err := cmd.Output()
-			if err != nil || string(out) != "paramiko-ok\ntl-user\n" {
+			if err != nil || string(out) != "paramiko-ok\ntl-user\nvia paramiko sftp\n" {
 				t.Fatalf("paramiko: %v, output %q, stderr:\n%s\nlog:\n%s", err, out, tail(stderr.String(), 20), tail(d.logs(), 10))
 			}
 			t.Logf("paramiko %s", strings.TrimSpace(stderr.String()))
