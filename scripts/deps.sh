@@ -15,6 +15,8 @@ have ps         || need+=(procps)
 have curl       || need+=(curl)
 # A server inside the sandbox for the port-route tests (public ports).
 [ -x /usr/bin/python3 ] || need+=(python3)
+# Debian's paramiko (Ansible, Fabric) in the SSH algorithm tests.
+/usr/bin/python3 -c 'import paramiko' 2>/dev/null || need+=(python3-paramiko)
 have npm        || need+=(npm)
 # X11 forwarding (integration/x11_test.go): an X server for the ssh
 # client, X clients and xauth for the sandbox (whose root is this one's).

@@ -29,6 +29,7 @@ import (
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/config"
 	"github.com/tensorlake/tl-agent/internal/netx"
+	"github.com/tensorlake/tl-agent/internal/sshalgo"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/sftpd"
 	"github.com/tensorlake/tl-agent/supervisor"
@@ -184,9 +185,14 @@ func (s *Server) newGlider(withKeys bool) *ssh.Server {
 		},
 		RequestHandlers: forward.RequestHandlers(),
 		ConnCallback:    s.connCallback,
+		// One line per failed connection, at info, with a bounded reason.
+		ConnectionFailedCallback: func(c net.Conn, err error) {
+			s.log.Info().Str("remote", c.RemoteAddr().String()).Bool("listener", withKeys).
+				Str("reason", sshalgo.Reason(err)).Msg("ssh handshake failed")
+		},
 	}
 	g.ServerConfigCallback = func(ctx ssh.Context) *gossh.ServerConfig {
-		c := &gossh.ServerConfig{Config: gossh.Config{Ciphers: Ciphers}}
+		c := &gossh.ServerConfig{Config: sshalgo.Config()} // internal/sshalgo: what and why
 		if !withKeys {
 			c.NoClientAuth = true
 			c.NoClientAuthCallback = func(gossh.ConnMetadata) (*gossh.Permissions, error) { return nil, nil }
@@ -209,12 +215,6 @@ func (s *Server) newGlider(withKeys bool) *ssh.Server {
 	}
 	return g
 }
-
-// Ciphers are the server's ciphers: AES-GCM only, so OpenSSH clients
-// (which prefer chacha20-poly1305, then AES-CTR with an HMAC) settle on the
-// cipher Go runs fastest with AES instructions (proxy/sshfront.go has the
-// figures).
-var Ciphers = []string{gossh.CipherAES128GCM, gossh.CipherAES256GCM}
 
 // ctxKey is the context key of the raw connection, so authentication can
 // lift the handshake deadline.

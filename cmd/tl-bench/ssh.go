@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,11 @@ import (
 )
 
 func init() { register("ssh", benchSSH) }
+
+// sshCipher pins the cipher (ssh -c) of every client in the ssh area, on
+// both targets: -ssh-cipher aes128-gcm@openssh.com measures what GCM-only
+// servers got, against the client's own choice (chacha20-poly1305).
+var sshCipher = flag.String("ssh-cipher", "", "ssh area: pass -c `cipher` to every ssh and sftp client (default: the client's choice)")
 
 // sshTarget is one SSH server as OpenSSH's clients reach it.
 type sshTarget struct {
@@ -65,6 +71,12 @@ func benchSSH(e *Env) []Result {
 		theirs.sftp = append(theirs.sftp, oargs[i])
 	}
 
+	if *sshCipher != "" {
+		for _, t := range []*sshTarget{&ours, &theirs} {
+			t.ssh = append([]string{"-c", *sshCipher}, t.ssh...)
+			t.sftp = append([]string{"-c", *sshCipher}, t.sftp...)
+		}
+	}
 	var rs []Result
 	get := func(t sshTarget) float64 { return sftpRate(e, t, "get "+big+" /dev/null", size) }
 	put := func(t sshTarget) float64 { return sftpRate(e, t, "put "+big+" /dev/null", size) }
