@@ -13,6 +13,9 @@ have tmux       || need+=(tmux)
 have ip         || need+=(iproute2)
 have ps         || need+=(procps)
 have curl       || need+=(curl)
+# The metrics proof (integration/metrics_test.go) scrapes the operator
+# door with a real Prometheus server.
+have prometheus || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 have npm        || need+=(npm)
 # make run's sandbox has its own network namespace and reaches the
 # network through slirp4netns's user-mode stack (as podman does).
