@@ -87,6 +87,7 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	procs := process.New(pcfg, log, reaper)
 	p.Caps = append(p.Caps, procs)
 	p.Procs = procs
+	p.Stats.Processes = procs.Stats
 	stops = append(stops, procs.Close)
 
 	// Files, owned by the sandbox user.
