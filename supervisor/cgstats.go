@@ -27,11 +27,19 @@ type CgroupReader struct {
 }
 
 // NewCgroupReader finds the agent's cgroup folders, or returns nil when
-// there is no cgroup file system to read.
+// there is no cgroup file system to read (a sandbox without /sys/fs/cgroup
+// mounted).
 func NewCgroupReader() *CgroupReader {
 	cg, _ := os.ReadFile("/proc/self/cgroup")
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	return newCgroupReader(string(cg), string(mi))
+	r := newCgroupReader(string(cg), string(mi))
+	if r == nil {
+		return nil
+	}
+	if st := r.Read(); st.CPUSeconds < 0 && st.MemoryBytes < 0 && st.Pids < 0 {
+		return nil
+	}
+	return r
 }
 
 func newCgroupReader(cgroup, mountinfo string) *CgroupReader {
