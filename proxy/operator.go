@@ -111,7 +111,9 @@ func (p *Proxy) handleMetrics(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusServiceUnavailable, "SCRAPE_BUSY", "another scrape is running; retry")
 		return
 	}
-	g := prometheus.Gatherers{p.met.reg, agentGatherer{p: p, ctx: ctx}}
+	// The agents first: their fetches' failures count in the proxy's own
+	// registry, gathered after, so this scrape shows them.
+	g := prometheus.Gatherers{agentGatherer{p: p, ctx: ctx}, p.met.reg}
 	promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
 }
 
