@@ -275,9 +275,9 @@ func (s *Session) end(exit supervisor.Exit) {
 	case s.oomKilled:
 		reason = EndOOMKilled
 	}
+	s.m.endings.count(reason) // before done: whoever saw the end sees it counted
 	close(s.done)
 	s.mu.Unlock()
-	s.m.endings.count(reason)
 	_ = s.master.Close()
 	s.log.Info().Str("exit", exit.String()).Bool("killed", killed).Int64("output_bytes", s.outputTotal()).Msg("pty session ended")
 	s.m.sessionEnded(s)
