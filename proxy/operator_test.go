@@ -152,3 +152,43 @@ func TestOperatorScrapeBounds(t *testing.T) {
 		}
 	})
 }
+
+// addrListener is a listener that only has an address.
+type addrListener struct {
+	net.Listener
+	addr net.Addr
+}
+
+func (l addrListener) Addr() net.Addr { return l.addr }
+
+// TestOperatorOpenOnlyOnLoopback: operator_open_loopback opens the door
+// without a key on a loopback address only; a door nobody could use is
+// refused at start.
+func TestOperatorOpenOnlyOnLoopback(t *testing.T) {
+	loop := addrListener{addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9090}}
+	other := addrListener{addr: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 9090}}
+	for _, tc := range []struct {
+		rule       string
+		open, keys bool
+		ln         net.Listener
+		wantOpen   bool
+		wantErr    bool
+	}{
+		{"open on loopback needs no key", true, false, loop, true, false},
+		{"open is ignored elsewhere, and without keys the door is refused", true, false, other, false, true},
+		{"keys alone: a keyed door", false, true, other, false, false},
+		{"neither: refused", false, false, loop, false, true},
+	} {
+		cfg := &Config{APIKeys: map[string]string{"k": "u"}, OperatorOpenLoopback: tc.open}
+		if tc.keys {
+			cfg.OperatorKeys = map[string]string{"op-key-0123456789": "prom"}
+		}
+		p := New(cfg, zerolog.Nop())
+		if got := p.OperatorOpen(tc.ln); got != tc.wantOpen {
+			t.Errorf("%s: open %v", tc.rule, got)
+		}
+		if err := p.CheckOperator(tc.ln); (err != nil) != tc.wantErr {
+			t.Errorf("%s: check %v", tc.rule, err)
+		}
+	}
+}
