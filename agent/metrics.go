@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -102,7 +103,7 @@ func (a *Agent) serveMetrics(_ context.Context, c *countedConn, _ uplink.Header,
 }
 
 // writeMetrics writes every metric in format f.
-func (a *Agent) writeMetrics(w interface{ Write([]byte) (int, error) }, f expfmt.Format) error {
+func (a *Agent) writeMetrics(w io.Writer, f expfmt.Format) error {
 	mfs, err := a.met.reg.Gather()
 	if err != nil {
 		return err

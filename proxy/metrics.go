@@ -16,7 +16,6 @@ import (
 type proxyMetrics struct {
 	reg        *prometheus.Registry
 	handshakes *prometheus.CounterVec   // result
-	front      map[string]http.Handler  // route kind -> the front door, observed
 	frontHist  *prometheus.HistogramVec // route, code
 	relayed    *prometheus.CounterVec   // kind, direction
 	sshLogins  *prometheus.CounterVec   // result
@@ -64,12 +63,12 @@ func newProxyMetrics(r *Registry) *proxyMetrics {
 
 // instrumentFront observes every front door request under its route kind.
 func (m *proxyMetrics) instrumentFront(next http.Handler, kindOf func(*http.Request) string) http.Handler {
-	m.front = map[string]http.Handler{}
+	byKind := map[string]http.Handler{} // built once, only read after
 	for _, k := range []string{routeAPI, routePort, routeStatus, routeNone} {
-		m.front[k] = promhttp.InstrumentHandlerDuration(m.frontHist.MustCurryWith(prometheus.Labels{"route": k}), next)
+		byKind[k] = promhttp.InstrumentHandlerDuration(m.frontHist.MustCurryWith(prometheus.Labels{"route": k}), next)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		m.front[kindOf(req)].ServeHTTP(w, req)
+		byKind[kindOf(req)].ServeHTTP(w, req)
 	})
 }
 
