@@ -88,6 +88,14 @@ func TestOperatorDoor(t *testing.T) {
 			t.Fatalf("front door GET /metrics: %d %q", resp.StatusCode, body)
 		}
 	})
+	rule(t, s, "tl-agent status prints the same figures as text", func(t *testing.T) {
+		out, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "status", "--socket", s.ControlSocket()).Output()
+		for _, want := range []string{"\nuplink:\n", "\n  connects:          1\n", "\ncgroup:\n", "\nstreams:\n  api:\n"} {
+			if err != nil || !strings.Contains(string(out), want) {
+				t.Errorf("tl-agent status lacks %q: %v\n%s", want, err, out)
+			}
+		}
+	})
 	rule(t, s, "tl-agent metrics prints the agent's metrics from the control socket", func(t *testing.T) {
 		out, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "metrics", "--socket", s.ControlSocket()).Output()
 		if err != nil || !hasLine(string(out), "tl_agent_uplink_up 1") || !hasLine(string(out), "tl_agent_uplink_connects_total 1") {

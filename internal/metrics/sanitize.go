@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -54,7 +55,7 @@ func Sanitize(r io.Reader, sandbox string, b Bounds) ([]*dto.MetricFamily, Repor
 		return nil, rep, fmt.Errorf("%w (%d bytes)", ErrTooLarge, b.MaxBytes)
 	}
 	parser := expfmt.NewTextParser(model.LegacyValidation)
-	in, err := parser.TextToMetricFamilies(strings.NewReader(string(data)))
+	in, err := parser.TextToMetricFamilies(bytes.NewReader(data))
 	if err != nil {
 		return nil, rep, fmt.Errorf("agent metrics: %w", err)
 	}
