@@ -171,3 +171,40 @@ func TestAgentFamiliesWellFormed(t *testing.T) {
 		}
 	}
 }
+
+// FuzzSanitize: no answer an agent writes makes Sanitize panic, and what
+// it keeps is always within the bounds and labelled with the sandbox.
+func FuzzSanitize(f *testing.F) {
+	for _, seed := range []string{
+		"# TYPE tl_agent_goroutines gauge\ntl_agent_goroutines 1\n",
+		"# TYPE tl_agent_streams_open gauge\ntl_agent_streams_open{kind=\"api\",sandbox=\"x\"} 1\n",
+		"# TYPE tl_agent_api_request_duration_seconds histogram\ntl_agent_api_request_duration_seconds_bucket{route=\"r\",code=\"200\",le=\"+Inf\"} 1\n",
+		"tl_agent_goroutines{", "\x00", "# HELP\n# TYPE x summary\nx{quantile=\"0.5\"} 1\n",
+	} {
+		f.Add(seed)
+	}
+	b := Bounds{MaxBytes: 4 << 10, MaxSeries: 20, MaxLabelValue: 16, MaxBuckets: 8}
+	f.Fuzz(func(t *testing.T, in string) {
+		mfs, rep, err := Sanitize(strings.NewReader(in), "sbx", b)
+		if err != nil {
+			return
+		}
+		n := 0
+		for _, mf := range mfs {
+			fam := Lookup(mf.GetName())
+			if fam == nil || mf.GetType() != fam.Type {
+				t.Fatalf("kept an undeclared family %s", mf.GetName())
+			}
+			for _, m := range mf.Metric {
+				n++
+				last := m.Label[len(m.Label)-1]
+				if len(m.Label) != len(fam.Labels)+1 || last.GetName() != SandboxLabel || last.GetValue() != "sbx" {
+					t.Fatalf("series of %s labelled %v", mf.GetName(), m.Label)
+				}
+			}
+		}
+		if n > b.MaxSeries || n != rep.Kept {
+			t.Fatalf("kept %d series (report %+v), bound %d", n, rep, b.MaxSeries)
+		}
+	})
+}
