@@ -35,6 +35,7 @@ type Agent struct {
 	streams map[string]streamHandler // by stream kind: the one dispatch (streams.go)
 	stats   StatSources              // the parts' counters in the operator's status
 	user    *identity.User           // the sandbox user (Parts.User)
+	met     *agentMetrics            // the metrics registry, read from Status (metrics.go)
 
 	apiLn  *streamListener
 	api    *http.Server
@@ -83,8 +84,9 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 		a.pause = pause.New(0, 0)
 	}
 	a.streams = a.streamHandlers(p.Streams)
+	a.met = newAgentMetrics(a)
 	a.api = &http.Server{
-		Handler:           a.withRequestIDs(a.routes()),
+		Handler:           a.withRequestIDs(a.met.instrumentAPI(a.routes())),
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,
@@ -177,7 +179,24 @@ type countedConn struct {
 	net.Conn
 	once    sync.Once
 	release []func()
-	handed  atomic.Bool // the API server owns it now: only Close releases
+	handed  atomic.Bool   // the API server owns it now: only Close releases
+	kind    *kindCounters // its kind's counters, once the header named it
+}
+
+func (c *countedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if k := c.kind; k != nil && n > 0 {
+		k.in.Add(int64(n))
+	}
+	return n, err
+}
+
+func (c *countedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if k := c.kind; k != nil && n > 0 {
+		k.out.Add(int64(n))
+	}
+	return n, err
 }
 
 func (c *countedConn) Close() error {
@@ -244,5 +263,8 @@ func (a *Agent) serveStream(ctx context.Context, c *countedConn, lim *streamLimi
 		c.Close()
 		return
 	}
+	k := a.met.streams.opened(h.Kind)
+	c.kind = k
+	c.release = append(c.release, func() { k.open.Add(-1) })
 	serve(ctx, c, h, lim, log)
 }

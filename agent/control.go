@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
@@ -19,8 +20,9 @@ import (
 )
 
 // serveControl serves the operator's door: a root-only unix socket with
-// GET /status (what `tl-agent status` prints), the log level (loglevel.go)
-// and /debug/pprof/. It is the
+// GET /status (what `tl-agent status` prints), GET /metrics (Prometheus
+// text, what `tl-agent metrics` prints), the log level (loglevel.go),
+// POST /hooks/{phase} and /debug/pprof/. It is the
 // way an operator who execs into a sandbox sees what the agent is doing;
 // nothing on it is reachable through the uplink.
 func (a *Agent) serveControl(ctx context.Context) {
@@ -39,6 +41,7 @@ func (a *Agent) serveControl(ctx context.Context) {
 	})
 	mux.HandleFunc("POST /hooks/{phase}", a.handleHooks)
 	a.logLevelRoutes(mux)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.met.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

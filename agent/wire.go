@@ -89,6 +89,7 @@ func buildParts(cfg Config, u *identity.User, log zerolog.Logger, reaper *superv
 	}
 	p.Caps = append(p.Caps, procs)
 	p.Procs = procs
+	p.Stats.Processes = procs.Stats
 	stops = append(stops, procs.Close)
 
 	// Boot services: supervised processes of the table, as the image

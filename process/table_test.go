@@ -62,6 +62,9 @@ func TestStartCapturesAndExits(t *testing.T) {
 	if running, total := tb.Counts(); running != 0 || total != 1 {
 		t.Fatalf("counts %d %d", running, total)
 	}
+	if st := tb.Stats(); st.Started != 1 || st.Exited[OutcomeError] != 1 || st.Exited[OutcomeSuccess] != 0 {
+		t.Fatalf("stats %+v: want one started, one ended in error", st)
+	}
 }
 
 func TestKillTreeReachesSetsid(t *testing.T) {
@@ -114,6 +117,9 @@ func TestSupervisedGivesUpAfterMaxRestarts(t *testing.T) {
 		if mi.Status == mStopped {
 			if mi.RestartCount != 2 || mi.LastExit == nil || *mi.LastExit.ExitCode != 1 || mi.LastError == nil {
 				t.Fatalf("stopped: %+v", mi)
+			}
+			if st := tb.Stats(); st.Restarts != 2 || st.Started != 3 || st.Exited[OutcomeError] != 3 {
+				t.Fatalf("stats %+v: want 2 restarts, 3 starts, 3 errors", st)
 			}
 			break
 		}
@@ -228,8 +234,14 @@ func TestHealthFailureWithNeverOnlyMarks(t *testing.T) {
 	if !p.running() || p.managed.info().Status == mStopped {
 		t.Fatalf("policy never: an unhealthy process was killed: %+v", p.managed.info())
 	}
+	if st := tb.Stats(); st.HealthFailures < 2 {
+		t.Fatalf("stats %+v: want at least the 2 failed checks", st)
+	}
 	p.kill()
 	waitDone(t, p)
+	if st := tb.Stats(); st.Exited[OutcomeSignal] != 1 {
+		t.Fatalf("stats %+v: the killed process ended by a signal", st)
+	}
 }
 
 // An exec health check runs its command as the process's user in its

@@ -72,6 +72,8 @@ func TestConfigValidate(t *testing.T) {
 		{APIKeys: map[string]string{"k": "n"}, Sandboxes: map[string]SandboxConfig{"1-x": {Token: "0123456789abcdef"}}},
 		{APIKeys: map[string]string{"k": "n"}, Sandboxes: map[string]SandboxConfig{"x": {Token: "0123456789abcdef", User: "-rf"}}},
 		{APIKeys: map[string]string{"k": "n"}, Sandboxes: map[string]SandboxConfig{"x": {Token: "0123456789abcdef", User: "a b"}}},
+		{APIKeys: map[string]string{"k": "n"}, OperatorKeys: map[string]string{"short": "prom"}},
+		{APIKeys: map[string]string{"0123456789abcdef": "n"}, OperatorKeys: map[string]string{"0123456789abcdef": "prom"}},
 	}
 	for i, c := range bad {
 		if c.Validate() == nil {

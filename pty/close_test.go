@@ -43,4 +43,7 @@ func TestCloseRunsNoGraceTimer(t *testing.T) {
 	if in := s.info(); in.IsAlive || in.ExitCode == nil || *in.ExitCode != 137 {
 		t.Fatalf("after Close: %+v, want ended by SIGKILL", in)
 	}
+	if st := r.m.Stats(); st.Ended[EndShutdown] != 1 {
+		t.Fatalf("stats %+v: want the session ended by the shutdown", st)
+	}
 }

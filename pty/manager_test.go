@@ -126,6 +126,9 @@ func TestEchoExitInProcess(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Code != websocket.StatusNormalClosure || ce.Reason != "exit:3" {
 		t.Fatalf("close %v", err)
 	}
+	if st := r.m.Stats(); st.Created != 1 || st.Ended[EndExit] != 1 {
+		t.Fatalf("stats %+v: want one session created, ended by its exit", st)
+	}
 }
 
 func TestReattachReplayAndKillInProcess(t *testing.T) {
@@ -160,6 +163,9 @@ func TestReattachReplayAndKillInProcess(t *testing.T) {
 	var ce websocket.CloseError
 	if !errors.As(err, &ce) || ce.Code != websocket.StatusGoingAway || ce.Reason != "session terminated" || code != -1 {
 		t.Fatalf("close %v exit %d", err, code)
+	}
+	if st := r.m.Stats(); st.Ended[EndDeleted] != 1 || st.Ended[EndExit] != 0 {
+		t.Fatalf("stats %+v: want the session ended as deleted", st)
 	}
 }
 

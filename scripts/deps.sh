@@ -17,6 +17,9 @@ have curl       || need+=(curl)
 [ -x /usr/bin/python3 ] || need+=(python3)
 # Debian's paramiko (Ansible, Fabric) in the SSH algorithm tests.
 /usr/bin/python3 -c 'import paramiko' 2>/dev/null || need+=(python3-paramiko)
+# The metrics proof (integration/metrics_test.go) scrapes the operator
+# door with a real Prometheus server.
+have prometheus || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 have npm        || need+=(npm)
 # X11 forwarding (integration/x11_test.go): an X server for the ssh
 # client, X clients and xauth for the sandbox (whose root is this one's).

@@ -18,6 +18,10 @@ const (
 	KindSFTP = "sftp" // a bare SFTP session as the sandbox user (the SSH front door's sftp subsystem)
 	KindTCP  = "tcp"  // a TCP port on 127.0.0.1 inside the sandbox
 	KindUnix = "unix" // a unix socket inside the sandbox
+	// KindMetrics asks for the agent's metrics: the agent replies OK,
+	// writes them in Prometheus text format and closes. Only the proxy's
+	// operator door opens it; no user route names it.
+	KindMetrics = "metrics"
 	// KindBye is the one stream the agent opens: at an orderly shutdown it
 	// says goodbye, so the proxy knows the sandbox left (a reboot may then
 	// use the base token at once). The agent never accepts it.
@@ -91,7 +95,7 @@ func (h Header) Validate() error {
 		return fmt.Errorf("trace_id: want 32 lower-case hex digits, not all zero")
 	}
 	switch h.Kind {
-	case KindAPI, KindSSH, KindSFTP:
+	case KindAPI, KindSSH, KindSFTP, KindMetrics:
 		return nil
 	case KindTCP:
 		if h.Port < 1 || h.Port > 65535 {

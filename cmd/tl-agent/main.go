@@ -5,6 +5,7 @@
 //	tl-agent [flags] [-- main command...]   run the agent
 //	tl-agent status [--json|--check]         ask a running agent (control socket)
 //	tl-agent log-level [LEVEL]               print or set a running agent's log level
+//	tl-agent metrics [--socket P]            its metrics, Prometheus text format
 //	tl-agent provision [--root DIR]          create tl-user and host name files, then exit
 //	tl-agent version                         print the version
 //
@@ -38,6 +39,7 @@ Usage:
   tl-agent status [--json] [--socket P]   print a running agent's state
   tl-agent status --check                 exit 0 only while the uplink is up
   tl-agent log-level [--socket P] [LEVEL] print, or set without a restart, the log level
+  tl-agent metrics [--socket P]           print a running agent's metrics (Prometheus text)
   tl-agent provision [--root DIR]         provision tl-user and the host name, then exit
   tl-agent version                        print the version`
 
@@ -52,6 +54,8 @@ func run(args []string) int {
 			return statusCmd(args[1:])
 		case "log-level":
 			return logLevelCmd(args[1:], os.Stdout, os.Stderr)
+		case "metrics":
+			return metricsCmd(args[1:])
 		case "provision":
 			return provisionCmd(args[1:])
 		case sftpd.Subcommand:
