@@ -286,7 +286,7 @@ func (ss *session) finish(reqs <-chan *gossh.Request) {
 	if ss.stdin != nil {
 		_ = ss.stdin.Close()
 	}
-	if ss.term != nil && !hungUp(ss.term.master) {
+	if ss.term != nil && !awaitHangUp(ss.term.master) {
 		// Another process holds the terminal: drain until it is quiet.
 		// Without one the master reads what is left, then EIO: Linux
 		// flushes the slave's pending output before it reports the other
@@ -360,6 +360,26 @@ func (ss *session) extendDrain(master *os.File) {
 		deadline = limit
 	}
 	_ = master.SetReadDeadline(deadline)
+}
+
+// holderGrace is how long the exit waits for the terminal's other holders
+// to let go before it takes one for a process of its own: a process the
+// agent forks at that moment holds the slave (as every fd) until its exec,
+// which on a loaded machine takes milliseconds, and the output still in
+// the kernel's buffer must not be cut by the quiet drain meanwhile.
+const holderGrace = 300 * time.Millisecond
+
+// awaitHangUp reports whether the terminal's slave side is closed by
+// every process within holderGrace, checking without blocking a thread.
+func awaitHangUp(master *os.File) bool {
+	for deadline := time.Now().Add(holderGrace); ; time.Sleep(10 * time.Millisecond) {
+		if hungUp(master) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
 }
 
 // hungUp reports whether no process holds the terminal's slave side any
