@@ -231,3 +231,169 @@ func waitRemote(t *testing.T, s *System, cmdline string) {
 	}
 	t.Fatalf("%q never ran in the sandbox", cmdline)
 }
+
+// tlRun runs the CLI with args and returns its stdout, stderr and exit
+// code; with timeVerbose it runs under /usr/bin/time -v and also returns
+// the CLI's peak RSS in KiB.
+func tlRun(t *testing.T, s *System, cfg string, timeVerbose bool, args ...string) (stdout, stderr string, code int, rssKiB int) {
+	t.Helper()
+	name, full := tlBinary(t), args
+	if timeVerbose {
+		name, full = "/usr/bin/time", append([]string{"-v", tlBinary(t)}, args...)
+	}
+	cmd := exec.Command(name, full...)
+	cmd.Env = tlEnv(s, cfg)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code = cmd.ProcessState.ExitCode()
+	if err != nil && code < 0 {
+		t.Fatalf("tl %v: %v", args, err)
+	}
+	stderr = e.String()
+	if timeVerbose {
+		m := regexp.MustCompile(`Maximum resident set size \(kbytes\): (\d+)`).FindStringSubmatch(stderr)
+		if m == nil {
+			t.Fatalf("no peak RSS from /usr/bin/time -v: %s", stderr)
+		}
+		fmt.Sscan(m[1], &rssKiB)
+		stderr = stderr[:strings.Index(stderr, "\tCommand being timed")]
+	}
+	return o.String(), stderr, code, rssKiB
+}
+
+func sha256File(t *testing.T, p string) string {
+	t.Helper()
+	out, err := exec.Command("sha256sum", p).Output()
+	if err != nil {
+		t.Fatalf("sha256sum %s: %v", p, err)
+	}
+	return strings.Fields(string(out))[0]
+}
+
+// TestCLIVerbs: tl sbx exec, cp, ls and tunnel against the real binaries.
+func TestCLIVerbs(t *testing.T) {
+	s := ptySystem(t, Options{})
+	cfg := t.TempDir()
+
+	rule(t, s, "exec: stdout and stderr apart, the command's exit code", func(t *testing.T) {
+		out, errOut, code, _ := tlRun(t, s, cfg, false, "sbx", "exec", s.SandboxID, "--",
+			"sh", "-c", "echo out1; echo err1 >&2; echo out2; exit 5")
+		if out != "out1\nout2\n" || errOut != "err1\n" || code != 5 {
+			t.Fatalf("stdout %q, stderr %q, exit %d; want out1 out2, err1, 5", out, errOut, code)
+		}
+		out, _, code, _ = tlRun(t, s, cfg, false, "sbx", "exec", s.SandboxID, "--workdir", "/tmp", "--env", "A=b c", "sh", "-c", `pwd; echo "$A"`)
+		if out != "/tmp\nb c\n" || code != 0 {
+			t.Fatalf("flags before the command without --: %q, exit %d", out, code)
+		}
+	})
+	rule(t, s, "exec: --timeout kills the command, exit 124", func(t *testing.T) {
+		_, errOut, code, _ := tlRun(t, s, cfg, false, "sbx", "exec", s.SandboxID, "--timeout", "1", "sleep", "60")
+		if code != 124 || !strings.Contains(errOut, "Command timed out after 1s") {
+			t.Fatalf("exit %d, stderr %q", code, errOut)
+		}
+	})
+
+	// 64 MiB of random bytes, both ways, the CLI's memory well under it.
+	const size = 64 << 20
+	dir := t.TempDir()
+	src := filepath.Join(dir, "big")
+	if out, err := exec.Command("sh", "-c", fmt.Sprintf("head -c %d /dev/urandom > %s", size, src)).CombinedOutput(); err != nil {
+		t.Fatalf("make the file: %v %s", err, out)
+	}
+	want := sha256File(t, src)
+	const maxRSS = 24 << 10 // KiB: well under the file's 64 MiB
+	rule(t, s, "cp local to sandbox: bytes identical, memory bounded, no bar without a terminal", func(t *testing.T) {
+		out, errOut, code, rss := tlRun(t, s, cfg, true, "sbx", "cp", src, s.SandboxID+":/tmp/big")
+		if code != 0 || !strings.Contains(out, "(67108864 bytes)") {
+			t.Fatalf("exit %d: %s %s", code, out, errOut)
+		}
+		if errOut != "" {
+			t.Fatalf("stderr is not a terminal, yet: %q", errOut)
+		}
+		if got := sha256File(t, s.SandboxPath("/tmp/big")); got != want {
+			t.Fatalf("sandbox copy sha256 %s, want %s", got, want)
+		}
+		t.Logf("upload peak RSS %d KiB", rss)
+		if rss > maxRSS {
+			t.Fatalf("peak RSS %d KiB for a %d MiB upload (want < %d KiB)", rss, size>>20, maxRSS)
+		}
+	})
+	rule(t, s, "cp sandbox to local: bytes identical, memory bounded", func(t *testing.T) {
+		back := t.TempDir()
+		out, errOut, code, rss := tlRun(t, s, cfg, true, "sbx", "cp", s.SandboxID+":/tmp/big", back+"/")
+		if code != 0 {
+			t.Fatalf("exit %d: %s %s", code, out, errOut)
+		}
+		if got := sha256File(t, filepath.Join(back, "big")); got != want {
+			t.Fatalf("local copy sha256 %s, want %s", got, want)
+		}
+		if left, _ := filepath.Glob(filepath.Join(back, ".*")); len(left) != 0 {
+			t.Fatalf("temporary files left: %v", left)
+		}
+		t.Logf("download peak RSS %d KiB", rss)
+		if rss > maxRSS {
+			t.Fatalf("peak RSS %d KiB for a %d MiB download (want < %d KiB)", rss, size>>20, maxRSS)
+		}
+	})
+	rule(t, s, "cp: the seed's errors", func(t *testing.T) {
+		for _, c := range []struct{ a, b, want string }{
+			{"ab:/a", "cd:/b", "Cannot copy between two sandboxes. One side must be local."},
+			{"./a", "./b", "One of src or dest must be a sandbox path (identifier:/path)."},
+		} {
+			_, errOut, code, _ := tlRun(t, s, cfg, false, "sbx", "cp", c.a, c.b)
+			if code != 2 || !strings.Contains(errOut, c.want) {
+				t.Fatalf("cp %s %s: exit %d, %q", c.a, c.b, code, errOut)
+			}
+		}
+		_, errOut, code, _ := tlRun(t, s, cfg, false, "sbx", "cp", s.SandboxID+":/nonexistent", t.TempDir())
+		if code != 1 || !strings.Contains(errOut, "failed to download file (HTTP 404") {
+			t.Fatalf("missing remote file: exit %d, %q", code, errOut)
+		}
+	})
+	rule(t, s, "ls: the proxy's sandboxes and whether each is connected", func(t *testing.T) {
+		out, errOut, code, _ := tlRun(t, s, cfg, false, "sbx", "ls")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if code != 0 || len(lines) != 2 || !strings.HasPrefix(lines[0], "SANDBOX") ||
+			!strings.HasPrefix(lines[1], s.SandboxID+" ") || !strings.Contains(lines[1], " connected ") {
+			t.Fatalf("exit %d: %q %q", code, out, errOut)
+		}
+	})
+	rule(t, s, "tunnel: curl through the local port reaches the sandbox's port", func(t *testing.T) {
+		const port = 8766
+		startEcho(t, s, port)
+		local := freeAddr(t)
+		_, lport, _ := strings.Cut(local, ":")
+		cmd := exec.Command(tlBinary(t), "sbx", "tunnel", s.SandboxID, fmt.Sprint(port), "--local-port", lport)
+		cmd.Env = tlEnv(s, cfg)
+		var errOut syncBuffer
+		cmd.Stderr = &errOut
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		defer func() { cmd.Process.Kill(); <-done }()
+		for i := 0; !strings.Contains(errOut.String(), "Listening on 127.0.0.1:"+lport); i++ {
+			if i > 200 {
+				t.Fatalf("tunnel did not listen: %s", errOut.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		for i := 0; i < 3; i++ { // one WebSocket per connection
+			r := curl(t, "http://"+local+"/tunnel-check")
+			if r.status != 200 || !strings.Contains(r.body, `["host", "`+local+`"]`) {
+				t.Fatalf("through the tunnel: %d %q (tl: %s)", r.status, r.body, errOut.String())
+			}
+		}
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("tunnel did not stop on SIGINT: %s", errOut.String())
+		}
+		if code := cmd.ProcessState.ExitCode(); code != 0 || !strings.Contains(errOut.String(), "Stopping tunnel listener") {
+			t.Fatalf("after SIGINT: exit %d, %s", code, errOut.String())
+		}
+	})
+}
