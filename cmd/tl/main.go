@@ -80,7 +80,7 @@ func dispatch(args []string) error {
 		return usageErrorf("%v", err)
 	}
 	if *showVersion {
-		fmt.Println("tl", version)
+		printVersion()
 		return nil
 	}
 	rest := fs.Args()
@@ -89,7 +89,7 @@ func dispatch(args []string) error {
 		fmt.Println(usage)
 		return nil
 	case rest[0] == "version":
-		fmt.Println("tl", version)
+		printVersion()
 		return nil
 	case rest[0] != "sbx" && rest[0] != "sandbox":
 		return usageErrorf("unknown command %q: the verbs are under `tl sbx` (tl --help)", rest[0])
@@ -102,6 +102,11 @@ func dispatch(args []string) error {
 		return usageErrorf("unknown verb %q: use one of ssh, attach, exec, cp, ls, tunnel (tl --help)", "sbx "+rest[1])
 	}
 	return v(cfg, rest[2:])
+}
+
+// printVersion says whose tl this is, to tell it from Tensorlake's.
+func printVersion() {
+	fmt.Println("tl", version, "(the tl-agent project's client of tl-proxy; not Tensorlake's CLI)")
 }
 
 // globalFlags are accepted before `sbx` and after the verb alike.
