@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -395,5 +396,95 @@ func TestCLIVerbs(t *testing.T) {
 		if code := cmd.ProcessState.ExitCode(); code != 0 || !strings.Contains(errOut.String(), "Stopping tunnel listener") {
 			t.Fatalf("after SIGINT: exit %d, %s", code, errOut.String())
 		}
+	})
+}
+
+// TestCLISSHExitPaths: the local terminal is restored however `tl sbx
+// ssh` ends: a signal to the CLI (the session kept), the session killed
+// through the API, and the connection lost with the proxy.
+func TestCLISSHExitPaths(t *testing.T) {
+	s := ptySystem(t, Options{})
+	tl := tlBinary(t)
+	cfg, dir := t.TempDir(), t.TempDir()
+	script := fmt.Sprintf(`#!/bin/sh
+stty -a > %[2]s/before
+for i in 1 2 3; do
+  %[1]s sbx ssh %[3]s
+  echo "TL-EXIT-$i=$?"
+  stty -a > %[2]s/after-$i
+done
+sleep 600
+`, tl, dir, s.SandboxID)
+	tm := newTmux(t, 90, 25, tlEnv(s, cfg), script)
+	step := func(name string, f func(t *testing.T)) {
+		rule(t, s, name, func(t *testing.T) { tm.t = t; f(t) })
+	}
+	// session is the newest saved session of the pane's CLI.
+	session := func(t *testing.T, skip map[string]bool) string {
+		for i := 0; i < 100; i++ {
+			files, _ := filepath.Glob(filepath.Join(cfg, "tl", "sessions", "*.json"))
+			for _, f := range files {
+				if id := strings.TrimSuffix(filepath.Base(f), ".json"); !skip[id] {
+					return id
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("no new saved session")
+		return ""
+	}
+	sane := func(t *testing.T, i int) {
+		before, _ := os.ReadFile(filepath.Join(dir, "before"))
+		var after []byte
+		for j := 0; j < 50 && len(after) == 0; j++ {
+			after, _ = os.ReadFile(filepath.Join(dir, fmt.Sprintf("after-%d", i)))
+			time.Sleep(100 * time.Millisecond)
+		}
+		if len(before) == 0 || !bytes.Equal(before, after) {
+			t.Fatalf("stty -a before:\n%s\nafter exit path %d:\n%s", before, i, after)
+		}
+	}
+	seen := map[string]bool{}
+	step("SIGTERM to the CLI: terminal restored, exit 143, the session kept", func(t *testing.T) {
+		tm.wait("detaches", "$ ", 20*time.Second)
+		id := session(t, seen)
+		seen[id] = true
+		shPid := strings.TrimSpace(tm.run("display-message", "-p", "-t", "tl", "#{pane_pid}"))
+		kids, _ := os.ReadFile("/proc/" + shPid + "/task/" + shPid + "/children")
+		var pid int
+		fmt.Sscan(string(kids), &pid)
+		if pid <= 0 {
+			t.Fatalf("no CLI process under the pane's shell %s", shPid)
+		}
+		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		tm.wait("", "TL-EXIT-1=143", 10*time.Second)
+		sane(t, 1)
+		var info ptyInfo
+		s.JSON("GET", "/api/v1/pty/"+id, nil, 200, &info)
+		if !info.IsAlive {
+			t.Fatalf("the session ended with the CLI: %+v", info)
+		}
+	})
+	step("the session killed through the API: terminal restored, exit 1", func(t *testing.T) {
+		tm.wait("TL-EXIT-1", "$ ", 20*time.Second)
+		id := session(t, seen)
+		seen[id] = true
+		resp := s.Do("DELETE", "/api/v1/pty/"+id, nil)
+		if resp.StatusCode != 204 {
+			t.Fatalf("DELETE: %d", resp.StatusCode)
+		}
+		tm.wait("TL-EXIT-1", "TL-EXIT-2=1", 20*time.Second)
+		tm.wait("TL-EXIT-1", "PTY session terminated", time.Second)
+		sane(t, 2)
+	})
+	step("the proxy gone: terminal restored, exit 1, the attach line", func(t *testing.T) {
+		tm.wait("TL-EXIT-2", "$ ", 20*time.Second)
+		id := session(t, seen)
+		s.KillProxy()
+		tm.wait("TL-EXIT-2", "TL-EXIT-3=1", 20*time.Second)
+		tm.wait("TL-EXIT-2", "tl sbx attach "+id, time.Second)
+		sane(t, 3)
 	})
 }
