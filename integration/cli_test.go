@@ -337,6 +337,16 @@ func TestCLIVerbs(t *testing.T) {
 			t.Fatalf("peak RSS %d KiB for a %d MiB download (want < %d KiB)", rss, size>>20, maxRSS)
 		}
 	})
+	rule(t, s, "cp on a terminal: a progress bar on stderr", func(t *testing.T) {
+		tm := newTmux(t, 120, 10, tlEnv(s, cfg), fmt.Sprintf("#!/bin/sh\n%s sbx cp %s %s:/tmp/big2\necho CP-EXIT=$?\nsleep 600\n", tlBinary(t), src, s.SandboxID))
+		p := tm.wait("", "CP-EXIT=0", 60*time.Second)
+		if !strings.Contains(p, "big [==============================] 100%  64.0 MiB / 64.0 MiB") {
+			t.Fatalf("no full progress bar:\n%s", p)
+		}
+		if got := sha256File(t, s.SandboxPath("/tmp/big2")); got != want {
+			t.Fatalf("sha256 %s, want %s", got, want)
+		}
+	})
 	rule(t, s, "cp: the seed's errors", func(t *testing.T) {
 		for _, c := range []struct{ a, b, want string }{
 			{"ab:/a", "cd:/b", "Cannot copy between two sandboxes. One side must be local."},
