@@ -362,6 +362,24 @@ func TestCLIVerbs(t *testing.T) {
 			t.Fatalf("missing remote file: exit %d, %q", code, errOut)
 		}
 	})
+	rule(t, s, "attach to a session that is gone: one line, exit 1, the saved file removed", func(t *testing.T) {
+		id := "AAAAAAAAAAAAAAAAAAAAA"
+		sdir := filepath.Join(cfg, "tl", "sessions")
+		os.MkdirAll(sdir, 0o700)
+		saved := filepath.Join(sdir, id+".json")
+		data := fmt.Sprintf(`{"session_id":%q,"token":%q,"sandbox":%q}`, id, strings.Repeat("ab", 32), s.SandboxID)
+		if err := os.WriteFile(saved, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		tm := newTmux(t, 120, 10, tlEnv(s, cfg), fmt.Sprintf("#!/bin/sh\n%s sbx attach %s\necho ATTACH-EXIT=$?\nsleep 600\n", tlBinary(t), id))
+		p := tm.wait("", "ATTACH-EXIT=1", 20*time.Second)
+		if !strings.Contains(p, "tl: failed to attach to PTY session "+id+" (HTTP 404 Not Found): ") || !strings.Contains(p, "(SESSION_NOT_FOUND)") {
+			t.Fatalf("pane:\n%s", p)
+		}
+		if _, err := os.Stat(saved); !os.IsNotExist(err) {
+			t.Fatalf("the saved session is still there: %v", err)
+		}
+	})
 	rule(t, s, "ls: the proxy's sandboxes and whether each is connected", func(t *testing.T) {
 		out, errOut, code, _ := tlRun(t, s, cfg, false, "sbx", "ls")
 		lines := strings.Split(strings.TrimSpace(out), "\n")
