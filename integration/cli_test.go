@@ -90,6 +90,12 @@ func (tm *tmux) line(text string) {
 	tm.run("send-keys", "-t", "tl", "Enter")
 }
 
+// rule is the harness's rule with the pane's failures on the step.
+func (tm *tmux) rule(t *testing.T, s *System, name string, f func(t *testing.T)) {
+	t.Helper()
+	rule(t, s, name, func(t *testing.T) { tm.t = t; f(t) })
+}
+
 // pane is the whole pane, scrollback included.
 func (tm *tmux) pane() string { return tm.run("capture-pane", "-p", "-J", "-S", "-", "-t", "tl") }
 
@@ -143,9 +149,7 @@ sleep 600
 `, tl, dir, s.SandboxID, cfg)
 	tm := newTmux(t, 100, 30, tlEnv(s, cfg), script)
 	var first string // the saved session of the first ssh
-	step := func(name string, f func(t *testing.T)) {
-		rule(t, s, name, func(t *testing.T) { tm.t = t; f(t) })
-	}
+	step := func(name string, f func(t *testing.T)) { tm.rule(t, s, name, f) }
 
 	step("the shell's prompt appears", func(t *testing.T) {
 		tm.wait("ctrl-] detaches", "$ ", 20*time.Second)
@@ -444,9 +448,7 @@ done
 sleep 600
 `, tl, dir, s.SandboxID)
 	tm := newTmux(t, 90, 25, tlEnv(s, cfg), script)
-	step := func(name string, f func(t *testing.T)) {
-		rule(t, s, name, func(t *testing.T) { tm.t = t; f(t) })
-	}
+	step := func(name string, f func(t *testing.T)) { tm.rule(t, s, name, f) }
 	// session is the newest saved session of the pane's CLI.
 	session := func(t *testing.T, skip map[string]bool) string {
 		for i := 0; i < 100; i++ {
