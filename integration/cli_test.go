@@ -518,3 +518,31 @@ sleep 600
 		sane(t, 3)
 	})
 }
+
+// TestMakeRunTLLine: the tl line make run prints works as printed, from
+// the clone's folder, in a terminal.
+func TestMakeRunTLLine(t *testing.T) {
+	m := newMakeRun(t)
+	if err := os.Symlink(tlBinary(t), filepath.Join(m.root, "bin", "tl")); err != nil {
+		t.Fatal(err)
+	}
+	m.start()
+	out := m.banner(30 * time.Second)
+	line := ""
+	for _, l := range strings.Split(out, "\n") {
+		if _, rest, ok := strings.Cut(l, "tl CLI (this project's, docs/cli.md): "); ok {
+			line = rest
+		}
+	}
+	if !strings.HasSuffix(line, "./bin/tl sbx ssh dev-sbx") {
+		t.Fatalf("no tl line in the banner:\n%s", out)
+	}
+	script := fmt.Sprintf("#!/bin/sh\ncd %s\n%s\necho TL-LINE-EXIT=$?\nsleep 600\n", m.root, line)
+	tm := newTmux(t, 100, 30, append(os.Environ(), "XDG_CONFIG_HOME="+t.TempDir()), script)
+	tm.wait("detaches", "$ ", 20*time.Second)
+	tm.line("hostname; exit 4")
+	p := tm.wait("", "TL-LINE-EXIT=4", 20*time.Second)
+	if !strings.Contains(p, "\ntl-sbx\n") {
+		t.Fatalf("the shell is not the sandbox's:\n%s", p)
+	}
+}
