@@ -196,6 +196,9 @@ func apiError(what string, resp *http.Response) error {
 		text = text[:200] + "..."
 	}
 	text = strings.Join(strings.Fields(text), " ")
+	if resp.StatusCode == http.StatusUnauthorized {
+		text += "; set --api-key or $TENSORLAKE_API_KEY"
+	}
 	return &httpStatusError{Status: resp.StatusCode, Code: body.Code,
 		msg: fmt.Sprintf("failed to %s (HTTP %d %s): %s", what, resp.StatusCode, http.StatusText(resp.StatusCode), text)}
 }

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"io"
+	"net/http"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -81,5 +84,16 @@ func TestSplitSandboxPath(t *testing.T) {
 		if s, p := splitSandboxPath(in); s != want[0] || p != want[1] {
 			t.Errorf("%s: %q %q", in, s, p)
 		}
+	}
+}
+
+func TestAPIError(t *testing.T) {
+	resp := &http.Response{StatusCode: 404, Body: io.NopCloser(strings.NewReader(`{"error":"no such\nsession","code":"SESSION_NOT_FOUND"}`))}
+	if got := apiError("attach", resp).Error(); got != "failed to attach (HTTP 404 Not Found): no such session (SESSION_NOT_FOUND)" {
+		t.Errorf("got %q", got)
+	}
+	resp = &http.Response{StatusCode: 401, Body: io.NopCloser(strings.NewReader("nope"))}
+	if got := apiError("list sandboxes", resp).Error(); !strings.Contains(got, "HTTP 401 Unauthorized): nope; set --api-key") {
+		t.Errorf("got %q", got)
 	}
 }
