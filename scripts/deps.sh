@@ -13,6 +13,8 @@ have tmux       || need+=(tmux)
 have ip         || need+=(iproute2)
 have ps         || need+=(procps)
 have curl       || need+=(curl)
+# The tl CLI's copy test measures its peak RSS (integration/cli_test.go).
+[ -x /usr/bin/time ] || need+=(time)
 # A server inside the sandbox for the port-route tests (public ports).
 [ -x /usr/bin/python3 ] || need+=(python3)
 # Debian's paramiko (Ansible, Fabric) in the SSH algorithm tests.

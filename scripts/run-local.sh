@@ -285,6 +285,7 @@ Logs: $state/agent.log, $state/proxy.log
   $ssh_note
 
 SDK (npm tensorlake): new Sandbox({sandboxId: "$SANDBOX", proxyUrl: "http://$HTTP_ADDR", apiKey: "$key"})
+tl CLI (this project's, docs/cli.md): TENSORLAKE_API_KEY=$key TENSORLAKE_SANDBOX_PROXY_URL=http://$HTTP_ADDR ./bin/tl sbx ssh $SANDBOX
 Operator view: $operator
 
 Ctrl-C stops both.
