@@ -91,11 +91,30 @@ func TestReply(t *testing.T) {
 	}
 }
 
-// TestStreamChunksWrites checks that a large write leaves as frames of at
-// most WriteChunk, so a bulk stream cannot hold the sender for long.
+// TestStreamChunksWrites: a big write goes out in frames of at most
+// MaxWriteChunk, so a bulk stream cannot hold the sender for long.
 func TestStreamChunksWrites(t *testing.T) {
+	max := streamFrames(t, &frameRecorder{}, 8<<20)
+	if max > MaxWriteChunk+12 {
+		t.Fatalf("largest frame write %d > max chunk %d", max, MaxWriteChunk)
+	}
+}
+
+// TestStreamFramesStaySmallOnSlowLink: on a link that moves 1 MB/s, a
+// 32 KiB frame takes 32 ms, far over FrameTime, so the frames never grow
+// past WriteChunk (a slower machine only makes the frames take longer).
+func TestStreamFramesStaySmallOnSlowLink(t *testing.T) {
+	max := streamFrames(t, &frameRecorder{rate: 1e6}, 1<<20)
+	if max > WriteChunk+12 {
+		t.Fatalf("largest frame write %d > chunk %d on a slow link", max, WriteChunk)
+	}
+}
+
+// streamFrames writes size bytes through a wrapped stream over rec and
+// returns the largest write the session made.
+func streamFrames(t *testing.T, rec *frameRecorder, size int) int {
 	a, b := net.Pipe()
-	rec := &frameRecorder{Conn: a}
+	rec.Conn = a
 	client, err := yamux.Client(rec, MuxConfig(zerolog.Nop()))
 	if err != nil {
 		t.Fatal(err)
@@ -103,10 +122,12 @@ func TestStreamChunksWrites(t *testing.T) {
 	defer client.Close()
 	server, _ := yamux.Server(b, MuxConfig(zerolog.Nop()))
 	defer server.Close()
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		s, err := server.Accept()
 		if err == nil {
-			io.Copy(io.Discard, s)
+			io.CopyN(io.Discard, s, int64(size))
 		}
 	}()
 	st, err := client.OpenStream()
@@ -114,24 +135,25 @@ func TestStreamChunksWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := Wrap(st)
-	payload := make([]byte, 1<<20)
-	if _, err := w.Write(payload); err != nil {
+	if _, err := w.Write(make([]byte, size)); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond)
-	if max := rec.maxWrite(); max > WriteChunk+12 {
-		t.Fatalf("largest frame write %d > chunk %d", max, WriteChunk)
-	}
+	<-done
+	return rec.maxWrite()
 }
 
 type frameRecorder struct {
 	net.Conn
-	max atomic.Int64
+	max  atomic.Int64
+	rate float64 // bytes/s; 0: no pacing
 }
 
 func (f *frameRecorder) Write(p []byte) (int, error) {
 	if int64(len(p)) > f.max.Load() {
 		f.max.Store(int64(len(p)))
+	}
+	if f.rate > 0 {
+		time.Sleep(time.Duration(float64(len(p)) / f.rate * float64(time.Second)))
 	}
 	return f.Conn.Write(p)
 }
