@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -79,6 +80,21 @@ func benchFiles(e *Env) []Result {
 		return s.Request(context.Background(), m, p, b)
 	}}
 	direct := directFiles(e, filepath.Join(shm, "direct.bin"))
+	idleRSS := rssMiB(e, s.AgentPid())
+	var peak atomic.Int64 // agent RSS during the transfers, KiB
+	stopWatch := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stopWatch:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if v := int64(rssMiB(e, s.AgentPid()) * 1024); v > peak.Load() {
+				peak.Store(v)
+			}
+		}
+	}()
 	var up, down, dUp, dDown float64
 	// TL_BENCH_ROUNDS: more rounds, e.g. to profile the processes.
 	rounds := 3
@@ -105,11 +121,18 @@ func benchFiles(e *Env) []Result {
 		down = max(down, fileDownload(e, proxy, size))
 		dDown = max(dDown, fileDownload(e, direct, size))
 	}
+	close(stopWatch)
+	last := time.Now()
+	time.Sleep(time.Until(last.Add(10 * time.Second)))
+	after := rssMiB(e, s.AgentPid())
 	return []Result{
 		{Name: "file upload via proxy, " + sizeName(size), Unit: "MB/s", Ours: up, OpenSSH: sftpUp, Floor: dUp, Note: "(ssh: sftp put; floor: the same handlers direct; target >= 0.8x)"},
 		{Name: "file download via proxy, " + sizeName(size), Unit: "MB/s", Ours: down, OpenSSH: sftpDown, Floor: dDown, Note: "(ssh: sftp get; floor: the same handlers direct)"},
 		{Name: "  files.Server direct, upload", Unit: "MB/s", Ours: dUp, Floor: floorUp, Note: "(floor: cp to tmpfs)"},
 		{Name: "  files.Server direct, download", Unit: "MB/s", Ours: dDown, Floor: floorDown, Note: "(floor: cp to /dev/null)"},
+		{Name: "agent RSS before the transfers", Unit: "MiB", Ours: idleRSS, Lower: true},
+		{Name: "agent RSS, peak during the transfers", Unit: "MiB", Ours: float64(peak.Load()) / 1024, Floor: idleRSS, Lower: true, Note: "(sampled every 50 ms)"},
+		{Name: "agent RSS 10 s after the last transfer", Unit: "MiB", Ours: after, Floor: idleRSS, Lower: true, Note: "(target < 2x before)"},
 	}
 }
 
