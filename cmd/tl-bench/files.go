@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -83,18 +84,23 @@ func benchFiles(e *Env) []Result {
 	idleRSS := rssMiB(e, s.AgentPid())
 	var peak atomic.Int64 // agent RSS during the transfers, KiB
 	stopWatch := make(chan struct{})
+	watched := make(chan struct{})
+	pid := s.AgentPid()
 	go func() {
+		defer close(watched)
 		for {
 			select {
 			case <-stopWatch:
 				return
 			case <-time.After(50 * time.Millisecond):
 			}
-			if v := int64(rssMiB(e, s.AgentPid()) * 1024); v > peak.Load() {
+			if v := int64(rssKiB(pid)); v > peak.Load() {
 				peak.Store(v)
 			}
 		}
 	}()
+	stopWatching := sync.OnceFunc(func() { close(stopWatch); <-watched })
+	defer stopWatching()
 	var up, down, dUp, dDown float64
 	// TL_BENCH_ROUNDS: more rounds, e.g. to profile the processes.
 	rounds := 3
@@ -121,7 +127,7 @@ func benchFiles(e *Env) []Result {
 		down = max(down, fileDownload(e, proxy, size))
 		dDown = max(dDown, fileDownload(e, direct, size))
 	}
-	close(stopWatch)
+	stopWatching()
 	last := time.Now()
 	time.Sleep(time.Until(last.Add(10 * time.Second)))
 	after := rssMiB(e, s.AgentPid())
@@ -157,6 +163,19 @@ func directFiles(e *Env, path string) fileTarget {
 		}
 		return req
 	}}
+}
+
+// rssKiB is pid's VmRSS, 0 when it cannot be read (the watcher's reads
+// must not fail the run from another goroutine).
+func rssKiB(pid int) float64 {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb
+		}
+	}
+	return 0
 }
 
 // agentProfile saves a CPU profile of the agent, taken through its
