@@ -97,17 +97,21 @@ func trim(v ...any) string {
 type Stream struct {
 	*yamux.Stream
 	chunk atomic.Int64 // current frame bound; 0 means WriteChunk
+	sess  *sessionState
 }
 
 // Wrap returns c as a *Stream when it is a yamux stream, else c itself.
 func Wrap(c net.Conn) net.Conn {
 	if s, ok := c.(*yamux.Stream); ok {
-		return &Stream{Stream: s}
+		return &Stream{Stream: s, sess: stateOf(s.Session())}
 	}
 	return c
 }
 
 func (s *Stream) Write(b []byte) (int, error) {
+	if len(b) < WriteChunk {
+		s.sess.small(s.StreamID())
+	}
 	written := 0
 	for len(b) > 0 {
 		n := min(len(b), s.frame())
@@ -128,7 +132,12 @@ func (s *Stream) Write(b []byte) (int, error) {
 	return written, nil
 }
 
+// frame is the bound of the next frame: WriteChunk while another stream
+// of the session is interactive (InteractiveHold), else what adapt chose.
 func (s *Stream) frame() int {
+	if s.sess.interactive(s.StreamID()) {
+		return WriteChunk
+	}
 	if c := s.chunk.Load(); c > 0 {
 		return int(c)
 	}

@@ -110,6 +110,66 @@ func TestStreamFramesStaySmallOnSlowLink(t *testing.T) {
 	}
 }
 
+// TestStreamFramesSmallBesideInteractive: while another stream of the
+// session makes small writes (keystrokes), a bulk stream's frames stay at
+// WriteChunk even on a fast link.
+func TestStreamFramesSmallBesideInteractive(t *testing.T) {
+	a, b := net.Pipe()
+	rec := &frameRecorder{Conn: a}
+	client, err := yamux.Client(rec, MuxConfig(zerolog.Nop()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, _ := yamux.Server(b, MuxConfig(zerolog.Nop()))
+	defer server.Close()
+	go func() {
+		for {
+			s, err := server.Accept()
+			if err != nil {
+				return
+			}
+			go io.Copy(io.Discard, s)
+		}
+	}()
+	keys, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kw := Wrap(keys)
+	stop := make(chan struct{})
+	typed := make(chan struct{})
+	go func() {
+		defer close(typed)
+		for i := 0; ; i++ {
+			if _, err := kw.Write([]byte{'x'}); err != nil {
+				return
+			}
+			if i == 0 {
+				typed <- struct{}{}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	<-typed
+	bulk, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Wrap(bulk).Write(make([]byte, 8<<20)); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	<-typed
+	if max := rec.maxWrite(); max > WriteChunk+12 {
+		t.Fatalf("largest frame write %d > chunk %d beside keystrokes", max, WriteChunk)
+	}
+}
+
 // streamFrames writes size bytes through a wrapped stream over rec and
 // returns the largest write the session made.
 func streamFrames(t *testing.T, rec *frameRecorder, size int) int {
