@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/memtrim"
 	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/services"
@@ -90,6 +91,7 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,
+		ConnState:         shrinkIdle,
 	}
 	return a
 }
@@ -107,6 +109,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() {
 		defer a.wg.Done()
 		a.serveControl(ctx)
+	}()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		memtrim.New().Run(ctx) // RSS back down after a burst (docs/uplink.md)
 	}()
 	a.wg.Add(1)
 	go func() {
@@ -171,6 +178,26 @@ func (a *Agent) refuseStream(c net.Conn, why string) {
 	_ = c.SetWriteDeadline(time.Now().Add(headerTimeout))
 	_ = uplink.WriteReply(c, uplink.StatusUnavailable, why)
 	c.Close()
+}
+
+// shrinkIdle frees an API stream's receive buffer when its HTTP connection
+// goes idle between requests: yamux keeps a stream's buffer at the size
+// a burst grew it to (up to the 4 MiB window) for as long as the stream
+// lives, and the proxy keeps up to 32 idle streams pooled.
+func shrinkIdle(c net.Conn, st http.ConnState) {
+	if st != http.StateIdle {
+		return
+	}
+	if s, ok := c.(interface{ Shrink() }); ok {
+		s.Shrink()
+	}
+}
+
+// Shrink passes yamux's Shrink through (shrinkIdle).
+func (c *countedConn) Shrink() {
+	if s, ok := c.Conn.(interface{ Shrink() }); ok {
+		s.Shrink()
+	}
 }
 
 // countedConn runs its release functions once, at Close or when its

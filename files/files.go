@@ -258,12 +258,13 @@ func (s *Server) handleRead(w http.ResponseWriter, r *http.Request) {
 	defer f.Close()
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Last-Modified", fi.ModTime().UTC().Format(http.TimeFormat))
-	if fi.Mode().IsRegular() && fi.Size() > 0 {
-		// Files of /proc and /sys say size 0 and are not empty: those
-		// are sent chunked.
-		h.Set("Content-Length", fmt.Sprint(fi.Size()))
+	if fi.Size() > 0 {
+		s.serveSized(w, r, f, fi)
+		return
 	}
+	// Files of /proc and /sys say size 0 and are not empty: those are
+	// streamed (chunked), whole, without ranges or validators.
+	h.Set("Last-Modified", fi.ModTime().UTC().Format(http.TimeFormat))
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return
@@ -275,6 +276,81 @@ func (s *Server) handleRead(w http.ResponseWriter, r *http.Request) {
 		log := reqid.Logger(r.Context(), s.log)
 		log.Debug().Err(err).Str("path", path).Msg("download ended early")
 	}
+}
+
+// maxRanges bounds the ranges of one request: each is a part of a
+// multipart answer, and a header of tiny ranges would make a huge one.
+const maxRanges = 16
+
+// serveSized serves a regular file with a real size through
+// http.ServeContent: Range (one range: 206 with Content-Range; several:
+// multipart/byteranges; unsatisfiable: 416), If-Range, If-None-Match and
+// If-Match against the ETag, If-Modified-Since and If-Unmodified-Since
+// against Last-Modified (304 and 412). Reads hold the gate as streaming
+// ones do; copies go in bufSize steps.
+func (s *Server) serveSized(w http.ResponseWriter, r *http.Request, f *os.File, fi fs.FileInfo) {
+	if rg := r.Header.Get("Range"); strings.Count(rg, ",") >= maxRanges {
+		httpx.WriteError(w, http.StatusRequestedRangeNotSatisfiable, codeInvalid,
+			fmt.Sprintf("at most %d ranges per request", maxRanges))
+		return
+	}
+	w.Header().Set("ETag", etag(fi))
+	bw := &bigCopies{ResponseWriter: w, size: fi.Size()}
+	http.ServeContent(bw, r, "", fi.ModTime(), gatedFile{Reader: s.gate.Reader(f), f: f})
+}
+
+// etag names one version of a file: its inode, size and modification time
+// in nanoseconds. A rewrite (a new file renamed over, or a write in
+// place) changes it.
+func etag(fi fs.FileInfo) string {
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	return fmt.Sprintf(`"%x-%x-%x"`, ino, fi.Size(), fi.ModTime().UnixNano())
+}
+
+// gatedFile is the file as http.ServeContent reads it: reads through the
+// gate, seeks (no I/O) direct.
+type gatedFile struct {
+	io.Reader
+	f *os.File
+}
+
+func (g gatedFile) Seek(off int64, whence int) (int64, error) { return g.f.Seek(off, whence) }
+
+// bigCopies makes ServeContent's copy use our bufSize buffer (through the
+// uplink the response writer's own copy would go in 32 KiB steps, a
+// syscall and a frame each), and turns its plain-text 416 into the API's
+// JSON error.
+type bigCopies struct {
+	http.ResponseWriter
+	size    int64
+	refused bool // a 416 was answered: ServeContent's own text is dropped
+}
+
+func (b *bigCopies) ReadFrom(r io.Reader) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	return io.CopyBuffer(writerOnly{b.ResponseWriter}, readerOnly{r}, *bp)
+}
+
+func (b *bigCopies) WriteHeader(code int) {
+	if code == http.StatusRequestedRangeNotSatisfiable {
+		b.refused = true
+		b.Header().Del("X-Content-Type-Options")
+		httpx.WriteError(b.ResponseWriter, code, codeInvalid,
+			fmt.Sprintf("range not satisfiable: the file has %d bytes", b.size))
+		return
+	}
+	b.ResponseWriter.WriteHeader(code)
+}
+
+func (b *bigCopies) Write(p []byte) (int, error) {
+	if b.refused {
+		return len(p), nil
+	}
+	return b.ResponseWriter.Write(p)
 }
 
 // writerOnly and readerOnly keep CopyBuffer on our one buffer.

@@ -61,7 +61,12 @@ func New(cfg *Config, log zerolog.Logger) *Proxy {
 		Rewrite:       func(*httputil.ProxyRequest) {},
 		Transport:     p.transport,
 		FlushInterval: -1, // flush every write: SSE and terminal output
-		ErrorHandler:  p.upstreamError,
+		// 256 KiB copies instead of 32 KiB: a download is written to the
+		// client in up to 256 KiB writes (what the stream holds), one
+		// syscall where there were eight. Reads return what is there, so
+		// small messages still go out at once.
+		BufferPool:   uplink.BufferPool{},
+		ErrorHandler: p.upstreamError,
 		// A body cut by the progress rule makes the agent answer about a
 		// truncated body; the client is told the real reason instead.
 		ModifyResponse: func(resp *http.Response) error {

@@ -13,8 +13,6 @@ package sshd
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -153,16 +151,8 @@ func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Server, er
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("ssh host key: %w", err)
-	}
-	signer, err := gossh.NewSignerFromKey(priv)
-	if err != nil {
-		return nil, fmt.Errorf("ssh host key: %w", err)
-	}
 	s := &Server{
-		cfg: cfg, log: log.With().Str("component", "sshd").Logger(), reaper: reaper, signer: signer,
+		cfg: cfg, log: log.With().Str("component", "sshd").Logger(), reaper: reaper, signer: newLazySigner(),
 		slots: make(chan struct{}, cfg.MaxSessions), conns: map[net.Conn]bool{},
 	}
 	s.fwd = forward.NewSSHForwards(s.log)

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -18,10 +20,18 @@ const (
 	// stream well below loopback TCP, 4 MiB reaches it while keeping a
 	// slow reader's backlog bounded.
 	StreamWindow = 4 << 20
-	// WriteChunk bounds one yamux data frame. The session has one sender
-	// loop, so a huge frame on a bulk stream would sit in front of a
-	// keystroke on another stream; 32 KiB frames keep that wait short.
-	WriteChunk = 32 << 10
+	// WriteChunk is the smallest bound of one yamux data frame and the
+	// one a stream starts with. The session has one sender loop, so a huge
+	// frame on a bulk stream would sit in front of a keystroke on another
+	// stream; what matters is how long a frame holds the link, so each
+	// stream sizes its frames by the time its last ones took (Stream.Write):
+	// at most FrameTime on the link, between WriteChunk and MaxWriteChunk.
+	// On a 100 Mbit/s link a 32 KiB frame already takes 2.6 ms, so frames
+	// stay 32 KiB there; on loopback they grow to 256 KiB (0.1–0.3 ms),
+	// an eighth of the per-frame work (hand-off to the send loop, syscalls).
+	WriteChunk    = 32 << 10
+	MaxWriteChunk = 256 << 10
+	FrameTime     = 2 * time.Millisecond
 	// KeepAliveInterval and WriteTimeout together bound how long a dead
 	// link goes unnoticed: a ping every 4 s that must be answered within
 	// 10 s means detection within 14 s, under the 15 s promised. The write timeout is not a
@@ -78,27 +88,34 @@ func trim(v ...any) string {
 	return s
 }
 
-// Stream wraps a yamux stream: writes go out in WriteChunk frames, and a
-// write that hits the connection write timeout closes the whole session.
+// Stream wraps a yamux stream: writes go out in frames of at most
+// chunk bytes (adapted to the link, see WriteChunk), and a write that hits
+// the connection write timeout closes the whole session.
 // That second rule guards against yamux's known hang (GHSA-29qp-crvh-w22m):
 // after such a timeout the peer's readers could otherwise wait forever; a
 // closed session fails them all at once and the agent reconnects.
 type Stream struct {
 	*yamux.Stream
+	chunk atomic.Int64 // current frame bound; 0 means WriteChunk
+	sess  *sessionState
 }
 
 // Wrap returns c as a *Stream when it is a yamux stream, else c itself.
 func Wrap(c net.Conn) net.Conn {
 	if s, ok := c.(*yamux.Stream); ok {
-		return &Stream{s}
+		return &Stream{Stream: s, sess: stateOf(s.Session())}
 	}
 	return c
 }
 
 func (s *Stream) Write(b []byte) (int, error) {
+	if len(b) < WriteChunk {
+		s.sess.small(s.StreamID())
+	}
 	written := 0
 	for len(b) > 0 {
-		n := min(len(b), WriteChunk)
+		n := min(len(b), s.frame())
+		start := time.Now()
 		m, err := s.Stream.Write(b[:n])
 		written += m
 		if err != nil {
@@ -107,18 +124,55 @@ func (s *Stream) Write(b []byte) (int, error) {
 			}
 			return written, err
 		}
+		if n >= WriteChunk {
+			s.adapt(n, time.Since(start))
+		}
 		b = b[n:]
 	}
 	return written, nil
+}
+
+// frame is the bound of the next frame: WriteChunk while another stream
+// of the session is interactive (InteractiveHold), else what adapt chose.
+func (s *Stream) frame() int {
+	if s.sess.interactive(s.StreamID()) {
+		return WriteChunk
+	}
+	if c := s.chunk.Load(); c > 0 {
+		return int(c)
+	}
+	return WriteChunk
+}
+
+// adapt sizes the next frames from the time a frame of n bytes took to
+// be taken by the session: the hand-off to its send loop, other streams'
+// frames ahead of it, the socket write, a wait for the peer's window. All
+// of that is time a keystroke queued behind our frame would wait too. So
+// the next frame is what the link moves in FrameTime at that pace:
+// shrinking at once, growing at most 2x per frame, always between
+// WriteChunk and MaxWriteChunk. A slow link or a busy session keeps
+// WriteChunk; a fast idle one gets MaxWriteChunk.
+func (s *Stream) adapt(n int, took time.Duration) {
+	want := MaxWriteChunk
+	if took > 0 {
+		want = int(min(int64(n)*int64(FrameTime)/int64(took), MaxWriteChunk))
+	}
+	next := min(max(want, WriteChunk), 2*s.frame())
+	s.chunk.Store(int64(next))
 }
 
 // CloseWrite sends FIN: yamux's Close is a half-close.
 func (s *Stream) CloseWrite() error { return s.Stream.Close() }
 
 // ReadFrom keeps io.Copy from bypassing the chunking through a ReaderFrom
-// on the source side.
+// on the source side. It reads up to CopyBuffer at a time (a file, a
+// client's socket: one syscall per 256 KiB instead of per frame) and
+// writes that in WriteChunk frames, so the frames, and with them a
+// keystroke's wait behind a bulk stream, stay as small as before.
 func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
-	buf := make([]byte, WriteChunk)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	var total int64
 	for {
 		n, err := r.Read(buf)
@@ -135,5 +189,25 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 		if err != nil {
 			return total, err
 		}
+	}
+}
+
+// CopyBuffer is the size of the copy buffers of bulk paths over the
+// uplink (Stream.ReadFrom, the proxy's reverse proxy): reads and writes of
+// sockets and files in 256 KiB steps; frames on the uplink stay WriteChunk.
+const CopyBuffer = 256 << 10
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, CopyBuffer); return &b }}
+
+// BufferPool lends CopyBuffer-sized buffers (httputil.ReverseProxy's
+// BufferPool). Pooled buffers are dropped by the garbage collector when
+// idle, so the pool holds no memory after a burst.
+type BufferPool struct{}
+
+func (BufferPool) Get() []byte { return *copyBufs.Get().(*[]byte) }
+func (BufferPool) Put(b []byte) {
+	if cap(b) == CopyBuffer {
+		b = b[:CopyBuffer]
+		copyBufs.Put(&b)
 	}
 }

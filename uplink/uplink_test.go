@@ -120,9 +120,29 @@ func TestReply(t *testing.T) {
 	}
 }
 
-// TestStreamChunksWrites checks that a large write leaves as frames of at
-// most WriteChunk, so a bulk stream cannot hold the sender for long.
+// TestStreamChunksWrites: a big write goes out in frames of at most
+// MaxWriteChunk, so a bulk stream cannot hold the sender for long.
 func TestStreamChunksWrites(t *testing.T) {
+	max := streamFrames(t, &frameRecorder{}, 8<<20)
+	if max > MaxWriteChunk+12 {
+		t.Fatalf("largest frame write %d > max chunk %d", max, MaxWriteChunk)
+	}
+}
+
+// TestStreamFramesStaySmallOnSlowLink: on a link that moves 1 MB/s, a
+// 32 KiB frame takes 32 ms, far over FrameTime, so the frames never grow
+// past WriteChunk (a slower machine only makes the frames take longer).
+func TestStreamFramesStaySmallOnSlowLink(t *testing.T) {
+	max := streamFrames(t, &frameRecorder{rate: 1e6}, 1<<20)
+	if max > WriteChunk+12 {
+		t.Fatalf("largest frame write %d > chunk %d on a slow link", max, WriteChunk)
+	}
+}
+
+// TestStreamFramesSmallBesideInteractive: while another stream of the
+// session makes small writes (keystrokes), a bulk stream's frames stay at
+// WriteChunk even on a fast link.
+func TestStreamFramesSmallBesideInteractive(t *testing.T) {
 	a, b := net.Pipe()
 	rec := &frameRecorder{Conn: a}
 	client, err := yamux.Client(rec, MuxConfig(zerolog.Nop()))
@@ -133,9 +153,70 @@ func TestStreamChunksWrites(t *testing.T) {
 	server, _ := yamux.Server(b, MuxConfig(zerolog.Nop()))
 	defer server.Close()
 	go func() {
+		for {
+			s, err := server.Accept()
+			if err != nil {
+				return
+			}
+			go io.Copy(io.Discard, s)
+		}
+	}()
+	keys, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kw := Wrap(keys)
+	stop := make(chan struct{})
+	typed := make(chan struct{})
+	go func() {
+		defer close(typed)
+		for i := 0; ; i++ {
+			if _, err := kw.Write([]byte{'x'}); err != nil {
+				return
+			}
+			if i == 0 {
+				typed <- struct{}{}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	<-typed
+	bulk, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Wrap(bulk).Write(make([]byte, 8<<20)); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	<-typed
+	if max := rec.maxWrite(); max > WriteChunk+12 {
+		t.Fatalf("largest frame write %d > chunk %d beside keystrokes", max, WriteChunk)
+	}
+}
+
+// streamFrames writes size bytes through a wrapped stream over rec and
+// returns the largest write the session made.
+func streamFrames(t *testing.T, rec *frameRecorder, size int) int {
+	a, b := net.Pipe()
+	rec.Conn = a
+	client, err := yamux.Client(rec, MuxConfig(zerolog.Nop()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, _ := yamux.Server(b, MuxConfig(zerolog.Nop()))
+	defer server.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
 		s, err := server.Accept()
 		if err == nil {
-			io.Copy(io.Discard, s)
+			io.CopyN(io.Discard, s, int64(size))
 		}
 	}()
 	st, err := client.OpenStream()
@@ -143,24 +224,25 @@ func TestStreamChunksWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := Wrap(st)
-	payload := make([]byte, 1<<20)
-	if _, err := w.Write(payload); err != nil {
+	if _, err := w.Write(make([]byte, size)); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond)
-	if max := rec.maxWrite(); max > WriteChunk+12 {
-		t.Fatalf("largest frame write %d > chunk %d", max, WriteChunk)
-	}
+	<-done
+	return rec.maxWrite()
 }
 
 type frameRecorder struct {
 	net.Conn
-	max atomic.Int64
+	max  atomic.Int64
+	rate float64 // bytes/s; 0: no pacing
 }
 
 func (f *frameRecorder) Write(p []byte) (int, error) {
 	if int64(len(p)) > f.max.Load() {
 		f.max.Store(int64(len(p)))
+	}
+	if f.rate > 0 {
+		time.Sleep(time.Duration(float64(len(p)) / f.rate * float64(time.Second)))
 	}
 	return f.Conn.Write(p)
 }

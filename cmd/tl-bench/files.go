@@ -2,25 +2,44 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/files"
+	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/integration"
 )
 
 func init() { register("files", benchFiles) }
 
+// fileTarget is where the Files API is served: the agent through tl-proxy
+// and the uplink, or the same files.Server in this process on loopback.
+type fileTarget struct {
+	req  func(method, path string, body io.Reader) *http.Request
+	path string // the path= value
+}
+
 // benchFiles measures upload and download through the Files API
-// (PUT/GET /api/v1/files via tl-proxy) against OpenSSH's sftp in the same
-// run. Both write to a tmpfs (the sandbox's overlay lives on one; sftp
-// writes under /dev/shm), from the same source file, so the disk is out of
-// the comparison. The floor is a local copy of the same file.
+// (PUT/GET /api/v1/files via tl-proxy) against the same handlers served
+// directly (files.Server in this process on loopback: the agent's own
+// cost without proxy and uplink, the figure the target is a ratio of) and
+// OpenSSH's sftp, in the same run, rounds interleaved (best of each). All
+// write to a tmpfs (the sandbox's overlay lives on one; sftp and the
+// direct server write under /dev/shm), from the same source file, so the
+// disk is out of the comparison. A local cp is printed for scale.
 func benchFiles(e *Env) []Result {
 	size := int64(1 << 30)
 	if e.Quick {
@@ -52,15 +71,147 @@ func benchFiles(e *Env) []Result {
 	sftpDown := timed(size, func() { sftp("get " + remote + " /dev/null") })
 	os.Remove(remote)
 
-	s := e.System(integration.Options{})
-	path := "/api/v1/files?path=" + url.QueryEscape("/tmp/bench.bin")
-	oursUp := timed(size, func() {
-		f, err := os.Open(srcPath)
+	var opts integration.Options
+	prof := os.Getenv("TL_BENCH_PROFILE") // a folder for CPU profiles of proxy and agent
+	if prof != "" {
+		opts.ProxyArgs = []string{"--cpu-profile", filepath.Join(prof, "proxy.pprof"), "--cpu-profile-for", "12s"}
+	}
+	s := e.System(opts)
+	proxy := fileTarget{path: "/tmp/bench.bin", req: func(m, p string, b io.Reader) *http.Request {
+		return s.Request(context.Background(), m, p, b)
+	}}
+	direct := directFiles(e, filepath.Join(shm, "direct.bin"))
+	idleRSS := rssMiB(e, s.AgentPid())
+	var peak atomic.Int64 // agent RSS during the transfers, KiB
+	stopWatch := make(chan struct{})
+	watched := make(chan struct{})
+	pid := s.AgentPid()
+	go func() {
+		defer close(watched)
+		for {
+			select {
+			case <-stopWatch:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if v := int64(rssKiB(pid)); v > peak.Load() {
+				peak.Store(v)
+			}
+		}
+	}()
+	stopWatching := sync.OnceFunc(func() { close(stopWatch); <-watched })
+	defer stopWatching()
+	var up, down, dUp, dDown float64
+	// TL_BENCH_ROUNDS: more rounds, e.g. to profile the processes.
+	rounds := 3
+	if n, err := strconv.Atoi(os.Getenv("TL_BENCH_ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
+	if dir := os.Getenv("TL_BENCH_FILES"); dir != "" { // profiling: one direction via the proxy only
+		fileUpload(e, proxy, srcPath, size)
+		if prof != "" {
+			go agentProfile(s, filepath.Join(prof, "agent.pprof"), 10)
+		}
+		for round := 0; round < rounds; round++ {
+			if dir == "up" {
+				e.Logf("upload via proxy %.0f MB/s", fileUpload(e, proxy, srcPath, size))
+			} else {
+				e.Logf("download via proxy %.0f MB/s", fileDownload(e, proxy, size))
+			}
+		}
+		return nil
+	}
+	for round := 0; round < rounds; round++ {
+		up = max(up, fileUpload(e, proxy, srcPath, size))
+		dUp = max(dUp, fileUpload(e, direct, srcPath, size))
+		down = max(down, fileDownload(e, proxy, size))
+		dDown = max(dDown, fileDownload(e, direct, size))
+	}
+	stopWatching()
+	last := time.Now()
+	time.Sleep(time.Until(last.Add(10 * time.Second)))
+	after := rssMiB(e, s.AgentPid())
+	return []Result{
+		{Name: "file upload via proxy, " + sizeName(size), Unit: "MB/s", Ours: up, OpenSSH: sftpUp, Floor: dUp, Note: "(ssh: sftp put; floor: the same handlers direct; target >= 0.8x)"},
+		{Name: "file download via proxy, " + sizeName(size), Unit: "MB/s", Ours: down, OpenSSH: sftpDown, Floor: dDown, Note: "(ssh: sftp get; floor: the same handlers direct)"},
+		{Name: "  files.Server direct, upload", Unit: "MB/s", Ours: dUp, Floor: floorUp, Note: "(floor: cp to tmpfs)"},
+		{Name: "  files.Server direct, download", Unit: "MB/s", Ours: dDown, Floor: floorDown, Note: "(floor: cp to /dev/null)"},
+		{Name: "agent RSS before the transfers", Unit: "MiB", Ours: idleRSS, Lower: true},
+		{Name: "agent RSS, peak during the transfers", Unit: "MiB", Ours: float64(peak.Load()) / 1024, Floor: idleRSS, Lower: true, Note: "(sampled every 50 ms)"},
+		{Name: "agent RSS 10 s after the last transfer", Unit: "MiB", Ours: after, Floor: idleRSS, Lower: true, Note: "(target < 2x before)"},
+	}
+}
+
+// directFiles serves a files.Server (root's files) on loopback in this
+// process: the agent's handlers without tl-proxy and the uplink.
+func directFiles(e *Env, path string) fileTarget {
+	owner := &identity.User{Name: "root", Home: "/root", Shell: "/bin/sh"}
+	mux := http.NewServeMux()
+	fs, err := files.New(files.Config{Owner: owner}, zerolog.Nop())
+	if err != nil {
+		e.Fatalf("files: %v", err)
+	}
+	fs.Routes(mux)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.Fatalf("listen: %v", err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	e.Cleanup(func() { srv.Close() })
+	base := "http://" + ln.Addr().String()
+	return fileTarget{path: path, req: func(m, p string, b io.Reader) *http.Request {
+		req, err := http.NewRequest(m, base+p, b)
+		if err != nil {
+			e.Fatalf("request: %v", err)
+		}
+		return req
+	}}
+}
+
+// rssKiB is pid's VmRSS, 0 when it cannot be read (the watcher's reads
+// must not fail the run from another goroutine).
+func rssKiB(pid int) float64 {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb
+		}
+	}
+	return 0
+}
+
+// agentProfile saves a CPU profile of the agent, taken through its
+// control socket.
+func agentProfile(s *integration.System, path string, seconds int) {
+	c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", s.ControlSocket())
+	}}}
+	resp, err := c.Get(fmt.Sprintf("http://agent/debug/pprof/profile?seconds=%d", seconds))
+	if err != nil {
+		fmt.Println("agent profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err == nil {
+		_, err = io.Copy(f, resp.Body)
+		f.Close()
+	}
+	if err != nil {
+		fmt.Println("agent profile:", err)
+	}
+}
+
+func fileUpload(e *Env, t fileTarget, src string, size int64) float64 {
+	return timed(size, func() {
+		f, err := os.Open(src)
 		if err != nil {
 			e.Fatalf("open: %v", err)
 		}
 		defer f.Close()
-		req := s.Request(context.Background(), "PUT", path, f)
+		req := t.req("PUT", "/api/v1/files?path="+url.QueryEscape(t.path), f)
 		req.ContentLength = size
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil || resp.StatusCode != 204 {
@@ -68,8 +219,11 @@ func benchFiles(e *Env) []Result {
 		}
 		resp.Body.Close()
 	})
-	oursDown := timed(size, func() {
-		resp, err := http.DefaultClient.Do(s.Request(context.Background(), "GET", path, nil))
+}
+
+func fileDownload(e *Env, t fileTarget, size int64) float64 {
+	return timed(size, func() {
+		resp, err := http.DefaultClient.Do(t.req("GET", "/api/v1/files?path="+url.QueryEscape(t.path), nil))
 		if err != nil || resp.StatusCode != 200 {
 			e.Fatalf("GET: %v %v", resp, err)
 		}
@@ -78,10 +232,6 @@ func benchFiles(e *Env) []Result {
 			e.Fatalf("GET: %d of %d bytes: %v", n, size, err)
 		}
 	})
-	return []Result{
-		{Name: "file upload, " + sizeName(size), Unit: "MB/s", Ours: oursUp, OpenSSH: sftpUp, Floor: floorUp, Note: "(ssh: sftp put; floor: cp)"},
-		{Name: "file download, " + sizeName(size), Unit: "MB/s", Ours: oursDown, OpenSSH: sftpDown, Floor: floorDown, Note: "(ssh: sftp get)"},
-	}
 }
 
 // sftpArgs turns ssh's client options into sftp's (-P for the port).

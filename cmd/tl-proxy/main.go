@@ -18,9 +18,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/tensorlake/tl-agent/internal/cli"
 	"github.com/tensorlake/tl-agent/internal/logx"
@@ -42,6 +45,8 @@ type flags struct {
 	operatorAddr                       string
 	connect, logLevel, domain, sshKeys string
 	tlsCert, tlsKey                    string
+	cpuProfile                         string
+	cpuProfileFor                      time.Duration
 	dev                                bool
 	limits                             proxy.Limits
 	bodyMinBytes                       int
@@ -79,6 +84,14 @@ func run(args []string) int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tl-proxy:", err)
 		return 1
+	}
+	if f.cpuProfile != "" {
+		stop, err := startCPUProfile(f.cpuProfile, f.cpuProfileFor)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tl-proxy:", err)
+			return 1
+		}
+		defer stop()
 	}
 	p := proxy.New(cfg, log)
 	if ls.Operator != nil {
@@ -124,6 +137,8 @@ func parseFlags(args []string) (flags, int) {
 	fs.String(&f.tlsCert, "uplink-tls-cert", "", "serve uplinks over TLS with this certificate `file` (PEM)")
 	fs.String(&f.tlsKey, "uplink-tls-key", "", "private key `file` (PEM) of --uplink-tls-cert")
 	fs.String(&f.logLevel, "log-level", "info", "`level`: debug, info, warn or error")
+	fs.String(&f.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the first --cpu-profile-for to `file` (benchmarks)")
+	fs.Duration(&f.cpuProfileFor, "cpu-profile-for", 30*time.Second, "`duration` of --cpu-profile")
 	limitFlags(fs, &f)
 	fs.FlagSet.Usage = func() { fs.Usage(os.Stderr, usage) }
 	if err := fs.Parse(args); err != nil {
@@ -155,6 +170,24 @@ func limitFlags(fs *cli.FlagSet, f *flags) {
 	fs.Int(&l.SSHConns, "ssh-max-conns", d.SSHConns, "live SSH front-door connections in all (`n`)")
 	fs.Int(&l.SSHConnsPerSource, "ssh-max-conns-per-source", d.SSHConnsPerSource, "live SSH front-door connections from one IP address (`n`)")
 	fs.Int(&l.RequestsPerSandbox, "max-requests-per-sandbox", d.RequestsPerSandbox, "concurrent proxied HTTP requests and streams to one sandbox (`n`; 429 past it)")
+}
+
+// startCPUProfile profiles the process for d or until the returned stop,
+// whichever comes first (the benchmarks' view of where the proxy spends
+// its time; they end the proxy with SIGKILL).
+func startCPUProfile(path string, d time.Duration) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	var once sync.Once
+	stop := func() { once.Do(func() { pprof.StopCPUProfile(); f.Close() }) }
+	time.AfterFunc(d, stop)
+	return stop, nil
 }
 
 func defaultStateDir() string {

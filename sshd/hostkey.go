@@ -1,0 +1,54 @@
+package sshd
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"fmt"
+	"io"
+
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// lazySigner is the host key, made on a goroutine of its own from New:
+// the first ed25519 key of a process costs 1.5–2 ms (Go's crypto self-tests
+// run at first use), which was on the agent's path from exec to serving.
+// Only an SSH handshake needs the key, and it waits for it here.
+type lazySigner struct {
+	ready  chan struct{}
+	signer gossh.Signer
+	err    error
+}
+
+func newLazySigner() *lazySigner {
+	l := &lazySigner{ready: make(chan struct{})}
+	go func() {
+		defer close(l.ready)
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err == nil {
+			l.signer, err = gossh.NewSignerFromKey(priv)
+		}
+		if err != nil {
+			l.err = fmt.Errorf("ssh host key: %w", err)
+		}
+	}()
+	return l
+}
+
+// PublicKey is the host key's public half; a failed generation (crypto/rand
+// broken) gives an ed25519 key of zeros, whose handshakes then fail in Sign.
+func (l *lazySigner) PublicKey() gossh.PublicKey {
+	<-l.ready
+	if l.err != nil {
+		pk, _ := gossh.NewPublicKey(make(ed25519.PublicKey, ed25519.PublicKeySize))
+		return pk
+	}
+	return l.signer.PublicKey()
+}
+
+func (l *lazySigner) Sign(r io.Reader, data []byte) (*gossh.Signature, error) {
+	<-l.ready
+	if l.err != nil {
+		return nil, l.err
+	}
+	return l.signer.Sign(r, data)
+}
