@@ -33,6 +33,7 @@ type Agent struct {
 	hooks   *services.Hooks
 	streams map[string]streamHandler // by stream kind: the one dispatch (streams.go)
 	stats   StatSources              // the parts' counters in the operator's status
+	met     *agentMetrics            // the metrics registry, read from Status (metrics.go)
 
 	apiLn  *streamListener
 	api    *http.Server
@@ -78,8 +79,9 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 		a.pause = pause.New(0, 0)
 	}
 	a.streams = a.streamHandlers(p.Streams)
+	a.met = newAgentMetrics(a)
 	a.api = &http.Server{
-		Handler:           a.routes(),
+		Handler:           a.met.instrumentAPI(a.routes()),
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,
@@ -172,7 +174,24 @@ type countedConn struct {
 	net.Conn
 	once    sync.Once
 	release []func()
-	handed  atomic.Bool // the API server owns it now: only Close releases
+	handed  atomic.Bool   // the API server owns it now: only Close releases
+	kind    *kindCounters // its kind's counters, once the header named it
+}
+
+func (c *countedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if k := c.kind; k != nil && n > 0 {
+		k.in.Add(int64(n))
+	}
+	return n, err
+}
+
+func (c *countedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if k := c.kind; k != nil && n > 0 {
+		k.out.Add(int64(n))
+	}
+	return n, err
 }
 
 func (c *countedConn) Close() error {
@@ -236,5 +255,8 @@ func (a *Agent) serveStream(ctx context.Context, c *countedConn, lim *streamLimi
 		c.Close()
 		return
 	}
+	k := a.met.streams.opened(h.Kind)
+	c.kind = k
+	c.release = append(c.release, func() { k.open.Add(-1) })
 	serve(ctx, c, h, lim, log)
 }

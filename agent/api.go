@@ -24,7 +24,7 @@ type ProcessCounter interface {
 
 // routes is the API router. A request no route takes gets the spec's
 // JSON error: 405 with Allow for a known path, else 404 (httpx.Routes).
-func (a *Agent) routes() http.Handler {
+func (a *Agent) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/health", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteJSON(w, http.StatusOK, map[string]bool{"healthy": true})
@@ -33,7 +33,7 @@ func (a *Agent) routes() http.Handler {
 	for _, c := range a.caps {
 		c.Routes(mux)
 	}
-	return httpx.Routes(mux)
+	return mux
 }
 
 func (a *Agent) handleInfo(w http.ResponseWriter, r *http.Request) {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
@@ -19,7 +20,8 @@ import (
 )
 
 // serveControl serves the operator's door: a root-only unix socket with
-// GET /status (what `tl-agent status` prints) and /debug/pprof/. It is the
+// GET /status (what `tl-agent status` prints), GET /metrics (Prometheus
+// text, what `tl-agent metrics` prints) and /debug/pprof/. It is the
 // way an operator who execs into a sandbox sees what the agent is doing;
 // nothing on it is reachable through the uplink.
 func (a *Agent) serveControl(ctx context.Context) {
@@ -37,6 +39,7 @@ func (a *Agent) serveControl(ctx context.Context) {
 		httpx.WriteJSON(w, http.StatusOK, a.Status())
 	})
 	mux.HandleFunc("POST /hooks/{phase}", a.handleHooks)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.met.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

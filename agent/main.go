@@ -65,6 +65,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	parts, stopParts := buildParts(cfg, log, reaper)
 	parts.Stats.Reaper = reaperStats(reaper)
 	parts.Stats.Headroom = head.Status
+	parts.Stats.Cgroup = cgroupStats(reaper)
 	a := New(cfg, log, version, parts)
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
@@ -177,6 +178,16 @@ func startMain(cfg Config, log zerolog.Logger, r *supervisor.Reaper, sigs *super
 func reaperStats(r *supervisor.Reaper) func() ReaperStats {
 	return func() ReaperStats {
 		live, started, orphans := r.Stats()
-		return ReaperStats{Live: int64(live), Started: started, OrphansReaped: orphans}
+		return ReaperStats{Live: int64(live), Started: started, OrphansReaped: orphans, Reaped: started - int64(live)}
 	}
+}
+
+// cgroupStats are the sandbox cgroup's figures and the reaper's OOM kill
+// count (the one OOM counter), nil without a cgroup file system.
+func cgroupStats(r *supervisor.Reaper) func() CgroupStatus {
+	cg := supervisor.NewCgroupReader()
+	if cg == nil {
+		return nil
+	}
+	return func() CgroupStatus { return CgroupStatus{CgroupStats: cg.Read(), OOMKills: r.OOM().Count()} }
 }

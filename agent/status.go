@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"runtime"
+	"sort"
 	"time"
 
+	"github.com/tensorlake/tl-agent/process"
 	"github.com/tensorlake/tl-agent/pty"
 	"github.com/tensorlake/tl-agent/sftpd"
 	"github.com/tensorlake/tl-agent/sshd"
@@ -15,169 +19,141 @@ import (
 
 // Status is the agent's state as the operator sees it: GET /status on the
 // control socket, printed by `tl-agent status` (WriteText) or as JSON
-// (--json). Agent.Status is the one place it is built. Fields are in key
-// order, as both forms list them; a part that is absent is left out.
+// (--json). Agent.Status is the one place it is built, and the agent's
+// metrics are read from it (metrics_emit.go), so both show the same
+// figures. Fields are in key order, as both forms list them; a part that
+// is absent is left out.
 type Status struct {
+	APIRequests map[string]int64           `json:"api_requests,omitempty"` // by status code, from the API histogram
+	Cgroup      *CgroupStatus              `json:"cgroup,omitempty"`
 	Goroutines  int                        `json:"goroutines"`
 	Headroom    *supervisor.HeadroomStatus `json:"headroom,omitempty"`
 	HeapBytes   uint64                     `json:"heap_bytes"`
+	OpenFDs     int                        `json:"open_fds"` // -1: unknown
 	PID         int                        `json:"pid"`
-	Processes   *ProcessCounts             `json:"processes,omitempty"`
+	Processes   *process.Stats             `json:"processes,omitempty"`
 	PTYSessions *pty.Stats                 `json:"pty_sessions,omitempty"`
 	Reaper      *ReaperStats               `json:"reaper,omitempty"`
+	RSSBytes    int64                      `json:"rss_bytes"` // -1: unknown
 	SandboxID   string                     `json:"sandbox_id"`
 	SFTP        *sftpd.Stats               `json:"sftp,omitempty"`
 	SSH         *sshd.Stats                `json:"ssh,omitempty"`
+	Streams     map[string]StreamStats     `json:"streams"` // uplink streams by kind, over every uplink
 	SysBytes    uint64                     `json:"sys_bytes"`
 	Uplink      UplinkStatus               `json:"uplink"`
 	UptimeSecs  int64                      `json:"uptime_secs"`
 	Version     string                     `json:"version"`
 }
 
-// ProcessCounts are the process table's running and total processes.
-type ProcessCounts struct {
-	Running int `json:"running"`
-	Total   int `json:"total"`
+// CgroupStatus is the sandbox cgroup's figures and its OOM kill count (the
+// reaper's OOM counter; -1 when there is none to read).
+type CgroupStatus struct {
+	supervisor.CgroupStats
+	OOMKills int64 `json:"oom_kills"`
 }
 
 // ReaperStats are the reaper's counts.
 type ReaperStats struct {
 	Live          int64 `json:"live"`           // started and not yet reaped
 	OrphansReaped int64 `json:"orphans_reaped"` // reaped children nobody started through it
+	Reaped        int64 `json:"reaped"`         // started through it and reaped
 	Started       int64 `json:"started"`
 }
 
 // UplinkStatus is what the operator sees of the uplink.
 type UplinkStatus struct {
-	ConnectedSince string `json:"connected_since,omitempty"` // RFC 3339, UTC
-	LastError      string `json:"last_error"`
-	Reconnects     int    `json:"reconnects"`
-	Remote         string `json:"remote"`
-	State          string `json:"state"` // connecting, connected, listening, refused, disconnected
+	Connects       int     `json:"connects"`                  // uplinks established
+	ConnectedSecs  float64 `json:"connected_secs"`            // time connected, in all
+	ConnectedSince string  `json:"connected_since,omitempty"` // RFC 3339, UTC
+	LastError      string  `json:"last_error"`
+	Reconnects     int     `json:"reconnects"`
+	Remote         string  `json:"remote"`
+	State          string  `json:"state"` // connecting, connected, listening, refused, disconnected
 }
 
 // StatSources are the parts' counters the status shows; nil ones are left
 // out of it.
 type StatSources struct {
-	PTY    func() pty.Stats
-	SSH    func() sshd.Stats
-	SFTP   func() sftpd.Stats
-	Reaper func() ReaperStats
+	PTY       func() pty.Stats
+	SSH       func() sshd.Stats
+	SFTP      func() sftpd.Stats
+	Processes func() process.Stats
+	Reaper    func() ReaperStats
 	// Headroom: PID 1's OOM score, the workload cgroup or why none.
 	Headroom func() supervisor.HeadroomStatus
+	// Cgroup: the sandbox cgroup's usage and limits.
+	Cgroup func() CgroupStatus
+}
+
+// part calls f when set and returns a pointer to its result, else nil.
+func part[T any](f func() T) *T {
+	if f == nil {
+		return nil
+	}
+	v := f()
+	return &v
 }
 
 // Status builds the agent's status.
 func (a *Agent) Status() Status {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	st := Status{
-		Goroutines: runtime.NumGoroutine(),
-		HeapBytes:  ms.HeapAlloc,
-		PID:        os.Getpid(),
-		SandboxID:  a.cfg.SandboxID,
-		SysBytes:   ms.Sys,
-		Uplink:     a.link.snapshot(),
-		UptimeSecs: int64(time.Since(a.started).Seconds()),
-		Version:    a.version,
+	rss, fds := selfUsage()
+	return Status{
+		APIRequests: a.met.apiCounts(),
+		Cgroup:      part(a.stats.Cgroup),
+		Goroutines:  runtime.NumGoroutine(),
+		Headroom:    part(a.stats.Headroom),
+		HeapBytes:   ms.HeapAlloc,
+		OpenFDs:     fds,
+		PID:         os.Getpid(),
+		Processes:   part(a.stats.Processes),
+		PTYSessions: part(a.stats.PTY),
+		Reaper:      part(a.stats.Reaper),
+		RSSBytes:    rss,
+		SandboxID:   a.cfg.SandboxID,
+		SFTP:        part(a.stats.SFTP),
+		SSH:         part(a.stats.SSH),
+		Streams:     a.met.streams.snapshot(),
+		SysBytes:    ms.Sys,
+		Uplink:      a.link.snapshot(),
+		UptimeSecs:  int64(time.Since(a.started).Seconds()),
+		Version:     a.version,
 	}
-	if a.procs != nil {
-		running, total := a.procs.Counts()
-		st.Processes = &ProcessCounts{Running: running, Total: total}
-	}
-	if f := a.stats.PTY; f != nil {
-		v := f()
-		st.PTYSessions = &v
-	}
-	if f := a.stats.Reaper; f != nil {
-		v := f()
-		st.Reaper = &v
-	}
-	if f := a.stats.Headroom; f != nil {
-		v := f()
-		st.Headroom = &v
-	}
-	if f := a.stats.SSH; f != nil {
-		v := f()
-		st.SSH = &v
-	}
-	if f := a.stats.SFTP; f != nil {
-		v := f()
-		st.SFTP = &v
-	}
-	return st
 }
 
 // WriteText prints st as `tl-agent status` does: one "key: value" line
-// each, in key order, a part's counts indented under its name.
+// each, in key order, a part's (or a map's) entries indented under its
+// name. It prints the JSON form's keys and values, so the two cannot
+// drift apart.
 func (st Status) WriteText(w io.Writer) {
-	line := func(indent, k string, v any) { fmt.Fprintf(w, "%s%-18s %v\n", indent, k+":", v) }
-	part := func(k string) { fmt.Fprintf(w, "%s:\n", k) }
-	line("", "goroutines", st.Goroutines)
-	if h := st.Headroom; h != nil {
-		part("headroom")
-		line("  ", "agent_oom_score_adj", h.AgentOOMScoreAdj)
-		line("  ", "child_oom_score_adj", h.ChildOOMScoreAdj)
-		line("  ", "headroom_failed", h.Failed)
-		if h.LowerRefused != "" {
-			line("  ", "lower_refused", h.LowerRefused)
+	data, err := json.Marshal(st)
+	if err != nil {
+		fmt.Fprintln(w, "status:", err)
+		return
+	}
+	var m map[string]any
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
+		fmt.Fprintln(w, "status:", err)
+		return
+	}
+	writeTree(w, "", m)
+}
+
+func writeTree(w io.Writer, indent string, m map[string]any) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if sub, ok := m[k].(map[string]any); ok {
+			fmt.Fprintf(w, "%s%s:\n", indent, k)
+			writeTree(w, indent+"  ", sub)
+			continue
 		}
-		line("  ", "workload_cgroup", h.Workload)
-		if h.Version != "" {
-			line("  ", "workload_cgroup_version", h.Version)
-		}
-		if h.MemoryMax > 0 {
-			line("  ", "workload_memory_max", h.MemoryMax)
-		}
-		if h.WorkloadNone != "" {
-			line("  ", "workload_none", h.WorkloadNone)
-		}
-		if h.PidsMax > 0 {
-			line("  ", "workload_pids_max", h.PidsMax)
-		}
+		fmt.Fprintf(w, "%s%-18s %v\n", indent, k+":", m[k])
 	}
-	line("", "heap_bytes", st.HeapBytes)
-	line("", "pid", st.PID)
-	if p := st.Processes; p != nil {
-		part("processes")
-		line("  ", "running", p.Running)
-		line("  ", "total", p.Total)
-	}
-	if p := st.PTYSessions; p != nil {
-		part("pty_sessions")
-		line("  ", "clients", p.Clients)
-		line("  ", "clients_dropped", p.ClientsDropped)
-		line("  ", "kept", p.Kept)
-		line("  ", "live", p.Live)
-	}
-	if r := st.Reaper; r != nil {
-		part("reaper")
-		line("  ", "live", r.Live)
-		line("  ", "orphans_reaped", r.OrphansReaped)
-		line("  ", "started", r.Started)
-	}
-	line("", "sandbox_id", st.SandboxID)
-	if s := st.SFTP; s != nil {
-		part("sftp")
-		line("  ", "sessions", s.Sessions)
-		line("  ", "sessions_total", s.SessionsTotal)
-	}
-	if s := st.SSH; s != nil {
-		part("ssh")
-		line("  ", "connections", s.Connections)
-		line("  ", "connections_total", s.ConnectionsTotal)
-		line("  ", "listener_connections", s.ListenerConnections)
-	}
-	line("", "sys_bytes", st.SysBytes)
-	u := st.Uplink
-	part("uplink")
-	if u.ConnectedSince != "" {
-		line("  ", "connected_since", u.ConnectedSince)
-	}
-	line("  ", "last_error", u.LastError)
-	line("  ", "reconnects", u.Reconnects)
-	line("  ", "remote", u.Remote)
-	line("  ", "state", u.State)
-	line("", "uptime_secs", st.UptimeSecs)
-	line("", "version", st.Version)
 }

@@ -20,14 +20,15 @@ import (
 type streamHandler func(ctx context.Context, c *countedConn, h uplink.Header, lim *streamLimits, log zerolog.Logger)
 
 // streamHandlers is the one map from stream kind to what serves it: the
-// agent's own kinds (api, tcp, unix) and the capabilities' stream servers
+// agent's own kinds (api, tcp, unix, metrics) and the capabilities' stream servers
 // (ssh, sftp), which get the connection and a streams.Peer, never the
 // wire header. A capability may not take over an agent kind.
 func (a *Agent) streamHandlers(servers map[string]streams.Server) map[string]streamHandler {
 	m := map[string]streamHandler{
-		uplink.KindAPI:  a.serveAPI,
-		uplink.KindTCP:  a.serveDial,
-		uplink.KindUnix: a.serveDial,
+		uplink.KindAPI:     a.serveAPI,
+		uplink.KindTCP:     a.serveDial,
+		uplink.KindUnix:    a.serveDial,
+		uplink.KindMetrics: a.serveMetrics,
 	}
 	for kind, srv := range servers {
 		if _, taken := m[kind]; taken || srv == nil {

@@ -42,7 +42,9 @@ type linkState struct {
 	mu         sync.Mutex
 	state      string // connecting, connected, refused, disconnected
 	since      time.Time
+	connects   int
 	reconnects int
+	upFor      time.Duration // connected time of the links that ended
 	lastErr    string
 	remote     string
 }
@@ -50,10 +52,14 @@ type linkState struct {
 func (l *linkState) set(state, remote string, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.state == "connected" && state != "connected" {
+		l.upFor += time.Since(l.since)
+	}
 	if state == "connected" {
 		if !l.since.IsZero() {
 			l.reconnects++
 		}
+		l.connects++
 		l.since = time.Now()
 		l.remote = remote
 	}
@@ -66,7 +72,12 @@ func (l *linkState) set(state, remote string, err error) {
 func (l *linkState) snapshot() UplinkStatus {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	u := UplinkStatus{State: l.state, Reconnects: l.reconnects, LastError: l.lastErr, Remote: l.remote}
+	u := UplinkStatus{State: l.state, Connects: l.connects, Reconnects: l.reconnects, LastError: l.lastErr, Remote: l.remote}
+	up := l.upFor
+	if l.state == "connected" {
+		up += time.Since(l.since)
+	}
+	u.ConnectedSecs = up.Seconds()
 	if !l.since.IsZero() {
 		u.ConnectedSince = l.since.UTC().Format(time.RFC3339)
 	}

@@ -91,6 +91,7 @@ func buildParts(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (Part
 	procs := process.New(pcfg, log, reaper)
 	p.Caps = append(p.Caps, procs)
 	p.Procs = procs
+	p.Stats.Processes = procs.Stats
 	stops = append(stops, procs.Close)
 
 	// Boot services (supervised processes of the table) and hooks, as the

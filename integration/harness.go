@@ -91,6 +91,9 @@ type Options struct {
 	SSHKeys string
 	// ProxyArgs are appended to tl-proxy's flags (e.g. uplink TLS).
 	ProxyArgs []string
+	// ProxyConfig entries are added to the proxy's config file (e.g.
+	// operator_keys).
+	ProxyConfig map[string]any
 	// SandboxUser is the sandbox's "user" in the proxy config (the
 	// agent's --user, for the SSH front door's port routes).
 	SandboxUser string
@@ -159,6 +162,9 @@ func Start(t TB, opts Options) *System {
 		"sandboxes": map[string]any{s.SandboxID: sandbox},
 		"api_keys":  map[string]string{s.APIKey: "tester"},
 		"domain":    "sandbox.localhost",
+	}
+	for k, v := range opts.ProxyConfig {
+		cfg[k] = v
 	}
 	if opts.SSHKeys != "" {
 		cfg["ssh_authorized_keys"] = opts.SSHKeys

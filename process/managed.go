@@ -298,6 +298,7 @@ func (m *managed) autoRestart() {
 	m.timer = nil
 	m.nextRestart = time.Time{}
 	m.restarts++
+	m.t.counts.restarts.Add(1)
 	if err := m.launch(); err != nil {
 		if errors.Is(err, ErrShuttingDown) {
 			// The shutdown sweep has begun: nothing restarts any more.
@@ -347,6 +348,7 @@ func (m *managed) restart() (*Process, error) {
 	m.stopped = false
 	m.nextRestart = time.Time{}
 	m.restarts++
+	m.t.counts.restarts.Add(1)
 	m.backoff.Reset()
 	if err := m.launch(); err != nil {
 		m.setCurrentLocked(old)
@@ -450,6 +452,7 @@ func (m *managed) recordHealth(p *Process, err error) (kill bool) {
 		return false
 	}
 	m.healthFails++
+	m.t.counts.healthFails.Add(1)
 	if m.healthFails >= h.FailureThreshold {
 		if m.healthStatus != hUnhealthy {
 			m.t.log.Warn().Str("name", m.id).Err(err).Int("failures", m.healthFails).Msg("health check failing")

@@ -137,8 +137,9 @@ type Table struct {
 	followers   int                 // guarded by mu; open follow streams
 	closing     bool                // guarded by mu
 
-	wg   sync.WaitGroup // watchers, health loops, janitor
-	stop chan struct{}
+	wg     sync.WaitGroup // watchers, health loops, janitor
+	stop   chan struct{}
+	counts counts // for Stats
 }
 
 // New returns an empty table; call Close at shutdown.
@@ -226,6 +227,7 @@ func (t *Table) startWith(s *spec, m *managed, owned bool) (*Process, error) {
 	}
 	t.byPid[p.pid] = p
 	t.mu.Unlock()
+	t.counts.started.Add(1)
 	t.log.Info().Int("pid", p.pid).Int("handle", handle).Str("command", s.command).Str("user", s.user.Name).Msg("process started")
 	return p, nil
 }
@@ -375,6 +377,7 @@ func (t *Table) watch(p *Process, reads []*os.File, got []*atomic.Int64, capWG *
 	t.mu.Lock()
 	t.live--
 	t.mu.Unlock()
+	t.counts.exited(e, oom)
 	close(p.done)
 	t.log.Info().Int("pid", p.pid).Int("handle", p.handle).Str("exit", e.String()).Bool("oom_killed", oom).Msg("process ended")
 	if p.managed != nil {

@@ -43,6 +43,14 @@ type Config struct {
 	SSHHostKey string `json:"ssh_host_key,omitempty"`
 	// SSHLimits bound each SSH front door user (sshlimits.go).
 	SSHLimits SSHLimits `json:"ssh_limits,omitempty"`
+	// OperatorKeys maps an operator key to a name used in logs: the
+	// Bearer credential of the operator door (--operator-addr, operator.go),
+	// which is not the users' front door. API keys are not accepted there.
+	OperatorKeys map[string]string `json:"operator_keys,omitempty"`
+	// OperatorOpenLoopback lets the operator door answer without a key
+	// when it listens on a loopback address (a Prometheus beside the
+	// proxy). Off by default; ignored on any other address.
+	OperatorOpenLoopback bool `json:"operator_open_loopback,omitempty"`
 
 	// Limits are the front doors' bounds; they come from flags, not the
 	// file. The zero value turns every bound off (tests that build a
@@ -269,6 +277,14 @@ func (c *Config) Validate() error {
 		}
 		if err := validatePorts(id, s.PublicPorts); err != nil {
 			return err
+		}
+	}
+	for key, name := range c.OperatorKeys {
+		if len(key) < 16 {
+			return fmt.Errorf("config: operator key %q: shorter than 16 characters", name)
+		}
+		if _, ok := c.APIKeys[key]; ok {
+			return fmt.Errorf("config: operator key %q is also an API key: use a key of its own", name)
 		}
 	}
 	for key, ids := range c.APIKeyScopes {

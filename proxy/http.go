@@ -29,6 +29,8 @@ type Proxy struct {
 	rp        *httputil.ReverseProxy
 
 	inflight *inflight // proxied requests per sandbox
+	met      *proxyMetrics
+	operator *operatorDoor // the operator door's state (operator.go)
 
 	// serveSSH is the SSH front door, set by sshfront.go when configured.
 	serveSSH func(ctx context.Context, ln net.Listener) error
@@ -51,6 +53,9 @@ func New(cfg *Config, log zerolog.Logger) *Proxy {
 	// Pooled streams of a link that went away are useless; drop them so
 	// the next request dials the new link.
 	p.reg.onChange = func(string) { p.transport.CloseIdleConnections() }
+	p.met = newProxyMetrics(p.reg)
+	p.reg.count = p.met.countStream
+	p.operator = newOperatorDoor()
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:       func(*httputil.ProxyRequest) {},
 		Transport:     p.transport,

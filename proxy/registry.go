@@ -40,6 +40,9 @@ type Registry struct {
 	// onChange is called (outside mu) when a sandbox's link comes or goes,
 	// so HTTP transports can drop pooled streams of a dead link.
 	onChange func(id string)
+	// count wraps each opened stream to count its bytes (the metrics);
+	// nil counts nothing. Set before use.
+	count func(c net.Conn, kind string) net.Conn
 }
 
 // linkMem is the proxy's memory of one sandbox's links (lost when the
@@ -365,5 +368,8 @@ func (r *Registry) Open(ctx context.Context, id string, h uplink.Header) (net.Co
 		return nil, ctx.Err()
 	}
 	_ = c.SetDeadline(time.Time{})
+	if r.count != nil {
+		c = r.count(c, h.Kind)
+	}
 	return c, nil
 }

@@ -18,15 +18,16 @@ import (
 
 // Listeners are the proxy's sockets; nil ones are not served.
 type Listeners struct {
-	Uplink net.Listener
-	HTTP   net.Listener
-	SSH    net.Listener
+	Uplink   net.Listener
+	HTTP     net.Listener
+	SSH      net.Listener
+	Operator net.Listener // the operator door (operator.go)
 }
 
-// Addrs are the proxy's listen addresses; an empty SSH address opens no
-// SSH front door.
+// Addrs are the proxy's listen addresses; an empty SSH or Operator
+// address opens no such door.
 type Addrs struct {
-	Uplink, HTTP, SSH string
+	Uplink, HTTP, SSH, Operator string
 }
 
 // Listen opens the listeners of a. uplinkTLS, when not nil, wraps the
@@ -51,12 +52,17 @@ func Listen(a Addrs, uplinkTLS *tls.Config) (ls Listeners, err error) {
 			return ls, fmt.Errorf("ssh listener: %w", err)
 		}
 	}
+	if a.Operator != "" {
+		if ls.Operator, err = net.Listen("tcp", a.Operator); err != nil {
+			return ls, fmt.Errorf("operator listener: %w", err)
+		}
+	}
 	return ls, nil
 }
 
 // Close closes the listeners that are open.
 func (ls Listeners) Close() {
-	for _, l := range []net.Listener{ls.Uplink, ls.HTTP, ls.SSH} {
+	for _, l := range []net.Listener{ls.Uplink, ls.HTTP, ls.SSH, ls.Operator} {
 		if l != nil {
 			l.Close()
 		}
@@ -75,7 +81,7 @@ func UplinkTLS(certFile, keyFile string) (*tls.Config, error) {
 
 // Run serves until ctx ends, then closes everything and waits for it.
 func (p *Proxy) Run(ctx context.Context, ls Listeners) error {
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	if ls.Uplink != nil {
 		p.track(func() { errc <- p.ServeUplinks(ctx, ls.Uplink) })
 	}
@@ -114,6 +120,9 @@ func (p *Proxy) Run(ctx context.Context, ls Listeners) error {
 	if ls.SSH != nil && p.serveSSH != nil {
 		p.track(func() { errc <- p.serveSSH(ctx, ls.SSH) })
 	}
+	if ls.Operator != nil {
+		p.serveOperator(ctx, ls.Operator, errc)
+	}
 	var err error
 	select {
 	case <-ctx.Done():
@@ -121,6 +130,38 @@ func (p *Proxy) Run(ctx context.Context, ls Listeners) error {
 	}
 	p.Wait()
 	return err
+}
+
+// serveOperator serves the operator door on ln until ctx ends.
+func (p *Proxy) serveOperator(ctx context.Context, ln net.Listener, errc chan<- error) {
+	srv := &http.Server{
+		Handler:           p.OperatorHandler(p.OperatorOpen(ln)),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          stdlog.New(p.log.With().Str("component", "operator").Logger(), "", 0),
+	}
+	lim := netx.ListenWith(ln, &netx.Limiter{Total: OperatorConns}, p.log, refuseHTTP)
+	p.track(func() {
+		err := srv.Serve(lim)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		errc <- err
+	})
+	p.track(func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	})
+}
+
+// CheckOperator says why the operator door on ln could not be used: no
+// operator key, and not open on loopback.
+func (p *Proxy) CheckOperator(ln net.Listener) error {
+	if len(p.cfg.OperatorKeys) == 0 && !p.OperatorOpen(ln) {
+		return fmt.Errorf("operator door on %s: no operator_keys in the config (or operator_open_loopback on a loopback address): nobody could use it", ln.Addr())
+	}
+	return nil
 }
 
 // refuseHTTP answers a connection over a cap before it is closed, so the
@@ -141,7 +182,7 @@ func (p *Proxy) Handler() http.Handler {
 	// with Allow (httpx.Routes) and never goes on to a sandbox.
 	mux.Handle("/_proxy/sandboxes", httpx.Routes(own))
 	mux.Handle("/", p)
-	return mux
+	return p.met.instrumentFront(mux, p.routeKind)
 }
 
 // handleSandboxes lists known sandboxes and their links (API key needed);

@@ -176,17 +176,22 @@ func (f *sshFront) serveConn(ctx context.Context, c net.Conn) {
 	// that only queries keys (or never finishes) is dropped at it.
 	_ = c.SetDeadline(time.Now().Add(f.lim.handshakeTimeout()))
 	st := &frontConn{chans: newQuota(f.lim.ChannelsPerConn), unstarted: newQuota(f.lim.UnstartedPerConn)}
+	denied := false // a key or route was refused: the login's result if it fails
 	cfg := &gossh.ServerConfig{
 		PublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
-			return nil, f.authorize(st, meta.User(), key)
+			err := f.authorize(st, meta.User(), key)
+			denied = denied || err != nil
+			return nil, err
 		},
 		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey, perms *gossh.Permissions, _ string) (*gossh.Permissions, error) {
 			// Authorize again with the key that signed, so st describes
 			// it whatever other keys the client queried before.
 			if err := f.authorize(st, meta.User(), key); err != nil {
+				denied = true
 				return nil, err
 			}
 			if err := f.linkSandbox(ctx, st, c.RemoteAddr().String()); err != nil {
+				denied = true
 				log.Info().Err(err).Str("user", meta.User()).Str("key", st.key.name).Msg("ssh refused")
 				return nil, err
 			}
@@ -197,6 +202,7 @@ func (f *sshFront) serveConn(ctx context.Context, c net.Conn) {
 	}
 	cfg.AddHostKey(f.signer)
 	conn, chans, reqs, err := gossh.NewServerConn(c, cfg)
+	f.p.met.sshLogin(err, denied)
 	if err != nil {
 		if st.agent != nil {
 			st.agent.close()

@@ -118,6 +118,7 @@ func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
 	hello, err := uplink.ReadHello(c)
 	if err != nil {
+		p.handshake(hsBadHello)
 		log.Warn().Err(err).Msg("bad uplink hello")
 		_ = uplink.WriteWelcome(c, uplink.Welcome{Code: uplink.CodeBadHandshake, Error: "malformed hello"})
 		return
@@ -135,23 +136,27 @@ func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 	case uplink.VersionLegacy:
 		register = p.authV1(hello, l, log, refuse)
 	default:
+		p.handshake(hsBadVersion)
 		refuse(uplink.CodeBadVersion, "protocol version mismatch: proxy speaks "+strconv.Itoa(uplink.VersionLegacy)+" and "+strconv.Itoa(uplink.Version)+", agent "+strconv.Itoa(hello.Version))
 		return
 	}
 	if register == nil {
+		p.handshake(hsBadCredential)
 		return // refused, and answered
 	}
 	sess, err := yamux.Client(uplink.Coalesce(c), uplink.MuxConfig(p.log))
 	if err != nil {
+		p.handshake(hsError)
 		return
 	}
 	defer sess.Close()
 	l.sess = sess
 	if err := register(l); err != nil {
-		code := uplink.CodeDuplicate
+		code, result := uplink.CodeDuplicate, hsDuplicate
 		if errors.Is(err, errResume) {
-			code = uplink.CodeResumeRefused
+			code, result = uplink.CodeResumeRefused, hsResumeRefused
 		}
+		p.handshake(result)
 		refuse(code, err.Error())
 		return
 	}
@@ -160,8 +165,10 @@ func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 	// soon as the agent sees it connected finds the link. yamux has not
 	// written anything yet: its first frames follow the welcome.
 	if err := uplink.WriteWelcomeV(c, hello.Version, uplink.Welcome{OK: true}); err != nil {
+		p.handshake(hsError)
 		return
 	}
+	p.handshake(hsOK)
 	_ = c.SetDeadline(time.Time{})
 	log.Info().Str("agent_version", l.AgentVersion).Bool("resumed", l.Resumed).Msg("uplink connected")
 	// The link owns the goroutines that drain the agent's streams: they
@@ -184,6 +191,9 @@ func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 	case <-ctx.Done():
 	}
 }
+
+// handshake counts one uplink handshake's result.
+func (p *Proxy) handshake(result string) { p.met.handshakes.WithLabelValues(result).Inc() }
 
 // authV1 checks a version 1 hello (the token in clear). It returns the
 // registration to run, or nil after answering a refusal. An unknown id and

@@ -155,7 +155,7 @@ func (m *Manager) handleResize(w http.ResponseWriter, r *http.Request) {
 
 func (m *Manager) handleKill(w http.ResponseWriter, r *http.Request) {
 	if s := m.lookup(w, r); s != nil {
-		s.kill("deleted through the API")
+		s.kill(EndDeleted, "deleted through the API")
 		w.WriteHeader(http.StatusNoContent)
 	}
 }

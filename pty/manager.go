@@ -107,6 +107,41 @@ type Manager struct {
 	closing  bool                // guarded by mu
 	wg       sync.WaitGroup      // session and client goroutines
 	dropped  atomic.Int64        // clients dropped by the agent (slow, no pong, shutdown)
+	created  atomic.Int64        // sessions started
+	endings  endCounts           // sessions ended, by reason
+}
+
+// Reasons a session ended, as Stats.Ended counts them.
+const (
+	EndExit      = "exit"       // its process exited by itself (or by a signal not ours)
+	EndOOMKilled = "oom_killed" // the OOM killer ended it
+	EndIdle      = "idle"       // no client attached for the idle timeout
+	EndDeleted   = "deleted"    // deleted through the API
+	EndShutdown  = "shutdown"   // the agent shut down
+)
+
+// endCounts counts ended sessions for each reason; the set is fixed, so
+// reading needs no lock.
+type endCounts struct{ exit, oom, idle, deleted, shutdown atomic.Int64 }
+
+func (e *endCounts) count(reason string) {
+	switch reason {
+	case EndOOMKilled:
+		e.oom.Add(1)
+	case EndIdle:
+		e.idle.Add(1)
+	case EndDeleted:
+		e.deleted.Add(1)
+	case EndShutdown:
+		e.shutdown.Add(1)
+	default:
+		e.exit.Add(1)
+	}
+}
+
+func (e *endCounts) snapshot() map[string]int64 {
+	return map[string]int64{EndExit: e.exit.Load(), EndOOMKilled: e.oom.Load(), EndIdle: e.idle.Load(),
+		EndDeleted: e.deleted.Load(), EndShutdown: e.shutdown.Load()}
 }
 
 // NewManager returns a manager that starts children through reaper.
@@ -148,6 +183,7 @@ func (m *Manager) create(sp startSpec) (*Session, error) {
 		return nil, err
 	}
 	m.sessions[s.id] = s
+	m.created.Add(1)
 	return s, nil
 }
 
@@ -286,6 +322,7 @@ func (m *Manager) Close() {
 		s.mu.Lock()
 		if !s.ended {
 			s.killed = true
+			s.killCause = EndShutdown
 			live = append(live, s.scope())
 		}
 		if s.idle != nil {
@@ -360,10 +397,12 @@ func newToken() string {
 // Stats are counts for the operator's status (fields in key order: the
 // JSON and `tl-agent status` list them so).
 type Stats struct {
-	Clients        int `json:"clients"`         // attached clients
-	ClientsDropped int `json:"clients_dropped"` // clients the agent dropped since it started
-	Kept           int `json:"kept"`            // ended sessions still kept for queries
-	Live           int `json:"live"`            // live sessions
+	Clients        int              `json:"clients"`         // attached clients
+	ClientsDropped int              `json:"clients_dropped"` // clients the agent dropped since it started
+	Created        int64            `json:"created"`         // sessions started
+	Ended          map[string]int64 `json:"ended"`           // sessions ended, by reason (the End constants)
+	Kept           int              `json:"kept"`            // ended sessions still kept for queries
+	Live           int              `json:"live"`            // live sessions
 }
 
 // Stats reports counts for the operator's status.
@@ -381,5 +420,6 @@ func (m *Manager) Stats() Stats {
 		clients += len(s.clients)
 		s.mu.Unlock()
 	}
-	return Stats{Live: live, Kept: len(sessions) - live, Clients: clients, ClientsDropped: int(m.dropped.Load())}
+	return Stats{Live: live, Kept: len(sessions) - live, Clients: clients, ClientsDropped: int(m.dropped.Load()),
+		Created: m.created.Load(), Ended: m.endings.snapshot()}
 }

@@ -50,6 +50,7 @@ type Session struct {
 	endedAt   time.Time
 	killed    bool // ended by DELETE, idle timeout or shutdown: clients get 1001
 	oomKilled bool
+	killCause string       // guarded by mu; the End reason of a kill of ours
 	idle      *pause.Timer // runs while no client is attached
 	killTimer *pause.Timer // SIGKILL after the grace period
 	forget    *pause.Timer // forgets the ended session (guarded by m.mu)
@@ -267,8 +268,16 @@ func (s *Session) end(exit supervisor.Exit) {
 		c.wakeUp()
 	}
 	killed := s.killed
+	reason := EndExit
+	switch {
+	case killed && s.killCause != "":
+		reason = s.killCause
+	case s.oomKilled:
+		reason = EndOOMKilled
+	}
 	close(s.done)
 	s.mu.Unlock()
+	s.m.endings.count(reason)
 	_ = s.master.Close()
 	s.log.Info().Str("exit", exit.String()).Bool("killed", killed).Int64("output_bytes", s.outputTotal()).Msg("pty session ended")
 	s.m.sessionEnded(s)
@@ -282,13 +291,14 @@ func (s *Session) outputTotal() int64 {
 
 // kill hangs up the session's processes and kills them after the grace
 // period, background children included.
-func (s *Session) kill(reason string) {
+func (s *Session) kill(cause, reason string) {
 	s.mu.Lock()
 	if s.ended || s.killed {
 		s.mu.Unlock()
 		return
 	}
 	s.killed = true
+	s.killCause = cause
 	s.killTimer = s.m.cfg.Pause.AfterFunc(s.m.cfg.KillGrace, func() { s.signal(syscall.SIGKILL) })
 	s.mu.Unlock()
 	s.log.Info().Str("reason", reason).Msg("killing pty session")
@@ -363,7 +373,7 @@ func (s *Session) idleExpired() {
 	idle := len(s.clients) == 0 && !s.ended
 	s.mu.Unlock()
 	if idle {
-		s.kill("idle: no client attached for " + s.m.cfg.IdleTimeout.String())
+		s.kill(EndIdle, "idle: no client attached for "+s.m.cfg.IdleTimeout.String())
 	}
 }
 

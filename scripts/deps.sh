@@ -15,6 +15,9 @@ have ps         || need+=(procps)
 have curl       || need+=(curl)
 # A server inside the sandbox for the port-route tests (public ports).
 [ -x /usr/bin/python3 ] || need+=(python3)
+# The metrics proof (integration/metrics_test.go) scrapes the operator
+# door with a real Prometheus server.
+have prometheus || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 have npm        || need+=(npm)
 # X11 forwarding (integration/x11_test.go): an X server for the ssh
 # client, X clients and xauth for the sandbox (whose root is this one's).

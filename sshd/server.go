@@ -89,6 +89,7 @@ type Server struct {
 	ln       net.Listener      // guarded by mu
 	wg       sync.WaitGroup    // connections and the accept loop
 	sessions sync.WaitGroup    // session handlers and their input copies; Add only under mu while !closing
+	channels channelCounts     // channels opened, by type (both servers)
 }
 
 // New returns a server with a fresh in-memory ed25519 host key. The proxy
@@ -134,6 +135,10 @@ func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Server, er
 	s.uplink = s.newGlider(false)
 	if cfg.Listen != "" {
 		s.direct = s.newGlider(true)
+	}
+	s.channels = countChannels(s.uplink, channelCounts{})
+	if s.direct != nil {
+		countChannels(s.direct, s.channels)
 	}
 	return s, nil
 }
@@ -368,14 +373,15 @@ func (s *Server) startSession() bool {
 
 // Stats are the open SSH connections, for the operator's status.
 type Stats struct {
-	Connections         int `json:"connections"`          // all open connections
-	ListenerConnections int `json:"listener_connections"` // of them, via the in-sandbox listener
-	ConnectionsTotal    int `json:"connections_total"`    // served since start
+	Channels            map[string]int64 `json:"channels"`             // channels clients opened, by type
+	Connections         int              `json:"connections"`          // all open connections
+	ConnectionsTotal    int              `json:"connections_total"`    // served since start
+	ListenerConnections int              `json:"listener_connections"` // of them, via the in-sandbox listener
 }
 
 // Stats reports open SSH connections for the operator's status.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Stats{Connections: len(s.conns), ListenerConnections: s.nListen, ConnectionsTotal: s.served}
+	return Stats{Connections: len(s.conns), ListenerConnections: s.nListen, ConnectionsTotal: s.served, Channels: s.channels.snapshot()}
 }

@@ -16,6 +16,10 @@ const (
 	KindSFTP = "sftp" // a bare SFTP session as the sandbox user (the SSH front door's sftp subsystem)
 	KindTCP  = "tcp"  // a TCP port on 127.0.0.1 inside the sandbox
 	KindUnix = "unix" // a unix socket inside the sandbox
+	// KindMetrics asks for the agent's metrics: the agent replies OK,
+	// writes them in Prometheus text format and closes. Only the proxy's
+	// operator door opens it; no user route names it.
+	KindMetrics = "metrics"
 	// KindBye is the one stream the agent opens: at an orderly shutdown it
 	// says goodbye, so the proxy knows the sandbox left (a reboot may then
 	// use the base token at once). The agent never accepts it.
@@ -75,7 +79,7 @@ func ParseTarget(s string) (Header, error) {
 // Validate checks a header as received; the agent calls it before acting.
 func (h Header) Validate() error {
 	switch h.Kind {
-	case KindAPI, KindSSH, KindSFTP:
+	case KindAPI, KindSSH, KindSFTP, KindMetrics:
 		return nil
 	case KindTCP:
 		if h.Port < 1 || h.Port > 65535 {

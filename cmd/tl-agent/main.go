@@ -4,6 +4,7 @@
 //
 //	tl-agent [flags] [-- main command...]   run the agent
 //	tl-agent status [--json|--check]         ask a running agent (control socket)
+//	tl-agent metrics [--socket P]            its metrics, Prometheus text format
 //	tl-agent provision [--root DIR]          create tl-user and host name files, then exit
 //	tl-agent version                         print the version
 //
@@ -36,6 +37,7 @@ Usage:
   tl-agent [flags] [-- command args...]   run as the sandbox's first process
   tl-agent status [--json] [--socket P]   print a running agent's state
   tl-agent status --check                 exit 0 only while the uplink is up
+  tl-agent metrics [--socket P]           print a running agent's metrics (Prometheus text)
   tl-agent provision [--root DIR]         provision tl-user and the host name, then exit
   tl-agent version                        print the version`
 
@@ -48,6 +50,8 @@ func run(args []string) int {
 		switch args[0] {
 		case "status":
 			return statusCmd(args[1:])
+		case "metrics":
+			return metricsCmd(args[1:])
 		case "provision":
 			return provisionCmd(args[1:])
 		case sftpd.Subcommand:

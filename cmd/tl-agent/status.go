@@ -28,14 +28,7 @@ func statusCmd(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	client := &http.Client{
-		Timeout: statusTimeout,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", *sock)
-		}},
-	}
-	resp, err := client.Get("http://agent/status")
+	resp, err := controlClient(*sock).Get("http://agent/status")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "tl-agent status: cannot reach the agent at %s: %v\n", *sock, err)
 		return 1
@@ -55,6 +48,42 @@ func statusCmd(args []string) int {
 		return 1
 	}
 	st.WriteText(os.Stdout)
+	return 0
+}
+
+// controlClient talks HTTP to the agent's control socket at sock.
+func controlClient(sock string) *http.Client {
+	return &http.Client{
+		Timeout: statusTimeout,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}},
+	}
+}
+
+// metricsCmd prints a running agent's metrics in Prometheus text format,
+// as the control socket serves them.
+func metricsCmd(args []string) int {
+	fs := flag.NewFlagSet("tl-agent metrics", flag.ContinueOnError)
+	sock := fs.String("socket", agent.Defaults().ControlSocket, "control socket `path`")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	resp, err := controlClient(*sock).Get("http://agent/metrics")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tl-agent metrics: cannot reach the agent at %s: %v\n", *sock, err)
+		return 1
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(os.Stderr, "tl-agent metrics: the agent answered %s\n", resp.Status)
+		return 1
+	}
+	if _, err := io.Copy(os.Stdout, io.LimitReader(resp.Body, 8<<20)); err != nil {
+		fmt.Fprintf(os.Stderr, "tl-agent metrics: %v\n", err)
+		return 1
+	}
 	return 0
 }
 

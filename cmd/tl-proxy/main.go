@@ -39,6 +39,7 @@ Usage:
 type flags struct {
 	config, stateDir, devSandbox       string
 	uplinkAddr, httpAddr, sshAddr      string
+	operatorAddr                       string
 	connect, logLevel, domain, sshKeys string
 	tlsCert, tlsKey                    string
 	dev                                bool
@@ -70,7 +71,7 @@ func run(args []string) int {
 			return 2
 		}
 	}
-	addrs := proxy.Addrs{Uplink: f.uplinkAddr, HTTP: f.httpAddr}
+	addrs := proxy.Addrs{Uplink: f.uplinkAddr, HTTP: f.httpAddr, Operator: f.operatorAddr}
 	if cfg.SSHAuthorizedKeys != "" {
 		addrs.SSH = f.sshAddr // no users' keys: nobody could log in
 	}
@@ -80,6 +81,14 @@ func run(args []string) int {
 		return 1
 	}
 	p := proxy.New(cfg, log)
+	if ls.Operator != nil {
+		if err := p.CheckOperator(ls.Operator); err != nil {
+			ls.Close()
+			fmt.Fprintln(os.Stderr, "tl-proxy:", err)
+			return 2
+		}
+		log.Info().Str("operator", ls.Operator.Addr().String()).Bool("open", p.OperatorOpen(ls.Operator)).Msg("operator door listening")
+	}
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
 	if f.connect != "" {
@@ -108,6 +117,7 @@ func parseFlags(args []string) (flags, int) {
 	fs.String(&f.uplinkAddr, "uplink-addr", "127.0.0.1:7070", "`addr` where agents connect")
 	fs.String(&f.httpAddr, "http-addr", "127.0.0.1:8080", "`addr` of the HTTP API front door")
 	fs.String(&f.sshAddr, "ssh-addr", "127.0.0.1:2222", "`addr` of the SSH front door (empty: none)")
+	fs.String(&f.operatorAddr, "operator-addr", "", "`addr` of the operator door, GET /metrics with an operator key (empty: none; docs/observability.md)")
 	fs.String(&f.connect, "connect", "", "also keep an uplink to an agent in listen mode at `unix:/path` or tcp:host:port")
 	fs.String(&f.domain, "domain", "", "sandbox host-name `suffix` (overrides the config)")
 	fs.String(&f.sshKeys, "ssh-authorized-keys", "", "users' SSH keys `file` (overrides the config)")
