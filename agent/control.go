@@ -39,6 +39,8 @@ func (a *Agent) serveControl(ctx context.Context) {
 		httpx.WriteJSON(w, http.StatusOK, a.Status())
 	})
 	mux.HandleFunc("POST /hooks/{phase}", a.handleHooks)
+	mux.HandleFunc("POST /lifecycle/{op}", a.handleLifecycle)
+	mux.HandleFunc("GET /lifecycle/{op}", a.handleLifecycle)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.met.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

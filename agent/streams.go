@@ -28,7 +28,8 @@ func (a *Agent) streamHandlers(servers map[string]streams.Server) map[string]str
 		uplink.KindAPI:     a.serveAPI,
 		uplink.KindTCP:     a.serveDial,
 		uplink.KindUnix:    a.serveDial,
-		uplink.KindMetrics: a.serveMetrics,
+		uplink.KindMetrics:   a.serveMetrics,
+		uplink.KindLifecycle: a.serveLifecycle,
 	}
 	for kind, srv := range servers {
 		if _, taken := m[kind]; taken || srv == nil {

@@ -130,5 +130,8 @@ func bindFlags(fs *cli.FlagSet, c *agent.Config) {
 	fs.Duration(&c.Processes.StallTimeout, "proc-stall-timeout", d.Processes.StallTimeout, "drop a run or follow client that takes no output events for this long (a run's tree is killed)")
 	fs.Int(&c.Processes.MaxFollowers, "proc-max-followers", d.Processes.MaxFollowers, "output follow streams open at once, all processes together")
 	fs.Int(&c.Processes.MaxFollowersPerProcess, "proc-max-followers-per-process", d.Processes.MaxFollowersPerProcess, "output follow streams open at once on one process")
+	fs.Bool(&c.OwnsClock, "owns-clock", d.OwnsClock, "a resume may step the wall clock (only a VM's agent owns it; never in a container, whose clock is the host's)")
+	fs.String(&c.FreezeFS, "freeze-fs", d.FreezeFS, "comma-separated mount `points` a prepare freezes (FIFREEZE) when its call names none; only whole block-device file systems the sandbox owns")
+	fs.Duration(&c.ThawAfter, "lifecycle-thaw-after", d.ThawAfter, "thaw a prepared sandbox when no resume comes within this")
 	fs.Bool(&c.ExitWithMain, "exit-with-main", d.ExitWithMain, "end the sandbox when the main command (after --) exits, with its exit code")
 }
