@@ -507,7 +507,9 @@ func writeURandom(seed []byte) error {
 	return err
 }
 
-func errBody(code, msg string) map[string]string { return map[string]string{"error": msg, "code": code} }
+func errBody(code, msg string) map[string]string {
+	return map[string]string{"error": msg, "code": code}
+}
 
 // lifecycleStatus is the status' lifecycle part.
 func (a *Agent) lifecycleStatus() LifecycleStatus {

@@ -30,7 +30,7 @@ type Status struct {
 	Headroom    *supervisor.HeadroomStatus `json:"headroom,omitempty"`
 	HeapBytes   uint64                     `json:"heap_bytes"`
 	Lifecycle   LifecycleStatus            `json:"lifecycle"` // prepare/resume state and last_activity_at
-	OpenFDs     int                        `json:"open_fds"` // -1: unknown
+	OpenFDs     int                        `json:"open_fds"`  // -1: unknown
 	PID         int                        `json:"pid"`
 	Processes   *process.Stats             `json:"processes,omitempty"`
 	PTYSessions *pty.Stats                 `json:"pty_sessions,omitempty"`

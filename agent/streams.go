@@ -25,9 +25,9 @@ type streamHandler func(ctx context.Context, c *countedConn, h uplink.Header, li
 // wire header. A capability may not take over an agent kind.
 func (a *Agent) streamHandlers(servers map[string]streams.Server) map[string]streamHandler {
 	m := map[string]streamHandler{
-		uplink.KindAPI:     a.serveAPI,
-		uplink.KindTCP:     a.serveDial,
-		uplink.KindUnix:    a.serveDial,
+		uplink.KindAPI:       a.serveAPI,
+		uplink.KindTCP:       a.serveDial,
+		uplink.KindUnix:      a.serveDial,
 		uplink.KindMetrics:   a.serveMetrics,
 		uplink.KindLifecycle: a.serveLifecycle,
 	}
