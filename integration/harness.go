@@ -103,6 +103,9 @@ type Options struct {
 	// CgroupV1, when set, gives the namespace sandbox a v1 memory and
 	// pids cgroup of its own with these limits (cgroup.go).
 	CgroupV1 *CgroupV1
+	// ExtraSandboxes are more sandboxes in the proxy's config, id to
+	// token (a clone's identity a resume hands out).
+	ExtraSandboxes map[string]string
 	// EtcTLAgent is a folder copied to the sandbox's /etc/tl-agent (boot
 	// services and hooks, as an image declares them).
 	EtcTLAgent string
@@ -158,8 +161,12 @@ func Start(t TB, opts Options) *System {
 	if opts.SandboxUser != "" {
 		sandbox["user"] = opts.SandboxUser
 	}
+	sandboxes := map[string]any{s.SandboxID: sandbox}
+	for id, tok := range opts.ExtraSandboxes {
+		sandboxes[id] = map[string]string{"token": tok}
+	}
 	cfg := map[string]any{
-		"sandboxes": map[string]any{s.SandboxID: sandbox},
+		"sandboxes": sandboxes,
 		"api_keys":  map[string]string{s.APIKey: "tester"},
 		"domain":    "sandbox.localhost",
 	}

@@ -12,6 +12,7 @@ have unshare    || need+=(util-linux)
 have tmux       || need+=(tmux)
 have ip         || need+=(iproute2)
 have ps         || need+=(procps)
+have mkfs.ext4  || [ -x /usr/sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 have curl       || need+=(curl)
 # A server inside the sandbox for the port-route tests (public ports).
 [ -x /usr/bin/python3 ] || need+=(python3)

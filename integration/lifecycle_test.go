@@ -1,0 +1,255 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// operator is a client of the proxy's operator door.
+type operator struct {
+	t    *testing.T
+	addr string
+	key  string
+}
+
+// call sends method path with body (nil: none) and returns the status
+// and the decoded JSON answer.
+func (o operator) call(method, path string, body any) (int, map[string]any) {
+	o.t.Helper()
+	var r io.Reader
+	if body != nil {
+		data, _ := json.Marshal(body)
+		r = bytes.NewReader(data)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, method, "http://"+o.addr+path, r)
+	if o.key != "" {
+		req.Header.Set("Authorization", "Bearer "+o.key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		o.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(data, &out); err != nil {
+		o.t.Fatalf("%s %s: %d, not JSON: %q", method, path, resp.StatusCode, data)
+	}
+	return resp.StatusCode, out
+}
+
+// lifecycleSystem is a sandbox whose proxy has an operator door, with a
+// second sandbox id (clone) in its config for a resume to hand out.
+func lifecycleSystem(t *testing.T, opts Options, clone, cloneToken string) (*System, operator) {
+	t.Helper()
+	opAddr, opKey := freeAddr(t), "op_"+randHex(16)
+	opts.ProxyArgs = append(opts.ProxyArgs, "--operator-addr", opAddr)
+	opts.ProxyConfig = map[string]any{"operator_keys": map[string]string{opKey: "platform"}}
+	opts.ExtraSandboxes = map[string]string{clone: cloneToken}
+	s := Start(t, opts)
+	waitTCP(t, opAddr, 10*time.Second)
+	return s, operator{t: t, addr: opAddr, key: opKey}
+}
+
+// loopExt4 gives the sandbox a file system of its own at /data: an ext4
+// image made by the test (mkfs.ext4 on a file in the sandbox's throwaway
+// root), loop-mounted inside the sandbox's mount namespace only (nsenter
+// into it), so this machine's mount table never holds it and it ends
+// with the sandbox. Cleanup thaws it (fsfreeze -u, harmless when thawed)
+// and unmounts it, which frees the loop device (mount's autoclear).
+func loopExt4(t *testing.T, s *System) {
+	t.Helper()
+	for _, tool := range []string{"mkfs.ext4", "fsfreeze", "nsenter"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (scripts/deps.sh)", tool)
+		}
+	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		t.Skip("no loop devices here (/dev/loop-control)")
+	}
+	img := s.SandboxPath("/var/tmp/data.ext4")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	if err := os.MkdirAll(s.SandboxPath("/data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := s.Exec("mount", "-o", "loop", "/var/tmp/data.ext4", "/data"); err != nil {
+		t.Skipf("cannot loop-mount an ext4 image in the sandbox: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		_, _ = s.Exec("fsfreeze", "-u", "/data")
+		_, _ = s.Exec("umount", "/data")
+	})
+}
+
+// writeInSandbox starts a write to path inside the sandbox (from this
+// machine, not through the agent) and returns a channel closed when it
+// ends; its process is killed at the end of the test.
+func writeInSandbox(t *testing.T, s *System, path string) <-chan struct{} {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pid := strconv.Itoa(s.AgentPid())
+	cmd := exec.CommandContext(ctx, "nsenter", "-t", pid, "-m", "-p", "-r", "-w", "sh", "-c", "echo written > "+path+" && sync "+path)
+	done := make(chan struct{})
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("write in sandbox: %v", err)
+	}
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return done
+}
+
+func ended(ch <-chan struct{}, within time.Duration) bool {
+	select {
+	case <-ch:
+		return true
+	case <-time.After(within):
+		return false
+	}
+}
+
+// connectedAs reports whether the proxy lists sandbox id as connected.
+func connectedAs(s *System, id string) bool {
+	req, _ := http.NewRequest("GET", s.BaseURL()+"/_proxy/sandboxes", nil)
+	req.Header.Set("Authorization", "Bearer "+s.APIKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Sandboxes []struct {
+			ID        string `json:"id"`
+			Connected bool   `json:"connected"`
+		} `json:"sandboxes"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&out) != nil {
+		return false
+	}
+	for _, sb := range out.Sandboxes {
+		if sb.ID == id {
+			return sb.Connected
+		}
+	}
+	return false
+}
+
+// TestLifecycleThroughOperatorDoor: prepare and resume through tl-proxy's
+// operator door on a sandbox given a loop-mounted ext4 at /data. The file
+// system is really frozen (a write blocks until the resume thaws it); a
+// prepare that fails half-way thaws what it froze; a resume with a new id
+// and secret registers as that sandbox.
+func TestLifecycleThroughOperatorDoor(t *testing.T) {
+	RequireRoot(t)
+	clone, cloneToken := "sbx-clone", randHex(32)
+	s, op := lifecycleSystem(t, Options{AgentArgs: []string{"--freeze-fs", "/data"}}, clone, cloneToken)
+	loopExt4(t, s)
+	base := "/sandboxes/" + s.SandboxID
+
+	rule(t, s, "the door wants the operator key", func(t *testing.T) {
+		anon := operator{t: t, addr: op.addr}
+		if code, out := anon.call("POST", base+"/prepare", map[string]any{}); code != http.StatusUnauthorized {
+			t.Fatalf("prepare without a key: %d %v", code, out)
+		}
+		if code, out := op.call("POST", "/sandboxes/nosuch/prepare", nil); code != http.StatusNotFound {
+			t.Fatalf("unknown sandbox: %d %v", code, out)
+		}
+	})
+
+	rule(t, s, "a failed prepare thaws what it froze", func(t *testing.T) {
+		// /data freezes, then / (the sandbox's overlay) is refused.
+		code, out := op.call("POST", base+"/prepare", map[string]any{"filesystems": []string{"/data", "/"}})
+		if code != http.StatusConflict || out["rolled_back"] != true || out["state"] != "running" {
+			t.Fatalf("prepare of /data and /: %d %v", code, out)
+		}
+		if !ended(writeInSandbox(t, s, "/data/after-rollback"), 20*time.Second) {
+			t.Fatal("a write to /data blocks after the failed prepare: left frozen")
+		}
+	})
+
+	rule(t, s, "prepare freezes the file system until resume", func(t *testing.T) {
+		code, out := op.call("POST", base+"/prepare", map[string]any{"timeout_ms": 20000})
+		if code != http.StatusOK || out["state"] != "prepared" || out["synced"] != true {
+			t.Fatalf("prepare: %d %v", code, out)
+		}
+		fss, _ := out["filesystems"].([]any)
+		if len(fss) != 1 || fss[0].(map[string]any)["frozen"] != true {
+			t.Fatalf("prepare froze %v, want /data", out["filesystems"])
+		}
+		t.Logf("prepare took %v ms", out["took_ms"])
+		if code, st := op.call("GET", base+"/lifecycle", nil); code != 200 || st["state"] != "prepared" {
+			t.Fatalf("status while prepared: %d %v", code, st)
+		}
+		write := writeInSandbox(t, s, "/data/during")
+		if ended(write, time.Second) {
+			t.Fatal("a write to /data went through while it was frozen")
+		}
+		hostTime := time.Now().UTC().Format(time.RFC3339Nano)
+		code, out = op.call("POST", base+"/resume", map[string]any{"host_time": hostTime, "paused_ms": 1000})
+		resumed := time.Now()
+		if code != http.StatusOK || out["was_prepared"] != true {
+			t.Fatalf("resume: %d %v", code, out)
+		}
+		if c, _ := out["clock"].(map[string]any); c == nil || c["stepped"] != false {
+			t.Fatalf("the namespace sandbox's agent stepped the clock (it does not own it): %v", out["clock"])
+		}
+		if !ended(write, 20*time.Second) {
+			t.Fatal("the write blocked on /data still 20 s after the resume")
+		}
+		back := waitHealthy(s, resumed, 20*time.Second)
+		if back < 0 {
+			t.Fatal("the API did not answer through the proxy within 20 s of the resume")
+		}
+		t.Logf("uplink: health answered through the proxy %v after the resume's answer", back.Round(time.Millisecond))
+		data, err := os.ReadFile(s.SandboxPath("/data/during"))
+		if err != nil || strings.TrimSpace(string(data)) != "written" {
+			t.Fatalf("the held write: %q %v", data, err)
+		}
+	})
+
+	rule(t, s, "a resume with a new id and secret registers as the new sandbox", func(t *testing.T) {
+		code, out := op.call("POST", base+"/resume", map[string]any{"sandbox_id": clone, "token": cloneToken, "env": map[string]string{"CLONE_NAME": clone}})
+		if code != http.StatusOK || out["sandbox_id"] != clone || out["new_identity"] != true {
+			t.Fatalf("resume as a clone: %d %v", code, out)
+		}
+		for deadline := time.Now().Add(20 * time.Second); !connectedAs(s, clone) || connectedAs(s, s.SandboxID); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("not registered as %s within 20 s (clone connected %v, old connected %v)\nagent log:\n%s",
+					clone, connectedAs(s, clone), connectedAs(s, s.SandboxID), tail(s.AgentLog(), 20))
+			}
+		}
+		// The clone's API answers under its own id, and a new process gets
+		// the resume's environment.
+		old := s.SandboxID
+		s.SandboxID = clone
+		defer func() { s.SandboxID = old }()
+		r := run(t, s, map[string]any{"command": "sh", "args": []string{"-c", "echo $CLONE_NAME"}})
+		if len(r.stdout) != 1 || r.stdout[0] != clone {
+			t.Fatalf("a new process's CLONE_NAME is %q, want %q", r.stdout, clone)
+		}
+		var info map[string]any
+		s.JSON("GET", "/api/v1/info", nil, 200, &info)
+		if info["last_activity_at"] == nil {
+			t.Fatalf("info after a run has no last_activity_at: %v", info)
+		}
+	})
+}
