@@ -5,6 +5,7 @@
 //	tl-agent [flags] [-- main command...]   run the agent
 //	tl-agent status [--json|--check]         ask a running agent (control socket)
 //	tl-agent metrics [--socket P]            its metrics, Prometheus text format
+//	tl-agent lifecycle OP [--socket P] [JSON] prepare, resume or status (docs/lifecycle.md)
 //	tl-agent provision [--root DIR]          create tl-user and host name files, then exit
 //	tl-agent version                         print the version
 //
@@ -38,6 +39,8 @@ Usage:
   tl-agent status [--json] [--socket P]   print a running agent's state
   tl-agent status --check                 exit 0 only while the uplink is up
   tl-agent metrics [--socket P]           print a running agent's metrics (Prometheus text)
+  tl-agent lifecycle prepare|resume|status [--socket P] [JSON]
+                                          a platform call on a running agent (docs/lifecycle.md)
   tl-agent provision [--root DIR]         provision tl-user and the host name, then exit
   tl-agent version                        print the version`
 
@@ -54,6 +57,8 @@ func run(args []string) int {
 			return metricsCmd(args[1:])
 		case "provision":
 			return provisionCmd(args[1:])
+		case "lifecycle":
+			return lifecycleCmd(args[1:])
 		case sftpd.Subcommand:
 			// Hidden: the SFTP subsystem, started by the SSH server as the
 			// sandbox user with the folder to start in.
