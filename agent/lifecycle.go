@@ -215,6 +215,9 @@ func (a *Agent) prepare(ctx context.Context, req PrepareRequest) (int, PrepareRe
 	defer cancel()
 	var undo []undoStep
 	fail := func(code int, err error) (int, PrepareResult) {
+		if ctx.Err() != nil {
+			code = http.StatusGatewayTimeout
+		}
 		for i := len(undo) - 1; i >= 0; i-- {
 			if e := undo[i].undo(); e != nil {
 				a.log.Error().Err(e).Str("step", undo[i].what).Msg("lifecycle: rollback step failed")
