@@ -253,3 +253,69 @@ func TestLifecycleThroughOperatorDoor(t *testing.T) {
 		}
 	})
 }
+
+// counterLen is the length of the counter file a sandbox process appends to.
+func counterLen(s *System, path string) int {
+	data, _ := os.ReadFile(s.SandboxPath(path))
+	return len(data)
+}
+
+// growsWithin reports whether the counter file grows within d.
+func growsWithin(s *System, path string, d time.Duration) bool {
+	from := counterLen(s, path)
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if counterLen(s, path) > from {
+			return true
+		}
+	}
+	return false
+}
+
+// TestPrepareFreezesWorkload: with a v1 freezer cgroup of its own, the
+// agent makes its workload's freezer cgroup; a prepare with
+// freeze_workload stops every user process (a counter stops) while the
+// agent answers, resume thaws it, and a prepare that fails after the
+// freeze thaws it again.
+func TestPrepareFreezesWorkload(t *testing.T) {
+	RequireCgroupV1(t)
+	if _, err := os.Stat(cgroupV1Root + "/freezer/tasks"); err != nil {
+		t.Skip("no cgroup v1 freezer hierarchy here")
+	}
+	s, op := lifecycleSystem(t, Options{CgroupV1: &CgroupV1{Freezer: true}}, "sbx-unused", randHex(32))
+	base := "/sandboxes/" + s.SandboxID
+	s.JSON("POST", "/api/v1/processes", map[string]any{"name": "counter", "command": "sh", "args": []string{"-c",
+		"i=0; while :; do echo $i >> /tmp/counter; i=$((i+1)); sleep 0.05; done"}}, 201, nil)
+	if !growsWithin(s, "/tmp/counter", 10*time.Second) {
+		t.Fatal("the counter never counted")
+	}
+
+	rule(t, s, "a failed prepare thaws the workload", func(t *testing.T) {
+		code, out := op.call("POST", base+"/prepare", map[string]any{"freeze_workload": true, "filesystems": []string{"/"}})
+		if code != http.StatusConflict || out["rolled_back"] != true {
+			t.Fatalf("prepare: %d %v", code, out)
+		}
+		if !growsWithin(s, "/tmp/counter", 10*time.Second) {
+			t.Fatal("the workload stays frozen after a failed prepare")
+		}
+	})
+
+	rule(t, s, "prepare freezes the workload, not the agent", func(t *testing.T) {
+		code, out := op.call("POST", base+"/prepare", map[string]any{"freeze_workload": true})
+		if code != http.StatusOK || out["workload_frozen"] != true {
+			t.Fatalf("prepare: %d %v\nagent log:\n%s", code, out, tail(s.AgentLog(), 20))
+		}
+		if growsWithin(s, "/tmp/counter", time.Second) {
+			t.Fatal("the counter counts with the workload frozen")
+		}
+		if code, st := op.call("GET", base+"/lifecycle", nil); code != 200 || st["state"] != "prepared" {
+			t.Fatalf("the agent does not answer while the workload is frozen: %d %v", code, st)
+		}
+		code, out = op.call("POST", base+"/resume", map[string]any{})
+		if code != http.StatusOK {
+			t.Fatalf("resume: %d %v", code, out)
+		}
+		if !growsWithin(s, "/tmp/counter", 10*time.Second) {
+			t.Fatal("the counter does not count after the resume")
+		}
+	})
+}
