@@ -319,3 +319,62 @@ func TestPrepareFreezesWorkload(t *testing.T) {
 		}
 	})
 }
+
+// lastActivity reads GET /api/v1/info's last_activity_at (zero: null).
+func lastActivity(t *testing.T, s *System) time.Time {
+	t.Helper()
+	var info map[string]any
+	s.JSON("GET", "/api/v1/info", nil, 200, &info)
+	v, ok := info["last_activity_at"]
+	if !ok {
+		t.Fatalf("info has no last_activity_at: %v", info)
+	}
+	if v == nil {
+		return time.Time{}
+	}
+	at, err := time.Parse(time.RFC3339Nano, v.(string))
+	if err != nil {
+		t.Fatalf("last_activity_at %q: %v", v, err)
+	}
+	return at
+}
+
+// TestLastActivity: a busy main command and polling info and health are
+// not activity; a file request is, and an attached PTY is activity for as
+// long as it stays attached.
+func TestLastActivity(t *testing.T) {
+	s := ptySystem(t, Options{Main: []string{"sh", "-c", "while :; do date > /tmp/main; sleep 0.05; done"}})
+	for i := 0; i < 5; i++ {
+		s.JSON("GET", "/api/v1/health", nil, 200, nil)
+		if at := lastActivity(t, s); !at.IsZero() {
+			t.Fatalf("activity %v with only a main command and polling", at)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	before := time.Now()
+	s.JSON("GET", "/api/v1/files/list?path=/tmp", nil, 200, nil)
+	at := lastActivity(t, s)
+	if at.Before(before.Add(-time.Second)) {
+		t.Fatalf("a file request is not activity: %v (asked at %v)", at, before)
+	}
+	p := ptyCreate(t, s, map[string]any{"command": "sleep", "args": []string{"600"}})
+	c := ptyDial(t, s, p)
+	c.ready()
+	time.Sleep(1500 * time.Millisecond)
+	asked := time.Now()
+	if held := lastActivity(t, s); held.Before(asked.Add(-100 * time.Millisecond)) {
+		t.Fatalf("an attached PTY is not activity now: last %v, asked at %v", held, asked)
+	}
+	c.c.CloseNow()
+	var ended time.Time
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		ended = lastActivity(t, s)
+		time.Sleep(300 * time.Millisecond)
+		if lastActivity(t, s).Equal(ended) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("activity still moves 10 s after the PTY detached")
+		}
+	}
+}
