@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/uplink"
 )
 
 // fakeClock stands in for CLOCK_REALTIME: this machine's clock is never
@@ -181,5 +184,71 @@ func TestPrepareAutoThaw(t *testing.T) {
 	}
 	if st := a.lifecycleStatus(); st.AutoThawed != 1 || !a.gate.wait(context.Background(), 0) {
 		t.Fatalf("after auto-thaw: %+v", st)
+	}
+}
+
+// The lifecycle stream: junk, an oversized call and an unknown op are
+// answered with the reason, a status call answers; while prepared, a new
+// API stream waits at the gate and the platform's own kinds do not.
+func TestLifecycleStream(t *testing.T) {
+	a, _ := lifecycleAgent(t, false)
+	up := pipeUplink(t, a)
+	callStream := func(payload string) uplink.LifecycleAnswer {
+		t.Helper()
+		c, err := open(t, up, uplink.Header{Kind: uplink.KindLifecycle})
+		if err != nil {
+			t.Fatalf("lifecycle stream refused: %v", err)
+		}
+		defer c.Close()
+		go func() { _, _ = io.WriteString(c, payload) }()
+		var ans uplink.LifecycleAnswer
+		if err := json.NewDecoder(c).Decode(&ans); err != nil {
+			t.Fatalf("no answer to %.40q: %v", payload, err)
+		}
+		return ans
+	}
+	for name, payload := range map[string]string{
+		"junk":      "}{ not json",
+		"oversized": `{"op":"resume","request":{"env":{"A":"` + strings.Repeat("x", uplink.MaxLifecycleBody) + `"}}}`,
+	} {
+		if ans := callStream(payload); ans.Status != http.StatusBadRequest {
+			t.Errorf("%s: %d %s", name, ans.Status, ans.Body)
+		}
+	}
+	if ans := callStream(`{"op":"reboot"}`); ans.Status != http.StatusNotFound {
+		t.Errorf("unknown op: %d %s", ans.Status, ans.Body)
+	}
+	if ans := callStream(`{"op":"status"}`); ans.Status != 200 || !strings.Contains(string(ans.Body), `"state":"running"`) {
+		t.Errorf("status: %d %s", ans.Status, ans.Body)
+	}
+	if ans := callStream(`{"op":"prepare","request":{}}`); ans.Status != 200 {
+		t.Fatalf("prepare: %d %s", ans.Status, ans.Body)
+	}
+	held := make(chan error, 1)
+	go func() {
+		c, err := open(t, up, uplink.Header{Kind: uplink.KindAPI})
+		if c != nil {
+			c.Close()
+		}
+		held <- err
+	}()
+	select {
+	case err := <-held:
+		t.Fatalf("an api stream passed a closed gate: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if ans := callStream(`{"op":"status"}`); !strings.Contains(string(ans.Body), `"state":"prepared"`) {
+		t.Fatalf("status while prepared: %s", ans.Body)
+	}
+	if ans := callStream(`{"op":"resume"}`); ans.Status != 200 {
+		t.Fatalf("resume: %d %s", ans.Status, ans.Body)
+	}
+	select {
+	case err := <-held:
+		if err != nil {
+			t.Fatalf("the held api stream was refused after the resume: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the held api stream was not let through by the resume")
 	}
 }
