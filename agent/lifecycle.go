@@ -213,40 +213,51 @@ func (a *Agent) prepare(ctx context.Context, req PrepareRequest) (int, PrepareRe
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var undo []undoStep
-	fail := func(code int, err error) (int, PrepareResult) {
+	undo, code, err := a.prepareSteps(ctx, req, &res)
+	res.TookMS = time.Since(start).Milliseconds()
+	if err != nil {
 		if ctx.Err() != nil {
-			code = http.StatusGatewayTimeout
+			code, err = http.StatusGatewayTimeout, fmt.Errorf("%w (the prepare's deadline, %v, passed)", err, timeout)
 		}
-		for i := len(undo) - 1; i >= 0; i-- {
-			if e := undo[i].undo(); e != nil {
-				a.log.Error().Err(e).Str("step", undo[i].what).Msg("lifecycle: rollback step failed")
-			}
-		}
+		a.rollback(undo)
 		l.mu.Lock()
 		l.rolledBack++
 		l.mu.Unlock()
-		res.Error, res.RolledBack, res.GateClosed = err.Error(), true, false
-		res.WorkloadFrozen = false
+		res.Error, res.RolledBack, res.GateClosed, res.WorkloadFrozen = err.Error(), true, false, false
 		for i := range res.Filesystems {
 			res.Filesystems[i].Frozen = false
 		}
-		res.TookMS = time.Since(start).Milliseconds()
 		a.log.Warn().Err(err).Msg("lifecycle: prepare failed, rolled back")
 		return code, res
 	}
+	l.mu.Lock()
+	l.prepared, l.preparedAt, l.thawAt, l.undo = true, time.Now(), time.Now().Add(thawAfter), undo
+	l.gen++
+	gen := l.gen
+	l.prepares++
+	l.timer = time.AfterFunc(thawAfter, func() { a.autoThaw(gen, thawAfter) })
+	l.mu.Unlock()
+	res.State, res.ThawAfterMS = "prepared", thawAfter.Milliseconds()
+	a.log.Info().Int64("took_ms", res.TookMS).Bool("workload_frozen", res.WorkloadFrozen).Int("filesystems", len(res.Filesystems)).
+		Dur("thaw_after", thawAfter).Msg("lifecycle: prepared for a snapshot")
+	return http.StatusOK, res
+}
 
+// prepareSteps runs a prepare's steps in order, noting each in res, and
+// returns what undoes them; on a failure, what undoes those done so far.
+func (a *Agent) prepareSteps(ctx context.Context, req PrepareRequest, res *PrepareResult) ([]undoStep, int, error) {
+	var undo []undoStep
 	// 1. The image's pre-snapshot hooks: a failing one vetoes the snapshot.
 	if a.hooks != nil {
 		res.Hooks = append(res.Hooks, a.hooks.Run(ctx, services.PreSnapshot)...)
 	}
 	for _, h := range res.Hooks {
 		if h.Exit != "exit 0" {
-			return fail(http.StatusConflict, fmt.Errorf("pre-snapshot hook %s: %s", h.Name, h.Exit))
+			return undo, http.StatusConflict, fmt.Errorf("pre-snapshot hook %s: %s", h.Name, h.Exit)
 		}
 	}
 	if ctx.Err() != nil {
-		return fail(http.StatusGatewayTimeout, fmt.Errorf("prepare deadline (%v) passed in the hooks", timeout))
+		return undo, http.StatusGatewayTimeout, errors.New("the pre-snapshot hooks ran out of time")
 	}
 	// 2. No new work: new streams and API requests wait at the gate.
 	a.gate.close()
@@ -256,19 +267,19 @@ func (a *Agent) prepare(ctx context.Context, req PrepareRequest) (int, PrepareRe
 	res.InFlight = a.gate.drain(ctx, drainWait)
 	// 4. Everything written reaches the disks.
 	if err := a.syncFS(ctx); err != nil {
-		return fail(http.StatusGatewayTimeout, err)
+		return undo, http.StatusGatewayTimeout, err
 	}
 	res.Synced = true
 	// 5. The workload cgroup, when asked.
 	if req.FreezeWorkload {
 		if err := a.headroom.FreezeWorkload(ctx); err != nil {
 			res.WorkloadError = err.Error()
-			return fail(http.StatusConflict, fmt.Errorf("freeze the workload: %w", err))
+			return undo, http.StatusConflict, fmt.Errorf("freeze the workload: %w", err)
 		}
 		res.WorkloadFrozen = true
 		undo = append(undo, undoStep{"workload", a.headroom.ThawWorkload})
 	}
-	// 6. File systems, in order; each one refused or failed rolls back.
+	// 6. File systems, in order; one refused or failed fails the prepare.
 	paths := req.Filesystems
 	if len(paths) == 0 {
 		paths = a.cfg.freezeFS()
@@ -277,23 +288,22 @@ func (a *Agent) prepare(ctx context.Context, req PrepareRequest) (int, PrepareRe
 		thaw, err := supervisor.FreezeFS(ctx, p)
 		if err != nil {
 			res.Filesystems = append(res.Filesystems, FSResult{Path: p, Error: err.Error()})
-			return fail(http.StatusConflict, err)
+			return undo, http.StatusConflict, err
 		}
 		res.Filesystems = append(res.Filesystems, FSResult{Path: p, Frozen: true})
 		undo = append(undo, undoStep{"fs " + p, thaw})
 	}
+	return undo, http.StatusOK, nil
+}
 
-	l.mu.Lock()
-	l.prepared, l.preparedAt, l.thawAt, l.undo = true, time.Now(), time.Now().Add(thawAfter), undo
-	l.gen++
-	gen := l.gen
-	l.prepares++
-	l.timer = time.AfterFunc(thawAfter, func() { a.autoThaw(gen, thawAfter) })
-	l.mu.Unlock()
-	res.State, res.ThawAfterMS, res.TookMS = "prepared", thawAfter.Milliseconds(), time.Since(start).Milliseconds()
-	a.log.Info().Int64("took_ms", res.TookMS).Bool("workload_frozen", res.WorkloadFrozen).Int("filesystems", len(paths)).
-		Dur("thaw_after", thawAfter).Msg("lifecycle: prepared for a snapshot")
-	return http.StatusOK, res
+// rollback undoes steps in reverse; a step that fails is logged and the
+// rest still run.
+func (a *Agent) rollback(undo []undoStep) {
+	for i := len(undo) - 1; i >= 0; i-- {
+		if err := undo[i].undo(); err != nil {
+			a.log.Error().Err(err).Str("step", undo[i].what).Msg("lifecycle: rollback step failed")
+		}
+	}
 }
 
 // syncFS is sync(2) within ctx (it cannot be interrupted: on the
