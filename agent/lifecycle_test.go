@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/services"
+	"github.com/tensorlake/tl-agent/supervisor"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -250,5 +254,30 @@ func TestLifecycleStream(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the held api stream was not let through by the resume")
+	}
+}
+
+// A pre-snapshot hook that fails vetoes the prepare: nothing stays held.
+func TestPrepareHookVeto(t *testing.T) {
+	r := supervisor.NewReaper(zerolog.Nop(), false)
+	stop := make(chan struct{})
+	go r.Run(stop)
+	defer close(stop)
+	dir := t.TempDir()
+	phase := filepath.Join(dir, services.PreSnapshot+".d")
+	if err := os.MkdirAll(phase, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(phase, "10-veto"), []byte("#!/bin/sh\nexit 4\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := lifecycleAgent(t, false)
+	a.hooks = &services.Hooks{Dir: dir, Timeout: 5 * time.Second, Reaper: r, Log: zerolog.Nop()}
+	code, body, _ := call(t, a, "prepare", PrepareRequest{})
+	if code != http.StatusConflict || !strings.Contains(string(body), "10-veto") || !strings.Contains(string(body), `"rolled_back":true`) {
+		t.Fatalf("prepare with a failing hook: %d %s", code, body)
+	}
+	if !a.gate.wait(context.Background(), 0) || a.lifecycleStatus().State != "running" {
+		t.Fatal("a vetoed prepare left the sandbox held")
 	}
 }
