@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/services"
 	"github.com/tensorlake/tl-agent/supervisor"
@@ -166,7 +167,7 @@ type lifecycle struct {
 	thawAt     time.Time
 	undo       []undoStep
 	gen        uint64 // tells a stale auto-thaw from the current prepare
-	timer      *time.Timer
+	timer      *pause.Timer // the auto-thaw, in running time
 	prepares   int64
 	resumes    int64
 	rolledBack int64
@@ -235,7 +236,9 @@ func (a *Agent) prepare(ctx context.Context, req PrepareRequest) (int, PrepareRe
 	l.gen++
 	gen := l.gen
 	l.prepares++
-	l.timer = time.AfterFunc(thawAfter, func() { a.autoThaw(gen, thawAfter) })
+	// In running time: a sandbox frozen whole for the snapshot (a cgroup
+	// freeze, a paused VM) does not count the freeze against the bound.
+	l.timer = a.pause.AfterFunc(thawAfter, func() { a.autoThaw(gen, thawAfter) })
 	l.mu.Unlock()
 	res.State, res.ThawAfterMS = "prepared", thawAfter.Milliseconds()
 	a.log.Info().Int64("took_ms", res.TookMS).Bool("workload_frozen", res.WorkloadFrozen).Int("filesystems", len(res.Filesystems)).
