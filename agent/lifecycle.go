@@ -166,7 +166,7 @@ type lifecycle struct {
 	preparedAt time.Time
 	thawAt     time.Time
 	undo       []undoStep
-	gen        uint64 // tells a stale auto-thaw from the current prepare
+	gen        uint64       // tells a stale auto-thaw from the current prepare
 	timer      *pause.Timer // the auto-thaw, in running time
 	prepares   int64
 	resumes    int64
