@@ -15,10 +15,12 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/activity"
 	"github.com/tensorlake/tl-agent/internal/memtrim"
 	"github.com/tensorlake/tl-agent/internal/pause"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/services"
+	"github.com/tensorlake/tl-agent/supervisor"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -51,6 +53,18 @@ type Agent struct {
 	secrets linkSecrets // link secrets to resume with, newest first
 	liveMu  sync.Mutex
 	live    *yamux.Session // the live uplink session (listen mode keeps one)
+	kicked  *yamux.Session // the session kickLink ended, to redial at once
+
+	// The lifecycle (lifecycle.go): its state, the gate on new work, who
+	// the agent registers as, the activity clock, the workload's freezer
+	// and the seams around the wall clock and the random pool.
+	life     *lifecycle
+	gate     gate
+	ident    sandboxIdentity
+	activity *activity.Recorder
+	headroom *supervisor.Headroom
+	clock    clockSetter
+	seed     func([]byte) error
 }
 
 // Parts are the capabilities the agent serves, built by Main (or a test).
@@ -72,6 +86,10 @@ type Parts struct {
 	// User is the sandbox user, resolved once after provisioning: unix
 	// socket streams are dialled as it (nil: refused).
 	User *identity.User
+	// Headroom holds the workload cgroup a prepare may freeze (nil: none).
+	Headroom *supervisor.Headroom
+	// Activity is the recorder of last use; nil: New makes one.
+	Activity *activity.Recorder
 }
 
 // New returns an agent; call Run.
@@ -80,14 +98,19 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 		cfg: cfg, log: log, version: version, started: time.Now(),
 		caps: p.Caps, procs: p.Procs, stats: p.Stats, user: p.User, boot: p.Boot, hooks: p.Hooks,
 		apiLn: newStreamListener(), closed: make(chan struct{}), pause: p.Pause,
+		life: newLifecycle(), activity: p.Activity, headroom: p.Headroom, clock: realClock{}, seed: writeURandom,
 	}
+	a.ident.id, a.ident.token = cfg.SandboxID, cfg.Token
 	if a.pause == nil {
 		a.pause = pause.New(0, 0)
+	}
+	if a.activity == nil {
+		a.activity = &activity.Recorder{}
 	}
 	a.streams = a.streamHandlers(p.Streams)
 	a.met = newAgentMetrics(a)
 	a.api = &http.Server{
-		Handler:           a.withRequestIDs(a.met.instrumentAPI(a.routes())),
+		Handler:           a.withRequestIDs(a.apiDoor(a.met.instrumentAPI(a.routes()))),
 		ReadHeaderTimeout: 30 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,
@@ -288,6 +311,9 @@ func (a *Agent) serveStream(ctx context.Context, c *countedConn, lim *streamLimi
 		log.Warn().Msg("refused stream: " + why)
 		_ = uplink.WriteReply(c, uplink.StatusUnavailable, why)
 		c.Close()
+		return
+	}
+	if !a.gateStream(ctx, c, h, log) {
 		return
 	}
 	k := a.met.streams.opened(h.Kind)

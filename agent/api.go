@@ -48,6 +48,10 @@ func (a *Agent) handleInfo(w http.ResponseWriter, r *http.Request) {
 		"total_processes":   total,
 		"services_ready":    true,
 		"services":          []services.State{},
+		"last_activity_at":  nil,
+	}
+	if t := a.activity.Last(); !t.IsZero() {
+		info["last_activity_at"] = t.UTC().Format(time.RFC3339Nano)
 	}
 	if a.boot != nil {
 		st := a.boot.Status()

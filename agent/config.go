@@ -71,6 +71,14 @@ type Config struct {
 	// (docs/processes.md); its User and Pause are set when wired.
 	Processes process.Config
 
+	// Lifecycle (docs/lifecycle.md): OwnsClock lets a resume step
+	// CLOCK_REALTIME (only a VM's agent owns the kernel's clock);
+	// FreezeFS are the mount points a prepare freezes when its call names
+	// none (comma-separated); ThawAfter thaws a prepare no resume followed.
+	OwnsClock bool
+	FreezeFS  string
+	ThawAfter time.Duration
+
 	// Main command run after `--`, and whether its exit ends the sandbox.
 	Main         []string
 	ExitWithMain bool
@@ -94,7 +102,19 @@ func Defaults() Config {
 		PTY:           pty.DefaultConfig(),
 		SSH:           sshd.DefaultConfig(),
 		Processes:     process.DefaultConfig(),
+		ThawAfter:     60 * time.Second,
 	}
+}
+
+// freezeFS is FreezeFS as a list.
+func (c *Config) freezeFS() []string {
+	var out []string
+	for _, p := range strings.Split(c.FreezeFS, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // ResolveToken reads TokenFile into Token: the first line, surrounding
@@ -176,6 +196,13 @@ func (c *Config) Validate() error {
 		return errors.New("--uplink-max-streams and --uplink-max-api-streams must be positive")
 	case c.PTY.IdleTimeout <= 0:
 		return errors.New("--pty-idle-timeout must be positive")
+	case c.ThawAfter <= 0 || c.ThawAfter > maxThawAfter:
+		return fmt.Errorf("--lifecycle-thaw-after must be in (0, %v]", maxThawAfter)
+	}
+	for _, p := range c.freezeFS() {
+		if !strings.HasPrefix(p, "/") {
+			return fmt.Errorf("--freeze-fs %q: mount points are absolute paths", p)
+		}
 	}
 	if err := c.PTY.Validate(); err != nil {
 		return err

@@ -22,7 +22,9 @@ import (
 // serveControl serves the operator's door: a root-only unix socket with
 // GET /status (what `tl-agent status` prints), GET /metrics (Prometheus
 // text, what `tl-agent metrics` prints), the log level (loglevel.go),
-// POST /hooks/{phase} and /debug/pprof/. It is the
+// POST /hooks/{phase}, the lifecycle calls
+// (/lifecycle/{prepare,resume,status}, docs/lifecycle.md) and
+// /debug/pprof/. It is the
 // way an operator who execs into a sandbox sees what the agent is doing;
 // nothing on it is reachable through the uplink.
 func (a *Agent) serveControl(ctx context.Context) {
@@ -41,6 +43,14 @@ func (a *Agent) serveControl(ctx context.Context) {
 	})
 	mux.HandleFunc("POST /hooks/{phase}", a.handleHooks)
 	a.logLevelRoutes(mux)
+	mux.HandleFunc("POST /lifecycle/{op}", a.handleLifecycle)
+	mux.HandleFunc("GET /lifecycle/{op}", func(w http.ResponseWriter, r *http.Request) {
+		if r.PathValue("op") != "status" { // a GET never changes the sandbox
+			httpx.WriteError(w, http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "prepare and resume are POST")
+			return
+		}
+		a.handleLifecycle(w, r)
+	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.met.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

@@ -74,6 +74,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	}
 	parts.Stats.Reaper = reaperStats(reaper)
 	parts.Stats.Headroom = head.Status
+	parts.Headroom = head
 	parts.Stats.Cgroup = cgroupStats(reaper)
 	a := New(cfg, log, version, parts)
 	runErr := make(chan error, 1)

@@ -13,6 +13,11 @@ var uplinkStates = []string{"connecting", "connected", "listening", "refused", "
 func emitStatus(e metrics.Emitter, st Status, started time.Time) {
 	e.Gauge("tl_agent_info", 1, st.Version)
 	e.Gauge("tl_agent_start_time_seconds", float64(started.UnixMilli())/1e3)
+	lastActivity := 0.0
+	if t, err := time.Parse(time.RFC3339Nano, st.Lifecycle.LastActivityAt); err == nil {
+		lastActivity = float64(t.UnixMilli()) / 1e3
+	}
+	e.Gauge("tl_agent_last_activity_time_seconds", lastActivity)
 	emitUplink(e, st.Uplink)
 	for kind, s := range st.Streams {
 		e.Gauge("tl_agent_streams_open", float64(s.Open), kind)

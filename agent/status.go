@@ -29,7 +29,8 @@ type Status struct {
 	Goroutines  int                        `json:"goroutines"`
 	Headroom    *supervisor.HeadroomStatus `json:"headroom,omitempty"`
 	HeapBytes   uint64                     `json:"heap_bytes"`
-	OpenFDs     int                        `json:"open_fds"` // -1: unknown
+	Lifecycle   LifecycleStatus            `json:"lifecycle"` // prepare/resume state and last_activity_at
+	OpenFDs     int                        `json:"open_fds"`  // -1: unknown
 	PID         int                        `json:"pid"`
 	Processes   *process.Stats             `json:"processes,omitempty"`
 	PTYSessions *pty.Stats                 `json:"pty_sessions,omitempty"`
@@ -111,7 +112,8 @@ func (a *Agent) Status() Status {
 		PTYSessions: part(a.stats.PTY),
 		Reaper:      part(a.stats.Reaper),
 		RSSBytes:    rss,
-		SandboxID:   a.cfg.SandboxID,
+		SandboxID:   a.sandboxID(),
+		Lifecycle:   a.lifecycleStatus(),
 		SFTP:        part(a.stats.SFTP),
 		SSH:         part(a.stats.SSH),
 		Streams:     a.met.streams.snapshot(),

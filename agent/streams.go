@@ -25,10 +25,11 @@ type streamHandler func(ctx context.Context, c *countedConn, h uplink.Header, li
 // wire header. A capability may not take over an agent kind.
 func (a *Agent) streamHandlers(servers map[string]streams.Server) map[string]streamHandler {
 	m := map[string]streamHandler{
-		uplink.KindAPI:     a.serveAPI,
-		uplink.KindTCP:     a.serveDial,
-		uplink.KindUnix:    a.serveDial,
-		uplink.KindMetrics: a.serveMetrics,
+		uplink.KindAPI:       a.serveAPI,
+		uplink.KindTCP:       a.serveDial,
+		uplink.KindUnix:      a.serveDial,
+		uplink.KindMetrics:   a.serveMetrics,
+		uplink.KindLifecycle: a.serveLifecycle,
 	}
 	for kind, srv := range servers {
 		if _, taken := m[kind]; taken || srv == nil {

@@ -245,6 +245,9 @@ func (a *Agent) runUplinkHook(ctx context.Context, conn net.Conn, authed func())
 		return true, errRetryNow
 	default:
 	}
+	if a.wasKicked(sess) { // a resume: a new identity, or a pause it announced
+		return true, errRetryNow
+	}
 	return true, errors.New("uplink session closed")
 }
 
@@ -270,9 +273,10 @@ func sayBye(sess *yamux.Session) {
 // the newest link secret it holds, else the token; the token itself never
 // crosses the wire.
 func (a *Agent) handshake(conn net.Conn) error {
-	key, link := a.secrets.pick([]byte(a.cfg.Token))
+	id, token := a.identity()
+	key, link := a.secrets.pick([]byte(token))
 	next, err := uplink.AgentHandshake(conn, uplink.AgentAuth{
-		SandboxID: a.cfg.SandboxID, Key: key, Link: link, AgentVersion: a.version,
+		SandboxID: id, Key: key, Link: link, AgentVersion: a.version,
 	})
 	if err == nil {
 		a.secrets.set(next)
@@ -312,6 +316,12 @@ func (l *linkSecrets) pick(token []byte) ([]byte, bool) {
 func (l *linkSecrets) set(k []byte) {
 	l.mu.Lock()
 	l.keys = [][]byte{k}
+	l.mu.Unlock()
+}
+
+func (l *linkSecrets) clear() {
+	l.mu.Lock()
+	l.keys = nil
 	l.mu.Unlock()
 }
 

@@ -21,6 +21,17 @@ import (
 type CgroupV1 struct {
 	MemoryBytes int64
 	Pids        int
+	// Freezer adds a v1 freezer cgroup, bound at the sandbox's
+	// /sys/fs/cgroup/freezer (the agent makes its workload's there too).
+	Freezer bool
+}
+
+// controllers are the hierarchies lim asks for.
+func (lim CgroupV1) controllers() []string {
+	if lim.Freezer {
+		return append(append([]string{}, cgroupV1Controllers...), "freezer")
+	}
+	return cgroupV1Controllers
 }
 
 // cgroupV1Root is where this machine mounts its v1 hierarchies.
@@ -50,13 +61,13 @@ func makeCgroupV1(t TB, lim CgroupV1) string {
 	_, _ = rand.Read(b[:])
 	name := fmt.Sprintf("tl-test-%d-%s", os.Getpid(), hex.EncodeToString(b[:]))
 	t.Cleanup(func() {
-		for _, c := range cgroupV1Controllers {
+		for _, c := range lim.controllers() {
 			if err := removeCgroupTree(filepath.Join(cgroupV1Root, c, name), 10*time.Second); err != nil {
 				t.Logf("cgroup left behind: %v", err)
 			}
 		}
 	})
-	for _, c := range cgroupV1Controllers {
+	for _, c := range lim.controllers() {
 		dir := filepath.Join(cgroupV1Root, c, name)
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatalf("no writable cgroup v1 %s hierarchy: %v", c, err)
@@ -114,7 +125,7 @@ func removeCgroupOnce(dir string) error {
 // removeStaleCgroups removes test cgroups of test binaries that died
 // without their cleanup (a timeout's panic): those whose pid is gone.
 func removeStaleCgroups() {
-	for _, c := range cgroupV1Controllers {
+	for _, c := range append([]string{"freezer"}, cgroupV1Controllers...) {
 		dirs, _ := filepath.Glob(filepath.Join(cgroupV1Root, c, "tl-test-*"))
 		for _, dir := range dirs {
 			f := strings.Split(filepath.Base(dir), "-")

@@ -43,6 +43,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/tensorlake/tl-agent/identity"
@@ -216,7 +217,41 @@ func LoginVar(k string) bool {
 	return strings.HasPrefix(k, "LD_")
 }
 
+// sandboxEnv is the platform's environment for every new process
+// (SetSandboxEnv), below each request's own variables.
+var sandboxEnv atomic.Pointer[map[string]string]
+
+// SetSandboxEnv sets variables every process started from now on gets (a
+// resume's env, docs/lifecycle.md), under the request's own Env. Running
+// processes keep theirs: an environment is fixed at exec. Login
+// variables (LoginVar) are the caller's to refuse.
+func SetSandboxEnv(env map[string]string) {
+	m := make(map[string]string, len(env))
+	for k, v := range env {
+		m[k] = v
+	}
+	sandboxEnv.Store(&m)
+}
+
+// withSandboxEnv is s.Env over the sandbox's environment.
+func withSandboxEnv(s Spec) Spec {
+	p := sandboxEnv.Load()
+	if p == nil || len(*p) == 0 {
+		return s
+	}
+	env := make(map[string]string, len(*p)+len(s.Env))
+	for k, v := range *p {
+		env[k] = v
+	}
+	for k, v := range s.Env {
+		env[k] = v
+	}
+	s.Env = env
+	return s
+}
+
 func environ(s Spec) []string {
+	s = withSandboxEnv(s)
 	if s.Base == nil {
 		term := s.Term
 		if t, ok := s.Env["TERM"]; ok {

@@ -124,6 +124,21 @@ func TestEnviron(t *testing.T) {
 	}
 }
 
+// A resume's environment reaches every later start, under the request's.
+func TestSandboxEnv(t *testing.T) {
+	u := self(t)
+	SetSandboxEnv(map[string]string{"CLONE": "b", "OVER": "platform"})
+	defer SetSandboxEnv(nil)
+	c, err := Build(Spec{User: u, Argv: []string{"sh"}, Env: map[string]string{"OVER": "request"}})
+	if err != nil || envValue(c.Cmd.Env, "CLONE") != "b" || envValue(c.Cmd.Env, "OVER") != "request" || envValue(c.Cmd.Env, "HOME") != u.Home {
+		t.Fatalf("sandbox env: %v %q", err, c.Cmd.Env)
+	}
+	SetSandboxEnv(nil)
+	if c, _ = Build(Spec{User: u, Argv: []string{"sh"}}); envValue(c.Cmd.Env, "CLONE") != "" {
+		t.Fatalf("cleared sandbox env still set: %q", c.Cmd.Env)
+	}
+}
+
 // A failed fork/exec maps to the sentinel a user can act on.
 func TestClassify(t *testing.T) {
 	u := self(t)

@@ -66,6 +66,7 @@ func newOperatorDoor() *operatorDoor {
 func (p *Proxy) OperatorHandler(open bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", p.handleMetrics)
+	p.lifecycleRoutes(mux) // lifecycle.go
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, http.StatusNotFound, "NOT_FOUND", "the operator door serves GET /metrics")
 	})

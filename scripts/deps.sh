@@ -12,6 +12,7 @@ have unshare    || need+=(util-linux)
 have tmux       || need+=(tmux)
 have ip         || need+=(iproute2)
 have ps         || need+=(procps)
+have mkfs.ext4  || [ -x /usr/sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 have curl       || need+=(curl)
 # The tl CLI's copy test measures its peak RSS (integration/cli_test.go).
 [ -x /usr/bin/time ] || need+=(time)

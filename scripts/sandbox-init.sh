@@ -18,7 +18,8 @@
 # agent in --listen mode puts its socket for tl-proxy --connect.
 # TL_SANDBOX_CGROUP_V1=NAME moves the sandbox into this machine's v1
 # cgroups /sys/fs/cgroup/{memory,pids}/NAME (made and limited by the
-# caller) and binds them at the sandbox's /sys/fs/cgroup/{memory,pids},
+# caller; freezer/NAME too when the caller made it) and binds them at the
+# sandbox's /sys/fs/cgroup/{memory,pids,freezer},
 # writable: the agent sees a cgroup of its own and makes its workload in it.
 # TL_SANDBOX_ETC_TL_AGENT=D copies folder D to the sandbox's /etc/tl-agent
 # (an image's boot services and hooks, docs/services.md).
@@ -38,7 +39,8 @@ cgroup_v1=${TL_SANDBOX_CGROUP_V1:-}
 if [ -n "$cgroup_v1" ]; then
   # First: everything the sandbox starts (and the memory it touches) is
   # charged there.
-  for c in memory pids; do
+  for c in memory pids freezer; do
+    [ -d "/sys/fs/cgroup/$c/$cgroup_v1" ] || continue # freezer: when asked
     echo $$ > "/sys/fs/cgroup/$c/$cgroup_v1/cgroup.procs"
   done
 fi
@@ -75,7 +77,8 @@ if [ "${TL_SANDBOX_BARE:-0}" != 1 ]; then
   mount -t sysfs sysfs "$r/sys" 2>/dev/null || mount --rbind /sys "$r/sys"
   if [ -n "$cgroup_v1" ]; then
     mount -t tmpfs -o mode=0755,nosuid,nodev,noexec cgroup "$r/sys/fs/cgroup"
-    for c in memory pids; do
+    for c in memory pids freezer; do
+      [ -d "/sys/fs/cgroup/$c/$cgroup_v1" ] || continue
       mkdir "$r/sys/fs/cgroup/$c"
       mount --bind "/sys/fs/cgroup/$c/$cgroup_v1" "$r/sys/fs/cgroup/$c"
     done

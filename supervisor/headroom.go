@@ -48,8 +48,9 @@ type HeadroomStatus struct {
 
 // Headroom is the agent's headroom, set up once.
 type Headroom struct {
-	st     HeadroomStatus
-	failed atomic.Int64
+	st      HeadroomStatus
+	failed  atomic.Int64
+	freezer string // v1: the workload's freezer cgroup (cgfreeze.go)
 }
 
 // Status is the headroom's state for the operator.
@@ -83,6 +84,7 @@ func SetupHeadroom(log zerolog.Logger, pid1 bool) *Headroom {
 		w = workload{}
 	} else {
 		h.st.Workload, h.st.Version, h.st.PidsMax, h.st.MemoryMax = w.dir, w.version, w.pids, w.mem
+		h.freezer = w.freezer
 	}
 	launch.SetHeadroom(&launch.Headroom{OOMScoreAdj: h.st.ChildOOMScoreAdj, SetOOM: true, Procs: w.procs, Failed: &h.failed})
 	ev := log.Info()

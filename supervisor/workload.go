@@ -25,6 +25,7 @@ type workload struct {
 	version   string // "v1" or "v2"
 	procs     []string
 	pids, mem int64
+	freezer   string // v1: the workload's freezer cgroup folder, "" when none
 }
 
 // makeWorkload makes the workload cgroup below the agent's own and sets
@@ -35,7 +36,17 @@ type workload struct {
 func makeWorkload(cgroup, mountinfo string, vm bool) (workload, error) {
 	mem, pids := v1Dir(cgroup, mountinfo, "memory"), v1Dir(cgroup, mountinfo, "pids")
 	if mem.at != "" || pids.at != "" {
-		return makeWorkloadV1(mem, pids)
+		w, err := makeWorkloadV1(mem, pids)
+		if fr := v1Dir(cgroup, mountinfo, "freezer"); err == nil && fr.at != "" {
+			// A workload of its own in the v1 freezer too, so a snapshot
+			// can freeze the workload without the agent (docs/lifecycle.md).
+			sub := path.Join(fr.root, WorkloadCgroup)
+			if os.Mkdir(sub, 0o755) == nil || fileExists(path.Join(sub, "freezer.state")) {
+				w.freezer = sub
+				w.procs = append(w.procs, path.Join(sub, "tasks"))
+			}
+		}
+		return w, err
 	}
 	m, ok := v2Mount(mountinfo)
 	if !ok {

@@ -22,6 +22,11 @@ const (
 	// writes them in Prometheus text format and closes. Only the proxy's
 	// operator door opens it; no user route names it.
 	KindMetrics = "metrics"
+	// KindLifecycle carries one platform call (prepare, resume, status;
+	// docs/lifecycle.md): the agent replies OK, reads one JSON request,
+	// answers one JSON response and closes. Only the proxy's operator door
+	// opens it; no user route names it.
+	KindLifecycle = "lifecycle"
 	// KindBye is the one stream the agent opens: at an orderly shutdown it
 	// says goodbye, so the proxy knows the sandbox left (a reboot may then
 	// use the base token at once). The agent never accepts it.
@@ -95,7 +100,7 @@ func (h Header) Validate() error {
 		return fmt.Errorf("trace_id: want 32 lower-case hex digits, not all zero")
 	}
 	switch h.Kind {
-	case KindAPI, KindSSH, KindSFTP, KindMetrics:
+	case KindAPI, KindSSH, KindSFTP, KindMetrics, KindLifecycle:
 		return nil
 	case KindTCP:
 		if h.Port < 1 || h.Port > 65535 {

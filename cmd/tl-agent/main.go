@@ -6,6 +6,7 @@
 //	tl-agent status [--json|--check]         ask a running agent (control socket)
 //	tl-agent log-level [LEVEL]               print or set a running agent's log level
 //	tl-agent metrics [--socket P]            its metrics, Prometheus text format
+//	tl-agent lifecycle OP [--socket P] [JSON] prepare, resume or status (docs/lifecycle.md)
 //	tl-agent provision [--root DIR]          create tl-user and host name files, then exit
 //	tl-agent version                         print the version
 //
@@ -40,6 +41,8 @@ Usage:
   tl-agent status --check                 exit 0 only while the uplink is up
   tl-agent log-level [--socket P] [LEVEL] print, or set without a restart, the log level
   tl-agent metrics [--socket P]           print a running agent's metrics (Prometheus text)
+  tl-agent lifecycle prepare|resume|status [--socket P] [JSON]
+                                          a platform call on a running agent (docs/lifecycle.md)
   tl-agent provision [--root DIR]         provision tl-user and the host name, then exit
   tl-agent version                        print the version`
 
@@ -58,6 +61,8 @@ func run(args []string) int {
 			return metricsCmd(args[1:])
 		case "provision":
 			return provisionCmd(args[1:])
+		case "lifecycle":
+			return lifecycleCmd(args[1:])
 		case sftpd.Subcommand:
 			// Hidden: the SFTP subsystem, started by the SSH server as the
 			// sandbox user with the folder to start in.
@@ -135,5 +140,8 @@ func bindFlags(fs *cli.FlagSet, c *agent.Config) {
 	fs.Duration(&c.Processes.StallTimeout, "proc-stall-timeout", d.Processes.StallTimeout, "drop a run or follow client that takes no output events for this long (a run's tree is killed)")
 	fs.Int(&c.Processes.MaxFollowers, "proc-max-followers", d.Processes.MaxFollowers, "output follow streams open at once, all processes together")
 	fs.Int(&c.Processes.MaxFollowersPerProcess, "proc-max-followers-per-process", d.Processes.MaxFollowersPerProcess, "output follow streams open at once on one process")
+	fs.Bool(&c.OwnsClock, "owns-clock", d.OwnsClock, "a resume may step the wall clock (only a VM's agent owns it; never in a container, whose clock is the host's)")
+	fs.String(&c.FreezeFS, "freeze-fs", d.FreezeFS, "comma-separated mount `points` a prepare freezes (FIFREEZE) when its call names none; only whole block-device file systems the sandbox owns")
+	fs.Duration(&c.ThawAfter, "lifecycle-thaw-after", d.ThawAfter, "thaw a prepared sandbox when no resume comes within this")
 	fs.Bool(&c.ExitWithMain, "exit-with-main", d.ExitWithMain, "end the sandbox when the main command (after --) exits, with its exit code")
 }

@@ -36,6 +36,7 @@ const (
 var Agent = []Family{
 	{"tl_agent_info", gauge, "Always 1; the agent's version.", []string{"version"}},
 	{"tl_agent_start_time_seconds", gauge, "When the agent started, Unix seconds.", nil},
+	{"tl_agent_last_activity_time_seconds", gauge, "When a user last used the sandbox (API request, PTY or SSH session, tunnel), Unix seconds; 0: never.", nil},
 	{"tl_agent_uplink_up", gauge, "1 while the uplink is connected (or listening in --listen mode).", nil},
 	{"tl_agent_uplink_state", gauge, "1 for the uplink's current state (connecting, connected, listening, refused, disconnected).", []string{"state"}},
 	{"tl_agent_uplink_connects_total", counter, "Uplinks established (handshake passed).", nil},

@@ -48,6 +48,7 @@ type Detector struct {
 	last    time.Time     // when the process last observed itself running
 	paused  time.Duration // total detected
 	gaps    int
+	lastGap time.Time // when the last pause was reported
 	subs    map[chan Gap]struct{}
 }
 
@@ -108,15 +109,43 @@ func (d *Detector) observe() (running time.Duration) {
 	d.last = now
 	running = now.Sub(d.start) - d.paused
 	if gap != nil {
-		for ch := range d.subs {
-			select {
-			case ch <- *gap:
-			default: // a subscriber that has not read the last gap needs no second one
-			}
-		}
+		d.lastGap = now
+		d.notify(*gap)
 	}
 	d.mu.Unlock()
 	return running
+}
+
+// Inject reports a pause the ticker could not see: a VM restored from a
+// snapshot resumes with CLOCK_MONOTONIC where it stopped, so no interval
+// looks long, yet every connection may be dead and every subscriber should
+// act as after a detected pause (the lifecycle's resume calls it). length
+// is what the caller knows of the pause (the host's figure), for logs and
+// the count; it is not taken off the running clock, which did not advance.
+// A pause the ticker detected within the last period plus slack is the
+// same pause: it is not reported twice (a freeze then a resume call).
+func (d *Detector) Inject(length time.Duration) bool {
+	d.observe()
+	now := d.now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.lastGap.IsZero() && now.Sub(d.lastGap) < d.period+d.slack {
+		return false
+	}
+	d.gaps++
+	d.lastGap = now
+	d.notify(Gap{At: now, Length: length})
+	return true
+}
+
+// notify must be called with d.mu held.
+func (d *Detector) notify(g Gap) {
+	for ch := range d.subs {
+		select {
+		case ch <- g:
+		default: // a subscriber that has not read the last gap needs no second one
+		}
+	}
 }
 
 // Now is the running clock: time since New, less every detected pause.

@@ -152,3 +152,42 @@ func TestTimerInFakeTime(t *testing.T) {
 		}
 	})
 }
+
+// A resume call reports a pause the ticker could not see (a restored VM's
+// monotonic clock stood still); after a detected one it is the same pause.
+func TestInject(t *testing.T) {
+	c := &fakeClock{t: time.Unix(1000, 0)}
+	d := newDetector(500*time.Millisecond, 1500*time.Millisecond, c.now)
+	d.ticking = true
+	ch, cancel := d.Subscribe()
+	defer cancel()
+	if !d.Inject(time.Minute) {
+		t.Fatal("an injected pause was not reported")
+	}
+	select {
+	case g := <-ch:
+		if g.Length != time.Minute {
+			t.Fatalf("injected gap length %v", g.Length)
+		}
+	default:
+		t.Fatal("a subscriber must hear of an injected pause")
+	}
+	if p, n := d.Paused(); p != 0 || n != 1 {
+		t.Fatalf("paused %v in %d: an injected pause counts once and takes nothing off the running clock", p, n)
+	}
+	c.add(500 * time.Millisecond)
+	d.observe()
+	c.add(10 * time.Second) // a freeze the ticker sees
+	d.observe()
+	<-ch
+	if d.Inject(10 * time.Second) {
+		t.Fatal("a resume call right after a detected pause reported it twice")
+	}
+	for range 6 { // ordinary ticks, then a resume call
+		c.add(400 * time.Millisecond)
+		d.observe()
+	}
+	if !d.Inject(0) {
+		t.Fatal("a later resume was not reported")
+	}
+}
