@@ -16,6 +16,8 @@ have curl       || need+=(curl)
 # A server inside the sandbox for the port-route tests (public ports).
 [ -x /usr/bin/python3 ] || need+=(python3)
 have npm        || need+=(npm)
+# The web terminal's browser test (integration/webterm_test.go).
+have chromium   || need+=(chromium)
 # X11 forwarding (integration/x11_test.go): an X server for the ssh
 # client, X clients and xauth for the sandbox (whose root is this one's).
 have Xvfb       || need+=(xvfb)
