@@ -145,17 +145,9 @@ func (p *Proxy) dialStream(ctx context.Context, _, addr string) (net.Conn, error
 
 // ServeHTTP is the front door: auth, sandbox selection, forwarding.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	// By default an HTTP/1 server drains and closes the request body when
-	// the handler starts its response. The agent may answer (run's SSE
-	// headers) before the transport has finished with the body (it reads
-	// once more to see EOF); that read then fails, the transport drops the
-	// stream mid-response, and the agent sees its client gone. Full duplex
-	// leaves the body to the transport.
-	// The browser pages first: they read their small bodies themselves.
 	if p.servePage(w, req) {
 		return
 	}
-	_ = http.NewResponseController(w).EnableFullDuplex()
 	r, routeErr := p.selectRoute(req)
 	user, scope := "public", keyScope{all: true}
 	// A public port (the sandbox's public_ports) needs no key: a browser
@@ -217,6 +209,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		out.Host = r.sandbox + "." + p.cfg.Domain
 	}
 	stripCredentials(out.Header)
+	// By default an HTTP/1 server drains and closes the request body when
+	// the handler starts its response. The agent may answer (run's SSE
+	// headers) before the transport has finished with the body (it reads
+	// once more to see EOF); that read then fails, the transport drops the
+	// stream mid-response, and the agent sees its client gone. Full duplex
+	// leaves the body to the transport. Only here: a refusal above answers before the body, and the server must
+	// then drain it as usual, or the client gets a reset, not the answer.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	if body != nil {
 		out.Body = body
 	}
