@@ -194,6 +194,25 @@ func TestWebTerminal(t *testing.T) {
 		}
 	})
 
+	browserRule(t, s, b, "a dropped connection reattaches to the same session", func(t *testing.T) {
+		typeLine(b, "echo before-$((1+1))")
+		waitBuffer(b, "the marker", regexp.MustCompile(`(?m)^before-(2)\s*$`))
+		// The page's socket closes as when the network drops (no close frame).
+		eval[bool](b, `(() => { window.droppedWS = ws; ws.close(); return true; })()`)
+		b.WaitFor(30*time.Second, "connected again on a new socket",
+			`!!ws && ws !== window.droppedWS && ws.readyState === WebSocket.OPEN && `+statusJS+` === 'connected'`, statusJS)
+		waitBuffer(b, "the replayed marker", regexp.MustCompile(`(?m)^before-(2)\s*$`))
+		typeLine(b, "echo after-$((2+2))")
+		waitBuffer(b, "an answer after the drop", regexp.MustCompile(`(?m)^after-(4)\s*$`))
+		var list struct {
+			Sessions []map[string]any `json:"sessions"`
+		}
+		s.JSON("GET", "/api/v1/pty", nil, 200, &list)
+		if len(list.Sessions) != 1 {
+			t.Fatalf("%d sessions after the drop, want 1", len(list.Sessions))
+		}
+	})
+
 	browserRule(t, s, b, "exit 3 shows the exit code and offers a new shell", func(t *testing.T) {
 		typeLine(b, "exit 3")
 		b.WaitFor(30*time.Second, "the exit code", statusJS+` === 'exited with code 3'`, statusJS)
