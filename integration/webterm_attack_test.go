@@ -261,6 +261,26 @@ func TestWebTerminalCrossSandboxRefused(t *testing.T) {
 				t.Errorf("%s: %d %s, want %d", c.name, st, out, c.want)
 			}
 		}
+		// A file read with the cookie is a download, never a page.
+		for site, want := range map[string]int{"same-origin": 200, "same-site": 403} {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			req, _ := http.NewRequestWithContext(ctx, "GET", s.BaseURL()+"/api/v1/files?path=/tmp/control-post", nil)
+			req.Host = hostB
+			req.Header.Set("Cookie", jar)
+			req.Header.Set("Sec-Fetch-Site", site)
+			resp, err := http.DefaultClient.Do(req)
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("GET a file with the cookie, Sec-Fetch-Site %s: %d, want %d", site, resp.StatusCode, want)
+			}
+			if want == 200 && (!strings.HasPrefix(resp.Header.Get("Content-Disposition"), "attachment") || resp.Header.Get("X-Content-Type-Options") != "nosniff") {
+				t.Errorf("a file read with the cookie: %v", resp.Header)
+			}
+		}
 		// A port route neither accepts nor passes on the cookie.
 		_, out := cookieRequest(t, s, "GET", hostA, "/echo", originA, "", jar, "")
 		var headers [][2]string
