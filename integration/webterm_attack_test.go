@@ -13,10 +13,8 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -65,31 +63,14 @@ window.result = (async () => {
 
 // startPlainAgent connects sandbox id (already in the proxy's config with
 // token) as a plain tl-agent process acting as root, for a second sandbox.
+// The later --sandbox-id and --token-file override the harness's own.
 func startPlainAgent(t *testing.T, s *System, id, token string) {
 	t.Helper()
 	tf := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(tf, []byte(token), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(s.bin, "tl-agent"), "--proxy", s.UplinkAddr, "--sandbox-id", id, "--token-file", tf,
-		"--control-socket", "", "--provision=false", "--mount=false", "--user", "root")
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
+	out := s.StartExtraAgent(t, []string{"--sandbox-id", id, "--token-file", tf, "--user", "root"})
 	for i := 0; i < 200; i++ {
 		resp := sandboxDo(t, s, id, "GET", "/api/v1/health", "")
 		resp.Body.Close()

@@ -100,6 +100,18 @@ func loginCookie(b *Browser, url string) *network.Cookie {
 	return nil
 }
 
+// wantOneSession checks the sandbox has the one PTY session (the page's).
+func wantOneSession(t *testing.T, s *System, after string) {
+	t.Helper()
+	var list struct {
+		Sessions []map[string]any `json:"sessions"`
+	}
+	s.JSON("GET", "/api/v1/pty", nil, 200, &list)
+	if len(list.Sessions) != 1 {
+		t.Fatalf("%d sessions after %s, want 1", len(list.Sessions), after)
+	}
+}
+
 func artifactDir(t *testing.T) string {
 	dir := os.Getenv("TL_TEST_ARTIFACTS")
 	if dir == "" {
@@ -185,13 +197,7 @@ func TestWebTerminal(t *testing.T) {
 		if before == "" || before != after {
 			t.Fatalf("session %q before the reload, %q after", before, after)
 		}
-		var list struct {
-			Sessions []map[string]any `json:"sessions"`
-		}
-		s.JSON("GET", "/api/v1/pty", nil, 200, &list)
-		if len(list.Sessions) != 1 {
-			t.Fatalf("%d sessions after the reload, want 1", len(list.Sessions))
-		}
+		wantOneSession(t, s, "the reload")
 	})
 
 	browserRule(t, s, b, "a dropped connection reattaches to the same session", func(t *testing.T) {
@@ -204,13 +210,7 @@ func TestWebTerminal(t *testing.T) {
 		waitBuffer(b, "the replayed marker", regexp.MustCompile(`(?m)^before-(2)\s*$`))
 		typeLine(b, "echo after-$((2+2))")
 		waitBuffer(b, "an answer after the drop", regexp.MustCompile(`(?m)^after-(4)\s*$`))
-		var list struct {
-			Sessions []map[string]any `json:"sessions"`
-		}
-		s.JSON("GET", "/api/v1/pty", nil, 200, &list)
-		if len(list.Sessions) != 1 {
-			t.Fatalf("%d sessions after the drop, want 1", len(list.Sessions))
-		}
+		wantOneSession(t, s, "the drop")
 	})
 
 	browserRule(t, s, b, "exit 3 shows the exit code and offers a new shell", func(t *testing.T) {
