@@ -174,6 +174,11 @@ type Limits struct {
 	// RequestsPerSandbox caps concurrent proxied requests and streams
 	// (SSE, WebSocket, tunnels) to one sandbox over HTTP (429).
 	RequestsPerSandbox int
+	// BrowserSessions caps live browser logins (the oldest goes first);
+	// BrowserSessionTTL is how long one lasts from login. Zero here
+	// means the default: a login needs some bound.
+	BrowserSessions   int
+	BrowserSessionTTL time.Duration
 }
 
 // validate refuses a negative bound or timeout: zero turns one off, a
@@ -207,6 +212,7 @@ func DefaultLimits() Limits {
 		UplinkConns: 4096, UplinkConnsPerSource: 1024,
 		SSHConns: 1024, SSHConnsPerSource: 256,
 		RequestsPerSandbox: 1024,
+		BrowserSessions:    1024, BrowserSessionTTL: 12 * time.Hour,
 	}
 }
 

@@ -32,6 +32,8 @@ type Proxy struct {
 	inflight *inflight // proxied requests per sandbox
 	met      *proxyMetrics
 	operator *operatorDoor // the operator door's state (operator.go)
+	logins   *browserSessions
+	pages    http.Handler // the browser routes (webterm.go)
 
 	// serveSSH is the SSH front door, set by sshfront.go when configured.
 	serveSSH func(ctx context.Context, ln net.Listener) error
@@ -41,7 +43,8 @@ type Proxy struct {
 
 // New returns a proxy for cfg (already validated).
 func New(cfg *Config, log zerolog.Logger) *Proxy {
-	p := &Proxy{cfg: cfg, log: log, reg: NewRegistry(cfg), inflight: newInflight(cfg.Limits.RequestsPerSandbox)}
+	p := &Proxy{cfg: cfg, log: log, reg: NewRegistry(cfg), inflight: newInflight(cfg.Limits.RequestsPerSandbox),
+		logins: newBrowserSessions(cfg.Limits.BrowserSessions, cfg.Limits.BrowserSessionTTL)}
 	p.transport = &http.Transport{
 		DialContext:         p.dialStream,
 		MaxIdleConnsPerHost: 32,
@@ -77,6 +80,9 @@ func New(cfg *Config, log zerolog.Logger) *Proxy {
 				resp.Body.Close()
 				return errBodyTooSlow
 			}
+			if resp.Request.Context().Value(cookieKey{}) != nil {
+				browserResponse(resp)
+			}
 			return nil
 		},
 		ErrorLog: nil,
@@ -84,6 +90,7 @@ func New(cfg *Config, log zerolog.Logger) *Proxy {
 	if cfg.SSHAuthorizedKeys != "" {
 		p.serveSSH = p.serveSSHFront
 	}
+	p.pages = p.pageRoutes()
 	return p
 }
 
@@ -152,21 +159,23 @@ func (p *Proxy) dialStream(ctx context.Context, _, addr string) (net.Conn, error
 
 // ServeHTTP is the front door: auth, sandbox selection, forwarding.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	// By default an HTTP/1 server drains and closes the request body when
-	// the handler starts its response. The agent may answer (run's SSE
-	// headers) before the transport has finished with the body (it reads
-	// once more to see EOF); that read then fails, the transport drops the
-	// stream mid-response, and the agent sees its client gone. Full duplex
-	// leaves the body to the transport.
-	_ = http.NewResponseController(w).EnableFullDuplex()
+	if p.servePage(w, req) {
+		return
+	}
 	r, routeErr := p.selectRoute(req)
 	user, scope := "public", keyScope{all: true}
 	// A public port (the sandbox's public_ports) needs no key: a browser
 	// opens it. Every other route needs one, and a request without a
 	// valid key learns nothing about routes, not even a malformed one.
+	viaCookie := false
 	if routeErr != nil || !p.cfg.isPublic(r.sandbox, r.port) {
-		var ok bool
-		if user, scope, ok = p.authenticate(req); !ok {
+		a := p.authenticateRequest(req, cookieRoute(req, r, routeErr))
+		if a.refusal != "" {
+			httpx.WriteError(w, http.StatusForbidden, "ORIGIN_REFUSED", a.refusal)
+			return
+		}
+		user, scope, viaCookie = a.user, a.scope, a.viaCookie
+		if !a.ok {
 			msg := "missing or invalid API key: send Authorization: Bearer <api key>"
 			if routeErr == nil && r.port != 0 {
 				msg += " (port " + strconv.Itoa(r.port) + " is not in sandbox " + r.sandbox + "'s public_ports)"
@@ -204,13 +213,25 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	log.Debug().Str("user", user).Str("sandbox", r.sandbox).Int("port", r.port).Str("method", req.Method).Str("path", req.URL.Path).Msg("request")
 	body := p.watchBody(w, req)
 	defer body.finish()
-	out := req.Clone(context.WithValue(req.Context(), bodyKey{}, body))
+	ctx := context.WithValue(req.Context(), bodyKey{}, body)
+	if viaCookie {
+		ctx = context.WithValue(ctx, cookieKey{}, true)
+	}
+	out := req.Clone(ctx)
 	out.URL.Scheme = "http"
 	out.URL.Host = r.host()
 	if r.port == 0 {
 		out.Host = r.sandbox + "." + p.cfg.Domain
 	}
 	stripCredentials(out.Header)
+	// By default an HTTP/1 server drains and closes the request body when
+	// the handler starts its response. The agent may answer (run's SSE
+	// headers) before the transport has finished with the body (it reads
+	// once more to see EOF); that read then fails, the transport drops the
+	// stream mid-response, and the agent sees its client gone. Full duplex
+	// leaves the body to the transport. Only here: a refusal above answers before the body, and the server must
+	// then drain it as usual, or the client gets a reset, not the answer.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	if body != nil {
 		out.Body = body
 	}
@@ -220,13 +241,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // strippedHeaders are the proxy's own credentials and routing: removed
 // from every request relayed to a sandbox, API and port routes alike
 // (public or not), so code inside the sandbox never sees the user's API
-// key. A browser login cookie, when the proxy has one, is stripped here too.
+// key. The browser login cookie (SessionCookie) is removed from the
+// Cookie header by name, the sandbox's own cookies kept.
 var strippedHeaders = []string{"Authorization", "X-Tensorlake-Sandbox-Id"}
 
 func stripCredentials(h http.Header) {
 	for _, k := range strippedHeaders {
 		h.Del(k)
 	}
+	stripCookie(h, SessionCookie)
 }
 
 // bearerKey returns the token of an "Authorization: Bearer <token>"
@@ -246,6 +269,46 @@ func (p *Proxy) authenticate(req *http.Request) (string, keyScope, bool) {
 	if !ok {
 		return "", keyScope{}, false
 	}
+	return p.lookupKey(key)
+}
+
+// auth is who a request is: ok when a key or a login authenticates it;
+// refusal when a live login cookie came from the wrong origin or with a
+// wrong body.
+type auth struct {
+	user      string
+	scope     keyScope
+	ok        bool
+	viaCookie bool
+	refusal   string
+}
+
+// authenticateRequest authenticates by the bearer key (which wins when
+// sent: SDKs), or else, where cookieOK, by the browser login cookie under
+// its rules (cookieRefusal).
+func (p *Proxy) authenticateRequest(req *http.Request, cookieOK bool) auth {
+	if req.Header.Get("Authorization") != "" || !cookieOK {
+		user, scope, ok := p.authenticate(req)
+		return auth{user: user, scope: scope, ok: ok}
+	}
+	origin := ownOrigin(req)
+	for _, id := range sessionIDs(req) {
+		s, ok := p.logins.lookup(id, origin)
+		if !ok {
+			continue
+		}
+		if refusal := cookieRefusal(req, origin); refusal != "" {
+			p.log.Warn().Str("user", s.name).Str("origin", req.Header.Get("Origin")).Str("path", req.URL.Path).
+				Str("remote", req.RemoteAddr).Str("reason", refusal).Msg("login cookie refused")
+			return auth{refusal: refusal}
+		}
+		return auth{user: s.name, scope: s.scope, ok: true, viaCookie: true}
+	}
+	return auth{}
+}
+
+// lookupKey returns the name and scope of API key key.
+func (p *Proxy) lookupKey(key string) (string, keyScope, bool) {
 	// Constant time per key; the number of keys is not secret.
 	match, found := "", false
 	for k := range p.cfg.APIKeys {

@@ -191,7 +191,13 @@ func (p *Proxy) Handler() http.Handler {
 // handleSandboxes lists known sandboxes and their links (API key needed);
 // a scoped key lists only the sandboxes it may reach.
 func (p *Proxy) handleSandboxes(w http.ResponseWriter, req *http.Request) {
-	_, scope, ok := p.authenticate(req)
+	r, routeErr := p.selectRoute(req)
+	a := p.authenticateRequest(req, cookieRoute(req, r, routeErr))
+	if a.refusal != "" {
+		httpx.WriteError(w, http.StatusForbidden, "ORIGIN_REFUSED", a.refusal)
+		return
+	}
+	scope, ok := a.scope, a.ok
 	if !ok {
 		httpx.WriteError(w, http.StatusUnauthorized, "UNAUTHORIZED", "missing or invalid API key")
 		return

@@ -24,6 +24,8 @@ have curl       || need+=(curl)
 # door with a real Prometheus server.
 have prometheus || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 have npm        || need+=(npm)
+# The web terminal's browser test (integration/webterm_test.go).
+have chromium   || need+=(chromium)
 # X11 forwarding (integration/x11_test.go): an X server for the ssh
 # client, X clients and xauth for the sandbox (whose root is this one's).
 have Xvfb       || need+=(xvfb)

@@ -169,6 +169,8 @@ func limitFlags(fs *cli.FlagSet, f *flags) {
 	fs.Int(&l.UplinkConnsPerSource, "uplink-max-conns-per-source", d.UplinkConnsPerSource, "live uplink connections from one IP address (`n`)")
 	fs.Int(&l.SSHConns, "ssh-max-conns", d.SSHConns, "live SSH front-door connections in all (`n`)")
 	fs.Int(&l.SSHConnsPerSource, "ssh-max-conns-per-source", d.SSHConnsPerSource, "live SSH front-door connections from one IP address (`n`)")
+	fs.Int(&l.BrowserSessions, "browser-max-sessions", d.BrowserSessions, "live browser logins (`n`; past it the oldest is logged out)")
+	fs.Duration(&l.BrowserSessionTTL, "browser-session-ttl", d.BrowserSessionTTL, "a browser login lasts this `duration` from login")
 	fs.Int(&l.RequestsPerSandbox, "max-requests-per-sandbox", d.RequestsPerSandbox, "concurrent proxied HTTP requests and streams to one sandbox (`n`; 429 past it)")
 }
 
