@@ -26,7 +26,7 @@ run-container: build
 ## image: the sandbox and proxy images, built with podman or docker
 ## (docs/image.md). Without a registry the bases are made locally.
 image:
-	./image/build.sh sandbox proxy
+	./image/build.sh sandbox desktop proxy
 
 deps:
 	./scripts/deps.sh
