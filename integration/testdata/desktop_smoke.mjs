@@ -79,11 +79,17 @@ await d.press(["ctrl", "alt", "t"]);
 const term = await until(d, "the terminal to open", (f) => changed(first, f, TEXT) > 1000);
 await sleep(500); // its first prompt drawn
 const before = await shot(d);
-await d.typeText("echo desktop-typed-$((6*7))\n");
+await d.typeText("echo desktop-typed-$((6*7)) | tee /tmp/typed\n");
 const typed = await until(d, "the typed text to show", (f) => changed(before, f, TEXT) > 200);
 assert.ok(changed(before, typed, FAR) === 0, "typing changed the screen far from the terminal");
-writeFileSync(process.env.OUT, Buffer.from(await d.screenshot(10)));
 const ran = await sb.run("bash", { args: ["-c", "DISPLAY=:1 xdotool getactivewindow getwindowname"] });
+let out = "";
+for (let i = 0; i < 40 && out !== "desktop-typed-42"; i++, await sleep(250)) {
+  out = (await sb.run("bash", { args: ["-c", "cat /tmp/typed 2>/dev/null"] })).stdout.trim();
+}
+assert.equal(out, "desktop-typed-42", "the typed command did not run in the terminal");
+await sleep(300); // its output drawn
+writeFileSync(process.env.OUT, Buffer.from(await d.screenshot(10)));
 console.log("ok type (" + changed(before, typed, TEXT) + " pixels changed where the text went; active window " + ran.stdout.trim() + ")");
 
 // The pointer is drawn into the framebuffer (the SDK asks for no cursor
