@@ -100,10 +100,10 @@ func TestImageDesktop(t *testing.T) {
 	// default is used, and Xvnc takes the password (its obfuscated file
 	// differs from the generated one's).
 	c2 := runContainer(t, s, img, nil, "TL_DESKTOP_PORT="+strconv.Itoa(port),
-		"TL_DESKTOP_PASSWORD=from-env", "TL_DESKTOP_GEOMETRY=huge")
+		"TL_DESKTOP_PASSWORD=from env", "TL_DESKTOP_GEOMETRY=huge")
 	c2.serving(s)
 	waitInfo(t, s, "the desktop services ready again", func(in infoBody) bool { return in.ServicesReady && len(in.Services) == 3 })
-	if got, err := c2.exec("cat", "/home/tl-user/.vnc/password"); err != nil || got != "from-env" {
+	if got, err := c2.exec("cat", "/home/tl-user/.vnc/password"); err != nil || got != "from env" {
 		t.Errorf("password file %q (%v), want TL_DESKTOP_PASSWORD's", got, err)
 	}
 	if env, _ := c2.exec("cat", "/home/tl-user/.vnc/desktop.env"); !strings.Contains(env, "TL_DESKTOP_GEOMETRY=1280x800x24") {
