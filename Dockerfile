@@ -4,6 +4,10 @@
 #                      and tl-agent as the entrypoint (PID 1)
 #   sandbox with --build-arg USERLAND=userland-slim: the slim variant, the
 #                      same agent set-up over a minimal userland
+#   sandbox with --build-arg USERLAND=userland-desktop: the desktop image
+#                      (make image's `desktop`): the full sandbox plus a VNC
+#                      desktop on 127.0.0.1:5901 for the SDK's
+#                      connectDesktop() (docs/desktop.md)
 #   proxy              tl-proxy alone, the reference sandbox proxy
 #   agent-bin          just /tl-agent, to COPY --from into any other image
 #   existing           tl-agent added to APP_IMAGE (any glibc or musl image)
@@ -84,6 +88,25 @@ RUN apt-get update \
  && locale-gen \
  && printf 'LANG=C.UTF-8\n' > /etc/default/locale \
  && rm -rf /var/cache/apt/archives/*.deb /var/log/apt/* /var/log/dpkg.log
+
+# ---- userland-desktop: userland-full plus a desktop for computer use
+# (docs/desktop.md): TigerVNC's Xvnc on display :1 (RFB on 127.0.0.1:5901),
+# openbox and a tint2 panel, xterm, a browser, fonts, xdotool; started by
+# boot services as tl-user, configured by an on-boot hook. Built as the
+# sandbox's USERLAND so that agent changes rebuild none of it.
+# DESKTOP_BROWSER: firefox-esr (its sandbox needs no --no-sandbox under a
+# container runtime, unlike chromium's), or empty for none. ----
+FROM userland-full AS userland-desktop
+ARG DESKTOP_BROWSER=firefox-esr
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      tigervnc-standalone-server tigervnc-tools xfonts-base x11-xserver-utils \
+      openbox tint2 xterm xdotool fonts-dejavu-core ${DESKTOP_BROWSER} \
+ && rm -rf /var/cache/apt/archives/*.deb /var/log/apt/* /var/log/dpkg.log \
+ && sed -i 's|<keyboard>|<keyboard><keybind key="C-A-t"><action name="Execute"><command>xterm -geometry 80x24+40+40</command></action></keybind>|' /etc/xdg/openbox/rc.xml \
+ && grep -q 'key="C-A-t"' /etc/xdg/openbox/rc.xml
+COPY image/desktop/ /
+ENV TL_DESKTOP_GEOMETRY=1280x800x24
 
 # ---- sandbox: the default target, over USERLAND (userland-full, or
 # userland-slim for the slim variant) ----

@@ -23,10 +23,10 @@ run: build
 run-container: build
 	TL_RUN=container ./scripts/run-local.sh
 
-## image: the sandbox and proxy images, built with podman or docker
+## image: the sandbox, desktop and proxy images, built with podman or docker
 ## (docs/image.md). Without a registry the bases are made locally.
 image:
-	./image/build.sh sandbox proxy
+	./image/build.sh sandbox desktop proxy
 
 deps:
 	./scripts/deps.sh

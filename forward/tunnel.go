@@ -114,13 +114,41 @@ func (t *Tunnels) serve(w http.ResponseWriter, r *http.Request) {
 	// which closes the stream; the agent does not ping, since a tunnel
 	// whose target is slow to read cannot answer pings in time and would
 	// be dropped for it.
-	c := &wsConn{ws: ws, ctx: ctx}
+	c := &wsConn{ws: ws, ctx: ctx, listening: make(chan struct{})}
+	go c.awaitListener()
 	start := time.Now()
 	in, out := relay.Relay(c, target)
 	log := reqid.Logger(r.Context(), t.log)
 	log.Debug().Int("port", port).Int64("bytes_in", in).Int64("bytes_out", out).
 		Dur("duration", time.Since(start)).Msg("tunnel ended")
 }
+
+// firstByteHold is how long the target's first bytes wait after the 101
+// unless the client sends first (awaitListener).
+const firstByteHold = 250 * time.Millisecond
+
+// awaitListener holds the target's first bytes until the client has sent
+// a message or firstByteHold has passed. A client may take the 101 and the
+// first message from one read and attach its message handler only once it
+// has seen the open: the official SDK's desktop tunnel (npm ws) does, and
+// drops a server-speaks-first greeting (VNC's "RFB 003.008") that comes
+// with the 101; bytes sent later arrive in a later read, after the handler
+// is there. The cost: firstByteHold before the first byte of a server that
+// speaks first, nothing when the client does. (A ping would be exact, but
+// the SDK answers pings with unmasked pongs, a protocol error that ends
+// the connection.)
+func (c *wsConn) awaitListener() {
+	t := time.NewTimer(firstByteHold)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.listening:
+	case <-c.ctx.Done():
+	}
+	c.heard()
+}
+
+func (c *wsConn) heard() { c.heardOnce.Do(func() { close(c.listening) }) }
 
 // wsConn presents a WebSocket as a net.Conn for Relay: a Read returns
 // bytes of binary messages in turn; a Write sends one binary message;
@@ -131,6 +159,9 @@ type wsConn struct {
 
 	r   io.Reader // current message; only the reading goroutine touches it
 	eof bool
+
+	listening chan struct{} // closed once the target's bytes may go (awaitListener)
+	heardOnce sync.Once
 
 	mu        sync.Mutex
 	closeCode websocket.StatusCode // guarded by mu; set by a refusal
@@ -159,6 +190,7 @@ func (c *wsConn) Read(p []byte) (int, error) {
 				return 0, errText
 			}
 			c.r = r
+			c.heard()
 			n, err := c.r.Read(p)
 			if errors.Is(err, io.EOF) {
 				c.r = nil
@@ -192,6 +224,11 @@ func (c *wsConn) refuse(code websocket.StatusCode, msg string) {
 }
 
 func (c *wsConn) Write(p []byte) (int, error) {
+	select {
+	case <-c.listening:
+	case <-c.ctx.Done():
+		return 0, c.ctx.Err()
+	}
 	if err := c.ws.Write(c.ctx, websocket.MessageBinary, p); err != nil {
 		return 0, err
 	}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # build.sh [target...]: build the images with the local engine (make image).
 # Targets: sandbox (default: the full userland), sandbox-slim (the same
-# over a minimal userland), proxy, agent-bin, existing.
+# over a minimal userland), desktop (the full one plus a VNC desktop,
+# docs/desktop.md), proxy, agent-bin, existing.
 #
 # With podman and no registry (this project's CI), the base and Go builder
 # images are made locally first (base.sh, builder.sh) and passed to the
@@ -12,6 +13,8 @@
 #   TL_SANDBOX_IMAGE   tag of the sandbox image (localhost/tl-sandbox:latest)
 #   TL_SANDBOX_SLIM_IMAGE  tag of the slim one (localhost/tl-sandbox-slim:latest)
 #   TL_PROXY_IMAGE     tag of the proxy image (localhost/tl-proxy:latest)
+#   TL_DESKTOP_IMAGE   tag of the desktop one (localhost/tl-desktop:latest)
+#   TL_DESKTOP_BROWSER the desktop's browser package (firefox-esr; empty: none)
 #   TL_EXISTING_IMAGE  tag of the `existing` target (localhost/tl-existing:latest)
 #   TL_APP_IMAGE       image the `existing` target adds tl-agent to
 set -euo pipefail
@@ -45,6 +48,10 @@ for target in "$@"; do
     sandbox-slim)
       tag=${TL_SANDBOX_SLIM_IMAGE:-localhost/tl-sandbox-slim:latest}
       stage=sandbox extra=(--build-arg USERLAND=userland-slim) ;;
+    desktop)
+      tag=${TL_DESKTOP_IMAGE:-localhost/tl-desktop:latest}
+      stage=sandbox extra=(--build-arg USERLAND=userland-desktop)
+      [ -n "${TL_DESKTOP_BROWSER+x}" ] && extra+=(--build-arg "DESKTOP_BROWSER=$TL_DESKTOP_BROWSER") ;;
     proxy) tag=$TL_PROXY_IMAGE ;;
     agent-bin) tag=localhost/tl-agent-bin:latest ;;
     existing) tag=${TL_EXISTING_IMAGE:-localhost/tl-existing:latest} ;;

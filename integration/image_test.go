@@ -71,7 +71,7 @@ func buildImage(t *testing.T, target string) string {
 		defer cancel()
 		start := time.Now()
 		cmd := exec.CommandContext(ctx, filepath.Join(Root(), "image", "build.sh"), target)
-		cmd.Env = append(os.Environ(), "TL_ENGINE=podman", "TL_SANDBOX_IMAGE="+tag, "TL_SANDBOX_SLIM_IMAGE="+tag, "TL_EXISTING_IMAGE="+tag, "TL_PROXY_IMAGE="+tag,
+		cmd.Env = append(os.Environ(), "TL_ENGINE=podman", "TL_SANDBOX_IMAGE="+tag, "TL_SANDBOX_SLIM_IMAGE="+tag, "TL_EXISTING_IMAGE="+tag, "TL_DESKTOP_IMAGE="+tag, "TL_PROXY_IMAGE="+tag,
 			"CONTAINERS_CONF="+filepath.Join(Root(), "image", "containers.conf"))
 		out, berr := cmd.CombinedOutput()
 		if berr != nil {

@@ -14,7 +14,7 @@ import (
 )
 
 // sdkSteps are the steps of testdata/sdk_smoke.mjs this build must pass.
-var sdkSteps = []string{"health", "info", "run", "run_many", "follow_skipped", "run_timeout", "files", "processes", "process_io", "supervised", "services", "tunnel", "pty"}
+var sdkSteps = []string{"health", "info", "run", "run_many", "follow_skipped", "run_timeout", "files", "processes", "process_io", "supervised", "services", "tunnel", "desktop", "pty"}
 
 // TestOfficialSDK drives the sandbox with the official TypeScript SDK (npm
 // tensorlake on Node 22), pointed at tl-proxy with proxyUrl, exactly as a
@@ -64,7 +64,8 @@ func TestOfficialSDK(t *testing.T) {
 	cmd := exec.CommandContext(ctx, filepath.Join(sdkDir, "node_modules", ".bin", "node"), scriptPath)
 	cmd.Dir = sdkDir
 	cmd.Env = append(cmd.Environ(), "SBX="+s.SandboxID, "PROXY=http://"+s.HTTPAddr, "KEY="+s.APIKey,
-		"STEPS="+strings.Join(sdkSteps, ","), "TUNNEL_PORT="+strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+		"STEPS="+strings.Join(sdkSteps, ","), "TUNNEL_PORT="+strconv.Itoa(ln.Addr().(*net.TCPAddr).Port),
+		"RFB_PORT="+strconv.Itoa(fakeRFB(t)))
 	res, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("SDK script: %v\n%s", err, res)

@@ -140,6 +140,21 @@ const steps = {
     assert.equal(code, 5);
     assert.match(out, /pty-42/);
   },
+  // connectDesktop against a minimal RFB server (rfb_test.go's fakeRFB,
+  // which speaks first as VNC does), without a container. The greeting
+  // race the tunnel's first-byte hold fixes did not show here, only in
+  // TestImageDesktop: this step checks the SDK's RFB path, not the hold.
+  async desktop() {
+    const d = await sb.connectDesktop({ port: Number(process.env.RFB_PORT), connectTimeout: 20 });
+    assert.equal(d.width, 4);
+    const png = Buffer.from(await d.screenshot(10));
+    assert.deepEqual([...png.subarray(1, 4)], [80, 78, 71]); // "PNG"
+    assert.equal(png.readUInt32BE(16), 4);
+    assert.equal(png.readUInt32BE(20), 2);
+    await d.moveMouse(1, 1);
+    await d.press("enter");
+    await d.close();
+  },
   async tunnel() {
     const port = Number(process.env.TUNNEL_PORT);
     // The local port defaults to the remote one, taken here: the sandbox
