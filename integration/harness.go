@@ -445,7 +445,10 @@ func (s *System) WaitConnected(d time.Duration) {
 }
 
 // Connected asks the proxy whether the sandbox's uplink is up.
-func (s *System) Connected() bool {
+func (s *System) Connected() bool { return s.ConnectedID(s.SandboxID) }
+
+// ConnectedID asks the proxy whether sandbox id's uplink is up.
+func (s *System) ConnectedID(id string) bool {
 	req, _ := http.NewRequest("GET", s.BaseURL()+"/_proxy/sandboxes", nil)
 	req.Header.Set("Authorization", "Bearer "+s.APIKey)
 	resp, err := http.DefaultClient.Do(req)
@@ -463,7 +466,7 @@ func (s *System) Connected() bool {
 		return false
 	}
 	for _, sb := range out.Sandboxes {
-		if sb.ID == s.SandboxID {
+		if sb.ID == id {
 			return sb.Connected
 		}
 	}

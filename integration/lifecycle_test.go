@@ -129,32 +129,6 @@ func ended(ch <-chan struct{}, within time.Duration) bool {
 	}
 }
 
-// connectedAs reports whether the proxy lists sandbox id as connected.
-func connectedAs(s *System, id string) bool {
-	req, _ := http.NewRequest("GET", s.BaseURL()+"/_proxy/sandboxes", nil)
-	req.Header.Set("Authorization", "Bearer "+s.APIKey)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return false
-	}
-	defer resp.Body.Close()
-	var out struct {
-		Sandboxes []struct {
-			ID        string `json:"id"`
-			Connected bool   `json:"connected"`
-		} `json:"sandboxes"`
-	}
-	if json.NewDecoder(resp.Body).Decode(&out) != nil {
-		return false
-	}
-	for _, sb := range out.Sandboxes {
-		if sb.ID == id {
-			return sb.Connected
-		}
-	}
-	return false
-}
-
 // TestLifecycleThroughOperatorDoor: prepare and resume through tl-proxy's
 // operator door on a sandbox given a loop-mounted ext4 at /data. The file
 // system is really frozen (a write blocks until the resume thaws it); a
@@ -233,10 +207,10 @@ func TestLifecycleThroughOperatorDoor(t *testing.T) {
 		if code != http.StatusOK || out["sandbox_id"] != clone || out["new_identity"] != true {
 			t.Fatalf("resume as a clone: %d %v", code, out)
 		}
-		for deadline := time.Now().Add(20 * time.Second); !connectedAs(s, clone) || connectedAs(s, s.SandboxID); time.Sleep(50 * time.Millisecond) {
+		for deadline := time.Now().Add(20 * time.Second); !s.ConnectedID(clone) || s.Connected(); time.Sleep(50 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("not registered as %s within 20 s (clone connected %v, old connected %v)\nagent log:\n%s",
-					clone, connectedAs(s, clone), connectedAs(s, s.SandboxID), tail(s.AgentLog(), 20))
+					clone, s.ConnectedID(clone), s.Connected(), tail(s.AgentLog(), 20))
 			}
 		}
 		// The clone's API answers under its own id, and a new process gets
