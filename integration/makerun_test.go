@@ -336,7 +336,8 @@ func TestMakeRunInterruptWithShell(t *testing.T) {
 	m.interrupt()
 	code, ok := m.exited(10 * time.Second)
 	if !ok {
-		t.Fatalf("make run still running 10 s after Ctrl-C with a shell alive:\n%s", m.out)
+		agentLog, _ := os.ReadFile(filepath.Join(m.root, ".run", "agent.log"))
+		t.Fatalf("make run still running 10 s after Ctrl-C with a shell alive:\n%s\nagent log (tail):\n%s", m.out, tail(string(agentLog), 40))
 	}
 	t.Logf("make run returned %v after Ctrl-C (exit %d)", time.Since(start).Round(time.Millisecond), code)
 	if c, err := net.DialTimeout("tcp", m.HTTP, time.Second); err == nil {

@@ -33,6 +33,9 @@ const (
 // only a process stuck in uninterruptible sleep outlives it.
 const killWait = 3 * time.Second
 
+// rehangEvery is how often the graceful phase hangs terminals up again.
+const rehangEvery = 500 * time.Millisecond
+
 // Sweep ends every process of the sandbox, in two phases. Capabilities do
 // not run grace timers of their own: their Close, called after the sweep,
 // only ends what is left at once and waits for its goroutines.
@@ -57,12 +60,12 @@ func Sweep(r *Reaper, grace time.Duration, pid1 bool, log zerolog.Logger) SweepR
 	res := graceful(r, pid1)
 	log.Info().Str("phase", PhaseGraceful).Int("processes", res.Termed).Int("hung_up", res.HungUp).
 		Dur("grace", grace).Msg("sent SIGTERM")
-	left := waitGone(r, pid1, grace)
+	left := waitGone(r, pid1, grace, func() { hangUp(sandboxProcs(pid1)) })
 	if len(left) > 0 {
 		res.Killed = hard(r, left)
 		log.Warn().Str("phase", PhaseHard).Int("processes", res.Killed).Ints("pids", head(left, 20)).
 			Msg("grace over: sent SIGKILL")
-		left = waitGone(r, pid1, killWait)
+		left = waitGone(r, pid1, killWait, nil)
 	}
 	res.Left = len(left)
 	res.Took = time.Since(start)
@@ -73,17 +76,25 @@ func Sweep(r *Reaper, grace time.Duration, pid1 bool, log zerolog.Logger) SweepR
 }
 
 // graceful refuses new starts and sends the graceful phase's signals.
-func graceful(r *Reaper, pid1 bool) SweepResult {
-	var res SweepResult
-	r.refuseStarts()
+// hangUp sends SIGHUP (and SIGCONT) to every process on a terminal other
+// than the agent's own, as a terminal's hang-up does, and counts them.
+func hangUp(procs []Stat) int {
 	own, _ := ReadStat(os.Getpid())
-	procs := sandboxProcs(pid1)
+	n := 0
 	for _, p := range procs {
 		if p.TTY != 0 && p.TTY != own.TTY && unix.Kill(p.Pid, syscall.SIGHUP) == nil {
 			_ = unix.Kill(p.Pid, syscall.SIGCONT)
-			res.HungUp++
+			n++
 		}
 	}
+	return n
+}
+
+func graceful(r *Reaper, pid1 bool) SweepResult {
+	var res SweepResult
+	r.refuseStarts()
+	procs := sandboxProcs(pid1)
+	res.HungUp = hangUp(procs)
 	for _, p := range r.Live() {
 		_ = p.SignalGroup(syscall.SIGTERM)
 		_ = p.Signal(syscall.SIGTERM) // a process that left its group
@@ -114,9 +125,19 @@ func hard(r *Reaper, left []int) int {
 // waitGone polls until no process but us is alive (zombies are dead: the
 // reaper or their parent's exit takes them), or d passes. It returns the
 // pids still alive.
-func waitGone(r *Reaper, pid1 bool, d time.Duration) []int {
+//
+// again, when set, runs every rehangEvery meanwhile: an interactive shell
+// that takes the hang-up while it starts (bash between its exec and
+// installing its handlers) can miss it and wait out the whole grace
+// ignoring SIGTERM, so terminals are hung up again.
+func waitGone(r *Reaper, pid1 bool, d time.Duration, again func()) []int {
 	deadline := time.Now().Add(d)
+	next := time.Now().Add(rehangEvery)
 	for {
+		if again != nil && time.Now().After(next) {
+			again()
+			next = time.Now().Add(rehangEvery)
+		}
 		left := sandboxPids(pid1)
 		if len(left) == 0 && r.liveCount() == 0 {
 			return nil
