@@ -37,21 +37,22 @@ fi
 # fuzz_one runs one target. Go 1.26's fuzz coordinator can fail a target
 # with a bare "context deadline exceeded" as -fuzztime ends on a loaded
 # machine (golang/go#75804, fixed in Go 1.27): no input is at fault and
-# none is written. Such a run, and only such a run, is retried once; a
-# written failing input, a panic or a test failure fails at once.
+# none is written. Such a run, and only such a run, is tried again (at
+# most three runs); a written failing input, a panic or a test failure
+# fails at once.
 fuzz_one() {
-	local pkg=$1 name=$2 log
+	local pkg=$1 name=$2 log try
 	log=$(mktemp)
-	if $go test "$pkg" -run '^$' -fuzz "^${name}\$" -fuzztime "$time" 2>&1 | tee "$log"; [ "${PIPESTATUS[0]}" -eq 0 ]; then
-		rm -f "$log"
-		return 0
-	fi
-	if grep -q 'context deadline exceeded' "$log" && ! grep -qE 'Failing input written|panic:|_test\.go:[0-9]+:' "$log"; then
-		rm -f "$log"
-		echo "fuzz: $name: the coordinator's deadline race (golang/go#75804), no failing input: once more"
-		$go test "$pkg" -run '^$' -fuzz "^${name}\$" -fuzztime "$time"
-		return
-	fi
+	for try in 1 2 3; do
+		if $go test "$pkg" -run '^$' -fuzz "^${name}\$" -fuzztime "$time" 2>&1 | tee "$log"; [ "${PIPESTATUS[0]}" -eq 0 ]; then
+			rm -f "$log"
+			return 0
+		fi
+		if ! grep -q 'context deadline exceeded' "$log" || grep -qE 'Failing input written|panic:|_test\.go:[0-9]+:' "$log"; then
+			break
+		fi
+		echo "fuzz: $name: the coordinator's deadline race (golang/go#75804), no failing input (run $try of 3)"
+	done
 	rm -f "$log"
 	return 1
 }
