@@ -145,7 +145,7 @@ func (t *Table) Stop(name string, sig syscall.Signal, wait time.Duration) error 
 		m.markStopped()
 		return nil
 	}
-	supervisor.Kill(sig, supervisor.Scope{Group: p.pid, Descendants: p.pid, Env: cookieEnv + "=" + fmt.Sprint(p.handle)})
+	signalTree(sig, p.pid, p.handle)
 	if !sleepRunning(context.Background(), m.clock(), wait, p.done) {
 		m.markStopped()
 		return nil

@@ -17,8 +17,11 @@ const cookieEnv = "TL_PROCESS_HANDLE"
 // pid, every descendant of pid, and every process carrying the handle's
 // cookie (supervisor.Kill repeats while new victims appear). Best effort:
 // it never fails.
-func killTree(pid, handle int) {
-	supervisor.Kill(syscall.SIGKILL, supervisor.Scope{
+func killTree(pid, handle int) { signalTree(syscall.SIGKILL, pid, handle) }
+
+// signalTree sends sig to a process's tree, as killTree defines it.
+func signalTree(sig syscall.Signal, pid, handle int) {
+	supervisor.Kill(sig, supervisor.Scope{
 		Group:       pid,
 		Descendants: pid,
 		Env:         cookieEnv + "=" + strconv.Itoa(handle),
