@@ -2,7 +2,6 @@ package sshd
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,13 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/tensorlake/tl-agent/internal/leakcheck"
-	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/launch"
-	"github.com/tensorlake/tl-agent/supervisor"
 )
 
 // Without a PTY the session lasts until every writer of the pipes has
@@ -91,19 +87,7 @@ func TestCloseWhileJobWrites(t *testing.T) { jobWritesAtEnd(t, true) }
 func jobWritesAtEnd(t *testing.T, serverClose bool) {
 	u := me(t)
 	base := leakcheck.Take(t)
-	reaper := supervisor.NewReaper(zerolog.Nop(), false)
-	go reaper.Run(nil)
-	s, err := New(Config{User: u}, zerolog.Nop(), reaper)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := tcpPairNoCleanup(t)
-	go s.ServeConn(context.Background(), a, streams.Peer{User: "test"})
-	conn, chans, reqs, err := gossh.NewClientConn(b, "pipe", &gossh.ClientConfig{User: "x", HostKeyCallback: gossh.InsecureIgnoreHostKey()})
-	if err != nil {
-		t.Fatalf("handshake: %v", err)
-	}
-	c := gossh.NewClient(conn, chans, reqs)
+	s, reaper, c, b := serveUncleaned(t, u)
 	sess, err := c.NewSession()
 	if err != nil {
 		t.Fatal(err)

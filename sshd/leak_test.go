@@ -8,6 +8,7 @@ import (
 	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/leakcheck"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/supervisor"
@@ -27,19 +28,7 @@ func TestCloseLeaksNothing(t *testing.T) {
 	defer silent.Close()
 	base := leakcheck.Take(t)
 
-	reaper := supervisor.NewReaper(zerolog.Nop(), false)
-	go reaper.Run(nil)
-	s, err := New(Config{User: u}, zerolog.Nop(), reaper)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := tcpPairNoCleanup(t)
-	go s.ServeConn(context.Background(), a, streams.Peer{User: "test"})
-	conn, chans, reqs, err := gossh.NewClientConn(b, "pipe", &gossh.ClientConfig{User: "x", HostKeyCallback: gossh.InsecureIgnoreHostKey()})
-	if err != nil {
-		t.Fatalf("handshake: %v", err)
-	}
-	c := gossh.NewClient(conn, chans, reqs)
+	s, reaper, c, b := serveUncleaned(t, u)
 
 	sess, err := c.NewSession()
 	if err != nil {
@@ -88,4 +77,24 @@ func tcpPairNoCleanup(t *testing.T) (net.Conn, net.Conn) {
 		t.Fatal(err)
 	}
 	return a, b
+}
+
+// serveUncleaned is a server (with its own reaper) and a client over one
+// TCP pair, none of it closed by t.Cleanup: leak tests close it
+// themselves, then count what is left.
+func serveUncleaned(t *testing.T, u *identity.User) (*Server, *supervisor.Reaper, *gossh.Client, net.Conn) {
+	t.Helper()
+	reaper := supervisor.NewReaper(zerolog.Nop(), false)
+	go reaper.Run(nil)
+	s, err := New(Config{User: u}, zerolog.Nop(), reaper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := tcpPairNoCleanup(t)
+	go s.ServeConn(context.Background(), a, streams.Peer{User: "test"})
+	conn, chans, reqs, err := gossh.NewClientConn(b, "pipe", &gossh.ClientConfig{User: "x", HostKeyCallback: gossh.InsecureIgnoreHostKey()})
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	return s, reaper, gossh.NewClient(conn, chans, reqs), b
 }

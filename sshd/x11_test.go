@@ -2,7 +2,6 @@ package sshd
 
 import (
 	"bufio"
-	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -15,13 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/tensorlake/tl-agent/forward"
 	"github.com/tensorlake/tl-agent/internal/leakcheck"
-	"github.com/tensorlake/tl-agent/internal/streams"
-	"github.com/tensorlake/tl-agent/supervisor"
 )
 
 // The SSH client's side of these tests plays the X server: it takes the
@@ -272,19 +268,7 @@ func TestX11CloseLeaksNothing(t *testing.T) {
 	needXauth(t)
 	u := me(t)
 	base := leakcheck.Take(t)
-	reaper := supervisor.NewReaper(zerolog.Nop(), false)
-	go reaper.Run(nil)
-	s, err := New(Config{User: u}, zerolog.Nop(), reaper)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := tcpPairNoCleanup(t)
-	go s.ServeConn(context.Background(), a, streams.Peer{User: "test"})
-	conn, chans, reqs, err := gossh.NewClientConn(b, "pipe", &gossh.ClientConfig{User: "x", HostKeyCallback: gossh.InsecureIgnoreHostKey()})
-	if err != nil {
-		t.Fatalf("handshake: %v", err)
-	}
-	c := gossh.NewClient(conn, chans, reqs)
+	s, reaper, c, b := serveUncleaned(t, u)
 	x11 := c.HandleChannelOpen("x11")
 	_, n, fake := x11Session(t, c, false, "sleep 100")
 	fakeBytes, _ := hex.DecodeString(fake)
