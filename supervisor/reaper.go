@@ -4,11 +4,13 @@
 package supervisor
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -42,6 +44,8 @@ type Reaper struct {
 
 	kick chan struct{} // asks Run to reap now
 	quit chan struct{} // closed by Close: Run returns
+
+	adopted map[int]*Proc // guarded by mu; pid -> Proc adopted, until Adopted takes it
 
 	orphans atomic.Int64
 	started atomic.Int64
@@ -130,7 +134,7 @@ func (p *Proc) SignalGroup(sig syscall.Signal) error {
 func NewReaper(log zerolog.Logger, reapAll bool) *Reaper {
 	return &Reaper{
 		log: log.With().Str("component", "reaper").Logger(), reapAll: reapAll, oom: NewOOMCounter(),
-		subs: map[int]*Proc{}, kick: make(chan struct{}, 1), quit: make(chan struct{}),
+		subs: map[int]*Proc{}, adopted: map[int]*Proc{}, kick: make(chan struct{}, 1), quit: make(chan struct{}),
 	}
 }
 
@@ -170,6 +174,64 @@ func (r *Reaper) Start(cmd *exec.Cmd) (*Proc, error) {
 	r.subs[p.Pid] = p
 	r.started.Add(1)
 	return p, nil
+}
+
+// Adopt registers pid, a child of this process that it did not start
+// here: a live upgrade's predecessor started it before it exec'd this
+// binary (internal/handover). Call it before Run first reaps, or an exit
+// in between is counted as an orphan's. A pid that is not our child is
+// refused: the state named a process we cannot wait for.
+func (r *Reaper) Adopt(pid int) (*Proc, error) {
+	if ppid, err := parentOf(pid); err != nil || ppid != os.Getpid() {
+		if err == nil {
+			err = fmt.Errorf("reaper: pid %d is not a child of this process (parent %d)", pid, ppid)
+		}
+		return nil, err
+	}
+	proc, err := os.FindProcess(pid) // a pidfd: a reused pid is never signalled
+	if err != nil {
+		return nil, err
+	}
+	p := &Proc{Cmd: &exec.Cmd{Process: proc}, Pid: pid, done: make(chan struct{}), oom: r.oom.Count()}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, dup := r.subs[pid]; dup {
+		return nil, fmt.Errorf("reaper: pid %d adopted twice", pid)
+	}
+	r.subs[pid] = p
+	r.adopted[pid] = p
+	r.started.Add(1)
+	return p, nil
+}
+
+// Adopted hands out the Proc adopted for pid, once (nil when pid was not
+// adopted or was taken already). The capability that owns the process
+// takes it while it restores its tables.
+func (r *Reaper) Adopted(pid int) *Proc {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.adopted[pid]
+	delete(r.adopted, pid)
+	return p
+}
+
+// parentOf reads pid's parent from /proc/PID/stat (the field after the
+// command name, which may itself hold spaces and parentheses).
+func parentOf(pid int) (int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("reaper: /proc/%d/stat unreadable", pid)
+	}
+	var state byte
+	var ppid int
+	if _, err := fmt.Sscanf(string(b[i+1:]), " %c %d", &state, &ppid); err != nil {
+		return 0, fmt.Errorf("reaper: /proc/%d/stat: %w", pid, err)
+	}
+	return ppid, nil
 }
 
 // Stats reports counts for the operator's status.

@@ -243,3 +243,44 @@ func TestParseMountInfo(t *testing.T) {
 		t.Error("/sys found")
 	}
 }
+
+// TestReaperAdopt: a child this process started without the reaper (as a
+// live upgrade's predecessor did) is adopted, and its exit code delivered;
+// a pid that is not our child is refused.
+func TestReaperAdopt(t *testing.T) {
+	r := NewReaper(zerolog.Nop(), false)
+	cmd := exec.Command("sh", "-c", "read x; exit 7")
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := r.Adopt(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Adopt(cmd.Process.Pid); err == nil {
+		t.Fatal("a pid was adopted twice")
+	}
+	if _, err := r.Adopt(os.Getppid()); err == nil {
+		t.Fatal("our parent was adopted")
+	}
+	if r.Adopted(cmd.Process.Pid) != p || r.Adopted(cmd.Process.Pid) != nil {
+		t.Fatal("Adopted must hand the Proc out once")
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { r.Run(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	in.Close()
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the adopted child's exit was never delivered")
+	}
+	if e := p.Wait(); e.Code != 7 {
+		t.Fatalf("adopted child's exit %v, want exit 7", e)
+	}
+}
