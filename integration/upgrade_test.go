@@ -1,0 +1,414 @@
+package integration
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Live upgrade of PID 1 (issue 22, docs/upgrade.md), end to end: the real
+// agent as PID 1 of a sandbox, upgraded in place to a second build while
+// PTY sessions, processes, managed restarts and a boot service run.
+
+// upgradeCount is how many upgrades in a row TestLiveUpgrade makes,
+// alternating two builds.
+const upgradeCount = 20
+
+// Leak tolerances after upgradeCount upgrades, against the agent before
+// the first one (clients attached alike): a leak of one per upgrade is
+// well over them.
+const (
+	upgradeFDSlack        = 4
+	upgradeGoroutineSlack = 10
+)
+
+// upgradeSystem is a sandbox with the workload's boot image and an
+// operator door (the platform's upgrade call), with both builds of the
+// agent installed in its root.
+func upgradeSystem(t *testing.T) (*System, operator, map[string]string) {
+	t.Helper()
+	RequireRoot(t)
+	a, b := MainBuild(t), UpgradeBinary(t, UpgradeVersionB, false)
+	s, op := lifecycleSystem(t, Options{EtcTLAgent: upgradeEtc(t)}, "sbx-unused", randHex(32))
+	ensureUser(t, s)
+	requireUpgrade(t, s)
+	return s, op, map[string]string{
+		a.Version: s.InstallFile(t, a.Path, "/opt/tl-upgrade/tl-agent-a"),
+		b.Version: s.InstallFile(t, b.Path, "/opt/tl-upgrade/tl-agent-b"),
+	}
+}
+
+// controlPost posts body to path on the agent's control socket.
+func controlPost(t *testing.T, s *System, path string, body any) (int, map[string]any) {
+	t.Helper()
+	c := &http.Client{Timeout: 100 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", s.ControlSocket())
+	}}}
+	data, _ := json.Marshal(body)
+	resp, err := c.Post("http://agent"+path, "application/json", strings.NewReader(string(data)))
+	if err != nil {
+		t.Fatalf("POST %s on the control socket: %v", path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	_ = json.Unmarshal(raw, &out)
+	return resp.StatusCode, out
+}
+
+// requireUpgrade skips when the agent has no upgrade flow yet: its
+// control socket does not route POST /upgrade (an empty body is a bad
+// request to a flow that exists, and changes nothing).
+func requireUpgrade(t *testing.T, s *System) {
+	t.Helper()
+	if code, _ := controlPost(t, s, "/upgrade", map[string]any{}); code == http.StatusNotFound {
+		t.Skip("the agent has no live upgrade yet: POST /upgrade on the control socket is 404 (issue 22, lane upg-core)")
+	}
+}
+
+// doorMissing says why the platform door cannot be used ("" when it can).
+func doorMissing(t *testing.T, s *System, op operator) string {
+	t.Helper()
+	code, out := op.call("POST", "/sandboxes/"+s.SandboxID+"/upgrade", map[string]any{})
+	if code == http.StatusNotFound && out["code"] == "NOT_FOUND" {
+		return "tl-proxy's operator door has no POST /sandboxes/{id}/upgrade yet (lane upg-core)"
+	}
+	return ""
+}
+
+// upgradeCLI upgrades with `tl-agent upgrade` inside the sandbox and
+// waits until the sandbox serves as version through the proxy.
+func upgradeCLI(t *testing.T, s *System, path, version string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	out, err := s.UpgradeInside(path)
+	if err != nil {
+		t.Fatalf("tl-agent upgrade %s: %v\n%s\nagent log:\n%s", path, err, out, tail(s.AgentLog(), 40))
+	}
+	return s.WaitServing(t, version, start, 60*time.Second)
+}
+
+// upgradeDoor upgrades through the platform door of tl-proxy.
+func upgradeDoor(t *testing.T, s *System, op operator, path, version string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	code, out := op.call("POST", "/sandboxes/"+s.SandboxID+"/upgrade", map[string]any{"path": path})
+	if code != http.StatusOK {
+		t.Fatalf("POST /sandboxes/%s/upgrade %s: %d %v\nagent log:\n%s", s.SandboxID, path, code, out, tail(s.AgentLog(), 40))
+	}
+	return s.WaitServing(t, version, start, 60*time.Second)
+}
+
+// agentFigures are the agent's fds and goroutines, the least of a few
+// samples (a status call or a ping in flight counts too).
+func agentFigures(t *testing.T, s *System) (fds, goroutines int) {
+	t.Helper()
+	fds, goroutines = 1<<30, 1<<30
+	for i := 0; i < 5; i++ {
+		st := agentState(t, s)
+		fds, goroutines = min(fds, s.AgentFDs(t)), min(goroutines, st.Goroutines)
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fds, goroutines
+}
+
+// handoverFDs lists the agent's fds that only an upgrade makes: the
+// state's memfd and the old binary kept for a rollback. After the new
+// agent serves, none must be left.
+func handoverFDs(t *testing.T, s *System) []string {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", s.AgentPid())
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("agent fds: %v", err)
+	}
+	var left []string
+	for _, e := range ents {
+		target, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		if strings.HasPrefix(target, "/memfd:") || strings.Contains(target, "tl-agent") {
+			left = append(left, e.Name()+" -> "+target)
+		}
+	}
+	return left
+}
+
+// TestLiveUpgrade: a workload of every kind survives 20 upgrades in a row
+// between two builds (CLI inside the sandbox and the platform door by
+// turns): after each, the new version answers as PID 1, every session
+// and process is there with its pid, counters kept, the ticker's replay
+// without a gap; at the end every item's output is complete and its exit
+// code true, and the agent's fds and goroutines are back to what they were.
+func TestLiveUpgrade(t *testing.T) {
+	s, op, paths := upgradeSystem(t)
+	a, b := MainBuild(t).Version, UpgradeVersionB
+	door := doorMissing(t, s, op)
+	w := startUpgradeWorkload(t, s, true)
+	w.check(t, a)
+	hostPid := s.AgentPid()
+	baseFDs, baseG := agentFigures(t, s)
+	t.Logf("before the first upgrade: %d fds, %d goroutines", baseFDs, baseG)
+
+	took := upgradeCLI(t, s, paths[b], b)
+	t.Logf("upgrade 1 (%s -> %s, CLI): serving again after %v", a, b, took.Round(time.Millisecond))
+	w.check(t, b)
+
+	for i := 2; i <= upgradeCount; i++ {
+		from, to := a, b
+		if i%2 == 0 {
+			from, to = b, a
+		}
+		how := "CLI"
+		if door == "" && i%4 >= 2 {
+			how = "door"
+			took = upgradeDoor(t, s, op, paths[to], to)
+		} else {
+			took = upgradeCLI(t, s, paths[to], to)
+		}
+		t.Logf("upgrade %d (%s -> %s, %s): serving again after %v", i, from, to, how, took.Round(time.Millisecond))
+		w.check(t, to)
+	}
+	if s.AgentPid() != hostPid {
+		t.Fatalf("the sandbox's PID 1 is a new process (host pid %d, was %d)", s.AgentPid(), hostPid)
+	}
+
+	// The same clients as at the baseline: the ticker's (check left one)
+	// and the shell's.
+	w.shellC.c.CloseNow()
+	w.shellC = ptyDial(t, s, w.shell)
+	w.shellC.ready()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
+		fds, g := agentFigures(t, s)
+		left := handoverFDs(t, s)
+		if fds <= baseFDs+upgradeFDSlack && g <= baseG+upgradeGoroutineSlack && len(left) == 0 {
+			t.Logf("after %d upgrades: %d fds, %d goroutines (before: %d, %d)", upgradeCount, fds, g, baseFDs, baseG)
+			break
+		}
+		if time.Now().After(deadline) {
+			out, _ := exec.Command("curl", "-sS", "--unix-socket", s.ControlSocket(), "http://agent/debug/pprof/goroutine?debug=1").CombinedOutput()
+			t.Fatalf("after %d upgrades: %d fds, %d goroutines, want at most %d+%d and %d+%d; upgrade fds left: %v\ngoroutines:\n%s",
+				upgradeCount, fds, g, baseFDs, upgradeFDSlack, baseG, upgradeGoroutineSlack, left, tailStr(string(out), 6000))
+		}
+	}
+	w.checkEnd(t, true)
+	if door != "" {
+		t.Run("through the platform door", func(t *testing.T) { t.Skip(door) })
+	}
+}
+
+// refusingBuild is a new "binary" that prints a version and refuses every
+// state in the pre-flight, saying why, as a build with a state format of
+// its own would.
+const refusingBuild = `#!/bin/sh
+case "$1" in
+version) echo 99.0.0-refuses ;;
+upgrade-check) echo "handover: state format 1 unknown (this build reads 99)" >&2; exit 3 ;;
+*) echo "refusing build started with $*" >&2; exit 1 ;;
+esac
+`
+
+// TestUpgradeRefused: new binaries that fail verification or refuse the
+// state in the pre-flight change nothing: the call says why, the same
+// agent goes on (version, processes, pids), clients stay attached; then
+// the good build with its right checksum upgrades.
+func TestUpgradeRefused(t *testing.T) {
+	s, op, paths := upgradeSystem(t)
+	a, b := MainBuild(t).Version, UpgradeBinary(t, UpgradeVersionB, false)
+	w := startUpgradeWorkload(t, s, false)
+	script := filepath.Join(t.TempDir(), "refuses")
+	if err := os.WriteFile(script, []byte(refusingBuild), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	refuses := s.InstallFile(t, script, "/opt/tl-upgrade/refuses")
+	sum := fileSHA256(t, b.Path)
+	procsBefore := procTable(t, s)
+
+	cases := []struct {
+		name, path string
+		args       []string
+		reason     string // in the answer
+	}{
+		{"a binary that prints no version (/bin/true)", "/bin/true", nil, ""},
+		{"a checksum that does not match", paths[b.Version], []string{"--sha256", strings.Repeat("0", 64)}, ""},
+		{"a path that does not exist", "/opt/tl-upgrade/nope", nil, ""},
+		{"a build that refuses the state in the pre-flight", refuses, nil, "state format 1 unknown"},
+	}
+	for i, c := range cases {
+		rule(t, s, c.name, func(t *testing.T) {
+			out, err := s.UpgradeInside(c.path, c.args...)
+			if err == nil {
+				t.Fatalf("tl-agent upgrade %s %v succeeded: %s", c.path, c.args, out)
+			}
+			if strings.TrimSpace(out) == "" || (c.reason != "" && !strings.Contains(out, c.reason)) {
+				t.Fatalf("tl-agent upgrade %s: %q, want the reason (%q)", c.path, out, c.reason)
+			}
+			t.Logf("refused: %s", strings.TrimSpace(out))
+			nothingChanged(t, s, w, a, procsBefore, fmt.Sprintf("still%d", i))
+		})
+	}
+	rule(t, s, "the platform door refuses the same build with the reason", func(t *testing.T) {
+		if why := doorMissing(t, s, op); why != "" {
+			t.Skip(why)
+		}
+		code, out := op.call("POST", "/sandboxes/"+s.SandboxID+"/upgrade", map[string]any{"path": refuses})
+		if code == http.StatusOK || !strings.Contains(fmt.Sprint(out), "state format 1 unknown") {
+			t.Fatalf("door upgrade to a refusing build: %d %v, want a refusal with its reason", code, out)
+		}
+		nothingChanged(t, s, w, a, procsBefore, "door")
+	})
+	rule(t, s, "the good build with its checksum upgrades, everything kept", func(t *testing.T) {
+		start := time.Now()
+		out, err := s.UpgradeInside(paths[b.Version], "--sha256", sum)
+		if err != nil {
+			t.Fatalf("tl-agent upgrade --sha256 %s: %v %s", sum, err, out)
+		}
+		s.WaitServing(t, b.Version, start, 60*time.Second)
+		w.check(t, b.Version)
+		w.checkEnd(t, false)
+	})
+}
+
+// nothingChanged: the same agent answers as version, the process table
+// is as before, and the clients attached before are still attached.
+func nothingChanged(t *testing.T, s *System, w *upgradeWorkload, version string, procs map[int]string, mark string) {
+	t.Helper()
+	if st := agentState(t, s); st.Version != version || st.PID != 1 {
+		t.Fatalf("after a refused upgrade: version %q pid %d, want %q 1", st.Version, st.PID, version)
+	}
+	if got := procTable(t, s); fmt.Sprint(got) != fmt.Sprint(procs) {
+		t.Fatalf("process table changed by a refused upgrade:\nbefore %v\nafter  %v", procs, got)
+	}
+	w.shellC.t, w.tickC.t = t, t
+	attachedGoesOn(t, w.shellC, mark)
+	if !w.tickC.drain() {
+		t.Fatalf("the ticker's client was dropped by a refused upgrade: %v", w.tickC.err)
+	}
+	_, last := contiguous(w.tickC.out.String(), "tick-")
+	w.tickC.waitFor(fmt.Sprintf("tick-%d\r\n", last+5), 20*time.Second)
+	if ok, n := contiguous(w.tickC.out.String(), "tick-"); !ok {
+		t.Fatalf("the ticker's client: gap at tick-%d", n)
+	}
+}
+
+// procTable is pid -> status of every process in the table.
+func procTable(t *testing.T, s *System) map[int]string {
+	t.Helper()
+	var list struct {
+		Processes []procInfo `json:"processes"`
+	}
+	s.JSON("GET", "/api/v1/processes", nil, 200, &list)
+	m := map[int]string{}
+	for _, p := range list.Processes {
+		m[p.Pid] = p.Status
+	}
+	return m
+}
+
+func fileSHA256(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.Sum256(data)
+	return hex.EncodeToString(h[:])
+}
+
+// drain takes every message already queued; false when the connection
+// has ended.
+func (p *ptyConn) drain() bool {
+	for {
+		if open, got := p.take(50 * time.Millisecond); !open || !got {
+			return open
+		}
+	}
+}
+
+// TestUpgradeRollback: a build that fails its own restore after the exec
+// (the fail-restore switch) hands the state back to the old binary: the
+// old agent comes back as PID 1 with everything, reports the failed
+// upgrade, and a later upgrade to a good build still works.
+func TestUpgradeRollback(t *testing.T) {
+	s, _, paths := upgradeSystem(t)
+	a, b := MainBuild(t).Version, UpgradeVersionB
+	fail := UpgradeBinary(t, UpgradeVersionFail, true)
+	requireSymbol(t, fail.Path, strings.SplitN(failRestoreFlag, "=", 2)[0])
+	failPath := s.InstallFile(t, fail.Path, "/opt/tl-upgrade/tl-agent-fail")
+	w := startUpgradeWorkload(t, s, false)
+
+	rule(t, s, "the failing build rolls back to the old agent", func(t *testing.T) {
+		start := time.Now()
+		out, err := s.UpgradeInside(failPath)
+		t.Logf("tl-agent upgrade to the fail-restore build: %v %s", err, strings.TrimSpace(out))
+		report := waitUpgradeReport(t, s, 60*time.Second)
+		t.Logf("status reports: %s", report)
+		s.WaitServing(t, a, start, 60*time.Second)
+		// The exec happened: the uplink dropped, and with it the client
+		// attached before.
+		w.tickC.t = t
+		for deadline := time.Now().Add(20 * time.Second); ; {
+			if open, _ := w.tickC.take(time.Second); !open {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the client attached before the upgrade was never dropped: the fail-restore build did not run")
+			}
+		}
+	})
+	rule(t, s, "everything is intact after the rollback", func(t *testing.T) {
+		w.check(t, a)
+	})
+	rule(t, s, "a good build still upgrades after the rollback", func(t *testing.T) {
+		upgradeCLI(t, s, paths[b], b)
+		w.check(t, b)
+		w.checkEnd(t, false)
+	})
+}
+
+// requireSymbol skips when the build at bin lacks sym: a link-time switch
+// the flow has not defined yet (the linker ignores -X of a missing one).
+func requireSymbol(t *testing.T, bin, sym string) {
+	t.Helper()
+	out, err := exec.Command("go", "tool", "nm", bin).Output()
+	if err != nil {
+		t.Fatalf("go tool nm %s: %v", bin, err)
+	}
+	if !strings.Contains(string(out), " "+sym+"\n") {
+		t.Skipf("the agent has no %s switch yet (lane upg-core): no fail-restore build", sym)
+	}
+}
+
+// waitUpgradeReport waits until the agent's status reports a failed
+// upgrade and returns that part of it.
+func waitUpgradeReport(t *testing.T, s *System, d time.Duration) string {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		out, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "status", "--json", "--socket", s.ControlSocket()).Output()
+		if err != nil {
+			continue // between the execs
+		}
+		var st map[string]json.RawMessage
+		if json.Unmarshal(out, &st) != nil {
+			continue
+		}
+		up, ok := st["upgrade"]
+		last = string(up)
+		if ok && (strings.Contains(last, "fail") || strings.Contains(last, "roll")) {
+			return last
+		}
+	}
+	t.Fatalf("the agent's status never reported the failed upgrade within %v (upgrade part: %s)\nagent log:\n%s", d, last, tail(s.AgentLog(), 40))
+	return ""
+}
