@@ -26,14 +26,14 @@ const agentSectionVersion = 1
 // the environment since the start), the fds and pids it owns itself, and
 // the upgrade's record.
 type agentSection struct {
-	Version   int               `json:"version"`
-	SandboxID string            `json:"sandbox_id"`
-	Token     string            `json:"token"` // the uplink secret (the memfd is root's: PID 1's fd)
+	Version   int    `json:"version"`
+	SandboxID string `json:"sandbox_id"`
+	Token     string `json:"token"` // the uplink secret (the memfd is root's: PID 1's fd)
 	// LinkSecrets are the secrets to resume the link with, newest first:
 	// the proxy takes the base token again only a while after a link
 	// ended, a resume at once.
-	LinkSecrets [][]byte `json:"link_secrets,omitempty"`
-	Env       map[string]string `json:"env,omitempty"`
+	LinkSecrets [][]byte          `json:"link_secrets,omitempty"`
+	Env         map[string]string `json:"env,omitempty"`
 	// SSHHostKey is the SSH server's host key, so clients of --ssh-listen
 	// see no key change.
 	SSHHostKey ed25519.PrivateKey `json:"ssh_host_key,omitempty"`
