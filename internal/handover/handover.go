@@ -250,7 +250,9 @@ func Open(fd int, dryRun bool) (*Reader, error) {
 		return nil, errors.New("handover: bad fd")
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, MaxState+1))
+	// From offset 0 whatever the fd's offset (Seal leaves it at the end,
+	// and a pre-flight child shares it with the old agent).
+	b, err := io.ReadAll(io.NewSectionReader(f, 0, MaxState+1))
 	if err != nil {
 		return nil, fmt.Errorf("handover: read state: %w", err)
 	}

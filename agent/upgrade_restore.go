@@ -1,0 +1,289 @@
+package agent
+
+import (
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"github.com/tensorlake/tl-agent/internal/handover"
+	"github.com/tensorlake/tl-agent/launch"
+	"github.com/tensorlake/tl-agent/supervisor"
+	"github.com/tensorlake/tl-agent/uplink"
+)
+
+// Restoring reports whether this process was started by a live upgrade
+// (or its rollback): the state's memfd is named in the environment. The
+// token then comes from the state, not --token-file (whose fd is gone).
+func Restoring() bool {
+	_, ok := os.LookupEnv(handover.EnvFD)
+	return ok
+}
+
+// restoring is a start in restore mode (Main): the state, the old
+// binary's fd for a rollback, and what restored so far.
+type restoring struct {
+	r        *handover.Reader
+	log      zerolog.Logger
+	rollback string // non-empty: the old binary restores after a failed upgrade
+	oldFD    int    // the old binary's kept fd, -1: none
+	sec      agentSection
+	restored []handoverPart
+	failed   bool     // the restore failed and could not roll back: a degraded start
+	old      *os.File // the old binary, once claimed (applyAgent)
+	took     time.Time
+}
+
+// restoreStart reads the state when the environment names one; nil: a
+// normal start. An unreadable state is logged and the agent starts as
+// if fresh (there is nothing to hand back to).
+func restoreStart(log zerolog.Logger) *restoring {
+	reason, _ := os.LookupEnv(EnvRollback)
+	os.Unsetenv(EnvRollback)
+	r, err := handover.FromEnv()
+	if err != nil {
+		log.Error().Err(err).Msg("upgrade: the handed-over state is unreadable: starting afresh")
+		return nil
+	}
+	if r == nil {
+		return nil
+	}
+	rs := &restoring{r: r, log: log, rollback: trimOut(reason, maxRollbackReason), oldFD: -1, took: time.Now()}
+	for _, f := range r.Unclaimed() {
+		if f.Name == oldBinaryName {
+			rs.oldFD = f.FD
+		}
+	}
+	return rs
+}
+
+// begin reads the agent section, puts what must be in the config before
+// the parts are built into cfg (the SSH host key), and adopts every pid
+// (before the reaper runs: no exit is lost). A failure rolls back.
+func (rs *restoring) begin(cfg *Config, reaper *supervisor.Reaper) {
+	ok, err := rs.r.Section("agent", &rs.sec)
+	if err == nil && !ok {
+		err = errors.New("the state has no agent section")
+	}
+	if err == nil {
+		err = checkAgentSection(rs.sec, rs.r)
+	}
+	if err == nil {
+		for _, pid := range rs.r.Pids() {
+			if _, err = reaper.Adopt(pid); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		rs.fail(err)
+		return
+	}
+	if len(rs.sec.SSHHostKey) == ed25519.PrivateKeySize {
+		key := rs.sec.SSHHostKey
+		cfg.SSH.HostKey = &key
+	}
+	rs.log.Info().Str("from", rs.r.From()).Int("pids", len(rs.r.Pids())).Strs("sections", rs.r.Sections()).
+		Int("uplink_protocol", uplink.Version).Str("rollback", rs.rollback).Msg("upgrade: restoring the handed-over state")
+}
+
+// checkAgentSection checks the agent section (also in the dry run).
+func checkAgentSection(sec agentSection, r *handover.Reader) error {
+	if sec.Version != agentSectionVersion {
+		return fmt.Errorf("agent section version %d, this build reads %d", sec.Version, agentSectionVersion)
+	}
+	if err := validSandboxID(sec.SandboxID); err != nil {
+		return err
+	}
+	if sec.Token == "" {
+		return errors.New("agent section: no uplink secret")
+	}
+	if len(sec.LinkSecrets) > 2 {
+		return fmt.Errorf("agent section: %d link secrets, at most 2", len(sec.LinkSecrets))
+	}
+	if n := len(sec.SSHHostKey); n != 0 && n != ed25519.PrivateKeySize {
+		return fmt.Errorf("agent section: an ssh host key of %d bytes", n)
+	}
+	if sec.MainPid > 0 && !hasPid(r.Pids(), sec.MainPid) {
+		return fmt.Errorf("agent section: main command pid %d is not among the state's pids", sec.MainPid)
+	}
+	return nil
+}
+
+func hasPid(pids []int, pid int) bool {
+	for _, p := range pids {
+		if p == pid {
+			return true
+		}
+	}
+	return false
+}
+
+// apply restores the agent section into a and every part, in order; the
+// main command's Proc is returned for startMain (nil: none). A failure
+// rolls back.
+func (rs *restoring) apply(a *Agent, reaper *supervisor.Reaper) *supervisor.Proc {
+	if rs.failed {
+		return nil
+	}
+	main, err := rs.applyAgent(a, reaper)
+	if err == nil {
+		for _, p := range a.upg.parts {
+			if err = p.Restore(rs.r, reaper); err != nil {
+				err = fmt.Errorf("%T: %w", p, err)
+				break
+			}
+			rs.restored = append(rs.restored, p)
+		}
+	}
+	if err == nil && testFailRestore != "" && rs.rollback == "" {
+		err = errors.New("test build: the restore fails on purpose (testFailRestore)")
+	}
+	if err != nil {
+		rs.fail(err)
+		return nil
+	}
+	rs.r.Close() // fds no part claimed (a section this build does not read)
+	rs.old.Close()
+	rec := rs.sec.Upgrade
+	rec.Result, rec.TookMS = "ok", time.Since(rec.At).Milliseconds()
+	if rs.rollback != "" {
+		rec.Result, rec.Error = "rolled_back", rs.rollback
+		a.log.Error().Str("id", rec.ID).Str("to", rec.To).Str("reason", rs.rollback).Msg("upgrade rolled back: the old agent is back")
+	} else {
+		a.log.Info().Str("id", rec.ID).Str("from", rec.From).Str("to", a.version).Int64("took_ms", rec.TookMS).
+			Dur("restore", time.Since(rs.took)).Msg("upgrade done: serving")
+	}
+	a.upg.record(rec)
+	return main
+}
+
+// applyAgent restores the agent section: identity, environment, listener,
+// counters, the main command.
+func (rs *restoring) applyAgent(a *Agent, reaper *supervisor.Reaper) (*supervisor.Proc, error) {
+	sec := rs.sec
+	a.setIdentity(sec.SandboxID, sec.Token)
+	a.secrets.restore(sec.LinkSecrets)
+	if sec.Env != nil {
+		launch.SetSandboxEnv(sec.Env)
+	}
+	if !sec.Started.IsZero() {
+		a.started = sec.Started
+	}
+	old, err := rs.r.File(sec.OldBinary)
+	if err != nil {
+		return nil, err
+	}
+	rs.old = old // kept for a rollback until the restore is done
+	u := a.upg
+	u.mu.Lock()
+	u.upgrades = sec.Upgrades
+	u.mu.Unlock()
+	if sec.Listener != nil {
+		f, err := rs.r.File(*sec.Listener)
+		if err != nil {
+			return nil, err
+		}
+		ln, err := fileListener(a.cfg.Listen, f)
+		if err != nil {
+			return nil, fmt.Errorf("uplink listener: %w", err)
+		}
+		u.mu.Lock()
+		u.inherit = ln
+		u.mu.Unlock()
+	}
+	if sec.MainPid <= 0 {
+		return nil, nil
+	}
+	p := reaper.Adopted(sec.MainPid)
+	if p == nil {
+		return nil, fmt.Errorf("main command pid %d was not adopted", sec.MainPid)
+	}
+	return p, nil
+}
+
+// fileListener is the listener kept across the exec, as listen(spec)
+// would have made it.
+func fileListener(spec string, f *os.File) (net.Listener, error) {
+	kind, addr, _ := strings.Cut(spec, ":")
+	if kind == "vsock" {
+		p, err := strconv.ParseUint(addr, 10, 32)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		return &vsockListener{f: f, port: uint32(p)}, nil
+	}
+	ln, err := net.FileListener(f) // a dup: f is closed here
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	if kind == "unix" {
+		if ul, ok := ln.(*net.UnixListener); ok {
+			ul.SetUnlinkOnClose(false)
+		}
+		return &unlinkListener{Listener: ln, path: addr}, nil
+	}
+	return ln, nil
+}
+
+// fail hands the state back to the old binary (it does not return when
+// that works). Without one (a rollback that fails itself, no old binary
+// kept) the agent serves what it restored: a degraded start beats ending
+// PID 1, and the log says what was lost.
+func (rs *restoring) fail(why error) {
+	rs.failed = true
+	log := rs.log.Error().Err(why)
+	if rs.rollback != "" || rs.oldFD < 0 {
+		log.Msg("upgrade: restore failed and there is no binary to roll back to: serving what was restored")
+		return
+	}
+	log.Msg("upgrade: restore failed: rolling back to the old binary")
+	for _, p := range rs.restored {
+		p.Freeze() // their goroutines stop touching the fds handed back
+	}
+	err := rs.execOld(why)
+	rs.log.Error().Err(err).Msg("upgrade: the rollback exec failed: serving what was restored")
+	for _, p := range rs.restored {
+		p.Thaw()
+	}
+}
+
+// execOld re-execs the old binary in restore mode on the state as read.
+func (rs *restoring) execOld(why error) error {
+	if err := rs.r.Inherit(); err != nil {
+		return err
+	}
+	state, err := rs.r.Reseal()
+	if err != nil {
+		return err
+	}
+	defer state.Close()
+	fd, err := inheritable(state)
+	if err != nil {
+		return err
+	}
+	reason := strings.ReplaceAll(trimOut(why.Error(), maxRollbackReason), "\x00", "")
+	env := append(execEnv(), handover.EnvFD+"="+strconv.Itoa(fd), EnvRollback+"="+reason)
+	old := rs.old
+	if old == nil {
+		old = os.NewFile(uintptr(rs.oldFD), oldBinaryName)
+	}
+	err = execFD(old, os.Args, env)
+	runtime.KeepAlive(rs.restored)
+	// Set close-on-exec back on what was handed over: the kept fds belong
+	// to the parts that restored (or leak: the log said so).
+	for _, f := range rs.r.Unclaimed() {
+		_, _ = unix.FcntlInt(uintptr(f.FD), unix.F_SETFD, unix.FD_CLOEXEC)
+	}
+	return err
+}

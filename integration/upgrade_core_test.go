@@ -1,0 +1,180 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tensorlake/tl-agent/agent"
+)
+
+// The live upgrade's flow against the real binary as PID 1 (docs/upgrade.md):
+// an upgrade to another build serves again as PID 1 with the new version,
+// the uplink back and the main command still watched; a refused
+// pre-flight changes nothing; a build that fails its restore rolls back.
+
+var (
+	upgBuildMu sync.Mutex
+	upgBuilt   = map[string]string{}
+)
+
+// upgradeBuild builds tl-agent with ldflags once per process (a build per
+// variant: a version string, the fail-restore flag) and returns its path.
+func upgradeBuild(t *testing.T, ldflags string) string {
+	t.Helper()
+	upgBuildMu.Lock()
+	defer upgBuildMu.Unlock()
+	if p, ok := upgBuilt[ldflags]; ok {
+		return p
+	}
+	dir, err := os.MkdirTemp("", "tl-upg-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "tl-agent")
+	cmd := exec.Command("go", "build", "-ldflags", ldflags, "-o", out, "./cmd/tl-agent")
+	cmd.Dir = Root()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", ldflags, err, b)
+	}
+	upgBuilt[ldflags] = out
+	return out
+}
+
+// installInSandbox copies bin into the sandbox at path (its /tmp is its own).
+func installInSandbox(t *testing.T, s *System, bin, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.SandboxPath(path), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// upgradeCLI runs `tl-agent upgrade` from this machine on s's control socket.
+func upgradeCLI(s *System, args ...string) (string, error) {
+	full := append([]string{"upgrade"}, args...)
+	full = append(full, "--socket", s.ControlSocket())
+	out, err := exec.Command(filepath.Join(s.bin, "tl-agent"), full...).CombinedOutput()
+	return string(out), err
+}
+
+// waitUplink waits until the agent itself reports its uplink connected.
+func waitUplink(t *testing.T, s *System) agent.Status {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		st := agentState(t, s)
+		if st.Uplink.State == "connected" && s.Connected() {
+			return st
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("uplink not back after the upgrade\nagent log:\n%s", tail(s.AgentLog(), 40))
+	return agent.Status{}
+}
+
+func TestUpgradeToAnotherBuild(t *testing.T) {
+	RequireRoot(t)
+	next := upgradeBuild(t, "-X main.version=upg-next")
+	s := Start(t, Options{
+		AgentArgs: []string{"--exit-with-main"},
+		Main:      []string{"sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.1; done"},
+	})
+	before := agentState(t, s)
+	sum := installInSandbox(t, s, next, "/tmp/tl-agent-next")
+	out, err := upgradeCLI(s, "/tmp/tl-agent-next", "--sha256", sum)
+	if err != nil {
+		t.Fatalf("tl-agent upgrade: %v\n%s\nagent log:\n%s", err, out, tail(s.AgentLog(), 60))
+	}
+	if !strings.Contains(out, "upgraded: dev -> upg-next") {
+		t.Fatalf("tl-agent upgrade said %q", out)
+	}
+	st := waitUplink(t, s)
+	if st.Version != "upg-next" || st.PID != 1 || before.PID != 1 {
+		t.Fatalf("after the upgrade: version %q pid %d (before: pid %d)", st.Version, st.PID, before.PID)
+	}
+	last := st.Upgrade.Last
+	if last == nil || last.Result != "ok" || last.From != "dev" || last.To != "upg-next" || st.Upgrade.Upgrades != 1 {
+		t.Fatalf("upgrade status %+v", st.Upgrade)
+	}
+	if st.SandboxID != s.SandboxID || st.UptimeSecs < before.UptimeSecs {
+		t.Fatalf("identity or uptime lost: %q, %d s (before %d s)", st.SandboxID, st.UptimeSecs, before.UptimeSecs)
+	}
+	var info map[string]any
+	s.JSON("GET", "/api/v1/info", nil, 200, &info) // the API serves through the proxy again
+	// The main command is the predecessor's child, watched again: its exit
+	// (by SIGTERM, which it turns into 42) ends the sandbox with its code.
+	if out, err := s.Exec("pkill", "-TERM", "-x", "-P", "1", "sh"); err != nil {
+		t.Fatalf("pkill: %v %s", err, out)
+	}
+	if code := s.WaitAgentExit(30 * time.Second); code != 42 {
+		t.Fatalf("agent exit %d, want the main command's 42\n%s", code, tail(s.AgentLog(), 30))
+	}
+}
+
+// A pre-flight that refuses (a binary that is no agent, a checksum that
+// differs) changes nothing: the same agent serves on.
+func TestUpgradeRefused(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	before := agentState(t, s)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"/bin/true"}, "not a version"},
+		{[]string{"/bin/echo"}, "no check answer"},
+		{[]string{filepath.Join(s.bin, "nope")}, "no such file"},
+		{[]string{"/bin/true", "--sha256", strings.Repeat("ab", 32)}, "sha256 mismatch"},
+		{[]string{"relative/path"}, "absolute path"},
+	} {
+		out, err := upgradeCLI(s, c.args...)
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("upgrade %v: err %v, out %q; want a refusal with %q", c.args, err, out, c.want)
+		}
+	}
+	st := agentState(t, s)
+	if st.Version != before.Version || st.Upgrade.Upgrades != 0 || st.Upgrade.State != "idle" || st.Uplink.Connects != before.Uplink.Connects {
+		t.Fatalf("a refused upgrade changed the agent: %+v, uplink connects %d -> %d", st.Upgrade, before.Uplink.Connects, st.Uplink.Connects)
+	}
+	if last := st.Upgrade.Last; last == nil || last.Result != "refused" {
+		t.Fatalf("the last refusal is not in the status: %+v", st.Upgrade.Last)
+	}
+	if !strings.Contains(s.AgentLog(), "upgrade refused") || strings.Contains(s.AgentLog(), "restoring the handed-over state") {
+		t.Fatal("the log does not show the refusals only")
+	}
+}
+
+// A new build that fails its restore (the test flag) hands everything
+// back: the old binary restores and reports the rollback.
+func TestUpgradeRollback(t *testing.T) {
+	RequireRoot(t)
+	bad := upgradeBuild(t, "-X main.version=upg-bad -X github.com/tensorlake/tl-agent/agent.testFailRestore=1")
+	s := Start(t, Options{Main: []string{"sleep", "600"}})
+	installInSandbox(t, s, bad, "/tmp/tl-agent-bad")
+	out, err := upgradeCLI(s, "/tmp/tl-agent-bad")
+	if err == nil || !strings.Contains(out, "rolled_back") {
+		t.Fatalf("tl-agent upgrade: %v %q; want a rollback reported\nagent log:\n%s", err, out, tail(s.AgentLog(), 60))
+	}
+	st := waitUplink(t, s)
+	last := st.Upgrade.Last
+	if st.Version != "dev" || st.PID != 1 || last == nil || last.Result != "rolled_back" || last.To != "upg-bad" ||
+		!strings.Contains(last.Error, "testFailRestore") || st.Upgrade.Upgrades != 0 {
+		t.Fatalf("after the rollback: version %q pid %d upgrade %+v %+v", st.Version, st.PID, st.Upgrade, last)
+	}
+	// The main command was handed back too: still the old agent's child.
+	if out, err := s.Exec("pgrep", "-x", "-P", "1", "sleep"); err != nil {
+		t.Fatalf("the main command is gone after the rollback: %v %s", err, out)
+	}
+}
