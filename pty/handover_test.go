@@ -403,10 +403,12 @@ func TestHandoverDryRunRefuses(t *testing.T) {
 	}
 	b, _ := w.Encode()
 	cases := map[string]func(*savedState){
-		"sound":         func(*savedState) {},
-		"version":       func(st *savedState) { st.Version = 2 },
-		"offsets":       func(st *savedState) { st.Sessions[0].OutEnd++ },
-		"negative":      func(st *savedState) { st.Sessions[0].OutStart, st.Sessions[0].OutEnd = -1, int64(len(st.Sessions[0].Output))-1 },
+		"sound":   func(*savedState) {},
+		"version": func(st *savedState) { st.Version = 2 },
+		"offsets": func(st *savedState) { st.Sessions[0].OutEnd++ },
+		"negative": func(st *savedState) {
+			st.Sessions[0].OutStart, st.Sessions[0].OutEnd = -1, int64(len(st.Sessions[0].Output))-1
+		},
 		"size":          func(st *savedState) { st.Sessions[0].Rows = 0 },
 		"id":            func(st *savedState) { st.Sessions[0].ID = "../x" },
 		"token":         func(st *savedState) { st.Sessions[0].Token = "x" },
