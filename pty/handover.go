@@ -117,6 +117,26 @@ func (m *Manager) Freeze() {
 			s.log.Error().Msg("pty reader did not stop for the upgrade")
 		}
 	}
+	m.awaitClientsGone(sessions, time.Now().Add(clientsWait))
+}
+
+// clientsWait bounds how long Freeze lets the dropped clients' close
+// frames go out (a client answers its close in milliseconds; one that
+// does not just sees its connection cut at the exec).
+const clientsWait = 500 * time.Millisecond
+
+func (m *Manager) awaitClientsGone(sessions []*Session, deadline time.Time) {
+	for _, s := range sessions {
+		for {
+			s.mu.Lock()
+			n := len(s.clients)
+			s.mu.Unlock()
+			if n == 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 }
 
 // Thaw lets every session run on after Freeze (the exec failed).
