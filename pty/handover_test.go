@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/internal/handover"
+	"github.com/tensorlake/tl-agent/internal/leakcheck"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
 
@@ -99,6 +100,9 @@ func upgrade(t *testing.T, a *agentRig, cfg Config, adopt bool) *agentRig {
 	}
 	a.srv.Close()
 	a.m.release()
+	for _, p := range a.reaper.Live() {
+		_ = p.Cmd.Process.Release() // its pidfd, close-on-exec in the agent
+	}
 	b = renumber(t, a.m, b)
 	rd, err := handover.Decode(b, false)
 	if err != nil {
@@ -504,4 +508,25 @@ func TestHandoverTimersAndEnded(t *testing.T) {
 	if in := ls.info(); in.ExitCode == nil || *in.ExitCode != lostExit {
 		t.Fatalf("lost leader: %+v, want exit %d", in, lostExit)
 	}
+}
+
+// TestHandoverLeaksNothing: once the new manager is closed, the fds and
+// goroutines of both managers are gone (the old one's end at release, as
+// at the exec).
+func TestHandoverLeaksNothing(t *testing.T) {
+	base := leakcheck.Take(t)
+	t.Cleanup(func() { http.DefaultClient.CloseIdleConnections(); base.Check(t) }) // after every rig's
+	cfg := Config{KillGrace: time.Second}
+	old := newAgentRig(t, cfg, nil)
+	id, tok := old.create(map[string]any{"command": "cat"})
+	c := old.dial(id, tok)
+	send(t, c, "\x02")
+	send(t, c, "\x00x\n")
+	readN(t, c, len("x\r\nx\r\n"))
+	n := upgrade(t, old, cfg, true)
+	c.CloseNow()
+	c2 := n.dial(id, tok)
+	send(t, c2, "\x02")
+	send(t, c2, "\x00y\n")
+	readN(t, c2, len("x\r\nx\r\ny\r\ny\r\n"))
 }
