@@ -222,11 +222,10 @@ func (m *Manager) create(sp startSpec) (*Session, error) {
 	}
 	m.sessions[s.id] = s
 	m.created.Add(1)
-	frozen := m.frozen // a Freeze came while it started
-	m.mu.Unlock()
-	if frozen {
+	if m.frozen { // a Freeze came while it started; under m.mu, so no Thaw slips in
 		s.freeze()
 	}
+	m.mu.Unlock()
 	return s, nil
 }
 
