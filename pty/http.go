@@ -94,6 +94,8 @@ func createError(err error) (int, string) {
 		return http.StatusTooManyRequests, "TOO_MANY_SESSIONS"
 	case errors.Is(err, ErrClosing):
 		return http.StatusServiceUnavailable, "SHUTTING_DOWN"
+	case errors.Is(err, ErrFrozen):
+		return http.StatusServiceUnavailable, "UPGRADING"
 	}
 	// Why a command cannot start: the launcher's one set of codes
 	// (docs/processes.md), shared with the process API.
@@ -153,6 +155,10 @@ func (m *Manager) handleResize(w http.ResponseWriter, r *http.Request) {
 			httpx.WriteError(w, http.StatusConflict, "SESSION_ENDED", "pty session has ended")
 			return
 		}
+		if errors.Is(err, ErrFrozen) {
+			httpx.WriteError(w, http.StatusServiceUnavailable, "UPGRADING", err.Error())
+			return
+		}
 		httpx.WriteError(w, http.StatusInternalServerError, "RESIZE_FAILED", err.Error())
 		return
 	}
@@ -191,20 +197,29 @@ func (m *Manager) handleWS(w http.ResponseWriter, r *http.Request) {
 	c := &client{s: s, remote: r.RemoteAddr, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1),
 		log: reqid.Logger(r.Context(), s.log).With().Str("client", r.RemoteAddr).Logger()}
 	m.mu.Lock()
-	closing := m.closing
-	if !closing {
+	closing, frozen := m.closing, m.frozen
+	if !closing && !frozen {
 		m.wg.Add(1)
 	}
 	m.mu.Unlock()
-	if closing {
+	if closing || frozen {
 		cancel()
-		httpx.WriteError(w, http.StatusServiceUnavailable, "SHUTTING_DOWN", ErrClosing.Error())
+		err := ErrClosing
+		if frozen {
+			err = ErrFrozen
+		}
+		status, code := createError(err)
+		httpx.WriteError(w, status, code, err.Error())
 		return
 	}
 	defer m.wg.Done()
-	if !s.attach(c) {
+	if err := s.attach(c); err != nil {
 		cancel()
-		httpx.WriteError(w, http.StatusTooManyRequests, "TOO_MANY_CLIENTS", errTooManyClients.Error())
+		status, code := http.StatusTooManyRequests, "TOO_MANY_CLIENTS"
+		if errors.Is(err, ErrFrozen) {
+			status, code = createError(err)
+		}
+		httpx.WriteError(w, status, code, err.Error())
 		return
 	}
 	defer s.detach(c)

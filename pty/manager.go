@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -128,6 +129,9 @@ type Manager struct {
 	ended    []*Session          // guarded by mu; oldest first
 	live     int                 // guarded by mu; includes starts in progress
 	closing  bool                // guarded by mu
+	frozen   bool                // guarded by mu; between Freeze and Thaw (handover.go)
+	released chan struct{}       // closed by tests only: ends a frozen manager's goroutines
+	held     []*os.File          // fds a failed Restore took: kept from the GC's close for the rollback
 	wg       sync.WaitGroup      // session and client goroutines
 	dropped  atomic.Int64        // clients dropped by the agent (slow, no pong, shutdown)
 	created  atomic.Int64        // sessions started
@@ -147,18 +151,20 @@ const (
 // reading needs no lock.
 type endCounts struct{ exit, oom, idle, deleted, shutdown atomic.Int64 }
 
-func (e *endCounts) count(reason string) {
+func (e *endCounts) count(reason string) { e.add(reason, 1) }
+
+func (e *endCounts) add(reason string, n int64) {
 	switch reason {
 	case EndOOMKilled:
-		e.oom.Add(1)
+		e.oom.Add(n)
 	case EndIdle:
-		e.idle.Add(1)
+		e.idle.Add(n)
 	case EndDeleted:
-		e.deleted.Add(1)
+		e.deleted.Add(n)
 	case EndShutdown:
-		e.shutdown.Add(1)
+		e.shutdown.Add(n)
 	default:
-		e.exit.Add(1)
+		e.exit.Add(n)
 	}
 }
 
@@ -178,6 +184,7 @@ func NewManager(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Man
 		log:      log.With().Str("component", "pty").Logger(),
 		reaper:   reaper,
 		sessions: map[string]*Session{},
+		released: make(chan struct{}),
 	}, nil
 }
 
@@ -185,6 +192,7 @@ func NewManager(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Man
 var (
 	ErrTooManySessions = errors.New("too many live pty sessions")
 	ErrClosing         = errors.New("pty sessions are shutting down")
+	ErrFrozen          = errors.New("pty sessions are frozen for an agent upgrade: retry")
 	ErrNotFound        = errors.New("pty session not found")
 	errTooManyClients  = errors.New("too many clients on this session")
 )
@@ -196,6 +204,9 @@ func (m *Manager) create(sp startSpec) (*Session, error) {
 	case m.closing:
 		m.mu.Unlock()
 		return nil, ErrClosing
+	case m.frozen:
+		m.mu.Unlock()
+		return nil, ErrFrozen
 	case m.live >= m.cfg.MaxSessions:
 		m.mu.Unlock()
 		return nil, fmt.Errorf("%w: limit %d", ErrTooManySessions, m.cfg.MaxSessions)
@@ -204,13 +215,17 @@ func (m *Manager) create(sp startSpec) (*Session, error) {
 	m.mu.Unlock()
 	s, err := m.start(sp)
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if err != nil {
 		m.live--
+		m.mu.Unlock()
 		return nil, err
 	}
 	m.sessions[s.id] = s
 	m.created.Add(1)
+	if m.frozen { // a Freeze came while it started; under m.mu, so no Thaw slips in
+		s.freeze()
+	}
+	m.mu.Unlock()
 	return s, nil
 }
 
@@ -241,11 +256,16 @@ func (m *Manager) start(sp startSpec) (*Session, error) {
 		out: newRing(m.cfg.KeepOutput), clients: map[*client]struct{}{},
 	}
 	s.log = m.log.With().Str("session", s.id).Int("pid", s.pid).Logger()
-	s.idle = m.cfg.Pause.AfterFunc(m.cfg.IdleTimeout, s.idleExpired)
+	s.armIdleLocked(m.cfg.IdleTimeout) // s is not shared yet
+	m.run(s)
+	return s, nil
+}
+
+// run starts the session's reader and waiter.
+func (m *Manager) run(s *Session) {
 	m.wg.Add(2)
 	go func() { defer m.wg.Done(); s.readLoop() }()
 	go func() { defer m.wg.Done(); s.waitLoop() }()
-	return s, nil
 }
 
 var errStart = errors.New("cannot start command")
@@ -283,7 +303,16 @@ func (m *Manager) sessionEnded(s *Session) {
 		m.forgetLocked(m.ended[0])
 	}
 	if !m.closing {
-		s.forget = m.cfg.Pause.AfterFunc(m.cfg.KeepEnded, func() {
+		m.armForgetLocked(s, m.cfg.KeepEnded)
+	}
+}
+
+// armForgetLocked forgets the ended session s after d; a frozen manager
+// only records the deadline (Thaw arms it).
+func (m *Manager) armForgetLocked(s *Session, d time.Duration) {
+	s.forgetDue = m.cfg.Pause.Now() + d
+	if !m.frozen {
+		s.forget = m.cfg.Pause.AfterFunc(d, func() {
 			m.mu.Lock()
 			defer m.mu.Unlock()
 			m.forgetLocked(s)
@@ -336,6 +365,7 @@ const closeWait = 5 * time.Second
 // at shutdown the supervisor's sweep has already hung up every terminal
 // and waited out the grace. It is safe to call twice.
 func (m *Manager) Close() {
+	m.Thaw() // a frozen session cannot end
 	m.mu.Lock()
 	m.closing = true
 	var sessions []*Session

@@ -112,3 +112,28 @@ func TestReplayStart(t *testing.T) {
 		})
 	}
 }
+
+// TestRestoredRing: a ring rebuilt from a hand-over keeps the absolute
+// offsets; output over this build's size keeps its newest part.
+func TestRestoredRing(t *testing.T) {
+	data := []byte("0123456789abcdefghij")
+	r := restoredRing(64, 1000, data)
+	got := make([]byte, r.Len())
+	r.read(r.start, got)
+	if r.start != 1000 || r.end != 1020 || string(got) != string(data) {
+		t.Fatalf("restored [%d, %d) %q", r.start, r.end, got)
+	}
+	r.write([]byte("XY"))
+	if r.end != 1022 || r.at(1020) != 'X' {
+		t.Fatalf("write after restore: end %d", r.end)
+	}
+	small := restoredRing(8, 1000, data)
+	got = make([]byte, small.Len())
+	small.read(small.start, got)
+	if small.start != 1012 || small.end != 1020 || string(got) != "cdefghij" {
+		t.Fatalf("over max: [%d, %d) %q, want the newest 8 bytes at the same offsets", small.start, small.end, got)
+	}
+	if empty := restoredRing(8, 77, nil); empty.start != 77 || empty.end != 77 || empty.replayStart() != 77 {
+		t.Fatalf("empty restored ring [%d, %d)", empty.start, empty.end)
+	}
+}

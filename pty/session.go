@@ -29,8 +29,9 @@ type Session struct {
 
 	m      *Manager
 	log    zerolog.Logger
-	proc   *supervisor.Proc
-	master *os.File // non-blocking; closed by end
+	proc   *supervisor.Proc // nil for a restored session whose leader had ended (gone)
+	gone   *supervisor.Exit // that leader's exit, as the upgrade handed it over
+	master *os.File         // non-blocking; closed by end
 	raw    syscall.RawConn
 
 	inMu sync.Mutex // serializes input so two clients' messages never interleave
@@ -54,6 +55,16 @@ type Session struct {
 	idle      *pause.Timer // runs while no client is attached
 	killTimer *pause.Timer // SIGKILL after the grace period
 	forget    *pause.Timer // forgets the ended session (guarded by m.mu)
+
+	// Deadlines of the timers above on the running clock (Config.Pause),
+	// 0 when not armed: what Freeze stops and Thaw and Restore re-arm.
+	idleDue, killDue time.Duration // guarded by mu
+	forgetDue        time.Duration // guarded by m.mu
+
+	// Freeze (handover.go): the reader parks instead of reading and closes
+	// parked; Thaw closes thaw.
+	frozen       bool          // guarded by mu
+	thaw, parked chan struct{} // guarded by mu
 }
 
 // Tuning of the exit drain: after the leader exits, read what is queued.
@@ -81,8 +92,21 @@ var readBufs = sync.Pool{New: func() any { b := make([]byte, readChunk); return 
 // readLoop copies the master's output into the ring and wakes the clients.
 // It ends on EIO (every slave fd closed, creack/pty 21: EOF for a PTY), on
 // the drain deadline after the leader's exit, or when the master is closed.
+// A Freeze stops it with a read deadline in the past: it parks until Thaw
+// (which clears that deadline) and reads on, having lost nothing (the
+// bytes it did not read stay queued in the terminal).
 func (s *Session) readLoop() {
 	defer close(s.readerDone)
+	for {
+		s.pump()
+		if !s.park() {
+			return
+		}
+	}
+}
+
+// pump reads until the master fails, ends or passes its read deadline.
+func (s *Session) pump() {
 	var drained int64
 	for {
 		var buf *[]byte
@@ -149,6 +173,14 @@ func readMore(fd int, b []byte) (int, error) {
 }
 
 func (s *Session) extendDrain(exitedAt int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.frozen { // a frozen reader keeps its deadline in the past
+		s.extendDrainLocked(exitedAt)
+	}
+}
+
+func (s *Session) extendDrainLocked(exitedAt int64) {
 	deadline := time.Now().Add(drainQuiet)
 	if limit := time.Unix(0, exitedAt).Add(drainMax); deadline.After(limit) {
 		deadline = limit
@@ -160,15 +192,34 @@ func (s *Session) extendDrain(exitedAt int64) {
 // background grandchild holding the terminal does not keep the session
 // alive (lxd PR 12229). It then lets the reader drain, and ends.
 func (s *Session) waitLoop() {
-	exit := s.proc.Wait()
+	exit, ok := s.leaderExit()
+	if !ok {
+		return // released (handover_test.go)
+	}
 	at := exit.At
-	if at.IsZero() {
-		at = time.Now()
+	if at.IsZero() || s.proc == nil {
+		at = time.Now() // a restored exit: the drain starts now
 	}
 	s.exitedAt.Store(at.UnixNano())
 	s.extendDrain(at.UnixNano())
 	<-s.readerDone
-	s.end(exit)
+	if s.holdEnd() {
+		s.end(exit)
+	}
+}
+
+// leaderExit waits for the leader's exit; false when the manager was
+// released first.
+func (s *Session) leaderExit() (supervisor.Exit, bool) {
+	if s.proc == nil {
+		return *s.gone, true
+	}
+	select {
+	case <-s.proc.Done():
+		return s.proc.Wait(), true
+	case <-s.m.released:
+		return supervisor.Exit{}, false
+	}
 }
 
 // output appends p to the kept output and wakes the clients. Before it
@@ -260,9 +311,7 @@ func (s *Session) end(exit supervisor.Exit) {
 	s.ended = true
 	s.exit = exit
 	s.endedAt = time.Now()
-	if s.idle != nil {
-		s.idle.Stop()
-	}
+	s.stopIdleLocked()
 	s.oomKilled = !s.killed && exit.OOMKilled // a kill of ours is not the OOM killer's
 	for c := range s.clients {
 		c.wakeUp()
@@ -299,7 +348,7 @@ func (s *Session) kill(cause, reason string) {
 	}
 	s.killed = true
 	s.killCause = cause
-	s.killTimer = s.m.cfg.Pause.AfterFunc(s.m.cfg.KillGrace, func() { s.signal(syscall.SIGKILL) })
+	s.armKillLocked(s.m.cfg.KillGrace)
 	s.mu.Unlock()
 	s.log.Info().Str("reason", reason).Msg("killing pty session")
 	s.signal(syscall.SIGHUP)
@@ -317,6 +366,9 @@ func (s *Session) resize(rows, cols int) error {
 	if s.ended {
 		return errEnded
 	}
+	if s.frozen {
+		return ErrFrozen // the size is handed over as it is now
+	}
 	if err := launch.Resize(s.master, launch.Size{Rows: r, Cols: c}); err != nil {
 		return err
 	}
@@ -332,7 +384,13 @@ func (s *Session) input(p []byte) error {
 	}
 	s.inMu.Lock()
 	defer s.inMu.Unlock()
+	s.mu.Lock()
+	if s.frozen || s.master == nil { // frozen: Freeze waits for the write in flight only
+		s.mu.Unlock()
+		return os.ErrClosed
+	}
 	_ = s.master.SetWriteDeadline(time.Now().Add(inputTimeout))
+	s.mu.Unlock()
 	_, err := s.master.Write(p)
 	return err
 }
@@ -342,19 +400,20 @@ func (s *Session) checkToken(tok string) bool {
 	return subtle.ConstantTimeCompare([]byte(tok), []byte(s.token)) == 1
 }
 
-// attach registers c unless the session has too many clients. The idle
-// clock stops while a client is attached.
-func (s *Session) attach(c *client) bool {
+// attach registers c unless the session has too many clients or is
+// frozen. The idle clock stops while a client is attached.
+func (s *Session) attach(c *client) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.clients) >= s.m.cfg.MaxClients {
-		return false
+	switch {
+	case s.frozen:
+		return ErrFrozen
+	case len(s.clients) >= s.m.cfg.MaxClients:
+		return errTooManyClients
 	}
 	s.clients[c] = struct{}{}
-	if s.idle != nil {
-		s.idle.Stop()
-	}
-	return true
+	s.stopIdleLocked()
+	return nil
 }
 
 // detach unregisters c and restarts the idle clock when it was the last.
@@ -362,10 +421,39 @@ func (s *Session) detach(c *client) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.clients, c)
-	if len(s.clients) == 0 && !s.ended && s.idle != nil {
-		s.idle.Reset(s.m.cfg.IdleTimeout)
+	if len(s.clients) == 0 && !s.ended {
+		s.armIdleLocked(s.m.cfg.IdleTimeout)
 	}
 	s.signalProgress() // a reader may be waiting on c
+}
+
+// armIdleLocked (re)starts the idle clock for d. A frozen session only
+// records the deadline: Thaw arms it.
+func (s *Session) armIdleLocked(d time.Duration) {
+	s.idleDue = s.m.cfg.Pause.Now() + d
+	switch {
+	case s.frozen:
+	case s.idle == nil:
+		s.idle = s.m.cfg.Pause.AfterFunc(d, s.idleExpired)
+	default:
+		s.idle.Reset(d)
+	}
+}
+
+func (s *Session) stopIdleLocked() {
+	s.idleDue = 0
+	if s.idle != nil {
+		s.idle.Stop()
+	}
+}
+
+// armKillLocked sends SIGKILL after d, the rest of the kill's grace; a
+// frozen session only records the deadline.
+func (s *Session) armKillLocked(d time.Duration) {
+	s.killDue = s.m.cfg.Pause.Now() + d
+	if !s.frozen {
+		s.killTimer = s.m.cfg.Pause.AfterFunc(d, func() { s.signal(syscall.SIGKILL) })
+	}
 }
 
 func (s *Session) idleExpired() {
