@@ -1,0 +1,261 @@
+package process
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"github.com/tensorlake/tl-agent/internal/handover"
+	"github.com/tensorlake/tl-agent/supervisor"
+)
+
+// oldAgent is the table of the agent being upgraded, with its own reaper.
+type oldAgent struct {
+	t    *Table
+	stop chan struct{}
+	ran  chan struct{}
+}
+
+var upgradeCfg = Config{ExitGrace: 200 * time.Millisecond}
+
+func newOldAgent(t *testing.T) *oldAgent {
+	t.Helper()
+	r := supervisor.NewReaper(zerolog.Nop(), false)
+	o := &oldAgent{stop: make(chan struct{}), ran: make(chan struct{})}
+	go func() { r.Run(o.stop); close(o.ran) }()
+	tb, err := New(upgradeCfg, zerolog.Nop(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.t = tb
+	// Whatever a failed test leaves running: the new table's Close kills
+	// it too, this covers a test that fails before the hand-over.
+	t.Cleanup(func() {
+		for _, p := range tb.list() {
+			killTree(p.pid, p.handle)
+		}
+	})
+	return o
+}
+
+// snapshot is what the old agent hands over: Freeze, its reaper stopped,
+// Save, the State encoded.
+func (o *oldAgent) snapshot(t *testing.T) []byte {
+	t.Helper()
+	o.t.Freeze()
+	close(o.stop)
+	<-o.ran
+	w := handover.NewWriter("old")
+	if err := o.t.Save(w); err != nil {
+		t.Fatal(err)
+	}
+	b, err := w.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// execve stands in for the exec within one test process: every kept fd
+// moves to a new number (a dup; the state names it there) and the old
+// table's files are closed, as the exec closes the old runtime's poller
+// (two os.Files of one fd cannot share it).
+func (o *oldAgent) execve(t *testing.T, b []byte) *handover.Reader {
+	t.Helper()
+	var st handover.State
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	for i := range st.Files {
+		fd, err := unix.Dup(st.Files[i].FD)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Files[i].FD = fd
+	}
+	for _, p := range o.t.list() {
+		for _, c := range p.caps {
+			c.f.Close()
+		}
+		if p.stdinPipe != nil {
+			p.stdinPipe.Close()
+		}
+	}
+	b, _ = json.Marshal(&st)
+	r, err := handover.Decode(b, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// newAgent is the upgraded agent: a fresh reaper adopts the state's pids,
+// a fresh table restores the section.
+func newAgent(t *testing.T, r *handover.Reader) *Table {
+	t.Helper()
+	nr := supervisor.NewReaper(zerolog.Nop(), false)
+	for _, pid := range r.Pids() {
+		if _, err := nr.Adopt(pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	go nr.Run(stop)
+	nt, err := New(upgradeCfg, zerolog.Nop(), nr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nt.Close(); close(stop) })
+	if err := nt.Restore(r, nr); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if left := r.Unclaimed(); len(left) != 0 {
+		t.Fatalf("kept fds nobody took: %+v", left)
+	}
+	return nt
+}
+
+func until(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func mustStart(t *testing.T, tb *Table, req *StartRequest) *Process {
+	t.Helper()
+	req.User, req.WorkingDir = self(), "/"
+	p, err := tb.Start(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func byHandle(t *testing.T, tb *Table, handle int) *Process {
+	t.Helper()
+	for _, p := range tb.list() {
+		if p.handle == handle {
+			return p
+		}
+	}
+	t.Fatalf("no entry with handle %d after the upgrade", handle)
+	return nil
+}
+
+// checkCounted: the printer's lines are n0-end, n1-end, ... with seq
+// numbers from 0: nothing lost or doubled across the hand-over.
+func checkCounted(t *testing.T, p *Process) int {
+	t.Helper()
+	lines, dropped := p.out.snapshot("")
+	if dropped != 0 {
+		t.Fatalf("%d lines dropped", dropped)
+	}
+	for i, l := range lines {
+		if want := fmt.Sprintf("n%d-end", i); l.Text != want || l.Seq != uint64(i) {
+			t.Fatalf("line %d: seq %d %q, want %q (around: %q)", i, l.Seq, l.Text, want, texts(lines[max(0, i-3):min(len(lines), i+3)]))
+		}
+	}
+	return len(lines)
+}
+
+// TestHandoverRoundTrip: a table handed over to a new one (Save, Encode,
+// Decode, Restore, real children and pipes) goes on as if nothing had
+// happened: a printer's output has no gap or duplicate, a partial line is
+// completed, stdin reaches its process and the true exit code arrives
+// later, an ended entry keeps its output and exit, a supervisor keeps its
+// restart count and restarts a later crash with the same spec, a health
+// loop keeps its counter and runs on.
+func TestHandoverRoundTrip(t *testing.T) {
+	old := newOldAgent(t)
+	printer := mustStart(t, old.t, &StartRequest{Command: "sh", Args: []string{"-c",
+		`i=0; while [ $i -lt 20000 ]; do printf "n$i-"; sleep 0.002; echo end; i=$((i+1)); done`}})
+	half := mustStart(t, old.t, &StartRequest{Command: "sh", StdinMode: "pipe", Args: []string{"-c",
+		`printf half-; read x; echo "$x"; exit 7`}})
+	ended := mustStart(t, old.t, &StartRequest{Command: "sh", Args: []string{"-c", "echo out; echo err >&2; exit 5"}})
+	count := filepath.Join(t.TempDir(), "count")
+	name := "flaky"
+	flakyArgs := []string{"-c", `n=$(cat ` + count + ` 2>/dev/null || echo 0); n=$((n+1)); echo $n > ` + count + `; echo run $n; [ $n -le 2 ] && exit 3; exec sleep 300`}
+	flaky := mustStart(t, old.t, &StartRequest{Command: "sh", Args: flakyArgs, Name: &name,
+		Restart: &RestartPolicy{Policy: PolicyOnFailure, InitialBackoffMs: 1, MaxBackoffMs: 2}})
+	watched := "watched"
+	mustStart(t, old.t, &StartRequest{Command: "sleep", Args: []string{"300"}, Name: &watched,
+		Restart:     &RestartPolicy{Policy: PolicyNever},
+		HealthCheck: &HealthCheck{Type: "exec", Command: "false", InitialDelayMs: 1, IntervalMs: 20, FailureThreshold: 1 << 30}})
+
+	waitDone(t, ended)
+	until(t, "flaky's third run", func() bool {
+		mi, _ := old.t.Managed(name)
+		cur := flaky.managed.current()
+		return mi.RestartCount == 2 && cur != nil && texts(first(cur.out.snapshot(""))) == "run 3"
+	})
+	until(t, "failed health checks", func() bool { mi, _ := old.t.Managed(watched); return mi.ConsecutiveHealthFailures >= 3 })
+	until(t, "the half line read", func() bool { return half.caps[0].got.Load() == 5 })
+	until(t, "printed lines", func() bool { n, _ := printer.out.snapshot(""); return len(n) >= 20 })
+
+	state := old.snapshot(t)
+	oldHealth, _ := old.t.Managed(watched)
+	oldFails := oldHealth.ConsecutiveHealthFailures
+	if half.caps[0].partial == nil {
+		t.Fatal("the capturer holds no partial line at the freeze")
+	}
+	nt := newAgent(t, old.execve(t, state))
+
+	np := byHandle(t, nt, printer.handle)
+	until(t, "lines after the upgrade", func() bool { n, _ := np.out.snapshot(""); return len(n) >= checkCounted(t, printer)+50 })
+	checkCounted(t, np)
+
+	nh := byHandle(t, nt, half.handle)
+	if _, err := nh.stdinFile().Write([]byte("line\n")); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, nh)
+	if got := texts(first(nh.out.snapshot(""))); got != "half-line" {
+		t.Fatalf("the partial line came out as %q", got)
+	}
+	if in := nh.info(); in.Status != "exited" || *in.ExitCode != 7 {
+		t.Fatalf("after the upgrade: %+v, want exit 7", in)
+	}
+
+	ne := byHandle(t, nt, ended.handle)
+	if in := ne.info(); in.Status != "exited" || *in.ExitCode != 5 || texts(first(ne.out.snapshot(""))) != "out err" {
+		t.Fatalf("ended entry: %+v %q", in, texts(first(ne.out.snapshot(""))))
+	}
+
+	mi, ok := nt.Managed(name)
+	if !ok || mi.RestartCount != 2 || mi.Status != mRunning || mi.LastExit == nil || *mi.LastExit.ExitCode != 3 {
+		t.Fatalf("flaky after the upgrade: %+v", mi)
+	}
+	cur, m, err := nt.lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.kill()
+	until(t, "flaky restarted after the upgrade", func() bool {
+		c := m.current()
+		return c != nil && c != cur && texts(first(c.out.snapshot(""))) == "run 4"
+	})
+	if mi, _ := nt.Managed(name); mi.RestartCount != 3 || strings.Join(m.current().spec.args, " ") != strings.Join(flakyArgs, " ") {
+		t.Fatalf("restart after the upgrade: %+v, args %q", mi, m.current().spec.args)
+	}
+
+	if mi, _ := nt.Managed(watched); mi.ConsecutiveHealthFailures < oldFails || mi.HealthStatus != oldHealth.HealthStatus {
+		t.Fatalf("health after the upgrade: %+v, had %d failures", mi, oldFails)
+	}
+	until(t, "health checks after the upgrade", func() bool { mi, _ := nt.Managed(watched); return mi.ConsecutiveHealthFailures > oldFails+2 })
+
+	np.kill()
+	waitDone(t, np)
+	if in := np.info(); in.Signal == nil || *in.Signal != int(unix.SIGKILL) {
+		t.Fatalf("printer's end: %+v", in)
+	}
+}
