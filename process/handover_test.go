@@ -259,3 +259,132 @@ func TestHandoverRoundTrip(t *testing.T) {
 		t.Fatalf("printer's end: %+v", in)
 	}
 }
+
+// TestFreezeThaw: while frozen no output is read, no restart happens and
+// no start is taken; after Thaw everything runs on, the printer's output
+// without a gap.
+func TestFreezeThaw(t *testing.T) {
+	tb := newTestTable(t)
+	printer := mustStart(t, tb, &StartRequest{Command: "sh", Args: []string{"-c",
+		`i=0; while [ $i -lt 20000 ]; do printf "n$i-"; sleep 0.002; echo end; i=$((i+1)); done`}})
+	name := "crashy"
+	mustStart(t, tb, &StartRequest{Command: "false", Name: &name,
+		Restart: &RestartPolicy{Policy: PolicyAlways, InitialBackoffMs: 20, MaxBackoffMs: 20}})
+	until(t, "printed lines and restarts", func() bool {
+		n, _ := printer.out.snapshot("")
+		mi, _ := tb.Managed(name)
+		return len(n) >= 20 && mi.RestartCount >= 2
+	})
+	tb.Freeze()
+	lines := checkCounted(t, printer)
+	restarts := func() int { mi, _ := tb.Managed(name); return mi.RestartCount }
+	frozenAt := restarts()
+	if _, err := tb.Start(&StartRequest{Command: "true", User: self(), WorkingDir: "/"}); err != errFrozen {
+		t.Fatalf("a start while frozen: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond) // the printer prints on into its pipe meanwhile
+	if n := checkCounted(t, printer); n != lines || restarts() != frozenAt {
+		t.Fatalf("while frozen: %d lines (had %d), %d restarts (had %d)", n, lines, restarts(), frozenAt)
+	}
+	tb.Thaw()
+	until(t, "lines and restarts after the thaw", func() bool {
+		n, _ := printer.out.snapshot("")
+		return len(n) > lines+50 && restarts() > frozenAt+2
+	})
+	checkCounted(t, printer)
+	if p, err := tb.Start(&StartRequest{Command: "true", User: self(), WorkingDir: "/"}); err != nil {
+		t.Fatalf("a start after the thaw: %v", err)
+	} else {
+		waitDone(t, p)
+	}
+}
+
+// mutate decodes the process section of state b, lets f change it and
+// encodes it again.
+func mutate(t *testing.T, b []byte, f func(sec map[string]any)) []byte {
+	t.Helper()
+	var st handover.State
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	var sec map[string]any
+	if err := json.Unmarshal(st.Sections[Section], &sec); err != nil {
+		t.Fatal(err)
+	}
+	f(sec)
+	st.Sections[Section], _ = json.Marshal(sec)
+	out, _ := json.Marshal(&st)
+	return out
+}
+
+func entry(sec map[string]any, i int) map[string]any {
+	return sec["procs"].([]any)[i].(map[string]any)
+}
+
+// TestRestoreRefusesCorrupt: the pre-flight's dry run takes a good state
+// (saved without a freeze) and changes nothing; it refuses each corrupted
+// entry, and so does a real restore, with nothing applied and no fd taken.
+func TestRestoreRefusesCorrupt(t *testing.T) {
+	old := newTestTable(t)
+	p := mustStart(t, old, &StartRequest{Command: "sh", StdinMode: "pipe", Args: []string{"-c", "echo one; echo two; exec cat"}})
+	name := "svc"
+	mustStart(t, old, &StartRequest{Command: "sleep", Args: []string{"300"}, Name: &name})
+	until(t, "output", func() bool { n, _ := p.out.snapshot(""); return len(n) == 2 })
+	w := handover.NewWriter("old")
+	if err := old.Save(w); err != nil {
+		t.Fatal(err)
+	}
+	good, err := w.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := func() *Table {
+		nt, err := New(upgradeCfg, zerolog.Nop(), supervisor.NewReaper(zerolog.Nop(), false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nt.Close)
+		return nt
+	}
+	var st handover.State
+	_ = json.Unmarshal(good, &st)
+	if len(st.Files) != 5 {
+		t.Fatalf("the state keeps %d fds, want 5 (cat's stdin, stdout, stderr; sleep's stdout, stderr)", len(st.Files))
+	}
+	dry, _ := handover.Decode(good, true)
+	if nt := fresh(); nt.Restore(dry, nil) != nil {
+		t.Fatalf("dry run refused a good state: %v", nt.Restore(dry, nil))
+	} else if running, total := nt.Counts(); running != 0 || total != 0 {
+		t.Fatalf("a dry run entered %d entries", total)
+	}
+	for what, f := range map[string]func(map[string]any){
+		"version": func(s map[string]any) { s["version"] = 2 },
+		"seq gap": func(s map[string]any) {
+			entry(s, 0)["output"].(map[string]any)["lines"].([]any)[1].(map[string]any)["seq"] = 5
+		},
+		"two states":    func(s map[string]any) { entry(s, 0)["ended"] = map[string]any{} },
+		"relative path": func(s map[string]any) { entry(s, 0)["spec"].(map[string]any)["path"] = "sh" },
+		"status":        func(s map[string]any) { s["managed"].([]any)[0].(map[string]any)["status"] = "zombie" },
+		"file reused": func(s map[string]any) {
+			entry(s, 0)["stdin"] = entry(s, 0)["pipes"].([]any)[0].(map[string]any)["file"]
+		},
+		"pid not kept":    func(s map[string]any) { entry(s, 0)["pid"] = 1 },
+		"foreign current": func(s map[string]any) { s["managed"].([]any)[0].(map[string]any)["current"] = p.handle },
+	} {
+		bad := mutate(t, good, f)
+		for _, dryRun := range []bool{true, false} {
+			r, err := handover.Decode(bad, dryRun)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nt := fresh()
+			err = nt.Restore(r, nil)
+			if err == nil {
+				t.Fatalf("%s (dry run %v): taken", what, dryRun)
+			}
+			if _, total := nt.Counts(); total != 0 || len(nt.byName) != 0 || len(r.Unclaimed()) != len(st.Files) {
+				t.Fatalf("%s (dry run %v): a refused state changed the table (%d entries) or took fds", what, dryRun, total)
+			}
+		}
+	}
+}

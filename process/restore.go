@@ -1,6 +1,7 @@
 package process
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -145,7 +146,7 @@ func (c *checker) procFiles(sp *savedProc) error {
 // the state has it; the real restore's File checks that).
 func (c *checker) ref(ref handover.Ref) error {
 	if c.refs[ref] {
-		return errSection("file %d named twice", ref)
+		return fmt.Errorf("file %d named twice", ref)
 	}
 	c.refs[ref] = true
 	if c.r.DryRun() {
@@ -197,18 +198,18 @@ func (c *checker) managed(i int, sm *savedManaged) error {
 func checkSpec(s *savedSpec) error {
 	switch {
 	case s.Command == "" || strings.ContainsRune(s.Command, 0):
-		return errSection("bad command %q", s.Command)
+		return fmt.Errorf("bad command %q", s.Command)
 	case !filepath.IsAbs(s.Path) || !filepath.IsAbs(s.Dir):
-		return errSection("program %q or folder %q is not absolute", s.Path, s.Dir)
+		return fmt.Errorf("program %q or folder %q is not absolute", s.Path, s.Dir)
 	}
 	for _, a := range s.Args {
 		if strings.ContainsRune(a, 0) {
-			return errSection("an argument holds a NUL byte")
+			return fmt.Errorf("an argument holds a NUL byte")
 		}
 	}
 	for _, kv := range s.Env {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" || strings.ContainsRune(kv, 0) {
-			return errSection("bad environment entry %q", kv)
+			return fmt.Errorf("bad environment entry %q", kv)
 		}
 	}
 	return nil
@@ -219,7 +220,7 @@ func checkSpec(s *savedSpec) error {
 func checkLog(sl *savedLog) error {
 	n := uint64(len(sl.Lines))
 	if n > sl.Next || sl.Dropped != sl.Next-n {
-		return errSection("%d lines, next %d, dropped %d", n, sl.Next, sl.Dropped)
+		return fmt.Errorf("%d lines, next %d, dropped %d", n, sl.Next, sl.Dropped)
 	}
 	var seen [2]bool
 	var last [2]uint64
@@ -227,13 +228,13 @@ func checkLog(sl *savedLog) error {
 		si := streamIndex(l.Stream)
 		switch {
 		case l.Seq != sl.Dropped+uint64(i):
-			return errSection("line %d has seq %d", i, l.Seq)
+			return fmt.Errorf("line %d has seq %d", i, l.Seq)
 		case !validStream(l.Stream):
-			return errSection("line %d: stream %q", l.Seq, l.Stream)
+			return fmt.Errorf("line %d: stream %q", l.Seq, l.Stream)
 		case l.Text != "" && l.Raw != nil:
-			return errSection("line %d: both text and raw", l.Seq)
+			return fmt.Errorf("line %d: both text and raw", l.Seq)
 		case l.N >= sl.StreamNext[si] || seen[si] && l.N <= last[si]:
-			return errSection("line %d: %s number %d out of order", l.Seq, l.Stream, l.N)
+			return fmt.Errorf("line %d: %s number %d out of order", l.Seq, l.Stream, l.N)
 		}
 		seen[si], last[si] = true, l.N
 	}
