@@ -1,8 +1,13 @@
 package process
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -386,5 +391,59 @@ func TestRestoreRefusesCorrupt(t *testing.T) {
 				t.Fatalf("%s (dry run %v): a refused state changed the table (%d entries) or took fds", what, dryRun, total)
 			}
 		}
+	}
+}
+
+// TestRunDroppedByUpgradeGoesOn: a run whose client the upgrade drops is
+// not killed (a dropped run client kills the tree otherwise): it goes on
+// as an entry of the new table with its output, its timeout and, later,
+// its exit.
+func TestRunDroppedByUpgradeGoesOn(t *testing.T) {
+	old := newOldAgent(t)
+	mux := http.NewServeMux()
+	old.t.Routes(mux)
+	handled := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(handled)
+		mux.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	body, _ := json.Marshal(map[string]any{"command": "sh", "args": []string{"-c", "echo started; exec sleep 300"},
+		"user": self().Name, "working_dir": "/", "timeout": 600})
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "POST", srv.URL+"/api/v1/processes/run", bytes.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var handle int
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() && !strings.Contains(sc.Text(), `"line":"started"`) {
+		var ev struct{ Handle int }
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok && handle == 0 {
+			_ = json.Unmarshal([]byte(data), &ev)
+			handle = ev.Handle
+		}
+	}
+	p := byHandle(t, old.t, handle)
+	state := func() []byte {
+		old.t.Freeze()
+		cancel() // the upgrade drops the client
+		resp.Body.Close()
+		<-handled
+		if !p.running() {
+			t.Fatal("the run's process was killed when the upgrade dropped its client")
+		}
+		return old.snapshot(t)
+	}()
+	nt := newAgent(t, old.execve(t, state))
+	np := byHandle(t, nt, handle)
+	if !np.running() || !np.run || np.runDeadline.IsZero() || np.deadline == nil || texts(first(np.out.snapshot(""))) != "started" {
+		t.Fatalf("the run after the upgrade: running %v, deadline %v, output %q", np.running(), np.runDeadline, texts(first(np.out.snapshot(""))))
+	}
+	np.kill()
+	waitDone(t, np)
+	if in := np.info(); in.Signal == nil || *in.Signal != int(unix.SIGKILL) {
+		t.Fatalf("the run's end: %+v", in)
 	}
 }
