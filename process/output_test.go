@@ -3,7 +3,6 @@ package process
 import (
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -122,14 +121,14 @@ func TestCaptureSplitsLongLines(t *testing.T) {
 	}
 	l := newOutputLog(100, 1<<20, nil)
 	done := make(chan struct{})
-	var got atomic.Int64
-	go func() { capture(r, l, Stdout, 16, &got); close(done) }()
+	c := &capturer{f: r, log: l, stream: Stdout, maxLine: 16, fz: &freezer{}}
+	go func() { c.run(); close(done) }()
 	_, _ = w.WriteString("short\r\n" + strings.Repeat("y", 20) + "\nlast-without-newline")
 	w.Close()
 	<-done
 	lines, _ := l.snapshot("")
-	if text := texts(lines); text != "short yyyyyyyyyyyyyyyy yyyy last-without-new line" || got.Load() != 48 {
-		t.Fatalf("captured %q, %d bytes", text, got.Load())
+	if text := texts(lines); text != "short yyyyyyyyyyyyyyyy yyyy last-without-new line" || c.got.Load() != 48 {
+		t.Fatalf("captured %q, %d bytes", text, c.got.Load())
 	}
 }
 
