@@ -88,9 +88,9 @@ func doorMissing(t *testing.T, s *System, op operator) string {
 	return ""
 }
 
-// upgradeCLI upgrades with `tl-agent upgrade` inside the sandbox and
+// upgradeInsideTo upgrades with `tl-agent upgrade` inside the sandbox and
 // waits until the sandbox serves as version through the proxy.
-func upgradeCLI(t *testing.T, s *System, path, version string) time.Duration {
+func upgradeInsideTo(t *testing.T, s *System, path, version string) time.Duration {
 	t.Helper()
 	start := time.Now()
 	out, err := s.UpgradeInside(path)
@@ -166,7 +166,7 @@ func TestLiveUpgrade(t *testing.T) {
 	baseFDs, baseG := agentFigures(t, s)
 	t.Logf("before the first upgrade: %d fds, %d goroutines", baseFDs, baseG)
 
-	took := upgradeCLI(t, s, paths[b], b)
+	took := upgradeInsideTo(t, s, paths[b], b)
 	t.Logf("upgrade 1 (%s -> %s, CLI): serving again after %v", a, b, took.Round(time.Millisecond))
 	w.check(t, b)
 
@@ -180,7 +180,7 @@ func TestLiveUpgrade(t *testing.T) {
 			how = "door"
 			took = upgradeDoor(t, s, op, paths[to], to)
 		} else {
-			took = upgradeCLI(t, s, paths[to], to)
+			took = upgradeInsideTo(t, s, paths[to], to)
 		}
 		t.Logf("upgrade %d (%s -> %s, %s): serving again after %v", i, from, to, how, took.Round(time.Millisecond))
 		w.check(t, to)
@@ -252,15 +252,18 @@ func installScript(t *testing.T, s *System, name, body string) string {
 	return s.InstallFile(t, p, "/opt/tl-upgrade/"+name)
 }
 
-// TestUpgradeRefused: new binaries that fail verification or refuse the
+// TestLiveUpgradeRefused: new binaries that fail verification or refuse the
 // state in the pre-flight change nothing: the call says why, the same
 // agent goes on (version, processes, pids), clients stay attached; then
 // the good build with its right checksum upgrades.
-func TestUpgradeRefused(t *testing.T) {
+func TestLiveUpgradeRefused(t *testing.T) {
 	s, op, paths := upgradeSystem(t)
 	a, b := MainBuild(t).Version, UpgradeBinary(t, UpgradeVersionB, false)
 	w := startUpgradeWorkload(t, s, false)
 	refuses := installScript(t, s, "refuses", refusesState)
+	if err := os.WriteFile(s.SandboxPath("/opt/tl-upgrade/not-executable"), []byte(refusesState), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	sum := fileSHA256(t, b.Path)
 	procsBefore := procTable(t, s)
 
@@ -272,7 +275,7 @@ func TestUpgradeRefused(t *testing.T) {
 		{"a binary that prints no version (/bin/true)", "/bin/true", nil, "not a version"},
 		{"a checksum that does not match", paths[b.Version], []string{"--sha256", strings.Repeat("0", 64)}, "sha256 mismatch"},
 		{"a path that does not exist", "/opt/tl-upgrade/nope", nil, "no such file"},
-		{"a file that is not executable", "/etc/hostname", nil, "not executable"},
+		{"a file that is not executable", "/opt/tl-upgrade/not-executable", nil, "not executable"},
 		{"a build that refuses the state in the pre-flight", refuses, nil, "state format 1 unknown"},
 		{"a build that speaks an uplink protocol the proxy does not", installScript(t, s, "protocol", oldProtocol), nil, "protocol 99"},
 		{"a build that crashes in the pre-flight", installScript(t, s, "crashes", crashes), nil, "index out of range"},
@@ -368,11 +371,11 @@ func (p *ptyConn) drain() bool {
 	}
 }
 
-// TestUpgradeRollback: a build that fails its own restore after the exec
+// TestLiveUpgradeRollback: a build that fails its own restore after the exec
 // (the fail-restore switch) hands the state back to the old binary: the
 // old agent comes back as PID 1 with everything, reports the failed
 // upgrade, and a later upgrade to a good build still works.
-func TestUpgradeRollback(t *testing.T) {
+func TestLiveUpgradeRollback(t *testing.T) {
 	s, _, paths := upgradeSystem(t)
 	a, b := MainBuild(t).Version, UpgradeVersionB
 	fail := UpgradeBinary(t, UpgradeVersionFail, true)
@@ -406,7 +409,7 @@ func TestUpgradeRollback(t *testing.T) {
 		w.check(t, a)
 	})
 	rule(t, s, "a good build still upgrades after the rollback", func(t *testing.T) {
-		upgradeCLI(t, s, paths[b], b)
+		upgradeInsideTo(t, s, paths[b], b)
 		w.check(t, b)
 		w.checkEnd(t, false)
 	})
