@@ -30,8 +30,9 @@ const sectionVersion = 1
 // called off and Thaw undoes the freeze).
 const freezeWait = 5 * time.Second
 
-// errFrozen refuses a start while a live upgrade holds the table.
-var errFrozen = refuse(ErrShuttingDown, "the agent is being upgraded: retry in a moment")
+// ErrFrozen refuses a start while a live upgrade holds the table (its
+// wire code is SHUTTING_DOWN's; a boot service's start waits it out).
+var ErrFrozen = refuse(ErrShuttingDown, "the agent is being upgraded: retry in a moment")
 
 // freezer is the table's freeze: thaw is open while frozen.
 type freezer struct {
@@ -70,7 +71,7 @@ func (f *freezer) unfreeze() bool {
 	return true
 }
 
-// Freeze stops, without closing any fd: new starts (errFrozen; the gate
+// Freeze stops, without closing any fd: new starts (ErrFrozen; the gate
 // refuses new requests already), restarts and health checks (their timers
 // are held with what is left), the capture goroutines (a read deadline in
 // the past; each keeps the partial line it holds) and the closing of an

@@ -284,7 +284,7 @@ func TestFreezeThaw(t *testing.T) {
 	lines := checkCounted(t, printer)
 	restarts := func() int { mi, _ := tb.Managed(name); return mi.RestartCount }
 	frozenAt := restarts()
-	if _, err := tb.Start(&StartRequest{Command: "true", User: self(), WorkingDir: "/"}); err != errFrozen {
+	if _, err := tb.Start(&StartRequest{Command: "true", User: self(), WorkingDir: "/"}); err != ErrFrozen {
 		t.Fatalf("a start while frozen: %v", err)
 	}
 	time.Sleep(300 * time.Millisecond) // the printer prints on into its pipe meanwhile

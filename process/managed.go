@@ -318,7 +318,7 @@ func (m *managed) autoRestart() {
 	m.restarts++
 	m.t.counts.restarts.Add(1)
 	if err := m.launch(); err != nil {
-		if errors.Is(err, errFrozen) {
+		if errors.Is(err, ErrFrozen) {
 			// Frozen since the check: this restart is due, not done.
 			m.restarts--
 			m.t.counts.restarts.Add(-1)
@@ -377,7 +377,7 @@ func (m *managed) restart() (*Process, error) {
 		// A live upgrade froze the table meanwhile: the restart is due
 		// (Thaw or the new binary's Restore does it); this call drops.
 		m.status, m.held, m.left = mBackingOff, true, 0
-		return nil, errFrozen
+		return nil, ErrFrozen
 	}
 	m.restarts++
 	m.t.counts.restarts.Add(1)

@@ -307,9 +307,9 @@ func (t *Table) apply(st *savedTable, files map[handover.Ref]*os.File, reaper *s
 	}
 	for _, p := range procs {
 		if !p.ended {
+			p.armRunDeadline() // before the watcher, which stops it
 			p.startCaptures()
 			t.startWatch(p)
-			p.armRunDeadline()
 		}
 	}
 }

@@ -257,7 +257,7 @@ func (t *Table) startWith(s *spec, m *managed, owned bool, deadline time.Time) (
 	t.startMu.RLock()
 	defer t.startMu.RUnlock()
 	if t.fz.wait() != nil {
-		return nil, errFrozen
+		return nil, ErrFrozen
 	}
 	t.mu.Lock()
 	if t.closing {
