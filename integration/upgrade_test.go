@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tensorlake/tl-agent/agent"
 )
 
 // Live upgrade of PID 1 (issue 22, docs/upgrade.md), end to end: the real
@@ -184,6 +186,9 @@ func TestLiveUpgrade(t *testing.T) {
 		}
 		t.Logf("upgrade %d (%s -> %s, %s): serving again after %v", i, from, to, how, took.Round(time.Millisecond))
 		w.check(t, to)
+		if u := agentState(t, s).Upgrade; u.Upgrades != int64(i) || u.Last == nil || u.Last.Result != "ok" || u.Last.From != from || u.Last.To != to {
+			t.Fatalf("upgrade %d: the status reports %+v %+v, want %d upgrades, the last ok from %s to %s", i, u, u.Last, i, from, to)
+		}
 	}
 	if s.AgentPid() != hostPid {
 		t.Fatalf("the sandbox's PID 1 is a new process (host pid %d, was %d)", s.AgentPid(), hostPid)
@@ -390,8 +395,10 @@ func TestLiveUpgradeRollback(t *testing.T) {
 		if err == nil || !strings.Contains(out, "rolled_back") {
 			t.Fatalf("tl-agent upgrade to the fail-restore build: %v %q, want exit 1 saying rolled_back", err, out)
 		}
-		report := waitUpgradeReport(t, s, 60*time.Second)
-		t.Logf("status reports: %s", report)
+		rec := waitUpgradeReport(t, s, 60*time.Second)
+		if rec.To != UpgradeVersionFail || rec.From != a || !strings.Contains(rec.Error, "testFailRestore") {
+			t.Fatalf("the status' rollback record %+v, want from %s to %s with the new build's reason", rec, a, UpgradeVersionFail)
+		}
 		s.WaitServing(t, a, start, 60*time.Second)
 		// The exec happened: the uplink dropped, and with it the client
 		// attached before.
@@ -428,26 +435,25 @@ func requireSymbol(t *testing.T, bin, sym string) {
 	}
 }
 
-// waitUpgradeReport waits until the agent's status reports a failed
-// upgrade and returns that part of it.
-func waitUpgradeReport(t *testing.T, s *System, d time.Duration) string {
+// waitUpgradeReport waits until the agent's status reports the last
+// upgrade rolled back and returns that record.
+func waitUpgradeReport(t *testing.T, s *System, d time.Duration) agent.UpgradeRecord {
 	t.Helper()
-	var last string
+	var last agent.UpgradeStatus
 	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		out, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "status", "--json", "--socket", s.ControlSocket()).Output()
 		if err != nil {
 			continue // between the execs
 		}
-		var st map[string]json.RawMessage
+		var st agent.Status
 		if json.Unmarshal(out, &st) != nil {
 			continue
 		}
-		up, ok := st["upgrade"]
-		last = string(up)
-		if ok && strings.Contains(last, `"result":"rolled_back"`) {
-			return last
+		last = st.Upgrade
+		if last.Last != nil && last.Last.Result == "rolled_back" {
+			return *last.Last
 		}
 	}
-	t.Fatalf("the agent's status never reported the failed upgrade within %v (upgrade part: %s)\nagent log:\n%s", d, last, tail(s.AgentLog(), 40))
-	return ""
+	t.Fatalf("the agent's status never reported the rollback within %v (upgrade part: %+v)\nagent log:\n%s", d, last, tail(s.AgentLog(), 40))
+	return agent.UpgradeRecord{}
 }
