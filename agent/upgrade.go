@@ -156,6 +156,9 @@ type upgrader struct {
 		HostKey() (ed25519.PrivateKey, error)
 	}
 	ready chan struct{} // closed once booted: no upgrade mid-boot
+	// The children's deadlines (upgradeVersionTimeout, upgradeCheckTimeout;
+	// tests shorten them).
+	versionTimeout, checkTimeout time.Duration
 
 	mu       sync.Mutex
 	state    string           // guarded by mu
@@ -166,7 +169,9 @@ type upgrader struct {
 	inherit  net.Listener     // guarded by mu; a restored listener for listenLoop
 }
 
-func newUpgrader() *upgrader { return &upgrader{state: "idle", ready: make(chan struct{})} }
+func newUpgrader() *upgrader {
+	return &upgrader{state: "idle", ready: make(chan struct{}), versionTimeout: upgradeVersionTimeout, checkTimeout: upgradeCheckTimeout}
+}
 
 func (u *upgrader) setState(s string) {
 	u.mu.Lock()
@@ -293,7 +298,7 @@ func (a *Agent) preflight(req UpgradeRequest, rec *UpgradeRecord) (*upgradePlan,
 			bin.Close()
 		}
 	}()
-	out, err := a.runChild(bin, nil, upgradeVersionTimeout, "version")
+	out, err := a.runChild(bin, nil, a.upg.versionTimeout, "version")
 	if err != nil {
 		return nil, out, fmt.Errorf("%s version: %w", req.Path, err)
 	}
@@ -311,7 +316,7 @@ func (a *Agent) preflight(req UpgradeRequest, rec *UpgradeRecord) (*upgradePlan,
 	}
 	defer state.Close()
 	args := append([]string{"upgrade-check"}, os.Args[1:]...)
-	out, err = a.runChild(bin, state, upgradeCheckTimeout, args...)
+	out, err = a.runChild(bin, state, a.upg.checkTimeout, args...)
 	res, perr := parseCheck(out)
 	switch {
 	case perr == nil && !res.OK:
