@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -209,5 +211,43 @@ func TestAgentSectionRoundTrip(t *testing.T) {
 		if err := checkAgentSection(bad, r); err == nil {
 			t.Errorf("section %+v was accepted", bad)
 		}
+	}
+}
+
+// An exec that fails (here: a file without an execute bit, EACCES) undoes
+// everything: the parts thaw, the reaper reaps again, the gate opens, the
+// kept fds are close-on-exec again, and the status says why.
+func TestUpgradeExecFailureUndone(t *testing.T) {
+	part := &fakePart{}
+	a := upgradeAgent(t, part)
+	p := filepath.Join(t.TempDir(), "not-executable")
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.upg.setState("upgrading")
+	a.execUpgrade(&upgradePlan{bin: bin, path: p, rec: UpgradeRecord{ID: "e1", From: "test", To: "v2"}})
+	if got := strings.Join(part.calls, ","); got != "freeze,save,thaw" {
+		t.Fatalf("part calls %q, want freeze,save,thaw", got)
+	}
+	st := a.upg.status()
+	if st.State != "idle" || st.Last == nil || st.Last.Result != "failed" || !strings.Contains(st.Last.Error, "permission denied") {
+		t.Fatalf("status %+v %+v", st, st.Last)
+	}
+	if !a.gate.wait(context.Background(), 0) {
+		t.Fatal("the gate stayed closed")
+	}
+	// The reaper reaps again.
+	proc, err := a.upg.reaper.Start(exec.Command("true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-proc.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the reaper did not resume")
 	}
 }

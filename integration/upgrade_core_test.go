@@ -4,11 +4,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -248,4 +250,65 @@ func agentStateQuiet(s *System) agent.Status {
 		_ = json.Unmarshal(out, &st)
 	}
 	return st
+}
+
+// Listen mode (a runtime dials in): the listener is handed over, not made
+// again (the socket file keeps its inode), and the proxy's --connect
+// link comes back. An upgrade to the same build; the agent is no PID 1
+// here (a child subreaper).
+func TestUpgradeListenMode(t *testing.T) {
+	bin := Binaries(t)
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "uplink.sock"), filepath.Join(dir, "ctl.sock")
+	token, key := randHex(32), "tl_test_"+randHex(8)
+	cfgPath := filepath.Join(dir, "proxy.json")
+	cfg := `{"sandboxes":{"lm":{"token":"` + token + `"}},"api_keys":{"` + key + `":"t"}}`
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agentLog := startBareAgent(t, bin, "--listen", "unix:"+sock, "--sandbox-id", "lm", "--token", token, "--control-socket", ctl)
+	httpAddr := freeAddr(t)
+	p := exec.Command(filepath.Join(bin, "tl-proxy"), "--config", cfgPath, "--uplink-addr", "127.0.0.1:0",
+		"--http-addr", httpAddr, "--ssh-addr", "", "--connect", "unix:"+sock, "--state-dir", dir)
+	p.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = p.Process.Kill(); _ = p.Wait() }()
+	healthy := func() bool {
+		for i := 0; i < 300; i++ {
+			req, _ := http.NewRequest("GET", "http://"+httpAddr+"/api/v1/health", nil)
+			req.Host = "lm.local"
+			req.Header.Set("Authorization", "Bearer "+key)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					return true
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return false
+	}
+	if !healthy() {
+		t.Fatalf("no healthy answer before the upgrade\n%s", agentLog.String())
+	}
+	var before syscall.Stat_t
+	if err := syscall.Stat(sock, &before); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	out, err := exec.Command(filepath.Join(bin, "tl-agent"), "upgrade", filepath.Join(bin, "tl-agent"), "--socket", ctl).CombinedOutput()
+	t.Logf("tl-agent upgrade took %v: %s", time.Since(t0), out)
+	if err != nil || !strings.Contains(string(out), "upgraded: dev -> dev") {
+		t.Fatalf("tl-agent upgrade: %v %s\n%s", err, out, agentLog.String())
+	}
+	var after syscall.Stat_t
+	if err := syscall.Stat(sock, &after); err != nil || after.Ino != before.Ino {
+		t.Fatalf("the listen socket was made again (inode %d -> %d, %v)", before.Ino, after.Ino, err)
+	}
+	if !healthy() {
+		t.Fatalf("no healthy answer after the upgrade\n%s", agentLog.String())
+	}
+	t.Logf("healthy through the proxy %v after the call", time.Since(t0))
 }
