@@ -251,3 +251,38 @@ func TestUpgradeExecFailureUndone(t *testing.T) {
 		t.Fatal("the reaper did not resume")
 	}
 }
+
+// saveOnly is a part with no fds: Save and Restore, no Freeze.
+type saveOnly struct{ calls []string }
+
+func (*saveOnly) Routes(*http.ServeMux)                              {}
+func (*saveOnly) Save(*handover.Writer) error                        { return nil }
+func (*saveOnly) Restore(*handover.Reader, *supervisor.Reaper) error { return nil }
+
+type frozenCap struct{ fakePart }
+
+func (*frozenCap) Routes(*http.ServeMux) {}
+func (p *frozenCap) Freeze()             { p.calls = append(p.calls, "freeze") }
+func (p *frozenCap) Thaw()               { p.calls = append(p.calls, "thaw") }
+
+// Parts are found by what they implement: Save and Restore make a part,
+// Freeze and Thaw are called when it has them; other capabilities are
+// left out.
+func TestHandoverPartsFound(t *testing.T) {
+	so, fc := &saveOnly{}, &frozenCap{}
+	got := handoverParts(Parts{Caps: []Capability{fc, noPart{}, so}})
+	if len(got) != 2 || got[0] != handoverPart(fc) || got[1] != handoverPart(so) {
+		t.Fatalf("parts %v", got)
+	}
+	for _, p := range got {
+		freeze(p)
+		thaw(p)
+	}
+	if strings.Join(fc.calls, ",") != "freeze,thaw" || len(so.calls) != 0 {
+		t.Fatalf("calls %v %v", fc.calls, so.calls)
+	}
+}
+
+type noPart struct{}
+
+func (noPart) Routes(*http.ServeMux) {}
