@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/internal/handover"
@@ -69,15 +70,33 @@ const oldBinaryName = "old binary"
 var testFailRestore string
 
 // handoverPart is a capability's part of a live upgrade (UPGRADE.md):
-// Freeze stops its goroutines touching its fds (Thaw undoes it), Save
-// records its state, Restore rebuilds it in the new binary (checks only
-// when r.DryRun()). The parts implement it in their own packages; the
-// agent finds them by type assertion (handoverParts).
+// Save records its state, Restore rebuilds it in the new binary (checks
+// only when r.DryRun()). The parts implement it in their own packages;
+// the agent finds them by type assertion (handoverParts).
 type handoverPart interface {
-	Freeze()
-	Thaw()
 	Save(w *handover.Writer) error
 	Restore(r *handover.Reader, reaper *supervisor.Reaper) error
+}
+
+// freezer is a part with goroutines on fds: Freeze stops them touching
+// the fds before the final Save (no fd is closed), Thaw undoes it. A part
+// that holds no fd (the boot services' states) need not be one.
+type freezer interface {
+	Freeze()
+	Thaw()
+}
+
+// freeze and thaw call the part's Freeze and Thaw, when it has them.
+func freeze(p handoverPart) {
+	if f, ok := p.(freezer); ok {
+		f.Freeze()
+	}
+}
+
+func thaw(p handoverPart) {
+	if f, ok := p.(freezer); ok {
+		f.Thaw()
+	}
 }
 
 // handoverParts are the parts of p that take part in an upgrade, in the
@@ -156,6 +175,9 @@ type upgrader struct {
 		HostKey() (ed25519.PrivateKey, error)
 	}
 	ready chan struct{} // closed once booted: no upgrade mid-boot
+	// The children's deadlines (upgradeVersionTimeout, upgradeCheckTimeout;
+	// tests shorten them).
+	versionTimeout, checkTimeout time.Duration
 
 	mu       sync.Mutex
 	state    string           // guarded by mu
@@ -166,7 +188,9 @@ type upgrader struct {
 	inherit  net.Listener     // guarded by mu; a restored listener for listenLoop
 }
 
-func newUpgrader() *upgrader { return &upgrader{state: "idle", ready: make(chan struct{})} }
+func newUpgrader() *upgrader {
+	return &upgrader{state: "idle", ready: make(chan struct{}), versionTimeout: upgradeVersionTimeout, checkTimeout: upgradeCheckTimeout}
+}
 
 func (u *upgrader) setState(s string) {
 	u.mu.Lock()
@@ -293,7 +317,7 @@ func (a *Agent) preflight(req UpgradeRequest, rec *UpgradeRecord) (*upgradePlan,
 			bin.Close()
 		}
 	}()
-	out, err := a.runChild(bin, nil, upgradeVersionTimeout, "version")
+	out, err := a.runChild(bin, nil, a.upg.versionTimeout, "version")
 	if err != nil {
 		return nil, out, fmt.Errorf("%s version: %w", req.Path, err)
 	}
@@ -311,7 +335,7 @@ func (a *Agent) preflight(req UpgradeRequest, rec *UpgradeRecord) (*upgradePlan,
 	}
 	defer state.Close()
 	args := append([]string{"upgrade-check"}, os.Args[1:]...)
-	out, err = a.runChild(bin, state, upgradeCheckTimeout, args...)
+	out, err = a.runChild(bin, state, a.upg.checkTimeout, args...)
 	res, perr := parseCheck(out)
 	switch {
 	case perr == nil && !res.OK:
@@ -493,8 +517,13 @@ func (u *upgrader) listener(spec string) (net.Listener, error) {
 }
 
 // wire gives the upgrader what Main built: the reaper, the parts that hand state over and the SSH server (its host key).
-func (u *upgrader) wire(reaper *supervisor.Reaper, p Parts) {
+func (u *upgrader) wire(reaper *supervisor.Reaper, p Parts, log zerolog.Logger) {
 	u.reaper, u.parts = reaper, handoverParts(p)
+	names := make([]string, 0, len(u.parts))
+	for _, hp := range u.parts {
+		names = append(names, fmt.Sprintf("%T", hp))
+	}
+	log.Debug().Strs("parts", names).Msg("upgrade: parts that hand state over")
 	if s, ok := p.Streams[uplink.KindSSH].(interface {
 		HostKey() (ed25519.PrivateKey, error)
 	}); ok {

@@ -135,7 +135,7 @@ func (a *Agent) execUpgrade(plan *upgradePlan) {
 	inflight := a.gate.drain(ctx, drainWait)
 	cancel()
 	for _, p := range u.parts {
-		p.Freeze()
+		freeze(p)
 	}
 	// Exits from now on wait as zombies for the new binary's reaper.
 	u.reaper.Pause()
@@ -144,7 +144,7 @@ func (a *Agent) execUpgrade(plan *upgradePlan) {
 	// Only a failed exec comes back here.
 	u.reaper.Resume()
 	for i := len(u.parts) - 1; i >= 0; i-- {
-		u.parts[i].Thaw()
+		thaw(u.parts[i])
 	}
 	a.gate.open()
 	u.setState("idle")

@@ -249,12 +249,12 @@ func (rs *restoring) fail(why error) {
 	}
 	log.Msg("upgrade: restore failed: rolling back to the old binary")
 	for _, p := range rs.restored {
-		p.Freeze() // their goroutines stop touching the fds handed back
+		freeze(p) // their goroutines stop touching the fds handed back
 	}
 	err := rs.execOld(why)
 	rs.log.Error().Err(err).Msg("upgrade: the rollback exec failed: serving what was restored")
 	for _, p := range rs.restored {
-		p.Thaw()
+		thaw(p)
 	}
 }
 

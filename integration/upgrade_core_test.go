@@ -3,11 +3,14 @@ package integration
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -177,4 +180,135 @@ func TestUpgradeRollback(t *testing.T) {
 	if out, err := s.Exec("pgrep", "-x", "-P", "1", "sleep"); err != nil {
 		t.Fatalf("the main command is gone after the rollback: %v %s", err, out)
 	}
+}
+
+// The platform's door: POST /sandboxes/{id}/upgrade on the proxy's
+// operator listener answers 202 once the pre-flight accepted; the new
+// agent serves --ssh-listen with the same host key (clients see no key
+// change).
+func TestUpgradeThroughOperatorDoor(t *testing.T) {
+	RequireRoot(t)
+	if _, err := exec.LookPath("ssh-keyscan"); err != nil {
+		t.Skip("needs ssh-keyscan (scripts/deps.sh)")
+	}
+	sshAddr := freeAddr(t)
+	s, op := lifecycleSystem(t, Options{AgentArgs: []string{"--ssh-listen", sshAddr}}, "sbx-unused", randHex(32))
+	_, port, _ := strings.Cut(sshAddr, ":")
+	scan := func() string {
+		t.Helper()
+		for i := 0; i < 100; i++ {
+			out, err := exec.Command("ssh-keyscan", "-t", "ed25519", "-p", port, "127.0.0.1").Output()
+			if f := strings.Fields(string(out)); err == nil && len(f) >= 3 {
+				return f[2]
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("ssh-keyscan on %s got no key", sshAddr)
+		return ""
+	}
+	t0 := time.Now()
+	keyBefore := scan()
+	t.Logf("scan %v", time.Since(t0))
+	installInSandbox(t, s, upgradeBuild(t, "-X main.version=upg-next"), "/tmp/tl-agent-next")
+	base := "/sandboxes/" + s.SandboxID
+	if code, out := op.call("POST", base+"/upgrade", map[string]any{"path": "/tmp/tl-agent-next", "sha256": "zz"}); code != 400 {
+		t.Fatalf("a bad sha256 through the door: %d %v", code, out)
+	}
+	code, out := op.call("POST", base+"/upgrade", map[string]any{"path": "/tmp/tl-agent-next"})
+	if code != 202 || out["state"] != "upgrading" || out["to"] != "upg-next" {
+		t.Fatalf("upgrade through the door: %d %v", code, out)
+	}
+	id, _ := out["id"].(string)
+	t.Logf("door answered %v", time.Since(t0))
+	var st agent.Status
+	for i := 0; i < 300; i++ {
+		if st = agentStateQuiet(s); st.Upgrade.Last != nil && st.Upgrade.Last.ID == id {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st.Version != "upg-next" || st.Upgrade.Last == nil || st.Upgrade.Last.Result != "ok" {
+		t.Fatalf("after the door's upgrade: version %q, %+v\n%s", st.Version, st.Upgrade.Last, tail(s.AgentLog(), 40))
+	}
+	t.Logf("status ok %v", time.Since(t0))
+	waitUplink(t, s)
+	t.Logf("uplink %v", time.Since(t0))
+	if code, st := op.call("GET", base+"/lifecycle", nil); code != 200 || st["state"] != "running" {
+		t.Fatalf("lifecycle status after the upgrade: %d %v", code, st)
+	}
+	if after := scan(); after != keyBefore {
+		t.Fatalf("the ssh host key changed across the upgrade: %s -> %s", keyBefore, after)
+	}
+}
+
+// agentStateQuiet is agentState that tolerates the agent being between
+// binaries (the control socket down for a moment).
+func agentStateQuiet(s *System) agent.Status {
+	var st agent.Status
+	out, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "status", "--json", "--socket", s.ControlSocket()).Output()
+	if err == nil {
+		_ = json.Unmarshal(out, &st)
+	}
+	return st
+}
+
+// Listen mode (a runtime dials in): the listener is handed over, not made
+// again (the socket file keeps its inode), and the proxy's --connect
+// link comes back. An upgrade to the same build; the agent is no PID 1
+// here (a child subreaper).
+func TestUpgradeListenMode(t *testing.T) {
+	bin := Binaries(t)
+	dir := t.TempDir()
+	sock, ctl := filepath.Join(dir, "uplink.sock"), filepath.Join(dir, "ctl.sock")
+	token, key := randHex(32), "tl_test_"+randHex(8)
+	cfgPath := filepath.Join(dir, "proxy.json")
+	cfg := `{"sandboxes":{"lm":{"token":"` + token + `"}},"api_keys":{"` + key + `":"t"}}`
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agentLog := startBareAgent(t, bin, "--listen", "unix:"+sock, "--sandbox-id", "lm", "--token", token, "--control-socket", ctl)
+	httpAddr := freeAddr(t)
+	p := exec.Command(filepath.Join(bin, "tl-proxy"), "--config", cfgPath, "--uplink-addr", "127.0.0.1:0",
+		"--http-addr", httpAddr, "--ssh-addr", "", "--connect", "unix:"+sock, "--state-dir", dir)
+	p.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = p.Process.Kill(); _ = p.Wait() }()
+	healthy := func() bool {
+		for i := 0; i < 300; i++ {
+			req, _ := http.NewRequest("GET", "http://"+httpAddr+"/api/v1/health", nil)
+			req.Host = "lm.local"
+			req.Header.Set("Authorization", "Bearer "+key)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					return true
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return false
+	}
+	if !healthy() {
+		t.Fatalf("no healthy answer before the upgrade\n%s", agentLog.String())
+	}
+	var before syscall.Stat_t
+	if err := syscall.Stat(sock, &before); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	out, err := exec.Command(filepath.Join(bin, "tl-agent"), "upgrade", filepath.Join(bin, "tl-agent"), "--socket", ctl).CombinedOutput()
+	t.Logf("tl-agent upgrade took %v: %s", time.Since(t0), out)
+	if err != nil || !strings.Contains(string(out), "upgraded: dev -> dev") {
+		t.Fatalf("tl-agent upgrade: %v %s\n%s", err, out, agentLog.String())
+	}
+	var after syscall.Stat_t
+	if err := syscall.Stat(sock, &after); err != nil || after.Ino != before.Ino {
+		t.Fatalf("the listen socket was made again (inode %d -> %d, %v)", before.Ino, after.Ino, err)
+	}
+	if !healthy() {
+		t.Fatalf("no healthy answer after the upgrade\n%s", agentLog.String())
+	}
+	t.Logf("healthy through the proxy %v after the call", time.Since(t0))
 }

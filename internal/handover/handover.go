@@ -178,6 +178,10 @@ func sealed(b []byte) (*os.File, error) {
 		f.Close()
 		return nil, os.NewSyscallError("fcntl F_ADD_SEALS", err)
 	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil { // a reader starts at the state
+		f.Close()
+		return nil, err
+	}
 	return f, nil
 }
 
