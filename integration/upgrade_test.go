@@ -387,6 +387,11 @@ func TestLiveUpgradeRollback(t *testing.T) {
 	requireSymbol(t, fail.Path, strings.SplitN(failRestoreFlag, "=", 2)[0])
 	failPath := s.InstallFile(t, fail.Path, "/opt/tl-upgrade/tl-agent-fail")
 	w := startUpgradeWorkload(t, s, false)
+	// A process printing through the rollback: the lines the failed build
+	// read must come back too.
+	var printer procInfo
+	s.JSON("POST", "/api/v1/processes", map[string]any{"command": "sh", "args": []string{"-c",
+		"i=0; while [ $i -lt 300 ]; do echo p-$i; i=$((i+1)); sleep 0.02; done; exit 4"}}, 201, &printer)
 
 	rule(t, s, "the failing build rolls back to the old agent", func(t *testing.T) {
 		start := time.Now()
@@ -412,13 +417,43 @@ func TestLiveUpgradeRollback(t *testing.T) {
 			}
 		}
 	})
-	rule(t, s, "everything is intact after the rollback", func(t *testing.T) {
+	// The ticker's replay is checked last, by a rule of its own: a gap
+	// stays in the session's output for good, and the rules before still
+	// check everything else.
+	w.skipTicker = true
+	rule(t, s, "sessions, processes, counters and the boot service are intact after the rollback", func(t *testing.T) {
 		w.check(t, a)
 	})
 	rule(t, s, "a good build still upgrades after the rollback", func(t *testing.T) {
 		upgradeInsideTo(t, s, paths[b], b)
 		w.check(t, b)
 		w.checkEnd(t, false)
+	})
+	// The last two are independent: each reports on its own.
+	last := func(name string, f func(t *testing.T)) {
+		t.Run(name, func(t *testing.T) {
+			prev := s.t
+			s.t = t
+			defer func() { s.t = prev }()
+			f(t)
+		})
+	}
+	last("the printing process's output has every line across the rollback and the upgrade", func(t *testing.T) {
+		if p := waitStatusFor(t, s, itoa(printer.Pid), "exited", 60*time.Second); *p.ExitCode != 4 {
+			t.Fatalf("printer exit %d, want 4", *p.ExitCode)
+		}
+		lines := procLines(t, s, itoa(printer.Pid), "stdout")
+		for i, l := range lines {
+			if l != "p-"+itoa(i) {
+				t.Fatalf("printer line %d is %q, want p-%d (of %d lines)", i, l, i, len(lines))
+			}
+		}
+		if len(lines) != 300 {
+			t.Fatalf("printer: %d lines, want 300", len(lines))
+		}
+	})
+	last("the printing session's replay has no gap across the rollback and the upgrade", func(t *testing.T) {
+		w.checkTicker(t)
 	})
 }
 
