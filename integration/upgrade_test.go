@@ -80,16 +80,6 @@ func requireUpgrade(t *testing.T, s *System) {
 	}
 }
 
-// doorMissing says why the platform door cannot be used ("" when it can).
-func doorMissing(t *testing.T, s *System, op operator) string {
-	t.Helper()
-	code, out := op.call("POST", "/sandboxes/"+s.SandboxID+"/upgrade", map[string]any{})
-	if code == http.StatusNotFound && out["code"] == "NOT_FOUND" {
-		return "tl-proxy's operator door has no POST /sandboxes/{id}/upgrade yet (lane upg-core)"
-	}
-	return ""
-}
-
 // upgradeInsideTo upgrades with `tl-agent upgrade` inside the sandbox and
 // waits until the sandbox serves as version through the proxy.
 func upgradeInsideTo(t *testing.T, s *System, path, version string) time.Duration {
@@ -161,7 +151,6 @@ func handoverFDs(t *testing.T, s *System) []string {
 func TestLiveUpgrade(t *testing.T) {
 	s, op, paths := upgradeSystem(t)
 	a, b := MainBuild(t).Version, UpgradeVersionB
-	door := doorMissing(t, s, op)
 	w := startUpgradeWorkload(t, s, true)
 	w.check(t, a)
 	hostPid := s.AgentPid()
@@ -178,7 +167,7 @@ func TestLiveUpgrade(t *testing.T) {
 			from, to = b, a
 		}
 		how := "CLI"
-		if door == "" && i%4 >= 2 {
+		if i%4 >= 2 {
 			how = "door"
 			took = upgradeDoor(t, s, op, paths[to], to)
 		} else {
@@ -213,9 +202,6 @@ func TestLiveUpgrade(t *testing.T) {
 		}
 	}
 	w.checkEnd(t, true)
-	if door != "" {
-		t.Run("through the platform door", func(t *testing.T) { t.Skip(door) })
-	}
 }
 
 // Fake new "binaries" for the pre-flight: each prints a version, and its
@@ -299,9 +285,6 @@ func TestLiveUpgradeRefused(t *testing.T) {
 		})
 	}
 	rule(t, s, "the platform door refuses the same build with the reason", func(t *testing.T) {
-		if why := doorMissing(t, s, op); why != "" {
-			t.Skip(why)
-		}
 		code, out := op.call("POST", "/sandboxes/"+s.SandboxID+"/upgrade", map[string]any{"path": refuses})
 		if code/100 == 2 || !strings.Contains(fmt.Sprint(out), "state format 1 unknown") {
 			t.Fatalf("door upgrade to a refusing build: %d %v, want a refusal with its reason", code, out)
