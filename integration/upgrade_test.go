@@ -1,13 +1,10 @@
 package integration
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -44,39 +41,9 @@ func upgradeSystem(t *testing.T) (*System, operator, map[string]string) {
 	a, b := MainBuild(t), UpgradeBinary(t, UpgradeVersionB, false)
 	s, op := lifecycleSystem(t, Options{EtcTLAgent: upgradeEtc(t)}, "sbx-unused", randHex(32))
 	ensureUser(t, s)
-	requireUpgrade(t, s)
 	return s, op, map[string]string{
 		a.Version: s.InstallFile(t, a.Path, "/opt/tl-upgrade/tl-agent-a"),
 		b.Version: s.InstallFile(t, b.Path, "/opt/tl-upgrade/tl-agent-b"),
-	}
-}
-
-// controlPost posts body to path on the agent's control socket.
-func controlPost(t *testing.T, s *System, path string, body any) (int, map[string]any) {
-	t.Helper()
-	c := &http.Client{Timeout: 100 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", s.ControlSocket())
-	}}}
-	data, _ := json.Marshal(body)
-	resp, err := c.Post("http://agent"+path, "application/json", strings.NewReader(string(data)))
-	if err != nil {
-		t.Fatalf("POST %s on the control socket: %v", path, err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	_ = json.Unmarshal(raw, &out)
-	return resp.StatusCode, out
-}
-
-// requireUpgrade skips when the agent has no upgrade flow yet: its
-// control socket does not route POST /upgrade (an empty body is a bad
-// request to a flow that exists, and changes nothing).
-func requireUpgrade(t *testing.T, s *System) {
-	t.Helper()
-	if code, _ := controlPost(t, s, "/upgrade", map[string]any{}); code == http.StatusNotFound {
-		t.Skip("the agent has no live upgrade yet: POST /upgrade on the control socket is 404 (issue 22, lane upg-core)")
 	}
 }
 
@@ -367,7 +334,6 @@ func TestLiveUpgradeRollback(t *testing.T) {
 	s, _, paths := upgradeSystem(t)
 	a, b := MainBuild(t).Version, UpgradeVersionB
 	fail := UpgradeBinary(t, UpgradeVersionFail, true)
-	requireSymbol(t, fail.Path, strings.SplitN(failRestoreFlag, "=", 2)[0])
 	failPath := s.InstallFile(t, fail.Path, "/opt/tl-upgrade/tl-agent-fail")
 	w := startUpgradeWorkload(t, s, false)
 	// A process printing through the rollback: the lines the failed build
@@ -438,19 +404,6 @@ func TestLiveUpgradeRollback(t *testing.T) {
 	last("the printing session's replay has no gap across the rollback and the upgrade", func(t *testing.T) {
 		w.checkTicker(t)
 	})
-}
-
-// requireSymbol skips when the build at bin lacks sym: a link-time switch
-// the flow has not defined yet (the linker ignores -X of a missing one).
-func requireSymbol(t *testing.T, bin, sym string) {
-	t.Helper()
-	out, err := exec.Command("go", "tool", "nm", bin).Output()
-	if err != nil {
-		t.Fatalf("go tool nm %s: %v", bin, err)
-	}
-	if !strings.Contains(string(out), " "+sym+"\n") {
-		t.Skipf("the agent has no %s switch yet (lane upg-core): no fail-restore build", sym)
-	}
 }
 
 // waitUpgradeReport waits until the agent's status reports the last
