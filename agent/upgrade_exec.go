@@ -49,17 +49,29 @@ type agentSection struct {
 // The returned file is the old binary, kept open (recorded): the caller
 // closes it once the state is sealed or the exec failed.
 func (a *Agent) snapshot(rec UpgradeRecord) (*handover.Writer, *os.File, error) {
-	u := a.upg
-	w := handover.NewWriter(a.version)
 	old, err := os.Open("/proc/self/exe")
 	if err != nil {
 		return nil, nil, fmt.Errorf("keep the old binary: %w", err)
 	}
-	fail := func(err error) (*handover.Writer, *os.File, error) { old.Close(); return nil, nil, err }
+	w, err := a.snapshotKeeping(rec, old)
+	if err != nil {
+		old.Close()
+		return nil, nil, err
+	}
+	return w, old, nil
+}
+
+// snapshotKeeping is snapshot with bin as the binary to keep for a
+// rollback (the caller's, open until the exec).
+func (a *Agent) snapshotKeeping(rec UpgradeRecord, bin *os.File) (*handover.Writer, error) {
+	u := a.upg
+	w := handover.NewWriter(a.version)
+	fail := func(err error) (*handover.Writer, error) { return nil, err }
 	sec := agentSection{Version: agentSectionVersion, Env: launch.SandboxEnv(), Started: a.started, Upgrade: rec}
 	sec.SandboxID, sec.Token = a.identity()
 	sec.LinkSecrets = a.secrets.all()
-	if sec.OldBinary, err = w.File(oldBinaryName, old); err != nil {
+	var err error
+	if sec.OldBinary, err = w.File(oldBinaryName, bin); err != nil {
 		return fail(err)
 	}
 	if u.ssh != nil {
@@ -92,7 +104,7 @@ func (a *Agent) snapshot(rec UpgradeRecord) (*handover.Writer, *os.File, error) 
 			return fail(fmt.Errorf("%T: %w", p, err))
 		}
 	}
-	return w, old, nil
+	return w, nil
 }
 
 // listenerRef records the listener's own fd (not a dup: the number and

@@ -37,8 +37,10 @@ type restoring struct {
 	oldFD    int    // the old binary's kept fd, -1: none
 	sec      agentSection
 	restored []handoverPart
-	failed   bool     // the restore failed and could not roll back: a degraded start
-	old      *os.File // the old binary, once claimed (applyAgent)
+	failed   bool       // the restore failed and could not roll back: a degraded start
+	complete bool       // the agent section and every part restored
+	old      *os.File   // the old binary, once claimed (applyAgent)
+	keep     []*os.File // kept fds taken and still open, closed once restored
 	took     time.Time
 }
 
@@ -84,7 +86,7 @@ func (rs *restoring) begin(cfg *Config, reaper *supervisor.Reaper) {
 		}
 	}
 	if err != nil {
-		rs.fail(err)
+		rs.fail(nil, err)
 		return
 	}
 	if len(rs.sec.SSHHostKey) == ed25519.PrivateKeySize {
@@ -144,15 +146,19 @@ func (rs *restoring) apply(a *Agent, reaper *supervisor.Reaper) *supervisor.Proc
 			rs.restored = append(rs.restored, p)
 		}
 	}
+	rs.complete = err == nil
 	if err == nil && testFailRestore != "" && rs.rollback == "" {
 		err = errors.New("test build: the restore fails on purpose (testFailRestore)")
 	}
 	if err != nil {
-		rs.fail(err)
+		rs.fail(a, err)
 		return nil
 	}
 	rs.r.Close() // fds no part claimed (a section this build does not read)
 	rs.old.Close()
+	for _, f := range rs.keep {
+		f.Close()
+	}
 	rec := rs.sec.Upgrade
 	rec.Result, rec.TookMS = "ok", time.Since(rec.At).Milliseconds()
 	if rs.rollback != "" {
@@ -194,10 +200,14 @@ func (rs *restoring) applyAgent(a *Agent, reaper *supervisor.Reaper) (*superviso
 		}
 		ln, err := fileListener(a.cfg.Listen, f)
 		if err != nil {
+			f.Close()
 			return nil, fmt.Errorf("uplink listener: %w", err)
 		}
+		if _, own := ln.(*vsockListener); !own {
+			rs.keep = append(rs.keep, f) // ln holds a dup; the number stays for a rollback
+		}
 		u.mu.Lock()
-		u.inherit = ln
+		u.inherit, u.ln = ln, ln
 		u.mu.Unlock()
 	}
 	if sec.MainPid <= 0 {
@@ -207,6 +217,7 @@ func (rs *restoring) applyAgent(a *Agent, reaper *supervisor.Reaper) (*superviso
 	if p == nil {
 		return nil, fmt.Errorf("main command pid %d was not adopted", sec.MainPid)
 	}
+	u.setMain(p)
 	return p, nil
 }
 
@@ -217,13 +228,11 @@ func fileListener(spec string, f *os.File) (net.Listener, error) {
 	if kind == "vsock" {
 		p, err := strconv.ParseUint(addr, 10, 32)
 		if err != nil {
-			f.Close()
 			return nil, err
 		}
 		return &vsockListener{f: f, port: uint32(p)}, nil
 	}
-	ln, err := net.FileListener(f) // a dup: f is closed here
-	f.Close()
+	ln, err := net.FileListener(f) // a dup: f stays the caller's
 	if err != nil {
 		return nil, err
 	}
@@ -240,7 +249,7 @@ func fileListener(spec string, f *os.File) (net.Listener, error) {
 // that works). Without one (a rollback that fails itself, no old binary
 // kept) the agent serves what it restored: a degraded start beats ending
 // PID 1, and the log says what was lost.
-func (rs *restoring) fail(why error) {
+func (rs *restoring) fail(a *Agent, why error) {
 	rs.failed = true
 	log := rs.log.Error().Err(why)
 	if rs.rollback != "" || rs.oldFD < 0 {
@@ -251,14 +260,45 @@ func (rs *restoring) fail(why error) {
 	for _, p := range rs.restored {
 		freeze(p) // their goroutines stop touching the fds handed back
 	}
-	err := rs.execOld(why)
+	var err error
+	if rs.complete && a != nil {
+		err = rs.execOldResaved(a, why)
+	} else {
+		err = rs.execOld(why)
+	}
 	rs.log.Error().Err(err).Msg("upgrade: the rollback exec failed: serving what was restored")
 	for _, p := range rs.restored {
 		thaw(p)
 	}
 }
 
-// execOld re-execs the old binary in restore mode on the state as read.
+// execOldResaved hands the restored agent to the old binary: everything
+// restored, so a fresh snapshot (as an upgrade takes it, the parts
+// frozen) holds it all, output the parts read since the exec included,
+// which the state as read (execOld) would lose.
+func (rs *restoring) execOldResaved(a *Agent, why error) error {
+	w, err := a.snapshotKeeping(rs.sec.Upgrade, rs.old)
+	if err != nil {
+		return err
+	}
+	for _, pid := range rs.r.Pids() {
+		w.Pid(pid) // adopted, unreaped (the reaper has not run): still ours
+	}
+	state, err := w.Seal()
+	if err != nil {
+		return err
+	}
+	defer state.Close()
+	if err := w.Inherit(); err != nil {
+		return err
+	}
+	defer w.Uninherit()
+	return rs.execOldWith(state, why)
+}
+
+// execOld re-execs the old binary in restore mode on the state as read
+// (a part failed: what restored before it is frozen and handed back as
+// it was).
 func (rs *restoring) execOld(why error) error {
 	if err := rs.r.Inherit(); err != nil {
 		return err
@@ -268,6 +308,17 @@ func (rs *restoring) execOld(why error) error {
 		return err
 	}
 	defer state.Close()
+	err = rs.execOldWith(state, why)
+	// Set close-on-exec back on what was handed over: the kept fds belong
+	// to the parts that restored (or leak: the log said so).
+	for _, f := range rs.r.Unclaimed() {
+		_, _ = unix.FcntlInt(uintptr(f.FD), unix.F_SETFD, unix.FD_CLOEXEC)
+	}
+	return err
+}
+
+// execOldWith execs the old binary on state with the rollback's reason.
+func (rs *restoring) execOldWith(state *os.File, why error) error {
 	fd, err := inheritable(state)
 	if err != nil {
 		return err
@@ -280,10 +331,6 @@ func (rs *restoring) execOld(why error) error {
 	}
 	err = execFD(old, os.Args, env)
 	runtime.KeepAlive(rs.restored)
-	// Set close-on-exec back on what was handed over: the kept fds belong
-	// to the parts that restored (or leak: the log said so).
-	for _, f := range rs.r.Unclaimed() {
-		_, _ = unix.FcntlInt(uintptr(f.FD), unix.F_SETFD, unix.FD_CLOEXEC)
-	}
+	runtime.KeepAlive(rs.keep)
 	return err
 }

@@ -311,4 +311,16 @@ func TestUpgradeListenMode(t *testing.T) {
 		t.Fatalf("no healthy answer after the upgrade\n%s", agentLog.String())
 	}
 	t.Logf("healthy through the proxy %v after the call", time.Since(t0))
+	// A build that fails its restore hands the listener back too.
+	bad := upgradeBuild(t, "-X main.version=upg-bad -X github.com/tensorlake/tl-agent/agent.testFailRestore=1")
+	out, err = exec.Command(filepath.Join(bin, "tl-agent"), "upgrade", bad, "--socket", ctl).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "rolled_back") {
+		t.Fatalf("upgrade to the fail-restore build: %v %s\n%s", err, out, agentLog.String())
+	}
+	if err := syscall.Stat(sock, &after); err != nil || after.Ino != before.Ino {
+		t.Fatalf("the listen socket was made again after the rollback (inode %d -> %d, %v)", before.Ino, after.Ino, err)
+	}
+	if !healthy() {
+		t.Fatalf("no healthy answer after the rollback\n%s", agentLog.String())
+	}
 }

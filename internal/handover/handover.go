@@ -368,9 +368,12 @@ func (r *Reader) Close() {
 
 // Inherit clears close-on-exec again on every kept fd, claimed or not: a
 // new binary that cannot restore hands everything back to the old one.
+// An fd closed since (a part that took it and closed it) is skipped: there
+// is nothing left to hand back, and the old binary's identity check
+// refuses whatever reuses the number.
 func (r *Reader) Inherit() error {
 	for _, f := range r.st.Files {
-		if err := setCloexec(f.FD, false); err != nil {
+		if err := setCloexec(f.FD, false); err != nil && !errors.Is(err, unix.EBADF) {
 			return fmt.Errorf("handover: keep fd %d (%s) open across exec: %w", f.FD, f.Name, err)
 		}
 	}
