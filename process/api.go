@@ -47,6 +47,9 @@ type ManagedInfo struct {
 
 func (p *Process) exitInfo() ExitInfo {
 	e := ExitInfo{OOMKilled: p.oom, EndedAt: p.endedAt.UnixMilli()}
+	if p.lost {
+		return e // ended during an upgrade's hand-over: exit_code and signal null
+	}
 	if p.exit.Signal != 0 {
 		sig := int(p.exit.Signal)
 		e.Signal = &sig

@@ -2,7 +2,6 @@ package process
 
 import (
 	"os"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -15,13 +14,13 @@ import (
 // that, a pipe that a descendant still holds open is read for at most
 // grace from the exit, then its reads are cut.
 //
-// got[i] counts the bytes taken from reads[i]. The target is taken as the
+// Each capturer counts the bytes it took from its pipe. The target is taken as the
 // pipe's unread bytes before the count, so it may count a few bytes twice,
 // never miss one; an empty pipe means everything written was taken.
-func drainAfterExit(reads []*os.File, got []*atomic.Int64, drained <-chan struct{}, grace time.Duration) {
-	targets := make([]int64, len(reads))
-	for i, f := range reads {
-		targets[i] = pipeBytes(f) + got[i].Load()
+func drainAfterExit(caps []*capturer, drained <-chan struct{}, grace time.Duration) {
+	targets := make([]int64, len(caps))
+	for i, c := range caps {
+		targets[i] = pipeBytes(c.f) + c.got.Load()
 	}
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
@@ -32,23 +31,23 @@ func drainAfterExit(reads []*os.File, got []*atomic.Int64, drained <-chan struct
 	}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for !caughtUp(reads, got, targets) {
+	for !caughtUp(caps, targets) {
 		select {
 		case <-drained:
 			return
 		case <-tick.C:
 		}
 	}
-	for _, r := range reads {
-		_ = r.SetReadDeadline(time.Now())
+	for _, c := range caps {
+		c.endReads()
 	}
 	<-drained
 }
 
 // caughtUp reports whether every pipe's pre-exit bytes have been taken.
-func caughtUp(reads []*os.File, got []*atomic.Int64, targets []int64) bool {
-	for i, f := range reads {
-		if got[i].Load() < targets[i] && pipeBytes(f) > 0 {
+func caughtUp(caps []*capturer, targets []int64) bool {
+	for i, c := range caps {
+		if c.got.Load() < targets[i] && pipeBytes(c.f) > 0 {
 			return false
 		}
 	}

@@ -174,6 +174,12 @@ type managed struct {
 	stopped      bool               // by the user or shutdown: no more restarts
 	restarting   bool               // an API restart is between kill and launch
 	cancelHealth context.CancelFunc // ends the current instance's health loop
+
+	// A live upgrade's freeze holds the restart timer and the health loop
+	// (Table.Freeze); Thaw, or the new binary's Restore, re-arms them.
+	held       bool          // a restart is due after left
+	left       time.Duration // the back-off remaining when held
+	healthHeld bool          // the current instance's health loop is to restart
 }
 
 // ExitInfo is `managed.last_exit`.
@@ -234,15 +240,21 @@ func (m *managed) launch() error {
 	m.healthFails = 0
 	if m.health != nil {
 		m.status, m.healthStatus = mStarting, hStarting
-		ctx, cancel := context.WithCancel(context.Background())
-		m.cancelHealth = cancel
-		m.t.wg.Add(1)
-		go func() {
-			defer m.t.wg.Done()
-			m.healthLoop(ctx, p)
-		}()
+		m.startHealthLocked(p, time.Duration(m.health.InitialDelayMs)*time.Millisecond)
 	}
 	return nil
+}
+
+// startHealthLocked runs the health loop of instance p, its first check
+// after first; called with m.mu held.
+func (m *managed) startHealthLocked(p *Process, first time.Duration) {
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancelHealth = cancel
+	m.t.wg.Add(1)
+	go func() {
+		defer m.t.wg.Done()
+		m.healthLoop(ctx, p, first)
+	}()
 }
 
 // exited is called by the watcher when instance p has ended.
@@ -258,7 +270,7 @@ func (m *managed) exited(p *Process) {
 	}
 	info := p.exitInfo()
 	m.lastExit = &info
-	failed := p.exit.Code != 0 || p.exit.Signal != 0
+	failed := p.lost || p.exit.Code != 0 || p.exit.Signal != 0
 	switch {
 	case m.stopped:
 		m.status = mStopped
@@ -281,8 +293,10 @@ func (m *managed) exited(p *Process) {
 }
 
 // scheduleLocked arms the restart timer with the next back-off.
-func (m *managed) scheduleLocked() {
-	d := m.backoff.Next()
+func (m *managed) scheduleLocked() { m.armLocked(m.backoff.Next()) }
+
+// armLocked restarts the process after d.
+func (m *managed) armLocked(d time.Duration) {
 	m.status = mBackingOff
 	m.nextRestart = time.Now().Add(d)
 	m.timer = m.clock().AfterFunc(d, m.autoRestart)
@@ -296,10 +310,21 @@ func (m *managed) autoRestart() {
 		return
 	}
 	m.timer = nil
+	if m.t.fz.wait() != nil {
+		m.held, m.left = true, 0 // due: Thaw or Restore restarts it
+		return
+	}
 	m.nextRestart = time.Time{}
 	m.restarts++
 	m.t.counts.restarts.Add(1)
 	if err := m.launch(); err != nil {
+		if errors.Is(err, ErrFrozen) {
+			// Frozen since the check: this restart is due, not done.
+			m.restarts--
+			m.t.counts.restarts.Add(-1)
+			m.held, m.left = true, 0
+			return
+		}
 		if errors.Is(err, ErrShuttingDown) {
 			// The shutdown sweep has begun: nothing restarts any more.
 			m.status = mStopped
@@ -347,9 +372,15 @@ func (m *managed) restart() (*Process, error) {
 	m.restarting = false
 	m.stopped = false
 	m.nextRestart = time.Time{}
+	m.backoff.Reset()
+	if m.t.fz.wait() != nil {
+		// A live upgrade froze the table meanwhile: the restart is due
+		// (Thaw or the new binary's Restore does it); this call drops.
+		m.status, m.held, m.left = mBackingOff, true, 0
+		return nil, ErrFrozen
+	}
 	m.restarts++
 	m.t.counts.restarts.Add(1)
-	m.backoff.Reset()
 	if err := m.launch(); err != nil {
 		m.setCurrentLocked(old)
 		m.status = mStopped
@@ -411,10 +442,10 @@ func (m *managed) stale(cutoff time.Time) bool {
 // unhealthy. Delays, intervals and timeouts are running time, and a failed
 // probe during which the sandbox was paused does not count: at thaw the
 // service (frozen too) has had no time to answer.
-func (m *managed) healthLoop(ctx context.Context, p *Process) {
+func (m *managed) healthLoop(ctx context.Context, p *Process, first time.Duration) {
 	h := m.health
 	clock := m.clock()
-	wait := time.Duration(h.InitialDelayMs) * time.Millisecond
+	wait := first
 	for {
 		if !sleepRunning(ctx, clock, wait, p.done) {
 			return

@@ -241,24 +241,114 @@ func (l *outputLog) read(seq uint64, maxLines, maxBytes int, owner bool) batch {
 	return b
 }
 
-// capture reads f line by line into log until EOF or a read error (the
-// read end closed or its deadline passed), counting the bytes taken from
-// the pipe in got. Lines longer than maxLine are split at maxLine bytes; a
-// trailing partial line is kept at EOF.
-func capture(f *os.File, log *outputLog, stream string, maxLine int, got *atomic.Int64) {
-	br := bufio.NewReaderSize(countingReader{f, got}, maxLine)
+// capturer reads one pipe of a process line by line into its log until
+// EOF or a read error (the read end closed, or cut after the exit grace),
+// counting the bytes taken from the pipe in got. Lines longer than maxLine
+// are split at maxLine bytes; a trailing partial line is kept at EOF.
+//
+// At a live upgrade's freeze (Table.Freeze) the read deadline is moved to
+// the past: the goroutine stops reading without closing the pipe, keeps
+// the start of a line it holds (partial: the bytes after it stay in the
+// kernel's pipe) and parks until Thaw, or the exec. Save hands partial
+// over, so the new binary's capturer completes that line.
+type capturer struct {
+	f       *os.File
+	log     *outputLog
+	stream  string
+	maxLine int
+	fz      *freezer
+	got     atomic.Int64
+	cut     atomic.Bool // the exit grace ended the reads: a deadline ends, never parks
+
+	mu      sync.Mutex
+	partial []byte // owned by the goroutine; guarded by mu once parked
+	parked  bool   // guarded by mu
+	ended   bool   // guarded by mu
+}
+
+func (c *capturer) run() {
+	defer c.setState(func() { c.ended = true })
+	br := bufio.NewReaderSize(countingReader{c.f, &c.got}, c.maxLine)
 	for {
 		b, err := br.ReadSlice('\n')
-		if len(b) > 0 {
-			b = bytes.TrimSuffix(b, []byte{'\n'})
-			if err == nil {
-				b = bytes.TrimSuffix(b, []byte{'\r'})
+		switch {
+		case err == nil || errors.Is(err, bufio.ErrBufferFull):
+			c.take(b, err == nil)
+		case errors.Is(err, os.ErrDeadlineExceeded) && !c.cut.Load():
+			c.partial = append(c.partial, b...)
+			c.park()
+		default:
+			// EOF, or the read end was closed or cut after the exit grace.
+			if len(c.partial)+len(b) > 0 {
+				c.take(b, true)
 			}
-			log.append(stream, string(b), time.Now())
+			return
 		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return // EOF, or the read end was closed after the exit grace
+	}
+}
+
+// take appends the line that ends with b (eol: b ends the line, with its
+// newline unless at EOF; else b is a full buffer) after the held partial, split at maxLine bytes. Without
+// eol, what is left under maxLine stays held.
+func (c *capturer) take(b []byte, eol bool) {
+	if len(c.partial) > 0 {
+		b = append(c.partial, b...)
+		c.partial = nil
+	}
+	if eol && bytes.HasSuffix(b, []byte{'\n'}) {
+		b = bytes.TrimSuffix(b[:len(b)-1], []byte{'\r'})
+	}
+	for len(b) >= c.maxLine && (len(b) > c.maxLine || !eol) {
+		c.log.append(c.stream, string(b[:c.maxLine]), time.Now())
+		b = b[c.maxLine:]
+	}
+	if !eol {
+		if len(b) > 0 {
+			c.partial = append([]byte(nil), b...) // b may be the reader's buffer
 		}
+		return
+	}
+	c.log.append(c.stream, string(b), time.Now())
+}
+
+// park waits out a freeze (none: it returns at once).
+func (c *capturer) park() {
+	thaw := c.fz.wait()
+	if thaw == nil {
+		return // thawed meanwhile: Thaw cleared the deadline
+	}
+	c.setState(func() { c.parked = true })
+	<-thaw
+	c.setState(func() { c.parked = false })
+}
+
+func (c *capturer) setState(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f()
+}
+
+// idle reports whether the goroutine no longer reads: parked or ended.
+func (c *capturer) idle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.parked || c.ended
+}
+
+// stopReads makes the goroutine's read return (freeze or cut).
+func (c *capturer) stopReads() { _ = c.f.SetReadDeadline(time.Now()) }
+
+// endReads cuts the reads for good (the exit grace is over).
+func (c *capturer) endReads() {
+	c.cut.Store(true)
+	c.stopReads()
+}
+
+// resume clears a freeze's deadline; a cut that came meanwhile stays.
+func (c *capturer) resume() {
+	_ = c.f.SetReadDeadline(time.Time{})
+	if c.cut.Load() {
+		c.stopReads()
 	}
 }
 

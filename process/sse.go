@@ -264,7 +264,8 @@ const maxTimeout = 365 * 24 * 3600
 // exit as events. The client owns the output: the process's pipes are read
 // only as fast as it takes events, so every line reaches it. The timeout,
 // a client that goes away before the exit, and one that takes no events
-// for StallTimeout kill the whole tree.
+// for StallTimeout kill the whole tree; one dropped by a live upgrade does
+// not (Table.Freeze).
 func (t *Table) handleRun(w http.ResponseWriter, r *http.Request) {
 	var req StartRequest
 	if !httpx.DecodeJSON(w, r, &req) {
@@ -282,14 +283,18 @@ func (t *Table) handleRun(w http.ResponseWriter, r *http.Request) {
 	}
 	log := reqid.Logger(r.Context(), t.log)
 	s.startLog = &log
-	p, err := t.startOwned(s)
+	var deadline time.Time
+	if req.Timeout > 0 {
+		deadline = time.Now().Add(time.Duration(req.Timeout * float64(time.Second)))
+	}
+	p, err := t.startRun(s, deadline)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
 	defer p.out.unpin()
 	if req.Timeout > 0 {
-		timer := time.AfterFunc(time.Duration(req.Timeout*float64(time.Second)), func() {
+		timer := time.AfterFunc(time.Until(deadline), func() {
 			log.Info().Int("pid", p.pid).Float64("timeout_s", req.Timeout).Msg("run timed out: killing the tree")
 			p.kill()
 		})
@@ -301,7 +306,7 @@ func (t *Table) handleRun(w http.ResponseWriter, r *http.Request) {
 	ev.onStall = func() {
 		log.Warn().Int("pid", p.pid).Dur("stall", t.cfg.StallTimeout).Msg("run client takes no events: dropping it and killing the tree")
 		p.out.unpin()
-		if p.running() {
+		if p.running() && !p.detached.Load() {
 			killed.Store(true)
 			p.kill()
 		}
@@ -322,6 +327,10 @@ func (t *Table) handleRun(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, errStalled):
 		t.endStalledRun(ev, p, killed.Load())
+	case err != nil && p.detached.Load():
+		// A live upgrade dropped the client: the process goes on as a
+		// table entry (docs/processes.md, "Live upgrade").
+		log.Info().Int("pid", p.pid).Msg("run client dropped by an upgrade: the process goes on")
 	case err != nil:
 		p.kill()
 	default:
@@ -335,9 +344,10 @@ func exitEvent(p *Process) map[string]any {
 	e := p.exitInfo()
 	p.mu.Unlock()
 	end := map[string]any{}
-	if e.Signal != nil {
+	switch {
+	case e.Signal != nil:
 		end["signal"] = *e.Signal
-	} else {
+	case e.ExitCode != nil:
 		end["exit_code"] = *e.ExitCode
 	}
 	if e.OOMKilled {

@@ -167,6 +167,13 @@ type Table struct {
 	wg     sync.WaitGroup // watchers, health loops, janitor
 	stop   chan struct{}
 	counts counts // for Stats
+
+	// startMu is read-held by every start from its check to its entry in
+	// byPid, so Freeze (which write-holds it to set fz) knows that no start
+	// is under way and none will begin (docs/processes.md, "Live upgrade").
+	startMu sync.RWMutex
+	fz      freezer
+	keep    []*os.File // kept fds a failed Restore took: never closed (a rollback hands them back)
 }
 
 // New returns an empty table, or the reason cfg is not valid; call Close
@@ -215,6 +222,16 @@ type Process struct {
 	stdinOpen  atomic.Bool
 	stdinWrite sync.Mutex
 	stdinPipe  *os.File // the same pipe, never reset: its deadline unblocks a writer
+	fdsClosed  bool     // guarded by stdinMu; the watcher closed the pipes
+
+	caps        []*capturer      // one per captured pipe, fixed before the watcher starts
+	capWG       sync.WaitGroup   // the capturers' goroutines
+	run         bool             // started by a run call (its client owns the output)
+	runDeadline time.Time        // a run's timeout, zero for none
+	detached    atomic.Bool      // a live upgrade is under way: a run client that goes does not kill it
+	leaderExit  *supervisor.Exit // restored: the old agent had reaped the leader (or lost it)
+	lost        bool             // its exit is unknown: it ended during a hand-over (see Restore)
+	deadline    *time.Timer      // a restored run's timeout
 
 	mu      sync.Mutex
 	ended   bool // guarded by mu; the fields below are final once set
@@ -225,13 +242,23 @@ type Process struct {
 }
 
 // start starts one instance of s. m is the supervisor it belongs to, if any.
-func (t *Table) start(s *spec, m *managed) (*Process, error) { return t.startWith(s, m, false) }
+func (t *Table) start(s *spec, m *managed) (*Process, error) {
+	return t.startWith(s, m, false, time.Time{})
+}
 
-// startOwned starts s for a run client, which owns its output: the log is
-// pinned before the first line (see outputLog).
-func (t *Table) startOwned(s *spec) (*Process, error) { return t.startWith(s, nil, true) }
+// startRun starts s for a run client, which owns its output: the log is
+// pinned before the first line (see outputLog). deadline is its timeout
+// (zero: none), kept for a live upgrade.
+func (t *Table) startRun(s *spec, deadline time.Time) (*Process, error) {
+	return t.startWith(s, nil, true, deadline)
+}
 
-func (t *Table) startWith(s *spec, m *managed, owned bool) (*Process, error) {
+func (t *Table) startWith(s *spec, m *managed, owned bool, deadline time.Time) (*Process, error) {
+	t.startMu.RLock()
+	defer t.startMu.RUnlock()
+	if t.fz.wait() != nil {
+		return nil, ErrFrozen
+	}
 	t.mu.Lock()
 	if t.closing {
 		t.mu.Unlock()
@@ -246,7 +273,7 @@ func (t *Table) startWith(s *spec, m *managed, owned bool) (*Process, error) {
 	t.live++ // reserved; released if the start fails
 	t.mu.Unlock()
 
-	p, err := t.spawn(s, handle, m, owned)
+	p, err := t.spawn(s, handle, m, owned, deadline)
 	if err != nil {
 		t.mu.Lock()
 		t.live--
@@ -330,7 +357,7 @@ func openStdio(s *spec) (*stdio, error) {
 // spawn starts the process and its output and exit watchers. m is set on
 // the Process before the watcher runs: a command that exits at once must
 // still reach its supervisor.
-func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, error) {
+func (t *Table) spawn(s *spec, handle int, m *managed, owned bool, deadline time.Time) (*Process, error) {
 	sio, err := openStdio(s)
 	if re := startRefused("pipes", err); re != nil {
 		return nil, re
@@ -378,42 +405,61 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool) (*Process, er
 			p.endLog = s.startLog
 		}
 	}
-	var capWG sync.WaitGroup
-	got := make([]*atomic.Int64, len(sio.reads))
+	p.run, p.runDeadline = owned, deadline
 	for i, r := range sio.reads {
-		got[i] = new(atomic.Int64)
-		capWG.Add(1)
-		go func(r *os.File, stream string, got *atomic.Int64) {
-			defer capWG.Done()
-			capture(r, p.out, stream, t.cfg.MaxLineBytes, got)
-		}(r, sio.stream[i], got[i])
+		p.addCapture(r, sio.stream[i], nil)
 	}
+	p.startCaptures()
+	t.startWatch(p)
+	return p, nil
+}
+
+// addCapture adds a capturer of pipe f (partial: the start of a line an
+// upgraded agent's capturer held); startCaptures starts them all.
+func (p *Process) addCapture(f *os.File, stream string, partial []byte) {
+	p.caps = append(p.caps, &capturer{f: f, log: p.out, stream: stream, maxLine: p.t.cfg.MaxLineBytes, fz: &p.t.fz, partial: partial})
+}
+
+func (p *Process) startCaptures() {
+	for _, c := range p.caps {
+		p.capWG.Add(1)
+		go func() {
+			defer p.capWG.Done()
+			c.run()
+		}()
+	}
+}
+
+func (t *Table) startWatch(p *Process) {
 	t.wg.Add(1)
 	go func() {
 		defer t.wg.Done()
-		t.watch(p, sio.reads, got, &capWG)
+		t.watch(p)
 	}()
-	return p, nil
+}
+
+// waitLeader waits for the leader's exit: the reaper's, or the one an
+// upgraded agent had reaped already.
+func (p *Process) waitLeader() supervisor.Exit {
+	if p.leaderExit != nil {
+		return *p.leaderExit
+	}
+	return p.proc.Wait()
 }
 
 // watch waits for the leader's exit, drains output (see drainAfterExit:
 // descendants holding the pipes get ExitGrace), records the exit and tells
 // the supervisor, if any.
-func (t *Table) watch(p *Process, reads []*os.File, got []*atomic.Int64, capWG *sync.WaitGroup) {
-	e := p.proc.Wait()
+func (t *Table) watch(p *Process) {
+	e := p.waitLeader()
 	oom := e.OOMKilled
 	drained := make(chan struct{})
-	go func() { capWG.Wait(); close(drained) }()
-	drainAfterExit(reads, got, drained, t.cfg.ExitGrace)
-	for _, r := range reads {
-		r.Close()
+	go func() { p.capWG.Wait(); close(drained) }()
+	drainAfterExit(p.caps, drained, t.cfg.ExitGrace)
+	p.closeFDs()
+	if p.deadline != nil {
+		p.deadline.Stop()
 	}
-	if p.stdinPipe != nil {
-		// A writer blocked on a pipe that a surviving child keeps open
-		// must not hold up the exit.
-		_ = p.stdinPipe.SetWriteDeadline(time.Now())
-	}
-	p.closeStdin()
 	p.out.close()
 	p.mu.Lock()
 	p.ended, p.exit, p.oom, p.endedAt = true, e, oom, e.At
@@ -421,7 +467,9 @@ func (t *Table) watch(p *Process, reads []*os.File, got []*atomic.Int64, capWG *
 	t.mu.Lock()
 	t.live--
 	t.mu.Unlock()
-	t.counts.exited(e, oom)
+	if !p.lost {
+		t.counts.exited(e, oom)
+	}
 	close(p.done)
 	p.endLog.Info().Int("pid", p.pid).Int("handle", p.handle).Str("exit", e.String()).Bool("oom_killed", oom).Msg("process ended")
 	if p.managed != nil {
@@ -430,11 +478,46 @@ func (t *Table) watch(p *Process, reads []*os.File, got []*atomic.Int64, capWG *
 	t.prune()
 }
 
-// closeStdin closes the stdin pipe if open. A write under way fails with
-// os.ErrClosed (the file's poller wakes it).
-func (p *Process) closeStdin() {
-	p.stdinMu.Lock()
+// closeFDs closes the process's pipes after its exit; a freeze holds it
+// (Save may be recording them).
+func (p *Process) closeFDs() {
+	p.lockFDs()
 	defer p.stdinMu.Unlock()
+	for _, c := range p.caps {
+		c.f.Close()
+	}
+	if p.stdinPipe != nil {
+		// A writer blocked on a pipe that a surviving child keeps open
+		// must not hold up the exit.
+		_ = p.stdinPipe.SetWriteDeadline(time.Now())
+	}
+	p.closeStdinLocked()
+	p.fdsClosed = true
+}
+
+// lockFDs takes stdinMu once the table is not frozen: no fd of p is
+// closed while Save may record it.
+func (p *Process) lockFDs() {
+	for {
+		p.stdinMu.Lock()
+		thaw := p.t.fz.wait()
+		if thaw == nil {
+			return
+		}
+		p.stdinMu.Unlock()
+		<-thaw
+	}
+}
+
+// closeStdin closes the stdin pipe if open (a freeze holds it). A write
+// under way fails with os.ErrClosed (the file's poller wakes it).
+func (p *Process) closeStdin() {
+	p.lockFDs()
+	defer p.stdinMu.Unlock()
+	p.closeStdinLocked()
+}
+
+func (p *Process) closeStdinLocked() {
 	if p.stdin != nil {
 		p.stdin.Close()
 		p.stdin = nil
@@ -451,6 +534,9 @@ func (p *Process) stdinFile() *os.File {
 
 // running reports whether the leader has not been reaped yet.
 func (p *Process) running() bool {
+	if p.proc == nil {
+		return false // restored with its leader reaped already, or lost
+	}
 	_, exited := p.proc.Exited()
 	return !exited
 }

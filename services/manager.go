@@ -2,6 +2,7 @@ package services
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"syscall"
 	"time"
@@ -98,8 +99,7 @@ func (m *Manager) boot(s *Service) {
 			return
 		}
 	}
-	req := s.StartRequest
-	p, err := m.t.Start(&req)
+	p, err := m.startService(s)
 	if err != nil {
 		m.log.Error().Err(err).Str("service", name).Msg("service not started")
 		m.fail(u, err.Error())
@@ -107,6 +107,35 @@ func (m *Manager) boot(s *Service) {
 	}
 	m.set(u, StateStarting, "", true)
 	m.log.Info().Str("service", name).Int("pid", p.PID()).Strs("depends_on", s.DependsOn).Msg("service started")
+	m.awaitReady(s, u)
+}
+
+// startFrozenRetry is how often a start refused by a live upgrade's
+// freeze is tried again (the upgrade execs, or thaws, within seconds).
+const startFrozenRetry = 100 * time.Millisecond
+
+// startService starts s's process; while a live upgrade holds the table
+// it waits (the exec ends the wait; a failed one thaws).
+func (m *Manager) startService(s *Service) (*process.Process, error) {
+	for {
+		req := s.StartRequest
+		p, err := m.t.Start(&req)
+		if !errors.Is(err, process.ErrFrozen) {
+			return p, err
+		}
+		t := time.NewTimer(startFrozenRetry)
+		select {
+		case <-m.ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+	}
+}
+
+// awaitReady probes a started service until ready, then marks it so.
+func (m *Manager) awaitReady(s *Service, u *unit) {
+	name := s.ServiceName()
 	if s.Ready != nil && !m.probe(name, s.Ready) {
 		return
 	}
