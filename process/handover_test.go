@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,12 +30,14 @@ type oldAgent struct {
 
 var upgradeCfg = Config{ExitGrace: 200 * time.Millisecond}
 
-func newOldAgent(t *testing.T) *oldAgent {
+func newOldAgent(t *testing.T) *oldAgent { return newOldAgentWith(t, upgradeCfg) }
+
+func newOldAgentWith(t *testing.T, cfg Config) *oldAgent {
 	t.Helper()
 	r := supervisor.NewReaper(zerolog.Nop(), false)
 	o := &oldAgent{stop: make(chan struct{}), ran: make(chan struct{})}
 	go func() { r.Run(o.stop); close(o.ran) }()
-	tb, err := New(upgradeCfg, zerolog.Nop(), r)
+	tb, err := New(cfg, zerolog.Nop(), r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,15 +107,24 @@ func (o *oldAgent) execve(t *testing.T, b []byte) *handover.Reader {
 // a fresh table restores the section.
 func newAgent(t *testing.T, r *handover.Reader) *Table {
 	t.Helper()
+	return newAgentWith(t, r, upgradeCfg, nil)
+}
+
+// newAgentWith adopts every pid but those of notAdopted.
+func newAgentWith(t *testing.T, r *handover.Reader, cfg Config, notAdopted map[int]bool) *Table {
+	t.Helper()
 	nr := supervisor.NewReaper(zerolog.Nop(), false)
 	for _, pid := range r.Pids() {
+		if notAdopted[pid] {
+			continue
+		}
 		if _, err := nr.Adopt(pid); err != nil {
 			t.Fatal(err)
 		}
 	}
 	stop := make(chan struct{})
 	go nr.Run(stop)
-	nt, err := New(upgradeCfg, zerolog.Nop(), nr)
+	nt, err := New(cfg, zerolog.Nop(), nr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +244,8 @@ func TestHandoverRoundTrip(t *testing.T) {
 	}
 
 	ne := byHandle(t, nt, ended.handle)
-	if in := ne.info(); in.Status != "exited" || *in.ExitCode != 5 || texts(first(ne.out.snapshot(""))) != "out err" {
+	// Two pipes read at once may interleave either way: each on its own.
+	if in := ne.info(); in.Status != "exited" || *in.ExitCode != 5 || texts(first(ne.out.snapshot(Stdout))) != "out" || texts(first(ne.out.snapshot(Stderr))) != "err" {
 		t.Fatalf("ended entry: %+v %q", in, texts(first(ne.out.snapshot(""))))
 	}
 
@@ -446,4 +459,53 @@ func TestRunDroppedByUpgradeGoesOn(t *testing.T) {
 	if in := np.info(); in.Signal == nil || *in.Signal != int(unix.SIGKILL) {
 		t.Fatalf("the run's end: %+v", in)
 	}
+}
+
+// TestHandoverReapedLeaderAndLostPid: an entry whose leader the old agent
+// had reaped while a descendant still held its pipe goes on reading and
+// ends with the leader's true exit; a pid the new agent could not adopt
+// ends with an unknown exit (null code and signal), and its supervisor
+// restarts it as after a failure.
+func TestHandoverReapedLeaderAndLostPid(t *testing.T) {
+	long := Config{ExitGrace: time.Hour} // the drain ends at the pipe's EOF, not by a timer
+	old := newOldAgentWith(t, long)
+	flag := filepath.Join(t.TempDir(), "go")
+	drain := mustStart(t, old.t, &StartRequest{Command: "sh", Args: []string{"-c",
+		`sh -c 'echo $$; while [ ! -e ` + flag + ` ]; do sleep 0.01; done; echo child-late; exec sleep 300' & echo leader-done; exit 3`}})
+	name := "orphaned"
+	svc := mustStart(t, old.t, &StartRequest{Command: "sh", Args: []string{"-c", "echo run; exec sleep 300"}, Name: &name})
+	until(t, "the leader reaped, its child's pid printed", func() bool {
+		_, reaped := drain.proc.Exited()
+		n, _ := drain.out.snapshot("")
+		return reaped && len(n) == 2
+	})
+	child := 0
+	for _, l := range first(drain.out.snapshot("")) {
+		fmt.Sscan(l.Text, &child)
+	}
+	t.Cleanup(func() { _ = unix.Kill(child, unix.SIGKILL) })
+	nt := newAgentWith(t, old.execve(t, old.snapshot(t)), long, map[int]bool{svc.pid: true})
+	_ = unix.Kill(svc.pid, unix.SIGKILL) // gone, as a pid that cannot be adopted is
+
+	nd := byHandle(t, nt, drain.handle)
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	until(t, "the child's late line", func() bool { return strings.Contains(texts(first(nd.out.snapshot(""))), "child-late") })
+	_ = unix.Kill(child, unix.SIGKILL)
+	waitDone(t, nd)
+	if in := nd.info(); in.Status != "exited" || in.ExitCode == nil || *in.ExitCode != 3 {
+		t.Fatalf("the drained entry: %+v, want the leader's exit 3", in)
+	}
+
+	lost := byHandle(t, nt, svc.handle)
+	waitDone(t, lost)
+	if in := lost.info(); in.Status != "exited" || in.ExitCode != nil || in.Signal != nil {
+		t.Fatalf("the entry not adopted: %+v, want exited with null exit code and signal", in)
+	}
+	until(t, "the supervisor's restart", func() bool {
+		mi, _ := nt.Managed(name)
+		_, m, _ := nt.lookup(name)
+		return mi.RestartCount == 1 && m != nil && m.current() != lost && m.current().running()
+	})
 }

@@ -164,3 +164,45 @@ func TestOutputBudgetIsShared(t *testing.T) {
 		t.Fatalf("held after release %d", b.held.Load())
 	}
 }
+
+// TestCapturerFreezeKeepsPartial: a freeze stops the reads mid-line; the
+// bytes read so far are held (what follows waits in the pipe), and after
+// the thaw the line comes out whole, split at maxLine as without a freeze.
+func TestCapturerFreezeKeepsPartial(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	l := newOutputLog(100, 1<<20, nil)
+	fz := &freezer{}
+	c := &capturer{f: r, log: l, stream: Stdout, maxLine: 8, fz: fz}
+	done := make(chan struct{})
+	go func() { c.run(); close(done) }()
+	_, _ = w.WriteString("abcde")
+	for i := 0; c.got.Load() < 5; i++ {
+		if i > 4000 {
+			t.Fatal("the capturer read nothing")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	fz.freeze()
+	c.stopReads()
+	for i := 0; !c.idle(); i++ {
+		if i > 4000 {
+			t.Fatal("the capturer did not park")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, _ = w.WriteString("fghij\n")
+	if string(c.partial) != "abcde" || c.got.Load() != 5 {
+		t.Fatalf("parked holding %q after %d bytes", c.partial, c.got.Load())
+	}
+	c.resume()
+	fz.unfreeze()
+	w.Close()
+	<-done
+	if lines, _ := l.snapshot(""); texts(lines) != "abcdefgh ij" {
+		t.Fatalf("after the thaw: %q", texts(lines))
+	}
+}

@@ -224,14 +224,14 @@ type Process struct {
 	stdinPipe  *os.File // the same pipe, never reset: its deadline unblocks a writer
 	fdsClosed  bool     // guarded by stdinMu; the watcher closed the pipes
 
-	caps        []*capturer    // one per captured pipe, fixed before the watcher starts
-	capWG       sync.WaitGroup // the capturers' goroutines
-	run         bool           // started by a run call (its client owns the output)
-	runDeadline time.Time      // a run's timeout, zero for none
-	detached    atomic.Bool    // a live upgrade is under way: a run client that goes does not kill it
-	leaderExit  *supervisor.Exit
-	lost        bool        // its exit is unknown: it ended during a hand-over (see Restore)
-	deadline    *time.Timer // a restored run's timeout
+	caps        []*capturer      // one per captured pipe, fixed before the watcher starts
+	capWG       sync.WaitGroup   // the capturers' goroutines
+	run         bool             // started by a run call (its client owns the output)
+	runDeadline time.Time        // a run's timeout, zero for none
+	detached    atomic.Bool      // a live upgrade is under way: a run client that goes does not kill it
+	leaderExit  *supervisor.Exit // restored: the old agent had reaped the leader (or lost it)
+	lost        bool             // its exit is unknown: it ended during a hand-over (see Restore)
+	deadline    *time.Timer      // a restored run's timeout
 
 	mu      sync.Mutex
 	ended   bool // guarded by mu; the fields below are final once set

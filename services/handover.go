@@ -52,9 +52,11 @@ func (m *Manager) Save(w *handover.Writer) error {
 // a ready, failed or stopped one is left as it was. A service declared
 // now but absent from the state (added to the image since, or an older
 // agent wrote no section) boots as at a start; a saved unit no longer
-// declared is dropped (its process stays in the process table). The
-// reaper is unused: the processes are the table's. With r.DryRun() it
-// only checks the section.
+// declared is dropped (its process stays in the process table). A unit
+// saved waiting (or absent) whose process the table already runs was
+// started just before the snapshot: it is probed, not started again. So
+// the process table must be restored first. The reaper is unused: the
+// processes are the table's. With r.DryRun() it only checks the section.
 func (m *Manager) Restore(r *handover.Reader, _ *supervisor.Reaper) error {
 	var st savedUnits
 	ok, err := r.Section(Section, &st)
@@ -72,6 +74,13 @@ func (m *Manager) Restore(r *handover.Reader, _ *supervisor.Reaper) error {
 	}
 	m.apply(saved)
 	return nil
+}
+
+// running reports whether the (restored) process table has an active
+// supervised process of that name.
+func (m *Manager) running(name string) bool {
+	mi, ok := m.t.Managed(name)
+	return ok && mi.Status != "stopped"
 }
 
 func (st *savedUnits) check() (map[string]savedUnit, error) {
@@ -114,6 +123,12 @@ func (m *Manager) apply(saved map[string]savedUnit) {
 	for i := range m.svcs {
 		s := &m.svcs[i]
 		su, ok := saved[s.ServiceName()]
+		if (!ok || su.State == StateWaiting) && m.running(s.ServiceName()) {
+			// Started just before the snapshot, before its unit said
+			// so: it is started, not to be started again.
+			m.set(m.unit(s.ServiceName()), StateStarting, "", true)
+			su, ok = savedUnit{State: StateStarting}, true
+		}
 		var run func()
 		switch {
 		case !ok || su.State == StateWaiting:

@@ -78,11 +78,31 @@ func TestServicesHandover(t *testing.T) {
 		t.Fatalf("the dry run refused a good state: %v", err)
 	}
 
+	// web's start raced the snapshot: started, but its unit still said
+	// waiting. The new manager probes it and does not start it again.
+	early, _ := handover.Decode(mutate(t, b, func(s *savedUnits) {
+		for i := range s.Units {
+			if s.Units[i].Name == "web" {
+				s.Units[i].State, s.Units[i].Started = StateWaiting, false
+			}
+		}
+	}), false)
+	ct := &countingTable{Table: tb, starts: map[string]int{}}
+	em := New(svcs, ct, zerolog.Nop())
+	if err := em.Restore(early, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := state(em.Status()); st["web"] != StateStarting || len(ct.started()) != 0 {
+		t.Fatalf("a running service saved as waiting: %v, started %v", st, ct.started())
+	}
+	em.cancel()
+	em.wg.Wait()
+
 	r, err := handover.Decode(b, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ct := &countingTable{Table: tb, starts: map[string]int{}}
+	ct = &countingTable{Table: tb, starts: map[string]int{}}
 	nm := New(svcs, ct, zerolog.Nop())
 	if err := nm.Restore(r, nil); err != nil {
 		t.Fatal(err)

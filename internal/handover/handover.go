@@ -228,6 +228,10 @@ type Reader struct {
 	st      State
 	dryRun  bool
 	claimed []bool
+	// taken keeps every file handed out reachable while the Reader is: an
+	// os.File's finalizer closes its fd, and a restore that fails hands
+	// the fds back to the old binary (Inherit), so none may be collected.
+	taken []*os.File
 }
 
 // FromEnv opens the State named by EnvFD and unsets the variable (so no
@@ -338,7 +342,9 @@ func (r *Reader) File(ref Ref) (*os.File, error) {
 	}
 	r.claimed[ref] = true
 	_ = setCloexec(want.FD, true) // no child of the new agent inherits it
-	return os.NewFile(uintptr(want.FD), want.Name), nil
+	f := os.NewFile(uintptr(want.FD), want.Name)
+	r.taken = append(r.taken, f)
+	return f, nil
 }
 
 // Unclaimed lists the kept fds no capability took (a section this build
