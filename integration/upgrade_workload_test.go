@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -15,8 +18,9 @@ import (
 // sessions (one attached and resized, one never attached, one printing a
 // counter with a client on it), background processes (a piped one, one
 // printing a counter on both outputs, a sleeper, one already exited), a
-// managed process restarted once, one backing off, a boot service and an
-// in-flight run. Its checks fail when any item is lost or changed.
+// managed process restarted once, one backing off, two health-checked
+// ones (a healthy and a failing count), a boot service and an in-flight
+// run. Its checks fail when any item is lost or changed.
 type upgradeWorkload struct {
 	s *System
 
@@ -28,6 +32,9 @@ type upgradeWorkload struct {
 
 	piped, counter, sleeper, early procInfo
 	crashy, backoff, keeper        procInfo
+	healthy, sick                  procInfo
+	hits                           *atomic.Int64 // health checks the test's server answered
+	sickFails                      int           // the sick one's consecutive failures, last seen
 	runCancel                      context.CancelFunc
 }
 
@@ -86,7 +93,54 @@ func startUpgradeWorkload(t *testing.T, s *System, full bool) *upgradeWorkload {
 	s.JSON("POST", "/api/v1/processes", map[string]any{"command": "sh", "args": []string{"-c", "exit 2"}, "name": "backoff",
 		"restart": map[string]any{"max_restarts": 2, "initial_backoff_ms": 3000, "max_backoff_ms": 6000}}, 201, &w.backoff)
 	w.startRun(t)
+	w.startHealthChecked(t)
 	return w
+}
+
+// startHealthChecked starts two health-checked managed processes: one
+// whose http check the test's own server answers (the sandbox shares
+// this machine's network), one whose tcp check always fails under a
+// threshold it never reaches, so its consecutive failures only grow.
+func (w *upgradeWorkload) startHealthChecked(t *testing.T) {
+	t.Helper()
+	s := w.s
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.hits = &atomic.Int64{}
+	srv := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) { w.hits.Add(1) })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	s.JSON("POST", "/api/v1/processes", map[string]any{"command": "sleep", "args": []string{"100000"}, "name": "healthy",
+		"health_check": map[string]any{"type": "http", "port": ln.Addr().(*net.TCPAddr).Port, "path": "/healthz", "initial_delay_ms": 100, "interval_ms": 200}}, 201, &w.healthy)
+	s.JSON("POST", "/api/v1/processes", map[string]any{"command": "sleep", "args": []string{"100000"}, "name": "sick",
+		"health_check": map[string]any{"type": "tcp", "port": 1, "initial_delay_ms": 100, "interval_ms": 200, "failure_threshold": 1000000}}, 201, &w.sick)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		h, k := getProc(t, s, "healthy"), getProc(t, s, "sick")
+		if h.Managed.HealthStatus == "healthy" && k.Managed.ConsecutiveHealthFailures > 2 {
+			w.sickFails = k.Managed.ConsecutiveHealthFailures
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("health checks: healthy %+v, sick %+v", h.Managed, k.Managed)
+		}
+	}
+}
+
+// checkHealth: the same instances, the healthy one still healthy, the
+// sick one's failure count carried over (it only grows).
+func (w *upgradeWorkload) checkHealth(t *testing.T) {
+	t.Helper()
+	h, k := getProc(t, w.s, "healthy"), getProc(t, w.s, "sick")
+	if h.Pid != w.healthy.Pid || h.Managed.HealthStatus != "healthy" || h.Managed.RestartCount != 0 {
+		t.Fatalf("healthy: pid %d %+v, want pid %d, healthy, no restart", h.Pid, h.Managed, w.healthy.Pid)
+	}
+	if k.Pid != w.sick.Pid || k.Managed.ConsecutiveHealthFailures < w.sickFails || k.Managed.RestartCount != 0 {
+		t.Fatalf("sick: pid %d %+v, want pid %d, consecutive_health_failures at least %d (carried over), no restart",
+			k.Pid, k.Managed, w.sick.Pid, w.sickFails)
+	}
+	w.sickFails = k.Managed.ConsecutiveHealthFailures
 }
 
 // startCrashy starts a managed process that fails once and then runs:
@@ -163,6 +217,9 @@ func (w *upgradeWorkload) check(t *testing.T, version string) {
 	}
 	if k := getProc(t, s, "keeper"); k.Pid != w.keeper.Pid || k.Status != "running" {
 		t.Fatalf("boot service keeper: pid %d %s, want pid %d running (not restarted)", k.Pid, k.Status, w.keeper.Pid)
+	}
+	if w.hits != nil {
+		w.checkHealth(t)
 	}
 	in := waitInfo(t, s, "the boot service ready", func(in infoBody) bool { return in.ServicesReady })
 	if len(in.Services) != 1 || in.Services[0].Name != "keeper" {
@@ -280,6 +337,14 @@ func (w *upgradeWorkload) checkEndFull(t *testing.T) {
 		}
 	}
 	waitFile(t, s, "/tmp/run-finished")
+	// The health loops run in the agent that serves now.
+	hits, fails := w.hits.Load(), w.sickFails
+	for deadline := time.Now().Add(20 * time.Second); w.hits.Load() < hits+3 || w.sickFails < fails+3; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("health checks stopped after the upgrades: %d more http checks, sick failures %d -> %d", w.hits.Load()-hits, fails, w.sickFails)
+		}
+		w.checkHealth(t)
+	}
 	if data, _ := os.ReadFile(s.SandboxPath("/tmp/boot-hook-runs")); string(data) != "run\n" {
 		t.Fatalf("the on-boot hook ran %d times, want once (an upgrade is not a boot)", strings.Count(string(data), "run"))
 	}
