@@ -170,6 +170,7 @@ type UpgradeCheckResult struct {
 // wires (nil reaper: not wired, upgrades are refused).
 type upgrader struct {
 	reaper *supervisor.Reaper
+	sigs   interface{ ShutdownRequested() bool } // nil in tests
 	parts  []handoverPart
 	ssh    interface {
 		HostKey() (ed25519.PrivateKey, error)
@@ -516,9 +517,9 @@ func (u *upgrader) listener(spec string) (net.Listener, error) {
 	return ln, nil
 }
 
-// wire gives the upgrader what Main built: the reaper, the parts that hand state over and the SSH server (its host key).
-func (u *upgrader) wire(reaper *supervisor.Reaper, p Parts, log zerolog.Logger) {
-	u.reaper, u.parts = reaper, handoverParts(p)
+// wire gives the upgrader what Main built: the reaper, the signals, the parts that hand state over and the SSH server (its host key).
+func (u *upgrader) wire(reaper *supervisor.Reaper, sigs *supervisor.Signals, p Parts, log zerolog.Logger) {
+	u.reaper, u.sigs, u.parts = reaper, sigs, handoverParts(p)
 	names := make([]string, 0, len(u.parts))
 	for _, hp := range u.parts {
 		names = append(names, fmt.Sprintf("%T", hp))

@@ -286,3 +286,26 @@ func TestHandoverPartsFound(t *testing.T) {
 type noPart struct{}
 
 func (noPart) Routes(*http.ServeMux) {}
+
+type stopping struct{}
+
+func (stopping) ShutdownRequested() bool { return true }
+
+// A shutdown signal that came meanwhile stops the exec (the new binary
+// would never see it): undone, reported, and the shutdown goes on.
+func TestUpgradeNoExecWhileShuttingDown(t *testing.T) {
+	a := upgradeAgent(t)
+	a.upg.sigs = stopping{}
+	p := filepath.Join(t.TempDir(), "not-executable") // were the check gone, the exec still fails
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.execUpgrade(&upgradePlan{bin: bin, path: p, rec: UpgradeRecord{ID: "s1"}})
+	if st := a.upg.status(); st.Last == nil || st.Last.Result != "failed" || !strings.Contains(st.Last.Error, "shutting down") {
+		t.Fatalf("status %+v", st.Last)
+	}
+}
