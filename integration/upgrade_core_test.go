@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -116,6 +117,10 @@ func TestUpgradeToAnotherBuild(t *testing.T) {
 	}
 	var info map[string]any
 	s.JSON("GET", "/api/v1/info", nil, 200, &info) // the API serves through the proxy again
+	if m, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "metrics", "--socket", s.ControlSocket()).Output(); err != nil ||
+		!strings.Contains(string(m), "\ntl_agent_upgrades_total 1\n") {
+		t.Fatalf("metrics after the upgrade (%v): no tl_agent_upgrades_total 1", err)
+	}
 	// The main command is the predecessor's child, watched again: its exit
 	// (by SIGTERM, which it turns into 42) ends the sandbox with its code.
 	if out, err := s.Exec("pkill", "-TERM", "-x", "-P", "1", "sh"); err != nil {
@@ -323,4 +328,36 @@ func TestUpgradeListenMode(t *testing.T) {
 	if !healthy() {
 		t.Fatalf("no healthy answer after the rollback\n%s", agentLog.String())
 	}
+}
+
+// In a bare sandbox the agent mounts /proc, /dev/pts, /run... itself; the
+// new binary's set-up finds them mounted and mounts nothing twice.
+func TestUpgradeBareMountsOnce(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{Bare: true})
+	mounts := func() string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", s.AgentPid()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pts []string
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if f := strings.Fields(l); len(f) > 4 {
+				pts = append(pts, f[4])
+			}
+		}
+		return strings.Join(pts, " ")
+	}
+	before := mounts()
+	if !strings.Contains(s.AgentLog(), "mounted missing file systems") {
+		t.Fatalf("the bare sandbox's agent mounted nothing: %s", before)
+	}
+	installInSandbox(t, s, filepath.Join(s.bin, "tl-agent"), "/tmp/tl-agent-same")
+	if out, err := upgradeCLI(s, "/tmp/tl-agent-same"); err != nil || !strings.Contains(out, "upgraded: dev -> dev") {
+		t.Fatalf("tl-agent upgrade: %v %s\n%s", err, out, tail(s.AgentLog(), 40))
+	}
+	if after := mounts(); after != before {
+		t.Fatalf("mounts changed across the upgrade:\nbefore %s\nafter  %s", before, after)
+	}
+	waitUplink(t, s)
 }
