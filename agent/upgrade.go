@@ -47,6 +47,10 @@ const (
 	// maxChildOutput is what is kept of a child's output (the rest is
 	// read and dropped).
 	maxChildOutput = 16 << 10
+	// maxAnswerText bounds a child's output in an answer, made printable
+	// (JSON escaping may grow it 6 times: the answer stays within
+	// uplink.MaxLifecycleBody).
+	maxAnswerText = 8 << 10
 	// maxVersionLen bounds the version `PATH version` prints.
 	maxVersionLen = 128
 	// maxUpgradeBinary bounds the file hashed for --sha256.
@@ -284,11 +288,11 @@ func (a *Agent) upgradeCheck(req UpgradeRequest) (int, any, *upgradePlan) {
 		rec.Result, rec.Error = "refused", err.Error()
 		u.record(rec)
 		a.log.Warn().Err(err).Str("path", req.Path).Str("to", rec.To).Msg("upgrade refused")
-		return http.StatusConflict, map[string]string{"error": err.Error(), "code": "UPGRADE_REFUSED", "check": check}, nil
+		return http.StatusConflict, map[string]string{"error": answerText(err.Error()), "code": "UPGRADE_REFUSED", "check": answerText(check)}, nil
 	}
 	u.setState("upgrading")
 	a.log.Info().Str("path", req.Path).Str("from", rec.From).Str("to", rec.To).Str("id", rec.ID).Msg("upgrade: pre-flight accepted")
-	ans := UpgradeAnswer{State: "upgrading", ID: rec.ID, From: rec.From, To: rec.To, Check: check, TookMS: time.Since(start).Milliseconds()}
+	ans := UpgradeAnswer{State: "upgrading", ID: rec.ID, From: rec.From, To: rec.To, Check: answerText(check), TookMS: time.Since(start).Milliseconds()}
 	return http.StatusAccepted, ans, plan
 }
 
@@ -474,6 +478,18 @@ func execEnv() []string {
 		env = append(env, kv)
 	}
 	return env
+}
+
+// answerText is a child's output as an answer carries it: valid UTF-8,
+// control bytes but newline and tab as '?', at most maxAnswerText bytes.
+func answerText(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 && r != '\n' && r != '\t' || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+	return trimOut(s, maxAnswerText)
 }
 
 func trimOut(s string, n int) string {

@@ -309,3 +309,17 @@ func TestUpgradeNoExecWhileShuttingDown(t *testing.T) {
 		t.Fatalf("status %+v", st.Last)
 	}
 }
+
+// A child's output in an answer is printable and bounded so the answer
+// fits a lifecycle stream whatever the child printed.
+func TestUpgradeAnswerText(t *testing.T) {
+	garbage := strings.Repeat("\x00<\xff", 20000)
+	got := answerText(garbage)
+	raw, _ := json.Marshal(map[string]string{"check": got, "error": answerText(garbage)})
+	if len(raw) > 64<<10 || strings.ContainsRune(got, 0) {
+		t.Fatalf("answer of %d bytes (the lifecycle bound is 64 KiB)", len(raw))
+	}
+	if answerText("line 1\nok\t2") != "line 1\nok\t2" {
+		t.Fatal("newlines and tabs must stay")
+	}
+}
