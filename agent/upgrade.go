@@ -361,7 +361,9 @@ func (a *Agent) preflight(req UpgradeRequest, rec *UpgradeRecord) (*upgradePlan,
 // openBinary opens path once (every later run goes through this fd, so
 // the file checked is the file run) and checks what it can.
 func openBinary(path, sum string) (*os.File, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO must not wait for a writer (the call
+	// holds the lifecycle slot); a regular file ignores it.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}

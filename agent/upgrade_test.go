@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -131,9 +132,20 @@ func TestUpgradePreflight(t *testing.T) {
 	}
 }
 
-// A sha256 that differs refuses the binary before it runs.
+// A sha256 that differs refuses the binary before it runs; a FIFO or a
+// device is refused at once (opening a FIFO does not wait for a writer).
 func TestUpgradeChecksum(t *testing.T) {
 	a := upgradeAgent(t)
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{fifo, "/dev/null", "/"} {
+		code, out, _ := upgradeReq(t, a, UpgradeRequest{Path: p})
+		if msg, _ := out["error"].(string); code != http.StatusConflict || !strings.Contains(msg, "not a regular file") {
+			t.Errorf("%s: %d %v", p, code, out)
+		}
+	}
 	p := fakeBinary(t, "v2", `echo '{"ok":true,"version":"v2","protocol":2}'`)
 	code, out, _ := upgradeReq(t, a, UpgradeRequest{Path: p, SHA256: strings.Repeat("00", 32)})
 	if msg, _ := out["error"].(string); code != http.StatusConflict || !strings.Contains(msg, "sha256 mismatch") {
