@@ -169,6 +169,7 @@ func (rs *restoring) apply(a *Agent, reaper *supervisor.Reaper) *supervisor.Proc
 			Dur("restore", time.Since(rs.took)).Msg("upgrade done: serving")
 	}
 	a.upg.record(rec)
+	rs.r, rs.restored = nil, nil // the state's bytes are garbage now (the PTY rings are its bulk)
 	return main
 }
 
