@@ -37,7 +37,8 @@ func upgradeBuild(t *testing.T, ldflags string) string {
 	if p, ok := upgBuilt[ldflags]; ok {
 		return p
 	}
-	dir, err := os.MkdirTemp("", "tl-upg-bin-")
+	// Beside the harness's own builds (one folder per test process).
+	dir, err := os.MkdirTemp(Binaries(t), "upgrade-")
 	if err != nil {
 		t.Fatal(err)
 	}
