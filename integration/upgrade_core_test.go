@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -361,4 +362,31 @@ func TestUpgradeBareMountsOnce(t *testing.T) {
 		t.Fatalf("mounts changed across the upgrade:\nbefore %s\nafter  %s", before, after)
 	}
 	waitUplink(t, s)
+}
+
+// With a cgroup of its own (v1 here), the new binary's headroom set-up
+// finds the workload cgroup made and uses it again with the same limits,
+// and a process started after the upgrade lands in it.
+func TestUpgradeKeepsHeadroom(t *testing.T) {
+	RequireRoot(t)
+	RequireCgroupV1(t)
+	s := Start(t, Options{CgroupV1: &CgroupV1{MemoryBytes: 256 << 20, Pids: 200, Freezer: true}})
+	before := agentState(t, s).Headroom
+	if before == nil || before.Workload == "" {
+		t.Fatalf("no workload cgroup before the upgrade: %+v", before)
+	}
+	installInSandbox(t, s, filepath.Join(s.bin, "tl-agent"), "/tmp/tl-agent-same")
+	if out, err := upgradeCLI(s, "/tmp/tl-agent-same"); err != nil {
+		t.Fatalf("tl-agent upgrade: %v %s\n%s", err, out, tail(s.AgentLog(), 40))
+	}
+	st := waitUplink(t, s)
+	if h := st.Headroom; h == nil || *h != *before {
+		t.Fatalf("headroom after the upgrade %+v, before %+v", h, before)
+	}
+	resp := s.Do("POST", "/api/v1/processes/run", map[string]any{"command": "cat", "args": []string{"/proc/self/cgroup"}})
+	out, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if !strings.Contains(string(out), "memory:/"+s.cgroup+"/workload") {
+		t.Fatalf("a process started after the upgrade is not in the workload cgroup:\n%s", out)
+	}
 }
