@@ -87,7 +87,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	parts.Headroom = head
 	parts.Stats.Cgroup = cgroupStats(reaper)
 	a := New(cfg, log, version, parts)
-	a.upg.wire(reaper, parts, log)
+	a.upg.wire(reaper, sigs, parts, log)
 	var mainProc *supervisor.Proc
 	if rs != nil {
 		mainProc = rs.apply(a, reaper)

@@ -47,6 +47,10 @@ const (
 	// maxChildOutput is what is kept of a child's output (the rest is
 	// read and dropped).
 	maxChildOutput = 16 << 10
+	// maxAnswerText bounds a child's output in an answer, made printable
+	// (JSON escaping may grow it 6 times: the answer stays within
+	// uplink.MaxLifecycleBody).
+	maxAnswerText = 8 << 10
 	// maxVersionLen bounds the version `PATH version` prints.
 	maxVersionLen = 128
 	// maxUpgradeBinary bounds the file hashed for --sha256.
@@ -170,6 +174,7 @@ type UpgradeCheckResult struct {
 // wires (nil reaper: not wired, upgrades are refused).
 type upgrader struct {
 	reaper *supervisor.Reaper
+	sigs   interface{ ShutdownRequested() bool } // nil in tests
 	parts  []handoverPart
 	ssh    interface {
 		HostKey() (ed25519.PrivateKey, error)
@@ -283,11 +288,11 @@ func (a *Agent) upgradeCheck(req UpgradeRequest) (int, any, *upgradePlan) {
 		rec.Result, rec.Error = "refused", err.Error()
 		u.record(rec)
 		a.log.Warn().Err(err).Str("path", req.Path).Str("to", rec.To).Msg("upgrade refused")
-		return http.StatusConflict, map[string]string{"error": err.Error(), "code": "UPGRADE_REFUSED", "check": check}, nil
+		return http.StatusConflict, map[string]string{"error": answerText(err.Error()), "code": "UPGRADE_REFUSED", "check": answerText(check)}, nil
 	}
 	u.setState("upgrading")
 	a.log.Info().Str("path", req.Path).Str("from", rec.From).Str("to", rec.To).Str("id", rec.ID).Msg("upgrade: pre-flight accepted")
-	ans := UpgradeAnswer{State: "upgrading", ID: rec.ID, From: rec.From, To: rec.To, Check: check, TookMS: time.Since(start).Milliseconds()}
+	ans := UpgradeAnswer{State: "upgrading", ID: rec.ID, From: rec.From, To: rec.To, Check: answerText(check), TookMS: time.Since(start).Milliseconds()}
 	return http.StatusAccepted, ans, plan
 }
 
@@ -356,7 +361,9 @@ func (a *Agent) preflight(req UpgradeRequest, rec *UpgradeRecord) (*upgradePlan,
 // openBinary opens path once (every later run goes through this fd, so
 // the file checked is the file run) and checks what it can.
 func openBinary(path, sum string) (*os.File, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO must not wait for a writer (the call
+	// holds the lifecycle slot); a regular file ignores it.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -475,6 +482,18 @@ func execEnv() []string {
 	return env
 }
 
+// answerText is a child's output as an answer carries it: valid UTF-8,
+// control bytes but newline and tab as '?', at most maxAnswerText bytes.
+func answerText(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 && r != '\n' && r != '\t' || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+	return trimOut(s, maxAnswerText)
+}
+
 func trimOut(s string, n int) string {
 	if len(s) > n {
 		return s[:n] + "..."
@@ -516,9 +535,9 @@ func (u *upgrader) listener(spec string) (net.Listener, error) {
 	return ln, nil
 }
 
-// wire gives the upgrader what Main built: the reaper, the parts that hand state over and the SSH server (its host key).
-func (u *upgrader) wire(reaper *supervisor.Reaper, p Parts, log zerolog.Logger) {
-	u.reaper, u.parts = reaper, handoverParts(p)
+// wire gives the upgrader what Main built: the reaper, the signals, the parts that hand state over and the SSH server (its host key).
+func (u *upgrader) wire(reaper *supervisor.Reaper, sigs *supervisor.Signals, p Parts, log zerolog.Logger) {
+	u.reaper, u.sigs, u.parts = reaper, sigs, handoverParts(p)
 	names := make([]string, 0, len(u.parts))
 	for _, hp := range u.parts {
 		names = append(names, fmt.Sprintf("%T", hp))

@@ -187,6 +187,9 @@ func (a *Agent) execNew(plan *upgradePlan) error {
 		return err
 	}
 	env := append(execEnv(), handover.EnvFD+"="+strconv.Itoa(fd))
+	if s := a.upg.sigs; s != nil && s.ShutdownRequested() {
+		return errors.New("the sandbox is shutting down (SIGTERM or SIGINT came): not exec'd")
+	}
 	err = execFD(plan.bin, os.Args, env)
 	runtime.KeepAlive(old)
 	return fmt.Errorf("execve %s: %w", plan.path, err)

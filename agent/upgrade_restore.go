@@ -79,6 +79,13 @@ func (rs *restoring) begin(cfg *Config, reaper *supervisor.Reaper) {
 		err = checkAgentSection(rs.sec, rs.r)
 	}
 	if err == nil {
+		// Into the config: even a degraded start (below) registers as
+		// the sandbox is now, and serves SSH with its key.
+		cfg.SandboxID, cfg.Token = rs.sec.SandboxID, rs.sec.Token
+		if len(rs.sec.SSHHostKey) == ed25519.PrivateKeySize {
+			key := rs.sec.SSHHostKey
+			cfg.SSH.HostKey = &key
+		}
 		for _, pid := range rs.r.Pids() {
 			if _, err = reaper.Adopt(pid); err != nil {
 				break
@@ -88,10 +95,6 @@ func (rs *restoring) begin(cfg *Config, reaper *supervisor.Reaper) {
 	if err != nil {
 		rs.fail(nil, err)
 		return
-	}
-	if len(rs.sec.SSHHostKey) == ed25519.PrivateKeySize {
-		key := rs.sec.SSHHostKey
-		cfg.SSH.HostKey = &key
 	}
 	rs.log.Info().Str("from", rs.r.From()).Int("pids", len(rs.r.Pids())).Strs("sections", rs.r.Sections()).
 		Int("uplink_protocol", uplink.Version).Str("rollback", rs.rollback).Msg("upgrade: restoring the handed-over state")
@@ -169,6 +172,7 @@ func (rs *restoring) apply(a *Agent, reaper *supervisor.Reaper) *supervisor.Proc
 			Dur("restore", time.Since(rs.took)).Msg("upgrade done: serving")
 	}
 	a.upg.record(rec)
+	rs.r, rs.restored = nil, nil // the state's bytes are garbage now (the PTY rings are its bulk)
 	return main
 }
 
@@ -253,7 +257,8 @@ func (rs *restoring) fail(a *Agent, why error) {
 	rs.failed = true
 	log := rs.log.Error().Err(why)
 	if rs.rollback != "" || rs.oldFD < 0 {
-		log.Msg("upgrade: restore failed and there is no binary to roll back to: serving what was restored")
+		log.Strs("dropped", unclaimedNames(rs.r)).Msg("upgrade: restore failed and there is no binary to roll back to: serving what was restored")
+		rs.r.Close()
 		return
 	}
 	log.Msg("upgrade: restore failed: rolling back to the old binary")
@@ -266,10 +271,21 @@ func (rs *restoring) fail(a *Agent, why error) {
 	} else {
 		err = rs.execOld(why)
 	}
-	rs.log.Error().Err(err).Msg("upgrade: the rollback exec failed: serving what was restored")
+	rs.log.Error().Err(err).Strs("dropped", unclaimedNames(rs.r)).Msg("upgrade: the rollback exec failed: serving what was restored")
+	rs.r.Close()
 	for _, p := range rs.restored {
 		thaw(p)
 	}
+}
+
+// unclaimedNames names the kept fds no part took (what a degraded start
+// closes).
+func unclaimedNames(r *handover.Reader) []string {
+	var out []string
+	for _, f := range r.Unclaimed() {
+		out = append(out, f.Name)
+	}
+	return out
 }
 
 // execOldResaved hands the restored agent to the old binary: everything

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -131,9 +132,20 @@ func TestUpgradePreflight(t *testing.T) {
 	}
 }
 
-// A sha256 that differs refuses the binary before it runs.
+// A sha256 that differs refuses the binary before it runs; a FIFO or a
+// device is refused at once (opening a FIFO does not wait for a writer).
 func TestUpgradeChecksum(t *testing.T) {
 	a := upgradeAgent(t)
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{fifo, "/dev/null", "/"} {
+		code, out, _ := upgradeReq(t, a, UpgradeRequest{Path: p})
+		if msg, _ := out["error"].(string); code != http.StatusConflict || !strings.Contains(msg, "not a regular file") {
+			t.Errorf("%s: %d %v", p, code, out)
+		}
+	}
 	p := fakeBinary(t, "v2", `echo '{"ok":true,"version":"v2","protocol":2}'`)
 	code, out, _ := upgradeReq(t, a, UpgradeRequest{Path: p, SHA256: strings.Repeat("00", 32)})
 	if msg, _ := out["error"].(string); code != http.StatusConflict || !strings.Contains(msg, "sha256 mismatch") {
@@ -286,3 +298,40 @@ func TestHandoverPartsFound(t *testing.T) {
 type noPart struct{}
 
 func (noPart) Routes(*http.ServeMux) {}
+
+type stopping struct{}
+
+func (stopping) ShutdownRequested() bool { return true }
+
+// A shutdown signal that came meanwhile stops the exec (the new binary
+// would never see it): undone, reported, and the shutdown goes on.
+func TestUpgradeNoExecWhileShuttingDown(t *testing.T) {
+	a := upgradeAgent(t)
+	a.upg.sigs = stopping{}
+	p := filepath.Join(t.TempDir(), "not-executable") // were the check gone, the exec still fails
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.execUpgrade(&upgradePlan{bin: bin, path: p, rec: UpgradeRecord{ID: "s1"}})
+	if st := a.upg.status(); st.Last == nil || st.Last.Result != "failed" || !strings.Contains(st.Last.Error, "shutting down") {
+		t.Fatalf("status %+v", st.Last)
+	}
+}
+
+// A child's output in an answer is printable and bounded so the answer
+// fits a lifecycle stream whatever the child printed.
+func TestUpgradeAnswerText(t *testing.T) {
+	garbage := strings.Repeat("\x00<\xff", 20000)
+	got := answerText(garbage)
+	raw, _ := json.Marshal(map[string]string{"check": got, "error": answerText(garbage)})
+	if len(raw) > 64<<10 || strings.ContainsRune(got, 0) {
+		t.Fatalf("answer of %d bytes (the lifecycle bound is 64 KiB)", len(raw))
+	}
+	if answerText("line 1\nok\t2") != "line 1\nok\t2" {
+		t.Fatal("newlines and tabs must stay")
+	}
+}

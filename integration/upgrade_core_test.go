@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -36,7 +38,8 @@ func upgradeBuild(t *testing.T, ldflags string) string {
 	if p, ok := upgBuilt[ldflags]; ok {
 		return p
 	}
-	dir, err := os.MkdirTemp("", "tl-upg-bin-")
+	// Beside the harness's own builds (one folder per test process).
+	dir, err := os.MkdirTemp(Binaries(t), "upgrade-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +119,10 @@ func TestUpgradeToAnotherBuild(t *testing.T) {
 	}
 	var info map[string]any
 	s.JSON("GET", "/api/v1/info", nil, 200, &info) // the API serves through the proxy again
+	if m, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "metrics", "--socket", s.ControlSocket()).Output(); err != nil ||
+		!strings.Contains(string(m), "\ntl_agent_upgrades_total 1\n") {
+		t.Fatalf("metrics after the upgrade (%v): no tl_agent_upgrades_total 1", err)
+	}
 	// The main command is the predecessor's child, watched again: its exit
 	// (by SIGTERM, which it turns into 42) ends the sandbox with its code.
 	if out, err := s.Exec("pkill", "-TERM", "-x", "-P", "1", "sh"); err != nil {
@@ -322,5 +329,64 @@ func TestUpgradeListenMode(t *testing.T) {
 	}
 	if !healthy() {
 		t.Fatalf("no healthy answer after the rollback\n%s", agentLog.String())
+	}
+}
+
+// In a bare sandbox the agent mounts /proc, /dev/pts, /run... itself; the
+// new binary's set-up finds them mounted and mounts nothing twice.
+func TestUpgradeBareMountsOnce(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{Bare: true})
+	mounts := func() string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", s.AgentPid()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pts []string
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			if f := strings.Fields(l); len(f) > 4 {
+				pts = append(pts, f[4])
+			}
+		}
+		return strings.Join(pts, " ")
+	}
+	before := mounts()
+	if !strings.Contains(s.AgentLog(), "mounted missing file systems") {
+		t.Fatalf("the bare sandbox's agent mounted nothing: %s", before)
+	}
+	installInSandbox(t, s, filepath.Join(s.bin, "tl-agent"), "/tmp/tl-agent-same")
+	if out, err := upgradeCLI(s, "/tmp/tl-agent-same"); err != nil || !strings.Contains(out, "upgraded: dev -> dev") {
+		t.Fatalf("tl-agent upgrade: %v %s\n%s", err, out, tail(s.AgentLog(), 40))
+	}
+	if after := mounts(); after != before {
+		t.Fatalf("mounts changed across the upgrade:\nbefore %s\nafter  %s", before, after)
+	}
+	waitUplink(t, s)
+}
+
+// With a cgroup of its own (v1 here), the new binary's headroom set-up
+// finds the workload cgroup made and uses it again with the same limits,
+// and a process started after the upgrade lands in it.
+func TestUpgradeKeepsHeadroom(t *testing.T) {
+	RequireRoot(t)
+	RequireCgroupV1(t)
+	s := Start(t, Options{CgroupV1: &CgroupV1{MemoryBytes: 256 << 20, Pids: 200, Freezer: true}})
+	before := agentState(t, s).Headroom
+	if before == nil || before.Workload == "" {
+		t.Fatalf("no workload cgroup before the upgrade: %+v", before)
+	}
+	installInSandbox(t, s, filepath.Join(s.bin, "tl-agent"), "/tmp/tl-agent-same")
+	if out, err := upgradeCLI(s, "/tmp/tl-agent-same"); err != nil {
+		t.Fatalf("tl-agent upgrade: %v %s\n%s", err, out, tail(s.AgentLog(), 40))
+	}
+	st := waitUplink(t, s)
+	if h := st.Headroom; h == nil || *h != *before {
+		t.Fatalf("headroom after the upgrade %+v, before %+v", h, before)
+	}
+	resp := s.Do("POST", "/api/v1/processes/run", map[string]any{"command": "cat", "args": []string{"/proc/self/cgroup"}})
+	out, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if !strings.Contains(string(out), "memory:/"+s.cgroup+"/workload") {
+		t.Fatalf("a process started after the upgrade is not in the workload cgroup:\n%s", out)
 	}
 }
