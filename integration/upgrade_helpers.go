@@ -65,7 +65,8 @@ func UpgradeBinary(t TB, version string, failRestore bool) UpgradeBuild {
 	}
 	upgradeMu.Unlock()
 	ob.once.Do(func() {
-		dir, err := os.MkdirTemp("", "tl-bin-upgrade-")
+		// Beside the harness's own builds (one folder per process).
+		dir, err := os.MkdirTemp(Binaries(t), "upgrade-")
 		if err != nil {
 			ob.err = err
 			return
