@@ -64,9 +64,10 @@ func UpgradeBinary(t TB, version string, failRestore bool) UpgradeBuild {
 		upgradeBuilds[key] = ob
 	}
 	upgradeMu.Unlock()
+	bin := Binaries(t) // first: it may fail the test, outside the Once
 	ob.once.Do(func() {
 		// Beside the harness's own builds (one folder per process).
-		dir, err := os.MkdirTemp(Binaries(t), "upgrade-")
+		dir, err := os.MkdirTemp(bin, "upgrade-")
 		if err != nil {
 			ob.err = err
 			return
