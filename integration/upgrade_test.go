@@ -380,8 +380,8 @@ func TestLiveUpgradeRollback(t *testing.T) {
 			}
 		}
 	})
-	// The ticker's replay is checked last, by a rule of its own: a gap
-	// stays in the session's output for good, and the rules before still
+	// The printing process and session are checked last, each on its own:
+	// a loss stays in their output for good, and the rules before still
 	// check everything else.
 	w.skipTicker = true
 	rule(t, s, "sessions, processes, counters and the boot service are intact after the rollback", func(t *testing.T) {
@@ -392,7 +392,6 @@ func TestLiveUpgradeRollback(t *testing.T) {
 		w.check(t, b)
 		w.checkEnd(t, false)
 	})
-	// The last two are independent: each reports on its own.
 	last := func(name string, f func(t *testing.T)) {
 		t.Run(name, func(t *testing.T) {
 			prev := s.t
