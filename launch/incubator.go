@@ -98,29 +98,66 @@ type Started interface{ PID() int }
 // would have returned for it (classify it with Classify). cmd must not
 // set ExtraFiles: fd 3 is the incubator's until its exec.
 func StartCmd[P Started](cmd *exec.Cmd, start func(*exec.Cmd) (P, error)) (P, error) {
-	var zero P
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return zero, os.NewSyscallError("socketpair", err)
+	var sf *os.File
+	if cmd.Path != "/proc/self/exe" && cmd.Path != "/proc/thread-self/exe" {
+		// (The agent's own binary: in the stub that name is the stub.)
+		sf = stubFile(start)
 	}
-	_ = unix.SetNonblock(fds[0], true)
-	ours, theirs := os.NewFile(uintptr(fds[0]), "incubator"), os.NewFile(uintptr(fds[1]), "incubator")
+	return startVia(cmd, start, sf)
+}
+
+// startVia is StartCmd through the stub in the memfd sf, or the Go
+// incubator when sf is nil.
+func startVia[P Started](cmd *exec.Cmd, start func(*exec.Cmd) (P, error), sf *os.File) (P, error) {
+	path := cmd.Path
+	p, ours, err := fork(cmd, start, sf)
+	if err != nil && sf != nil && execRefused(err) {
+		// Refused for this command's user where the probe was not, or
+		// the command's own chdir failed: the Go incubator tells which.
+		if p, ours, err = fork(cmd, start, nil); err == nil {
+			stubOff("its exec was refused for a command the Go incubator started")
+		}
+	}
+	if err != nil {
+		return p, err
+	}
 	defer ours.Close()
-	path, args := cmd.Path, cmd.Args
-	cmd.Path = incubatorExe
-	cmd.Args = append([]string{incubatorArg0, path}, args...)
-	cmd.ExtraFiles = []*os.File{theirs}
-	p, err := start(cmd)
-	theirs.Close()
-	cmd.Path, cmd.Args, cmd.ExtraFiles = path, args, nil
-	if err != nil {
-		return zero, err
-	}
 	release(p.PID())
 	if err := execStatus(ours, path); err != nil {
 		return p, err
 	}
 	return p, nil
+}
+
+// fork starts cmd's incubator, the stub from the memfd sf or the Go one
+// when sf is nil, blocked on its fd 3, and returns the agent's end of fd
+// 3. cmd is as given on return; a failed fork's error names cmd.Path.
+func fork[P Started](cmd *exec.Cmd, start func(*exec.Cmd) (P, error), sf *os.File) (P, *os.File, error) {
+	var zero P
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return zero, nil, os.NewSyscallError("socketpair", err)
+	}
+	_ = unix.SetNonblock(fds[0], true)
+	ours, theirs := os.NewFile(uintptr(fds[0]), "incubator"), os.NewFile(uintptr(fds[1]), "incubator")
+	path, args := cmd.Path, cmd.Args
+	cmd.Path, cmd.ExtraFiles = incubatorExe, []*os.File{theirs}
+	if sf != nil {
+		cmd.Path, cmd.ExtraFiles = stubPath, []*os.File{theirs, sf} // fd 3, fd stubFD
+	}
+	cmd.Args = append([]string{incubatorArg0, path}, args...)
+	p, err := start(cmd)
+	theirs.Close()
+	cmd.Path, cmd.Args, cmd.ExtraFiles = path, args, nil
+	if err != nil {
+		ours.Close()
+		var pe *os.PathError
+		if errors.As(err, &pe) && (pe.Path == incubatorExe || pe.Path == stubPath) {
+			pe.Path = path
+		}
+		return zero, nil, err
+	}
+	return p, ours, nil
 }
 
 // release applies the headroom to pid (the blocked incubator).

@@ -110,9 +110,9 @@ func TestIncubatorExecErrors(t *testing.T) {
 	}
 }
 
-// BenchmarkStartTrue: the start (to exit) of `true` as os/exec alone and
-// through the incubator: the incubator's cost is one more exec of the
-// agent's binary and its Go runtime start.
+// BenchmarkStartTrue: the start (to exit) of `true` as os/exec alone,
+// through the Go incubator (one more exec, of the agent's binary, and its
+// Go runtime start) and through the stub (one more exec, of 664 bytes).
 func BenchmarkStartTrue(b *testing.B) {
 	path, err := exec.LookPath("true")
 	if err != nil {
@@ -125,9 +125,9 @@ func BenchmarkStartTrue(b *testing.B) {
 			}
 		}
 	})
-	b.Run("incubator", func(b *testing.B) {
+	via := func(b *testing.B, sf *os.File) {
 		for i := 0; i < b.N; i++ {
-			cmd, err := StartCmd(exec.Command(path), startPlain)
+			cmd, err := startVia(exec.Command(path), startPlain, sf)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -135,5 +135,14 @@ func BenchmarkStartTrue(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	}
+	b.Run("incubator-go", func(b *testing.B) { via(b, nil) })
+	b.Run("incubator-stub", func(b *testing.B) {
+		sf := stubFile(startPlain)
+		if sf == nil {
+			_, why := Incubator()
+			b.Skip("no stub: " + why)
+		}
+		via(b, sf)
 	})
 }
