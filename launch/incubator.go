@@ -111,13 +111,6 @@ func StartCmd[P Started](cmd *exec.Cmd, start func(*exec.Cmd) (P, error)) (P, er
 func startVia[P Started](cmd *exec.Cmd, start func(*exec.Cmd) (P, error), sf *os.File) (P, error) {
 	path := cmd.Path
 	p, ours, err := fork(cmd, start, sf)
-	if err != nil && sf != nil && execRefused(err) {
-		// Refused for this command's user where the probe was not, or
-		// the command's own chdir failed: the Go incubator tells which.
-		if p, ours, err = fork(cmd, start, nil); err == nil {
-			stubOff("its exec was refused for a command the Go incubator started")
-		}
-	}
 	if err != nil {
 		return p, err
 	}

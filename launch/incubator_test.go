@@ -30,7 +30,9 @@ func ownScore(t *testing.T) int {
 // A child started through the incubator reads its raised score as its
 // first instruction, runs with the real argv (argv[0] included) and the
 // environment, and sees no extra fd.
-func TestIncubatorScoreArgvFds(t *testing.T) {
+func TestIncubatorScoreArgvFds(t *testing.T) { incubators(t, scoreArgvFds) }
+
+func scoreArgvFds(t *testing.T) {
 	want := ownScore(t) + 100
 	if want > 1000 {
 		want = 1000
@@ -81,7 +83,9 @@ func readAll(r *os.File, b []byte) (int, error) {
 
 // The incubator's own exec failure is the error os/exec would have given:
 // a script whose #! interpreter is missing, a file the kernel cannot run.
-func TestIncubatorExecErrors(t *testing.T) {
+func TestIncubatorExecErrors(t *testing.T) { incubators(t, execErrors) }
+
+func execErrors(t *testing.T) {
 	u := self(t)
 	dir := t.TempDir()
 	noInterp := filepath.Join(dir, "nointerp")

@@ -32,9 +32,10 @@ import (
 // The Go incubator stays the fallback: no blob for this architecture, a
 // memfd that may not be executed (vm.memfd_noexec = 2, a security
 // module), or a probe that did not come back with the errno it asked for.
-// A start the stub cannot exec for its user (refused where the probe,
-// run as root, was not) is started again through the Go incubator; if
-// that works, the stub is off for good.
+// The probe runs as the agent; a command runs as its user, which changes
+// nothing for the exec of the memfd: it is mode 0777 (sealed), and a
+// process may always look up its own /proc/self/fd, dumpable or not
+// (TestStubAsOtherUser).
 const (
 	stubFD   = 4
 	stubPath = "/proc/self/fd/4"
@@ -150,12 +151,13 @@ func noexecNote() string {
 	return ""
 }
 
-// probeStub runs the stub once, as the agent, with a path that cannot
-// exist: it must come back with ENOENT on fd 3, which proves each of its
-// syscalls (read, fcntl, execve, write). decided is false when the start
-// failed for a reason that is not the stub's.
+// probeStub runs the stub once, as the agent, with its own name as the
+// program: /proc/self/fd/4 after the stub closed fd 4, so it must come
+// back with ENOENT on fd 3. That proves each of its syscalls (close,
+// fcntl, read, execve, write). decided is false when the start failed for
+// a reason that is not the stub's.
 func probeStub[P Started](f *os.File, start func(*exec.Cmd) (P, error)) (decided bool, err error) {
-	cmd := &exec.Cmd{Path: stubPath, Args: []string{incubatorArg0, ""}}
+	cmd := &exec.Cmd{Path: stubPath, Args: []string{"probe"}}
 	_, ours, err := fork(cmd, start, f)
 	if err != nil {
 		return execRefused(err), err
@@ -175,8 +177,8 @@ func probeStub[P Started](f *os.File, start func(*exec.Cmd) (P, error)) (decided
 	return true, nil
 }
 
-// execRefused reports a start whose exec was refused (as a stub's would
-// be by a policy on memfds), as opposed to one the system could not fork.
+// execRefused reports a start whose exec was refused (as a stub's is by a
+// policy on memfds), as opposed to one the system could not fork now.
 func execRefused(err error) bool {
 	var pe *os.PathError
 	if !errors.As(err, &pe) {
