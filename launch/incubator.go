@@ -136,7 +136,7 @@ func fork[P Started](cmd *exec.Cmd, start func(*exec.Cmd) (P, error), sf *os.Fil
 	path, args := cmd.Path, cmd.Args
 	cmd.Path, cmd.ExtraFiles = incubatorExe, []*os.File{theirs}
 	if sf != nil {
-		cmd.Path, cmd.ExtraFiles = stubPath, []*os.File{theirs, sf} // fd 3, fd stubFD
+		cmd.Path, cmd.ExtraFiles = stubPath, []*os.File{theirs, sf} // fd 3, fd 4
 	}
 	cmd.Args = append([]string{incubatorArg0, path}, args...)
 	p, err := start(cmd)
