@@ -5,11 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 )
 
 type plain struct{ *exec.Cmd }
@@ -149,4 +151,45 @@ func BenchmarkStartTrue(b *testing.B) {
 		}
 		via(b, sf)
 	})
+}
+
+// BenchmarkStartTrueInterleaved: the three of BenchmarkStartTrue in one
+// loop, one of each per round (a loaded machine drifts between
+// sub-benchmarks), reported as the median of each in ms.
+func BenchmarkStartTrueInterleaved(b *testing.B) {
+	path, err := exec.LookPath("true")
+	if err != nil {
+		b.Skip(err)
+	}
+	sf := stubFile(startPlain)
+	if sf == nil {
+		_, why := Incubator()
+		b.Skip("no stub: " + why)
+	}
+	var ds [3][]time.Duration
+	for i := 0; i < b.N; i++ {
+		for j, run := range []func() error{
+			func() error { return exec.Command(path).Run() },
+			func() error { return viaWait(path, sf) },
+			func() error { return viaWait(path, nil) },
+		} {
+			start := time.Now()
+			if err := run(); err != nil {
+				b.Fatal(err)
+			}
+			ds[j] = append(ds[j], time.Since(start))
+		}
+	}
+	for j, name := range []string{"plain-ms", "stub-ms", "go-ms"} {
+		sort.Slice(ds[j], func(a, c int) bool { return ds[j][a] < ds[j][c] })
+		b.ReportMetric(float64(ds[j][len(ds[j])/2].Microseconds())/1000, name)
+	}
+}
+
+func viaWait(path string, sf *os.File) error {
+	cmd, err := startVia(exec.Command(path), startPlain, sf)
+	if err != nil {
+		return err
+	}
+	return cmd.Wait()
 }
