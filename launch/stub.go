@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tensorlake/tl-agent/internal/httpx"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,8 +44,8 @@ const (
 	incubatorEnv = "TL_INCUBATOR"
 	stubPath     = "/proc/self/fd/4"
 	// stubProbes bounds the probes whose start failed for a reason that
-	// is not the stub's (a full pids cgroup, a shutdown): after that many
-	// the Go incubator is kept.
+	// is neither the stub's nor a lack of resources (the shutdown): after
+	// that many the Go incubator is kept.
 	stubProbes = 3
 )
 
@@ -87,15 +88,17 @@ func stubFile[P Started](start func(*exec.Cmd) (P, error)) *os.File {
 		return nil
 	}
 	f, err := makeStub()
-	if err != nil {
-		stubOff(err.Error())
-		return nil
+	decided := true
+	if err == nil {
+		decided, err = probeStub(f, start)
 	}
-	decided, err := probeStub(f, start)
 	switch {
 	case err == nil:
 		stub.file.Store(f)
 		return f
+	case httpx.IsExhausted(err):
+		// A full pids cgroup or fd table: not the stub's doing, and no
+		// reason to give up on it. The next start tries again.
 	case decided:
 		stubOff(err.Error())
 	default:
@@ -103,7 +106,9 @@ func stubFile[P Started](start func(*exec.Cmd) (P, error)) *os.File {
 			stubOff(err.Error())
 		}
 	}
-	f.Close()
+	if f != nil {
+		f.Close()
+	}
 	return nil
 }
 

@@ -265,3 +265,36 @@ func TestStubArm64(t *testing.T) {
 		_ = cmd.Wait()
 	}
 }
+
+// A probe whose start failed for want of resources (a fork bomb filling
+// the pids cgroup at the first start) keeps the stub undecided however
+// often; one that failed otherwise (the shutdown) is tried stubProbes
+// times, then the Go incubator is kept.
+func TestStubProbeUndecided(t *testing.T) {
+	needStub(t)
+	file, off, reason := stub.file.Load(), stub.off.Load(), stub.reason.Load()
+	t.Cleanup(func() { stub.file.Store(file); stub.off.Store(off); stub.reason.Store(reason); stub.probes = 0 })
+	reset := func() { stub.file.Store(nil); stub.off.Store(false); stub.probes = 0 }
+	failWith := func(err error) func(*exec.Cmd) (plain, error) {
+		return func(c *exec.Cmd) (plain, error) { return plain{c}, &os.PathError{Op: "fork/exec", Path: c.Path, Err: err} }
+	}
+	reset()
+	for i := 0; i < 2*stubProbes; i++ {
+		if stubFile(failWith(syscall.EAGAIN)) != nil {
+			t.Fatal("a stub from a failed probe")
+		}
+	}
+	if kind, why := Incubator(); kind != "" {
+		t.Errorf("after probes that found no pid: %q (%s), want undecided", kind, why)
+	}
+	if stubFile(startPlain) == nil {
+		t.Error("no stub once the probe could start")
+	}
+	reset()
+	for i := 0; i < stubProbes; i++ {
+		stubFile(func(c *exec.Cmd) (plain, error) { return plain{c}, errors.New("shutting down") })
+	}
+	if kind, why := Incubator(); kind != "go" || !strings.Contains(why, "shutting down") {
+		t.Errorf("after %d probes that could not start: %q (%s), want go", stubProbes, kind, why)
+	}
+}
