@@ -276,7 +276,9 @@ func TestStubProbeUndecided(t *testing.T) {
 	t.Cleanup(func() { stub.file.Store(file); stub.off.Store(off); stub.reason.Store(reason); stub.probes = 0 })
 	reset := func() { stub.file.Store(nil); stub.off.Store(false); stub.probes = 0 }
 	failWith := func(err error) func(*exec.Cmd) (plain, error) {
-		return func(c *exec.Cmd) (plain, error) { return plain{c}, &os.PathError{Op: "fork/exec", Path: c.Path, Err: err} }
+		return func(c *exec.Cmd) (plain, error) {
+			return plain{c}, &os.PathError{Op: "fork/exec", Path: c.Path, Err: err}
+		}
 	}
 	reset()
 	for i := 0; i < 2*stubProbes; i++ {
