@@ -29,7 +29,7 @@ import (
 // the stub, a static ELF without libc run from a sealed memfd (stub.go),
 // and, where the stub cannot run, the agent's own binary
 // (/proc/self/exe), whose init below catches argv[0] before main. The Go
-// one costs a Go runtime start (~4 ms), the stub one more exec (~0.3 ms).
+// one costs a Go runtime start (~4 ms), the stub one more exec (~0.2 ms).
 //
 // If the final execve fails the incubator reports the errno on fd 3 and
 // exits 127 (ENOENT) or 126, so Start's caller gets the same error os/exec

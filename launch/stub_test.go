@@ -300,3 +300,31 @@ func TestStubProbeUndecided(t *testing.T) {
 		t.Errorf("after %d probes that could not start: %q (%s), want go", stubProbes, kind, why)
 	}
 }
+
+// Concurrent starts, the first ones racing to make and probe the stub:
+// one stub, every command runs (run with -race).
+func TestStubConcurrentStarts(t *testing.T) {
+	needStub(t)
+	file, off, reason := stub.file.Load(), stub.off.Load(), stub.reason.Load()
+	t.Cleanup(func() { stub.file.Store(file); stub.off.Store(off); stub.reason.Store(reason) })
+	stub.file.Store(nil)
+	stub.off.Store(false)
+	errs := make(chan error, 16)
+	for i := 0; i < cap(errs); i++ {
+		go func() {
+			cmd, err := StartCmd(exec.Command("true"), startPlain)
+			if err == nil {
+				err = cmd.Wait()
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < cap(errs); i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if kind, why := Incubator(); kind != "stub" {
+		t.Errorf("incubator %q (%s), want stub", kind, why)
+	}
+}
