@@ -8,7 +8,7 @@ import (
 
 // TestIncubatorStubNS: the real agent as PID 1 starts commands through
 // the incubator stub (a sealed memfd it holds, /proc/1/fd) and, with
-// TL_INCUBATOR=go, through the Go incubator (no memfd). Either way a
+// --incubator go, through the Go incubator (no memfd). Either way a
 // command reads its raised oom_score_adj (PID 1's + 100) as its first
 // program, sees the fds a plain exec would (neither the incubator's fd 3
 // nor the stub's fd 4), and a script whose #! interpreter is missing is
@@ -16,11 +16,11 @@ import (
 func TestIncubatorStubNS(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		env   []string
+		args  []string
 		memfd bool
-	}{{"stub", nil, true}, {"go", []string{"TL_INCUBATOR=go"}, false}} {
+	}{{"stub", nil, true}, {"go", []string{"--incubator", "go"}, false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkIncubator(t, Start(t, Options{AgentEnv: tc.env}), tc.memfd)
+			checkIncubator(t, Start(t, Options{AgentArgs: tc.args}), tc.memfd)
 		})
 	}
 }

@@ -38,11 +38,7 @@ import (
 // process may always look up its own /proc/self/fd, dumpable or not
 // (TestStubAsOtherUser).
 const (
-	// incubatorEnv=go in the agent's environment keeps the Go incubator:
-	// a way out should the stub misbehave somewhere, and the benchmark's
-	// comparison (tl-bench -only commands).
-	incubatorEnv = "TL_INCUBATOR"
-	stubPath     = "/proc/self/fd/4"
+	stubPath = "/proc/self/fd/4"
 	// stubProbes bounds the probes whose start failed for a reason that
 	// is neither the stub's nor a lack of resources (the shutdown): after
 	// that many the Go incubator is kept.
@@ -83,10 +79,6 @@ func stubFile[P Started](start func(*exec.Cmd) (P, error)) *os.File {
 	if f := stub.file.Load(); f != nil || stub.off.Load() {
 		return f
 	}
-	if v := os.Getenv(incubatorEnv); v == "go" {
-		stubOff(incubatorEnv + "=go")
-		return nil
-	}
 	f, err := makeStub()
 	decided := true
 	if err == nil {
@@ -110,6 +102,15 @@ func stubFile[P Started](start func(*exec.Cmd) (P, error)) *os.File {
 		f.Close()
 	}
 	return nil
+}
+
+// KeepGoIncubator makes every later start use the Go incubator (the
+// agent's --incubator go: a way out should the stub misbehave somewhere,
+// and the benchmark's comparison, tl-bench -only commands).
+func KeepGoIncubator(reason string) {
+	stub.mu.Lock()
+	defer stub.mu.Unlock()
+	stubOff(reason)
 }
 
 func stubOff(reason string) {

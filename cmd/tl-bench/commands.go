@@ -18,7 +18,7 @@ func init() { register("commands", benchCommands) }
 // exit event, on a kept-alive connection, with the agent as PID 1 of a
 // sandbox (its headroom applied to every child). Two agents side by side,
 // rounds interleaved: the default (the incubator stub) and one with
-// TL_INCUBATOR=go (the Go incubator, a re-exec of the agent). The floor is
+// --incubator go (the Go incubator, a re-exec of the agent). The floor is
 // fork+exec+wait of /bin/true in this process.
 func benchCommands(e *Env) []Result {
 	samples := 200
@@ -26,7 +26,7 @@ func benchCommands(e *Env) []Result {
 		samples = 40
 	}
 	stub := e.System(integration.Options{})
-	goInc := e.System(integration.Options{AgentEnv: []string{"TL_INCUBATOR=go"}})
+	goInc := e.System(integration.Options{AgentArgs: []string{"--incubator", "go"}})
 	var ds [2][]time.Duration
 	var bare []time.Duration
 	for i := 0; i < samples; i++ {
@@ -44,8 +44,8 @@ func benchCommands(e *Env) []Result {
 	return []Result{
 		{Name: "run true through proxy, p50", Unit: "ms", Ours: Percentile(ds[0], 50), Floor: floor50, Lower: true, Note: note},
 		{Name: "run true through proxy, p90", Unit: "ms", Ours: Percentile(ds[0], 90), Floor: floor90, Lower: true, Note: note},
-		{Name: "run true through proxy, Go incubator, p50", Unit: "ms", Ours: Percentile(ds[1], 50), Floor: floor50, Lower: true, Note: "TL_INCUBATOR=go"},
-		{Name: "run true through proxy, Go incubator, p90", Unit: "ms", Ours: Percentile(ds[1], 90), Floor: floor90, Lower: true, Note: "TL_INCUBATOR=go"},
+		{Name: "run true through proxy, Go incubator, p50", Unit: "ms", Ours: Percentile(ds[1], 50), Floor: floor50, Lower: true, Note: "--incubator go"},
+		{Name: "run true through proxy, Go incubator, p90", Unit: "ms", Ours: Percentile(ds[1], 90), Floor: floor90, Lower: true, Note: "--incubator go"},
 	}
 }
 
