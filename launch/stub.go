@@ -34,7 +34,7 @@ import (
 // memfd that may not be executed (vm.memfd_noexec = 2, a security
 // module), or a probe that did not come back with the errno it asked for.
 // The probe runs as the agent; a command runs as its user, which changes
-// nothing for the exec of the memfd: it is mode 0777 (sealed), and a
+// nothing for the exec of the memfd: it is mode 0111 (sealed), and a
 // process may always look up its own /proc/self/fd, dumpable or not
 // (TestStubAsOtherUser).
 const (
@@ -140,6 +140,15 @@ func makeStub() (*os.File, error) {
 	if _, err := f.Write(stubELF); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("memfd write: %w", err)
+	}
+	// Execute-only: a process that execs a file it cannot read is not
+	// dumpable, so another process of the same user can neither ptrace
+	// the waiting stub nor write its /proc/pid/mem to run code before the
+	// agent has moved it (the Go incubator, a readable binary, can be).
+	// Its program's exec makes it dumpable again as usual.
+	if err := f.Chmod(0o111); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("memfd chmod: %w", err)
 	}
 	// No write, resize, chmod (F_SEAL_EXEC, Linux 6.3) or new seal from
 	// now on, by anyone holding the fd.

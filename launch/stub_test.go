@@ -328,3 +328,51 @@ func TestStubConcurrentStarts(t *testing.T) {
 		t.Errorf("incubator %q (%s), want stub", kind, why)
 	}
 }
+
+// The stub as another user waits undumpable (its memfd is execute-only):
+// its /proc files are root's, so that user's other processes cannot
+// ptrace it or write its memory before the agent moved it. The Go
+// incubator, a readable binary, waits dumpable (logged, not asserted).
+func TestStubNotDumpable(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to start as another user")
+	}
+	needStub(t)
+	for _, tc := range []struct {
+		name string
+		sf   *os.File
+	}{{"stub", stubFile(startPlain)}, {"go", nil}} {
+		cmd := exec.Command("/bin/true")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		p, ours, err := fork(cmd, startPlain, tc.sf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Blocked in read(3) until ours closes: the waiting incubator.
+		var st syscall.Stat_t
+		err = syscall.Stat("/proc/"+strconv.Itoa(p.PID())+"/mem", &st)
+		ours.Close()
+		_ = p.Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: the waiting incubator's /proc/pid/mem is uid %d's", tc.name, st.Uid)
+		if tc.name == "stub" && st.Uid != 0 {
+			t.Errorf("the waiting stub is dumpable: /proc/pid/mem owned by uid %d", st.Uid)
+		}
+	}
+	// Its program is dumpable as any (core dumps, the user's debugger).
+	cmd := exec.Command("/bin/sleep", "5")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	p, err := StartCmd(cmd, startPlain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	err = syscall.Stat("/proc/"+strconv.Itoa(p.PID())+"/mem", &st)
+	_ = p.Process.Kill()
+	_ = p.Wait()
+	if err != nil || st.Uid != 65534 {
+		t.Errorf("the program's /proc/pid/mem: uid %d (%v), want 65534's (dumpable)", st.Uid, err)
+	}
+}
