@@ -203,7 +203,7 @@ func probeStub[P Started](f *os.File, start func(*exec.Cmd) (P, error)) (decided
 // policy on memfds), as opposed to one the system could not fork now.
 func execRefused(err error) bool {
 	var pe *os.PathError
-	if !errors.As(err, &pe) {
+	if !errors.As(err, &pe) || pe.Op != "fork/exec" {
 		return false
 	}
 	switch pe.Err {
