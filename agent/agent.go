@@ -65,6 +65,8 @@ type Agent struct {
 	headroom *supervisor.Headroom
 	clock    clockSetter
 	seed     func([]byte) error
+
+	upg *upgrader // the live upgrade (upgrade*.go)
 }
 
 // Parts are the capabilities the agent serves, built by Main (or a test).
@@ -98,7 +100,7 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 		cfg: cfg, log: log, version: version, started: time.Now(),
 		caps: p.Caps, procs: p.Procs, stats: p.Stats, user: p.User, boot: p.Boot, hooks: p.Hooks,
 		apiLn: newStreamListener(), closed: make(chan struct{}), pause: p.Pause,
-		life: newLifecycle(), activity: p.Activity, headroom: p.Headroom, clock: realClock{}, seed: writeURandom,
+		life: newLifecycle(), upg: newUpgrader(), activity: p.Activity, headroom: p.Headroom, clock: realClock{}, seed: writeURandom,
 	}
 	a.ident.id, a.ident.token = cfg.SandboxID, cfg.Token
 	if a.pause == nil {

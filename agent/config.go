@@ -187,7 +187,7 @@ func (c *Config) Validate() error {
 		return errors.New("--proxy and --listen are exclusive")
 	case c.SandboxID == "":
 		return errors.New("--sandbox-id is required")
-	case c.Token == "":
+	case c.Token == "" && !Restoring(): // a live upgrade's state holds it
 		return errors.New("--token-file (or --token) is required")
 	case c.UID < 0 || c.GID < 0:
 		return errors.New("--uid and --gid must be non-negative")

@@ -23,7 +23,8 @@ import (
 // GET /status (what `tl-agent status` prints), GET /metrics (Prometheus
 // text, what `tl-agent metrics` prints), the log level (loglevel.go),
 // POST /hooks/{phase}, the lifecycle calls
-// (/lifecycle/{prepare,resume,status}, docs/lifecycle.md) and
+// (/lifecycle/{prepare,resume,upgrade,status}, docs/lifecycle.md), POST
+// /upgrade (docs/upgrade.md) and
 // /debug/pprof/. It is the
 // way an operator who execs into a sandbox sees what the agent is doing;
 // nothing on it is reachable through the uplink.
@@ -44,6 +45,10 @@ func (a *Agent) serveControl(ctx context.Context) {
 	mux.HandleFunc("POST /hooks/{phase}", a.handleHooks)
 	a.logLevelRoutes(mux)
 	mux.HandleFunc("POST /lifecycle/{op}", a.handleLifecycle)
+	mux.HandleFunc("POST /upgrade", func(w http.ResponseWriter, r *http.Request) { // tl-agent upgrade
+		r.SetPathValue("op", "upgrade")
+		a.handleLifecycle(w, r)
+	})
 	mux.HandleFunc("GET /lifecycle/{op}", func(w http.ResponseWriter, r *http.Request) {
 		if r.PathValue("op") != "status" { // a GET never changes the sandbox
 			httpx.WriteError(w, http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "prepare and resume are POST")

@@ -551,12 +551,15 @@ func (a *Agent) lifecycleCall(ctx context.Context, op string, decode func(any) e
 	switch op {
 	case "status":
 		return http.StatusOK, a.lifecycleStatus(), nil
-	case "prepare", "resume":
+	case "prepare", "resume", "upgrade":
 	default:
-		return http.StatusNotFound, errBody("NOT_FOUND", fmt.Sprintf("unknown lifecycle call %q: prepare, resume or status", op)), nil
+		return http.StatusNotFound, errBody("NOT_FOUND", fmt.Sprintf("unknown lifecycle call %q: prepare, resume, upgrade or status", op)), nil
 	}
 	if !a.life.take() {
 		return http.StatusConflict, errBody("BUSY", errBusy.Error()), nil
+	}
+	if op == "upgrade" {
+		return a.upgradeCall(decode) // holds the slot until its exec step (upgrade.go)
 	}
 	defer a.life.release()
 	if op == "prepare" {

@@ -199,13 +199,22 @@ func (a *Agent) handleLifecycle(w http.ResponseWriter, r *http.Request) {
 		}
 		return strictJSON(body, v)
 	})
-	httpx.WriteJSON(w, code, res)
-	if after != nil {
-		if f, ok := w.(http.Flusher); ok {
-			f.Flush()
-		}
-		after()
+	if after == nil {
+		httpx.WriteJSON(w, code, res)
+		return
 	}
+	// A whole answer (its length known) before the after-step, which may
+	// end this process (an upgrade's exec) before the handler returns.
+	raw, _ := json.Marshal(res)
+	raw = append(raw, '\n')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", fmt.Sprint(len(raw)))
+	w.WriteHeader(code)
+	_, _ = w.Write(raw)
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	after()
 }
 
 // strictJSON decodes exactly one JSON value.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -38,6 +39,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	sigs := supervisor.HandleSignals(log)
 	defer sigs.Stop()
 	startupHygiene(log)
+	rs := restoreStart(log) // nil: a normal start, not a live upgrade's
 	pid1 := os.Getpid() == 1
 	if !pid1 {
 		// Orphans of our sessions reparent to us instead of escaping to
@@ -60,7 +62,15 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	if f := head.WorkloadOOMFile(); f != "" {
 		reaper.OOM().AddFile(f)
 	}
-	go reaper.Run(nil) // until reaper.Close, the last step of the shutdown
+	// Until reaper.Close, the last step of the shutdown. A restore adopts
+	// the predecessor's children first and runs it once restored, so a
+	// rollback loses no exit.
+	runReaper := sync.OnceFunc(func() { go reaper.Run(nil) })
+	if rs != nil {
+		rs.begin(&cfg, reaper)
+	} else {
+		runReaper()
+	}
 	if cfg.Provision {
 		provision(cfg, log)
 	}
@@ -81,6 +91,12 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	parts.Headroom = head
 	parts.Stats.Cgroup = cgroupStats(reaper)
 	a := New(cfg, log, version, parts)
+	a.upg.wire(reaper, sigs, parts, log)
+	var mainProc *supervisor.Proc
+	if rs != nil {
+		mainProc = rs.apply(a, reaper)
+	}
+	runReaper()
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
 
@@ -88,12 +104,20 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	booted := make(chan struct{})
 	go func() {
 		defer close(booted)
+		if rs != nil {
+			return // the services restored their state; boot hooks ran once already
+		}
 		parts.Hooks.Run(bootCtx, services.OnBoot)
 		if bootCtx.Err() == nil {
 			parts.Boot.Start()
 		}
 	}()
-	mainExit := startMain(cfg, user, log, reaper, sigs)
+	mainExit, mainProc := startMain(cfg, user, log, reaper, sigs, mainProc)
+	a.upg.setMain(mainProc)
+	go func() {
+		<-booted
+		a.upg.markReady()
+	}()
 	code := 0
 	select {
 	case sig := <-sigs.Shutdown():
@@ -152,25 +176,28 @@ func provision(cfg Config, log zerolog.Logger) {
 // startMain starts the main command, if any. The returned channel gets
 // its exit code when that exit should end the sandbox (--exit-with-main);
 // without a main command nothing is ever sent.
-func startMain(cfg Config, u *identity.User, log zerolog.Logger, r *supervisor.Reaper, sigs *supervisor.Signals) <-chan int {
+func startMain(cfg Config, u *identity.User, log zerolog.Logger, r *supervisor.Reaper, sigs *supervisor.Signals, adopted *supervisor.Proc) (<-chan int, *supervisor.Proc) {
 	end := make(chan int, 1)
 	if len(cfg.Main) == 0 {
-		return end
+		return end, nil
 	}
 	log = log.With().Strs("main", cfg.Main).Logger()
-	fail := func(err error) <-chan int {
+	fail := func(err error) (<-chan int, *supervisor.Proc) {
 		log.Error().Err(err).Bool("exit_with_main", cfg.ExitWithMain).Msg("main command not started")
 		if cfg.ExitWithMain {
 			end <- supervisor.ExitNotRunnable
 		}
-		return end
+		return end, nil
 	}
-	p, err := supervisor.StartMain(r, cfg.Main, u)
-	if err != nil {
-		return fail(err)
+	p := adopted // a live upgrade's: the predecessor started it, the watch is re-armed
+	if p == nil {
+		var err error
+		if p, err = supervisor.StartMain(r, cfg.Main, u); err != nil {
+			return fail(err)
+		}
+		log.Info().Int("pid", p.Pid).Str("user", u.Name).Msg("main command started")
 	}
 	sigs.ForwardTo(p)
-	log.Info().Int("pid", p.Pid).Str("user", u.Name).Msg("main command started")
 	go func() {
 		e := p.Wait()
 		sigs.ForwardTo(nil)
@@ -180,7 +207,7 @@ func startMain(cfg Config, u *identity.User, log zerolog.Logger, r *supervisor.R
 			end <- e.ExitCode()
 		}
 	}()
-	return end
+	return end, p
 }
 
 // reaperStats are the reaper's counts in the operator's status.

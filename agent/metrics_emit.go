@@ -62,6 +62,7 @@ func emitStatus(e metrics.Emitter, st Status, started time.Time) {
 	if h := st.Headroom; h != nil {
 		e.Counter("tl_agent_headroom_failures_total", float64(h.Failed))
 	}
+	e.Counter("tl_agent_upgrades_total", float64(st.Upgrade.Upgrades))
 	emitCgroup(e, st.Cgroup)
 	if st.RSSBytes >= 0 {
 		e.Gauge("tl_agent_resident_memory_bytes", float64(st.RSSBytes))

@@ -42,6 +42,7 @@ type Status struct {
 	Streams     map[string]StreamStats     `json:"streams"` // uplink streams by kind, over every uplink
 	SysBytes    uint64                     `json:"sys_bytes"`
 	Uplink      UplinkStatus               `json:"uplink"`
+	Upgrade     UpgradeStatus              `json:"upgrade"` // live upgrades: state, count, the last one
 	UptimeSecs  int64                      `json:"uptime_secs"`
 	Version     string                     `json:"version"`
 }
@@ -119,6 +120,7 @@ func (a *Agent) Status() Status {
 		Streams:     a.met.streams.snapshot(),
 		SysBytes:    ms.Sys,
 		Uplink:      a.link.snapshot(),
+		Upgrade:     a.upg.status(),
 		UptimeSecs:  int64(time.Since(a.started).Seconds()),
 		Version:     a.version,
 	}

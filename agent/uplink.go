@@ -325,6 +325,24 @@ func (l *linkSecrets) clear() {
 	l.mu.Unlock()
 }
 
+// all is a copy of the secrets, newest first (a live upgrade hands them over).
+func (l *linkSecrets) all() [][]byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([][]byte, 0, len(l.keys))
+	for _, k := range l.keys {
+		out = append(out, append([]byte(nil), k...))
+	}
+	return out
+}
+
+// restore takes the secrets a live upgrade handed over (at most 2).
+func (l *linkSecrets) restore(keys [][]byte) {
+	l.mu.Lock()
+	l.keys = append([][]byte(nil), keys[:min(len(keys), 2)]...)
+	l.mu.Unlock()
+}
+
 func (l *linkSecrets) push(k []byte) {
 	l.mu.Lock()
 	l.keys = append([][]byte{k}, l.keys...)
@@ -358,7 +376,7 @@ const listenHandshakes = 8
 // connector replaces the older one (a restarted proxy must not wait for
 // its dead predecessor's keepalive to expire).
 func (a *Agent) listenLoop(ctx context.Context) error {
-	ln, err := listen(a.cfg.Listen)
+	ln, err := a.upg.listener(a.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
 	}

@@ -233,6 +233,20 @@ func SetSandboxEnv(env map[string]string) {
 	sandboxEnv.Store(&m)
 }
 
+// SandboxEnv is a copy of what SetSandboxEnv set (nil: nothing), for a
+// live upgrade to hand over.
+func SandboxEnv() map[string]string {
+	p := sandboxEnv.Load()
+	if p == nil {
+		return nil
+	}
+	m := make(map[string]string, len(*p))
+	for k, v := range *p {
+		m[k] = v
+	}
+	return m
+}
+
 // withSandboxEnv is s.Env over the sandbox's environment.
 func withSandboxEnv(s Spec) Spec {
 	p := sandboxEnv.Load()

@@ -16,7 +16,8 @@ import (
 )
 
 // The platform's lifecycle calls on the operator door (docs/lifecycle.md):
-// POST /sandboxes/{id}/prepare and /resume, GET /sandboxes/{id}/lifecycle.
+// POST /sandboxes/{id}/prepare, /resume and /upgrade, GET
+// /sandboxes/{id}/lifecycle.
 // Each is one lifecycle stream to the sandbox's agent (a kind no user
 // route opens), under the door's credential, one call per sandbox at a
 // time, bounded in bytes both ways and in time.
@@ -53,6 +54,7 @@ func (l *lifecycleCalls) release(id string) {
 func (p *Proxy) lifecycleRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /sandboxes/{id}/prepare", p.lifecycleHandler("prepare"))
 	mux.HandleFunc("POST /sandboxes/{id}/resume", p.lifecycleHandler("resume"))
+	mux.HandleFunc("POST /sandboxes/{id}/upgrade", p.lifecycleHandler("upgrade")) // docs/upgrade.md
 	mux.HandleFunc("GET /sandboxes/{id}/lifecycle", p.lifecycleHandler("status"))
 }
 

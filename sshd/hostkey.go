@@ -15,16 +15,25 @@ import (
 // Only an SSH handshake needs the key, and it waits for it here.
 type lazySigner struct {
 	ready  chan struct{}
+	priv   ed25519.PrivateKey
 	signer gossh.Signer
 	err    error
 }
 
-func newLazySigner() *lazySigner {
+// newLazySigner makes a fresh key, or uses priv when it is a valid one.
+func newLazySigner(kept *ed25519.PrivateKey) *lazySigner {
 	l := &lazySigner{ready: make(chan struct{})}
 	go func() {
 		defer close(l.ready)
-		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		var priv ed25519.PrivateKey
+		var err error
+		if kept != nil && len(*kept) == ed25519.PrivateKeySize {
+			priv = *kept
+		} else {
+			_, priv, err = ed25519.GenerateKey(rand.Reader)
+		}
 		if err == nil {
+			l.priv = priv
 			l.signer, err = gossh.NewSignerFromKey(priv)
 		}
 		if err != nil {
@@ -51,4 +60,11 @@ func (l *lazySigner) Sign(r io.Reader, data []byte) (*gossh.Signature, error) {
 		return nil, l.err
 	}
 	return l.signer.Sign(r, data)
+}
+
+// HostKey is the server's host key (waiting for it to be made): what a
+// live upgrade hands to the next agent (Config.HostKey).
+func (s *Server) HostKey() (ed25519.PrivateKey, error) {
+	<-s.signer.ready
+	return s.signer.priv, s.signer.err
 }

@@ -13,6 +13,7 @@ package sshd
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"net"
@@ -61,6 +62,10 @@ type Config struct {
 	MaxChannelsPerConn  int
 	MaxUnstartedPerConn int
 	UnstartedTimeout    time.Duration
+	// HostKey is the host key to serve with; nil: a fresh one. A live
+	// upgrade passes the predecessor's (Server.HostKey), so clients of
+	// the listener see no key change.
+	HostKey *ed25519.PrivateKey // a pointer: Config stays comparable
 }
 
 // Defaults for the zero fields of Config.
@@ -126,7 +131,7 @@ type Server struct {
 	cfg    Config
 	log    zerolog.Logger
 	reaper *supervisor.Reaper
-	signer gossh.Signer
+	signer *lazySigner
 	uplink *ssh.Server // NoClientAuth: the proxy authenticated the user
 	direct *ssh.Server // authorized_keys; nil without cfg.Listen
 	fwd    *forward.SSHForwards
@@ -152,7 +157,7 @@ func New(cfg Config, log zerolog.Logger, reaper *supervisor.Reaper) (*Server, er
 	}
 	cfg = cfg.withDefaults()
 	s := &Server{
-		cfg: cfg, log: log.With().Str("component", "sshd").Logger(), reaper: reaper, signer: newLazySigner(),
+		cfg: cfg, log: log.With().Str("component", "sshd").Logger(), reaper: reaper, signer: newLazySigner(cfg.HostKey),
 		slots: make(chan struct{}, cfg.MaxSessions), conns: map[net.Conn]bool{},
 	}
 	s.fwd = forward.NewSSHForwards(s.log)

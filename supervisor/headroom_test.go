@@ -175,3 +175,26 @@ func TestMakeWorkloadV2Root(t *testing.T) {
 		t.Errorf("VM workload %+v, MemTotal %d", w, m)
 	}
 }
+
+// An agent started by a live upgrade (execve in place) finds itself in
+// D/agent beside D/workload: it uses D again, no D/agent/agent is made.
+func TestMakeWorkloadV2AfterUpgrade(t *testing.T) {
+	cg := t.TempDir()
+	fakeCgroup2(t, cg, map[string]string{
+		"cgroup.controllers": "memory pids\n", "cgroup.subtree_control": "memory pids\n", "cgroup.type": "domain\n",
+		"cgroup.procs": "", "memory.max": "268435456\n", "pids.max": "200\n",
+	})
+	fakeCgroup2(t, filepath.Join(cg, AgentCgroup), map[string]string{"cgroup.procs": "1\n", "cgroup.controllers": "", "cgroup.type": "domain\n"})
+	fakeCgroup2(t, filepath.Join(cg, WorkloadCgroup), map[string]string{"cgroup.procs": "12\n"})
+	mountinfo := "1040 1030 0:26 / " + cg + " rw,nosuid,nodev,noexec - cgroup2 cgroup2 rw\n"
+	w, err := makeWorkload("0::/"+AgentCgroup+"\n", mountinfo, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.dir != filepath.Join(cg, WorkloadCgroup) || w.mem != 256<<20-MemoryReserve {
+		t.Errorf("workload %+v", w)
+	}
+	if _, err := os.Stat(filepath.Join(cg, AgentCgroup, AgentCgroup)); !os.IsNotExist(err) {
+		t.Errorf("the agent's leaf was split again: %v", err)
+	}
+}

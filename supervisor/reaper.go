@@ -47,6 +47,11 @@ type Reaper struct {
 
 	adopted map[int]*Proc // guarded by mu; pid -> Proc adopted, until Adopted takes it
 
+	// reapMu is held by each reaping pass; paused (guarded by it) makes
+	// the passes do nothing, so exits wait as zombies (Pause).
+	reapMu sync.Mutex
+	paused bool
+
 	orphans atomic.Int64
 	started atomic.Int64
 }
@@ -282,6 +287,24 @@ func (r *Reaper) Close() {
 	r.running.Wait()
 }
 
+// Pause stops reaping until Resume: once it returns no pass is running
+// and none will wait for a child, so every exit stays a zombie for the
+// next reaper (a live upgrade's new binary adopts the pids and reaps
+// them; internal/handover). Starts still work.
+func (r *Reaper) Pause() {
+	r.reapMu.Lock()
+	r.paused = true
+	r.reapMu.Unlock()
+}
+
+// Resume undoes Pause and reaps at once what exited meanwhile.
+func (r *Reaper) Resume() {
+	r.reapMu.Lock()
+	r.paused = false
+	r.reapMu.Unlock()
+	r.Kick()
+}
+
 // Kick makes Run reap at once, as if SIGCHLD had arrived.
 func (r *Reaper) Kick() {
 	select {
@@ -325,6 +348,11 @@ func (r *Reaper) Run(stop <-chan struct{}) {
 }
 
 func (r *Reaper) reap() {
+	r.reapMu.Lock()
+	defer r.reapMu.Unlock()
+	if r.paused {
+		return
+	}
 	if !r.reapAll {
 		r.reapOwn()
 		return

@@ -284,3 +284,45 @@ func TestReaperAdopt(t *testing.T) {
 		t.Fatalf("adopted child's exit %v, want exit 7", e)
 	}
 }
+
+// TestReaperPause: while paused, an exit stays a zombie (no pass waits for
+// it: a live upgrade's next reaper must find it); Resume delivers it.
+func TestReaperPause(t *testing.T) {
+	r := NewReaper(zerolog.Nop(), false)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { r.Run(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	r.Pause()
+	p, err := r.Start(exec.Command("sh", "-c", "exit 5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Bounded wait until the child is a zombie, with passes kicked meanwhile.
+	zombie := false
+	for i := 0; i < 300 && !zombie; i++ {
+		r.Kick()
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid))
+		if j := strings.LastIndexByte(string(b), ')'); j > 0 && strings.HasPrefix(string(b[j+1:]), " Z") {
+			zombie = true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !zombie {
+		t.Fatal("the child never became a zombie")
+	}
+	r.Kick()
+	time.Sleep(50 * time.Millisecond)
+	if _, ok := p.Exited(); ok {
+		t.Fatal("a paused reaper reaped an exit")
+	}
+	r.Resume()
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("Resume did not deliver the exit")
+	}
+	if e := p.Wait(); e.Code != 5 {
+		t.Fatalf("exit %v, want exit 5", e)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/rs/zerolog"
@@ -50,6 +51,8 @@ type Signals struct {
 
 	mu   sync.Mutex
 	main *Proc // guarded by mu; where forwardable signals go
+
+	requested atomic.Bool // a shutdown signal came (ShutdownRequested)
 }
 
 // HandleSignals installs the policy. Call it first thing in main, so no
@@ -69,6 +72,10 @@ func HandleSignals(log zerolog.Logger) *Signals {
 	go s.loop()
 	return s
 }
+
+// ShutdownRequested reports whether a SIGTERM or SIGINT came: a live
+// upgrade does not exec once one did (the new binary would never see it).
+func (s *Signals) ShutdownRequested() bool { return s.requested.Load() }
 
 // Shutdown delivers the first SIGTERM or SIGINT received.
 func (s *Signals) Shutdown() <-chan os.Signal { return s.shutdown }
@@ -104,6 +111,7 @@ func (s *Signals) route(sig syscall.Signal) {
 	name := unix.SignalName(sig)
 	switch sig {
 	case syscall.SIGTERM, syscall.SIGINT:
+		s.requested.Store(true)
 		select {
 		case s.shutdown <- sig:
 			s.log.Info().Str("signal", name).Msg("shutdown requested")

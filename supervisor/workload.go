@@ -61,7 +61,13 @@ func makeWorkload(cgroup, mountinfo string, vm bool) (workload, error) {
 	if own == "" {
 		return workload{}, errors.New("cgroup2 is mounted but /proc/self/cgroup names no v2 cgroup")
 	}
-	return makeWorkloadV2(path.Join(m.at, relTo(m, own)), m.at, vm)
+	dir := path.Join(m.at, relTo(m, own))
+	if path.Base(dir) == AgentCgroup && fileExists(path.Join(path.Dir(dir), WorkloadCgroup, "cgroup.procs")) {
+		// Split already: an agent started by a live upgrade (in-place
+		// execve) sits in D/agent beside D/workload. It uses D again.
+		dir = path.Dir(dir)
+	}
+	return makeWorkloadV2(dir, m.at, vm)
 }
 
 // makeWorkloadV1 creates workload below the agent's memory and pids

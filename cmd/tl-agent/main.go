@@ -7,6 +7,7 @@
 //	tl-agent log-level [LEVEL]               print or set a running agent's log level
 //	tl-agent metrics [--socket P]            its metrics, Prometheus text format
 //	tl-agent lifecycle OP [--socket P] [JSON] prepare, resume or status (docs/lifecycle.md)
+//	tl-agent upgrade PATH [--sha256 SUM]     live upgrade of the running agent (docs/upgrade.md)
 //	tl-agent provision [--root DIR]          create tl-user and host name files, then exit
 //	tl-agent version                         print the version
 //
@@ -43,6 +44,8 @@ Usage:
   tl-agent metrics [--socket P]           print a running agent's metrics (Prometheus text)
   tl-agent lifecycle prepare|resume|status [--socket P] [JSON]
                                           a platform call on a running agent (docs/lifecycle.md)
+  tl-agent upgrade PATH [--sha256 SUM] [--socket P]
+                                          replace the running agent in place (docs/upgrade.md)
   tl-agent provision [--root DIR]         provision tl-user and the host name, then exit
   tl-agent version                        print the version`
 
@@ -63,6 +66,11 @@ func run(args []string) int {
 			return provisionCmd(args[1:])
 		case "lifecycle":
 			return lifecycleCmd(args[1:])
+		case "upgrade":
+			return upgradeCmd(args[1:])
+		case "upgrade-check":
+			// Hidden: a live upgrade's pre-flight, run by the old agent.
+			return upgradeCheckCmd(args[1:])
 		case sftpd.Subcommand:
 			// Hidden: the SFTP subsystem, started by the SSH server as the
 			// sandbox user with the folder to start in.
@@ -94,9 +102,13 @@ func run(args []string) int {
 		return 2
 	}
 	cfg.Level = level
-	if err := cfg.ResolveToken(); err != nil {
-		fmt.Fprintln(os.Stderr, "tl-agent:", err)
-		return 2
+	// A live upgrade's new binary takes the token from the state: the
+	// token file's fd was closed (and its number may be a kept fd now).
+	if !agent.Restoring() {
+		if err := cfg.ResolveToken(); err != nil {
+			fmt.Fprintln(os.Stderr, "tl-agent:", err)
+			return 2
+		}
 	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "tl-agent:", err)

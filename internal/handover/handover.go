@@ -178,6 +178,10 @@ func sealed(b []byte) (*os.File, error) {
 		f.Close()
 		return nil, os.NewSyscallError("fcntl F_ADD_SEALS", err)
 	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil { // a reader starts at the state
+		f.Close()
+		return nil, err
+	}
 	return f, nil
 }
 
@@ -254,7 +258,9 @@ func Open(fd int, dryRun bool) (*Reader, error) {
 		return nil, errors.New("handover: bad fd")
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, MaxState+1))
+	// From offset 0 whatever the fd's offset (Seal leaves it at the end,
+	// and a pre-flight child shares it with the old agent).
+	b, err := io.ReadAll(io.NewSectionReader(f, 0, MaxState+1))
 	if err != nil {
 		return nil, fmt.Errorf("handover: read state: %w", err)
 	}
@@ -368,9 +374,12 @@ func (r *Reader) Close() {
 
 // Inherit clears close-on-exec again on every kept fd, claimed or not: a
 // new binary that cannot restore hands everything back to the old one.
+// An fd closed since (a part that took it and closed it) is skipped: there
+// is nothing left to hand back, and the old binary's identity check
+// refuses whatever reuses the number.
 func (r *Reader) Inherit() error {
 	for _, f := range r.st.Files {
-		if err := setCloexec(f.FD, false); err != nil {
+		if err := setCloexec(f.FD, false); err != nil && !errors.Is(err, unix.EBADF) {
 			return fmt.Errorf("handover: keep fd %d (%s) open across exec: %w", f.FD, f.Name, err)
 		}
 	}

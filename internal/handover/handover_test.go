@@ -53,8 +53,8 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	mf.Close()
-	_, _ = unix.Seek(fd, 0, 0)
-	rd, err := Open(fd, false)
+	rd, err := Open(fd, false) // at the offset Seal left: the end
+
 	if err != nil {
 		t.Fatal(err)
 	}

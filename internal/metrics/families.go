@@ -65,6 +65,7 @@ var Agent = []Family{
 	{"tl_agent_reaper_children_reaped_total", counter, "Children started through the reaper and reaped.", nil},
 	{"tl_agent_reaper_orphans_reaped_total", counter, "Orphans adopted by PID 1 (or the subreaper) and reaped.", nil},
 	{"tl_agent_headroom_failures_total", counter, "Children whose OOM score or workload cgroup could not be set.", nil},
+	{"tl_agent_upgrades_total", counter, "Live upgrades done in the sandbox's life (carried across the exec).", nil},
 	{"tl_agent_cgroup_cpu_seconds_total", counter, "CPU time used by the sandbox's cgroup.", nil},
 	{"tl_agent_cgroup_memory_bytes", gauge, "Memory used by the sandbox's cgroup.", nil},
 	{"tl_agent_cgroup_memory_limit_bytes", gauge, "The sandbox cgroup's memory limit (absent when unlimited).", nil},
