@@ -5,12 +5,18 @@ GO      ?= go
 FUZZTIME ?= 5s
 export CGO_ENABLED ?= 0
 
-.PHONY: all build run run-container image test test-unit test-integration bench lint fuzz deps clean
+.PHONY: all build incubator run run-container image test test-unit test-integration bench lint fuzz deps clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+
+## incubator: rebuild the incubator stub blobs the agent embeds
+## (launch/stub: amd64 and arm64, gcc and its aarch64 cross compiler);
+## TestStubReproducible checks that they match their source.
+incubator:
+	./launch/stub/build.sh
 
 ## run: tl-proxy on localhost plus tl-agent as PID 1 of a fresh sandbox (root);
 ## settings TL_HTTP_ADDR, TL_UPLINK_ADDR, TL_SSH_ADDR, TL_SANDBOX_ID, TL_RUN

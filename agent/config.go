@@ -57,6 +57,10 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// HookTimeout is each image hook's deadline (package services).
 	HookTimeout time.Duration
+	// Incubator is what every command starts as before its program
+	// (launch): "auto", the stub where it runs, or "go", the agent's own
+	// binary always.
+	Incubator string
 
 	// PTY sessions: the manager's own config (its User and Pause are set
 	// when the agent wires it).
@@ -99,6 +103,7 @@ func Defaults() Config {
 		Mount:         true,
 		ShutdownGrace: 10 * time.Second,
 		HookTimeout:   services.DefaultHookTimeout,
+		Incubator:     "auto",
 		PTY:           pty.DefaultConfig(),
 		SSH:           sshd.DefaultConfig(),
 		Processes:     process.DefaultConfig(),
@@ -190,6 +195,8 @@ func (c *Config) Validate() error {
 		return errors.New("--shutdown-grace must be positive")
 	case c.HookTimeout <= 0:
 		return errors.New("--hook-timeout must be positive")
+	case c.Incubator != "auto" && c.Incubator != "go":
+		return fmt.Errorf("--incubator %q: auto or go", c.Incubator)
 	case c.PTY.MaxSessions <= 0:
 		return errors.New("--pty-max-sessions must be positive")
 	case c.MaxStreams <= 0 || c.MaxAPIStreams <= 0:

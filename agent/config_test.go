@@ -74,6 +74,7 @@ func TestConfigValidate(t *testing.T) {
 		"zero grace":     func(c *Config) { c.ShutdownGrace = 0 },
 		"zero sessions":  func(c *Config) { c.PTY.MaxSessions = 0 },
 		"zero streams":   func(c *Config) { c.MaxAPIStreams = 0 },
+		"bad incubator":  func(c *Config) { c.Incubator = "c" },
 	} {
 		c := ok
 		mut(&c)

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/services"
 	"github.com/tensorlake/tl-agent/supervisor"
 )
@@ -52,6 +53,9 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 		_, _ = supervisor.Mount(log) // failures are logged; serve what we can
 	}
 
+	if cfg.Incubator == "go" {
+		launch.KeepGoIncubator("--incubator go")
+	}
 	reaper := supervisor.NewReaper(log, true)
 	// Before any user process starts: every start applies it.
 	head := supervisor.SetupHeadroom(log, pid1)

@@ -26,6 +26,9 @@ import (
 
 	"github.com/tensorlake/tl-agent/internal/handover"
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/process"
+	"github.com/tensorlake/tl-agent/pty"
+	"github.com/tensorlake/tl-agent/services"
 	"github.com/tensorlake/tl-agent/supervisor"
 	"github.com/tensorlake/tl-agent/uplink"
 )
@@ -556,3 +559,13 @@ func (u *upgrader) setMain(p *supervisor.Proc) {
 	u.main = p
 	u.mu.Unlock()
 }
+
+// Every capability with state to keep takes part: a method renamed in one
+// of them must not drop it from upgrades silently.
+var (
+	_ handoverPart = (*pty.Manager)(nil)
+	_ freezer      = (*pty.Manager)(nil)
+	_ handoverPart = (*process.Table)(nil)
+	_ freezer      = (*process.Table)(nil)
+	_ handoverPart = (*services.Manager)(nil)
+)

@@ -14,23 +14,29 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The incubator: every user command starts as a re-exec of the agent's own
-// binary (/proc/self/exe, argv[0] incubatorArg0) that waits on fd 3 for
-// the agent's go-ahead, then execve's the real program with the real argv,
-// environment and fds. Between fork and the go-ahead the agent, as root,
-// writes the child's oom_score_adj and moves it into the workload cgroup
-// (SetHeadroom): the child is our unreaped child, blocked, so the pid
-// cannot be reused and no instruction of the user's program runs at PID
-// 1's score or in PID 1's cgroup. Go's os/exec has no pre-exec hook; this
-// is Tailscale's tailssh incubator, with the privileged part left in the
-// agent. fd 3 is close-on-exec in the incubator: the program never sees it.
+// The incubator: every user command starts as a small program that waits
+// on fd 3 for the agent's go-ahead, then execve's the real program with
+// the real argv, environment and fds. Between fork and the go-ahead the
+// agent, as root, writes the child's oom_score_adj and moves it into the
+// workload cgroup (SetHeadroom): the child is our unreaped child, blocked,
+// so the pid cannot be reused and no instruction of the user's program
+// runs at PID 1's score or in PID 1's cgroup. Go's os/exec has no
+// pre-exec hook; this is Tailscale's tailssh incubator, with the
+// privileged part left in the agent. fd 3 is close-on-exec in the
+// incubator: the program never sees it.
+//
+// Two programs speak this protocol (argv [incubatorArg0, path, argv...]):
+// the stub, a static ELF without libc run from a sealed memfd (stub.go),
+// and, where the stub cannot run, the agent's own binary
+// (/proc/self/exe), whose init below catches argv[0] before main. The Go
+// one costs a Go runtime start (~4 ms), the stub one more exec (~0.2 ms).
 //
 // If the final execve fails the incubator reports the errno on fd 3 and
 // exits 127 (ENOENT) or 126, so Start's caller gets the same error os/exec
 // would have given (Classify maps it the same way).
 const incubatorArg0 = "tl-agent-incubator"
 
-// incubatorExe is the binary that incubates: the agent itself.
+// incubatorExe is the Go incubator: the agent itself.
 const incubatorExe = "/proc/self/exe"
 
 // startWait bounds how long a start waits for the incubator's exec.
@@ -96,31 +102,63 @@ type Started interface{ PID() int }
 // StartCmd starts cmd through the incubator with start (the reaper's
 // Start) and returns once the real program runs, or with the error os/exec
 // would have returned for it (classify it with Classify). cmd must not
-// set ExtraFiles: fd 3 is the incubator's until its exec.
+// set ExtraFiles: fds 3 and 4 are the incubator's until its exec. The
+// first start makes the stub and probes it with start (one short process
+// of the agent's own, before the command's).
 func StartCmd[P Started](cmd *exec.Cmd, start func(*exec.Cmd) (P, error)) (P, error) {
-	var zero P
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return zero, os.NewSyscallError("socketpair", err)
+	var sf *os.File
+	if cmd.Path != "/proc/self/exe" && cmd.Path != "/proc/thread-self/exe" {
+		// (The agent's own binary: in the stub that name is the stub.)
+		sf = stubFile(start)
 	}
-	_ = unix.SetNonblock(fds[0], true)
-	ours, theirs := os.NewFile(uintptr(fds[0]), "incubator"), os.NewFile(uintptr(fds[1]), "incubator")
+	return startVia(cmd, start, sf)
+}
+
+// startVia is StartCmd through the stub in the memfd sf, or the Go
+// incubator when sf is nil.
+func startVia[P Started](cmd *exec.Cmd, start func(*exec.Cmd) (P, error), sf *os.File) (P, error) {
+	path := cmd.Path
+	p, ours, err := fork(cmd, start, sf)
+	if err != nil {
+		return p, err
+	}
 	defer ours.Close()
-	path, args := cmd.Path, cmd.Args
-	cmd.Path = incubatorExe
-	cmd.Args = append([]string{incubatorArg0, path}, args...)
-	cmd.ExtraFiles = []*os.File{theirs}
-	p, err := start(cmd)
-	theirs.Close()
-	cmd.Path, cmd.Args, cmd.ExtraFiles = path, args, nil
-	if err != nil {
-		return zero, err
-	}
 	release(p.PID())
 	if err := execStatus(ours, path); err != nil {
 		return p, err
 	}
 	return p, nil
+}
+
+// fork starts cmd's incubator, the stub from the memfd sf or the Go one
+// when sf is nil, blocked on its fd 3, and returns the agent's end of fd
+// 3. cmd is as given on return; a failed fork's error names cmd.Path.
+func fork[P Started](cmd *exec.Cmd, start func(*exec.Cmd) (P, error), sf *os.File) (P, *os.File, error) {
+	var zero P
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return zero, nil, os.NewSyscallError("socketpair", err)
+	}
+	_ = unix.SetNonblock(fds[0], true)
+	ours, theirs := os.NewFile(uintptr(fds[0]), "incubator"), os.NewFile(uintptr(fds[1]), "incubator")
+	path, args := cmd.Path, cmd.Args
+	cmd.Path, cmd.ExtraFiles = incubatorExe, []*os.File{theirs}
+	if sf != nil {
+		cmd.Path, cmd.ExtraFiles = stubPath, []*os.File{theirs, sf} // fd 3, fd 4
+	}
+	cmd.Args = append([]string{incubatorArg0, path}, args...)
+	p, err := start(cmd)
+	theirs.Close()
+	cmd.Path, cmd.Args, cmd.ExtraFiles = path, args, nil
+	if err != nil {
+		ours.Close()
+		var pe *os.PathError
+		if errors.As(err, &pe) && (pe.Path == incubatorExe || pe.Path == stubPath) {
+			pe.Path = path
+		}
+		return zero, nil, err
+	}
+	return p, ours, nil
 }
 
 // release applies the headroom to pid (the blocked incubator).

@@ -5,11 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 )
 
 type plain struct{ *exec.Cmd }
@@ -30,7 +32,9 @@ func ownScore(t *testing.T) int {
 // A child started through the incubator reads its raised score as its
 // first instruction, runs with the real argv (argv[0] included) and the
 // environment, and sees no extra fd.
-func TestIncubatorScoreArgvFds(t *testing.T) {
+func TestIncubatorScoreArgvFds(t *testing.T) { incubators(t, scoreArgvFds) }
+
+func scoreArgvFds(t *testing.T) {
 	want := ownScore(t) + 100
 	if want > 1000 {
 		want = 1000
@@ -81,7 +85,9 @@ func readAll(r *os.File, b []byte) (int, error) {
 
 // The incubator's own exec failure is the error os/exec would have given:
 // a script whose #! interpreter is missing, a file the kernel cannot run.
-func TestIncubatorExecErrors(t *testing.T) {
+func TestIncubatorExecErrors(t *testing.T) { incubators(t, execErrors) }
+
+func execErrors(t *testing.T) {
 	u := self(t)
 	dir := t.TempDir()
 	noInterp := filepath.Join(dir, "nointerp")
@@ -110,9 +116,9 @@ func TestIncubatorExecErrors(t *testing.T) {
 	}
 }
 
-// BenchmarkStartTrue: the start (to exit) of `true` as os/exec alone and
-// through the incubator: the incubator's cost is one more exec of the
-// agent's binary and its Go runtime start.
+// BenchmarkStartTrue: the start (to exit) of `true` as os/exec alone,
+// through the Go incubator (one more exec, of the agent's binary, and its
+// Go runtime start) and through the stub (one more exec, of 664 bytes).
 func BenchmarkStartTrue(b *testing.B) {
 	path, err := exec.LookPath("true")
 	if err != nil {
@@ -125,9 +131,9 @@ func BenchmarkStartTrue(b *testing.B) {
 			}
 		}
 	})
-	b.Run("incubator", func(b *testing.B) {
+	via := func(b *testing.B, sf *os.File) {
 		for i := 0; i < b.N; i++ {
-			cmd, err := StartCmd(exec.Command(path), startPlain)
+			cmd, err := startVia(exec.Command(path), startPlain, sf)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -135,5 +141,55 @@ func BenchmarkStartTrue(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	}
+	b.Run("incubator-go", func(b *testing.B) { via(b, nil) })
+	b.Run("incubator-stub", func(b *testing.B) {
+		sf := stubFile(startPlain)
+		if sf == nil {
+			_, why := Incubator()
+			b.Skip("no stub: " + why)
+		}
+		via(b, sf)
 	})
+}
+
+// BenchmarkStartTrueInterleaved: the three of BenchmarkStartTrue in one
+// loop, one of each per round (a loaded machine drifts between
+// sub-benchmarks), reported as the median of each in ms.
+func BenchmarkStartTrueInterleaved(b *testing.B) {
+	path, err := exec.LookPath("true")
+	if err != nil {
+		b.Skip(err)
+	}
+	sf := stubFile(startPlain)
+	if sf == nil {
+		_, why := Incubator()
+		b.Skip("no stub: " + why)
+	}
+	var ds [3][]time.Duration
+	for i := 0; i < b.N; i++ {
+		for j, run := range []func() error{
+			func() error { return exec.Command(path).Run() },
+			func() error { return viaWait(path, sf) },
+			func() error { return viaWait(path, nil) },
+		} {
+			start := time.Now()
+			if err := run(); err != nil {
+				b.Fatal(err)
+			}
+			ds[j] = append(ds[j], time.Since(start))
+		}
+	}
+	for j, name := range []string{"plain-ms", "stub-ms", "go-ms"} {
+		sort.Slice(ds[j], func(a, c int) bool { return ds[j][a] < ds[j][c] })
+		b.ReportMetric(float64(ds[j][len(ds[j])/2].Microseconds())/1000, name)
+	}
+}
+
+func viaWait(path string, sf *os.File) error {
+	cmd, err := startVia(exec.Command(path), startPlain, sf)
+	if err != nil {
+		return err
+	}
+	return cmd.Wait()
 }

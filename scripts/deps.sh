@@ -14,6 +14,11 @@ have ip         || need+=(iproute2)
 have ps         || need+=(procps)
 have mkfs.ext4  || [ -x /usr/sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 have curl       || need+=(curl)
+# The incubator stub's rebuild check (launch TestStubReproducible, make
+# incubator) and its arm64 build run under qemu (TestStubArm64).
+have x86_64-linux-gnu-gcc  || need+=(gcc)
+have aarch64-linux-gnu-gcc || need+=(gcc-aarch64-linux-gnu)
+have qemu-aarch64-static   || need+=(qemu-user-static)
 # The tl CLI's copy test measures its peak RSS (integration/cli_test.go).
 [ -x /usr/bin/time ] || need+=(time)
 # A server inside the sandbox for the port-route tests (public ports).

@@ -139,6 +139,7 @@ func bindFlags(fs *cli.FlagSet, c *agent.Config) {
 	fs.Bool(&c.Mount, "mount", d.Mount, "as PID 1, mount /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp when missing")
 	fs.Duration(&c.ShutdownGrace, "shutdown-grace", d.ShutdownGrace, "time between SIGTERM and SIGKILL at shutdown")
 	fs.Duration(&c.HookTimeout, "hook-timeout", d.HookTimeout, "deadline of each image hook (/etc/tl-agent/hooks)")
+	fs.String(&c.Incubator, "incubator", d.Incubator, "what each command starts as before its program: auto (the stub where it runs) or go (the agent's binary)")
 	fs.Duration(&c.PTY.IdleTimeout, "pty-idle-timeout", d.PTY.IdleTimeout, "kill a PTY session after this long with no client attached")
 	fs.Int(&c.PTY.MaxSessions, "pty-max-sessions", d.PTY.MaxSessions, "maximum live PTY sessions")
 	fs.String(&c.SSH.Listen, "ssh-listen", d.SSH.Listen, "also serve SSH on this TCP `addr` inside the sandbox, for keys in the user's ~/.ssh/authorized_keys")
