@@ -49,6 +49,9 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	if pid1 && cfg.Mount {
 		_, _ = supervisor.Mount(log) // failures are logged; serve what we can
 	}
+	// The uplink's dial and handshake run beside provisioning and the
+	// building of the capabilities; Run serves the link.
+	early := DialEarly(cfg, version)
 
 	reaper := supervisor.NewReaper(log, true)
 	// Before any user process starts: every start applies it.
@@ -75,6 +78,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	parts.Stats.Reaper = reaperStats(reaper)
 	parts.Stats.Headroom = head.Status
 	parts.Headroom = head
+	parts.Uplink = early
 	parts.Stats.Cgroup = cgroupStats(reaper)
 	a := New(cfg, log, version, parts)
 	runErr := make(chan error, 1)

@@ -8,7 +8,8 @@
 // make sure the runtime never has to create a thread under load:
 //
 //   - Reserve, at start, makes the runtime create a number of threads
-//     while the kernel still allows it. The runtime never ends an idle
+//     while the kernel still allows it (ReserveInBackground: beside the
+//     rest of the start-up, with every fork waiting for it). The runtime never ends an idle
 //     thread (it parks it on its idle list and reuses it before creating
 //     a new one), so the reserve stays for the agent's life.
 //   - Gate bounds the blocking syscalls made on behalf of requests (file
@@ -31,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Defaults, chosen from measurements under a fork bomb with 16 concurrent
@@ -71,6 +73,36 @@ func Reserve(n int) int {
 		<-done
 	}
 	return Count()
+}
+
+// reserving is closed once the start-up reserve is made. Until
+// ReserveInBackground is called there is nothing to wait for.
+var reserving atomic.Pointer[chan struct{}]
+
+// ReserveInBackground makes Reserve(n) on its own goroutine and returns at
+// once, so the start-up's other work (provisioning, the uplink's dial and
+// handshake) runs meanwhile; done, if not nil, gets the thread count
+// afterwards. Until the reserve is made WaitReserve blocks: whatever lets
+// the workload use up pids (a fork) calls it first, so the workload still
+// never runs before the agent holds its threads. Call it once, at start.
+func ReserveInBackground(n int, done func(threads int)) {
+	ch := make(chan struct{})
+	reserving.Store(&ch)
+	go func() {
+		got := Reserve(n)
+		close(ch)
+		if done != nil {
+			done(got)
+		}
+	}()
+}
+
+// WaitReserve returns once the reserve started by ReserveInBackground is
+// made (at once when none was started).
+func WaitReserve() {
+	if ch := reserving.Load(); ch != nil {
+		<-*ch
+	}
 }
 
 // Headroom is how many more tasks (processes and threads) the pids
