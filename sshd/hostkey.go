@@ -5,24 +5,37 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"sync"
+	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 )
 
-// lazySigner is the host key, made on a goroutine of its own from New:
-// the first ed25519 key of a process costs 1.5–2 ms (Go's crypto self-tests
-// run at first use), which was on the agent's path from exec to serving.
-// Only an SSH handshake needs the key, and it waits for it here.
+// lazySigner is the host key, made at first use or hostKeyWarm after New,
+// whichever comes first: the first ed25519 key of a process costs 1.5–2 ms
+// of CPU (Go's crypto self-tests run at first use; 14% of the agent's CPU
+// from exec to its first answer in a profile), which competed with the
+// agent's start on a 2-core machine even on a goroutine of its own. Only
+// an SSH handshake needs the key.
 type lazySigner struct {
-	ready  chan struct{}
+	once   sync.Once
 	signer gossh.Signer
 	err    error
 }
 
+// hostKeyWarm is when the key is made if no handshake asked for it first:
+// after the start, so the first SSH connection rarely waits for it.
+const hostKeyWarm = 250 * time.Millisecond
+
 func newLazySigner() *lazySigner {
-	l := &lazySigner{ready: make(chan struct{})}
-	go func() {
-		defer close(l.ready)
+	l := &lazySigner{}
+	time.AfterFunc(hostKeyWarm, l.make)
+	return l
+}
+
+// make generates the key, once.
+func (l *lazySigner) make() {
+	l.once.Do(func() {
 		_, priv, err := ed25519.GenerateKey(rand.Reader)
 		if err == nil {
 			l.signer, err = gossh.NewSignerFromKey(priv)
@@ -30,14 +43,13 @@ func newLazySigner() *lazySigner {
 		if err != nil {
 			l.err = fmt.Errorf("ssh host key: %w", err)
 		}
-	}()
-	return l
+	})
 }
 
 // PublicKey is the host key's public half; a failed generation (crypto/rand
 // broken) gives an ed25519 key of zeros, whose handshakes then fail in Sign.
 func (l *lazySigner) PublicKey() gossh.PublicKey {
-	<-l.ready
+	l.make()
 	if l.err != nil {
 		pk, _ := gossh.NewPublicKey(make(ed25519.PublicKey, ed25519.PublicKeySize))
 		return pk
@@ -46,7 +58,7 @@ func (l *lazySigner) PublicKey() gossh.PublicKey {
 }
 
 func (l *lazySigner) Sign(r io.Reader, data []byte) (*gossh.Signature, error) {
-	<-l.ready
+	l.make()
 	if l.err != nil {
 		return nil, l.err
 	}
