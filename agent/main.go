@@ -36,6 +36,9 @@ import (
 func Main(cfg Config, log zerolog.Logger, version string) int {
 	sigs := supervisor.HandleSignals(log)
 	defer sigs.Stop()
+	// First: the uplink's dial and handshake (round trips to the proxy)
+	// run beside everything up to Run, which serves the link.
+	early := DialEarly(cfg, version)
 	startupHygiene(log)
 	pid1 := os.Getpid() == 1
 	if !pid1 {
@@ -49,9 +52,6 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	if pid1 && cfg.Mount {
 		_, _ = supervisor.Mount(log) // failures are logged; serve what we can
 	}
-	// The uplink's dial and handshake run beside provisioning and the
-	// building of the capabilities; Run serves the link.
-	early := DialEarly(cfg, version)
 
 	reaper := supervisor.NewReaper(log, true)
 	// Before any user process starts: every start applies it.

@@ -51,27 +51,29 @@ const (
 // the threads go to the runtime's idle list, where they stay. It returns
 // the process's thread count afterwards (0 when /proc is not readable).
 // Call it at start, before the workload can fill the pids limit.
+//
+// The goroutines are started one after the other, each once the previous
+// one holds its thread, so the reserve never crowds the run queues: the
+// start-up's other goroutines (the uplink's handshake) run between them.
 func Reserve(n int) int {
-	var ready sync.WaitGroup
 	release := make(chan struct{})
-	done := make(chan struct{}, n)
-	ready.Add(n)
+	locked := make(chan struct{})
+	var done sync.WaitGroup
+	done.Add(n)
 	for i := 0; i < n; i++ {
 		go func() {
+			defer done.Done()
 			runtime.LockOSThread()
-			ready.Done()
+			locked <- struct{}{}
 			<-release
 			// Unlock before returning: a goroutine that ends locked takes
 			// its thread with it.
 			runtime.UnlockOSThread()
-			done <- struct{}{}
 		}()
+		<-locked
 	}
-	ready.Wait()
 	close(release)
-	for i := 0; i < n; i++ {
-		<-done
-	}
+	done.Wait()
 	return Count()
 }
 
