@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/internal/metrics"
+	"github.com/tensorlake/tl-agent/internal/metrics/scrape"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/uplink"
 )
@@ -25,7 +26,7 @@ func scrapeStream(t *testing.T, up *yamux.Session) map[string]*dto.MetricFamily 
 		t.Fatalf("metrics stream refused: %v", err)
 	}
 	defer c.Close()
-	mfs, rep, err := metrics.Sanitize(c, "sbx", metrics.DefaultBounds())
+	mfs, rep, err := scrape.Sanitize(c, "sbx", scrape.DefaultBounds())
 	if err != nil {
 		t.Fatalf("the agent's metrics do not parse: %v", err)
 	}
