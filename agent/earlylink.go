@@ -54,6 +54,27 @@ func DialEarly(cfg Config, version string) *EarlyUplink {
 	return e
 }
 
+// settledOr returns a channel closed once the handshake is over (or
+// failed), or after d, whichever comes first; closed at once for nil e.
+func (e *EarlyUplink) settledOr(d time.Duration) <-chan struct{} {
+	ch := make(chan struct{})
+	if e == nil || e.done == nil {
+		close(ch)
+		return ch
+	}
+	done := e.done
+	go func() {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		close(ch)
+	}()
+	return ch
+}
+
 // take returns the early uplink once its handshake is over, the first
 // time only (nil after, and for a nil e). ctx ending first drops it.
 func (e *EarlyUplink) take(ctx context.Context) *EarlyUplink {

@@ -39,7 +39,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	// First: the uplink's dial and handshake (round trips to the proxy)
 	// run beside everything up to Run, which serves the link.
 	early := DialEarly(cfg, version)
-	startupHygiene(log)
+	startupHygiene(log, early)
 	pid1 := os.Getpid() == 1
 	if !pid1 {
 		// Orphans of our sessions reparent to us instead of escaping to

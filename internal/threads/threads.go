@@ -87,10 +87,17 @@ var reserving atomic.Pointer[chan struct{}]
 // afterwards. Until the reserve is made WaitReserve blocks: whatever lets
 // the workload use up pids (a fork) calls it first, so the workload still
 // never runs before the agent holds its threads. Call it once, at start.
-func ReserveInBackground(n int, done func(threads int)) {
+//
+// The reserve starts when start is closed (nil: at once): the agent lets
+// the uplink's handshake go first, as the reserve keeps a P busy and a
+// goroutine woken by the network waits for a free one.
+func ReserveInBackground(n int, start <-chan struct{}, done func(threads int)) {
 	ch := make(chan struct{})
 	reserving.Store(&ch)
 	go func() {
+		if start != nil {
+			<-start
+		}
 		got := Reserve(n)
 		close(ch)
 		if done != nil {

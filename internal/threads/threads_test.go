@@ -60,7 +60,7 @@ func TestGateBounds(t *testing.T) {
 func TestReserveInBackground(t *testing.T) {
 	const n = 40 // more than TestReserve's, so this reserve has work to do
 	done := make(chan int, 1)
-	ReserveInBackground(n, func(got int) { done <- got })
+	ReserveInBackground(n, nil, func(got int) { done <- got })
 	WaitReserve()
 	got := Count()
 	if got == 0 {
