@@ -66,7 +66,8 @@ func statusCode(s int) string {
 
 // statusWriter records the status a handler answered. It keeps what the
 // handlers use of the server's ResponseWriter: Flush (event streams),
-// Hijack (WebSockets) and Unwrap (http.ResponseController).
+// Hijack (WebSockets), ReadFrom (downloads) and Unwrap
+// (http.ResponseController).
 type statusWriter struct {
 	http.ResponseWriter
 	status int
@@ -103,6 +104,18 @@ func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// ReadFrom keeps the server's own io.ReaderFrom for io.Copy to the
+// response (a file download), as promhttp's wrapper did.
+func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(w.ResponseWriter, r)
+}
 
 // apiCounts sums the API histogram's requests by status code, for the
 // status.
