@@ -50,7 +50,8 @@ type Agent struct {
 	// that counts time shares it (Parts.Pause). The uplink redials when it
 	// reports a gap.
 	pause   *pause.Detector
-	secrets linkSecrets // link secrets to resume with, newest first
+	secrets linkSecrets  // link secrets to resume with, newest first
+	early   *EarlyUplink // the first link, dialed during the start (Parts.Uplink)
 	liveMu  sync.Mutex
 	live    *yamux.Session // the live uplink session (listen mode keeps one)
 	kicked  *yamux.Session // the session kickLink ended, to redial at once
@@ -90,6 +91,9 @@ type Parts struct {
 	User *identity.User
 	// Headroom holds the workload cgroup a prepare may freeze (nil: none).
 	Headroom *supervisor.Headroom
+	// Uplink is the first uplink, dialed while the agent started
+	// (DialEarly); nil: Run dials.
+	Uplink *EarlyUplink
 	// Activity is the recorder of last use; nil: New makes one.
 	Activity *activity.Recorder
 }
@@ -100,7 +104,7 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 		cfg: cfg, log: log, version: version, started: time.Now(),
 		caps: p.Caps, procs: p.Procs, stats: p.Stats, user: p.User, boot: p.Boot, hooks: p.Hooks,
 		apiLn: newStreamListener(), closed: make(chan struct{}), pause: p.Pause,
-		life: newLifecycle(), upg: newUpgrader(), activity: p.Activity, headroom: p.Headroom, clock: realClock{}, seed: writeURandom,
+		life: newLifecycle(), upg: newUpgrader(), activity: p.Activity, headroom: p.Headroom, early: p.Uplink, clock: realClock{}, seed: writeURandom,
 	}
 	a.ident.id, a.ident.token = cfg.SandboxID, cfg.Token
 	if a.pause == nil {

@@ -38,8 +38,15 @@ import (
 func Main(cfg Config, log zerolog.Logger, version string) int {
 	sigs := supervisor.HandleSignals(log)
 	defer sigs.Stop()
-	startupHygiene(log)
 	rs := restoreStart(log) // nil: a normal start, not a live upgrade's
+	// First on a normal start: the uplink's dial and handshake (round
+	// trips to the proxy) run beside everything up to Run, which serves
+	// the link. A restore dials with the handed-over identity (Run).
+	var early *EarlyUplink
+	if rs == nil {
+		early = DialEarly(cfg, version)
+	}
+	startupHygiene(log, early)
 	pid1 := os.Getpid() == 1
 	if !pid1 {
 		// Orphans of our sessions reparent to us instead of escaping to
@@ -89,6 +96,7 @@ func Main(cfg Config, log zerolog.Logger, version string) int {
 	parts.Stats.Reaper = reaperStats(reaper)
 	parts.Stats.Headroom = head.Status
 	parts.Headroom = head
+	parts.Uplink = early
 	parts.Stats.Cgroup = cgroupStats(reaper)
 	a := New(cfg, log, version, parts)
 	a.upg.wire(reaper, sigs, parts, log)

@@ -1,20 +1,17 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
@@ -22,71 +19,107 @@ import (
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
-// agentMetrics owns the agent's Prometheus registry. Every figure but the
-// API latency histogram is read from the agent's Status when scraped (the
-// one source `tl-agent status` prints too), so the two never disagree;
-// the families are declared once, in internal/metrics.
+// agentMetrics are the agent's metrics. Every figure but the API latency
+// histogram is read from the agent's Status when scraped (the one source
+// `tl-agent status` prints too), so the two never disagree; the families
+// are declared once, in internal/metrics, which writes the text format
+// itself (no Prometheus library in the agent binary: see that package).
 type agentMetrics struct {
-	reg      *prometheus.Registry
-	api      *prometheus.HistogramVec // route, code
-	handlers sync.Map                 // route pattern -> instrumented handler
-	streams  streamCounters
+	a       *Agent
+	api     *metrics.HistogramVec // route, code
+	streams streamCounters
 }
 
 func newAgentMetrics(a *Agent) *agentMetrics {
-	m := &agentMetrics{reg: prometheus.NewRegistry(), api: metrics.NewAPIHistogram(), streams: newStreamCounters()}
-	m.reg.MustRegister(m.api, statusCollector{a})
-	return m
-}
-
-// statusCollector turns the agent's Status into metrics at each scrape. It
-// describes nothing up front (an unchecked collector): the families are
-// internal/metrics' and tested there.
-type statusCollector struct{ a *Agent }
-
-func (statusCollector) Describe(chan<- *prometheus.Desc) {}
-
-func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
-	emitStatus(metrics.Emitter(ch), c.a.Status(), c.a.started)
+	return &agentMetrics{a: a, api: metrics.NewAPIHistogram(), streams: newStreamCounters()}
 }
 
 // instrumentAPI wraps the API router: each request is observed under its
-// route pattern (a fixed set: the router's), never its path.
+// route pattern (a fixed set: the router's), never its path, and the
+// status code it answered, for its whole life (a WebSocket's too).
 // It serves through httpx.Routes (404 and 405 in the spec's shape).
 func (m *agentMetrics) instrumentAPI(mux *http.ServeMux) http.Handler {
+	routes := httpx.Routes(mux)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, pattern := mux.Handler(r)
 		if pattern == "" || pattern == "/" {
 			pattern = "unmatched"
 		}
-		h, ok := m.handlers.Load(pattern)
-		if !ok {
-			obs := m.api.MustCurryWith(prometheus.Labels{"route": pattern})
-			h, _ = m.handlers.LoadOrStore(pattern, promhttp.InstrumentHandlerDuration(obs, httpx.Routes(mux)))
-		}
-		h.(http.Handler).ServeHTTP(w, r)
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		routes.ServeHTTP(sw, r)
+		m.api.Observe(time.Since(start).Seconds(), pattern, statusCode(sw.status))
 	})
+}
+
+// statusCode is the code label of a status: 200 when none was written
+// (as promhttp counted), "unknown" outside 100-599.
+func statusCode(s int) string {
+	switch {
+	case s == 0:
+		return "200"
+	case s >= 100 && s <= 599:
+		return strconv.Itoa(s)
+	}
+	return "unknown"
+}
+
+// statusWriter records the status a handler answered. It keeps what the
+// handlers use of the server's ResponseWriter: Flush (event streams),
+// Hijack (WebSockets), ReadFrom (downloads) and Unwrap
+// (http.ResponseController).
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if h, ok := w.ResponseWriter.(http.Hijacker); ok {
+		return h.Hijack()
+	}
+	return nil, nil, http.ErrNotSupported
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// ReadFrom keeps the server's own io.ReaderFrom for io.Copy to the
+// response (a file download), as promhttp's wrapper did.
+func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(w.ResponseWriter, r)
 }
 
 // apiCounts sums the API histogram's requests by status code, for the
 // status.
-func (m *agentMetrics) apiCounts() map[string]int64 {
-	ch := make(chan prometheus.Metric, 16)
-	go func() { m.api.Collect(ch); close(ch) }()
-	out := map[string]int64{}
-	for pm := range ch {
-		var d dto.Metric
-		if pm.Write(&d) != nil || d.Histogram == nil {
-			continue
-		}
-		for _, l := range d.Label {
-			if l.GetName() == "code" {
-				out[l.GetValue()] += int64(d.Histogram.GetSampleCount())
-			}
-		}
-	}
-	return out
-}
+func (m *agentMetrics) apiCounts() map[string]int64 { return m.api.Counts("code") }
 
 // metricsWriteTimeout bounds writing the metrics to the proxy.
 const metricsWriteTimeout = 5 * time.Second
@@ -99,24 +132,16 @@ func (a *Agent) serveMetrics(_ context.Context, c *countedConn, _ uplink.Header,
 	if uplink.WriteReply(c, uplink.StatusOK, "") != nil {
 		return
 	}
-	if err := a.writeMetrics(c, expfmt.NewFormat(expfmt.TypeTextPlain)); err != nil {
+	if err := a.writeMetrics(c); err != nil {
 		log.Debug().Err(err).Msg("metrics not sent")
 	}
 }
 
-// writeMetrics writes every metric in format f.
-func (a *Agent) writeMetrics(w io.Writer, f expfmt.Format) error {
-	mfs, err := a.met.reg.Gather()
-	if err != nil {
-		return err
-	}
-	enc := expfmt.NewEncoder(w, f)
-	for _, mf := range mfs {
-		if err := enc.Encode(mf); err != nil {
-			return err
-		}
-	}
-	return nil
+// writeMetrics writes every metric in Prometheus' text format.
+func (a *Agent) writeMetrics(w io.Writer) error {
+	e := metrics.NewEmitter()
+	emitStatus(e, a.Status(), a.started)
+	return e.Write(w, a.met.api)
 }
 
 // streamKinds are the kinds counted by name; any other is "other".

@@ -10,7 +10,7 @@ import (
 var uplinkStates = []string{"connecting", "connected", "listening", "refused", "disconnected"}
 
 // emitStatus sends st as the agent's metrics (internal/metrics.Agent).
-func emitStatus(e metrics.Emitter, st Status, started time.Time) {
+func emitStatus(e *metrics.Emitter, st Status, started time.Time) {
 	e.Gauge("tl_agent_info", 1, st.Version)
 	e.Gauge("tl_agent_start_time_seconds", float64(started.UnixMilli())/1e3)
 	lastActivity := 0.0
@@ -74,7 +74,7 @@ func emitStatus(e metrics.Emitter, st Status, started time.Time) {
 	}
 }
 
-func emitUplink(e metrics.Emitter, u UplinkStatus) {
+func emitUplink(e *metrics.Emitter, u UplinkStatus) {
 	up := 0.0
 	if u.State == "connected" || u.State == "listening" {
 		up = 1
@@ -93,7 +93,7 @@ func emitUplink(e metrics.Emitter, u UplinkStatus) {
 }
 
 // emitCgroup sends the figures that could be read; limits only when set.
-func emitCgroup(e metrics.Emitter, c *CgroupStatus) {
+func emitCgroup(e *metrics.Emitter, c *CgroupStatus) {
 	if c == nil {
 		return
 	}

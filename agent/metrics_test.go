@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/internal/metrics"
+	"github.com/tensorlake/tl-agent/internal/metrics/scrape"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/uplink"
 )
@@ -25,7 +27,7 @@ func scrapeStream(t *testing.T, up *yamux.Session) map[string]*dto.MetricFamily 
 		t.Fatalf("metrics stream refused: %v", err)
 	}
 	defer c.Close()
-	mfs, rep, err := metrics.Sanitize(c, "sbx", metrics.DefaultBounds())
+	mfs, rep, err := scrape.Sanitize(c, "sbx", scrape.DefaultBounds())
 	if err != nil {
 		t.Fatalf("the agent's metrics do not parse: %v", err)
 	}
@@ -124,5 +126,33 @@ func TestMetricsStream(t *testing.T) {
 	st := a.Status()
 	if st.APIRequests["200"] != 2 || st.APIRequests["404"] != 2 || st.Streams["api"].Opened != 4 {
 		t.Errorf("the status disagrees with the metrics: api %v, streams %+v", st.APIRequests, st.Streams)
+	}
+}
+
+// The API's status recorder keeps what handlers use of the server's
+// ResponseWriter: a WebSocket hijacks, an event stream flushes, a download
+// copies with ReadFrom, deadlines go through http.ResponseController.
+func TestStatusWriterKeepsInterfaces(t *testing.T) {
+	var w http.ResponseWriter = &statusWriter{ResponseWriter: httptest.NewRecorder()}
+	if _, ok := w.(http.Hijacker); !ok {
+		t.Error("no http.Hijacker")
+	}
+	if _, ok := w.(http.Flusher); !ok {
+		t.Error("no http.Flusher")
+	}
+	if _, ok := w.(io.ReaderFrom); !ok {
+		t.Error("no io.ReaderFrom")
+	}
+	if n, err := w.(io.ReaderFrom).ReadFrom(strings.NewReader("body")); n != 4 || err != nil {
+		t.Errorf("ReadFrom: %d, %v", n, err)
+	}
+	if got := w.(*statusWriter).status; got != http.StatusOK {
+		t.Errorf("status after a body: %d", got)
+	}
+	if _, _, err := w.(http.Hijacker).Hijack(); err == nil {
+		t.Error("a recorder cannot be hijacked, and the wrapper said it could")
+	}
+	if statusCode(0) != "200" || statusCode(101) != "101" || statusCode(999) != "unknown" {
+		t.Error("status code labels")
 	}
 }

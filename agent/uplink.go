@@ -95,15 +95,20 @@ func (a *Agent) dialLoop(ctx context.Context) {
 		<-ctx.Done()
 		return
 	}
+	defer a.early.drop() // shut down before the first attempt took it
 	for ctx.Err() == nil {
 		a.link.set("connecting", "", nil)
-		conn, err := a.dial(ctx, tlsConf)
-		if err == nil {
-			var up bool
-			up, err = a.runUplink(ctx, conn)
-			if up {
-				bo.Reset()
+		var up bool
+		if e := a.early.take(ctx); e != nil {
+			up, err = a.runEarly(ctx, e)
+		} else {
+			var conn net.Conn
+			if conn, err = a.dial(ctx, tlsConf); err == nil {
+				up, err = a.runUplink(ctx, conn)
 			}
+		}
+		if up {
+			bo.Reset()
 		}
 		if ctx.Err() != nil {
 			return
@@ -145,10 +150,16 @@ func (a *Agent) sleepUnlessPaused(ctx context.Context, d time.Duration) bool {
 }
 
 func (a *Agent) dial(ctx context.Context, tlsConf *tls.Config) (net.Conn, error) {
+	return dialProxy(ctx, a.cfg.ProxyAddr, tlsConf)
+}
+
+// dialProxy dials the proxy's uplink port (and does TLS with tlsConf when
+// not nil), within handshakeTimeout.
+func dialProxy(ctx context.Context, addr string, tlsConf *tls.Config) (net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	d := net.Dialer{KeepAlive: uplink.TCPKeepAlive}
-	c, err := d.DialContext(dctx, "tcp", a.cfg.ProxyAddr)
+	c, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -166,23 +177,26 @@ func (a *Agent) dial(ctx context.Context, tlsConf *tls.Config) (net.Conn, error)
 	return tc, nil
 }
 
-func (a *Agent) tlsConfig() (*tls.Config, error) {
-	if !a.cfg.TLS {
+func (a *Agent) tlsConfig() (*tls.Config, error) { return tlsConfigFor(a.cfg) }
+
+// tlsConfigFor is the uplink's TLS configuration (nil without --tls).
+func tlsConfigFor(cfg Config) (*tls.Config, error) {
+	if !cfg.TLS {
 		return nil, nil
 	}
-	conf := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: a.cfg.ServerName}
+	conf := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: cfg.ServerName}
 	if conf.ServerName == "" {
-		host, _, _ := net.SplitHostPort(a.cfg.ProxyAddr)
+		host, _, _ := net.SplitHostPort(cfg.ProxyAddr)
 		conf.ServerName = host
 	}
-	if a.cfg.CAFile != "" {
-		pem, err := os.ReadFile(a.cfg.CAFile)
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("read CA file: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("CA file %s: no certificates", a.cfg.CAFile)
+			return nil, fmt.Errorf("CA file %s: no certificates", cfg.CAFile)
 		}
 		conf.RootCAs = pool
 	}
@@ -209,6 +223,13 @@ func (a *Agent) runUplinkHook(ctx context.Context, conn net.Conn, authed func())
 	if err != nil {
 		return false, err
 	}
+	return a.serveLink(ctx, conn)
+}
+
+// serveLink serves the streams of conn, an authenticated uplink, until the
+// link dies; it closes conn.
+func (a *Agent) serveLink(ctx context.Context, conn net.Conn) (up bool, err error) {
+	defer conn.Close()
 	_ = conn.SetDeadline(time.Time{})
 	// The proxy opens streams; to yamux the agent is the server side.
 	sess, err := yamux.Server(uplink.Coalesce(conn), uplink.MuxConfig(a.log))
@@ -278,6 +299,12 @@ func (a *Agent) handshake(conn net.Conn) error {
 	next, err := uplink.AgentHandshake(conn, uplink.AgentAuth{
 		SandboxID: id, Key: key, Link: link, AgentVersion: a.version,
 	})
+	return a.handshakeDone(key, link, next, err)
+}
+
+// handshakeDone keeps the link secrets up to date after a handshake made
+// with key (a link secret when link) that returned next and err.
+func (a *Agent) handshakeDone(key []byte, link bool, next []byte, err error) error {
 	if err == nil {
 		a.secrets.set(next)
 		return nil

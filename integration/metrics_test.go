@@ -266,7 +266,7 @@ func TestPrometheusScrape(t *testing.T) {
 		st := agentState(t, s)
 		for _, f := range metrics.Agent {
 			name := f.Name
-			if f.Type.String() == "HISTOGRAM" {
+			if f.Type == metrics.Histogram {
 				name += "_count"
 			}
 			cg := st.Cgroup

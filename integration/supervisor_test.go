@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tensorlake/tl-agent/internal/threads"
 )
 
 // reporter collects lines that processes inside the sandbox send over TCP
@@ -544,4 +546,26 @@ func parentOf(pid int) int {
 	}
 	ppid, _ := strconv.Atoi(f[1])
 	return ppid
+}
+
+// TestMainStartsAfterThreadReserve: the thread reserve is made in the
+// background during the start, and no user process runs before it is
+// made: the main command, the first fork, already sees PID 1 holding it.
+func TestMainStartsAfterThreadReserve(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{Main: []string{"sh", "-c", "grep Threads: /proc/1/status > /tmp/threads-at-main"}})
+	var got string
+	for start := time.Now(); time.Since(start) < 20*time.Second; time.Sleep(20 * time.Millisecond) {
+		if b, err := os.ReadFile(s.SandboxPath("/tmp/threads-at-main")); err == nil && len(b) > 0 {
+			got = string(b)
+			break
+		}
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(got, "Threads:")))
+	if err != nil {
+		t.Fatalf("main command wrote %q", got)
+	}
+	if n < threads.DefaultReserve {
+		t.Fatalf("PID 1 had %d threads when the main command ran, want the reserve of %d made first", n, threads.DefaultReserve)
+	}
 }

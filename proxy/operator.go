@@ -18,7 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
-	"github.com/tensorlake/tl-agent/internal/metrics"
+	metrics "github.com/tensorlake/tl-agent/internal/metrics/scrape"
 	"github.com/tensorlake/tl-agent/uplink"
 )
 

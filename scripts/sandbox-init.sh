@@ -23,6 +23,7 @@
 # writable: the agent sees a cgroup of its own and makes its workload in it.
 # TL_SANDBOX_ETC_TL_AGENT=D copies folder D to the sandbox's /etc/tl-agent
 # (an image's boot services and hooks, docs/services.md).
+# TL_SANDBOX_EXEC_STAMP=F writes the time of the final exec to host file F.
 # TL_SANDBOX_HARDEN=1 (make run) mounts /sys, /proc/sys and
 # /proc/sysrq-trigger read-only and drops the capabilities a sandbox has no
 # use for from the bounding set (modules, raw I/O, the clock, device
@@ -124,4 +125,9 @@ mkdir -p "$r/usr/local/bin"
 mount --bind "$agent_bin" "$r/usr/local/bin/tl-agent"
 
 cd /
+# TL_SANDBOX_EXEC_STAMP=F: the time of this exec ($EPOCHREALTIME, no fork)
+# goes to host file F, for tl-bench's exec-to-serving figures.
+if [ -n "${TL_SANDBOX_EXEC_STAMP:-}" ]; then
+  printf '%s\n' "$EPOCHREALTIME" > "$TL_SANDBOX_EXEC_STAMP"
+fi
 exec ${harden[@]+"${harden[@]}"} chroot "$r" /usr/local/bin/tl-agent "$@"

@@ -18,6 +18,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
+
+	"github.com/tensorlake/tl-agent/internal/threads"
 )
 
 // Reaper is the one owner of waiting in the agent.
@@ -164,6 +166,9 @@ func (r *Reaper) Start(cmd *exec.Cmd) (*Proc, error) {
 			}
 		}
 	}
+	// No user process before the agent holds its threads (internal/threads:
+	// the reserve is made in the background at start).
+	threads.WaitReserve()
 	oom := r.oom.Count()
 	// Holding mu across fork and registration means the reaper, which
 	// looks pids up under mu, cannot miss a child that exits at once.

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -27,6 +28,11 @@ func init() { register("supervisor", benchSupervisor) }
 //     PID 1 of a fresh sandbox, against the same sandbox exec'ing /bin/true
 //     (the sandbox's own set-up: namespaces, overlay, mounts) and against
 //     OpenSSH's sshd from exec to its banner;
+//   - the same from the sandbox script's exec of the binary (its own
+//     set-up left out) against E2B's envd exec'd the same way as PID 1 of
+//     the same sandbox, timed to its first GET /health answer directly (no
+//     proxy, no registration), rounds interleaved: TL_BENCH_ENVD=/path to
+//     an envd binary, skipped otherwise;
 //   - the same for a plain tl-agent process (no sandbox, no provisioning)
 //     against fork+exec+wait of /bin/true;
 //   - resident memory of the idle agent against the idle sshd listener.
@@ -35,19 +41,23 @@ func benchSupervisor(e *Env) []Result {
 	if e.Quick {
 		samples = 3
 	}
-	s := e.System(integration.Options{})
-	var untilLog []time.Duration
-	inSandbox := median(e, samples, func() time.Duration {
-		ready, logged := restartAgent(e, s)
-		untilLog = append(untilLog, logged)
-		return ready
-	})
+	stamp := filepath.Join(e.TempDir(), "exec-stamp")
+	s := e.System(integration.Options{AgentEnv: []string{"TL_SANDBOX_EXEC_STAMP=" + stamp}})
+	envd := os.Getenv("TL_BENCH_ENVD")
+	var inSandbox, untilLog, fromExec, envdReady []time.Duration
+	for range samples {
+		st := restartAgent(e, s, stamp)
+		inSandbox, untilLog, fromExec = append(inSandbox, st.ready), append(untilLog, st.logged), append(fromExec, st.fromExec)
+		if envd != "" {
+			envdReady = append(envdReady, envdToHealth(e, envd, stamp))
+		}
+	}
 	sandboxTrue := median(e, samples, func() time.Duration { return sandboxRun(e, "/bin/true") })
 	ssh := e.OpenSSH()
 	sshdStart := median(e, samples, func() time.Duration { return sshdToBanner(e, ssh) })
 
 	plain := e.System(integration.Options{NoSandbox: true})
-	plainStart := median(e, samples, func() time.Duration { ready, _ := restartAgent(e, plain); return ready })
+	plainStart := median(e, samples, func() time.Duration { return restartAgent(e, plain, "").ready })
 	bareTrue := median(e, samples*5, func() time.Duration {
 		start := time.Now()
 		if err := exec.Command("/bin/true").Run(); err != nil {
@@ -60,11 +70,17 @@ func benchSupervisor(e *Env) []Result {
 	agentRSS := rssMiB(e, s.AgentPid())
 	sshdPid, _ := os.ReadFile(filepath.Join(ssh.Dir, "sshd.pid"))
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(sshdPid)))
+	envdNote := "floor: E2B's envd exec'd the same way, GET /health direct (set TL_BENCH_ENVD)"
+	if envd == "" {
+		envdNote = "TL_BENCH_ENVD unset: no envd contestant"
+	}
 	return []Result{
-		{Name: "exec to serving through proxy, PID 1 of a sandbox", Unit: "ms", Ours: ms(inSandbox), OpenSSH: ms(sshdStart), Floor: ms(sandboxTrue), Lower: true,
+		{Name: "exec to serving through proxy, PID 1 of a sandbox", Unit: "ms", Ours: Percentile(inSandbox, 50), OpenSSH: ms(sshdStart), Floor: ms(sandboxTrue), Lower: true,
 			Note: "floor: same sandbox running /bin/true; ssh: sshd exec to banner"},
 		{Name: "exec to the agent's first log line, PID 1 of a sandbox", Unit: "ms", Ours: Percentile(untilLog, 50), Floor: ms(sandboxTrue), Lower: true,
 			Note: "the sandbox's set-up is in both"},
+		{Name: "binary's exec to serving through proxy, PID 1", Unit: "ms", Ours: Percentile(fromExec, 50), Floor: Percentile(envdReady, 50), Lower: true,
+			Note: envdNote},
 		{Name: "exec to serving through proxy, plain process", Unit: "ms", Ours: ms(plainStart), OpenSSH: ms(sshdStart), Floor: ms(bareTrue), Lower: true,
 			Note: "floor: fork+exec+wait of /bin/true"},
 		{Name: "idle agent resident memory", Unit: "MiB", Ours: agentRSS, OpenSSH: rssMiB(e, pid), Lower: true,
@@ -72,33 +88,145 @@ func benchSupervisor(e *Env) []Result {
 	}
 }
 
-// restartAgent stops the system's agent, starts it again and returns the
-// time from its exec to the first 200 from /api/v1/health through the
-// proxy, and to its first log line.
-func restartAgent(e *Env, s *integration.System) (ready, logged time.Duration) {
+// startTimes are one agent start's figures.
+type startTimes struct {
+	ready    time.Duration // StartAgent to the first health 200 through the proxy
+	logged   time.Duration // StartAgent to the first log line
+	fromExec time.Duration // the sandbox script's exec of the binary to that 200
+}
+
+// restartAgent stops the system's agent, starts it again and times it
+// until the first 200 from /api/v1/health through the proxy. stamp is the
+// file the sandbox script writes its exec time to ("": not asked for).
+func restartAgent(e *Env, s *integration.System, stamp string) startTimes {
 	if err := s.SignalAgent(syscall.SIGTERM); err != nil {
 		e.Fatalf("stop agent: %v", err)
 	}
 	s.WaitAgentExit(20 * time.Second)
+	if stamp != "" {
+		_ = os.Remove(stamp)
+	}
 	start := time.Now()
 	s.StartAgent()
 	client := &http.Client{Timeout: time.Second}
+	ok := pollHealth(func(ctx context.Context) *http.Request { return s.Request(ctx, "GET", "/api/v1/health", nil) }, client, 200)
+	if !ok {
+		e.Fatalf("agent not serving 30s after start\n%s", s.AgentLog())
+	}
+	now := time.Now()
+	st := startTimes{ready: now.Sub(start), logged: firstLogLine(s.AgentLog()).Sub(start)}
+	if stamp != "" {
+		execAt := readStamp(e, stamp)
+		st.fromExec = now.Sub(execAt)
+		if os.Getenv("TL_BENCH_STARTLOG") != "" {
+			printStartLog(e, s.AgentLog(), execAt, now)
+		}
+	}
+	return st
+}
+
+// printStartLog prints the last start's log lines with their time after
+// the binary's exec (TL_BENCH_STARTLOG=1): where a start spends its time.
+func printStartLog(e *Env, log string, execAt, ready time.Time) {
+	i := strings.LastIndex(log, `"message":"tl-agent starting"`)
+	if i < 0 {
+		return
+	}
+	for _, line := range strings.Split(log[strings.LastIndex(log[:i], "\n")+1:], "\n") {
+		var v struct {
+			Time    time.Time `json:"time"`
+			Message string    `json:"message"`
+		}
+		if json.Unmarshal([]byte(line), &v) == nil && !v.Time.IsZero() {
+			e.Logf("%8.2f ms  %s", ms(v.Time.Sub(execAt)), v.Message)
+		}
+	}
+	e.Logf("%8.2f ms  (health 200 through the proxy)", ms(ready.Sub(execAt)))
+}
+
+// pollHealth asks req every 0.5 ms until it answers want, for at most 30 s.
+func pollHealth(req func(ctx context.Context) *http.Request, client *http.Client, want int) bool {
+	start := time.Now()
 	for time.Since(start) < 30*time.Second {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		resp, err := client.Do(s.Request(ctx, "GET", "/api/v1/health", nil))
+		resp, err := client.Do(req(ctx))
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == 200 {
+			if resp.StatusCode == want {
 				cancel()
-				ready = time.Since(start)
-				return ready, firstLogLine(s.AgentLog()).Sub(start)
+				return true
 			}
 		}
 		cancel()
 		time.Sleep(500 * time.Microsecond)
 	}
-	e.Fatalf("agent not serving 30s after start\n%s", s.AgentLog())
-	return 0, 0
+	return false
+}
+
+// readStamp is the exec time sandbox-init.sh wrote ($EPOCHREALTIME).
+func readStamp(e *Env, path string) time.Time {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		e.Fatalf("exec stamp: %v", err)
+	}
+	sec, frac, _ := strings.Cut(strings.TrimSpace(string(b)), ".")
+	secs, err1 := strconv.ParseInt(sec, 10, 64)
+	us, err2 := strconv.ParseInt((frac + "000000")[:6], 10, 64)
+	if err1 != nil || err2 != nil {
+		e.Fatalf("exec stamp %q", b)
+	}
+	return time.Unix(secs, us*1000)
+}
+
+// envdPort is the port envd listens on (its default).
+const envdPort = 49983
+
+// envdToHealth runs E2B's envd as PID 1 of the same sandbox the harness
+// builds (outside Firecracker: -isnotfc) and returns the time from the
+// script's exec of it to its first GET /health answer (204), direct.
+func envdToHealth(e *Env, bin, stamp string) time.Duration {
+	_ = os.Remove(stamp)
+	cmd := exec.Command("/bin/bash", filepath.Join(integration.Root(), "scripts", "sandbox-init.sh"), bin, "-isnotfc")
+	cmd.Env = append(os.Environ(), "TL_SANDBOX_DIR="+e.TempDir(), "TL_SANDBOX_EXEC_STAMP="+stamp)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
+		Pdeathsig:  syscall.SIGKILL,
+	}
+	var out syncBuf
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		e.Fatalf("envd: %v", err)
+	}
+	// PID 1 killed: the kernel kills the rest of its namespace.
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	url := fmt.Sprintf("http://127.0.0.1:%d/health", envdPort)
+	client := &http.Client{Timeout: time.Second}
+	ok := pollHealth(func(ctx context.Context) *http.Request {
+		r, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+		return r
+	}, client, http.StatusNoContent)
+	if !ok {
+		e.Fatalf("envd not serving 30s after start\n%s", out.String())
+	}
+	return time.Since(readStamp(e, stamp))
+}
+
+// syncBuf is an output buffer safe for the two writers exec gives it.
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuf) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // firstLogLine is the time of the last start's "tl-agent starting" line.

@@ -1,28 +1,38 @@
 // Package metrics is the one list of tl-agent's metric families (name,
-// type, help, labels) and the rules that bound them. The agent builds its
-// Prometheus metrics from Agent; the proxy, which scrapes agents over the
-// uplink and cannot trust what comes back (a sandbox's root may replace
-// the agent), keeps only what Agent declares (Sanitize). docs/observability.md
+// type, help, labels) and the agent's writer of them in Prometheus' text
+// format (text.go). The proxy, which scrapes agents over the uplink and
+// cannot trust what comes back (a sandbox's root may replace the agent),
+// keeps only what Agent declares (package scrape). docs/observability.md
 // lists every family.
+//
+// It imports no Prometheus library: the agent binary links this package,
+// and client_golang's package initialisation (its default registry's
+// collectors, procfs, protobuf) cost 1-2 ms of every exec of tl-agent
+// (the agent's start, each incubator and sftp re-exec).
 package metrics
 
-import (
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+// Type is a family's metric type, as the text format names it.
+type Type string
+
+// The types an agent exports.
+const (
+	Counter   Type = "counter"
+	Gauge     Type = "gauge"
+	Histogram Type = "histogram"
 )
 
 // Family is one metric family an agent exports.
 type Family struct {
 	Name   string
-	Type   dto.MetricType // COUNTER, GAUGE or HISTOGRAM
+	Type   Type
 	Help   string
 	Labels []string // exactly these, in this order
 }
 
 const (
-	counter   = dto.MetricType_COUNTER
-	gauge     = dto.MetricType_GAUGE
-	histogram = dto.MetricType_HISTOGRAM
+	counter   = Counter
+	gauge     = Gauge
+	histogram = Histogram
 )
 
 // Names of the agent's families that its code refers to by name.
@@ -89,33 +99,5 @@ var agentByName = func() map[string]*Family {
 	return m
 }()
 
-var descs = func() map[string]*prometheus.Desc {
-	m := make(map[string]*prometheus.Desc, len(Agent))
-	for _, f := range Agent {
-		m[f.Name] = prometheus.NewDesc(f.Name, f.Help, f.Labels, nil)
-	}
-	return m
-}()
-
 // Lookup returns the family called name, or nil.
 func Lookup(name string) *Family { return agentByName[name] }
-
-// Emitter turns values into the agent's const metrics, for a
-// prometheus.Collector's Collect.
-type Emitter chan<- prometheus.Metric
-
-// Counter sends the counter name (an Agent family) with its label values.
-func (e Emitter) Counter(name string, v float64, labels ...string) {
-	e <- prometheus.MustNewConstMetric(descs[name], prometheus.CounterValue, v, labels...)
-}
-
-// Gauge sends the gauge name (an Agent family) with its label values.
-func (e Emitter) Gauge(name string, v float64, labels ...string) {
-	e <- prometheus.MustNewConstMetric(descs[name], prometheus.GaugeValue, v, labels...)
-}
-
-// NewAPIHistogram is the agent's API latency histogram.
-func NewAPIHistogram() *prometheus.HistogramVec {
-	f := agentByName[APIRequestDuration]
-	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: f.Name, Help: f.Help, Buckets: APIBuckets}, f.Labels)
-}

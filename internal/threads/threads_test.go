@@ -54,3 +54,23 @@ func TestGateBounds(t *testing.T) {
 		t.Fatalf("gated writer: %v, %d in use", err, g.InUse())
 	}
 }
+
+// A reserve made in the background is complete when WaitReserve returns:
+// the reaper's forks wait on it, so the workload never starts first.
+func TestReserveInBackground(t *testing.T) {
+	const n = 40 // more than TestReserve's, so this reserve has work to do
+	done := make(chan int, 1)
+	ReserveInBackground(n, nil, func(got int) { done <- got })
+	WaitReserve()
+	got := Count()
+	if got == 0 {
+		t.Skip("no /proc/self/status")
+	}
+	if got < n {
+		t.Fatalf("WaitReserve returned with %d threads, want at least %d", got, n)
+	}
+	if reported := <-done; reported < n {
+		t.Fatalf("done reported %d threads, want at least %d", reported, n)
+	}
+	WaitReserve() // made: returns at once
+}

@@ -1,4 +1,4 @@
-package metrics
+package scrape
 
 import (
 	"errors"
@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/tensorlake/tl-agent/internal/metrics"
 )
 
 func series(mfs []*dto.MetricFamily) map[string]string {
@@ -43,9 +45,9 @@ func typed(in string) string {
 		}
 		name, _, _ := strings.Cut(line, "{")
 		name, _, _ = strings.Cut(name, " ")
-		if f := Lookup(name); f != nil && !done[name] {
+		if f := metrics.Lookup(name); f != nil && !done[name] {
 			done[name] = true
-			fmt.Fprintf(&out, "# TYPE %s %s\n", name, strings.ToLower(f.Type.String()))
+			fmt.Fprintf(&out, "# TYPE %s %s\n", name, f.Type)
 		}
 		out.WriteString(line)
 	}
@@ -101,7 +103,7 @@ func TestSanitizeRules(t *testing.T) {
 				t.Fatalf("got %v, want %v", got, tc.want)
 			}
 			for _, mf := range mfs {
-				if mf.GetHelp() != Lookup(mf.GetName()).Help {
+				if mf.GetHelp() != metrics.Lookup(mf.GetName()).Help {
 					t.Fatalf("help of %s is the agent's, not the declared one", mf.GetName())
 				}
 				for _, m := range mf.Metric {
@@ -157,11 +159,11 @@ func TestSanitizeBounds(t *testing.T) {
 // TestAgentFamiliesWellFormed: every declared family has a name of the
 // agent's prefix, a help and a type the emitter supports.
 func TestAgentFamiliesWellFormed(t *testing.T) {
-	for _, f := range Agent {
+	for _, f := range metrics.Agent {
 		if !strings.HasPrefix(f.Name, "tl_agent_") || f.Help == "" {
 			t.Errorf("%s: name or help", f.Name)
 		}
-		if f.Type == counter && !strings.HasSuffix(f.Name, "_total") {
+		if f.Type == metrics.Counter && !strings.HasSuffix(f.Name, "_total") {
 			t.Errorf("%s: a counter's name ends in _total", f.Name)
 		}
 		for _, l := range f.Labels {
@@ -191,8 +193,8 @@ func FuzzSanitize(f *testing.F) {
 		}
 		n := 0
 		for _, mf := range mfs {
-			fam := Lookup(mf.GetName())
-			if fam == nil || mf.GetType() != fam.Type {
+			fam := metrics.Lookup(mf.GetName())
+			if fam == nil || mf.GetType() != dtoType[fam.Type] {
 				t.Fatalf("kept an undeclared family %s", mf.GetName())
 			}
 			for _, m := range mf.Metric {

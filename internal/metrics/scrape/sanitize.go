@@ -1,4 +1,8 @@
-package metrics
+// Package scrape is the proxy's side of the agents' metrics: it parses an
+// agent's answer and keeps only what internal/metrics declares (Sanitize).
+// It lives apart from internal/metrics so the agent binary links no
+// Prometheus library.
+package scrape
 
 import (
 	"bytes"
@@ -12,10 +16,19 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tensorlake/tl-agent/internal/metrics"
 )
 
 // SandboxLabel is the label the proxy adds to every series of an agent.
 const SandboxLabel = "sandbox"
+
+// dtoType is each family type's in the parsed exposition.
+var dtoType = map[metrics.Type]dto.MetricType{
+	metrics.Counter:   dto.MetricType_COUNTER,
+	metrics.Gauge:     dto.MetricType_GAUGE,
+	metrics.Histogram: dto.MetricType_HISTOGRAM,
+}
 
 // Bounds limit what one agent's answer may add to a scrape.
 type Bounds struct {
@@ -40,7 +53,7 @@ type Report struct {
 
 // Sanitize reads an agent's text exposition (at most b.MaxBytes) and
 // returns what of it the proxy may serve, each series labelled
-// sandbox=<sandbox>: only families of Agent with their declared type,
+// sandbox=<sandbox>: only families of metrics.Agent with their declared type,
 // help and exactly their declared label names; no timestamps; no
 // duplicate series; at most b.MaxSeries series. An agent therefore cannot
 // name another sandbox (its series never carry a sandbox label of their
@@ -68,12 +81,12 @@ func Sanitize(r io.Reader, sandbox string, b Bounds) ([]*dto.MetricFamily, Repor
 	seen := map[string]bool{}
 	for _, n := range names {
 		mf := in[n]
-		f := Lookup(n)
-		if f == nil || mf.GetType() != f.Type {
+		f := metrics.Lookup(n)
+		if f == nil || mf.GetType() != dtoType[f.Type] {
 			rep.Dropped += len(mf.Metric)
 			continue
 		}
-		clean := &dto.MetricFamily{Name: proto.String(f.Name), Help: proto.String(f.Help), Type: f.Type.Enum()}
+		clean := &dto.MetricFamily{Name: proto.String(f.Name), Help: proto.String(f.Help), Type: dtoType[f.Type].Enum()}
 		for _, m := range mf.Metric {
 			sig, ok := checkSeries(f, m, b)
 			if !ok || seen[n+sig] || rep.Kept >= b.MaxSeries {
@@ -96,7 +109,7 @@ func Sanitize(r io.Reader, sandbox string, b Bounds) ([]*dto.MetricFamily, Repor
 // checkSeries reports whether m has exactly f's labels (in any order;
 // they are sorted to f's), values within bounds and the value kind of
 // f's type, and returns its label signature.
-func checkSeries(f *Family, m *dto.Metric, b Bounds) (string, bool) {
+func checkSeries(f *metrics.Family, m *dto.Metric, b Bounds) (string, bool) {
 	if len(m.Label) != len(f.Labels) {
 		return "", false
 	}
@@ -119,11 +132,11 @@ func checkSeries(f *Family, m *dto.Metric, b Bounds) (string, bool) {
 	}
 	m.Label = labels
 	switch f.Type {
-	case counter:
+	case metrics.Counter:
 		return sig.String(), m.Counter != nil && m.Gauge == nil && m.Histogram == nil
-	case gauge:
+	case metrics.Gauge:
 		return sig.String(), m.Gauge != nil && m.Counter == nil && m.Histogram == nil
-	case histogram:
+	case metrics.Histogram:
 		h := m.Histogram
 		return sig.String(), h != nil && len(h.Bucket) <= b.MaxBuckets && len(h.PositiveSpan) == 0 && len(h.NegativeSpan) == 0
 	}
