@@ -90,12 +90,13 @@ func (g *gate) drain(ctx context.Context, d time.Duration) int64 {
 }
 
 // apiDoor wraps the API: each request waits at the gate, counts as in
-// flight (unless it is long-lived: a WebSocket or an event stream, which
-// the drain cannot wait for) and as activity (but health and info, which
-// platforms poll).
+// flight until it ends or, for a long-lived one the drain cannot wait for,
+// until that shows (a WebSocket by its Upgrade header; an event stream by
+// its response's Content-Type, whatever the client's Accept said), and
+// counts as activity (but health and info, which platforms poll).
 func (a *Agent) apiDoor(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		long := r.Header.Get("Upgrade") != "" || strings.Contains(r.Header.Get("Accept"), "text/event-stream")
+		long := r.Header.Get("Upgrade") != ""
 		for {
 			if !long {
 				a.gate.inflight.Add(1)
@@ -112,14 +113,77 @@ func (a *Agent) apiDoor(next http.Handler) http.Handler {
 				return
 			}
 		}
-		if !long {
-			defer a.gate.inflight.Add(-1)
-		}
 		if !(r.Method == http.MethodGet && (r.URL.Path == "/api/v1/health" || r.URL.Path == "/api/v1/info")) {
 			defer a.activity.Hold()()
 		}
-		next.ServeHTTP(w, r)
+		if long { // hijacked: the server's own writer, unwrapped
+			next.ServeHTTP(w, r)
+			return
+		}
+		dw := &doorWriter{ResponseWriter: w, inflight: &a.gate.inflight}
+		defer dw.leave()
+		next.ServeHTTP(dw, r)
 	})
+}
+
+// doorWriter leaves the in-flight count when its response turns out to be
+// an event stream (its header written with that Content-Type), or when
+// the request ends, once.
+type doorWriter struct {
+	http.ResponseWriter
+	inflight *atomic.Int64
+	once     sync.Once
+	headed   bool
+}
+
+func (d *doorWriter) leave() { d.once.Do(func() { d.inflight.Add(-1) }) }
+
+// header is called before the response's header goes out.
+func (d *doorWriter) header(code int) {
+	if d.headed || code < 200 { // 1xx: informational, the real one follows
+		return
+	}
+	d.headed = true
+	if isEventStream(d.Header().Get("Content-Type")) {
+		d.leave()
+	}
+}
+
+func (d *doorWriter) WriteHeader(code int) {
+	d.header(code)
+	d.ResponseWriter.WriteHeader(code)
+}
+
+func (d *doorWriter) Write(b []byte) (int, error) {
+	d.header(http.StatusOK)
+	return d.ResponseWriter.Write(b)
+}
+
+// Flush keeps http.Flusher visible to wrappers that look for it
+// (promhttp's); it writes the header if none was.
+func (d *doorWriter) Flush() {
+	d.header(http.StatusOK)
+	_ = http.NewResponseController(d.ResponseWriter).Flush()
+}
+
+// ReadFrom keeps the server's own copy path (io.Copy of a file download).
+func (d *doorWriter) ReadFrom(r io.Reader) (int64, error) {
+	d.header(http.StatusOK)
+	if rf, ok := d.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{d.ResponseWriter}, r)
+}
+
+// Unwrap lets http.ResponseController reach the server's writer
+// (deadlines, hijack).
+func (d *doorWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
+
+// isEventStream reports whether a Content-Type is text/event-stream (the
+// API's streaming responses: process follow and run, sandbox-api.md).
+func isEventStream(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "text/event-stream")
 }
 
 // gateStream holds a new stream at the gate (not the platform's own

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/process"
 	"github.com/tensorlake/tl-agent/pty"
 	"github.com/tensorlake/tl-agent/sftpd"
@@ -24,27 +25,27 @@ import (
 // figures. Fields are in key order, as both forms list them; a part that
 // is absent is left out.
 type Status struct {
-	APIRequests map[string]int64           `json:"api_requests,omitempty"` // by status code, from the API histogram
-	Cgroup      *CgroupStatus              `json:"cgroup,omitempty"`
-	Goroutines  int                        `json:"goroutines"`
-	Headroom    *supervisor.HeadroomStatus `json:"headroom,omitempty"`
-	HeapBytes   uint64                     `json:"heap_bytes"`
-	Lifecycle   LifecycleStatus            `json:"lifecycle"` // prepare/resume state and last_activity_at
-	OpenFDs     int                        `json:"open_fds"`  // -1: unknown
-	PID         int                        `json:"pid"`
-	Processes   *process.Stats             `json:"processes,omitempty"`
-	PTYSessions *pty.Stats                 `json:"pty_sessions,omitempty"`
-	Reaper      *ReaperStats               `json:"reaper,omitempty"`
-	RSSBytes    int64                      `json:"rss_bytes"` // -1: unknown
-	SandboxID   string                     `json:"sandbox_id"`
-	SFTP        *sftpd.Stats               `json:"sftp,omitempty"`
-	SSH         *sshd.Stats                `json:"ssh,omitempty"`
-	Streams     map[string]StreamStats     `json:"streams"` // uplink streams by kind, over every uplink
-	SysBytes    uint64                     `json:"sys_bytes"`
-	Uplink      UplinkStatus               `json:"uplink"`
-	Upgrade     UpgradeStatus              `json:"upgrade"` // live upgrades: state, count, the last one
-	UptimeSecs  int64                      `json:"uptime_secs"`
-	Version     string                     `json:"version"`
+	APIRequests map[string]int64       `json:"api_requests,omitempty"` // by status code, from the API histogram
+	Cgroup      *CgroupStatus          `json:"cgroup,omitempty"`
+	Goroutines  int                    `json:"goroutines"`
+	Headroom    *HeadroomStatus        `json:"headroom,omitempty"`
+	HeapBytes   uint64                 `json:"heap_bytes"`
+	Lifecycle   LifecycleStatus        `json:"lifecycle"` // prepare/resume state and last_activity_at
+	OpenFDs     int                    `json:"open_fds"`  // -1: unknown
+	PID         int                    `json:"pid"`
+	Processes   *process.Stats         `json:"processes,omitempty"`
+	PTYSessions *pty.Stats             `json:"pty_sessions,omitempty"`
+	Reaper      *ReaperStats           `json:"reaper,omitempty"`
+	RSSBytes    int64                  `json:"rss_bytes"` // -1: unknown
+	SandboxID   string                 `json:"sandbox_id"`
+	SFTP        *sftpd.Stats           `json:"sftp,omitempty"`
+	SSH         *sshd.Stats            `json:"ssh,omitempty"`
+	Streams     map[string]StreamStats `json:"streams"` // uplink streams by kind, over every uplink
+	SysBytes    uint64                 `json:"sys_bytes"`
+	Uplink      UplinkStatus           `json:"uplink"`
+	Upgrade     UpgradeStatus          `json:"upgrade"` // live upgrades: state, count, the last one
+	UptimeSecs  int64                  `json:"uptime_secs"`
+	Version     string                 `json:"version"`
 }
 
 // CgroupStatus is the sandbox cgroup's figures and its OOM kill count (the
@@ -52,6 +53,29 @@ type Status struct {
 type CgroupStatus struct {
 	supervisor.CgroupStats
 	OOMKills int64 `json:"oom_kills"`
+}
+
+// HeadroomStatus is the headroom (PID 1's OOM score, the workload cgroup)
+// and the incubator commands start through (launch.Incubator): how a
+// child gets its raised score and cgroup before its program runs.
+type HeadroomStatus struct {
+	supervisor.HeadroomStatus
+	Incubator       string `json:"incubator"`                  // stub, go, or undecided (before the first start)
+	IncubatorReason string `json:"incubator_reason,omitempty"` // why the Go one: the stub is off
+}
+
+// headroomStatus adds the incubator to the headroom's status; nil without
+// a headroom.
+func headroomStatus(f func() supervisor.HeadroomStatus) *HeadroomStatus {
+	if f == nil {
+		return nil
+	}
+	st := HeadroomStatus{HeadroomStatus: f()}
+	st.Incubator, st.IncubatorReason = launch.Incubator()
+	if st.Incubator == "" {
+		st.Incubator = "undecided"
+	}
+	return &st
 }
 
 // ReaperStats are the reaper's counts.
@@ -105,7 +129,7 @@ func (a *Agent) Status() Status {
 		APIRequests: a.met.apiCounts(),
 		Cgroup:      part(a.stats.Cgroup),
 		Goroutines:  runtime.NumGoroutine(),
-		Headroom:    part(a.stats.Headroom),
+		Headroom:    headroomStatus(a.stats.Headroom),
 		HeapBytes:   ms.HeapAlloc,
 		OpenFDs:     fds,
 		PID:         os.Getpid(),

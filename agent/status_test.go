@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tensorlake/tl-agent/launch"
 	"github.com/tensorlake/tl-agent/process"
 	"github.com/tensorlake/tl-agent/pty"
 	"github.com/tensorlake/tl-agent/sshd"
@@ -20,7 +21,7 @@ func TestStatusText(t *testing.T) {
 		PTYSessions: &pty.Stats{Clients: 7, ClientsDropped: 8, Kept: 9, Live: 10},
 		Reaper:      &ReaperStats{Live: 11, OrphansReaped: 12, Started: 13},
 		SSH:         &sshd.Stats{Connections: 14, ListenerConnections: 15},
-		Headroom:    &supervisor.HeadroomStatus{AgentOOMScoreAdj: -900},
+		Headroom:    &HeadroomStatus{HeadroomStatus: supervisor.HeadroomStatus{AgentOOMScoreAdj: -900}, Incubator: "go", IncubatorReason: "--incubator go"},
 		Streams:     map[string]StreamStats{"api": {Opened: 3}},
 		Uplink:      UplinkStatus{ConnectedSince: "2026-01-01T00:00:00Z", LastError: "e", Reconnects: 16, Remote: "r", State: "connected"},
 	}
@@ -29,6 +30,8 @@ func TestStatusText(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"goroutines:        1\n",
+		"headroom:\n  agent_oom_score_adj: -900\n",
+		"  incubator:         go\n  incubator_reason:  --incubator go\n",
 		"heap_bytes:        12345678901\n", // a number, not 1.2345678901e+10
 		"processes:\n  exited:\n    error:             1\n    success:           2\n  health_failures:   0\n",
 		"streams:\n  api:\n    bytes_in:          0\n",
@@ -44,5 +47,31 @@ func TestStatusText(t *testing.T) {
 	}
 	if i, j := strings.Index(out, "goroutines:"), strings.Index(out, "version:"); i < 0 || j < i {
 		t.Errorf("keys out of order:\n%s", out)
+	}
+}
+
+// TestStatusIncubator: the status' headroom part says which incubator
+// starts commands and why (launch.Incubator), "undecided" before the
+// first start; no headroom, no part.
+func TestStatusIncubator(t *testing.T) {
+	a, _ := lifecycleAgent(t, false)
+	if a.Status().Headroom != nil {
+		t.Fatal("a headroom part without a headroom")
+	}
+	a.stats.Headroom = func() supervisor.HeadroomStatus {
+		return supervisor.HeadroomStatus{AgentOOMScoreAdj: -900, Workload: "/w"}
+	}
+	h := a.Status().Headroom
+	kind, why := launch.Incubator()
+	if kind == "" {
+		kind = "undecided"
+	}
+	if h == nil || h.Incubator != kind || h.IncubatorReason != why || h.AgentOOMScoreAdj != -900 || h.Workload != "/w" {
+		t.Fatalf("headroom %+v; want the headroom's figures and incubator %q (%q)", h, kind, why)
+	}
+	var b bytes.Buffer
+	a.Status().WriteText(&b)
+	if !strings.Contains(b.String(), "\nheadroom:\n") || !strings.Contains(b.String(), "\n  incubator:         "+kind+"\n") {
+		t.Fatalf("tl-agent status does not show the incubator under headroom:\n%s", b.String())
 	}
 }

@@ -11,8 +11,8 @@ import (
 // --incubator go, through the Go incubator (no memfd). Either way a
 // command reads its raised oom_score_adj (PID 1's + 100) as its first
 // program, sees the fds a plain exec would (neither the incubator's fd 3
-// nor the stub's fd 4), and a script whose #! interpreter is missing is
-// refused as before.
+// nor the stub's fd 4), a script whose #! interpreter is missing is
+// refused as before, and `tl-agent status` names the incubator.
 func TestIncubatorStubNS(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -20,7 +20,12 @@ func TestIncubatorStubNS(t *testing.T) {
 		memfd bool
 	}{{"stub", nil, true}, {"go", []string{"--incubator", "go"}, false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkIncubator(t, Start(t, Options{AgentArgs: tc.args}), tc.memfd)
+			s := Start(t, Options{AgentArgs: tc.args})
+			checkIncubator(t, s, tc.memfd)
+			// tl-agent status says which one, under headroom.
+			if h := agentState(t, s).Headroom; h == nil || h.Incubator != tc.name || (tc.name == "go") != (h.IncubatorReason == "--incubator go") {
+				t.Fatalf("status headroom %+v; want incubator %q", h, tc.name)
+			}
 		})
 	}
 }

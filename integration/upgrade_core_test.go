@@ -1,8 +1,6 @@
 package integration
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,50 +20,6 @@ import (
 // an upgrade to another build serves again as PID 1 with the new version,
 // the uplink back and the main command still watched; a refused
 // pre-flight changes nothing; a build that fails its restore rolls back.
-
-var (
-	upgBuildMu sync.Mutex
-	upgBuilt   = map[string]string{}
-)
-
-// upgradeBuild builds tl-agent with ldflags once per process (a build per
-// variant: a version string, the fail-restore flag) and returns its path.
-func upgradeBuild(t *testing.T, ldflags string) string {
-	t.Helper()
-	upgBuildMu.Lock()
-	defer upgBuildMu.Unlock()
-	if p, ok := upgBuilt[ldflags]; ok {
-		return p
-	}
-	// Beside the harness's own builds (one folder per test process).
-	dir, err := os.MkdirTemp(Binaries(t), "upgrade-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(dir, "tl-agent")
-	cmd := exec.Command("go", "build", "-ldflags", ldflags, "-o", out, "./cmd/tl-agent")
-	cmd.Dir = Root()
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", ldflags, err, b)
-	}
-	upgBuilt[ldflags] = out
-	return out
-}
-
-// installInSandbox copies bin into the sandbox at path (its /tmp is its own).
-func installInSandbox(t *testing.T, s *System, bin, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(s.SandboxPath(path), b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
-}
 
 // upgradeCLI runs `tl-agent upgrade` from this machine on s's control socket.
 func upgradeCLI(s *System, args ...string) (string, error) {
@@ -92,26 +45,26 @@ func waitUplink(t *testing.T, s *System) agent.Status {
 
 func TestUpgradeToAnotherBuild(t *testing.T) {
 	RequireRoot(t)
-	next := upgradeBuild(t, "-X main.version=upg-next")
+	next := UpgradeBinary(t, UpgradeVersionB, false)
 	s := Start(t, Options{
 		AgentArgs: []string{"--exit-with-main"},
 		Main:      []string{"sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.1; done"},
 	})
 	before := agentState(t, s)
-	sum := installInSandbox(t, s, next, "/tmp/tl-agent-next")
-	out, err := upgradeCLI(s, "/tmp/tl-agent-next", "--sha256", sum)
+	path := s.InstallFile(t, next.Path, "/tmp/tl-agent-next")
+	out, err := upgradeCLI(s, path, "--sha256", fileSHA256(t, next.Path))
 	if err != nil {
 		t.Fatalf("tl-agent upgrade: %v\n%s\nagent log:\n%s", err, out, tail(s.AgentLog(), 60))
 	}
-	if !strings.Contains(out, "upgraded: dev -> upg-next") {
+	if !strings.Contains(out, "upgraded: dev -> "+next.Version) {
 		t.Fatalf("tl-agent upgrade said %q", out)
 	}
 	st := waitUplink(t, s)
-	if st.Version != "upg-next" || st.PID != 1 || before.PID != 1 {
+	if st.Version != next.Version || st.PID != 1 || before.PID != 1 {
 		t.Fatalf("after the upgrade: version %q pid %d (before: pid %d)", st.Version, st.PID, before.PID)
 	}
 	last := st.Upgrade.Last
-	if last == nil || last.Result != "ok" || last.From != "dev" || last.To != "upg-next" || st.Upgrade.Upgrades != 1 {
+	if last == nil || last.Result != "ok" || last.From != "dev" || last.To != next.Version || st.Upgrade.Upgrades != 1 {
 		t.Fatalf("upgrade status %+v", st.Upgrade)
 	}
 	if st.SandboxID != s.SandboxID || st.UptimeSecs < before.UptimeSecs {
@@ -170,16 +123,15 @@ func TestUpgradeRefused(t *testing.T) {
 // back: the old binary restores and reports the rollback.
 func TestUpgradeRollback(t *testing.T) {
 	RequireRoot(t)
-	bad := upgradeBuild(t, "-X main.version=upg-bad -X github.com/tensorlake/tl-agent/agent.testFailRestore=1")
+	bad := UpgradeBinary(t, UpgradeVersionFail, true)
 	s := Start(t, Options{Main: []string{"sleep", "600"}})
-	installInSandbox(t, s, bad, "/tmp/tl-agent-bad")
-	out, err := upgradeCLI(s, "/tmp/tl-agent-bad")
+	out, err := upgradeCLI(s, s.InstallFile(t, bad.Path, "/tmp/tl-agent-bad"))
 	if err == nil || !strings.Contains(out, "rolled_back") {
 		t.Fatalf("tl-agent upgrade: %v %q; want a rollback reported\nagent log:\n%s", err, out, tail(s.AgentLog(), 60))
 	}
 	st := waitUplink(t, s)
 	last := st.Upgrade.Last
-	if st.Version != "dev" || st.PID != 1 || last == nil || last.Result != "rolled_back" || last.To != "upg-bad" ||
+	if st.Version != "dev" || st.PID != 1 || last == nil || last.Result != "rolled_back" || last.To != bad.Version ||
 		!strings.Contains(last.Error, "testFailRestore") || st.Upgrade.Upgrades != 0 {
 		t.Fatalf("after the rollback: version %q pid %d upgrade %+v %+v", st.Version, st.PID, st.Upgrade, last)
 	}
@@ -216,13 +168,14 @@ func TestUpgradeThroughOperatorDoor(t *testing.T) {
 	t0 := time.Now()
 	keyBefore := scan()
 	t.Logf("scan %v", time.Since(t0))
-	installInSandbox(t, s, upgradeBuild(t, "-X main.version=upg-next"), "/tmp/tl-agent-next")
+	next := UpgradeBinary(t, UpgradeVersionB, false)
+	s.InstallFile(t, next.Path, "/tmp/tl-agent-next")
 	base := "/sandboxes/" + s.SandboxID
 	if code, out := op.call("POST", base+"/upgrade", map[string]any{"path": "/tmp/tl-agent-next", "sha256": "zz"}); code != 400 {
 		t.Fatalf("a bad sha256 through the door: %d %v", code, out)
 	}
 	code, out := op.call("POST", base+"/upgrade", map[string]any{"path": "/tmp/tl-agent-next"})
-	if code != 202 || out["state"] != "upgrading" || out["to"] != "upg-next" {
+	if code != 202 || out["state"] != "upgrading" || out["to"] != next.Version {
 		t.Fatalf("upgrade through the door: %d %v", code, out)
 	}
 	id, _ := out["id"].(string)
@@ -234,7 +187,7 @@ func TestUpgradeThroughOperatorDoor(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if st.Version != "upg-next" || st.Upgrade.Last == nil || st.Upgrade.Last.Result != "ok" {
+	if st.Version != next.Version || st.Upgrade.Last == nil || st.Upgrade.Last.Result != "ok" {
 		t.Fatalf("after the door's upgrade: version %q, %+v\n%s", st.Version, st.Upgrade.Last, tail(s.AgentLog(), 40))
 	}
 	t.Logf("status ok %v", time.Since(t0))
@@ -319,8 +272,8 @@ func TestUpgradeListenMode(t *testing.T) {
 	}
 	t.Logf("healthy through the proxy %v after the call", time.Since(t0))
 	// A build that fails its restore hands the listener back too.
-	bad := upgradeBuild(t, "-X main.version=upg-bad -X github.com/tensorlake/tl-agent/agent.testFailRestore=1")
-	out, err = exec.Command(filepath.Join(bin, "tl-agent"), "upgrade", bad, "--socket", ctl).CombinedOutput()
+	bad := UpgradeBinary(t, UpgradeVersionFail, true)
+	out, err = exec.Command(filepath.Join(bin, "tl-agent"), "upgrade", bad.Path, "--socket", ctl).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "rolled_back") {
 		t.Fatalf("upgrade to the fail-restore build: %v %s\n%s", err, out, agentLog.String())
 	}
@@ -354,8 +307,8 @@ func TestUpgradeBareMountsOnce(t *testing.T) {
 	if !strings.Contains(s.AgentLog(), "mounted missing file systems") {
 		t.Fatalf("the bare sandbox's agent mounted nothing: %s", before)
 	}
-	installInSandbox(t, s, filepath.Join(s.bin, "tl-agent"), "/tmp/tl-agent-same")
-	if out, err := upgradeCLI(s, "/tmp/tl-agent-same"); err != nil || !strings.Contains(out, "upgraded: dev -> dev") {
+	same := s.InstallFile(t, filepath.Join(s.bin, "tl-agent"), "/tmp/tl-agent-same")
+	if out, err := upgradeCLI(s, same); err != nil || !strings.Contains(out, "upgraded: dev -> dev") {
 		t.Fatalf("tl-agent upgrade: %v %s\n%s", err, out, tail(s.AgentLog(), 40))
 	}
 	if after := mounts(); after != before {
@@ -375,12 +328,12 @@ func TestUpgradeKeepsHeadroom(t *testing.T) {
 	if before == nil || before.Workload == "" {
 		t.Fatalf("no workload cgroup before the upgrade: %+v", before)
 	}
-	installInSandbox(t, s, filepath.Join(s.bin, "tl-agent"), "/tmp/tl-agent-same")
-	if out, err := upgradeCLI(s, "/tmp/tl-agent-same"); err != nil {
+	same := s.InstallFile(t, filepath.Join(s.bin, "tl-agent"), "/tmp/tl-agent-same")
+	if out, err := upgradeCLI(s, same); err != nil {
 		t.Fatalf("tl-agent upgrade: %v %s\n%s", err, out, tail(s.AgentLog(), 40))
 	}
 	st := waitUplink(t, s)
-	if h := st.Headroom; h == nil || *h != *before {
+	if h := st.Headroom; h == nil || h.HeadroomStatus != before.HeadroomStatus {
 		t.Fatalf("headroom after the upgrade %+v, before %+v", h, before)
 	}
 	resp := s.Do("POST", "/api/v1/processes/run", map[string]any{"command": "cat", "args": []string{"/proc/self/cgroup"}})

@@ -3,7 +3,6 @@ package integration
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -427,15 +426,7 @@ func waitUpgradeReport(t *testing.T, s *System, d time.Duration) agent.UpgradeRe
 	t.Helper()
 	var last agent.UpgradeStatus
 	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		out, err := exec.Command(filepath.Join(s.bin, "tl-agent"), "status", "--json", "--socket", s.ControlSocket()).Output()
-		if err != nil {
-			continue // between the execs
-		}
-		var st agent.Status
-		if json.Unmarshal(out, &st) != nil {
-			continue
-		}
-		last = st.Upgrade
+		last = agentStateQuiet(s).Upgrade // zero between the execs
 		if last.Last != nil && last.Last.Result == "rolled_back" {
 			return *last.Last
 		}
