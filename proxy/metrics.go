@@ -162,6 +162,13 @@ func (c *relayCounter) ReadFrom(r io.Reader) (int64, error) {
 	return n, err
 }
 
+// Shrink passes yamux's Shrink through (idleShrinker).
+func (c *relayCounter) Shrink() {
+	if s, ok := c.Conn.(interface{ Shrink() }); ok {
+		s.Shrink()
+	}
+}
+
 func (c *relayCounter) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()

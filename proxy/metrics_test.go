@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"sync/atomic"
 	"testing"
 
@@ -74,5 +75,46 @@ func TestUploadReachesStreamReadFrom(t *testing.T) {
 	}
 	if got := m.GetCounter().GetValue(); got < size {
 		t.Errorf("counted %v bytes to the sandbox, want >= %d", got, size)
+	}
+}
+
+// shrinkConn counts Shrink calls (yamux's: frees an empty receive buffer).
+type shrinkConn struct {
+	net.Conn
+	shrunk atomic.Int32
+}
+
+func (c *shrinkConn) Shrink() { c.shrunk.Add(1) }
+
+// TestIdleStreamShrunk: once a request's answer is relayed, the stream
+// it used (pooled by the transport, behind relayCounter) is shrunk.
+func TestIdleStreamShrunk(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write(make([]byte, 1<<20))
+	}))
+	defer srv.Close()
+	var inner *shrinkConn
+	tr := &http.Transport{DialContext: func(_ context.Context, _, addr string) (net.Conn, error) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		inner = &shrinkConn{Conn: c}
+		return &relayCounter{Conn: inner, to: prometheus.NewCounter(prometheus.CounterOpts{Name: "t"}), from: prometheus.NewCounter(prometheus.CounterOpts{Name: "f"})}, nil
+	}}
+	defer tr.CloseIdleConnections()
+	for i := 1; i <= 2; i++ {
+		var s idleShrinker
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), s.trace()), "GET", srv.URL, nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		s.shrink()
+		if got := inner.shrunk.Load(); got != int32(i) {
+			t.Fatalf("request %d: the stream was shrunk %d times, want %d", i, got, i)
+		}
 	}
 }

@@ -96,11 +96,11 @@ func benchFiles(e *Env) []Result {
 	// in 256 KiB steps like the proxy): what one more process hop costs by
 	// itself on this machine.
 	relayed := loopbackFiles(e, startRelay(e, port, relayBigEnv+"=1"), direct.path)
-	idleRSS := rssMiB(e, s.AgentPid())
-	var peak atomic.Int64 // agent RSS during the transfers, KiB
+	idleRSS, idleProxy := rssMiB(e, s.AgentPid()), rssMiB(e, s.ProxyPid())
+	var peak, peakProxy atomic.Int64 // RSS during the transfers, KiB
 	stopWatch := make(chan struct{})
 	watched := make(chan struct{})
-	pid := s.AgentPid()
+	pid, proxyPid := s.AgentPid(), s.ProxyPid()
 	go func() {
 		defer close(watched)
 		for {
@@ -109,8 +109,13 @@ func benchFiles(e *Env) []Result {
 				return
 			case <-time.After(50 * time.Millisecond):
 			}
-			if v := int64(rssKiB(pid)); v > peak.Load() {
-				peak.Store(v)
+			for _, w := range []struct {
+				pid  int
+				peak *atomic.Int64
+			}{{pid, &peak}, {proxyPid, &peakProxy}} {
+				if v := int64(rssKiB(w.pid)); v > w.peak.Load() {
+					w.peak.Store(v)
+				}
 			}
 		}
 	}()
@@ -151,7 +156,7 @@ func benchFiles(e *Env) []Result {
 	stopWatching()
 	last := time.Now()
 	time.Sleep(time.Until(last.Add(10 * time.Second)))
-	after := rssMiB(e, s.AgentPid())
+	after, afterProxy := rssMiB(e, s.AgentPid()), rssMiB(e, s.ProxyPid())
 	var ab []Result
 	if other != nil {
 		ab = []Result{
@@ -171,6 +176,9 @@ func benchFiles(e *Env) []Result {
 		{Name: "agent RSS before the transfers", Unit: "MiB", Ours: idleRSS, Lower: true},
 		{Name: "agent RSS, peak during the transfers", Unit: "MiB", Ours: float64(peak.Load()) / 1024, Floor: idleRSS, Lower: true, Note: "(sampled every 50 ms)"},
 		{Name: "agent RSS 10 s after the last transfer", Unit: "MiB", Ours: after, Floor: idleRSS, Lower: true, Note: "(target < 2x before)"},
+		{Name: "proxy RSS before the transfers", Unit: "MiB", Ours: idleProxy, Lower: true},
+		{Name: "proxy RSS, peak during the transfers", Unit: "MiB", Ours: float64(peakProxy.Load()) / 1024, Floor: idleProxy, Lower: true},
+		{Name: "proxy RSS 10 s after the last transfer", Unit: "MiB", Ours: afterProxy, Floor: idleProxy, Lower: true},
 	}, ab...)
 }
 
