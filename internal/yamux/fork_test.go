@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"testing"
 	"time"
 )
@@ -106,41 +107,39 @@ func TestForkLentReadDeadline(t *testing.T) {
 	}
 }
 
-// TestForkWriteTimeoutMidBody: a write whose body is stuck on the
-// connection past ConnectionWriteTimeout returns (the session is closed
-// so the stuck write fails, and the caller may reuse its slice).
+// TestForkWriteTimeoutMidBody: a data frame written from the caller's
+// goroutine that is stuck on the connection (the peer reads nothing) past
+// ConnectionWriteTimeout returns ErrConnectionWriteTimeout and ends the
+// session (the frame may be half written).
 func TestForkWriteTimeoutMidBody(t *testing.T) {
 	conf := testConfNoKeepAlive()
-	conf.ConnectionWriteTimeout = 100 * time.Millisecond
-	a, b := testConnPipe(t) // nobody reads b: writes block
+	conf.ConnectionWriteTimeout = 200 * time.Millisecond
+	a, b := testConnTCP(t) // b never reads
+	_ = a.(*net.TCPConn).SetWriteBuffer(4 << 10)
+	_ = b.(*net.TCPConn).SetReadBuffer(4 << 10)
 	client, err := Client(a, conf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	defer b.Close()
-	// Read the SYN window update and the data frame's header, then stop:
-	// the body's write blocks.
-	go func() { _, _ = io.CopyN(io.Discard, b, 2*headerSize) }()
 	s, err := client.OpenStream()
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	body := make([]byte, 64<<10)
 	go func() {
-		_, err := s.Write(body)
+		_, err := s.Write(make([]byte, initialStreamWindow))
 		done <- err
 	}()
 	select {
 	case err := <-done:
-		if err == nil {
-			t.Fatal("write to a stuck connection succeeded")
+		if !errors.Is(err, ErrConnectionWriteTimeout) {
+			t.Fatalf("write: %v, want ErrConnectionWriteTimeout", err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("write stuck past its timeout")
 	}
 	if !client.IsClosed() {
-		t.Fatal("session still open after a write timed out mid-body")
+		t.Fatal("session still open after a write timed out mid-frame")
 	}
 }

@@ -2,13 +2,16 @@ package yamux
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/ioutil"
 	"log"
 	"math"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -66,6 +69,11 @@ type Session struct {
 	// or to send a header out directly.
 	sendCh chan *sendReady
 
+	// writeSem is held by whoever writes a frame to conn: sendLoop for
+	// queued frames, a stream's Write for its data frames (writeData,
+	// tl-agent fork). Blocked senders queue on it in order.
+	writeSem chan struct{}
+
 	// recvDoneCh is closed when recv() exits to avoid a race
 	// between stream registration and stream shutdown
 	recvDoneCh chan struct{}
@@ -106,6 +114,7 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		synCh:      make(chan struct{}, config.AcceptBacklog),
 		acceptCh:   make(chan *Stream, config.AcceptBacklog),
 		sendCh:     make(chan *sendReady, 64),
+		writeSem:   make(chan struct{}, 1),
 		recvDoneCh: make(chan struct{}),
 		sendDoneCh: make(chan struct{}),
 		shutdownCh: make(chan struct{}),
@@ -409,7 +418,7 @@ func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) erro
 		return ErrConnectionWriteTimeout
 	}
 
-	bodyCopy := func(timedOut bool) {
+	bodyCopy := func() {
 		if body == nil {
 			return // A nil body is ignored.
 		}
@@ -418,21 +427,11 @@ func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) erro
 		// we need to prevent `send` from reading the body buffer after
 		// returning from this function since the caller may re-use the
 		// underlying array.
-		//
-		// tl-agent fork: `send` writes the body from the caller's slice
-		// while it holds ready.mu. On a timeout with the body being
-		// written, that write is stuck on the connection: close the
-		// session, which fails the write and releases the lock.
-		if !ready.mu.TryLock() {
-			if timedOut {
-				s.exitErr(ErrConnectionWriteTimeout)
-			}
-			ready.mu.Lock()
-		}
+		ready.mu.Lock()
 		defer ready.mu.Unlock()
 
 		if ready.Body == nil {
-			return // Body was already written in `send`.
+			return // Body was already copied in `send`.
 		}
 		newBody := make([]byte, len(body))
 		copy(newBody, body)
@@ -443,12 +442,70 @@ func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) erro
 	case err := <-errCh:
 		return err
 	case <-s.shutdownCh:
-		bodyCopy(false)
+		bodyCopy()
 		return ErrSessionShutdown
 	case <-timer.C:
-		bodyCopy(true)
+		bodyCopy()
 		return ErrConnectionWriteTimeout
 	}
+}
+
+// writeData writes a stream's data frame from the caller's goroutine
+// (tl-agent fork): upstream queued it to sendLoop, which copied the body
+// and wrote it while the caller waited, two goroutine hand-offs and one
+// copy per frame. The wait is bounded as upstream's is, by
+// ConnectionWriteTimeout, through the connection's write deadline; a
+// connection without one (a test's pipe) takes upstream's queue. A
+// failed or timed-out write ends the session (a frame may be half
+// written).
+func (s *Session) writeData(hdr header, body []byte, errCh chan error) error {
+	dl, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error })
+	if !ok {
+		return s.waitForSendErr(hdr, body, errCh)
+	}
+	select {
+	case s.writeSem <- struct{}{}:
+	default:
+		t := timerPool.Get()
+		timer := t.(*time.Timer)
+		timer.Reset(s.config.ConnectionWriteTimeout)
+		defer func() {
+			timer.Stop()
+			select {
+			case <-timer.C:
+			default:
+			}
+			timerPool.Put(t)
+		}()
+		select {
+		case s.writeSem <- struct{}{}:
+		case <-s.shutdownCh:
+			return ErrSessionShutdown
+		case <-timer.C:
+			return ErrConnectionWriteTimeout
+		}
+	}
+	defer func() { <-s.writeSem }()
+	select {
+	case <-s.shutdownCh:
+		return ErrSessionShutdown
+	default:
+	}
+	_ = dl.SetWriteDeadline(time.Now().Add(s.config.ConnectionWriteTimeout))
+	_, err := s.conn.Write(hdr)
+	if err == nil {
+		_, err = s.conn.Write(body)
+	}
+	_ = dl.SetWriteDeadline(time.Time{})
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = ErrConnectionWriteTimeout
+		}
+		s.logger.Printf("[ERR] yamux: Failed to write data frame: %v", err)
+		s.exitErr(err)
+		return err
+	}
+	return nil
 }
 
 // sendNoWait does a send without waiting. Since there's the expectation that
@@ -486,36 +543,57 @@ func (s *Session) send() {
 
 func (s *Session) sendLoop() error {
 	defer close(s.sendDoneCh)
+	var bodyBuf bytes.Buffer
 	for {
+		bodyBuf.Reset()
+
 		select {
 		case ready := <-s.sendCh:
+			select {
+			case s.writeSem <- struct{}{}:
+			case <-s.shutdownCh:
+				return nil
+			}
 			// Send a header if ready
 			if ready.Hdr != nil {
 				_, err := s.conn.Write(ready.Hdr)
 				if err != nil {
 					s.logger.Printf("[ERR] yamux: Failed to write header: %v", err)
+					<-s.writeSem
 					asyncSendErr(ready.Err, err)
 					return err
 				}
 			}
 
-			// tl-agent fork: the body is written from the caller's slice
-			// under ready.mu (upstream copies it into a buffer of the
-			// loop's first and writes that: one copy of every byte sent).
-			// A waiter that gives up takes the lock first (bodyCopy).
 			ready.mu.Lock()
 			if ready.Body != nil {
-				_, err := s.conn.Write(ready.Body)
-				ready.Body = nil
+				// Copy the body into the buffer to avoid
+				// holding a mutex lock during the write.
+				_, err := bodyBuf.Write(ready.Body)
 				if err != nil {
+					ready.Body = nil
 					ready.mu.Unlock()
-					s.logger.Printf("[ERR] yamux: Failed to write body: %v", err)
+					s.logger.Printf("[ERR] yamux: Failed to copy body into buffer: %v", err)
+					<-s.writeSem
 					asyncSendErr(ready.Err, err)
 					return err
 				}
+				ready.Body = nil
 			}
 			ready.mu.Unlock()
 
+			if bodyBuf.Len() > 0 {
+				// Send data from a body if given
+				_, err := s.conn.Write(bodyBuf.Bytes())
+				if err != nil {
+					s.logger.Printf("[ERR] yamux: Failed to write body: %v", err)
+					<-s.writeSem
+					asyncSendErr(ready.Err, err)
+					return err
+				}
+			}
+
+			<-s.writeSem
 			// No error, successful send
 			asyncSendErr(ready.Err, nil)
 		case <-s.shutdownCh:
