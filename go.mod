@@ -33,3 +33,5 @@ require (
 	github.com/pandatix/go-abnf v0.5.3 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 )
+
+replace github.com/hashicorp/yamux => ./internal/yamux

@@ -107,6 +107,10 @@ type Options struct {
 	// before it is first written: more sandboxes, scoped keys,
 	// ssh_limits. ReconfigureProxy edits it later.
 	ProxyConfig func(cfg map[string]any)
+	// BinDir runs tl-agent and tl-proxy from this folder instead of the
+	// ones built from this tree (benchmarks: A/B rounds against another
+	// build in one run).
+	BinDir string
 }
 
 // System is a running proxy plus a sandbox whose agent is connected to it.
@@ -151,7 +155,10 @@ func RequireRoot(t testing.TB) {
 // uplink is connected.
 func Start(t TB, opts Options) *System {
 	t.Helper()
-	s := &System{t: t, opts: opts, bin: Binaries(t), dir: t.TempDir(), SandboxID: "sbx-test"}
+	s := &System{t: t, opts: opts, bin: opts.BinDir, dir: t.TempDir(), SandboxID: "sbx-test"}
+	if s.bin == "" {
+		s.bin = Binaries(t)
+	}
 	s.Token = randHex(32)
 	s.APIKey = "tl_test_" + randHex(16)
 	s.UplinkAddr, s.HTTPAddr, s.SSHAddr = freeAddr(t), freeAddr(t), freeAddr(t)

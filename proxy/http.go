@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -235,7 +237,30 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if body != nil {
 		out.Body = body
 	}
+	var stream idleShrinker
+	out = out.WithContext(httptrace.WithClientTrace(out.Context(), stream.trace()))
 	p.rp.ServeHTTP(p.watchWrites(w), out)
+	stream.shrink()
+}
+
+// idleShrinker frees the receive buffer of the stream a request used once
+// its answer is relayed: the transport pools up to 32 idle streams per
+// route, and yamux keeps each one's buffer at the size a burst grew it to
+// (up to the 4 MiB window, a bytes.Buffer of up to 8 MiB) for as long as
+// the stream lives. Shrink frees only an empty buffer, so a stream that
+// another request took from the pool meanwhile loses nothing.
+type idleShrinker struct{ conn atomic.Pointer[net.Conn] }
+
+func (s *idleShrinker) trace() *httptrace.ClientTrace {
+	return &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { s.conn.Store(&info.Conn) }}
+}
+
+func (s *idleShrinker) shrink() {
+	if c := s.conn.Load(); c != nil {
+		if sh, ok := (*c).(interface{ Shrink() }); ok {
+			sh.Shrink()
+		}
+	}
 }
 
 // strippedHeaders are the proxy's own credentials and routing: removed

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"net"
 	"net/http"
 
@@ -141,6 +142,31 @@ func (c *relayCounter) Write(b []byte) (int, error) {
 		c.to.Add(float64(n))
 	}
 	return n, err
+}
+
+// ReadFrom lets the transport's request-body copy reach the stream's own
+// ReadFrom (256 KiB reads, frames sized to the link) instead of
+// io.Copy's 32 KiB steps: an upload is read from the client and framed
+// onto the uplink in big steps.
+func (c *relayCounter) ReadFrom(r io.Reader) (int64, error) {
+	var n int64
+	var err error
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(struct{ io.Writer }{c.Conn}, r)
+	}
+	if n > 0 {
+		c.to.Add(float64(n))
+	}
+	return n, err
+}
+
+// Shrink passes yamux's Shrink through (idleShrinker).
+func (c *relayCounter) Shrink() {
+	if s, ok := c.Conn.(interface{ Shrink() }); ok {
+		s.Shrink()
+	}
 }
 
 func (c *relayCounter) CloseWrite() error {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/memtrim"
 	"github.com/tensorlake/tl-agent/internal/netx"
 	"github.com/tensorlake/tl-agent/internal/reqid"
 )
@@ -83,6 +84,9 @@ func UplinkTLS(certFile, keyFile string) (*tls.Config, error) {
 // Run serves until ctx ends, then closes everything and waits for it.
 func (p *Proxy) Run(ctx context.Context, ls Listeners) error {
 	errc := make(chan error, 4)
+	// RSS back down after a burst of transfers (docs/uplink.md, "Memory
+	// after work"): the agent does the same.
+	p.track(func() { memtrim.New().Run(ctx) })
 	if ls.Uplink != nil {
 		p.track(func() { errc <- p.ServeUplinks(ctx, ls.Uplink) })
 	}

@@ -80,12 +80,27 @@ func benchFiles(e *Env) []Result {
 	proxy := fileTarget{path: "/tmp/bench.bin", req: func(m, p string, b io.Reader) *http.Request {
 		return s.Request(context.Background(), m, p, b)
 	}}
-	direct := directFiles(e, filepath.Join(shm, "direct.bin"))
-	idleRSS := rssMiB(e, s.AgentPid())
-	var peak atomic.Int64 // agent RSS during the transfers, KiB
+	// TL_BENCH_AB=DIR: also the proxy path of another build (tl-agent and
+	// tl-proxy in DIR), in the same interleaved rounds: A/B on a shared
+	// machine is only fair within one run.
+	var other *fileTarget
+	if dir := os.Getenv("TL_BENCH_AB"); dir != "" {
+		s2 := e.System(integration.Options{BinDir: dir})
+		other = &fileTarget{path: "/tmp/bench.bin", req: func(m, p string, b io.Reader) *http.Request {
+			return s2.Request(context.Background(), m, p, b)
+		}}
+	}
+	direct, port := directFiles(e, filepath.Join(shm, "direct.bin"))
+	// The topology's floor: the same direct server behind one plain relay
+	// process (the bench binary re-executed, as in the hops area, copying
+	// in 256 KiB steps like the proxy): what one more process hop costs by
+	// itself on this machine.
+	relayed := loopbackFiles(e, startRelay(e, port, relayBigEnv+"=1"), direct.path)
+	idleRSS, idleProxy := rssMiB(e, s.AgentPid()), rssMiB(e, s.ProxyPid())
+	var peak, peakProxy atomic.Int64 // RSS during the transfers, KiB
 	stopWatch := make(chan struct{})
 	watched := make(chan struct{})
-	pid := s.AgentPid()
+	pid, proxyPid := s.AgentPid(), s.ProxyPid()
 	go func() {
 		defer close(watched)
 		for {
@@ -94,14 +109,19 @@ func benchFiles(e *Env) []Result {
 				return
 			case <-time.After(50 * time.Millisecond):
 			}
-			if v := int64(rssKiB(pid)); v > peak.Load() {
-				peak.Store(v)
+			for _, w := range []struct {
+				pid  int
+				peak *atomic.Int64
+			}{{pid, &peak}, {proxyPid, &peakProxy}} {
+				if v := int64(rssKiB(w.pid)); v > w.peak.Load() {
+					w.peak.Store(v)
+				}
 			}
 		}
 	}()
 	stopWatching := sync.OnceFunc(func() { close(stopWatch); <-watched })
 	defer stopWatching()
-	var up, down, dUp, dDown float64
+	var up, down, dUp, dDown, rUp, rDown, bUp, bDown float64
 	// TL_BENCH_ROUNDS: more rounds, e.g. to profile the processes.
 	rounds := 3
 	if n, err := strconv.Atoi(os.Getenv("TL_BENCH_ROUNDS")); err == nil && n > 0 {
@@ -124,27 +144,48 @@ func benchFiles(e *Env) []Result {
 	for round := 0; round < rounds; round++ {
 		up = max(up, fileUpload(e, proxy, srcPath, size))
 		dUp = max(dUp, fileUpload(e, direct, srcPath, size))
+		rUp = max(rUp, fileUpload(e, relayed, srcPath, size))
 		down = max(down, fileDownload(e, proxy, size))
 		dDown = max(dDown, fileDownload(e, direct, size))
+		rDown = max(rDown, fileDownload(e, relayed, size))
+		if other != nil {
+			bUp = max(bUp, fileUpload(e, *other, srcPath, size))
+			bDown = max(bDown, fileDownload(e, *other, size))
+		}
 	}
 	stopWatching()
 	last := time.Now()
 	time.Sleep(time.Until(last.Add(10 * time.Second)))
-	after := rssMiB(e, s.AgentPid())
-	return []Result{
+	after, afterProxy := rssMiB(e, s.AgentPid()), rssMiB(e, s.ProxyPid())
+	var ab []Result
+	if other != nil {
+		ab = []Result{
+			{Name: "  TL_BENCH_AB build: upload via proxy", Unit: "MB/s", Ours: bUp, Floor: dUp, Note: "(floor: direct)"},
+			{Name: "  TL_BENCH_AB build: download via proxy", Unit: "MB/s", Ours: bDown, Floor: dDown},
+		}
+	}
+	return append([]Result{
 		{Name: "file upload via proxy, " + sizeName(size), Unit: "MB/s", Ours: up, OpenSSH: sftpUp, Floor: dUp, Note: "(ssh: sftp put; floor: the same handlers direct; target >= 0.8x)"},
 		{Name: "file download via proxy, " + sizeName(size), Unit: "MB/s", Ours: down, OpenSSH: sftpDown, Floor: dDown, Note: "(ssh: sftp get; floor: the same handlers direct)"},
+		{Name: "  direct through one relay process, upload", Unit: "MB/s", Ours: rUp, Floor: dUp, Note: "(floor: direct; what one process hop costs)"},
+		{Name: "  direct through one relay process, download", Unit: "MB/s", Ours: rDown, Floor: dDown},
+		{Name: "  upload via proxy vs the one-relay floor", Unit: "MB/s", Ours: up, Floor: rUp},
+		{Name: "  download via proxy vs the one-relay floor", Unit: "MB/s", Ours: down, Floor: rDown},
 		{Name: "  files.Server direct, upload", Unit: "MB/s", Ours: dUp, Floor: floorUp, Note: "(floor: cp to tmpfs)"},
 		{Name: "  files.Server direct, download", Unit: "MB/s", Ours: dDown, Floor: floorDown, Note: "(floor: cp to /dev/null)"},
 		{Name: "agent RSS before the transfers", Unit: "MiB", Ours: idleRSS, Lower: true},
 		{Name: "agent RSS, peak during the transfers", Unit: "MiB", Ours: float64(peak.Load()) / 1024, Floor: idleRSS, Lower: true, Note: "(sampled every 50 ms)"},
 		{Name: "agent RSS 10 s after the last transfer", Unit: "MiB", Ours: after, Floor: idleRSS, Lower: true, Note: "(target < 2x before)"},
-	}
+		{Name: "proxy RSS before the transfers", Unit: "MiB", Ours: idleProxy, Lower: true},
+		{Name: "proxy RSS, peak during the transfers", Unit: "MiB", Ours: float64(peakProxy.Load()) / 1024, Floor: idleProxy, Lower: true},
+		{Name: "proxy RSS 10 s after the last transfer", Unit: "MiB", Ours: afterProxy, Floor: idleProxy, Lower: true},
+	}, ab...)
 }
 
 // directFiles serves a files.Server (root's files) on loopback in this
-// process: the agent's handlers without tl-proxy and the uplink.
-func directFiles(e *Env, path string) fileTarget {
+// process: the agent's handlers without tl-proxy and the uplink. It
+// returns the target and its port.
+func directFiles(e *Env, path string) (fileTarget, int) {
 	owner := &identity.User{Name: "root", Home: "/root", Shell: "/bin/sh"}
 	mux := http.NewServeMux()
 	fs, err := files.New(files.Config{Owner: owner}, zerolog.Nop())
@@ -159,7 +200,13 @@ func directFiles(e *Env, path string) fileTarget {
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
 	e.Cleanup(func() { srv.Close() })
-	base := "http://" + ln.Addr().String()
+	port := ln.Addr().(*net.TCPAddr).Port
+	return loopbackFiles(e, port, path), port
+}
+
+// loopbackFiles is the Files API at 127.0.0.1:port, writing path.
+func loopbackFiles(e *Env, port int, path string) fileTarget {
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
 	return fileTarget{path: path, req: func(m, p string, b io.Reader) *http.Request {
 		req, err := http.NewRequest(m, base+p, b)
 		if err != nil {

@@ -30,8 +30,13 @@ func init() {
 }
 
 // relayEnv makes the bench binary a trivial TCP relay process to the
-// address it names (see startRelay).
-const relayEnv = "TL_BENCH_RELAY_TO"
+// address it names (see startRelay); with relayBigEnv set too it copies
+// in relay.BigBufSize (256 KiB) steps, the copy buffer of the proxy's
+// bulk paths (the files area's floor), instead of relay.BufSize.
+const (
+	relayEnv    = "TL_BENCH_RELAY_TO"
+	relayBigEnv = "TL_BENCH_RELAY_BIG"
+)
 
 // benchHops measures a keystroke-sized (1-byte) echo round trip to a
 // loopback echo server through our path (client -> tl-proxy -> uplink ->
@@ -134,20 +139,30 @@ func serveRelay(target string) {
 				c.Close()
 				return
 			}
+			if os.Getenv(relayBigEnv) != "" {
+				relay.Relay(bigConn{c.(*net.TCPConn)}, bigConn{t.(*net.TCPConn)})
+				return
+			}
 			relay.Relay(c, t)
 		}()
 	}
 }
 
+// bigConn makes relay.Relay copy toward it in 256 KiB steps.
+type bigConn struct{ *net.TCPConn }
+
+func (bigConn) PrefersBigWrites() bool { return true }
+
 // startRelay starts a relay process to 127.0.0.1:target and returns its
-// port; the process is killed by pid at cleanup.
-func startRelay(e *Env, target int) int {
+// port; the process is killed by pid at cleanup. env is added to the
+// relay's environment.
+func startRelay(e *Env, target int, env ...string) int {
 	self, err := os.Executable()
 	if err != nil {
 		e.Fatalf("executable: %v", err)
 	}
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), relayEnv+"=127.0.0.1:"+strconv.Itoa(target))
+	cmd.Env = append(append(os.Environ(), relayEnv+"=127.0.0.1:"+strconv.Itoa(target)), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -17,12 +17,14 @@ import (
 	"time"
 )
 
-// Defaults: check every 2 s; a burst is 16 MiB allocated since the last
+// Defaults: check every 2 s; a burst is 4 MiB allocated since the last
 // trim; quiet is under 1 MiB allocated in one tick. RSS is back near its
-// idle figure 2–4 s after the last transfer.
+// idle figure 2–4 s after the last transfer. (16 MiB left up to ~20 MB
+// in a process whose last burst came soon after a trim, with the
+// uplink's copies gone a transfer allocates little: tl-bench files.)
 const (
 	Tick  = 2 * time.Second
-	Burst = 16 << 20
+	Burst = 4 << 20
 	Quiet = 1 << 20
 )
 
