@@ -76,13 +76,23 @@ func (s Snapshot) Check(t testing.TB) {
 
 // Running returns the stacks of live goroutines that mention s, such as
 // a package path ("tl-agent/proxy."): right after a Close returns, a
-// thing that waits for its own goroutines has none left.
+// thing that waits for its own goroutines has none left blocked. One
+// that has called its WaitGroup's Done may still be on its way out of
+// its deferred calls for a moment, so Running looks again for up to a
+// second before it reports: a leaked goroutine is still there then.
 func Running(s string) []string {
 	var out []string
-	for _, g := range goroutines() {
-		if strings.Contains(g, s) {
-			out = append(out, g)
+	for range 50 {
+		out = out[:0]
+		for _, g := range goroutines() {
+			if strings.Contains(g, s) {
+				out = append(out, g)
+			}
 		}
+		if len(out) == 0 {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	return out
 }
