@@ -45,8 +45,11 @@ func (c *coalesceConn) Write(p []byte) (int, error) {
 			var m int
 			m, err = c.Conn.Write(c.buf)
 			n = int64(m)
-			if cap(c.buf) > 256<<10 {
-				c.buf = nil // don't keep a huge frame's buffer
+			if cap(c.buf) > 2*MaxWriteChunk {
+				// Keep a buffer for the largest frame the uplink makes
+				// (freed at 256 KiB, it was made anew for every bulk
+				// frame over TLS), but not a huge one.
+				c.buf = nil
 			}
 		}
 		return int(max(n-yamuxHeaderSize, 0)), err
