@@ -18,8 +18,12 @@ type coalesceConn struct {
 	mu   sync.Mutex
 	hdr  [12]byte
 	held bool
-	buf  []byte // joins header and body where writev is not available
 }
+
+// joinBufs join a frame's header and body where writev is not available
+// (TLS): shared by every link and returned after each write, so an idle
+// link holds none, and a bulk stream does not make one per frame.
+var joinBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // Coalesce wraps the uplink's connection before it is handed to yamux.
 func Coalesce(c net.Conn) net.Conn { return &coalesceConn{Conn: c} }
@@ -41,15 +45,14 @@ func (c *coalesceConn) Write(p []byte) (int, error) {
 			bufs := net.Buffers{c.hdr[:], p}
 			n, err = bufs.WriteTo(c.Conn)
 		default: // TLS and others: one write of a joined copy
-			c.buf = append(append(c.buf[:0], c.hdr[:]...), p...)
+			bp := joinBufs.Get().(*[]byte)
+			b := append(append((*bp)[:0], c.hdr[:]...), p...)
 			var m int
-			m, err = c.Conn.Write(c.buf)
+			m, err = c.Conn.Write(b)
 			n = int64(m)
-			if cap(c.buf) > 2*MaxWriteChunk {
-				// Keep a buffer for the largest frame the uplink makes
-				// (freed at 256 KiB, it was made anew for every bulk
-				// frame over TLS), but not a huge one.
-				c.buf = nil
+			if cap(b) <= 2*MaxWriteChunk { // not a huge frame's
+				*bp = b[:0]
+				joinBufs.Put(bp)
 			}
 		}
 		return int(max(n-yamuxHeaderSize, 0)), err
