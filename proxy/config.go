@@ -179,6 +179,14 @@ type Limits struct {
 	// means the default: a login needs some bound.
 	BrowserSessions   int
 	BrowserSessionTTL time.Duration
+	// LoginFailures is how many failed browser logins one source (an
+	// IPv4 address, an IPv6 /64) may make in a burst, refilled at that
+	// many per LoginWindow; past it the login answers 429. LoginSources
+	// bounds the sources tracked (loginlimit.go). Zero means the
+	// default, as for BrowserSessions.
+	LoginFailures int
+	LoginWindow   time.Duration
+	LoginSources  int
 }
 
 // validate refuses a negative bound or timeout: zero turns one off, a
@@ -192,6 +200,9 @@ func (l Limits) validate() error {
 		config.Int("UplinkConns", l.UplinkConns), config.Int("UplinkConnsPerSource", l.UplinkConnsPerSource),
 		config.Int("SSHConns", l.SSHConns), config.Int("SSHConnsPerSource", l.SSHConnsPerSource),
 		config.Int("RequestsPerSandbox", l.RequestsPerSandbox),
+		config.Int("BrowserSessions", l.BrowserSessions), config.Duration("BrowserSessionTTL", l.BrowserSessionTTL),
+		config.Int("LoginFailures", l.LoginFailures), config.Duration("LoginWindow", l.LoginWindow),
+		config.Int("LoginSources", l.LoginSources),
 	)
 	if err != nil {
 		return fmt.Errorf("config: limits: %w", err)
@@ -213,6 +224,10 @@ func DefaultLimits() Limits {
 		SSHConns: 1024, SSHConnsPerSource: 256,
 		RequestsPerSandbox: 1024,
 		BrowserSessions:    1024, BrowserSessionTTL: 12 * time.Hour,
+		// 10 a minute is plenty for a person mistyping a key, and at most
+		// 14,400 guesses a day from one source. 16,384 sources of about
+		// 150 bytes each: under 3 MiB.
+		LoginFailures: 10, LoginWindow: time.Minute, LoginSources: 16384,
 	}
 }
 

@@ -91,12 +91,22 @@ func linkSandbox(t *testing.T, p *Proxy, id string, handler http.Handler) {
 	t.Cleanup(func() { srv.Close(); ln.Close(); cs.Close(); ss.Close() })
 }
 
+// mustNew is New for a config the test means to be valid.
+func mustNew(t testing.TB, cfg *Config) *Proxy {
+	t.Helper()
+	p, err := New(cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func testProxy(t *testing.T, cfg *Config) (*Proxy, *httptest.Server) {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	p := New(cfg, zerolog.Nop())
+	p := mustNew(t, cfg)
 	front := httptest.NewServer(p.Handler())
 	t.Cleanup(front.Close)
 	return p, front

@@ -35,7 +35,9 @@ type Proxy struct {
 	met      *proxyMetrics
 	operator *operatorDoor // the operator door's state (operator.go)
 	logins   *browserSessions
-	pages    http.Handler // the browser routes (webterm.go)
+	// loginLimit bounds failed browser logins per source (loginlimit.go).
+	loginLimit *loginLimiter
+	pages      http.Handler // the browser routes (webterm.go)
 
 	// serveSSH is the SSH front door, set by sshfront.go when configured.
 	serveSSH func(ctx context.Context, ln net.Listener) error
@@ -43,10 +45,15 @@ type Proxy struct {
 	wg sync.WaitGroup
 }
 
-// New returns a proxy for cfg (already validated).
-func New(cfg *Config, log zerolog.Logger) *Proxy {
+// New returns a proxy for cfg, which it validates first (Validate fills
+// cfg's defaults); a config Validate refuses is New's error.
+func New(cfg *Config, log zerolog.Logger) (*Proxy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	p := &Proxy{cfg: cfg, log: log, reg: NewRegistry(cfg), inflight: newInflight(cfg.Limits.RequestsPerSandbox),
-		logins: newBrowserSessions(cfg.Limits.BrowserSessions, cfg.Limits.BrowserSessionTTL)}
+		logins:     newBrowserSessions(cfg.Limits.BrowserSessions, cfg.Limits.BrowserSessionTTL),
+		loginLimit: newLoginLimiter(cfg.Limits)}
 	p.transport = &http.Transport{
 		DialContext:         p.dialStream,
 		MaxIdleConnsPerHost: 32,
@@ -93,7 +100,7 @@ func New(cfg *Config, log zerolog.Logger) *Proxy {
 		p.serveSSH = p.serveSSHFront
 	}
 	p.pages = p.pageRoutes()
-	return p
+	return p, nil
 }
 
 // Registry exposes the registry to the other front doors.

@@ -3,12 +3,10 @@ package proxy
 import (
 	"net/http/httptest"
 	"testing"
-
-	"github.com/rs/zerolog"
 )
 
 func TestSelectRoute(t *testing.T) {
-	p := New(&Config{Domain: "sandbox.example", APIKeys: map[string]string{"k": "n"}}, zerolog.Nop())
+	p := mustNew(t, &Config{Domain: "sandbox.example", APIKeys: map[string]string{"k": "n"}})
 	cases := []struct {
 		host, header string
 		want         route

@@ -25,7 +25,7 @@ func TestRunLeaksNothing(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	p := New(cfg, zerolog.Nop())
+	p := mustNew(t, cfg)
 	upLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

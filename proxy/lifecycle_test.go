@@ -29,7 +29,7 @@ func TestLifecycleDoorUntrustedAgent(t *testing.T) {
 		"an answer":    {`{"status":409,"body":{"error":"busy","code":"BUSY"}}`, http.StatusConflict},
 	} {
 		t.Run(name, func(t *testing.T) {
-			p := New(&Config{Sandboxes: map[string]SandboxConfig{"sbx": {Token: "0123456789abcdef"}}}, zerolog.Nop())
+			p := mustNew(t, &Config{APIKeys: map[string]string{"k": "n"}, Sandboxes: map[string]SandboxConfig{"sbx": {Token: "0123456789abcdef"}}})
 			proxyEnd, agentEnd := net.Pipe()
 			cs, _ := yamux.Client(proxyEnd, uplink.MuxConfig(zerolog.Nop()))
 			ss, _ := yamux.Server(agentEnd, uplink.MuxConfig(zerolog.Nop()))

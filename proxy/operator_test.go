@@ -73,7 +73,7 @@ func TestOperatorScrapeBounds(t *testing.T) {
 	for i := range good {
 		cfg.Sandboxes[fmt.Sprintf("good%d", i)] = SandboxConfig{Token: "0123456789abcdef"}
 	}
-	p := New(cfg, zerolog.Nop())
+	p := mustNew(t, cfg)
 	p.operator.agentTimeout = 300 * time.Millisecond
 	for i := range slow {
 		linkAnswerer(t, p, fmt.Sprintf("slow%02d", i), silent)
@@ -183,7 +183,7 @@ func TestOperatorOpenOnlyOnLoopback(t *testing.T) {
 		if tc.keys {
 			cfg.OperatorKeys = map[string]string{"op-key-0123456789": "prom"}
 		}
-		p := New(cfg, zerolog.Nop())
+		p := mustNew(t, cfg)
 		if got := p.OperatorOpen(tc.ln); got != tc.wantOpen {
 			t.Errorf("%s: open %v", tc.rule, got)
 		}

@@ -4,8 +4,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-
-	"github.com/rs/zerolog"
 )
 
 // FuzzSelectRoute: whatever Host and X-Tensorlake-Sandbox-Id a client
@@ -22,7 +20,7 @@ func FuzzSelectRoute(f *testing.F) {
 	} {
 		f.Add(s[0], s[1])
 	}
-	p := New(&Config{Domain: "sandbox.example", APIKeys: map[string]string{"k": "n"}}, zerolog.Nop())
+	p := mustNew(f, &Config{Domain: "sandbox.example", APIKeys: map[string]string{"k": "n"}})
 	f.Fuzz(func(t *testing.T, host, header string) {
 		req := httptest.NewRequest("GET", "/", nil)
 		req.Host = host

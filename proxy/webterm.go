@@ -2,10 +2,13 @@ package proxy
 
 import (
 	"embed"
+	"fmt"
 	"html/template"
 	"io/fs"
+	"math"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
@@ -110,6 +113,10 @@ func (p *Proxy) handleLogin(w http.ResponseWriter, req *http.Request) {
 		httpx.WriteError(w, http.StatusForbidden, "ORIGIN_REFUSED", "log in from the proxy's own page at "+origin+" (Origin "+got+")")
 		return
 	}
+	give, ok := p.loginAllowed(w, req, origin)
+	if !ok {
+		return
+	}
 	req.Body = http.MaxBytesReader(w, req.Body, loginBodyMax)
 	if err := req.ParseForm(); err != nil {
 		httpx.WriteError(w, http.StatusBadRequest, "INVALID_REQUEST", "login: a form with the field key (at most 4 KiB)")
@@ -124,6 +131,7 @@ func (p *Proxy) handleLogin(w http.ResponseWriter, req *http.Request) {
 		http.Redirect(w, req, next+"?login=failed", http.StatusSeeOther)
 		return
 	}
+	give() // a good key: only failures count
 	id := p.logins.create(browserSession{name: name, scope: scope, origin: origin})
 	http.SetCookie(w, &http.Cookie{
 		Name: SessionCookie, Value: id, Path: "/", MaxAge: int(p.logins.ttl.Seconds()),
@@ -131,6 +139,24 @@ func (p *Proxy) handleLogin(w http.ResponseWriter, req *http.Request) {
 	})
 	p.log.Info().Str("user", name).Str("origin", origin).Str("remote", req.RemoteAddr).Msg("browser login")
 	http.Redirect(w, req, next, http.StatusSeeOther)
+}
+
+// loginAllowed takes a failure from the login limiter for req's source
+// before its key is looked at, or answers 429 with Retry-After. A bad
+// form counts as a failure too: it is one more attempt.
+func (p *Proxy) loginAllowed(w http.ResponseWriter, req *http.Request, origin string) (give func(), ok bool) {
+	give, wait, log, unlogged := p.loginLimit.take(req.RemoteAddr)
+	if give != nil {
+		return give, true
+	}
+	if log {
+		p.loginLimit.logRefusal(p.log, req.RemoteAddr, origin, unlogged)
+	}
+	secs := int(math.Ceil(wait.Seconds()))
+	w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+	httpx.WriteError(w, http.StatusTooManyRequests, "TOO_MANY_FAILED_LOGINS",
+		fmt.Sprintf("too many failed logins from this address (%d a %v); retry in %d s", int(p.loginLimit.burst), p.loginLimit.window, max(secs, 1)))
+	return nil, false
 }
 
 // handleLogout ends the login of this host's cookie (from its own page).

@@ -93,7 +93,12 @@ func run(args []string) int {
 		}
 		defer stop()
 	}
-	p := proxy.New(cfg, log)
+	p, err := proxy.New(cfg, log)
+	if err != nil {
+		ls.Close()
+		fmt.Fprintln(os.Stderr, "tl-proxy:", err)
+		return 2
+	}
 	if ls.Operator != nil {
 		if err := p.CheckOperator(ls.Operator); err != nil {
 			ls.Close()
@@ -171,6 +176,9 @@ func limitFlags(fs *cli.FlagSet, f *flags) {
 	fs.Int(&l.SSHConnsPerSource, "ssh-max-conns-per-source", d.SSHConnsPerSource, "live SSH front-door connections from one IP address (`n`)")
 	fs.Int(&l.BrowserSessions, "browser-max-sessions", d.BrowserSessions, "live browser logins (`n`; past it the oldest is logged out)")
 	fs.Duration(&l.BrowserSessionTTL, "browser-session-ttl", d.BrowserSessionTTL, "a browser login lasts this `duration` from login")
+	fs.Int(&l.LoginFailures, "browser-login-failures", d.LoginFailures, "failed browser logins one source (IP, IPv6 /64) may make per --browser-login-window (`n`; then 429)")
+	fs.Duration(&l.LoginWindow, "browser-login-window", d.LoginWindow, "the `duration` in which a source's --browser-login-failures refill")
+	fs.Int(&l.LoginSources, "browser-login-sources", d.LoginSources, "sources whose failed logins are tracked (`n`; past it they share one bucket)")
 	fs.Int(&l.RequestsPerSandbox, "max-requests-per-sandbox", d.RequestsPerSandbox, "concurrent proxied HTTP requests and streams to one sandbox (`n`; 429 past it)")
 }
 
