@@ -226,7 +226,7 @@ func DefaultLimits() Limits {
 		BrowserSessions:    1024, BrowserSessionTTL: 12 * time.Hour,
 		// 10 a minute is plenty for a person mistyping a key, and at most
 		// 14,400 guesses a day from one source. 16,384 sources of about
-		// 150 bytes each: under 3 MiB.
+		// 200 bytes each: about 3 MiB.
 		LoginFailures: 10, LoginWindow: time.Minute, LoginSources: 16384,
 	}
 }

@@ -30,7 +30,11 @@ type loginLimiter struct {
 	mu       sync.Mutex
 	sources  map[string]*loginBucket // guarded by mu
 	overflow loginBucket             // sources past max; guarded by mu
+	swept    time.Time               // the last sweep of the full table; guarded by mu
 }
+
+// loginSweepEvery spaces out the sweeps of a full table.
+const loginSweepEvery = time.Second
 
 // loginBucket is one source's failures.
 type loginBucket struct {
@@ -70,15 +74,18 @@ func (ll *loginLimiter) bucket(src string, now time.Time) *loginBucket {
 	if b, ok := ll.sources[src]; ok {
 		return b
 	}
-	if len(ll.sources) >= ll.max {
+	if len(ll.sources) >= ll.max && now.Sub(ll.swept) >= loginSweepEvery {
+		// At most one sweep a second: a flood of new sources must not
+		// make every attempt walk the whole table.
+		ll.swept = now
 		for k, b := range ll.sources {
 			if ll.refill(b, now); b.tokens >= ll.burst {
 				delete(ll.sources, k) // full again: it holds nothing
 			}
 		}
-		if len(ll.sources) >= ll.max {
-			return &ll.overflow
-		}
+	}
+	if len(ll.sources) >= ll.max {
+		return &ll.overflow
 	}
 	b := &loginBucket{tokens: ll.burst, at: now}
 	ll.sources[src] = b
