@@ -127,9 +127,14 @@ func (ll *loginLimiter) len() int {
 	return len(ll.sources)
 }
 
-// logRefusal is take's one log line of a window for a source.
+// logRefusal is take's one log line of a window for a source; shared
+// says the source had no bucket of its own (the table was full).
 func (ll *loginLimiter) logRefusal(log zerolog.Logger, remote, origin string, unlogged int) {
-	log.Warn().Str("remote", remote).Str("source", loginSource(remote)).Str("origin", origin).
+	src := loginSource(remote)
+	ll.mu.Lock()
+	_, tracked := ll.sources[src]
+	ll.mu.Unlock()
+	log.Warn().Str("remote", remote).Str("source", src).Str("origin", origin).Bool("shared", !tracked).
 		Int("refused_unlogged", unlogged).Int("failures", int(ll.burst)).Dur("window", ll.window).
 		Msg("browser login: too many failed attempts from this source; refusing it for now")
 }
