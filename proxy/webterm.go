@@ -155,7 +155,7 @@ func (p *Proxy) loginAllowed(w http.ResponseWriter, req *http.Request, origin st
 	secs := int(math.Ceil(wait.Seconds()))
 	w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
 	httpx.WriteError(w, http.StatusTooManyRequests, "TOO_MANY_FAILED_LOGINS",
-		fmt.Sprintf("too many failed logins from this address (%d a %v); retry in %d s", int(p.loginLimit.burst), p.loginLimit.window, max(secs, 1)))
+		fmt.Sprintf("too many failed logins from this address (%d per %v); retry in %d s", int(p.loginLimit.burst), p.loginLimit.window, max(secs, 1)))
 	return nil, false
 }
 
