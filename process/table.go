@@ -271,10 +271,14 @@ func (t *Table) startWith(s *spec, m *managed, owned bool, deadline time.Time) (
 	handle := t.nextHandle
 	t.nextHandle++
 	t.live++ // reserved; released if the start fails
+	// The watcher's count (spawn's runWatch), taken under mu while closing
+	// is false: Close's Wait never races an Add of a start under way.
+	t.wg.Add(1)
 	t.mu.Unlock()
 
 	p, err := t.spawn(s, handle, m, owned, deadline)
 	if err != nil {
+		t.wg.Done()
 		t.mu.Lock()
 		t.live--
 		t.mu.Unlock()
@@ -410,7 +414,7 @@ func (t *Table) spawn(s *spec, handle int, m *managed, owned bool, deadline time
 		p.addCapture(r, sio.stream[i], nil)
 	}
 	p.startCaptures()
-	t.startWatch(p)
+	t.runWatch(p)
 	return p, nil
 }
 
@@ -432,6 +436,11 @@ func (p *Process) startCaptures() {
 
 func (t *Table) startWatch(p *Process) {
 	t.wg.Add(1)
+	t.runWatch(p)
+}
+
+// runWatch runs p's watcher on the table's count the caller took.
+func (t *Table) runWatch(p *Process) {
 	go func() {
 		defer t.wg.Done()
 		t.watch(p)
