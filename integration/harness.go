@@ -192,6 +192,7 @@ func Start(t TB, opts Options) *System {
 	}
 	s.StartAgent()
 	s.WaitConnected(20 * time.Second)
+	s.WaitHealthy(20 * time.Second)
 	return s
 }
 
@@ -449,6 +450,34 @@ func (s *System) WaitConnected(d time.Duration) {
 		}
 	}
 	s.t.Fatalf("sandbox not connected within %v\nagent log:\n%s\nproxy log:\n%s", d, tail(s.AgentLog(), 40), tail(s.ProxyLog(), 40))
+}
+
+// WaitHealthy waits for the agent's first answer through the proxy (its
+// health). The proxy counts a sandbox connected from the uplink's
+// handshake, which the agent makes first thing at its start, before it
+// has provisioned the sandbox (docs/supervisor.md, "Start-up"); requests
+// sent then wait for it, but what a test reads inside the sandbox may not
+// be there yet.
+func (s *System) WaitHealthy(d time.Duration) {
+	s.t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Until(deadline))
+		resp, err := http.DefaultClient.Do(s.Request(ctx, "GET", "/api/v1/health", nil))
+		cancel()
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-s.agentDone:
+			s.t.Fatalf("agent exited before serving\nagent log:\n%s", s.AgentLog())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	s.t.Fatalf("sandbox not serving within %v\nagent log:\n%s", d, tail(s.AgentLog(), 40))
 }
 
 // Connected asks the proxy whether the sandbox's uplink is up.
