@@ -278,7 +278,8 @@ type freezeServices struct {
 const freezeBackoff = 8 * time.Second
 
 // startFreezeServices starts "slowweb", an HTTP service that needs 8 x 50
-// ms of sleep per answer, health-checked back to back with failure
+// ms of sleep per answer, health-checked back to back (a 4 s probe timeout:
+// less than the 6 and 10 s pauses, more than a loaded machine's stall) with failure
 // threshold 1 (so a probe is in flight when the freeze comes, and one
 // failure kills it), and "crasher", which fails at once and restarts
 // after freezeBackoff. It returns once the first is healthy and the second
@@ -298,7 +299,7 @@ func startFreezeServices(t *testing.T, s *System) *freezeServices {
 	s.JSON("POST", "/api/v1/processes", map[string]any{
 		"command": "/usr/bin/python3", "args": []string{"-c", web, port}, "name": "slowweb",
 		"health_check": map[string]any{"type": "http", "port": n, "initial_delay_ms": 300,
-			"interval_ms": 1, "timeout_ms": 1500, "failure_threshold": 1},
+			"interval_ms": 1, "timeout_ms": 4000, "failure_threshold": 1},
 	}, 201, nil)
 	s.JSON("POST", "/api/v1/processes", map[string]any{
 		"command": "sh", "args": []string{"-c", "exit 3"}, "name": "crasher",
