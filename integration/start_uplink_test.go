@@ -1,0 +1,101 @@
+package integration
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptrace"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestStartWithRequestsWaiting: requests parked at the proxy for a
+// sandbox that has not connected yet (a client that calls as soon as it
+// asked for the sandbox) are woken the moment its first uplink registers,
+// before the proxy has written the welcome. Their streams used to reach
+// the agent ahead of the welcome: the agent read yamux frames as a broken
+// handshake ("bad magic"), logged "uplink down" and redialed (the start
+// flake: once in ~250 starts with the harness's one probe; nearly every
+// start with 64 waiting requests). The first uplink must stay up and
+// every waiting request be answered by the agent.
+func TestStartWithRequestsWaiting(t *testing.T) {
+	for round := range 3 {
+		s := Start(t, Options{NoSandbox: true, NoAgent: true})
+		codes := parkRequests(t, s, 64, func() { s.StartAgent() })
+		s.WaitConnected(20 * time.Second)
+		log := s.AgentLog()
+		if strings.Contains(log, "uplink down") || strings.Contains(log, "bad magic") {
+			t.Fatalf("round %d: the first uplink went down at start\nagent log:\n%s\nproxy log:\n%s", round, tail(log, 30), tail(s.ProxyLog(), 30))
+		}
+		for code, n := range codes {
+			if code != http.StatusOK {
+				t.Errorf("round %d: %d of the waiting requests got %d (want 200: the agent connected within the proxy's wait)", round, n, code)
+			}
+		}
+		s.Stop()
+	}
+}
+
+// parkRequests sends n health requests to s's sandbox, calls start once
+// all are written (the proxy holds them until the sandbox connects), and
+// returns the count of answers per status (0: no answer).
+func parkRequests(t *testing.T, s *System, n int, start func()) map[int]int {
+	t.Helper()
+	var wrote, done sync.WaitGroup
+	wrote.Add(n)
+	done.Add(n)
+	var mu sync.Mutex
+	codes := map[int]int{}
+	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: n, MaxIdleConnsPerHost: n}}
+	defer client.CloseIdleConnections()
+	for range n {
+		go func() {
+			defer done.Done()
+			var once sync.Once
+			written := func() { once.Do(wrote.Done) }
+			defer written()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { written() }})
+			code := 0
+			if resp, err := client.Do(s.Request(ctx, "GET", "/api/v1/health", nil)); err == nil {
+				code = resp.StatusCode
+				resp.Body.Close()
+			}
+			mu.Lock()
+			codes[code]++
+			mu.Unlock()
+		}()
+	}
+	wrote.Wait()
+	start()
+	done.Wait()
+	return codes
+}
+
+// TestStressStarts (TL_STRESS_STARTS=n) starts n agents, each against a
+// fresh proxy with one request waiting for it (the harness's usual start
+// plus a client calling at once), and fails on the first whose early
+// uplink went down within its start; the logs of that start are printed.
+// Skipped without the variable: it is the hunt for rare start faults.
+func TestStressStarts(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("TL_STRESS_STARTS"))
+	if n <= 0 {
+		t.Skip("set TL_STRESS_STARTS=n to run n starts")
+	}
+	n = min(n, 5000)
+	for i := range n {
+		s := Start(t, Options{NoSandbox: true, NoAgent: true})
+		parkRequests(t, s, 1, func() { s.StartAgent() })
+		s.WaitConnected(20 * time.Second)
+		time.Sleep(300 * time.Millisecond) // a redial would be logged by now
+		if log := s.AgentLog(); strings.Contains(log, "uplink down") || strings.Contains(log, "redial") {
+			t.Fatalf("start %d of %d: the early uplink went down\nagent log:\n%s\nproxy log:\n%s", i+1, n, log, s.ProxyLog())
+		}
+		s.Stop()
+	}
+	t.Logf("%d starts, no early uplink went down", n)
+}
