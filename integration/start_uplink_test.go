@@ -18,17 +18,20 @@ import (
 // before the proxy has written the welcome. Their streams used to reach
 // the agent ahead of the welcome: the agent read yamux frames as a broken
 // handshake ("bad magic"), logged "uplink down" and redialed (the start
-// flake: once in ~250 starts with the harness's one probe; nearly every
-// start with 64 waiting requests). The first uplink must stay up and
-// every waiting request be answered by the agent.
+// flake: once in ~250 starts with the harness's one probe). With 64
+// waiting requests the old proxy lost the first link in 6 of 40 starts
+// (15%, load 6-8 on 2 cores), and the requests then waiting got 503: 20
+// rounds miss it about 4% of the time; the deterministic test is the
+// proxy's TestStreamOpenedAtRegistrationFollowsTheWelcome. The first
+// uplink must stay up and every waiting request be answered by the agent.
 func TestStartWithRequestsWaiting(t *testing.T) {
-	for round := range 3 {
+	for round := range 20 {
 		s := Start(t, Options{NoSandbox: true, NoAgent: true})
 		codes := parkRequests(t, s, 64, func() { s.StartAgent() })
 		s.WaitConnected(20 * time.Second)
 		log := s.AgentLog()
 		if strings.Contains(log, "uplink down") || strings.Contains(log, "bad magic") {
-			t.Fatalf("round %d: the first uplink went down at start\nagent log:\n%s\nproxy log:\n%s", round, tail(log, 30), tail(s.ProxyLog(), 30))
+			t.Fatalf("round %d: the first uplink went down at start\nagent log:\n%s\nproxy log:\n%s", round, withoutRequests(log), withoutRequests(s.ProxyLog()))
 		}
 		for code, n := range codes {
 			if code != http.StatusOK {
@@ -37,6 +40,18 @@ func TestStartWithRequestsWaiting(t *testing.T) {
 		}
 		s.Stop()
 	}
+}
+
+// withoutRequests is log without its per-request lines (64 of them hide
+// the uplink's).
+func withoutRequests(log string) string {
+	var keep []string
+	for _, l := range strings.Split(log, "\n") {
+		if !strings.Contains(l, `"message":"request"`) && !strings.Contains(l, `"message":"api request"`) {
+			keep = append(keep, l)
+		}
+	}
+	return tail(strings.Join(keep, "\n"), 40)
 }
 
 // parkRequests sends n health requests to s's sandbox, calls start once
