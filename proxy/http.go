@@ -42,6 +42,11 @@ type Proxy struct {
 	// serveSSH is the SSH front door, set by sshfront.go when configured.
 	serveSSH func(ctx context.Context, ln net.Listener) error
 
+	// beforeWelcome, when set (tests), runs between a link's registration
+	// and its welcome: the window a request woken by the registration can
+	// open a stream in.
+	beforeWelcome func(*Link)
+
 	wg sync.WaitGroup
 }
 

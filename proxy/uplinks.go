@@ -144,7 +144,11 @@ func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 		p.handshake(hsBadCredential)
 		return // refused, and answered
 	}
-	sess, err := yamux.Client(uplink.Coalesce(c), uplink.MuxConfig(p.log))
+	// yamux writes through a gate opened once the welcome is out (or the
+	// link failed); outside Coalesce, which keeps its writev fast path.
+	gate := &welcomeFirst{Conn: uplink.Coalesce(c), sent: make(chan struct{})}
+	defer gate.open()
+	sess, err := yamux.Client(gate, uplink.MuxConfig(p.log))
 	if err != nil {
 		p.handshake(hsError)
 		return
@@ -161,10 +165,16 @@ func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 		return
 	}
 	defer p.reg.unregister(l)
+	if p.beforeWelcome != nil {
+		p.beforeWelcome(l)
+	}
 	// The welcome goes out after registration so that a request sent as
-	// soon as the agent sees it connected finds the link. yamux has not
-	// written anything yet: its first frames follow the welcome.
-	if err := uplink.WriteWelcomeV(c, hello.Version, uplink.Welcome{OK: true}); err != nil {
+	// soon as the agent sees it connected finds the link. A request the
+	// registration woke may open its stream before the welcome is written:
+	// its frames wait at the gate, so they follow the welcome.
+	err = uplink.WriteWelcomeV(c, hello.Version, uplink.Welcome{OK: true})
+	gate.open()
+	if err != nil {
 		p.handshake(hsError)
 		return
 	}
@@ -191,6 +201,24 @@ func (p *Proxy) serveLink(ctx context.Context, c net.Conn, dialed bool) {
 	case <-ctx.Done():
 	}
 }
+
+// welcomeFirst holds the link's yamux writes until open: a registered
+// link is visible before its welcome is written, and a stream opened in
+// that window must not reach the agent ahead of the welcome (it would read
+// the frame as a broken handshake, drop the link and redial). The wait is
+// bounded by the handshake deadline on the welcome's write.
+type welcomeFirst struct {
+	net.Conn
+	sent chan struct{}
+	once sync.Once
+}
+
+func (w *welcomeFirst) Write(p []byte) (int, error) {
+	<-w.sent
+	return w.Conn.Write(p)
+}
+
+func (w *welcomeFirst) open() { w.once.Do(func() { close(w.sent) }) }
 
 // handshake counts one uplink handshake's result.
 func (p *Proxy) handshake(result string) { p.met.handshakes.WithLabelValues(result).Inc() }
