@@ -23,10 +23,7 @@ import (
 // the frames back; the agent must then read the welcome and get the stream.
 func TestStreamOpenedAtRegistrationFollowsTheWelcome(t *testing.T) {
 	cfg := &Config{APIKeys: map[string]string{"key": "alice"}, Sandboxes: map[string]SandboxConfig{"s1": {Token: tok}}}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	p := New(cfg, zerolog.Nop())
+	p := mustNew(t, cfg)
 	opened := make(chan error, 1)
 	p.beforeWelcome = func(l *Link) {
 		go func() {
