@@ -90,7 +90,10 @@ func TestDeadlineLiftedAfterAuth(t *testing.T) {
 // On the listener, a signed public-key login lifts the deadline; a
 // connection that stops after the key query (no signature) keeps it.
 func TestListenerDeadlineNeedsSignature(t *testing.T) {
-	s := newTestServer(t, Config{Listen: "127.0.0.1:0", HandshakeTimeout: 300 * time.Millisecond})
+	// 1 s: the second connection's key exchange must reach the key query
+	// within it on a loaded machine under -race (300 ms once did not).
+	const deadline = time.Second
+	s := newTestServer(t, Config{Listen: "127.0.0.1:0", HandshakeTimeout: deadline})
 	s.direct.PublicKeyHandler = func(ssh.Context, ssh.PublicKey) bool { return true }
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	signer, _ := gossh.NewSignerFromKey(priv)
@@ -108,7 +111,7 @@ func TestListenerDeadlineNeedsSignature(t *testing.T) {
 	}
 	c := gossh.NewClient(conn, chans, reqs)
 	defer c.Close()
-	time.Sleep(time.Second)
+	time.Sleep(deadline + 500*time.Millisecond)
 	if _, _, err := c.SendRequest("keepalive@openssh.com", true, nil); err != nil {
 		t.Fatalf("authenticated connection cut at the handshake deadline: %v", err)
 	}
@@ -117,10 +120,18 @@ func TestListenerDeadlineNeedsSignature(t *testing.T) {
 	defer close(release)
 	b := serve()
 	closed := make(chan struct{})
+	ended := make(chan error, 1)
 	go func() {
-		_, _, _, _ = gossh.NewClientConn(readCloseSignal{b, closed}, "x", cfg(stall{signer, queried, release}))
+		_, _, _, err := gossh.NewClientConn(readCloseSignal{b, closed}, "x", cfg(stall{signer, queried, release}))
+		ended <- err
 	}()
-	<-queried
+	select {
+	case <-queried:
+	case err := <-ended:
+		t.Fatalf("the connection ended before its key query: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("no key query within 20 s")
+	}
 	select {
 	case <-closed:
 	case <-time.After(20 * time.Second):
