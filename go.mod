@@ -34,4 +34,3 @@ require (
 	github.com/prometheus/procfs v0.22.0 // indirect
 )
 
-replace github.com/hashicorp/yamux => ./internal/yamux

@@ -10,9 +10,8 @@ import (
 // and then the body: two syscalls (and on TCP_NODELAY, possibly two
 // segments) per frame. coalesceConn holds a data frame's header and sends
 // it with the body in one writev. It relies only on yamux's documented
-// frame layout (version, type, flags, stream id, length) and on whoever
-// holds its write slot (the send loop, or a stream's writer: see
-// internal/yamux/FORK.md) writing header and body back to back.
+// frame layout (version, type, flags, stream id, length) and on its one
+// sender loop writing header and body back to back.
 type coalesceConn struct {
 	net.Conn
 	mu   sync.Mutex

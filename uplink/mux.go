@@ -21,14 +21,14 @@ const (
 	// slow reader's backlog bounded.
 	StreamWindow = 4 << 20
 	// WriteChunk is the smallest bound of one yamux data frame and the
-	// one a stream starts with. The session writes one frame at a time, so a huge
+	// one a stream starts with. The session has one sender loop, so a huge
 	// frame on a bulk stream would sit in front of a keystroke on another
 	// stream; what matters is how long a frame holds the link, so each
 	// stream sizes its frames by the time its last ones took (Stream.Write):
 	// at most FrameTime on the link, between WriteChunk and MaxWriteChunk.
 	// On a 100 Mbit/s link a 32 KiB frame already takes 2.6 ms, so frames
 	// stay 32 KiB there; on loopback they grow to 256 KiB (0.1–0.3 ms),
-	// an eighth of the per-frame work (syscalls, wake-ups).
+	// an eighth of the per-frame work (hand-off to the send loop, syscalls).
 	WriteChunk    = 32 << 10
 	MaxWriteChunk = 256 << 10
 	FrameTime     = 2 * time.Millisecond
@@ -145,7 +145,7 @@ func (s *Stream) frame() int {
 }
 
 // adapt sizes the next frames from the time a frame of n bytes took to
-// be taken by the session: the wait for its write slot behind other streams'
+// be taken by the session: the hand-off to its send loop, other streams'
 // frames ahead of it, the socket write, a wait for the peer's window. All
 // of that is time a keystroke queued behind our frame would wait too. So
 // the next frame is what the link moves in FrameTime at that pace:
