@@ -173,15 +173,11 @@ func (a *Agent) execNew(plan *upgradePlan) error {
 		return fmt.Errorf("snapshot: %w", err)
 	}
 	defer old.Close()
-	state, err := w.Seal()
+	state, undo, err := sealInherited(w)
 	if err != nil {
 		return err
 	}
-	defer state.Close()
-	if err := w.Inherit(); err != nil {
-		return err
-	}
-	defer w.Uninherit()
+	defer undo()
 	fd, err := inheritable(state)
 	if err != nil {
 		return err
@@ -193,6 +189,21 @@ func (a *Agent) execNew(plan *upgradePlan) error {
 	err = execFD(plan.bin, os.Args, env)
 	runtime.KeepAlive(old)
 	return fmt.Errorf("execve %s: %w", plan.path, err)
+}
+
+// sealInherited seals w's state into a memfd and clears close-on-exec on
+// every fd it keeps, for an exec; undo (after a failed exec) closes the
+// memfd and sets close-on-exec again.
+func sealInherited(w *handover.Writer) (*os.File, func(), error) {
+	state, err := w.Seal()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := w.Inherit(); err != nil {
+		state.Close()
+		return nil, nil, err
+	}
+	return state, func() { w.Uninherit(); state.Close() }, nil
 }
 
 // inheritable clears close-on-exec on f and returns its number.

@@ -300,15 +300,11 @@ func (rs *restoring) execOldResaved(a *Agent, why error) error {
 	for _, pid := range rs.r.Pids() {
 		w.Pid(pid) // adopted, unreaped (the reaper has not run): still ours
 	}
-	state, err := w.Seal()
+	state, undo, err := sealInherited(w)
 	if err != nil {
 		return err
 	}
-	defer state.Close()
-	if err := w.Inherit(); err != nil {
-		return err
-	}
-	defer w.Uninherit()
+	defer undo()
 	return rs.execOldWith(state, why)
 }
 
