@@ -582,13 +582,36 @@ func (s *System) Exec(args ...string) (string, error) {
 	return string(out), err
 }
 
+// handedOut holds every port freeAddr returned in this test process:
+// the kernel may give a just-closed port to the next bind(":0"), so
+// two calls in a row (a test's --ssh-listen, then the proxy's HTTP
+// port) could name the same port and one of the two binaries would
+// find it taken.
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
 func freeAddr(t TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = map[int]bool{}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("free port: %v", err)
+		}
+		addr := ln.Addr().(*net.TCPAddr)
+		ln.Close()
+		if !handedOut.ports[addr.Port] {
+			handedOut.ports[addr.Port] = true
+			return addr.String()
+		}
+	}
+	t.Fatalf("free port: the kernel kept giving ports already handed out")
+	return ""
 }
 
 func waitTCP(t TB, addr string, d time.Duration) {

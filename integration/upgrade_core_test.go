@@ -155,8 +155,10 @@ func TestUpgradeThroughOperatorDoor(t *testing.T) {
 	_, port, _ := strings.Cut(sshAddr, ":")
 	scan := func() string {
 		t.Helper()
+		// -T 2: a port that is not an SSH server must not cost keyscan's
+		// default 5 s a try.
 		for i := 0; i < 100; i++ {
-			out, err := exec.Command("ssh-keyscan", "-t", "ed25519", "-p", port, "127.0.0.1").Output()
+			out, err := exec.Command("ssh-keyscan", "-T", "2", "-t", "ed25519", "-p", port, "127.0.0.1").Output()
 			if f := strings.Fields(string(out)); err == nil && len(f) >= 3 {
 				return f[2]
 			}
