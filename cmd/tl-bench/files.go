@@ -141,16 +141,19 @@ func benchFiles(e *Env) []Result {
 		}
 		return nil
 	}
+	// The machine's CPU per GB moved, per path: on a shared 2-core VM the
+	// throughput swings with the load, the work each path costs far less.
+	var cpu cpuPerGB
 	for round := 0; round < rounds; round++ {
-		up = max(up, fileUpload(e, proxy, srcPath, size))
-		dUp = max(dUp, fileUpload(e, direct, srcPath, size))
-		rUp = max(rUp, fileUpload(e, relayed, srcPath, size))
-		down = max(down, fileDownload(e, proxy, size))
-		dDown = max(dDown, fileDownload(e, direct, size))
-		rDown = max(rDown, fileDownload(e, relayed, size))
+		up = max(up, cpu.add("up proxy", size, func() float64 { return fileUpload(e, proxy, srcPath, size) }))
+		dUp = max(dUp, cpu.add("up direct", size, func() float64 { return fileUpload(e, direct, srcPath, size) }))
+		rUp = max(rUp, cpu.add("up relay", size, func() float64 { return fileUpload(e, relayed, srcPath, size) }))
+		down = max(down, cpu.add("down proxy", size, func() float64 { return fileDownload(e, proxy, size) }))
+		dDown = max(dDown, cpu.add("down direct", size, func() float64 { return fileDownload(e, direct, size) }))
+		rDown = max(rDown, cpu.add("down relay", size, func() float64 { return fileDownload(e, relayed, size) }))
 		if other != nil {
-			bUp = max(bUp, fileUpload(e, *other, srcPath, size))
-			bDown = max(bDown, fileDownload(e, *other, size))
+			bUp = max(bUp, cpu.add("up ab", size, func() float64 { return fileUpload(e, *other, srcPath, size) }))
+			bDown = max(bDown, cpu.add("down ab", size, func() float64 { return fileDownload(e, *other, size) }))
 		}
 	}
 	stopWatching()
@@ -162,6 +165,8 @@ func benchFiles(e *Env) []Result {
 		ab = []Result{
 			{Name: "  TL_BENCH_AB build: upload via proxy", Unit: "MB/s", Ours: bUp, Floor: dUp, Note: "(floor: direct)"},
 			{Name: "  TL_BENCH_AB build: download via proxy", Unit: "MB/s", Ours: bDown, Floor: dDown},
+			{Name: "  TL_BENCH_AB build: machine CPU per GB, upload", Unit: "ms", Ours: cpu.ms("up ab"), Floor: cpu.ms("up direct"), Lower: true},
+			{Name: "  TL_BENCH_AB build: machine CPU per GB, download", Unit: "ms", Ours: cpu.ms("down ab"), Floor: cpu.ms("down direct"), Lower: true},
 		}
 	}
 	return append([]Result{
@@ -173,6 +178,10 @@ func benchFiles(e *Env) []Result {
 		{Name: "  download via proxy vs the one-relay floor", Unit: "MB/s", Ours: down, Floor: rDown},
 		{Name: "  files.Server direct, upload", Unit: "MB/s", Ours: dUp, Floor: floorUp, Note: "(floor: cp to tmpfs)"},
 		{Name: "  files.Server direct, download", Unit: "MB/s", Ours: dDown, Floor: floorDown, Note: "(floor: cp to /dev/null)"},
+		{Name: "machine CPU per GB, upload via proxy", Unit: "ms", Ours: cpu.ms("up proxy"), Floor: cpu.ms("up direct"), Lower: true, Note: "(all processes; floor: direct)"},
+		{Name: "machine CPU per GB, upload through one relay", Unit: "ms", Ours: cpu.ms("up relay"), Floor: cpu.ms("up direct"), Lower: true},
+		{Name: "machine CPU per GB, download via proxy", Unit: "ms", Ours: cpu.ms("down proxy"), Floor: cpu.ms("down direct"), Lower: true},
+		{Name: "machine CPU per GB, download through one relay", Unit: "ms", Ours: cpu.ms("down relay"), Floor: cpu.ms("down direct"), Lower: true},
 		{Name: "agent RSS before the transfers", Unit: "MiB", Ours: idleRSS, Lower: true},
 		{Name: "agent RSS, peak during the transfers", Unit: "MiB", Ours: float64(peak.Load()) / 1024, Floor: idleRSS, Lower: true, Note: "(sampled every 50 ms)"},
 		{Name: "agent RSS 10 s after the last transfer", Unit: "MiB", Ours: after, Floor: idleRSS, Lower: true, Note: "(target < 2x before)"},
@@ -294,6 +303,49 @@ func sftpArgs(o *integration.OpenSSH) []string {
 		out = append(out, args[i])
 	}
 	return out
+}
+
+// cpuPerGB sums the machine's busy CPU time (/proc/stat: every process,
+// the kernel's softirqs included) over each path's transfers.
+type cpuPerGB struct {
+	busy  map[string]time.Duration
+	bytes map[string]int64
+}
+
+func (c *cpuPerGB) add(path string, size int64, f func() float64) float64 {
+	if c.busy == nil {
+		c.busy, c.bytes = map[string]time.Duration{}, map[string]int64{}
+	}
+	before := machineBusy()
+	v := f()
+	c.busy[path] += machineBusy() - before
+	c.bytes[path] += size
+	return v
+}
+
+// ms is the path's busy CPU per GB (1e9 bytes) in milliseconds.
+func (c *cpuPerGB) ms(path string) float64 {
+	if c.bytes[path] == 0 {
+		return 0
+	}
+	return float64(c.busy[path].Milliseconds()) * 1e9 / float64(c.bytes[path])
+}
+
+// machineBusy is the CPU time all CPUs spent on anything but idle and
+// iowait since boot (the "cpu" line of /proc/stat, in USER_HZ ticks).
+func machineBusy() time.Duration {
+	data, _ := os.ReadFile("/proc/stat")
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	var ticks int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 || i >= 8 { // idle, iowait; guest time is in user already
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond // USER_HZ is 100 on Linux
 }
 
 func timed(size int64, f func()) float64 {

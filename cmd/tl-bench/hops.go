@@ -65,13 +65,29 @@ func benchHops(e *Env) []Result {
 	}
 	// The machine is shared and its load drifts; interleaving short rounds
 	// of every path makes the ratios fair even when the absolutes move.
+	// TL_BENCH_AB=DIR: the port route of another build (tl-agent and
+	// tl-proxy in DIR) in the same interleaved rounds.
+	var ab *integration.System
+	if dir := os.Getenv("TL_BENCH_AB"); dir != "" {
+		ab = e.System(integration.Options{BinDir: dir})
+		paths = append(paths, portRoute(e, ab, upgradeEcho))
+	}
 	got := pingRounds(e, paths, n)
 	direct, one, floor, port, ws := got[0], got[1], got[2], got[3], got[4]
 	// Under load: the same round trips while another connection through
 	// the same processes moves bulk data both ways.
 	busyFloor := besideBulk(e, paths[2], func() io.ReadWriteCloser { return dialTCP(e, chain) }, n/2)
 	busyPort := besideBulk(e, paths[3], func() io.ReadWriteCloser { return portRoute(e, s, upgradeEcho) }, n/2)
-	return []Result{
+	var abRows []Result
+	if ab != nil {
+		busyAB := besideBulk(e, paths[5], func() io.ReadWriteCloser { return portRoute(e, ab, upgradeEcho) }, n/2)
+		abRows = []Result{
+			{Name: "  TL_BENCH_AB build: port route, p50", Unit: "ms", Ours: got[5][0], Floor: floor[0], Lower: true},
+			{Name: "  TL_BENCH_AB build: port route, p99", Unit: "ms", Ours: got[5][1], Floor: floor[1], Lower: true},
+			{Name: "  TL_BENCH_AB build: port route beside bulk, p50", Unit: "ms", Ours: busyAB[0], Floor: busyFloor[0], Lower: true},
+		}
+	}
+	return append([]Result{
 		{Name: "1-byte RTT, direct TCP, p50", Unit: "ms", Ours: direct[0], Lower: true, Note: "(no hop)"},
 		{Name: "1-byte RTT, one relay process, p50", Unit: "ms", Ours: one[0], Floor: direct[0], Lower: true},
 		{Name: "1-byte RTT, two relay processes, p50", Unit: "ms", Ours: floor[0], Floor: direct[0], Lower: true, Note: "(floor: same number of process hops with plain relays)"},
@@ -84,7 +100,7 @@ func benchHops(e *Env) []Result {
 		{Name: "beside bulk: two relay processes, p99", Unit: "ms", Ours: busyFloor[1], Floor: floor[1], Lower: true},
 		{Name: "beside bulk: port route, p50", Unit: "ms", Ours: busyPort[0], Floor: busyFloor[0], Lower: true, Note: "(floor: relays beside bulk)"},
 		{Name: "beside bulk: port route, p99", Unit: "ms", Ours: busyPort[1], Floor: busyFloor[1], Lower: true},
-	}
+	}, abRows...)
 }
 
 func echoConn(c net.Conn) {
