@@ -30,6 +30,8 @@ WORKDIR /src
 ENV CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 ARG GOPROXY=https://proxy.golang.org,direct
 COPY go.mod go.sum ./
+# The replace of hashicorp/yamux by the in-repo copy needs its go.mod.
+COPY internal/yamux/go.mod internal/yamux/
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 ARG VERSION=dev

@@ -34,3 +34,4 @@ require (
 	github.com/prometheus/procfs v0.22.0 // indirect
 )
 
+replace github.com/hashicorp/yamux => ./internal/yamux

@@ -1,0 +1,180 @@
+package yamux
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand"
+	"net"
+	"testing"
+	"time"
+)
+
+// rawPeer is the far end of a server session, writing frames by hand.
+func rawPeer(t *testing.T) (*Session, net.Conn) {
+	t.Helper()
+	a, b := net.Pipe()
+	conf := testConfNoKeepAlive()
+	srv, err := Server(a, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(); b.Close() })
+	go io.Copy(io.Discard, b) // the server's window updates and acks
+	return srv, b
+}
+
+func writeFrame(t *testing.T, c net.Conn, typ uint8, flags uint16, id uint32, body []byte, length uint32) {
+	t.Helper()
+	h := header(make([]byte, headerSize))
+	h.encode(typ, flags, id, length)
+	if _, err := c.Write(append(h, body...)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A reader takes the bytes already received while the next large frame
+// is still arriving (upstream held the stream's lock for the whole
+// frame's read, so this Read waited for the rest of the frame).
+func TestForkReadWhileLargeFrameArrives(t *testing.T) {
+	srv, peer := rawPeer(t)
+	writeFrame(t, peer, typeWindowUpdate, flagSYN, 1, nil, 0)
+	st, err := srv.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFrame(t, peer, typeData, 0, 1, []byte("first"), 5)
+	writeFrame(t, peer, typeData, 0, 1, make([]byte, 1024), 64<<10) // 63 KiB still to come
+	got := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 5)
+		n, _ := io.ReadFull(st, buf)
+		got <- string(buf[:n])
+	}()
+	select {
+	case s := <-got:
+		if s != "first" {
+			t.Fatalf("read %q", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the read of queued bytes waited for the next frame to arrive")
+	}
+}
+
+// Frames of every size, read in slices of every size, come out whole and
+// in order, and a drained stream holds no chunk.
+func TestForkQueueKeepsOrder(t *testing.T) {
+	client, server := testClientServer(t)
+	defer client.Close()
+	defer server.Close()
+	rng := rand.New(rand.NewSource(1))
+	data := make([]byte, 8<<20)
+	rng.Read(data)
+	go func() {
+		st, err := client.Open()
+		if err != nil {
+			return
+		}
+		for rest := data; len(rest) > 0; {
+			n := []int{1, 7, 4096, 32<<10 - 1, 32 << 10, 100 << 10, 256 << 10}[rng.Intn(7)]
+			if n > len(rest) {
+				n = len(rest)
+			}
+			if _, err := st.Write(rest[:n]); err != nil {
+				return
+			}
+			rest = rest[n:]
+		}
+		st.Close()
+	}()
+	st, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	sizes := []int{1, 3, 4096, 64 << 10, 300 << 10}
+	for i := 0; ; i++ {
+		buf := make([]byte, sizes[i%len(sizes)])
+		n, err := st.Read(buf)
+		out.Write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(out.Bytes(), data) {
+		t.Fatalf("read %d bytes, not the %d written in order", out.Len(), len(data))
+	}
+	st.recvLock.Lock()
+	defer st.recvLock.Unlock()
+	if st.recvBuf.Len() != 0 || len(st.recvBuf.chunks) != 0 {
+		t.Fatalf("a drained stream holds %d chunks", len(st.recvBuf.chunks))
+	}
+}
+
+// A window of 1-byte frames is packed into a few chunks, not one each.
+func TestForkSmallFramesPacked(t *testing.T) {
+	srv, peer := rawPeer(t)
+	writeFrame(t, peer, typeWindowUpdate, flagSYN, 1, nil, 0)
+	st, err := srv.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const frames = 100000
+	for i := 0; i < frames; i++ {
+		writeFrame(t, peer, typeData, 0, 1, []byte{byte(i)}, 1)
+	}
+	writeFrame(t, peer, typeData, flagFIN, 1, nil, 0)
+	for i := 0; i < 100; i++ {
+		st.recvLock.Lock()
+		n, c := st.recvBuf.Len(), st.recvBuf.Cap()
+		st.recvLock.Unlock()
+		if n == frames {
+			if c > frames+minChunk {
+				t.Fatalf("%d 1-byte frames hold %d bytes of chunks", frames, c)
+			}
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("the frames did not arrive")
+}
+
+// TestForkWriteTimeoutMidBody: a data frame written from the caller's
+// goroutine that is stuck on the connection (the peer reads nothing) past
+// ConnectionWriteTimeout returns ErrConnectionWriteTimeout and ends the
+// session (the frame may be half written).
+func TestForkWriteTimeoutMidBody(t *testing.T) {
+	conf := testConfNoKeepAlive()
+	conf.ConnectionWriteTimeout = 200 * time.Millisecond
+	a, b := testConnTCP(t) // b never reads
+	_ = a.(*net.TCPConn).SetWriteBuffer(4 << 10)
+	_ = b.(*net.TCPConn).SetReadBuffer(4 << 10)
+	client, err := Client(a, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	s, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Write(make([]byte, initialStreamWindow))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrConnectionWriteTimeout) {
+			t.Fatalf("write: %v, want ErrConnectionWriteTimeout", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("write stuck past its timeout")
+	}
+	if !client.IsClosed() {
+		t.Fatal("session still open after a write timed out mid-frame")
+	}
+}
