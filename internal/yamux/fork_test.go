@@ -178,3 +178,33 @@ func TestForkWriteTimeoutMidBody(t *testing.T) {
 		t.Fatal("session still open after a write timed out mid-frame")
 	}
 }
+
+// A peer that fills the window with frames just over a size class holds
+// the stream to at most twice the window in chunk room.
+func TestForkQueueRoomBounded(t *testing.T) {
+	srv, peer := rawPeer(t)
+	writeFrame(t, peer, typeWindowUpdate, flagSYN, 1, nil, 0)
+	st, err := srv.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = minChunk + 1
+	frames := int(initialStreamWindow) / size
+	body := make([]byte, size)
+	for i := 0; i < frames; i++ {
+		writeFrame(t, peer, typeData, 0, 1, body, size)
+	}
+	for i := 0; i < 100; i++ {
+		st.recvLock.Lock()
+		n, c := st.recvBuf.Len(), st.recvBuf.Cap()
+		st.recvLock.Unlock()
+		if n == frames*size {
+			if c > 2*int(initialStreamWindow) {
+				t.Fatalf("a window of %d-byte frames holds %d bytes of chunks", size, c)
+			}
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("the frames did not arrive")
+}
