@@ -127,19 +127,26 @@ func TestForkSmallFramesPacked(t *testing.T) {
 		writeFrame(t, peer, typeData, 0, 1, []byte{byte(i)}, 1)
 	}
 	writeFrame(t, peer, typeData, flagFIN, 1, nil, 0)
+	if c := queuedRoom(t, st, frames); c > frames+minChunk {
+		t.Fatalf("%d 1-byte frames hold %d bytes of chunks", frames, c)
+	}
+}
+
+// queuedRoom waits until n bytes are queued on st and returns the chunk
+// room that holds them.
+func queuedRoom(t *testing.T, st *Stream, n int) int {
+	t.Helper()
 	for i := 0; i < 100; i++ {
 		st.recvLock.Lock()
-		n, c := st.recvBuf.Len(), st.recvBuf.Cap()
+		l, c := st.recvBuf.Len(), st.recvBuf.Cap()
 		st.recvLock.Unlock()
-		if n == frames {
-			if c > frames+minChunk {
-				t.Fatalf("%d 1-byte frames hold %d bytes of chunks", frames, c)
-			}
-			return
+		if l == n {
+			return c
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatal("the frames did not arrive")
+	t.Fatalf("%d bytes did not arrive", n)
+	return 0
 }
 
 // TestForkWriteTimeoutMidBody: a data frame written from the caller's
@@ -194,17 +201,7 @@ func TestForkQueueRoomBounded(t *testing.T) {
 	for i := 0; i < frames; i++ {
 		writeFrame(t, peer, typeData, 0, 1, body, size)
 	}
-	for i := 0; i < 100; i++ {
-		st.recvLock.Lock()
-		n, c := st.recvBuf.Len(), st.recvBuf.Cap()
-		st.recvLock.Unlock()
-		if n == frames*size {
-			if c > 2*int(initialStreamWindow) {
-				t.Fatalf("a window of %d-byte frames holds %d bytes of chunks", size, c)
-			}
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+	if c := queuedRoom(t, st, frames*size); c > 2*int(initialStreamWindow) {
+		t.Fatalf("a window of %d-byte frames holds %d bytes of chunks", size, c)
 	}
-	t.Fatal("the frames did not arrive")
 }
