@@ -5,7 +5,7 @@
 // (a 1 GiB upload: per-stream receive buffers, copy buffers) and then goes
 // idle can hold tens of MB of RSS for minutes. PID 1 should not. So a
 // Trimmer watches the allocation counter: when a tick that allocated a lot
-// is followed by a quiet one, it runs debug.FreeOSMemory once (a forced GC
+// is followed by a quiet one, it runs debug.FreeOSMemory (a forced GC
 // plus returning every free page), which costs a few milliseconds on the
 // small heap left after a burst and nothing while the work goes on.
 package memtrim
@@ -40,7 +40,7 @@ type Trimmer struct {
 
 // New returns a Trimmer with the defaults.
 func New() *Trimmer {
-	return &Trimmer{Tick: Tick, Burst: Burst, Quiet: Quiet, Free: debug.FreeOSMemory}
+	return &Trimmer{Tick: Tick, Burst: Burst, Quiet: Quiet, Free: freeTwice}
 }
 
 func (t *Trimmer) allocated() uint64 {
@@ -83,4 +83,15 @@ func (t *Trimmer) Step(tick, sinceTrim uint64) bool {
 	}
 	t.Free()
 	return true
+}
+
+// freeTwice runs debug.FreeOSMemory twice: a sync.Pool keeps what it holds
+// through one GC (its victim cache) and drops it at the next, so one
+// forced GC left the pooled receive chunks of the yamux copy (up to a
+// window per busy stream) and net/http's pooled buffers resident; the
+// second GC finds them free and returns them. Both run on the small heap
+// left after a burst (a few ms).
+func freeTwice() {
+	debug.FreeOSMemory()
+	debug.FreeOSMemory()
 }

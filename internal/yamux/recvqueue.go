@@ -1,5 +1,7 @@
 package yamux
 
+import "sync"
+
 // recvQueue holds a stream's received, unread bytes as a list of chunks
 // (tl-agent's change, FORK.md). Upstream kept them in a bytes.Buffer that
 // the receive loop filled straight from the connection while holding the
@@ -13,55 +15,44 @@ type recvQueue struct {
 	chunks [][]byte // unread bytes: chunks[0][off:], chunks[1], ...
 	off    int
 	n      int
-	spare  [][]byte // drained chunks kept for the next frames
 }
 
-// Chunks come in size classes, minChunk, 2*minChunk, ... maxClass; a
-// frame larger than maxClass (a peer may send up to its window) gets a
-// chunk of its own size. A drained chunk of a class is kept for the
-// stream's next frames (at most maxSpare of them, as upstream kept its one
-// buffer), not in a pool shared by every stream: a process's spare memory
-// then goes with its streams (closed, or shrunk when idle) and a forced GC
-// returns it, where a sync.Pool would keep it past one.
+// Chunks are pooled by size class: minChunk, 2*minChunk, ... maxPooled.
+// A frame larger than maxPooled (a peer may send up to its window) gets a
+// chunk of its own size that is not pooled.
 const (
-	minChunk = 32 << 10
-	maxClass = 256 << 10
-	maxSpare = 4
+	minChunk  = 32 << 10
+	maxPooled = 256 << 10
 )
 
-// classSize is the size of the class that holds n bytes, or n itself
-// above the largest class.
-func classSize(n int) int {
-	if n > maxClass {
-		return n
+var chunkPools [4]sync.Pool // 32, 64, 128, 256 KiB
+
+func chunkClass(n int) int {
+	c := 0
+	for size := minChunk; size < n; size *= 2 {
+		c++
 	}
-	size := minChunk
-	for size < n {
-		size *= 2
-	}
-	return size
+	return c
 }
 
-// take returns an empty chunk with room for at least n bytes, a spare one
-// of its class if there is one.
-func (q *recvQueue) take(n int) []byte {
-	size := classSize(n)
-	for i := len(q.spare) - 1; i >= 0; i-- {
-		if c := q.spare[i]; cap(c) == size {
-			q.spare[i] = q.spare[len(q.spare)-1]
-			q.spare[len(q.spare)-1] = nil
-			q.spare = q.spare[:len(q.spare)-1]
-			return c[:0]
-		}
+// getChunk returns an empty chunk with room for at least n bytes.
+func getChunk(n int) []byte {
+	if n > maxPooled {
+		return make([]byte, 0, n)
 	}
-	return make([]byte, 0, size)
+	c := chunkClass(n)
+	if p, _ := chunkPools[c].Get().(*[]byte); p != nil {
+		return (*p)[:0]
+	}
+	return make([]byte, 0, minChunk<<c)
 }
 
-// keep makes a drained chunk a spare, or drops it.
-func (q *recvQueue) keep(c []byte) {
-	if cap(c) <= maxClass && len(q.spare) < maxSpare {
-		q.spare = append(q.spare, c[:0])
+func putChunk(b []byte) {
+	if cap(b) > maxPooled || cap(b) < minChunk || cap(b)&(cap(b)-1) != 0 {
+		return
 	}
+	b = b[:0]
+	chunkPools[chunkClass(cap(b))].Put(&b)
 }
 
 // Len is the number of unread bytes.
@@ -70,7 +61,7 @@ func (q *recvQueue) Len() int { return q.n }
 // push queues a chunk of received bytes.
 func (q *recvQueue) push(b []byte) {
 	if len(b) == 0 {
-		q.keep(b)
+		putChunk(b)
 		return
 	}
 	q.chunks = append(q.chunks, b)
@@ -79,7 +70,7 @@ func (q *recvQueue) push(b []byte) {
 
 // addRoom queues an empty chunk for small frames to be packed into.
 func (q *recvQueue) addRoom(size int) {
-	q.chunks = append(q.chunks, q.take(size))
+	q.chunks = append(q.chunks, getChunk(size))
 }
 
 // tail is the last chunk's free room when it has at least n bytes of it,
@@ -102,8 +93,8 @@ func (q *recvQueue) grewTail(n int) {
 	q.n += n
 }
 
-// Read copies unread bytes into b, in order, and keeps drained chunks
-// as spares.
+// Read copies unread bytes into b, in order, and returns drained chunks
+// to their pools.
 func (q *recvQueue) Read(b []byte) int {
 	read := 0
 	for read < len(b) && len(q.chunks) > 0 {
@@ -112,7 +103,7 @@ func (q *recvQueue) Read(b []byte) int {
 		read += m
 		q.off += m
 		if q.off == len(c) {
-			q.keep(c)
+			putChunk(c)
 			q.chunks[0] = nil
 			q.chunks = q.chunks[1:]
 			q.off = 0
@@ -125,13 +116,12 @@ func (q *recvQueue) Read(b []byte) int {
 	return read
 }
 
-// release drops the spares, and the chunks when nothing is unread (an
-// idle stream that was shrunk).
+// release drops every chunk (a stream that was shrunk or closed).
 func (q *recvQueue) release() {
-	q.spare = nil
-	if q.n == 0 {
-		q.chunks, q.off = nil, 0
+	for _, c := range q.chunks {
+		putChunk(c)
 	}
+	*q = recvQueue{}
 }
 
 // Cap is the room the queued chunks hold (upstream's tests log the

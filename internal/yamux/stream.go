@@ -511,9 +511,10 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		s.recvWindow -= length
 		s.recvLock.Unlock()
 	} else {
-		chunk := s.recvBuf.take(int(length))[:length]
 		s.recvLock.Unlock()
+		chunk := getChunk(int(length))[:length]
 		if _, err := io.ReadFull(conn, chunk); err != nil {
+			putChunk(chunk)
 			s.session.logger.Printf("[ERR] yamux: Failed to read stream data: %v", err)
 			return err
 		}
@@ -558,6 +559,8 @@ func (s *Stream) SetWriteDeadline(t time.Time) error {
 // the idle memory utilization.
 func (s *Stream) Shrink() {
 	s.recvLock.Lock()
-	s.recvBuf.release()
+	if s.recvBuf.Len() == 0 {
+		s.recvBuf.release()
+	}
 	s.recvLock.Unlock()
 }
