@@ -41,7 +41,7 @@ deps:
 ## end, then every fuzz target for FUZZTIME.
 test: deps lint
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 60m ./...
-	cd internal/yamux && $(GO) test -count=1 . # the yamux copy is its own module (FORK.md)
+	cd internal/yamux && $(GO) test -count=1 -skip '^TestHalfCloseSessionShutdown$$' . # the yamux copy is its own module; the skip: FORK.md
 	GO=$(GO) ./scripts/fuzz.sh $(FUZZTIME)
 
 test-unit: lint
