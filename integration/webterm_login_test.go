@@ -28,6 +28,13 @@ func loginClient(src string) *http.Client {
 // own page does (Origin of the host), and returns the answer and body.
 func postLogin(t *testing.T, s *System, c *http.Client, key string) (*http.Response, string) {
 	t.Helper()
+	return postLoginAccept(t, s, c, key, "")
+}
+
+// postLoginAccept is postLogin with an Accept header (a browser's: the
+// page, not JSON, on a refusal).
+func postLoginAccept(t *testing.T, s *System, c *http.Client, key, accept string) (*http.Response, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, "POST", s.BaseURL()+"/_proxy/login", strings.NewReader(url.Values{"key": {key}}.Encode()))
@@ -36,6 +43,9 @@ func postLogin(t *testing.T, s *System, c *http.Client, key string) (*http.Respo
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Origin", s.BaseURL())
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
 	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatalf("login: %v", err)
@@ -87,6 +97,14 @@ func TestBrowserLoginRateLimit(t *testing.T) {
 	}
 	if resp, _ := postLogin(t, s, attacker, s.APIKey); resp.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("the flooding source's own login: %d, want 429 (the key is not even compared)", resp.StatusCode)
+	}
+	// A browser's own form post (Accept: text/html) gets the login page
+	// again with the reason, not the JSON error.
+	resp, body = postLoginAccept(t, s, attacker, "tl_guess_"+randHex(16), "text/html,application/xhtml+xml,*/*;q=0.8")
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") ||
+		!strings.Contains(body, "Too many failed logins from this address") || !strings.Contains(body, `action="/_proxy/login"`) ||
+		resp.Header.Get("Retry-After") == "" || resp.Header.Get("X-Frame-Options") != "DENY" {
+		t.Fatalf("a browser's refused login: %d %q %q:\n%s", resp.StatusCode, resp.Header.Get("Content-Type"), resp.Header.Get("Retry-After"), body)
 	}
 	log := s.ProxyLog()
 	if n := strings.Count(log, "too many failed attempts"); n != 1 {

@@ -85,19 +85,27 @@ func pageHeaders(h http.Handler) http.Handler {
 // learned by the page's own requests), so it needs no login itself.
 func (p *Proxy) servePageTemplate(name string) http.HandlerFunc {
 	return pageHeaders(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		r, err := p.selectRoute(req)
-		data := map[string]string{"Domain": p.cfg.Domain, "Failed": ""}
-		if err == nil {
-			data["Sandbox"] = r.sandbox
-		}
+		failed := ""
 		if req.URL.Query().Get("login") == "failed" {
-			data["Failed"] = "That API key was not accepted here."
+			failed = "That API key was not accepted here."
 		}
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		if err := pageTemplates.ExecuteTemplate(w, name, data); err != nil {
-			p.log.Warn().Err(err).Str("page", name).Msg("page template")
-		}
+		p.renderPage(w, req, name, failed, http.StatusOK)
 	})).ServeHTTP
+}
+
+// renderPage writes page name with its login form's message (none when
+// failed is empty) and status.
+func (p *Proxy) renderPage(w http.ResponseWriter, req *http.Request, name, failed string, status int) {
+	r, err := p.selectRoute(req)
+	data := map[string]string{"Domain": p.cfg.Domain, "Failed": failed}
+	if err == nil {
+		data["Sandbox"] = r.sandbox
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	if err := pageTemplates.ExecuteTemplate(w, name, data); err != nil {
+		p.log.Warn().Err(err).Str("page", name).Msg("page template")
+	}
 }
 
 // handleLogin takes the login form (the key in a POST body, never a URL),
@@ -152,11 +160,29 @@ func (p *Proxy) loginAllowed(w http.ResponseWriter, req *http.Request, origin st
 	if log {
 		p.loginLimit.logRefusal(p.log, req.RemoteAddr, origin, unlogged)
 	}
-	secs := int(math.Ceil(wait.Seconds()))
-	w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
-	httpx.WriteError(w, http.StatusTooManyRequests, "TOO_MANY_FAILED_LOGINS",
-		fmt.Sprintf("too many failed logins from this address (%d per %v); retry in %d s", int(p.loginLimit.burst), p.loginLimit.window, max(secs, 1)))
+	secs := max(int(math.Ceil(wait.Seconds())), 1)
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	bound := fmt.Sprintf("(%d per %v); retry in %d s", int(p.loginLimit.burst), p.loginLimit.window, secs)
+	if wantsPage(req) {
+		// The login form's own post: the page again, with the reason
+		// where a wrong key's message goes, not a JSON error.
+		page := "index.html"
+		if _, err := p.selectRoute(req); err == nil {
+			page = "terminal.html"
+		}
+		pageHeaders(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			p.renderPage(w, req, page, "Too many failed logins from this address "+bound+".", http.StatusTooManyRequests)
+		})).ServeHTTP(w, req)
+		return nil, false
+	}
+	httpx.WriteError(w, http.StatusTooManyRequests, "TOO_MANY_FAILED_LOGINS", "too many failed logins from this address "+bound)
 	return nil, false
+}
+
+// wantsPage is true for a browser's navigation (its Accept names HTML
+// first-class), not for scripts and SDKs, which get the JSON error.
+func wantsPage(req *http.Request) bool {
+	return strings.Contains(req.Header.Get("Accept"), "text/html")
 }
 
 // handleLogout ends the login of this host's cookie (from its own page).
