@@ -43,23 +43,10 @@ func scoreArgvFds(t *testing.T) {
 	SetHeadroom(&Headroom{OOMScoreAdj: want, SetOOM: true, Failed: &failed})
 	defer SetHeadroom(nil)
 	u := self(t)
-	c, err := Build(Spec{User: u, Argv: []string{"sh", "-c", `cat /proc/self/oom_score_adj; echo "$0 $X"; ls /proc/self/fd`}, Env: map[string]string{"X": "y"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, w, _ := os.Pipe()
-	c.Cmd.Stdout, c.Cmd.Stderr = w, w
-	cmd, err := Start(c, startPlain)
-	w.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make([]byte, 4096)
-	n, _ := readAll(r, out)
-	_ = cmd.Wait()
-	lines := strings.Fields(string(out[:n]))
+	out := runOutput(t, Spec{User: u, Argv: []string{"sh", "-c", `cat /proc/self/oom_score_adj; echo "$0 $X"; ls /proc/self/fd`}, Env: map[string]string{"X": "y"}})
+	lines := strings.Fields(out)
 	if len(lines) < 3 || lines[0] != strconv.Itoa(want) || lines[1] != "sh" || lines[2] != "y" {
-		t.Fatalf("output %q: want score %d, argv[0] sh, X=y", out[:n], want)
+		t.Fatalf("output %q: want score %d, argv[0] sh, X=y", out, want)
 	}
 	// The same fds as a plain exec (this test's inherited ones included).
 	plain, _ := exec.Command("ls", "/proc/self/fd").Output()
@@ -69,6 +56,28 @@ func scoreArgvFds(t *testing.T) {
 	if failed.Load() != 0 {
 		t.Errorf("headroom failures: %d", failed.Load())
 	}
+}
+
+// runOutput starts spec through Start (the incubator in use) and returns
+// what it wrote to stdout and stderr (at most 4 KiB) once it has exited.
+func runOutput(t *testing.T, spec Spec) string {
+	t.Helper()
+	c, err := Build(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, _ := os.Pipe()
+	defer r.Close()
+	c.Cmd.Stdout, c.Cmd.Stderr = w, w
+	cmd, err := Start(c, startPlain)
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, 4096)
+	n, _ := readAll(r, out)
+	_ = cmd.Wait()
+	return string(out[:n])
 }
 
 func readAll(r *os.File, b []byte) (int, error) {

@@ -147,22 +147,9 @@ func TestStubAsOtherUser(t *testing.T) {
 	}
 	needStub(t)
 	u := &identity.User{Name: "nobody", UID: 65534, GID: 65534, Home: "/nonexistent", Shell: "/bin/sh"}
-	c, err := Build(Spec{User: u, Argv: []string{"sh", "-c", "id -u; ls /proc/self/fd"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, w, _ := os.Pipe()
-	c.Cmd.Stdout, c.Cmd.Stderr = w, w
-	cmd, err := Start(c, startPlain)
-	w.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make([]byte, 4096)
-	n, _ := readAll(r, out)
-	_ = cmd.Wait()
-	if f := strings.Fields(string(out[:n])); len(f) == 0 || f[0] != "65534" {
-		t.Errorf("output %q, want uid 65534", out[:n])
+	out := runOutput(t, Spec{User: u, Argv: []string{"sh", "-c", "id -u; ls /proc/self/fd"}})
+	if f := strings.Fields(out); len(f) == 0 || f[0] != "65534" {
+		t.Errorf("output %q, want uid 65534", out)
 	}
 	if kind, why := Incubator(); kind != "stub" {
 		t.Errorf("the stub was turned off for another user: %s", why)
