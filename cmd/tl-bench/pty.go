@@ -144,16 +144,7 @@ func (pt ptyTarget) conn(e *Env, command string) *websocket.Conn {
 	req, _ := http.NewRequest("POST", pt.base+"/api/v1/pty", bytes.NewReader(data))
 	req.Host = pt.host
 	req.Header = pt.header.Clone()
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.Fatalf("create: %v", err)
-	}
-	var created map[string]string
-	_ = json.NewDecoder(resp.Body).Decode(&created)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		e.Fatalf("create: %d %v", resp.StatusCode, created)
-	}
+	created := createPTY(e, req)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	h := pt.header.Clone()
@@ -354,16 +345,7 @@ func idleMemory(e *Env, s *integration.System) []Result {
 	}
 	create := func(n int) {
 		for i := 0; i < n; i++ {
-			req := s.Request(context.Background(), "POST", "/api/v1/pty", strings.NewReader(`{"command":"sh"}`))
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				e.Fatalf("create: %v", err)
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusCreated {
-				e.Fatalf("create session %d: %d", i, resp.StatusCode)
-			}
+			createPTY(e, s.Request(context.Background(), "POST", "/api/v1/pty", strings.NewReader(`{"command":"sh"}`)))
 		}
 	}
 	base := rss()
@@ -377,4 +359,20 @@ func idleMemory(e *Env, s *integration.System) []Result {
 		{Name: "agent RSS, 1000 idle sessions", Unit: "KiB", Ours: at1000, Lower: true},
 		{Name: "agent memory per idle session", Unit: "KiB", Ours: (at1000 - base) / 1000, Lower: true, Note: "target < 64"},
 	}
+}
+
+// createPTY sends req (a POST /api/v1/pty) and returns the created
+// session's answer (session_id, token); anything but 201 ends the run.
+func createPTY(e *Env, req *http.Request) map[string]string {
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.Fatalf("create: %v", err)
+	}
+	var created map[string]string
+	_ = json.NewDecoder(resp.Body).Decode(&created)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		e.Fatalf("create: %d %v", resp.StatusCode, created)
+	}
+	return created
 }

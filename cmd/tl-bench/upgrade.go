@@ -165,16 +165,7 @@ type tickWatcher struct {
 
 func watchTicker(e *Env, s *integration.System) *tickWatcher {
 	body, _ := json.Marshal(map[string]any{"command": "sh", "args": []string{"-c", "i=0; while :; do echo tick-$i; i=$((i+1)); sleep 0.01; done"}})
-	resp, err := http.DefaultClient.Do(s.Request(context.Background(), "POST", "/api/v1/pty", bytes.NewReader(body)))
-	if err != nil {
-		e.Fatalf("create: %v", err)
-	}
-	var created map[string]string
-	_ = json.NewDecoder(resp.Body).Decode(&created)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		e.Fatalf("create: %d %v", resp.StatusCode, created)
-	}
+	created := createPTY(e, s.Request(context.Background(), "POST", "/api/v1/pty", bytes.NewReader(body)))
 	w := &tickWatcher{s: s, id: created["session_id"], token: created["token"], stop: make(chan struct{}), done: make(chan struct{})}
 	go w.run()
 	return w
