@@ -70,15 +70,18 @@ func (p *Proxy) pageRoutes() http.Handler {
 // type sniffing, no referrer to other origins, scripts only from the proxy.
 func pageHeaders(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		hd := w.Header()
-		hd.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "+
-			"connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
-		hd.Set("X-Frame-Options", "DENY")
-		hd.Set("X-Content-Type-Options", "nosniff")
-		hd.Set("Referrer-Policy", "same-origin") // no-referrer would make a form's Origin "null"
-		hd.Set("Cache-Control", "no-cache")
+		setPageHeaders(w.Header())
 		h.ServeHTTP(w, req)
 	})
+}
+
+func setPageHeaders(hd http.Header) {
+	hd.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "+
+		"connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+	hd.Set("X-Frame-Options", "DENY")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("Referrer-Policy", "same-origin") // no-referrer would make a form's Origin "null"
+	hd.Set("Cache-Control", "no-cache")
 }
 
 // servePageTemplate serves a page; it holds no secret (the login state is
@@ -170,9 +173,8 @@ func (p *Proxy) loginAllowed(w http.ResponseWriter, req *http.Request, origin st
 		if _, err := p.selectRoute(req); err == nil {
 			page = "terminal.html"
 		}
-		pageHeaders(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-			p.renderPage(w, req, page, "Too many failed logins from this address "+bound+".", http.StatusTooManyRequests)
-		})).ServeHTTP(w, req)
+		setPageHeaders(w.Header())
+		p.renderPage(w, req, page, "Too many failed logins from this address "+bound+".", http.StatusTooManyRequests)
 		return nil, false
 	}
 	httpx.WriteError(w, http.StatusTooManyRequests, "TOO_MANY_FAILED_LOGINS", "too many failed logins from this address "+bound)
