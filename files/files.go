@@ -296,7 +296,7 @@ func (s *Server) serveSized(w http.ResponseWriter, r *http.Request, f *os.File, 
 	}
 	w.Header().Set("ETag", etag(fi))
 	bw := &bigCopies{ResponseWriter: w, size: fi.Size()}
-	http.ServeContent(bw, r, "", fi.ModTime(), gatedFile{Reader: s.gate.Reader(f), f: f})
+	http.ServeContent(bw, r, "", fi.ModTime(), gatedFile{gate: s.gate, f: f})
 }
 
 // etag names one version of a file: its inode, size and modification time
@@ -313,26 +313,112 @@ func etag(fi fs.FileInfo) string {
 // gatedFile is the file as http.ServeContent reads it: reads through the
 // gate, seeks (no I/O) direct.
 type gatedFile struct {
-	io.Reader
-	f *os.File
+	gate *threads.Gate
+	f    *os.File
+}
+
+func (g gatedFile) Read(p []byte) (int, error) {
+	g.gate.Enter()
+	defer g.gate.Leave()
+	return g.f.Read(p)
 }
 
 func (g gatedFile) Seek(off int64, whence int) (int64, error) { return g.f.Seek(off, whence) }
 
-// bigCopies makes ServeContent's copy use our bufSize buffer (through the
-// uplink the response writer's own copy would go in 32 KiB steps, a
-// syscall and a frame each), and turns its plain-text 416 into the API's
-// JSON error.
+// bigCopies hands ServeContent's copy of a range to the response as a
+// fileRange, and turns ServeContent's plain-text 416 into the API's JSON
+// error.
 type bigCopies struct {
 	http.ResponseWriter
 	size    int64
 	refused bool // a 416 was answered: ServeContent's own text is dropped
 }
 
+// ReadFrom takes ServeContent's copy (io.CopyN of the file) and gives the
+// response writer's own ReadFrom a fileRange: through the uplink its
+// bytes are spliced, else copied in bufSize steps (the response writer's
+// own copy goes in 32 KiB steps, a syscall and a frame each).
 func (b *bigCopies) ReadFrom(r io.Reader) (int64, error) {
+	if lr, ok := r.(*io.LimitedReader); ok {
+		if g, ok := lr.R.(gatedFile); ok {
+			if rf, ok := b.ResponseWriter.(io.ReaderFrom); ok {
+				n, err := rf.ReadFrom(&fileRange{gate: g.gate, f: g.f, left: lr.N})
+				lr.N -= n
+				return n, err
+			}
+		}
+	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	return io.CopyBuffer(writerOnly{b.ResponseWriter}, readerOnly{r}, *bp)
+}
+
+// fileRange is the next left bytes of a regular file being downloaded.
+// It is a PipeFiller (uplink): over the uplink its bytes go from the page
+// cache to the socket by splice(2), never copied through the agent. Each
+// read and each fill holds a slot of the gate, as all file I/O does.
+type fileRange struct {
+	gate *threads.Gate
+	f    *os.File
+	left int64
+}
+
+func (r *fileRange) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), r.left)]
+	r.gate.Enter()
+	n, err := r.f.Read(p)
+	r.gate.Leave()
+	r.left -= int64(n)
+	return n, err
+}
+
+// WriteTo is the copy where splice is not taken (a direct listener, TLS
+// uplinks): bufSize steps.
+func (r *fileRange) WriteTo(w io.Writer) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	return io.CopyBuffer(writerOnly{w}, readerOnly{r}, *bp)
+}
+
+// FillPipe moves up to n of the range's bytes into the pipe fd: the
+// pipe then holds references to the file's pages, not copies. It reads
+// at the file's offset, as Read does, and ends with io.EOF when the range
+// is sent or the file ends early (it shrank).
+func (r *fileRange) FillPipe(fd int, n int) (int, error) {
+	if r.left <= 0 {
+		return 0, io.EOF
+	}
+	rc, err := r.f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	want := int(min(int64(n), r.left))
+	var k int64
+	var serr error
+	r.gate.Enter()
+	err = rc.Read(func(ffd uintptr) bool {
+		for {
+			k, serr = unix.Splice(int(ffd), nil, fd, nil, want, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			if serr != unix.EINTR {
+				return true
+			}
+		}
+	})
+	r.gate.Leave()
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return 0, err
+	}
+	if k == 0 {
+		return 0, io.EOF
+	}
+	r.left -= k
+	return int(k), nil
 }
 
 func (b *bigCopies) WriteHeader(code int) {

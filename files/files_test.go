@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/threads"
 )
 
 func filesServer(t *testing.T) *httptest.Server {
@@ -157,5 +159,110 @@ func TestOwnerIsTheGivenUser(t *testing.T) {
 		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 2345 || st.Gid != 2346 {
 			t.Fatalf("%s owned by %d:%d, want the owner's 2345:2346", p, st.Uid, st.Gid)
 		}
+	}
+}
+
+// pipeSink is a response writer whose ReadFrom takes a PipeFiller's
+// bytes through a real pipe, as the uplink's stream does.
+type pipeSink struct {
+	http.ResponseWriter
+	fills *int
+}
+
+func (p pipeSink) ReadFrom(r io.Reader) (int64, error) {
+	pf, ok := r.(interface{ FillPipe(fd, n int) (int, error) })
+	if !ok {
+		return io.Copy(struct{ io.Writer }{p.ResponseWriter}, r)
+	}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return 0, err
+	}
+	pr := os.NewFile(uintptr(fds[0]), "pipe")
+	defer pr.Close()
+	defer unix.Close(fds[1])
+	var total int64
+	buf := make([]byte, 64<<10)
+	for {
+		k, err := pf.FillPipe(fds[1], len(buf))
+		if k > 0 {
+			*p.fills++
+			if _, rerr := io.ReadFull(pr, buf[:k]); rerr != nil {
+				return total, rerr
+			}
+			if _, werr := p.ResponseWriter.Write(buf[:k]); werr != nil {
+				return total, werr
+			}
+			total += int64(k)
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// A download of a regular file reaches the connection's ReadFrom as a
+// PipeFiller (the uplink splices it): whole, and for a Range just the
+// range, after net/http's first bytes; the gate's slots are all back.
+func TestDownloadOffersPipeFiller(t *testing.T) {
+	u, err := user.Current()
+	if err != nil {
+		t.Skip("no current user")
+	}
+	owner, err := identity.Lookup(u.Username)
+	if err != nil {
+		t.Skip("current user not in passwd")
+	}
+	gate := threads.NewGate(4)
+	fs, err := New(Config{Owner: owner, Gate: gate}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	fs.Routes(mux)
+	fills := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mux.ServeHTTP(pipeSink{w, &fills}, r)
+	}))
+	defer srv.Close()
+	data := make([]byte, 1<<20+777)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	path := filepath.Join(t.TempDir(), "big")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	get := func(rangeHdr string) (int, []byte) {
+		req, _ := http.NewRequest("GET", srv.URL+"/api/v1/files?path="+url.QueryEscape(path), nil)
+		if rangeHdr != "" {
+			req.Header.Set("Range", rangeHdr)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	if code, b := get(""); code != 200 || string(b) != string(data) {
+		t.Fatalf("whole file: %d, %d bytes, want 200 and %d equal ones", code, len(b), len(data))
+	}
+	if fills == 0 {
+		t.Fatal("the download was not offered as a PipeFiller")
+	}
+	fills = 0
+	if code, b := get("bytes=1000-600999"); code != 206 || string(b) != string(data[1000:601000]) {
+		t.Fatalf("range: %d, %d bytes", code, len(b))
+	}
+	if fills == 0 {
+		t.Fatal("the range was not offered as a PipeFiller")
+	}
+	if n := gate.InUse(); n != 0 {
+		t.Fatalf("%d gate slots still held", n)
 	}
 }

@@ -119,9 +119,7 @@ func (s *Stream) Write(b []byte) (int, error) {
 		m, err := s.Stream.Write(b[:n])
 		written += m
 		if err != nil {
-			if errors.Is(err, yamux.ErrConnectionWriteTimeout) {
-				_ = s.Stream.Session().Close()
-			}
+			s.closeOnWriteTimeout(err)
 			return written, err
 		}
 		if n >= WriteChunk {
@@ -130,6 +128,14 @@ func (s *Stream) Write(b []byte) (int, error) {
 		b = b[n:]
 	}
 	return written, nil
+}
+
+// closeOnWriteTimeout closes the session after a write that hit the
+// connection write timeout (GHSA-29qp-crvh-w22m, see Stream).
+func (s *Stream) closeOnWriteTimeout(err error) {
+	if errors.Is(err, yamux.ErrConnectionWriteTimeout) {
+		_ = s.Stream.Session().Close()
+	}
 }
 
 // frame is the bound of the next frame: WriteChunk while another stream
@@ -165,11 +171,17 @@ func (s *Stream) adapt(n int, took time.Duration) {
 func (s *Stream) CloseWrite() error { return s.Stream.Close() }
 
 // ReadFrom keeps io.Copy from bypassing the chunking through a ReaderFrom
-// on the source side. It reads up to CopyBuffer at a time (a file, a
-// client's socket: one syscall per 256 KiB instead of per frame) and
-// writes that in WriteChunk frames, so the frames, and with them a
-// keystroke's wait behind a bulk stream, stay as small as before.
+// on the source side. A PipeFiller's bytes go by splice (spliceFrom);
+// others are read up to CopyBuffer at a time (a file, a client's socket:
+// one syscall per 256 KiB instead of per frame) and written in frames
+// bounded as Write's are, so a keystroke's wait behind a bulk stream
+// stays as short.
 func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
+	if pf, ok := r.(PipeFiller); ok {
+		if n, err, fallback := s.spliceFrom(pf); !fallback {
+			return n, err
+		}
+	}
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp

@@ -74,6 +74,10 @@ var (
 	// timeout writing to the underlying stream connection.
 	ErrConnectionWriteTimeout = fmt.Errorf("connection write timeout")
 
+	// ErrNoDirectWrite (tl-agent fork): Stream.WriteFunc needs a
+	// connection with write deadlines.
+	ErrNoDirectWrite = fmt.Errorf("yamux: the connection takes no direct frame writes")
+
 	// ErrKeepAliveTimeout is sent if a missed keepalive caused the stream close
 	ErrKeepAliveTimeout = fmt.Errorf("keepalive timeout")
 )

@@ -205,3 +205,99 @@ func TestForkQueueRoomBounded(t *testing.T) {
 		t.Fatalf("a window of %d-byte frames holds %d bytes of chunks", size, c)
 	}
 }
+
+// WriteFunc: fill is offered at most the send window and the bound; the
+// caller's own writes of header and body reach the peer as one frame, in
+// order with frames written by Write; a connection without write
+// deadlines refuses it.
+func TestForkWriteFunc(t *testing.T) {
+	a, b := testConnTCP(t)
+	client, err := Client(a, testConfNoKeepAlive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := Server(b, testConfNoKeepAlive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	s, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want bytes.Buffer
+	body := bytes.Repeat([]byte("spliced"), 1000)
+	offered := 0
+	for i := 0; i < 3; i++ {
+		n, err := s.WriteFunc(len(body), func(n int) (int, error) {
+			offered = n
+			return n, nil
+		}, func(hdr []byte) error {
+			if _, err := a.Write(hdr); err != nil {
+				return err
+			}
+			_, err := a.Write(body[:offered])
+			return err
+		})
+		if err != nil || n != len(body) || offered != len(body) {
+			t.Fatalf("WriteFunc: %d, %v (offered %d)", n, err, offered)
+		}
+		want.Write(body)
+		if _, err := s.Write([]byte("|plain|")); err != nil {
+			t.Fatal(err)
+		}
+		want.WriteString("|plain|")
+	}
+	// At the end of the source: its bytes, then its error.
+	n, err := s.WriteFunc(10, func(n int) (int, error) { return 3, io.EOF },
+		func(hdr []byte) error {
+			if _, err := a.Write(hdr); err != nil {
+				return err
+			}
+			_, err := a.Write([]byte("end"))
+			return err
+		})
+	if n != 3 || err != io.EOF {
+		t.Fatalf("WriteFunc at the end: %d, %v", n, err)
+	}
+	want.WriteString("end")
+	s.Close()
+	peer, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(peer)
+	if err != nil || !bytes.Equal(got, want.Bytes()) {
+		t.Fatalf("peer read %d bytes (%v), want %d in order", len(got), err, want.Len())
+	}
+
+	// The window bounds what fill is offered.
+	s2, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.Write(make([]byte, initialStreamWindow-100)); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = s2.WriteFunc(1<<20, func(n int) (int, error) { offered = n; return 0, io.EOF }, nil)
+	if offered != 100 {
+		t.Fatalf("fill offered %d bytes with 100 left in the window", offered)
+	}
+
+	p1, p2 := testConnPipe(t) // io pipes: no deadlines
+	defer p2.Close()
+	piped, err := Client(p1, testConfNoKeepAlive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer piped.Close()
+	go io.Copy(io.Discard, p2)
+	s3, err := piped.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s3.WriteFunc(10, nil, nil); !errors.Is(err, ErrNoDirectWrite) {
+		t.Fatalf("WriteFunc on a pipe: %v, want ErrNoDirectWrite", err)
+	}
+}

@@ -453,16 +453,32 @@ func (s *Session) waitForSendErr(hdr header, body []byte, errCh chan error) erro
 // writeData writes a stream's data frame from the caller's goroutine
 // (tl-agent fork): upstream queued it to sendLoop, which copied the body
 // and wrote it while the caller waited, two goroutine hand-offs and one
-// copy per frame. The wait is bounded as upstream's is, by
-// ConnectionWriteTimeout, through the connection's write deadline; a
-// connection without one (a test's pipe) takes upstream's queue. A
-// failed or timed-out write ends the session (a frame may be half
-// written).
+// copy per frame. A connection without write deadlines (a test's pipe)
+// takes upstream's queue.
 func (s *Session) writeData(hdr header, body []byte, errCh chan error) error {
-	dl, ok := s.conn.(interface{ SetWriteDeadline(time.Time) error })
-	if !ok {
+	if _, ok := s.conn.(deadliner); !ok {
 		return s.waitForSendErr(hdr, body, errCh)
 	}
+	return s.writeFrame(func() error {
+		_, err := s.conn.Write(hdr)
+		if err == nil {
+			_, err = s.conn.Write(body)
+		}
+		return err
+	})
+}
+
+// deadliner is a connection whose writes can be bounded in time.
+type deadliner interface{ SetWriteDeadline(time.Time) error }
+
+// writeFrame runs write, which writes one frame to the connection,
+// holding writeSem (tl-agent fork; writeData, Stream.WriteFunc). The
+// wait is bounded as upstream's is, by ConnectionWriteTimeout: for the
+// slot, then through the connection's write deadline for the write. A
+// failed or timed-out write ends the session (a frame may be half
+// written).
+func (s *Session) writeFrame(write func() error) error {
+	dl := s.conn.(deadliner)
 	select {
 	case s.writeSem <- struct{}{}:
 	default:
@@ -492,10 +508,7 @@ func (s *Session) writeData(hdr header, body []byte, errCh chan error) error {
 	default:
 	}
 	_ = dl.SetWriteDeadline(time.Now().Add(s.config.ConnectionWriteTimeout))
-	_, err := s.conn.Write(hdr)
-	if err == nil {
-		_, err = s.conn.Write(body)
-	}
+	err := write()
 	_ = dl.SetWriteDeadline(time.Time{})
 	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -507,6 +520,10 @@ func (s *Session) writeData(hdr header, body []byte, errCh chan error) error {
 	}
 	return nil
 }
+
+// Conn is the connection the session runs on (tl-agent fork: the uplink
+// reaches its socket for Stream.WriteFunc).
+func (s *Session) Conn() io.ReadWriteCloser { return s.conn }
 
 // sendNoWait does a send without waiting. Since there's the expectation that
 // the send happens right here, we enforce the connection write timeout if we

@@ -2,6 +2,7 @@ package yamux
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -175,35 +176,17 @@ func (s *Stream) Write(b []byte) (n int, err error) {
 // write is used to write to the stream, may return on
 // a short write.
 func (s *Stream) write(b []byte) (n int, err error) {
-	var flags uint16
-	var max uint32
-	var body []byte
-START:
-	s.stateLock.Lock()
-	switch s.state {
-	case streamLocalClose:
-		fallthrough
-	case streamClosed:
-		s.stateLock.Unlock()
-		return 0, ErrStreamClosed
-	case streamReset:
-		s.stateLock.Unlock()
-		return 0, ErrConnectionReset
-	}
-	s.stateLock.Unlock()
-
-	// If there is no data available, block
-	window := atomic.LoadUint32(&s.sendWindow)
-	if window == 0 {
-		goto WAIT
+	window, err := s.awaitWindow()
+	if err != nil {
+		return 0, err
 	}
 
 	// Determine the flags if any
-	flags = s.sendFlags()
+	flags := s.sendFlags()
 
 	// Send up to our send window
-	max = min(window, uint32(len(b)))
-	body = b[:max]
+	max := min(window, uint32(len(b)))
+	body := b[:max]
 
 	// Send the header
 	s.sendHdr.encode(typeData, flags, s.id, max)
@@ -220,8 +203,67 @@ START:
 
 	// Unlock
 	return int(max), err
+}
 
-WAIT:
+// WriteFunc (tl-agent fork) sends one data frame of at most max bytes
+// whose body the caller writes to the connection itself: tl-agent's
+// uplink splices a file's bytes from a pipe to the socket, so they are
+// never copied through the process. Once the send window allows, fill(n)
+// readies up to n bytes and returns how many (0 ends the call with fill's
+// error). Then send(hdr), holding the connection as a frame write does
+// (writeSem, the write deadline), must write the 12-byte header and
+// exactly that many bytes. A send error ends the session, since the frame
+// may be half written. fill's error comes back with the frame that
+// carried its last bytes. Only on a connection with write deadlines
+// (ErrNoDirectWrite otherwise).
+func (s *Stream) WriteFunc(max int, fill func(n int) (int, error), send func(hdr []byte) error) (int, error) {
+	if _, ok := s.session.conn.(deadliner); !ok {
+		return 0, ErrNoDirectWrite
+	}
+	s.sendLock.Lock()
+	defer s.sendLock.Unlock()
+	window, err := s.awaitWindow()
+	if err != nil {
+		return 0, err
+	}
+	n, ferr := fill(int(min(window, uint32(max))))
+	if n <= 0 {
+		return 0, ferr
+	}
+	if uint32(n) > window || n > max {
+		return 0, fmt.Errorf("yamux: WriteFunc's fill readied %d bytes of %d", n, min(window, uint32(max)))
+	}
+	s.sendHdr.encode(typeData, s.sendFlags(), s.id, uint32(n))
+	if err := s.session.writeFrame(func() error { return send(s.sendHdr) }); err != nil {
+		return 0, err
+	}
+	atomic.AddUint32(&s.sendWindow, ^uint32(n-1))
+	return n, ferr
+}
+
+// awaitWindow waits until the stream may send (some send window, the
+// stream open for writes) and returns the window; the write deadline
+// bounds the wait.
+func (s *Stream) awaitWindow() (uint32, error) {
+START:
+	s.stateLock.Lock()
+	switch s.state {
+	case streamLocalClose:
+		fallthrough
+	case streamClosed:
+		s.stateLock.Unlock()
+		return 0, ErrStreamClosed
+	case streamReset:
+		s.stateLock.Unlock()
+		return 0, ErrConnectionReset
+	}
+	s.stateLock.Unlock()
+
+	// If there is no data available, block
+	if window := atomic.LoadUint32(&s.sendWindow); window > 0 {
+		return window, nil
+	}
+
 	var timeout <-chan time.Time
 	var timer *time.Timer
 	writeDeadline := s.writeDeadline.Load().(time.Time)
