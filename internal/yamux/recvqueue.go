@@ -17,15 +17,16 @@ type recvQueue struct {
 	n      int
 }
 
-// Chunks are pooled by size class: minChunk, 2*minChunk, ... maxPooled.
+// Chunks are pooled by size class: minChunk, 2*minChunk, ... maxPooled
+// (tl-agent's spliced downloads send frames of up to 1 MiB).
 // A frame larger than maxPooled (a peer may send up to its window) gets a
 // chunk of its own size that is not pooled.
 const (
 	minChunk  = 32 << 10
-	maxPooled = 256 << 10
+	maxPooled = 1 << 20
 )
 
-var chunkPools [4]sync.Pool // 32, 64, 128, 256 KiB
+var chunkPools [6]sync.Pool // 32 KiB to 1 MiB
 
 func chunkClass(n int) int {
 	c := 0
