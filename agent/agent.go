@@ -271,6 +271,22 @@ func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
 	return n, err
 }
 
+// SinkTo passes the stream's SinkTo through (internal/relay), counted
+// as reads are.
+func (c *countedConn) SinkTo(w io.Writer, try func([]byte) int, buf []byte) (int64, error) {
+	ss, ok := c.Conn.(interface {
+		SinkTo(io.Writer, func([]byte) int, []byte) (int64, error)
+	})
+	if !ok {
+		return io.CopyBuffer(w, struct{ io.Reader }{c}, buf)
+	}
+	n, err := ss.SinkTo(w, try, buf)
+	if k := c.kind; k != nil && n > 0 {
+		k.in.Add(n)
+	}
+	return n, err
+}
+
 func (c *countedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {

@@ -10,7 +10,10 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	gossh "golang.org/x/crypto/ssh"
 )
@@ -59,7 +62,13 @@ func pipe(dst, src net.Conn) int64 {
 	}
 	bp := pool.Get().(*[]byte)
 	defer pool.Put(bp)
-	n, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+	var n int64
+	var err error
+	if ss, ok := src.(sinker); ok && tryWriter(dst) != nil {
+		n, err = ss.SinkTo(writerOnly{dst}, tryWriter(dst), *bp)
+	} else {
+		n, err = io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+	}
 	if cw, ok := dst.(closeWriter); ok && err == nil {
 		_ = cw.CloseWrite()
 	} else {
@@ -67,6 +76,48 @@ func pipe(dst, src net.Conn) int64 {
 		src.Close()
 	}
 	return n
+}
+
+// sinker is a source that can hand small frames straight to a
+// non-blocking write of the destination (yamux's Stream.SinkTo in the
+// in-repo copy): an interactive byte then skips one goroutine wake-up.
+type sinker interface {
+	SinkTo(w io.Writer, try func([]byte) int, buf []byte) (int64, error)
+}
+
+// tryWriter is a write to a TCP or unix socket that never waits: it
+// returns what the socket took at once (0 when it is full or failed; the
+// relay's own write then finds the error).
+func tryWriter(dst net.Conn) func([]byte) int {
+	var sc syscall.Conn
+	switch c := dst.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	default:
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return func(p []byte) int {
+		var n int
+		_ = rc.Write(func(fd uintptr) bool {
+			for {
+				k, err := unix.Write(int(fd), p)
+				if err == unix.EINTR {
+					continue
+				}
+				if err == nil {
+					n = k
+				}
+				return true
+			}
+		})
+		return n
+	}
 }
 
 // writerOnly and readerOnly hide ReadFrom/WriteTo so CopyBuffer uses our

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -301,3 +302,114 @@ func TestForkWriteFunc(t *testing.T) {
 		t.Fatalf("WriteFunc on a pipe: %v, want ErrNoDirectWrite", err)
 	}
 }
+
+// SinkTo: whatever the sink takes (all, part, nothing, at random), the
+// bytes reach w whole and in order, across small frames (offered to the
+// sink) and large ones (queued); a stream carried only by small frames
+// the sink takes whole moves more than its window (the window updates
+// still flow, though its reader is not woken for those bytes).
+func TestForkSinkTo(t *testing.T) {
+	a, b := testConnTCP(t)
+	client, err := Client(a, testConfNoKeepAlive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := Server(b, testConfNoKeepAlive())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+
+	run := func(t *testing.T, frames [][]byte, take func(p []byte) int) (got []byte, offered int) {
+		t.Helper()
+		s, err := client.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var out bytes.Buffer
+		w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) })
+		try := func(p []byte) int {
+			offered++
+			n := take(p)
+			mu.Lock()
+			out.Write(p[:n])
+			mu.Unlock()
+			return n
+		}
+		done := make(chan error, 1)
+		var total int64
+		go func() {
+			peer, err := server.AcceptStream()
+			if err != nil {
+				done <- err
+				return
+			}
+			total, err = peer.SinkTo(w, try, make([]byte, 32<<10))
+			done <- err
+		}()
+		var want int
+		for _, f := range frames {
+			want += len(f)
+		}
+		go func() {
+			for _, f := range frames {
+				if _, err := s.Write(f); err != nil {
+					return
+				}
+			}
+			s.Close()
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("stuck: the sender's window was not updated")
+		}
+		if total != int64(want) {
+			t.Fatalf("SinkTo counted %d bytes, want %d", total, want)
+		}
+		return out.Bytes(), offered
+	}
+
+	rnd := rand.New(rand.NewSource(7))
+	var frames [][]byte
+	var want []byte
+	for i := 0; i < 2000; i++ {
+		n := 1 + rnd.Intn(200)
+		if i%97 == 0 {
+			n = 100 << 10 // a large frame: queued, never offered
+		}
+		f := make([]byte, n)
+		rnd.Read(f)
+		frames = append(frames, f)
+		want = append(want, f...)
+	}
+	got, offered := run(t, frames, func(p []byte) int { return rnd.Intn(len(p) + 1) })
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %d bytes, want %d in order", len(got), len(want))
+	}
+	if offered == 0 {
+		t.Fatal("the sink was never offered a frame")
+	}
+
+	// 3x the window in 1 KiB frames, all taken by the sink.
+	frames = frames[:0]
+	want = want[:0]
+	for i := 0; i < 3*int(initialStreamWindow)/1024; i++ {
+		f := bytes.Repeat([]byte{byte(i)}, 1024)
+		frames = append(frames, f)
+		want = append(want, f...)
+	}
+	got, _ = run(t, frames, func(p []byte) int { return len(p) })
+	if !bytes.Equal(got, want) {
+		t.Fatalf("window test: got %d bytes, want %d", len(got), len(want))
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -42,6 +42,9 @@ type Session struct {
 	// conn is the underlying connection
 	conn io.ReadWriteCloser
 
+	// sinkScratch: see sinkBuf (tl-agent fork)
+	sinkScratch []byte
+
 	// bufRead is a buffered reader
 	bufRead *bufio.Reader
 
@@ -519,6 +522,15 @@ func (s *Session) writeFrame(write func() error) error {
 		return err
 	}
 	return nil
+}
+
+// sinkBuf is the receive loop's buffer for frames given to a stream's
+// sink (Stream.SinkTo): only that loop uses it.
+func (s *Session) sinkBuf(n int) []byte {
+	if cap(s.sinkScratch) < n {
+		s.sinkScratch = make([]byte, minChunk)
+	}
+	return s.sinkScratch[:n]
 }
 
 // Conn is the connection the session runs on (tl-agent fork: the uplink

@@ -36,6 +36,10 @@ type Stream struct {
 
 	recvBuf  recvQueue // tl-agent: was *bytes.Buffer (FORK.md)
 	recvLock sync.Mutex
+	// tl-agent (FORK.md, SinkTo): under recvLock.
+	sink func([]byte) int // set while SinkTo runs
+	held bool             // SinkTo has bytes in hand it has not written yet
+	sunk int64            // bytes the receive loop gave sink
 
 	controlHdr     header
 	controlErr     chan error
@@ -126,6 +130,9 @@ START:
 
 	// Read any bytes
 	n = s.recvBuf.Read(b)
+	if s.sink != nil {
+		s.held = true
+	}
 	s.recvLock.Unlock()
 
 	// Send a window update potentially
@@ -536,6 +543,9 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		s.recvLock.Unlock()
 		return ErrRecvWindowExceeded
 	}
+	if int(length) < minChunk && s.sinkable(length) {
+		return s.readToSink(length, conn)
+	}
 	if int(length) < minChunk {
 		// A small frame: packed into the last chunk under the lock, as
 		// upstream read every frame (its bytes are mostly buffered).
@@ -567,6 +577,88 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 	}
 
 	// Unblock any readers
+	asyncNotify(s.recvNotifyCh)
+	return nil
+}
+
+// SinkTo (tl-agent fork) copies the stream to w until EOF, as io.Copy
+// with buf would, and lets the receive loop give a small frame straight
+// to try, a write to w that must not block (it returns what it took):
+// the bytes then skip the wake-up of this goroutine, a thread hand-off
+// per frame on an interactive relay. try is offered a frame only when
+// nothing is queued and this goroutine holds no bytes it has not yet
+// written, so bytes reach w in order.
+func (s *Stream) SinkTo(w io.Writer, try func([]byte) int, buf []byte) (int64, error) {
+	s.recvLock.Lock()
+	s.sink, s.sunk = try, 0
+	s.recvLock.Unlock()
+	var total int64
+	defer func() {
+		s.recvLock.Lock()
+		s.sink, s.held = nil, false
+		s.recvLock.Unlock()
+	}()
+	for {
+		n, err := s.Read(buf)
+		var werr error
+		if n > 0 {
+			var m int
+			m, werr = w.Write(buf[:n])
+			total += int64(m)
+		}
+		s.recvLock.Lock()
+		s.held = false
+		sunk := s.sunk
+		s.recvLock.Unlock()
+		switch {
+		case werr != nil:
+			return total + sunk, werr
+		case err == io.EOF:
+			return total + sunk, nil
+		case err != nil:
+			return total + sunk, err
+		}
+	}
+}
+
+// sinkable says whether a frame of length bytes may go to the sink:
+// one is set, nothing is queued or in hand, and the window update the
+// bytes would owe stays under the threshold at which Read sends one (the
+// reader is not woken for them, so it could not send it).
+func (s *Stream) sinkable(length uint32) bool {
+	if s.sink == nil || s.held || s.recvBuf.Len() > 0 {
+		return false
+	}
+	max := s.session.config.MaxStreamWindowSize
+	return max-s.recvWindow+length < max/2
+}
+
+// readToSink reads a small frame and gives it to the sink; what the
+// sink does not take is queued for SinkTo. Called with recvLock held
+// (released here).
+func (s *Stream) readToSink(length uint32, conn io.Reader) error {
+	buf := s.session.sinkBuf(int(length))
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		s.session.logger.Printf("[ERR] yamux: Failed to read stream data: %v", err)
+		s.recvLock.Unlock()
+		return err
+	}
+	s.recvWindow -= length
+	n := s.sink(buf)
+	s.sunk += int64(n)
+	if n == len(buf) {
+		s.recvLock.Unlock()
+		return nil
+	}
+	rest := buf[n:]
+	room := s.recvBuf.tail(len(rest))
+	if room == nil {
+		s.recvBuf.addRoom(minChunk)
+		room = s.recvBuf.tail(len(rest))
+	}
+	copy(room, rest)
+	s.recvBuf.grewTail(len(rest))
+	s.recvLock.Unlock()
 	asyncNotify(s.recvNotifyCh)
 	return nil
 }
