@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -393,5 +395,78 @@ func TestBulkTransferKeepsLink(t *testing.T) {
 		default:
 		}
 		s.JSON("GET", "/api/v1/health", nil, 200, nil)
+	}
+}
+
+// TestPortRouteUpgrade: an upgraded port route (HTTP Upgrade, as a
+// WebSocket server's) carries the bytes the target sends in the same
+// write as its 101 first (they arrive in the proxy's transport buffer
+// with the headers), then keystrokes and bulk both ways, whole and in
+// order: the proxy's copy to the client drains that buffer before it
+// hands small frames straight from the uplink to the client's socket
+// (upgradedBody), as the agent does toward the target.
+func TestPortRouteUpgrade(t *testing.T) {
+	RequireRoot(t)
+	s := Start(t, Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				if _, err := io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nGREETING\n"); err != nil {
+					return
+				}
+				_, _ = io.Copy(c, br)
+			}()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	for round := 0; round < 3; round++ {
+		c, err := net.Dial("tcp", s.HTTPAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+		req := s.PortRequest(context.Background(), "GET", port, "/echo", nil)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "echo")
+		if err := req.Write(c); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, req)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		line, err := br.ReadString('\n')
+		if err != nil || line != "GREETING\n" {
+			t.Fatalf("first bytes after the 101: %q, %v", line, err)
+		}
+		buf := make([]byte, 1<<20)
+		for i := 0; i < 300; i++ {
+			msg := []byte(fmt.Sprintf("k%d;", i))
+			if i%100 == 50 {
+				msg = bytes.Repeat([]byte{byte(i)}, 1<<20)
+			}
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(br, buf[:len(msg)]); err != nil || !bytes.Equal(buf[:len(msg)], msg) {
+				t.Fatalf("round %d, echo %d: %v", round, i, err)
+			}
+		}
+		c.Close()
 	}
 }

@@ -211,6 +211,10 @@ type stallConn struct {
 	timeout time.Duration
 }
 
+// PlainConn is the hijacked connection: a write that never waits
+// cannot stall (internal/relay).
+func (c *stallConn) PlainConn() net.Conn { return c.Conn }
+
 func (c *stallConn) Write(b []byte) (int, error) {
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
 	n, err := c.Conn.Write(b)

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -18,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tensorlake/tl-agent/internal/httpx"
+	"github.com/tensorlake/tl-agent/internal/relay"
 	"github.com/tensorlake/tl-agent/internal/reqid"
 	"github.com/tensorlake/tl-agent/uplink"
 )
@@ -97,6 +99,7 @@ func New(cfg *Config, log zerolog.Logger) (*Proxy, error) {
 			if resp.Request.Context().Value(cookieKey{}) != nil {
 				browserResponse(resp)
 			}
+			sinkUpgrade(resp)
 			return nil
 		},
 		ErrorLog: nil,
@@ -250,7 +253,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		out.Body = body
 	}
 	var stream idleShrinker
-	out = out.WithContext(httptrace.WithClientTrace(out.Context(), stream.trace()))
+	ctx = context.WithValue(out.Context(), streamKey{}, &stream)
+	out = out.WithContext(httptrace.WithClientTrace(ctx, stream.trace()))
 	p.rp.ServeHTTP(p.watchWrites(w), out)
 	stream.shrink()
 }
@@ -273,6 +277,64 @@ func (s *idleShrinker) shrink() {
 			sh.Shrink()
 		}
 	}
+}
+
+// streamKey keys the request's idleShrinker, which knows its stream
+// (sinkUpgrade).
+type streamKey struct{}
+
+// sinkUpgrade gives an upgraded connection (101: a port route's
+// WebSocket or raw upgrade) a body the reverse proxy's copier to the
+// client takes through WriteTo (upgradedBody).
+func sinkUpgrade(resp *http.Response) {
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		return
+	}
+	s, _ := resp.Request.Context().Value(streamKey{}).(*idleShrinker)
+	body, ok := resp.Body.(io.ReadWriteCloser)
+	if s == nil || !ok {
+		return
+	}
+	if c := s.conn.Load(); c != nil {
+		resp.Body = &upgradedBody{ReadWriteCloser: body, stream: *c}
+	}
+}
+
+// upgradedBody is the sandbox's side of an upgraded connection. The
+// reverse proxy copies it to the client with io.Copy, so WriteTo is the
+// whole copy: the first Read drains what the transport buffered past the
+// 101's headers (at most its 4 KiB read buffer, less than the copy
+// buffer, so one Read takes it all), and the rest comes from the stream
+// through relay.Copy: a small frame goes from yamux's receive loop
+// straight to the client's socket, one goroutine wake-up fewer per
+// keystroke (internal/yamux/FORK.md, SinkTo).
+type upgradedBody struct {
+	io.ReadWriteCloser
+	stream net.Conn
+}
+
+func (b *upgradedBody) WriteTo(w io.Writer) (int64, error) {
+	buf := uplink.BufferPool{}.Get()
+	defer uplink.BufferPool{}.Put(buf)
+	n, err := b.ReadWriteCloser.Read(buf)
+	if n > 0 {
+		if _, werr := w.Write(buf[:n]); werr != nil {
+			return 0, werr
+		}
+	}
+	if err == io.EOF {
+		return int64(n), nil
+	}
+	if err != nil {
+		return int64(n), err
+	}
+	dst, ok := w.(net.Conn)
+	if !ok {
+		m, err := io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{b.ReadWriteCloser}, buf)
+		return int64(n) + m, err
+	}
+	m, err := relay.Copy(dst, b.stream, buf)
+	return int64(n) + m, err
 }
 
 // strippedHeaders are the proxy's own credentials and routing: removed

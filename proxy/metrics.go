@@ -144,6 +144,22 @@ func (c *relayCounter) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// SinkTo passes the stream's SinkTo through (the port route's upgraded
+// connection, upgradedBody), counted as reads are.
+func (c *relayCounter) SinkTo(w io.Writer, try func([]byte) int, buf []byte) (int64, error) {
+	ss, ok := c.Conn.(interface {
+		SinkTo(io.Writer, func([]byte) int, []byte) (int64, error)
+	})
+	if !ok {
+		return io.CopyBuffer(w, struct{ io.Reader }{c}, buf)
+	}
+	n, err := ss.SinkTo(w, try, buf)
+	if n > 0 {
+		c.from.Add(float64(n))
+	}
+	return n, err
+}
+
 // ReadFrom lets the transport's request-body copy reach the stream's own
 // ReadFrom (256 KiB reads, frames sized to the link) instead of
 // io.Copy's 32 KiB steps: an upload is read from the client and framed

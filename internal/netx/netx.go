@@ -207,6 +207,10 @@ type limitedConn struct {
 	release func()
 }
 
+// PlainConn is the accepted connection (internal/relay: a write that
+// never waits may go to it directly).
+func (c *limitedConn) PlainConn() net.Conn { return c.Conn }
+
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.release()

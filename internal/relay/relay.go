@@ -62,13 +62,7 @@ func pipe(dst, src net.Conn) int64 {
 	}
 	bp := pool.Get().(*[]byte)
 	defer pool.Put(bp)
-	var n int64
-	var err error
-	if ss, ok := src.(sinker); ok && tryWriter(dst) != nil {
-		n, err = ss.SinkTo(writerOnly{dst}, tryWriter(dst), *bp)
-	} else {
-		n, err = io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
-	}
+	n, err := Copy(dst, src, *bp)
 	if cw, ok := dst.(closeWriter); ok && err == nil {
 		_ = cw.CloseWrite()
 	} else {
@@ -77,6 +71,23 @@ func pipe(dst, src net.Conn) int64 {
 	}
 	return n
 }
+
+// Copy copies src to dst with buf, as io.CopyBuffer would; when src is
+// an uplink stream (a sinker) and dst a socket, small frames go from the
+// stream's receive loop straight to the socket.
+func Copy(dst net.Conn, src io.Reader, buf []byte) (int64, error) {
+	if ss, ok := src.(sinker); ok {
+		if try := tryWriter(dst); try != nil {
+			return ss.SinkTo(writerOnly{dst}, try, buf)
+		}
+	}
+	return io.CopyBuffer(writerOnly{dst}, readerOnly{src}, buf)
+}
+
+// PlainConn is implemented by a wrapper of a connection whose writes
+// add nothing to the bytes (a slot's release, a write deadline): a write
+// that never waits may go to the connection underneath. TLS must not.
+type PlainConn interface{ PlainConn() net.Conn }
 
 // sinker is a source that can hand small frames straight to a
 // non-blocking write of the destination (yamux's Stream.SinkTo in the
@@ -89,6 +100,13 @@ type sinker interface {
 // returns what the socket took at once (0 when it is full or failed; the
 // relay's own write then finds the error).
 func tryWriter(dst net.Conn) func([]byte) int {
+	for {
+		p, ok := dst.(PlainConn)
+		if !ok {
+			break
+		}
+		dst = p.PlainConn()
+	}
 	var sc syscall.Conn
 	switch c := dst.(type) {
 	case *net.TCPConn:
