@@ -18,6 +18,7 @@ import (
 	"github.com/tensorlake/tl-agent/internal/activity"
 	"github.com/tensorlake/tl-agent/internal/memtrim"
 	"github.com/tensorlake/tl-agent/internal/pause"
+	"github.com/tensorlake/tl-agent/internal/relay"
 	"github.com/tensorlake/tl-agent/internal/streams"
 	"github.com/tensorlake/tl-agent/services"
 	"github.com/tensorlake/tl-agent/supervisor"
@@ -274,14 +275,8 @@ func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
 // SinkTo passes the stream's SinkTo through (internal/relay), counted
 // as reads are.
 func (c *countedConn) SinkTo(w io.Writer, try func([]byte) int, buf []byte) (int64, error) {
-	ss, ok := c.Conn.(interface {
-		SinkTo(io.Writer, func([]byte) int, []byte) (int64, error)
-	})
-	if !ok {
-		return io.CopyBuffer(w, struct{ io.Reader }{c}, buf)
-	}
-	n, err := ss.SinkTo(w, try, buf)
-	if k := c.kind; k != nil && n > 0 {
+	n, sunk, err := relay.SinkThrough(c.Conn, c, w, try, buf)
+	if k := c.kind; k != nil && sunk && n > 0 {
 		k.in.Add(n)
 	}
 	return n, err

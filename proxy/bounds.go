@@ -212,7 +212,7 @@ type stallConn struct {
 }
 
 // PlainConn is the hijacked connection: a write that never waits
-// cannot stall (internal/relay).
+// cannot stall (netx.Socket).
 func (c *stallConn) PlainConn() net.Conn { return c.Conn }
 
 func (c *stallConn) Write(b []byte) (int, error) {

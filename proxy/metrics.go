@@ -8,6 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tensorlake/tl-agent/internal/relay"
 )
 
 // proxyMetrics owns the proxy's own Prometheus registry (the operator door
@@ -147,14 +149,8 @@ func (c *relayCounter) Write(b []byte) (int, error) {
 // SinkTo passes the stream's SinkTo through (the port route's upgraded
 // connection, upgradedBody), counted as reads are.
 func (c *relayCounter) SinkTo(w io.Writer, try func([]byte) int, buf []byte) (int64, error) {
-	ss, ok := c.Conn.(interface {
-		SinkTo(io.Writer, func([]byte) int, []byte) (int64, error)
-	})
-	if !ok {
-		return io.CopyBuffer(w, struct{ io.Reader }{c}, buf)
-	}
-	n, err := ss.SinkTo(w, try, buf)
-	if n > 0 {
+	n, sunk, err := relay.SinkThrough(c.Conn, c, w, try, buf)
+	if sunk && n > 0 {
 		c.from.Add(float64(n))
 	}
 	return n, err

@@ -4,11 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tensorlake/tl-agent/internal/netx"
 )
 
 // PipeFiller is a source whose bytes can move into a pipe without being
@@ -76,20 +77,7 @@ func (s *Stream) rawSocket() syscall.RawConn {
 	if !ok {
 		return nil
 	}
-	var sc syscall.Conn
-	switch conn := c.Conn.(type) {
-	case *net.TCPConn:
-		sc = conn
-	case *net.UnixConn:
-		sc = conn
-	default:
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return rc
+	return netx.Socket(c.Conn)
 }
 
 // fillPipe fills the pipe with up to n bytes of src, fewer at src's end
@@ -120,44 +108,49 @@ func fillPipe(src PipeFiller, fd int, n int) (int, error) {
 // is non-blocking: on EAGAIN the runtime's poller waits for room, bounded
 // by the write deadline yamux set (writeFrame).
 func sendSpliced(rc syscall.RawConn, hdr []byte, pr int, n int) error {
-	sent, left := 0, n
+	sent, spliced := 0, 0
 	var werr error
 	err := rc.Write(func(fd uintptr) bool {
-		for sent < len(hdr) {
-			k, err := unix.SendmsgN(int(fd), hdr[sent:], nil, nil, unix.MSG_MORE|unix.MSG_NOSIGNAL)
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				return false
-			case err != nil:
-				werr = err
-				return true
-			}
-			sent += k
+		if !pump(&sent, len(hdr), &werr, func() (int, error) {
+			return unix.SendmsgN(int(fd), hdr[sent:], nil, nil, unix.MSG_MORE|unix.MSG_NOSIGNAL)
+		}) {
+			return false
 		}
-		for left > 0 {
-			k, err := unix.Splice(pr, nil, int(fd), nil, left, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				return false
-			case err != nil:
-				werr = err
-				return true
-			case k == 0:
-				werr = fmt.Errorf("uplink: pipe empty with %d of %d bytes of a frame unsent", left, n)
-				return true
-			}
-			left -= int(k)
-		}
-		return true
+		return werr != nil || pump(&spliced, n, &werr, func() (int, error) {
+			k, err := unix.Splice(pr, nil, int(fd), nil, n-spliced, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			return int(k), err
+		})
 	})
 	if err != nil {
 		return err
 	}
-	return werr
+	if werr != nil {
+		return fmt.Errorf("uplink: spliced frame, %d of %d header and %d of %d body bytes sent: %w", sent, len(hdr), spliced, n, werr)
+	}
+	return nil
+}
+
+// pump runs step, a non-blocking write, until done reaches total. It
+// returns false when the socket is full (EAGAIN: the poller waits for
+// room), true when done or failed (werr).
+func pump(done *int, total int, werr *error, step func() (int, error)) bool {
+	for *done < total {
+		k, err := step()
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return false
+		case err != nil:
+			*werr = err
+			return true
+		case k == 0:
+			*werr = io.ErrUnexpectedEOF // the pipe held less than the frame
+			return true
+		}
+		*done += k
+	}
+	return true
 }
 
 // pipe is a kernel pipe that holds one frame's bytes as page references

@@ -207,12 +207,46 @@ type limitedConn struct {
 	release func()
 }
 
-// PlainConn is the accepted connection (internal/relay: a write that
-// never waits may go to it directly).
+// PlainConn is the accepted connection (Socket).
 func (c *limitedConn) PlainConn() net.Conn { return c.Conn }
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.release()
 	return err
+}
+
+// PlainConn is implemented by a wrapper of a connection whose writes add
+// nothing to the bytes (a slot's release, a write deadline), so a write
+// made on the connection underneath is the same write. TLS must not be
+// one.
+type PlainConn interface{ PlainConn() net.Conn }
+
+// Socket returns the raw socket of c when c is a plain TCP or unix
+// socket, under any PlainConn wrappers, and nil otherwise (TLS, pipes,
+// SSH channels): the one test both zero-copy paths make, splice to the
+// uplink (uplink/splice.go) and a relay's non-blocking write
+// (internal/relay).
+func Socket(c net.Conn) syscall.RawConn {
+	for {
+		p, ok := c.(PlainConn)
+		if !ok {
+			break
+		}
+		c = p.PlainConn()
+	}
+	var sc syscall.Conn
+	switch conn := c.(type) {
+	case *net.TCPConn:
+		sc = conn
+	case *net.UnixConn:
+		sc = conn
+	default:
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }

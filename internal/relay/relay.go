@@ -10,12 +10,13 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/tensorlake/tl-agent/internal/netx"
 )
 
 // BufSize is the copy buffer, one per direction. It matches the uplink's
@@ -84,10 +85,19 @@ func Copy(dst net.Conn, src io.Reader, buf []byte) (int64, error) {
 	return io.CopyBuffer(writerOnly{dst}, readerOnly{src}, buf)
 }
 
-// PlainConn is implemented by a wrapper of a connection whose writes
-// add nothing to the bytes (a slot's release, a write deadline): a write
-// that never waits may go to the connection underneath. TLS must not.
-type PlainConn interface{ PlainConn() net.Conn }
+// SinkThrough is the SinkTo of a wrapper of an uplink stream that counts
+// bytes (the agent's and the proxy's stream counters): inner's own
+// SinkTo when it has one, sunk reporting that the wrapper must count the
+// n bytes itself; else a copy through self, the wrapper, whose Read
+// counts them.
+func SinkThrough(inner, self io.Reader, w io.Writer, try func([]byte) int, buf []byte) (n int64, sunk bool, err error) {
+	if ss, ok := inner.(sinker); ok {
+		n, err = ss.SinkTo(w, try, buf)
+		return n, true, err
+	}
+	n, err = io.CopyBuffer(w, readerOnly{self}, buf)
+	return n, false, err
+}
 
 // sinker is a source that can hand small frames straight to a
 // non-blocking write of the destination (yamux's Stream.SinkTo in the
@@ -100,24 +110,8 @@ type sinker interface {
 // returns what the socket took at once (0 when it is full or failed; the
 // relay's own write then finds the error).
 func tryWriter(dst net.Conn) func([]byte) int {
-	for {
-		p, ok := dst.(PlainConn)
-		if !ok {
-			break
-		}
-		dst = p.PlainConn()
-	}
-	var sc syscall.Conn
-	switch c := dst.(type) {
-	case *net.TCPConn:
-		sc = c
-	case *net.UnixConn:
-		sc = c
-	default:
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := netx.Socket(dst)
+	if rc == nil {
 		return nil
 	}
 	return func(p []byte) int {

@@ -207,22 +207,30 @@ func TestForkQueueRoomBounded(t *testing.T) {
 	}
 }
 
-// WriteFunc: fill is offered at most the send window and the bound; the
-// caller's own writes of header and body reach the peer as one frame, in
-// order with frames written by Write; a connection without write
-// deadlines refuses it.
-func TestForkWriteFunc(t *testing.T) {
+// tcpSessions is a client and a server session over loopback TCP, and
+// the client's connection.
+func tcpSessions(t *testing.T) (client, server *Session, conn io.ReadWriteCloser) {
+	t.Helper()
 	a, b := testConnTCP(t)
 	client, err := Client(a, testConfNoKeepAlive())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
-	server, err := Server(b, testConfNoKeepAlive())
+	t.Cleanup(func() { client.Close() })
+	server, err = Server(b, testConfNoKeepAlive())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer server.Close()
+	t.Cleanup(func() { server.Close() })
+	return client, server, a
+}
+
+// WriteFunc: fill is offered at most the send window and the bound; the
+// caller's own writes of header and body reach the peer as one frame, in
+// order with frames written by Write; a connection without write
+// deadlines refuses it.
+func TestForkWriteFunc(t *testing.T) {
+	client, server, a := tcpSessions(t)
 	s, err := client.OpenStream()
 	if err != nil {
 		t.Fatal(err)
@@ -309,17 +317,7 @@ func TestForkWriteFunc(t *testing.T) {
 // the sink takes whole moves more than its window (the window updates
 // still flow, though its reader is not woken for those bytes).
 func TestForkSinkTo(t *testing.T) {
-	a, b := testConnTCP(t)
-	client, err := Client(a, testConfNoKeepAlive())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := Server(b, testConfNoKeepAlive())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	client, server, _ := tcpSessions(t)
 
 	run := func(t *testing.T, frames [][]byte, take func(p []byte) int) (got []byte, offered int) {
 		t.Helper()
