@@ -259,13 +259,7 @@ func (c *countedConn) Write(b []byte) (int, error) {
 // ReadFrom passes the stream's own ReadFrom through (a download's
 // splice, uplink.Stream.ReadFrom), counted as writes are.
 func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
-	var n int64
-	var err error
-	if rf, ok := c.Conn.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(r)
-	} else {
-		n, err = io.Copy(struct{ io.Writer }{c.Conn}, r)
-	}
+	n, err := relay.ReadFromThrough(c.Conn, r)
 	if k := c.kind; k != nil && n > 0 {
 		k.out.Add(n)
 	}

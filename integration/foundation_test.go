@@ -408,31 +408,17 @@ func TestBulkTransferKeepsLink(t *testing.T) {
 func TestPortRouteUpgrade(t *testing.T) {
 	RequireRoot(t)
 	s := Start(t, Options{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				if _, err := http.ReadRequest(br); err != nil {
-					return
-				}
-				if _, err := io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nGREETING\n"); err != nil {
-					return
-				}
-				_, _ = io.Copy(c, br)
-			}()
+	port := listenLoopback(t, func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
 		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+		if _, err := io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nGREETING\n"); err != nil {
+			return
+		}
+		_, _ = io.Copy(c, br)
+	})
 	for round := 0; round < 3; round++ {
 		c, err := net.Dial("tcp", s.HTTPAddr)
 		if err != nil {

@@ -161,13 +161,7 @@ func (c *relayCounter) SinkTo(w io.Writer, try func([]byte) int, buf []byte) (in
 // io.Copy's 32 KiB steps: an upload is read from the client and framed
 // onto the uplink in big steps.
 func (c *relayCounter) ReadFrom(r io.Reader) (int64, error) {
-	var n int64
-	var err error
-	if rf, ok := c.Conn.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(r)
-	} else {
-		n, err = io.Copy(struct{ io.Writer }{c.Conn}, r)
-	}
+	n, err := relay.ReadFromThrough(c.Conn, r)
 	if n > 0 {
 		c.to.Add(float64(n))
 	}

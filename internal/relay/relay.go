@@ -99,6 +99,17 @@ func SinkThrough(inner, self io.Reader, w io.Writer, try func([]byte) int, buf [
 	return n, false, err
 }
 
+// ReadFromThrough is the ReadFrom of a wrapper of an uplink stream that
+// counts bytes: inner's own ReadFrom (a download's splice, framing in
+// big steps) when it has one, else a copy into inner. The wrapper counts
+// the n bytes.
+func ReadFromThrough(inner io.Writer, r io.Reader) (int64, error) {
+	if rf, ok := inner.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(writerOnly{inner}, r)
+}
+
 // sinker is a source that can hand small frames straight to a
 // non-blocking write of the destination (yamux's Stream.SinkTo in the
 // in-repo copy): an interactive byte then skips one goroutine wake-up.
