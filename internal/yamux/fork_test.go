@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -411,3 +412,48 @@ func TestForkSinkTo(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// A peer's flood of 1-byte frames to a sunk stream does not make the
+// receive loop write each one to the socket: frames that arrive with more
+// behind them are queued, and the reader takes them in big reads.
+func TestForkSinkFloodQueued(t *testing.T) {
+	srv, peer := rawPeer(t)
+	writeFrame(t, peer, typeWindowUpdate, flagSYN, 1, nil, 0)
+	st, err := srv.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var offered, got atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		try := func(p []byte) int { offered.Add(1); got.Add(int64(len(p))); return len(p) }
+		w := writerFunc(func(p []byte) (int, error) { got.Add(int64(len(p))); return len(p), nil })
+		_, err := st.SinkTo(w, try, make([]byte, 32<<10))
+		done <- err
+	}()
+	const frames = 50000
+	flood := make([]byte, 0, frames*(headerSize+1))
+	h := header(make([]byte, headerSize))
+	for i := 0; i < frames; i++ {
+		h.encode(typeData, 0, 1, 1)
+		flood = append(append(flood, h...), 'x')
+	}
+	if _, err := peer.Write(flood); err != nil {
+		t.Fatal(err)
+	}
+	writeFrame(t, peer, typeData, flagFIN, 1, nil, 0)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("SinkTo did not end")
+	}
+	if got.Load() != frames {
+		t.Fatalf("%d bytes arrived, want %d", got.Load(), frames)
+	}
+	if n := offered.Load(); n > frames/10 {
+		t.Fatalf("the receive loop wrote %d of %d flooded frames one by one", n, frames)
+	}
+}

@@ -644,7 +644,14 @@ func (s *Stream) readToSink(length uint32, conn io.Reader) error {
 		return err
 	}
 	s.recvWindow -= length
-	n := s.sink(buf)
+	n := 0
+	if s.session.bufRead.Buffered() == 0 {
+		// Only a frame that arrived alone (a keystroke) goes to the sink:
+		// when more frames are already buffered (bulk, or a peer's flood
+		// of tiny frames), the reader takes them all in one Read and one
+		// write, where the sink would make a syscall per frame.
+		n = s.sink(buf)
+	}
 	s.sunk += int64(n)
 	if n == len(buf) {
 		s.recvLock.Unlock()
