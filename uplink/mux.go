@@ -20,6 +20,13 @@ const (
 	// stream well below loopback TCP, 4 MiB reaches it while keeping a
 	// slow reader's backlog bounded.
 	StreamWindow = 4 << 20
+	// RecvBudgetBytes bounds what this process's streams may have
+	// received and not yet read before their windows stop growing past
+	// yamux's initial 256 KiB (RecvBudget): a flood of downloads whose
+	// clients stop reading made tl-proxy hold a whole 4 MiB window for
+	// each stream, 885 MB for 240 of them (TestProxyStalledDownloadsBounded).
+	// 16 bulk streams at full window fit in it.
+	RecvBudgetBytes = 64 << 20
 	// WriteChunk is the smallest bound of one yamux data frame and the
 	// one a stream starts with. The session has one sender loop, so a huge
 	// frame on a bulk stream would sit in front of a keystroke on another
@@ -60,6 +67,7 @@ func MuxConfig(log zerolog.Logger) *yamux.Config {
 	c.KeepAliveInterval = KeepAliveInterval
 	c.ConnectionWriteTimeout = WriteTimeout
 	c.MaxStreamWindowSize = StreamWindow
+	c.RecvBudget = RecvBudget
 	c.StreamOpenTimeout = OpenTimeout
 	// A relay half-closes when one direction ends; the other direction may
 	// legitimately carry data for a long time after (a request sent, then
@@ -69,6 +77,10 @@ func MuxConfig(log zerolog.Logger) *yamux.Config {
 	c.Logger = yamuxLogger{log.With().Str("component", "yamux").Logger()}
 	return c
 }
+
+// RecvBudget is this process's one budget for every uplink session's
+// streams (tl-proxy has a session per sandbox).
+var RecvBudget = &yamux.RecvBudget{Limit: RecvBudgetBytes}
 
 type yamuxLogger struct{ l zerolog.Logger }
 
@@ -187,9 +199,8 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 			return n, err
 		}
 	}
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := *bp
+	buf := getCopyBuf()
+	defer putCopyBuf(buf)
 	var total int64
 	for {
 		n, err := r.Read(buf)
@@ -212,19 +223,50 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 // CopyBuffer is the size of the copy buffers of bulk paths over the
 // uplink (Stream.ReadFrom, the proxy's reverse proxy): reads and writes of
 // sockets and files in 256 KiB steps; frames on the uplink stay WriteChunk.
-const CopyBuffer = 256 << 10
+// A copy holds its buffer for as long as it runs, a long-lived response
+// (an SSE follower, a stalled download) for its whole life, so at most
+// MaxBigCopyBuffers are out at once in a process; past that a copy gets
+// SmallCopyBuffer (net/http's own size): a flood of long-lived copies
+// costs 32 KiB each.
+const (
+	CopyBuffer        = 256 << 10
+	SmallCopyBuffer   = 32 << 10
+	MaxBigCopyBuffers = 128 // 32 MiB
+)
 
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, CopyBuffer); return &b }}
+var (
+	copyBufs  = sync.Pool{New: func() any { b := make([]byte, CopyBuffer); return &b }}
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, SmallCopyBuffer); return &b }}
+	bigOut    atomic.Int64
+)
 
-// BufferPool lends CopyBuffer-sized buffers (httputil.ReverseProxy's
-// BufferPool). Pooled buffers are dropped by the garbage collector when
-// idle, so the pool holds no memory after a burst.
-type BufferPool struct{}
+// getCopyBuf lends a CopyBuffer, or a SmallCopyBuffer when
+// MaxBigCopyBuffers are out.
+func getCopyBuf() []byte {
+	if bigOut.Add(1) <= MaxBigCopyBuffers {
+		return *copyBufs.Get().(*[]byte)
+	}
+	bigOut.Add(-1)
+	return *smallBufs.Get().(*[]byte)
+}
 
-func (BufferPool) Get() []byte { return *copyBufs.Get().(*[]byte) }
-func (BufferPool) Put(b []byte) {
-	if cap(b) == CopyBuffer {
+// putCopyBuf takes back what getCopyBuf lent (by its capacity).
+func putCopyBuf(b []byte) {
+	switch cap(b) {
+	case CopyBuffer:
 		b = b[:CopyBuffer]
+		bigOut.Add(-1)
 		copyBufs.Put(&b)
+	case SmallCopyBuffer:
+		b = b[:SmallCopyBuffer]
+		smallBufs.Put(&b)
 	}
 }
+
+// BufferPool lends copy buffers to httputil.ReverseProxy (getCopyBuf).
+// Pooled buffers are dropped by the garbage collector when idle, so the
+// pool holds no memory after a burst.
+type BufferPool struct{}
+
+func (BufferPool) Get() []byte  { return getCopyBuf() }
+func (BufferPool) Put(b []byte) { putCopyBuf(b) }

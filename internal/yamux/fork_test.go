@@ -457,3 +457,63 @@ func TestForkSinkFloodQueued(t *testing.T) {
 		t.Fatalf("the receive loop wrote %d of %d flooded frames one by one", n, frames)
 	}
 }
+
+// RecvBudget: streams whose readers do not read hold the initial window
+// each once the shared budget is spent, not MaxStreamWindowSize each;
+// when they are read, everything arrives (no stream is starved: each
+// keeps its initial window), and the budget is back to zero after.
+func TestForkRecvBudget(t *testing.T) {
+	a, b := testConnTCP(t)
+	budget := &RecvBudget{Limit: 1 << 20}
+	conf := testConfNoKeepAlive()
+	conf.MaxStreamWindowSize = 4 << 20
+	sconf := testConfNoKeepAlive()
+	sconf.MaxStreamWindowSize = 4 << 20
+	sconf.RecvBudget = budget
+	client, err := Client(a, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := Server(b, sconf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	const streams, each = 8, 6 << 20
+	var peers []*Stream
+	for i := 0; i < streams; i++ {
+		s, err := client.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			s.Write(bytes.Repeat([]byte{byte(i)}, each))
+			s.Close()
+		}()
+		p, err := server.AcceptStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers = append(peers, p)
+		// Read a little of each, so its window grows while the budget
+		// allows.
+		if _, err := io.ReadFull(p, make([]byte, 300<<10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // let the writers fill what the windows allow
+	limit := int64(streams)*int64(initialStreamWindow) + budget.Limit + 4<<20
+	if used := budget.Used(); used > limit {
+		t.Fatalf("%d streams not being read hold %d bytes, want at most %d", streams, used, limit)
+	}
+	for i, p := range peers {
+		n, err := io.Copy(io.Discard, p)
+		if err != nil || n != each-300<<10 {
+			t.Fatalf("stream %d: read %d bytes (%v), want %d", i, n, err, each-300<<10)
+		}
+	}
+	if used := budget.Used(); used != 0 {
+		t.Fatalf("budget holds %d bytes after every stream was read", used)
+	}
+}

@@ -30,6 +30,14 @@ type Config struct {
 	// window size that we allow for a stream.
 	MaxStreamWindowSize uint32
 
+	// RecvBudget (tl-agent fork, FORK.md) bounds the received bytes
+	// queued across every stream that shares it: past its Limit, window
+	// updates grow no stream's window beyond the initial 256 KiB, so
+	// many streams whose readers stop (a flood of stalled downloads)
+	// hold their 256 KiB each, not MaxStreamWindowSize each. nil: no
+	// bound (upstream).
+	RecvBudget *RecvBudget
+
 	// StreamOpenTimeout is the maximum amount of time that a stream will
 	// be allowed to remain in pending state while waiting for an ack from the peer.
 	// Once the timeout is reached the session will be gracefully closed.

@@ -1,6 +1,9 @@
 package yamux
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // recvQueue holds a stream's received, unread bytes as a list of chunks
 // (tl-agent's change, FORK.md). Upstream kept them in a bytes.Buffer that
@@ -134,3 +137,16 @@ func (q *recvQueue) Cap() int {
 	}
 	return c
 }
+
+// RecvBudget is a bound on received bytes queued and not yet read,
+// shared by the sessions whose Config names it (Config.RecvBudget).
+type RecvBudget struct {
+	Limit int64 // bytes
+	used  atomic.Int64
+}
+
+// Used is the bytes queued now in the streams it counts.
+func (b *RecvBudget) Used() int64 { return b.used.Load() }
+
+// over says whether windows should stay at the initial size.
+func (b *RecvBudget) over() bool { return b != nil && b.used.Load() > b.Limit }

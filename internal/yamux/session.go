@@ -831,8 +831,12 @@ func (s *Session) closeStream(id uint32) {
 			s.logger.Printf("[ERR] yamux: SYN tracking out of sync")
 		}
 	}
+	st := s.streams[id]
 	delete(s.streams, id)
 	s.streamLock.Unlock()
+	if st != nil {
+		st.unbudget()
+	}
 }
 
 // establishStream is used to mark a stream that was in the

@@ -40,6 +40,9 @@ type Stream struct {
 	sink func([]byte) int // set while SinkTo runs
 	held bool             // SinkTo has bytes in hand it has not written yet
 	sunk int64            // bytes the receive loop gave sink
+	// budgeted: the queued bytes count in the session's RecvBudget
+	// (until the stream leaves the session: closeStream, forceClose).
+	budgeted bool
 
 	controlHdr     header
 	controlErr     chan error
@@ -78,6 +81,7 @@ func newStream(session *Session, id uint32, state streamState) *Stream {
 		sendWindow:   initialStreamWindow,
 		recvNotifyCh: make(chan struct{}, 1),
 		sendNotifyCh: make(chan struct{}, 1),
+		budgeted:     session.config.RecvBudget != nil,
 		establishCh:  make(chan struct{}, 1),
 	}
 	s.readDeadline.Store(time.Time{})
@@ -130,6 +134,7 @@ START:
 
 	// Read any bytes
 	n = s.recvBuf.Read(b)
+	s.queued(-n)
 	if s.sink != nil {
 		s.held = true
 	}
@@ -318,9 +323,15 @@ func (s *Stream) sendWindowUpdate() error {
 
 	// Determine the delta update
 	max := s.session.config.MaxStreamWindowSize
+	if s.session.config.RecvBudget.over() {
+		max = initialStreamWindow // tl-agent (FORK.md): RecvBudget
+	}
 	s.recvLock.Lock()
 	bufLen := uint32(s.recvBuf.Len())
-	delta := (max - bufLen) - s.recvWindow
+	var delta uint32
+	if bufLen+s.recvWindow < max {
+		delta = (max - bufLen) - s.recvWindow
+	}
 
 	// Determine the flags if any
 	flags := s.sendFlags()
@@ -445,7 +456,25 @@ func (s *Stream) forceClose() {
 	s.stateLock.Lock()
 	s.state = streamClosed
 	s.stateLock.Unlock()
+	s.unbudget()
 	s.notifyWaiting()
+}
+
+// queued counts n bytes queued (negative: read) in the session's
+// RecvBudget. recvLock held.
+func (s *Stream) queued(n int) {
+	if s.budgeted {
+		s.session.config.RecvBudget.used.Add(int64(n))
+	}
+}
+
+// unbudget takes the stream's queued bytes out of the RecvBudget when
+// it leaves the session: they can still be read, but no more can arrive.
+func (s *Stream) unbudget() {
+	s.recvLock.Lock()
+	s.queued(-s.recvBuf.Len())
+	s.budgeted = false
+	s.recvLock.Unlock()
 }
 
 // processFlags is used to update the state of the stream
@@ -560,6 +589,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 			return err
 		}
 		s.recvBuf.grewTail(int(length))
+		s.queued(int(length))
 		s.recvWindow -= length
 		s.recvLock.Unlock()
 	} else {
@@ -572,6 +602,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		}
 		s.recvLock.Lock()
 		s.recvBuf.push(chunk)
+		s.queued(int(length))
 		s.recvWindow -= length
 		s.recvLock.Unlock()
 	}
@@ -665,6 +696,7 @@ func (s *Stream) readToSink(length uint32, conn io.Reader) error {
 	}
 	copy(room, rest)
 	s.recvBuf.grewTail(len(rest))
+	s.queued(len(rest))
 	s.recvLock.Unlock()
 	asyncNotify(s.recvNotifyCh)
 	return nil
