@@ -146,9 +146,19 @@ func (g agentGatherer) Gather() ([]*dto.MetricFamily, error) {
 	sem := make(chan struct{}, AgentScrapeParallel)
 	var wg sync.WaitGroup
 	for i, id := range ids {
+		slot := false
 		select {
 		case sem <- struct{}{}:
+			slot = true
 		case <-g.ctx.Done():
+		}
+		// A slot freed by fetches that ended at the budget's deadline can
+		// be seen before the budget's own timer has run: a slot taken at
+		// or past the deadline is given back, and the agent skipped.
+		if !slot || g.spent() {
+			if slot {
+				<-sem
+			}
 			g.p.met.scrapeErrs.WithLabelValues("skipped").Inc()
 			continue
 		}
@@ -178,6 +188,15 @@ func (g agentGatherer) Gather() ([]*dto.MetricFamily, error) {
 		out = append(out, upFamily)
 	}
 	return out, nil
+}
+
+// spent says whether the scrape's budget is used up.
+func (g agentGatherer) spent() bool {
+	if g.ctx.Err() != nil {
+		return true
+	}
+	d, ok := g.ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
 
 // fetch asks one agent, within AgentScrapeTimeout and the scrape's
