@@ -15,9 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
-	"github.com/rs/zerolog"
-
 	"github.com/tensorlake/tl-agent/uplink"
 )
 
@@ -61,22 +58,16 @@ func writeSyscalls(t *testing.T, pid int) int64 {
 func TestAgentTinyFrameFloodOnUpgradedRoute(t *testing.T) {
 	s := Start(t, Options{NoAgent: true})
 	pid := s.ProxyPid()
-	c, err := net.DialTimeout("tcp", s.UplinkAddr, 5*time.Second)
+	var lc *lockedConn
+	f, err := dialFakeLink(s.UplinkAddr, s.SandboxID, []byte(s.Token), false, func(c net.Conn) net.Conn {
+		lc = &lockedConn{Conn: c}
+		return lc
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
-	if _, err := uplink.AgentHandshake(c, uplink.AgentAuth{SandboxID: s.SandboxID, Key: []byte(s.Token), AgentVersion: "fake"}); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetDeadline(time.Time{})
-	lc := &lockedConn{Conn: c}
-	sess, err := yamux.Server(lc, uplink.MuxConfig(zerolog.Nop()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	defer f.Close()
+	sess := f.sess
 	const frames = 50000
 	flooded := make(chan error, 1)
 	go func() {

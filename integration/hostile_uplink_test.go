@@ -37,6 +37,17 @@ type fakeAgent struct {
 }
 
 func dialFakeAgent(addr, id string, key []byte, link bool) (*fakeAgent, error) {
+	f, err := dialFakeLink(addr, id, key, link, func(c net.Conn) net.Conn { return c })
+	if err != nil {
+		return nil, err
+	}
+	go f.serve()
+	return f, nil
+}
+
+// dialFakeLink authenticates a fake agent and runs yamux over wrap(conn);
+// the caller serves its streams.
+func dialFakeLink(addr, id string, key []byte, link bool, wrap func(net.Conn) net.Conn) (*fakeAgent, error) {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return nil, err
@@ -48,14 +59,12 @@ func dialFakeAgent(addr, id string, key []byte, link bool) (*fakeAgent, error) {
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Time{})
-	sess, err := yamux.Server(c, uplink.MuxConfig(zerolog.Nop()))
+	sess, err := yamux.Server(wrap(c), uplink.MuxConfig(zerolog.Nop()))
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
-	f := &fakeAgent{conn: c, sess: sess, next: next}
-	go f.serve()
-	return f, nil
+	return &fakeAgent{conn: c, sess: sess, next: next}, nil
 }
 
 func (f *fakeAgent) Close() { f.sess.Close(); f.conn.Close() }
