@@ -285,7 +285,7 @@ func TestPrometheusScrape(t *testing.T) {
 	})
 	t.Run("every proxy family is in Prometheus", func(t *testing.T) {
 		for _, name := range []string{"tl_proxy_sandboxes_known", "tl_proxy_sandboxes_connected", "tl_proxy_sandbox_connected",
-			"tl_proxy_uplink_handshakes_total", "tl_proxy_http_request_duration_seconds_count", "tl_proxy_relayed_bytes_total",
+			"tl_proxy_uplink_handshakes_total", "tl_proxy_http_request_duration_seconds_count", "tl_proxy_relayed_bytes_total", "tl_proxy_spliced_bytes_total",
 			"tl_proxy_ssh_logins_total", "tl_proxy_agent_up", "process_resident_memory_bytes", "go_goroutines"} {
 			if _, ok := waitProm(t, prom, "count("+name+")", 10*time.Second, atLeast(1)); !ok {
 				t.Errorf("family %s missing", name)

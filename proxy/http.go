@@ -100,7 +100,7 @@ func New(cfg *Config, log zerolog.Logger) (*Proxy, error) {
 				browserResponse(resp)
 			}
 			sinkUpgrade(resp)
-			return nil
+			return p.spliceResponse(resp)
 		},
 		ErrorLog: nil,
 	}
@@ -254,8 +254,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	var stream idleShrinker
 	ctx = context.WithValue(out.Context(), streamKey{}, &stream)
+	w = p.watchWrites(w)
+	ctx = context.WithValue(ctx, writerKey{}, w)
 	out = out.WithContext(httptrace.WithClientTrace(ctx, stream.trace()))
-	p.rp.ServeHTTP(p.watchWrites(w), out)
+	p.rp.ServeHTTP(w, out)
 	stream.shrink()
 }
 
@@ -487,6 +489,8 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, req *http.Request, err erro
 	var re *uplink.ReplyError
 	cut, _ := req.Context().Value(bodyKey{}).(*progressBody)
 	switch {
+	case errors.Is(err, errSpliced):
+		// ModifyResponse wrote the response (spliceResponse).
 	case errors.Is(err, errBodyTooSlow) || cut.wasCut():
 		// The transport reports the cut body in its own words (a short
 		// body, a canceled request), so the flag decides.

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -21,6 +22,7 @@ type proxyMetrics struct {
 	handshakes *prometheus.CounterVec   // result
 	frontHist  *prometheus.HistogramVec // route, code
 	relayed    *prometheus.CounterVec   // kind, direction
+	spliced    *prometheus.CounterVec   // kind
 	sshLogins  *prometheus.CounterVec   // result
 	scrapeErrs *prometheus.CounterVec   // reason
 }
@@ -54,12 +56,14 @@ func newProxyMetrics(r *Registry) *proxyMetrics {
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}, []string{"route", "code"}),
 		relayed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tl_proxy_relayed_bytes_total",
 			Help: "Bytes relayed over uplink streams by stream kind; direction to_sandbox or from_sandbox."}, []string{"kind", "direction"}),
+		spliced: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tl_proxy_spliced_bytes_total",
+			Help: "Bytes of responses spliced from the uplink's socket to the client's, never copied through the proxy, by stream kind; part of tl_proxy_relayed_bytes_total's from_sandbox."}, []string{"kind"}),
 		sshLogins: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tl_proxy_ssh_logins_total",
 			Help: "SSH front door logins by result (ok, denied: key or route refused, failed: handshake ended before a decision)."}, []string{"result"}),
 		scrapeErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tl_proxy_agent_scrape_errors_total",
 			Help: "Agent metrics fetches that failed, by reason (timeout, too_large, unparsable, unavailable, skipped)."}, []string{"reason"}),
 	}
-	m.reg.MustRegister(m.handshakes, m.frontHist, m.relayed, m.sshLogins, m.scrapeErrs, registryCollector{r},
+	m.reg.MustRegister(m.handshakes, m.frontHist, m.relayed, m.spliced, m.sshLogins, m.scrapeErrs, registryCollector{r},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -124,10 +128,12 @@ func (c registryCollector) Collect(ch chan<- prometheus.Metric) {
 type relayCounter struct {
 	net.Conn
 	to, from prometheus.Counter
+	spliced  prometheus.Counter
 }
 
 func (m *proxyMetrics) countStream(c net.Conn, kind string) net.Conn {
-	return &relayCounter{Conn: c, to: m.relayed.WithLabelValues(kind, "to_sandbox"), from: m.relayed.WithLabelValues(kind, "from_sandbox")}
+	return &relayCounter{Conn: c, to: m.relayed.WithLabelValues(kind, "to_sandbox"), from: m.relayed.WithLabelValues(kind, "from_sandbox"),
+		spliced: m.spliced.WithLabelValues(kind)}
 }
 
 func (c *relayCounter) Read(b []byte) (int, error) {
@@ -166,6 +172,24 @@ func (c *relayCounter) ReadFrom(r io.Reader) (int64, error) {
 		c.to.Add(float64(n))
 	}
 	return n, err
+}
+
+// SpliceTo passes the stream's SpliceTo through (splicedBody), counted
+// as reads are, the spliced share in tl_proxy_spliced_bytes_total too.
+func (c *relayCounter) SpliceTo(dst net.Conn, n int64, stall time.Duration) (int64, int64, error) {
+	s, ok := c.Conn.(splicer)
+	if !ok {
+		m, err := io.CopyN(dst, struct{ io.Reader }{c}, n)
+		return m, 0, err
+	}
+	m, spliced, err := s.SpliceTo(dst, n, stall)
+	if m > 0 {
+		c.from.Add(float64(m))
+	}
+	if spliced > 0 {
+		c.spliced.Add(float64(spliced))
+	}
+	return m, spliced, err
 }
 
 // Shrink passes yamux's Shrink through (idleShrinker).

@@ -220,6 +220,10 @@ func (w *welcomeFirst) Write(p []byte) (int, error) {
 
 func (w *welcomeFirst) open() { w.once.Do(func() { close(w.sent) }) }
 
+// ReadConn: only writes wait at the gate (uplink.ReadThrough: a spliced
+// download reads the socket underneath).
+func (w *welcomeFirst) ReadConn() net.Conn { return w.Conn }
+
 // handshake counts one uplink handshake's result.
 func (p *Proxy) handshake(result string) { p.met.handshakes.WithLabelValues(result).Inc() }
 

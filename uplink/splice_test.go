@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"io"
 	"math/rand"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -45,25 +44,11 @@ func (f *fileFiller) FillPipe(fd int, n int) (int, error) {
 // wrapped in Coalesce when coalesce is set, as the agent's is.
 func tcpLink(t *testing.T, coalesce bool) (send, recv *yamux.Session) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-accepted
+	a, b := tcpPair(t)
 	if coalesce {
 		a = Coalesce(a)
 	}
-	send, err = yamux.Server(a, MuxConfig(zerolog.Nop()))
+	send, err := yamux.Server(a, MuxConfig(zerolog.Nop()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ package netx
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -209,6 +210,27 @@ type limitedConn struct {
 
 // PlainConn is the accepted connection (Socket).
 func (c *limitedConn) PlainConn() net.Conn { return c.Conn }
+
+// ReadFrom is where net/http's response body copy lands once the headers
+// are out (its response.ReadFrom hands the source to the connection): a
+// ConnWriterTo writes itself, any other source goes to the connection's
+// own ReadFrom (a TCP socket's sendfile or splice) or is copied.
+func (c *limitedConn) ReadFrom(r io.Reader) (int64, error) {
+	if w, ok := r.(ConnWriterTo); ok {
+		return w.WriteToConn(c)
+	}
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{c.Conn}, r)
+}
+
+// ConnWriterTo is a source that moves its bytes to a connection itself:
+// tl-proxy's downloads, spliced from the uplink's socket to the client's
+// (uplink.Stream.SpliceTo), which needs the socket io.Copy would hide.
+type ConnWriterTo interface {
+	WriteToConn(c net.Conn) (int64, error)
+}
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()

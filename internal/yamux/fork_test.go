@@ -1,6 +1,7 @@
 package yamux
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -515,5 +516,163 @@ func TestForkRecvBudget(t *testing.T) {
 	}
 	if used := budget.Used(); used != 0 {
 		t.Fatalf("budget holds %d bytes after every stream was read", used)
+	}
+}
+
+// Divert: frames go to take once nothing is queued; what take does not
+// take is queued, and later frames queue behind it until the queue is
+// read; Pending counts both, Credit returns diverted bytes, and the
+// RecvBudget counts diverted bytes as queued ones.
+func TestForkDivert(t *testing.T) {
+	srv, peer := rawPeer(t)
+	budget := &RecvBudget{Limit: 1 << 30}
+	srv.config.RecvBudget = budget
+	writeFrame(t, peer, typeData, flagSYN, 1, nil, 0)
+	st, err := srv.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := func(b string) { writeFrame(t, peer, typeData, 0, 1, []byte(b), uint32(len(b))) }
+	pending := func(wantD, wantQ int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			d, q, err := st.Pending()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d == wantD && q == wantQ {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("pending %d diverted, %d queued; want %d, %d", d, q, wantD, wantQ)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	var store bytes.Buffer
+	room := 0
+	take := func(r *bufio.Reader, n int) (int, error) {
+		k := n
+		if k > room {
+			k = room
+		}
+		room -= k
+		_, err := io.CopyN(&store, r, int64(k))
+		return k, err
+	}
+	frame("queued-first")
+	pending(0, len("queued-first"))
+	if st.Divert(take, 1<<20) {
+		t.Fatal("Divert with bytes queued")
+	}
+	got := make([]byte, 64)
+	n, _ := st.Read(got)
+	if string(got[:n]) != "queued-first" || !st.Divert(take, 1<<20) {
+		t.Fatalf("read %q; Divert after it refused", got[:n])
+	}
+	room = 15
+	frame("diverted-")   // 9: taken
+	frame("half-queued") // 6 taken, 5 queued
+	frame("+behind")     // queued: the queue is not empty
+	pending(15, 12)
+	if used := budget.Used(); used != 27 {
+		t.Fatalf("budget counts %d bytes, want 27", used)
+	}
+	if store.String() != "diverted-half-q" {
+		t.Fatalf("taken %q", store.String())
+	}
+	if err := st.Credit(15); err != nil {
+		t.Fatal(err)
+	}
+	n, _ = st.Read(got)
+	if string(got[:n]) != "ueued+behind" {
+		t.Fatalf("queued %q", got[:n])
+	}
+	room = 100
+	frame("again")
+	pending(5, 0)
+	if store.String() != "diverted-half-qagain" {
+		t.Fatalf("taken %q", store.String())
+	}
+	if left := st.Undivert(); left != 5 {
+		t.Fatalf("Undivert: %d bytes left, want 5", left)
+	}
+	if used := budget.Used(); used != 0 {
+		t.Fatalf("budget holds %d bytes after Undivert", used)
+	}
+	frame("read")
+	n, _ = io.ReadFull(st, got[:4])
+	if string(got[:n]) != "read" {
+		t.Fatalf("after Undivert: %q", got[:n])
+	}
+}
+
+// Divert's window bounds what the peer sends ahead of Credit, and Credit
+// opens it again; Undivert waits for a take in progress.
+func TestForkDivertWindow(t *testing.T) {
+	client, server, _ := tcpSessions(t)
+	s, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total, window = 8 << 20, 64 << 10
+	go s.Write(bytes.Repeat([]byte{'w'}, total))
+	p, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held, peak atomic.Int64
+	var seen atomic.Int64
+	inTake, release := make(chan struct{}, 1), make(chan struct{})
+	take := func(r *bufio.Reader, n int) (int, error) {
+		if seen.Add(int64(n)) > total-1000 {
+			select {
+			case inTake <- struct{}{}:
+				<-release
+			default:
+			}
+		}
+		if _, err := io.CopyN(io.Discard, r, int64(n)); err != nil {
+			return 0, err
+		}
+		if h := held.Add(int64(n)); seen.Load() > 1<<20 && h > peak.Load() {
+			peak.Store(h)
+		}
+		return n, nil
+	}
+	for !p.Divert(take, window) {
+		if _, err := p.Read(make([]byte, 1<<20)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go func() {
+		for {
+			d, _, err := p.Pending()
+			if err != nil {
+				return
+			}
+			held.Add(-int64(d))
+			if p.Credit(d) != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case <-inTake:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the sender stalled after %d of %d bytes: Credit does not open the window", seen.Load(), total)
+	}
+	undone := make(chan struct{})
+	go func() { p.Undivert(); close(undone) }()
+	select {
+	case <-undone:
+		t.Fatal("Undivert returned while a take ran")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	<-undone
+	if pk := peak.Load(); pk > window {
+		t.Fatalf("%d bytes diverted ahead of Credit, window %d", pk, window)
 	}
 }

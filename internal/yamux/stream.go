@@ -40,6 +40,12 @@ type Stream struct {
 	sink func([]byte) int // set while SinkTo runs
 	held bool             // SinkTo has bytes in hand it has not written yet
 	sunk int64            // bytes the receive loop gave sink
+	// tl-agent (FORK.md, Divert): under recvLock; divertMu is held
+	// while take runs.
+	take      TakeFunc // set while diverted
+	diverted  int      // bytes take moved that Credit has not returned
+	windowCap uint32   // the window's bound while diverted; 0: the session's
+	divertMu  sync.Mutex
 	// budgeted: the queued bytes count in the session's RecvBudget
 	// (until the stream leaves the session: closeStream, forceClose).
 	budgeted bool
@@ -327,7 +333,10 @@ func (s *Stream) sendWindowUpdate() error {
 		max = initialStreamWindow // tl-agent (FORK.md): RecvBudget
 	}
 	s.recvLock.Lock()
-	bufLen := uint32(s.recvBuf.Len())
+	if s.windowCap > 0 {
+		max = min(max, s.windowCap) // tl-agent (FORK.md): Divert
+	}
+	bufLen := uint32(s.recvBuf.Len() + s.diverted)
 	var delta uint32
 	if bufLen+s.recvWindow < max {
 		delta = (max - bufLen) - s.recvWindow
@@ -472,7 +481,7 @@ func (s *Stream) queued(n int) {
 // it leaves the session: they can still be read, but no more can arrive.
 func (s *Stream) unbudget() {
 	s.recvLock.Lock()
-	s.queued(-s.recvBuf.Len())
+	s.queued(-s.recvBuf.Len() - s.diverted)
 	s.budgeted = false
 	s.recvLock.Unlock()
 }
@@ -571,6 +580,14 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		s.session.logger.Printf("[ERR] yamux: receive window exceeded (stream: %d, remain: %d, recv: %d)", s.id, s.recvWindow, length)
 		s.recvLock.Unlock()
 		return ErrRecvWindowExceeded
+	}
+	if s.take != nil && s.recvBuf.Len() == 0 {
+		k, err := s.readDiverted(length)
+		if err != nil || k == length {
+			return err
+		}
+		length -= k // the rest is queued: take's store is full
+		s.recvLock.Lock()
 	}
 	if int(length) < minChunk && s.sinkable(length) {
 		return s.readToSink(length, conn)
