@@ -30,13 +30,13 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/copybuf"
 	"github.com/tensorlake/tl-agent/internal/httpx"
 	"github.com/tensorlake/tl-agent/internal/reqid"
 	"github.com/tensorlake/tl-agent/internal/threads"
@@ -234,11 +234,6 @@ func regular(fi fs.FileInfo) error {
 	return nil
 }
 
-// bufSize is the copy buffer of uploads and downloads.
-const bufSize = 256 << 10
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
-
 func (s *Server) handleRead(w http.ResponseWriter, r *http.Request) {
 	path, _, ok := s.resolve(w, r)
 	if !ok {
@@ -269,10 +264,10 @@ func (s *Server) handleRead(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodHead {
 		return
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+	buf := copybuf.Get()
+	defer copybuf.Put(buf)
 	// Each read holds a slot of the gate; the network write does not.
-	if _, err := io.CopyBuffer(writerOnly{w}, readerOnly{s.gate.Reader(f)}, *bp); err != nil {
+	if _, err := io.CopyBuffer(writerOnly{w}, readerOnly{s.gate.Reader(f)}, buf); err != nil {
 		log := reqid.Logger(r.Context(), s.log)
 		log.Debug().Err(err).Str("path", path).Msg("download ended early")
 	}
@@ -287,7 +282,7 @@ const maxRanges = 16
 // multipart/byteranges; unsatisfiable: 416), If-Range, If-None-Match and
 // If-Match against the ETag, If-Modified-Since and If-Unmodified-Since
 // against Last-Modified (304 and 412). Reads hold the gate as streaming
-// ones do; copies go in bufSize steps.
+// ones do; copies go in copybuf.Size steps.
 func (s *Server) serveSized(w http.ResponseWriter, r *http.Request, f *os.File, fi fs.FileInfo) {
 	if rg := r.Header.Get("Range"); strings.Count(rg, ",") >= maxRanges {
 		httpx.WriteError(w, http.StatusRequestedRangeNotSatisfiable, codeInvalid,
@@ -336,7 +331,7 @@ type bigCopies struct {
 
 // ReadFrom takes ServeContent's copy (io.CopyN of the file) and gives the
 // response writer's own ReadFrom a fileRange: through the uplink its
-// bytes are spliced, else copied in bufSize steps (the response writer's
+// bytes are spliced, else copied in copybuf.Size steps (the response writer's
 // own copy goes in 32 KiB steps, a syscall and a frame each).
 func (b *bigCopies) ReadFrom(r io.Reader) (int64, error) {
 	if lr, ok := r.(*io.LimitedReader); ok {
@@ -348,9 +343,9 @@ func (b *bigCopies) ReadFrom(r io.Reader) (int64, error) {
 			}
 		}
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	return io.CopyBuffer(writerOnly{b.ResponseWriter}, readerOnly{r}, *bp)
+	buf := copybuf.Get()
+	defer copybuf.Put(buf)
+	return io.CopyBuffer(writerOnly{b.ResponseWriter}, readerOnly{r}, buf)
 }
 
 // fileRange is the next left bytes of a regular file being downloaded.
@@ -376,11 +371,11 @@ func (r *fileRange) Read(p []byte) (int, error) {
 }
 
 // WriteTo is the copy where splice is not taken (a direct listener, TLS
-// uplinks): bufSize steps.
+// uplinks): copybuf.Size steps.
 func (r *fileRange) WriteTo(w io.Writer) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	return io.CopyBuffer(writerOnly{w}, readerOnly{r}, *bp)
+	buf := copybuf.Get()
+	defer copybuf.Put(buf)
+	return io.CopyBuffer(writerOnly{w}, readerOnly{r}, buf)
 }
 
 // FillPipe moves up to n of the range's bytes into the pipe fd: the

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tensorlake/tl-agent/identity"
+	"github.com/tensorlake/tl-agent/internal/copybuf"
 	"github.com/tensorlake/tl-agent/internal/httpx"
 	"github.com/tensorlake/tl-agent/internal/reqid"
 )
@@ -179,9 +180,9 @@ func (s *Server) writeAtomic(path string, body io.Reader, t target) (int64, erro
 			_ = s.gate.Do(func() error { f.Close(); return os.Remove(tmp) })
 		}
 	}()
-	bp := bufPool.Get().(*[]byte)
-	n, err := copyBody(s.gate.Writer(f), body, *bp)
-	bufPool.Put(bp)
+	buf := copybuf.Get()
+	n, err := copyBody(s.gate.Writer(f), body, buf)
+	copybuf.Put(buf)
 	if err != nil {
 		return 0, err
 	}
@@ -260,9 +261,9 @@ func (s *Server) writeInPlace(path string, body io.Reader) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	bp := bufPool.Get().(*[]byte)
-	n, err := copyBody(s.gate.Writer(f), body, *bp)
-	bufPool.Put(bp)
+	buf := copybuf.Get()
+	n, err := copyBody(s.gate.Writer(f), body, buf)
+	copybuf.Put(buf)
 	if cerr := s.gate.Do(f.Close); err == nil {
 		err = cerr
 	}
@@ -274,7 +275,8 @@ func (s *Server) writeInPlace(path string, body io.Reader) (int64, error) {
 
 // copyBody copies body to f, telling body errors (the client) from file
 // errors (the disk). It fills the buffer before each write, so a body of
-// up to bufSize is one write(2): kernel files (sysctls) take a value in
+// up to the buffer (copybuf.Size; SmallSize past copybuf.MaxBig copies
+// at once) is one write(2): kernel files (sysctls) take a value in
 // one write.
 func copyBody(f io.Writer, body io.Reader, buf []byte) (int64, error) {
 	var total int64

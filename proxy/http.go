@@ -18,6 +18,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/internal/copybuf"
 	"github.com/tensorlake/tl-agent/internal/httpx"
 	"github.com/tensorlake/tl-agent/internal/relay"
 	"github.com/tensorlake/tl-agent/internal/reqid"
@@ -84,7 +85,7 @@ func New(cfg *Config, log zerolog.Logger) (*Proxy, error) {
 		// client in up to 256 KiB writes (what the stream holds), one
 		// syscall where there were eight. Reads return what is there, so
 		// small messages still go out at once.
-		BufferPool:   uplink.BufferPool{},
+		BufferPool:   copybuf.Pool{},
 		ErrorHandler: p.upstreamError,
 		// A body cut by the progress rule makes the agent answer about a
 		// truncated body; the client is told the real reason instead.
@@ -316,8 +317,8 @@ type upgradedBody struct {
 }
 
 func (b *upgradedBody) WriteTo(w io.Writer) (int64, error) {
-	buf := uplink.BufferPool{}.Get()
-	defer uplink.BufferPool{}.Put(buf)
+	buf := copybuf.Get()
+	defer copybuf.Put(buf)
 	n, err := b.ReadWriteCloser.Read(buf)
 	if n > 0 {
 		if _, werr := w.Write(buf[:n]); werr != nil {

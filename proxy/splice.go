@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/tensorlake/tl-agent/internal/copybuf"
 	"github.com/tensorlake/tl-agent/internal/reqid"
 )
 
@@ -135,7 +136,8 @@ func (b *splicedBody) Read(p []byte) (int, error) {
 // none held, it reads the stream directly and holds none), so the rest
 // is on the stream.
 func (b *splicedBody) WriteToConn(c net.Conn) (int64, error) {
-	buf := make([]byte, 32<<10)
+	buf := copybuf.GetSmall()
+	defer copybuf.Put(buf)
 	n, err := b.Read(buf)
 	if n > 0 {
 		var w io.Writer = c

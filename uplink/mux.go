@@ -4,12 +4,13 @@ import (
 	"errors"
 	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
+
+	"github.com/tensorlake/tl-agent/internal/copybuf"
 )
 
 // Tuning of the multiplexer, shared by both ends. docs/uplink.md explains
@@ -36,7 +37,7 @@ const (
 	// On a 100 Mbit/s link a 32 KiB frame already takes 2.6 ms, so frames
 	// stay 32 KiB there; on loopback they grow to MaxWriteChunk, a
 	// fraction of the per-frame work (syscalls, the peer's hand-off to its
-	// reader, window updates). Copying paths write at most CopyBuffer
+	// reader, window updates). Copying paths write at most copybuf.Size
 	// (256 KiB, 0.1–0.3 ms on loopback) at a time, so their frames stop
 	// there; spliced downloads (splice.go) fill frames of up to 1 MiB,
 	// 5–13% less machine CPU per GB than 256 KiB frames in six paired
@@ -189,7 +190,7 @@ func (s *Stream) CloseWrite() error { return s.Stream.Close() }
 
 // ReadFrom keeps io.Copy from bypassing the chunking through a ReaderFrom
 // on the source side. A PipeFiller's bytes go by splice (spliceFrom);
-// others are read up to CopyBuffer at a time (a file, a client's socket:
+// others are read up to copybuf.Size at a time (a file, a client's socket:
 // one syscall per 256 KiB instead of per frame) and written in frames
 // bounded as Write's are, so a keystroke's wait behind a bulk stream
 // stays as short.
@@ -199,8 +200,8 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 			return n, err
 		}
 	}
-	buf := getCopyBuf()
-	defer putCopyBuf(buf)
+	buf := copybuf.Get()
+	defer copybuf.Put(buf)
 	var total int64
 	for {
 		n, err := r.Read(buf)
@@ -219,54 +220,3 @@ func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
 		}
 	}
 }
-
-// CopyBuffer is the size of the copy buffers of bulk paths over the
-// uplink (Stream.ReadFrom, the proxy's reverse proxy): reads and writes of
-// sockets and files in 256 KiB steps; frames on the uplink stay WriteChunk.
-// A copy holds its buffer for as long as it runs, a long-lived response
-// (an SSE follower, a stalled download) for its whole life, so at most
-// MaxBigCopyBuffers are out at once in a process; past that a copy gets
-// SmallCopyBuffer (net/http's own size): a flood of long-lived copies
-// costs 32 KiB each.
-const (
-	CopyBuffer        = 256 << 10
-	SmallCopyBuffer   = 32 << 10
-	MaxBigCopyBuffers = 128 // 32 MiB
-)
-
-var (
-	copyBufs  = sync.Pool{New: func() any { b := make([]byte, CopyBuffer); return &b }}
-	smallBufs = sync.Pool{New: func() any { b := make([]byte, SmallCopyBuffer); return &b }}
-	bigOut    atomic.Int64
-)
-
-// getCopyBuf lends a CopyBuffer, or a SmallCopyBuffer when
-// MaxBigCopyBuffers are out.
-func getCopyBuf() []byte {
-	if bigOut.Add(1) <= MaxBigCopyBuffers {
-		return *copyBufs.Get().(*[]byte)
-	}
-	bigOut.Add(-1)
-	return *smallBufs.Get().(*[]byte)
-}
-
-// putCopyBuf takes back what getCopyBuf lent (by its capacity).
-func putCopyBuf(b []byte) {
-	switch cap(b) {
-	case CopyBuffer:
-		b = b[:CopyBuffer]
-		bigOut.Add(-1)
-		copyBufs.Put(&b)
-	case SmallCopyBuffer:
-		b = b[:SmallCopyBuffer]
-		smallBufs.Put(&b)
-	}
-}
-
-// BufferPool lends copy buffers to httputil.ReverseProxy (getCopyBuf).
-// Pooled buffers are dropped by the garbage collector when idle, so the
-// pool holds no memory after a burst.
-type BufferPool struct{}
-
-func (BufferPool) Get() []byte  { return getCopyBuf() }
-func (BufferPool) Put(b []byte) { putCopyBuf(b) }

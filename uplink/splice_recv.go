@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tensorlake/tl-agent/internal/copybuf"
 	"github.com/tensorlake/tl-agent/internal/netx"
 )
 
@@ -108,8 +109,8 @@ func (s *Stream) copyTo(w *stallWrites, n int64) (int64, error) {
 // copyOnce copies what one Read returns, at most max bytes, to w. With
 // bytes queued, Read does not wait.
 func (s *Stream) copyOnce(w *stallWrites, max int64) (int64, error) {
-	buf := getCopyBuf()
-	defer putCopyBuf(buf)
+	buf := copybuf.Get()
+	defer copybuf.Put(buf)
 	k, err := s.Stream.Read(buf[:min(int64(len(buf)), max)])
 	if k > 0 {
 		m, werr := w.write(buf[:k])

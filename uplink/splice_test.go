@@ -141,33 +141,3 @@ func TestReadFromSplicesPipeFillers(t *testing.T) {
 		})
 	}
 }
-
-// At most MaxBigCopyBuffers big copy buffers are out at once; past that
-// a copy gets a small one, and a big one given back is lent again.
-func TestCopyBuffersBounded(t *testing.T) {
-	var big [][]byte
-	for i := 0; i < MaxBigCopyBuffers; i++ {
-		b := BufferPool{}.Get()
-		if len(b) != CopyBuffer {
-			t.Fatalf("buffer %d: %d bytes, want %d", i, len(b), CopyBuffer)
-		}
-		big = append(big, b)
-	}
-	small := BufferPool{}.Get()
-	if len(small) != SmallCopyBuffer {
-		t.Fatalf("past the bound: %d bytes, want %d", len(small), SmallCopyBuffer)
-	}
-	BufferPool{}.Put(small)
-	BufferPool{}.Put(big[0])
-	var pool BufferPool
-	big[0] = pool.Get()
-	if len(big[0]) != CopyBuffer {
-		t.Fatalf("after one came back: %d bytes, want %d", len(big[0]), CopyBuffer)
-	}
-	for _, b := range big {
-		BufferPool{}.Put(b)
-	}
-	if n := bigOut.Load(); n != 0 {
-		t.Fatalf("%d big buffers counted out after all came back", n)
-	}
-}

@@ -31,8 +31,8 @@ func init() {
 
 // relayEnv makes the bench binary a trivial TCP relay process to the
 // address it names (see startRelay); with relayBigEnv set too it copies
-// in relay.BigBufSize (256 KiB) steps, the copy buffer of the proxy's
-// bulk paths (the files area's floor), instead of relay.BufSize.
+// in copybuf.Size (256 KiB) steps, the copy buffer of the proxy's
+// bulk paths (the files area's floor), instead of copybuf.SmallSize.
 const (
 	relayEnv    = "TL_BENCH_RELAY_TO"
 	relayBigEnv = "TL_BENCH_RELAY_BIG"

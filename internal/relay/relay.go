@@ -16,23 +16,14 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/tensorlake/tl-agent/internal/copybuf"
 	"github.com/tensorlake/tl-agent/internal/netx"
 )
 
-// BufSize is the copy buffer, one per direction. It matches the uplink's
-// frame size so a read becomes one frame.
-const BufSize = 32 << 10
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, BufSize); return &b }}
-
-// BigBufSize is the copy buffer toward a destination that prefers bigger
-// writes (see BigWriter).
-const BigBufSize = 256 << 10
-
-var bigPool = sync.Pool{New: func() any { b := make([]byte, BigBufSize); return &b }}
-
 // BigWriter is a destination whose every Write has a fixed cost worth
-// spreading, such as a WebSocket (one message per Write).
+// spreading, such as a WebSocket (one message per Write): it gets a big
+// copy buffer (copybuf.Get), other destinations a small one, one per
+// direction, the uplink's frame size, so a read becomes one frame.
 type BigWriter interface{ PrefersBigWrites() bool }
 
 type closeWriter interface{ CloseWrite() error }
@@ -57,13 +48,14 @@ func Relay(a, b net.Conn) (aToB, bToA int64) {
 // is closed too, so the other direction does not wait forever on a peer
 // that is gone.
 func pipe(dst, src net.Conn) int64 {
-	pool := &bufPool
+	var buf []byte
 	if bw, ok := dst.(BigWriter); ok && bw.PrefersBigWrites() {
-		pool = &bigPool
+		buf = copybuf.Get()
+	} else {
+		buf = copybuf.GetSmall()
 	}
-	bp := pool.Get().(*[]byte)
-	defer pool.Put(bp)
-	n, err := Copy(dst, src, *bp)
+	defer copybuf.Put(buf)
+	n, err := Copy(dst, src, buf)
 	if cw, ok := dst.(closeWriter); ok && err == nil {
 		_ = cw.CloseWrite()
 	} else {
