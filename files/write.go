@@ -278,15 +278,24 @@ func (s *Server) writeInPlace(path string, body io.Reader) (int64, error) {
 // up to the buffer (copybuf.Size; SmallSize past copybuf.MaxBig copies
 // at once) is one write(2): kernel files (sysctls) take a value in
 // one write.
+//
+// io.ReadFull says io.ErrUnexpectedEOF for a last buffer the body ended
+// in, and so does net/http's reader of a body cut before its length (the
+// client went away mid-upload): only the body's own error is a failure,
+// so a cut upload never replaces the file with its first part.
 func copyBody(f io.Writer, body io.Reader, buf []byte) (int64, error) {
+	src := &bodyReader{r: body}
 	var total int64
 	for {
-		n, rerr := io.ReadFull(body, buf)
+		n, rerr := io.ReadFull(src, buf)
 		if n > 0 {
 			if _, err := f.Write(buf[:n]); err != nil {
 				return total, err
 			}
 			total += int64(n)
+		}
+		if src.err != nil {
+			return total, fmt.Errorf("%w: %v", errBody, src.err)
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			return total, nil
@@ -295,6 +304,20 @@ func copyBody(f io.Writer, body io.Reader, buf []byte) (int64, error) {
 			return total, fmt.Errorf("%w: %v", errBody, rerr)
 		}
 	}
+}
+
+// bodyReader keeps the body's first error other than io.EOF.
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
 }
 
 // mkdirAllOwned creates dir and missing parents, each given to u (lchown:

@@ -1,6 +1,10 @@
 package files
 
 import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -9,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -101,5 +106,43 @@ func TestWriteOverSpecialRefused(t *testing.T) {
 	}
 	if fi, err := os.Lstat(fifo); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
 		t.Fatalf("FIFO replaced: %v %v", fi, err)
+	}
+}
+
+// A client that goes away mid-upload (fewer bytes than its
+// Content-Length, then the connection closed) leaves the file as it was
+// and no temporary file: io.ReadFull's ErrUnexpectedEOF for a short last
+// buffer is no end of the body when the body itself says it was cut.
+func TestCutUploadLeavesFileWhole(t *testing.T) {
+	srv := filesServer(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f")
+	if err := os.WriteFile(path, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "PUT /api/v1/files?path=%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", url.QueryEscape(path), 1<<20)
+	if _, err := c.Write(bytes.Repeat([]byte("n"), 300<<10)); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	_, _ = io.Copy(io.Discard, c) // the server's answer, if any, then its close
+	c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ents, _ := os.ReadDir(dir)
+		if len(ents) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("left in the folder: %v", ents)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got, _ := os.ReadFile(path); string(got) != "old" {
+		t.Fatalf("the cut upload replaced the file: %d bytes", len(got))
 	}
 }
