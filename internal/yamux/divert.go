@@ -30,7 +30,9 @@ type TakeFunc func(r *bufio.Reader, n int) (int, error)
 // what is queued, and frames go to take again once the queue is empty.
 //
 // Divert changes nothing and returns false while bytes are queued: read
-// them first (Read does not block then) and try again.
+// them first (Read does not block then) and try again. A large frame the
+// receive loop is reading as Divert comes is queued after it, so the
+// reader must take queued bytes even when Divert said yes.
 func (s *Stream) Divert(take TakeFunc, window uint32) bool {
 	s.recvLock.Lock()
 	defer s.recvLock.Unlock()
