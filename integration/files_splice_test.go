@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,13 +15,15 @@ import (
 	"time"
 )
 
-// TestSplicedDownloads: downloads through the real proxy take its splice
-// path (the uplink's socket to the client's through a pipe, counted in
-// tl_proxy_spliced_bytes_total) and arrive exact: a whole file and a Range
-// at an odd offset with Go's client, a small file the usual way; a client
+// TestSplicedTransfers: downloads and uploads through the real proxy take
+// its splice paths (between the uplink's socket and the client's through
+// a pipe, counted in tl_proxy_spliced_bytes_total) and arrive exact: a
+// whole file and a Range at an odd offset with Go's client, a small file
+// the usual way; uploads from Go's client and from curl (Expect:
+// 100-continue), after which the client's next request works; a client
 // that reads slowly holds up nobody else of the sandbox, and one that
 // goes away leaves no pipe behind in the proxy.
-func TestSplicedDownloads(t *testing.T) {
+func TestSplicedTransfers(t *testing.T) {
 	RequireRoot(t)
 	opAddr, opKey := freeAddr(t), "tl_op_"+randHex(16)
 	s := Start(t, Options{
@@ -28,14 +31,15 @@ func TestSplicedDownloads(t *testing.T) {
 		ProxyConfig: func(cfg map[string]any) { cfg["operator_keys"] = map[string]string{opKey: "tester"} },
 	})
 	ensureUser(t, s)
-	spliced := func(t *testing.T) float64 {
+	counter := func(t *testing.T, direction string) float64 {
 		t.Helper()
 		status, body := scrapeOperator(t, opAddr, opKey)
 		if status != 200 {
 			t.Fatalf("scrape: %d", status)
 		}
-		return sampleOf(body, `tl_proxy_spliced_bytes_total{kind="api"}`)
+		return sampleOf(body, `tl_proxy_spliced_bytes_total{direction="`+direction+`",kind="api"}`)
 	}
+	spliced := func(t *testing.T) float64 { return counter(t, "from_sandbox") }
 	const size = 40 << 20
 	h := sha256.New()
 	s.JSON("PUT", filePath("splice.bin"), io.TeeReader(newSeeded(7, size), h), 204, nil)
@@ -96,6 +100,93 @@ func TestSplicedDownloads(t *testing.T) {
 			t.Fatalf("%.0f bytes spliced", d)
 		}
 	})
+	rule(t, s, "an upload is spliced, lands exact, and the next request works", func(t *testing.T) {
+		const up = 24 << 20
+		before := counter(t, "to_sandbox")
+		h := sha256.New()
+		req := s.Request(context.Background(), "PUT", filePath("up.bin"), io.TeeReader(newSeeded(9, up), h))
+		req.ContentLength = up
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 204 {
+			t.Fatalf("PUT: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		if !resp.Close {
+			t.Error("the answer to a spliced upload does not close the connection")
+		}
+		if got := counter(t, "to_sandbox") - before; got < up/2 {
+			t.Fatalf("%.0f of %d bytes spliced", got, up)
+		}
+		back := s.Do("GET", filePath("up.bin"), nil) // the same client
+		sum := sha256.New()
+		n, err := io.Copy(sum, back.Body)
+		back.Body.Close()
+		if err != nil || n != up || string(sum.Sum(nil)) != string(h.Sum(nil)) {
+			t.Fatalf("read back: %d bytes, %v, checksum equal %v", n, err, string(sum.Sum(nil)) == string(h.Sum(nil)))
+		}
+	})
+	rule(t, s, "curl's upload (Expect: 100-continue) is spliced and lands exact", func(t *testing.T) {
+		src := t.TempDir() + "/curl.bin"
+		f, err := os.Create(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		if _, err := io.Copy(io.MultiWriter(f, h), newSeeded(11, 8<<20+3)); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		before := counter(t, "to_sandbox")
+		r := curl(t, "-T", src, "-H", "Host: "+s.SandboxID+".local", "-H", "Authorization: Bearer "+s.APIKey, s.BaseURL()+filePath("curl.bin"))
+		if r.status != 204 {
+			t.Fatalf("curl -T: %d %s", r.status, r.body)
+		}
+		if got := counter(t, "to_sandbox") - before; got < 4<<20 {
+			t.Fatalf("%.0f bytes spliced", got)
+		}
+		got, err := os.ReadFile(s.SandboxPath("/home/tl-user/curl.bin"))
+		sum := sha256.Sum256(got)
+		if err != nil || string(sum[:]) != string(h.Sum(nil)) {
+			t.Fatalf("landed: %d bytes, %v", len(got), err)
+		}
+	})
+	rule(t, s, "a client gone mid-upload leaves the old file whole and nothing behind", func(t *testing.T) {
+		pid := s.ProxyPid()
+		fds := func() int { e, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); return len(e) }
+		idle := fds()
+		oldSum := sha256.Sum256(mustRead(t, s.SandboxPath("/home/tl-user/up.bin")))
+		c, err := net.Dial("tcp", s.HTTPAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "PUT %s HTTP/1.1\r\nHost: %s.local\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n",
+			filePath("up.bin"), s.SandboxID, s.APIKey, 8<<20)
+		if _, err := io.CopyN(c, newSeeded(13, 2<<20), 2<<20); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+		c.Close()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			ents, _ := os.ReadDir(s.SandboxPath("/home/tl-user"))
+			temp := ""
+			for _, e := range ents {
+				if strings.Contains(e.Name(), "tl-upload") {
+					temp = e.Name()
+				}
+			}
+			if temp == "" && fds() <= idle {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after the cut: temporary file %q, proxy fds %d (%d before)", temp, fds(), idle)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if sha256.Sum256(mustRead(t, s.SandboxPath("/home/tl-user/up.bin"))) != oldSum {
+			t.Fatal("the cut upload changed the file")
+		}
+	})
 	rule(t, s, "a slow reader holds up nobody, and leaves no pipe when it goes", func(t *testing.T) {
 		pid := s.ProxyPid()
 		fds := func() int { e, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); return len(e) }
@@ -135,4 +226,13 @@ func sampleOf(body, name string) float64 {
 		}
 	}
 	return 0
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

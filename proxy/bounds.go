@@ -7,7 +7,10 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // inflight counts proxied requests and streams per sandbox, so that one
@@ -45,6 +48,10 @@ func (f *inflight) acquire(id string) (release func(), ok bool) {
 // errBodyTooSlow ends a request body that broke the minimum-progress rule.
 var errBodyTooSlow = errors.New("request body too slow")
 
+// errBodyAfterHandler refuses a read of a spliced body once the handler
+// returned (spliceBody).
+var errBodyAfterHandler = errors.New("proxy: request body read after its handler returned")
+
 // bodyKey is the request context key of a request's *progressBody.
 type bodyKey struct{}
 
@@ -57,7 +64,9 @@ func (p *Proxy) watchBody(w http.ResponseWriter, req *http.Request) *progressBod
 	if req.Body == nil || req.Body == http.NoBody || l.BodyMinBytes <= 0 || l.BodyWindow <= 0 {
 		return nil
 	}
-	return &progressBody{body: req.Body, rc: http.NewResponseController(w), min: l.BodyMinBytes, window: l.BodyWindow}
+	b := &progressBody{body: req.Body, rc: http.NewResponseController(w), min: l.BodyMinBytes, window: l.BodyWindow}
+	b.spliceFromClient(req)
+	return b
 }
 
 // progressBody enforces: at least min bytes in every window of the time
@@ -79,13 +88,37 @@ type progressBody struct {
 	cut     bool          // the rule fired; guarded by mu
 	done    bool          // the handler returned; guarded by mu
 	timer   *time.Timer
+
+	// An upload spliced from the client's socket (splice.go): sock is
+	// that socket, left the bytes of the body not yet taken by Read or
+	// FillPipe, head what the server had read past the headers.
+	sock    syscall.RawConn
+	left    int64
+	head    []byte
+	drained bool // head was read
+	spliced bool // FillPipe took bytes from the socket; guarded by mu
+	// splicedBytes counts them (tl_proxy_spliced_bytes_total).
+	splicedBytes prometheus.Counter
+	short        bool // the last FillPipe took fewer bytes than asked
 }
 
 func (b *progressBody) Read(buf []byte) (int, error) {
+	if b.sock != nil {
+		return b.timed(func() (int, error) { return b.readCounted(buf) })
+	}
+	return b.timed(func() (int, error) { return b.body.Read(buf) })
+}
+
+// timed runs step, a read from the client, under the rule.
+func (b *progressBody) timed(step func() (int, error)) (int, error) {
 	b.mu.Lock()
 	if b.cut {
 		b.mu.Unlock()
 		return 0, errBodyTooSlow
+	}
+	if b.done && b.sock != nil {
+		b.mu.Unlock()
+		return 0, errBodyAfterHandler
 	}
 	left := b.window - b.used
 	if b.timer == nil {
@@ -97,7 +130,7 @@ func (b *progressBody) Read(buf []byte) (int, error) {
 	b.mu.Unlock()
 
 	start := time.Now()
-	n, err := b.body.Read(buf)
+	n, err := step()
 
 	b.mu.Lock()
 	defer b.mu.Unlock()

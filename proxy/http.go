@@ -78,7 +78,9 @@ func New(cfg *Config, log zerolog.Logger) (*Proxy, error) {
 	p.reg.count = p.met.countStream
 	p.operator = newOperatorDoor()
 	p.rp = &httputil.ReverseProxy{
-		Rewrite:       func(*httputil.ProxyRequest) {},
+		// The reverse proxy hides the body in a wrapper of its own; an
+		// upload that can be spliced gets its own back (splice.go).
+		Rewrite:       func(pr *httputil.ProxyRequest) { spliceBody(pr.Out) },
 		Transport:     p.transport,
 		FlushInterval: -1, // flush every write: SSE and terminal output
 		// 256 KiB copies instead of 32 KiB: a download is written to the
@@ -93,9 +95,16 @@ func New(cfg *Config, log zerolog.Logger) (*Proxy, error) {
 			// The client gets the proxy's ids (set by reqid.Middleware),
 			// not a second copy from the sandbox.
 			reqid.StripResponse(resp.Header)
-			if b, _ := resp.Request.Context().Value(bodyKey{}).(*progressBody); b != nil && b.wasCut() {
+			b, _ := resp.Request.Context().Value(bodyKey{}).(*progressBody)
+			if b.wasCut() {
 				resp.Body.Close()
 				return errBodyTooSlow
+			}
+			if b.wasSpliced() {
+				// The server's reader did not see the body (splice.go):
+				// the client must not send another request on this
+				// connection.
+				resp.Header.Set("Connection", "close")
 			}
 			if resp.Request.Context().Value(cookieKey{}) != nil {
 				browserResponse(resp)
@@ -231,6 +240,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	log.Debug().Str("user", user).Str("sandbox", r.sandbox).Int("port", r.port).Str("method", req.Method).Str("path", req.URL.Path).Msg("request")
 	body := p.watchBody(w, req)
 	defer body.finish()
+	if body != nil {
+		kind := uplink.KindAPI
+		if r.port != 0 {
+			kind = uplink.KindTCP
+		}
+		body.splicedBytes = p.met.spliced.WithLabelValues(kind, "to_sandbox")
+	}
 	ctx := context.WithValue(req.Context(), bodyKey{}, body)
 	if viaCookie {
 		ctx = context.WithValue(ctx, cookieKey{}, true)
@@ -489,6 +505,9 @@ func splitPortRoute(label string) (int, string, bool) {
 func (p *Proxy) upstreamError(w http.ResponseWriter, req *http.Request, err error) {
 	var re *uplink.ReplyError
 	cut, _ := req.Context().Value(bodyKey{}).(*progressBody)
+	if cut.wasSpliced() {
+		w.Header().Set("Connection", "close") // as ModifyResponse says it
+	}
 	switch {
 	case errors.Is(err, errSpliced):
 		// ModifyResponse wrote the response (spliceResponse).

@@ -22,7 +22,7 @@ type proxyMetrics struct {
 	handshakes *prometheus.CounterVec   // result
 	frontHist  *prometheus.HistogramVec // route, code
 	relayed    *prometheus.CounterVec   // kind, direction
-	spliced    *prometheus.CounterVec   // kind
+	spliced    *prometheus.CounterVec   // kind, direction
 	sshLogins  *prometheus.CounterVec   // result
 	scrapeErrs *prometheus.CounterVec   // reason
 }
@@ -57,7 +57,7 @@ func newProxyMetrics(r *Registry) *proxyMetrics {
 		relayed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tl_proxy_relayed_bytes_total",
 			Help: "Bytes relayed over uplink streams by stream kind; direction to_sandbox or from_sandbox."}, []string{"kind", "direction"}),
 		spliced: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tl_proxy_spliced_bytes_total",
-			Help: "Bytes of responses spliced from the uplink's socket to the client's, never copied through the proxy, by stream kind; part of tl_proxy_relayed_bytes_total's from_sandbox."}, []string{"kind"}),
+			Help: "The part of tl_proxy_relayed_bytes_total spliced between the client's socket and the uplink's, never copied through the proxy (bodies of 1 MiB or more), by stream kind and direction."}, []string{"kind", "direction"}),
 		sshLogins: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tl_proxy_ssh_logins_total",
 			Help: "SSH front door logins by result (ok, denied: key or route refused, failed: handshake ended before a decision)."}, []string{"result"}),
 		scrapeErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tl_proxy_agent_scrape_errors_total",
@@ -133,7 +133,7 @@ type relayCounter struct {
 
 func (m *proxyMetrics) countStream(c net.Conn, kind string) net.Conn {
 	return &relayCounter{Conn: c, to: m.relayed.WithLabelValues(kind, "to_sandbox"), from: m.relayed.WithLabelValues(kind, "from_sandbox"),
-		spliced: m.spliced.WithLabelValues(kind)}
+		spliced: m.spliced.WithLabelValues(kind, "from_sandbox")}
 }
 
 func (c *relayCounter) Read(b []byte) (int, error) {

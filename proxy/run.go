@@ -99,6 +99,7 @@ func (p *Proxy) Run(ctx context.Context, ls Listeners) error {
 		// bound what a silent or vanished client holds.
 		srv := &http.Server{
 			Handler:           p.Handler(),
+			ConnContext:       clientConnContext, // an upload's splice (splice.go)
 			ReadHeaderTimeout: lim.HTTPHeaderTimeout,
 			IdleTimeout:       lim.HTTPIdleTimeout,
 			MaxHeaderBytes:    64 << 10,

@@ -8,8 +8,12 @@ import (
 	"net/http"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tensorlake/tl-agent/internal/copybuf"
+	"github.com/tensorlake/tl-agent/internal/netx"
 	"github.com/tensorlake/tl-agent/internal/reqid"
+	"github.com/tensorlake/tl-agent/uplink"
 )
 
 // A download through the proxy is spliced: its body goes from the uplink's
@@ -157,4 +161,142 @@ func (b *splicedBody) WriteToConn(c net.Conn) (int64, error) {
 	m, _, err := b.stream.SpliceTo(c, b.left, b.stall)
 	b.left -= m
 	return int64(n) + m, err
+}
+
+// An upload through the proxy is spliced too: a request body of a known
+// length of at least spliceMin goes from the client's socket into the
+// pipe the uplink splices its frames from (progressBody as an
+// uplink.PipeFiller; uplink.Stream.ReadFrom reaches it through the
+// transport's LimitReader), so the proxy copies none of its bytes.
+// net/http's server does not know: its reader of the body saw only what
+// it had buffered past the headers. So the server is told to close the
+// connection after the answer (Connection: close, set in ModifyResponse),
+// as it would for a body the handler left unread, and the client does not
+// send another request on it; Read says EOF once the declared length was
+// taken, so the transport's check for bytes past it does not wait on the
+// client.
+
+// spliceBody gives out, the outgoing request, its progressBody back in
+// place of the reverse proxy's wrapper when the upload can be spliced, so
+// the uplink sees a PipeFiller. Like that wrapper it does not close the
+// server's body (net/http does, after the handler), and it refuses reads
+// once the handler returned (the transport's goroutine may outlive it).
+func spliceBody(out *http.Request) {
+	b, _ := out.Context().Value(bodyKey{}).(*progressBody)
+	if b != nil && b.sock != nil && out.Body != nil {
+		out.Body = splicingBody{b}
+	}
+}
+
+type splicingBody struct{ *progressBody }
+
+func (splicingBody) Close() error { return nil }
+
+// clientConnKey keys the client's connection in a request's context.
+type clientConnKey struct{}
+
+// clientConnContext is the front door server's ConnContext: an upload's
+// splice needs the client's socket.
+func clientConnContext(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, clientConnKey{}, c)
+}
+
+// spliceFromClient readies b to be spliced from the client's socket, if
+// the body is big and the connection a plain socket.
+func (b *progressBody) spliceFromClient(req *http.Request) {
+	c, _ := req.Context().Value(clientConnKey{}).(net.Conn)
+	if c == nil || req.ContentLength < spliceMin {
+		return
+	}
+	if rc := netx.Socket(c); rc != nil {
+		b.sock, b.left = rc, req.ContentLength
+	}
+}
+
+// readCounted is Read on a body that may be spliced: what the first
+// FillPipe kept of the server's buffer comes first, then the server's
+// reader; EOF once the declared length is taken.
+func (b *progressBody) readCounted(buf []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, io.EOF
+	}
+	if len(b.head) > 0 {
+		n := copy(buf, b.head)
+		b.takeHead(n)
+		return n, nil
+	}
+	n, err := b.body.Read(buf)
+	b.left -= int64(n)
+	return n, err
+}
+
+// FillPipe moves up to n bytes of the body into the pipe fd
+// (uplink.PipeFiller): first what the server read past the headers,
+// through its reader (one Read with a buffer at least as big as the
+// server's 4 KiB takes all it holds), then by splice from the socket. It
+// waits for the client's first byte; right after taking fewer bytes than
+// asked it does not wait (EAGAIN), so a frame goes out with what came.
+func (b *progressBody) FillPipe(fd int, n int) (int, error) {
+	if b.sock == nil {
+		return 0, unix.EINVAL // not a plain socket: the uplink copies
+	}
+	return b.timed(func() (int, error) { return b.fill(fd, n) })
+}
+
+func (b *progressBody) fill(fd int, n int) (int, error) {
+	if !b.drained {
+		b.drained = true
+		buf := copybuf.GetSmall()
+		k, err := b.body.Read(buf[:min(int64(len(buf)), b.left)])
+		b.head = buf[:k]
+		if err != nil && !(errors.Is(err, io.EOF) && int64(k) == b.left) {
+			b.takeHead(0)
+			return 0, err
+		}
+	}
+	if b.left <= 0 {
+		return 0, io.EOF
+	}
+	if len(b.head) > 0 {
+		k, err := unix.Write(fd, b.head[:min(n, len(b.head))])
+		if err != nil {
+			return 0, err
+		}
+		b.takeHead(k)
+		return k, nil
+	}
+	want := int(min(int64(n), b.left))
+	k, err := uplink.FillFromSocket(b.sock, fd, want, !b.short)
+	b.left -= int64(k)
+	b.short = k > 0 && k < want
+	if k > 0 {
+		b.mu.Lock()
+		b.spliced = true
+		b.mu.Unlock()
+		if b.splicedBytes != nil {
+			b.splicedBytes.Add(float64(k))
+		}
+	}
+	return k, err
+}
+
+// takeHead drops the first n bytes of head, and its buffer once empty.
+func (b *progressBody) takeHead(n int) {
+	b.left -= int64(n)
+	b.head = b.head[n:]
+	if len(b.head) == 0 && b.head != nil {
+		copybuf.Put(b.head[:0:cap(b.head)])
+		b.head = nil
+	}
+}
+
+// wasSpliced says whether the body was taken from the client's socket
+// behind the server's reader (nil-safe).
+func (b *progressBody) wasSpliced() bool {
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.spliced
 }

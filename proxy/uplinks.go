@@ -224,6 +224,17 @@ func (w *welcomeFirst) open() { w.once.Do(func() { close(w.sent) }) }
 // download reads the socket underneath).
 func (w *welcomeFirst) ReadConn() net.Conn { return w.Conn }
 
+// WriteConn is the connection under the gate once it is open
+// (uplink.WriteThrough: a spliced upload writes the socket underneath).
+func (w *welcomeFirst) WriteConn() (net.Conn, bool) {
+	select {
+	case <-w.sent:
+		return w.Conn, true
+	default:
+		return nil, false
+	}
+}
+
 // handshake counts one uplink handshake's result.
 func (p *Proxy) handshake(result string) { p.met.handshakes.WithLabelValues(result).Inc() }
 

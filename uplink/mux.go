@@ -195,7 +195,7 @@ func (s *Stream) CloseWrite() error { return s.Stream.Close() }
 // bounded as Write's are, so a keystroke's wait behind a bulk stream
 // stays as short.
 func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
-	if pf, ok := r.(PipeFiller); ok {
+	if pf := pipeFiller(r); pf != nil {
 		if n, err, fallback := s.spliceFrom(pf); !fallback {
 			return n, err
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"syscall"
 	"time"
 
@@ -69,15 +70,65 @@ func (s *Stream) spliceFrom(src PipeFiller) (n int64, err error, fallback bool) 
 	}
 }
 
-// rawSocket is the uplink's socket when it is a plain one splice can
-// write to (a TCP or unix socket under Coalesce), else nil (TLS, a test's
-// pipe).
-func (s *Stream) rawSocket() syscall.RawConn {
-	c, ok := s.Stream.Session().Conn().(*coalesceConn)
-	if !ok {
+// pipeFiller is r as a PipeFiller, also under the io.LimitedReader a
+// copy of a known length wraps its source in (net/http's transport
+// sends a request body of Content-Length n as LimitReader(body, n)),
+// else nil.
+func pipeFiller(r io.Reader) PipeFiller {
+	if lr, ok := r.(*io.LimitedReader); ok {
+		if pf, ok := lr.R.(PipeFiller); ok {
+			return &limitedFiller{PipeFiller: pf, lr: lr}
+		}
 		return nil
 	}
-	return netx.Socket(c.Conn)
+	pf, _ := r.(PipeFiller)
+	return pf
+}
+
+// limitedFiller is a PipeFiller under an io.LimitedReader: both ways
+// of reading it count down the limit.
+type limitedFiller struct {
+	PipeFiller
+	lr *io.LimitedReader
+}
+
+func (l *limitedFiller) Read(p []byte) (int, error) { return l.lr.Read(p) }
+
+func (l *limitedFiller) FillPipe(fd int, n int) (int, error) {
+	if l.lr.N <= 0 {
+		return 0, io.EOF
+	}
+	k, err := l.PipeFiller.FillPipe(fd, int(min(int64(n), l.lr.N)))
+	l.lr.N -= int64(k)
+	return k, err
+}
+
+// rawSocket is the uplink's socket when it is a plain one splice can
+// write to (a TCP or unix socket under Coalesce, and under the proxy's
+// welcome gate once it is open: WriteThrough), else nil (TLS, a test's
+// pipe). Splice writes it only inside a frame write yamux owns, when
+// Coalesce holds no header.
+func (s *Stream) rawSocket() syscall.RawConn {
+	c, ok := s.Stream.Session().Conn().(net.Conn)
+	for ok {
+		wt, through := c.(WriteThrough)
+		if !through {
+			break
+		}
+		c, ok = wt.WriteConn()
+	}
+	cc, isCoalesce := c.(*coalesceConn)
+	if !ok || !isCoalesce {
+		return nil
+	}
+	return netx.Socket(cc.Conn)
+}
+
+// WriteThrough is a wrapper of the uplink's connection whose writes go
+// straight to the connection under it, when ok (the proxy's welcome
+// gate, once the welcome is out).
+type WriteThrough interface {
+	WriteConn() (c net.Conn, ok bool)
 }
 
 // fillPipe fills the pipe with up to n bytes of src, fewer at src's end

@@ -179,38 +179,60 @@ func (d *diversion) take(r *bufio.Reader, n int) (int, error) {
 			return taken, nil
 		}
 	}
+	for taken < n {
+		k, err := FillFromSocket(d.src, d.p.w, n-taken, true)
+		taken += k
+		switch {
+		case errors.Is(err, unix.EAGAIN): // the pipe is full
+			return taken, nil
+		case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS):
+			d.broken = true
+			return taken, nil
+		case err != nil:
+			return taken, fmt.Errorf("uplink: splice from the uplink's socket: %w", err)
+		}
+	}
+	return taken, nil
+}
+
+// FillFromSocket moves up to n bytes from the socket rc into the pipe
+// whose write end is fd, by splice(2), and returns how many: what the
+// socket holds, after waiting for its first byte when wait is set (the
+// runtime's poller, under the socket's read deadline). It returns
+// unix.EAGAIN when the pipe has no free slot, or when the socket has
+// nothing and wait is not set; io.ErrUnexpectedEOF when the peer closed.
+func FillFromSocket(rc syscall.RawConn, fd int, n int, wait bool) (int, error) {
+	k := 0
 	var serr error
-	err := d.src.Read(func(fd uintptr) bool {
-		for taken < n {
-			k, err := unix.Splice(int(fd), nil, d.p.w, nil, n-taken, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	err := rc.Read(func(s uintptr) bool {
+		for {
+			m, err := unix.Splice(int(s), nil, fd, nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			switch {
-			case k > 0:
-				taken += int(k)
-			case err == unix.EINTR:
-			case err == unix.EAGAIN:
-				// Either the socket has nothing yet (wait for it) or the
-				// pipe has no free slot (queue the rest).
-				return pipeFull(d.p.w)
-			case err == unix.EINVAL || err == unix.ENOSYS:
-				d.broken = true
+			case m > 0:
+				k = int(m)
 				return true
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN && (!wait || pipeFull(fd)):
+				// Either the socket has nothing yet or the pipe has no
+				// free slot; poll tells them apart.
+				serr = unix.EAGAIN
+				return true
+			case err == unix.EAGAIN:
+				return false // wait for the socket
 			case err != nil:
 				serr = err
 				return true
 			default:
-				serr = io.ErrUnexpectedEOF // the peer closed mid-frame
+				serr = io.ErrUnexpectedEOF
 				return true
 			}
 		}
-		return true
 	})
 	if err == nil {
 		err = serr
 	}
-	if err != nil {
-		return taken, fmt.Errorf("uplink: splice from the uplink's socket: %w", err)
-	}
-	return taken, nil
+	return k, err
 }
 
 // pipeFull says whether the pipe has no free slot (poll's POLLOUT).
