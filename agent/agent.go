@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
+	"github.com/tensorlake/tl-agent/files"
 	"github.com/tensorlake/tl-agent/identity"
 	"github.com/tensorlake/tl-agent/internal/activity"
 	"github.com/tensorlake/tl-agent/internal/memtrim"
@@ -122,6 +123,9 @@ func New(cfg Config, log zerolog.Logger, version string, p Parts) *Agent {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,
 		ConnState:         shrinkIdle,
+		// An upload over the uplink is written from the stream's chunks
+		// (files/upload.go): the handler needs the stream.
+		ConnContext: files.WithConn,
 	}
 	return a
 }
@@ -264,6 +268,20 @@ func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
 		k.out.Add(n)
 	}
 	return n, err
+}
+
+// ReadChunks passes the stream's ReadChunks through (an upload written
+// from its chunks, files.ChunkReader), counted as reads are.
+func (c *countedConn) ReadChunks(n int64, write func([]byte) error) (int64, error) {
+	cr, ok := c.Conn.(files.ChunkReader)
+	if !ok {
+		return 0, errors.New("agent: not an uplink stream")
+	}
+	m, err := cr.ReadChunks(n, write)
+	if k := c.kind; k != nil && m > 0 {
+		k.in.Add(m)
+	}
+	return m, err
 }
 
 // SinkTo passes the stream's SinkTo through (internal/relay), counted

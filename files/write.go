@@ -127,19 +127,23 @@ func (s *Server) handleWrite(w http.ResponseWriter, r *http.Request) {
 	var t target
 	err := s.gate.Do(func() (err error) { t, err = inspect(path, u); return err })
 	var n int64
+	body := upload(r)
 	switch {
 	case err != nil:
 	case t.kernelFS != "":
 		n, err = s.writeInPlace(path, r.Body)
 	default:
-		n, err = s.writeAtomic(path, r.Body, t)
+		n, err = s.writeAtomic(path, body, t)
+	}
+	if wentDirect(body) {
+		w.Header().Set("Connection", "close") // upload.go
 	}
 	if err != nil {
 		writeError(w, path, err)
 		return
 	}
 	log := reqid.Logger(r.Context(), s.log)
-	log.Debug().Str("path", path).Int64("bytes", n).Str("kernel_fs", t.kernelFS).Msg("file written")
+	log.Debug().Str("path", path).Int64("bytes", n).Str("kernel_fs", t.kernelFS).Bool("from_chunks", wentDirect(body)).Msg("file written")
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -180,9 +184,14 @@ func (s *Server) writeAtomic(path string, body io.Reader, t target) (int64, erro
 			_ = s.gate.Do(func() error { f.Close(); return os.Remove(tmp) })
 		}
 	}()
-	buf := copybuf.Get()
-	n, err := copyBody(s.gate.Writer(f), body, buf)
-	copybuf.Put(buf)
+	var n int64
+	if b, ok := body.(*uploadBody); ok {
+		n, err = b.fill(f, s.gate.Do)
+	} else {
+		buf := copybuf.Get()
+		n, err = copyBody(s.gate.Writer(f), body, buf)
+		copybuf.Put(buf)
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -155,3 +155,72 @@ func (s *Stream) waitRecv() error {
 		return ErrTimeout
 	}
 }
+
+// ReadChunks (tl-agent fork) hands the stream's next n bytes to write in
+// the chunks the receive loop queued them in, with no copy: an upload
+// written to a file straight from them (files, over an uplink stream)
+// skips Read's copy into the caller's buffer, on the one goroutine that
+// also writes the file. write must not keep the slice. A last chunk with
+// more than n bytes left is copied, as Read would. It waits as Read does
+// (Pending) and returns what write took, with write's error or the
+// stream's (io.EOF before n bytes).
+func (s *Stream) ReadChunks(n int64, write func([]byte) error) (int64, error) {
+	var done int64
+	var tail []byte
+	for done < n {
+		if _, _, err := s.Pending(); err != nil {
+			return done, err
+		}
+		s.recvLock.Lock()
+		q := &s.recvBuf
+		if q.Len() == 0 { // diverted bytes only: not ours to take
+			s.recvLock.Unlock()
+			return done, ErrStreamClosed
+		}
+		c := q.chunks[0]
+		if int64(len(c)-q.off) > n-done {
+			s.recvLock.Unlock()
+			if tail == nil {
+				tail = make([]byte, minChunk)
+			}
+			k, err := s.Read(tail[:min64(int64(len(tail)), n-done)])
+			if k > 0 {
+				if werr := write(tail[:k]); werr != nil {
+					return done, werr
+				}
+				done += int64(k)
+			}
+			if err != nil {
+				return done, err
+			}
+			continue
+		}
+		b := c[q.off:]
+		q.chunks[0] = nil
+		q.chunks = q.chunks[1:]
+		q.off = 0
+		q.n -= len(b)
+		if len(q.chunks) == 0 {
+			q.chunks = nil
+		}
+		s.queued(-len(b))
+		s.recvLock.Unlock()
+		err := write(b)
+		putChunk(c)
+		done += int64(len(b))
+		if uerr := s.sendWindowUpdate(); uerr != nil && uerr != ErrSessionShutdown && err == nil {
+			err = uerr
+		}
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
+}
+
+func min64(a, b int64) int64 {
+	if a < b {
+		return a
+	}
+	return b
+}

@@ -699,3 +699,43 @@ func TestForkDivertWindow(t *testing.T) {
 	close(release)
 	<-undone
 }
+
+// ReadChunks hands queued chunks over whole and in order, copies the part
+// of a last chunk it needs, leaves the rest for Read, and ends with
+// io.EOF when the peer closes before n bytes.
+func TestForkReadChunks(t *testing.T) {
+	srv, peer := rawPeer(t)
+	writeFrame(t, peer, typeData, flagSYN, 1, nil, 0)
+	st, err := srv.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []byte
+	rng := rand.New(rand.NewSource(7))
+	// Big frames (a chunk each) and small ones (packed), within the
+	// initial 256 KiB window.
+	for _, size := range []int{40 << 10, 5, 3000, 33 << 10, 100, 60 << 10, 7, 20 << 10, 1, 50 << 10, 9000} {
+		b := make([]byte, size)
+		rng.Read(b)
+		want = append(want, b...)
+		writeFrame(t, peer, typeData, 0, 1, b, uint32(len(b)))
+	}
+	var got []byte
+	calls := 0
+	n := int64(len(want) - 777)
+	m, err := st.ReadChunks(n, func(b []byte) error { calls++; got = append(got, b...); return nil })
+	if err != nil || m != n || !bytes.Equal(got, want[:n]) {
+		t.Fatalf("ReadChunks: %d of %d bytes, %v, equal %v", m, n, err, len(got) == int(n))
+	}
+	rest := make([]byte, 777)
+	if _, err := io.ReadFull(st, rest); err != nil || !bytes.Equal(rest, want[n:]) {
+		t.Fatalf("the rest by Read: %v", err)
+	}
+	t.Logf("%d bytes in %d writes", m, calls)
+	writeFrame(t, peer, typeData, flagFIN, 1, []byte("end"), 3)
+	got = got[:0]
+	m, err = st.ReadChunks(10, func(b []byte) error { got = append(got, b...); return nil })
+	if !errors.Is(err, io.EOF) || m != 3 || string(got) != "end" {
+		t.Fatalf("at the peer's close: %d bytes %q, %v; want 3, io.EOF", m, got, err)
+	}
+}
