@@ -14,13 +14,18 @@ import (
 // that, a pipe that a descendant still holds open is read for at most
 // grace from the exit, then its reads are cut.
 //
-// Each capturer counts the bytes it took from its pipe. The target is taken as the
-// pipe's unread bytes before the count, so it may count a few bytes twice,
-// never miss one; an empty pipe means everything written was taken.
+// Each capturer counts the bytes it took from its pipe. The target is the
+// pipe's unread bytes, then the size of a read in progress, then the
+// count, in that order: a read's bytes leave the pipe before the count
+// takes them, so without the middle term a read caught between the two
+// made the target short, the reads were cut with bytes of the exit still
+// in the pipe, and a line was cut in two (TestRunSlowReaderAfterExit, now
+// and then). So the target may count up to one read too many, never miss
+// a byte; an empty pipe means everything written was taken.
 func drainAfterExit(caps []*capturer, drained <-chan struct{}, grace time.Duration) {
 	targets := make([]int64, len(caps))
 	for i, c := range caps {
-		targets[i] = pipeBytes(c.f) + c.got.Load()
+		targets[i] = c.exitTarget()
 	}
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
@@ -42,6 +47,13 @@ func drainAfterExit(caps []*capturer, drained <-chan struct{}, grace time.Durati
 		c.endReads()
 	}
 	<-drained
+}
+
+// exitTarget is how many bytes the capturer must have taken to have
+// every byte in its pipe now (at the exit), in the order drainAfterExit
+// explains.
+func (c *capturer) exitTarget() int64 {
+	return pipeBytes(c.f) + c.reading.Load() + c.got.Load()
 }
 
 // caughtUp reports whether every pipe's pre-exit bytes have been taken.

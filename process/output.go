@@ -258,6 +258,9 @@ type capturer struct {
 	maxLine int
 	fz      *freezer
 	got     atomic.Int64
+	// reading is the size of a read in progress (0: none): its bytes may
+	// have left the pipe before got counts them (drainAfterExit).
+	reading atomic.Int64
 	cut     atomic.Bool // the exit grace ended the reads: a deadline ends, never parks
 
 	mu      sync.Mutex
@@ -268,7 +271,7 @@ type capturer struct {
 
 func (c *capturer) run() {
 	defer c.setState(func() { c.ended = true })
-	br := bufio.NewReaderSize(countingReader{c.f, &c.got}, c.maxLine)
+	br := bufio.NewReaderSize(countingReader{c.f, &c.got, &c.reading}, c.maxLine)
 	for {
 		b, err := br.ReadSlice('\n')
 		switch {
@@ -354,12 +357,15 @@ func (c *capturer) resume() {
 
 // countingReader counts the bytes read through it.
 type countingReader struct {
-	f *os.File
-	n *atomic.Int64
+	f       *os.File
+	n       *atomic.Int64
+	reading *atomic.Int64
 }
 
 func (c countingReader) Read(p []byte) (int, error) {
+	c.reading.Store(int64(len(p)))
 	n, err := c.f.Read(p)
 	c.n.Add(int64(n))
+	c.reading.Store(0)
 	return n, err
 }

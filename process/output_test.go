@@ -1,6 +1,7 @@
 package process
 
 import (
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -204,5 +205,32 @@ func TestCapturerFreezeKeepsPartial(t *testing.T) {
 	<-done
 	if lines, _ := l.snapshot(""); texts(lines) != "abcdefgh ij" {
 		t.Fatalf("after the thaw: %q", texts(lines))
+	}
+}
+
+// The exit's target counts a read caught between taking its bytes from
+// the pipe and counting them: before, such a read made the target short,
+// and the reads were cut with bytes of the exit still in the pipe (a line
+// of TestRunSlowReaderAfterExit cut in two, now and then).
+func TestExitTargetCountsReadInFlight(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if _, err := w.Write(make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	c := &capturer{f: r}
+	c.got.Store(200) // taken before
+	// A read of up to 700 bytes is in flight: the kernel has handed over
+	// 600 of them, the count does not have them yet.
+	c.reading.Store(700)
+	if _, err := io.ReadFull(r, make([]byte, 600)); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.exitTarget(); got < 200+1000 {
+		t.Fatalf("target %d, want at least %d (every byte written)", got, 1200)
 	}
 }
